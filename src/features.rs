@@ -1,0 +1,121 @@
+//! Turns a request's raw features into x0 (MODEL.md §1): dense transforms and
+//! the missing-value policy, sparse bags pooled from embedding tables.
+
+use crate::config::{Input, InputKind, Pooling, Scope};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::request::{Feature, Request};
+
+/// Writes input `index`'s vector for candidate `candidate` into `out`
+/// (`dim` floats). For a request-scope input the candidate does not matter.
+/// The request must have passed [`Request::validate`] for this model.
+pub fn input_vector(
+    model: &Model,
+    request: &Request<'_>,
+    index: usize,
+    candidate: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    let input = &model.config().inputs[index];
+    let plan = &model.plan().inputs[index];
+    let row = if input.scope == Scope::Request {
+        0
+    } else {
+        candidate
+    };
+    match (input.kind, request.feature(index)) {
+        (InputKind::Dense, Feature::Dense(values)) => {
+            let raw = &values[row * input.dim..(row + 1) * input.dim];
+            for (k, (o, &x)) in out.iter_mut().zip(raw).enumerate() {
+                let stats = plan
+                    .mean
+                    .zip(plan.std)
+                    .map(|(m, s)| (model.values(m).get(k), model.values(s).get(k)));
+                *o = transform_dense(input, x, stats).ok_or_else(|| {
+                    Error::request(format!(
+                        "input `{}` candidate {candidate} element {k}: value {x} is not finite (the input does not allow missing values)",
+                        input.name
+                    ))
+                })?;
+            }
+        }
+        (InputKind::Sparse, Feature::Sparse { ids, offsets }) => {
+            let bag = &ids[offsets[row] as usize..offsets[row + 1] as usize];
+            pool(model, input, plan.embedding, bag, out);
+        }
+        _ => {
+            return Err(Error::request(format!(
+                "input `{}` does not match its kind (validate the request first)",
+                input.name
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// One dense value through log1p, standardize and clip. `None` when the raw
+/// value is not finite and the input does not allow missing values.
+#[inline]
+pub fn transform_dense(input: &Input, x: f32, stats: Option<(f32, f32)>) -> Option<f32> {
+    if !x.is_finite() {
+        return input.missing_is_zero().then_some(0.0);
+    }
+    let mut v = x;
+    if input.log1p() {
+        v = v.signum() * v.abs().ln_1p();
+    }
+    if let Some((mean, std)) = stats {
+        v = (v - mean) / std;
+    }
+    if let Some(c) = input.clip {
+        v = v.clamp(-c, c);
+    }
+    Some(v)
+}
+
+/// Sums (or averages) the embedding rows of a bag; id `i` reads row
+/// `i mod rows`; an empty bag gives zeros.
+fn pool(
+    model: &Model,
+    input: &Input,
+    table: Option<crate::plan::TensorId>,
+    bag: &[u64],
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    let Some(table) = table else { return };
+    let values = model.values(table);
+    let rows = input.rows.unwrap_or(1);
+    let dim = input.dim;
+    for &id in bag {
+        let row = (id % rows) as usize;
+        for (k, o) in out.iter_mut().enumerate() {
+            *o += values.get(row * dim + k);
+        }
+    }
+    if input.pooling == Some(Pooling::Mean) && !bag.is_empty() {
+        let count = bag.len() as f32;
+        for o in out.iter_mut() {
+            *o /= count;
+        }
+    }
+}
+
+/// Writes the whole x0 of one candidate.
+pub fn assemble_x0(
+    model: &Model,
+    request: &Request<'_>,
+    candidate: usize,
+    x0: &mut [f32],
+) -> Result<()> {
+    for (index, input) in model.plan().inputs.iter().enumerate() {
+        input_vector(
+            model,
+            request,
+            index,
+            candidate,
+            &mut x0[input.offset..input.offset + input.dim],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! The packer: a config and a set of named tensors in, one packed file out.
+//!
+//! It checks the tensor set against the plan (missing, extra, misshaped),
+//! converts to the file's dtype (refusing values that do not fit), lays each
+//! tensor out as the kernels read it, and writes to a temporary file that is
+//! renamed into place only when complete, so a reader never maps a half-written
+//! model.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::{
+    align_up, meta_checksum, placement, DType, FileHeader, Layout, Placement, TensorRecord,
+    ENDIAN_TAG, FORMAT_VERSION, HEADER_LEN, LAYOUT_VERSION, MAGIC, PAGE_ALIGN, PANEL, RECORD_LEN,
+    TENSOR_ALIGN,
+};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::plan::{Plan, TensorSpec};
+
+/// Largest fp16 value.
+const F16_MAX: f32 = 65504.0;
+/// Elements converted per chunk when streaming a row-major tensor.
+const CHUNK: usize = 1 << 18;
+
+/// Named tensors offered to the packer, read as f32 whatever they hold.
+pub trait TensorSource {
+    /// Every tensor on offer.
+    fn names(&self) -> Vec<String>;
+    /// The shape of `name`, or `None` if there is no such tensor.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Fills `out` with the elements of `name` from flat row-major index
+    /// `start` on.
+    fn read(&self, name: &str, start: usize, out: &mut [f32]) -> Result<()>;
+}
+
+/// Receives (bytes written, bytes in all) as tensor data is written.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+#[derive(Clone, Debug)]
+pub struct PackSummary {
+    pub tensors: usize,
+    pub file_len: u64,
+    pub dtype: DType,
+}
+
+/// Checks the offered tensors against the plan, naming every problem.
+pub fn check_tensor_set(plan: &Plan, source: &dyn TensorSource) -> Result<()> {
+    let mut problems = Vec::new();
+    for spec in &plan.tensors {
+        match source.shape(&spec.name) {
+            None => problems.push(format!(
+                "missing tensor `{}` (shape {:?})",
+                spec.name, spec.shape
+            )),
+            Some(shape) if !shape_matches(spec, &shape) => problems.push(format!(
+                "tensor `{}` has shape {shape:?}, expected {:?}",
+                spec.name, spec.shape
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut extra: Vec<String> = source
+        .names()
+        .into_iter()
+        .filter(|name| plan.tensor_id(name).is_none())
+        .collect();
+    extra.sort();
+    for name in extra {
+        problems.push(format!(
+            "extra tensor `{name}` (the config has no place for it)"
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let count = problems.len();
+    if count > 20 {
+        problems.truncate(20);
+        problems.push(format!("and {} more", count - 20));
+    }
+    Err(Error::tensor(format!(
+        "{count} tensor problem(s): {}",
+        problems.join("; ")
+    )))
+}
+
+/// A vector may also come as `[1, n]` (a PyTorch `Parameter(1, n)`).
+fn shape_matches(spec: &TensorSpec, shape: &[usize]) -> bool {
+    shape == spec.shape.as_slice() || (spec.shape.len() == 1 && shape == [1, spec.shape[0]])
+}
+
+/// Packs `config` and the tensors of `source` into `out`.
+pub fn pack(
+    config: &Config,
+    source: &dyn TensorSource,
+    dtype: DType,
+    out: &Path,
+    progress: Progress<'_>,
+) -> Result<PackSummary> {
+    config.validate()?;
+    let plan = Plan::build(config, &|name| source.shape(name))?;
+    check_tensor_set(&plan, source)?;
+
+    let config_json = config.to_json().into_bytes();
+    let count = plan.tensors.len();
+    let config_offset = HEADER_LEN as u64;
+    let table_offset = align8(config_offset + config_json.len() as u64);
+    let table_len = (count * RECORD_LEN) as u64;
+    let names_offset = table_offset + table_len;
+    let mut names = Vec::new();
+    let mut records = Vec::with_capacity(count);
+    let mut placements = Vec::with_capacity(count);
+    for spec in &plan.tensors {
+        let place = placement(spec, dtype)
+            .ok_or_else(|| Error::tensor(format!("tensor `{}` is too large", spec.name)))?;
+        let mut shape = [0u64; 4];
+        for (slot, &d) in shape.iter_mut().zip(&spec.shape) {
+            *slot = d as u64;
+        }
+        records.push(TensorRecord {
+            name_offset: names.len() as u32,
+            name_len: spec.name.len() as u32,
+            dtype: dtype as u8,
+            layout: place.layout as u8,
+            rank: spec.shape.len() as u8,
+            align_log2: place.align.trailing_zeros() as u8,
+            reserved0: 0,
+            shape,
+            offset: 0,
+            nbytes: place.nbytes as u64,
+            checksum: 0,
+            reserved1: 0,
+        });
+        names.extend_from_slice(spec.name.as_bytes());
+        placements.push(place);
+    }
+    let data_offset = align_up(names_offset + names.len() as u64, PAGE_ALIGN as u64)
+        .ok_or_else(|| Error::tensor("model too large"))?;
+    let mut cursor = data_offset;
+    for (record, place) in records.iter_mut().zip(&placements) {
+        record.offset =
+            align_up(cursor, place.align as u64).ok_or_else(|| Error::tensor("model too large"))?;
+        cursor = record.offset + record.nbytes;
+    }
+    let file_len =
+        align_up(cursor, TENSOR_ALIGN as u64).ok_or_else(|| Error::tensor("model too large"))?;
+    let total_bytes = file_len - data_offset;
+
+    let temp = temp_path(out);
+    let result = (|| -> Result<()> {
+        let file = File::create(&temp).map_err(|e| Error::io("cannot create", &temp, e))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let io = |e| Error::io("cannot write", &temp, e);
+        // Header and table are written last, once the checksums are known.
+        w.write_all(&[0u8; HEADER_LEN]).map_err(io)?;
+        w.write_all(&config_json).map_err(io)?;
+        pad_to(
+            &mut w,
+            HEADER_LEN as u64 + config_json.len() as u64,
+            table_offset,
+        )
+        .map_err(io)?;
+        w.write_all(&vec![0u8; table_len as usize]).map_err(io)?;
+        w.write_all(&names).map_err(io)?;
+        pad_to(&mut w, names_offset + names.len() as u64, data_offset).map_err(io)?;
+
+        let mut position = data_offset;
+        let mut scratch = Vec::new();
+        let mut out_bytes = Vec::new();
+        for ((spec, record), place) in plan.tensors.iter().zip(records.iter_mut()).zip(&placements)
+        {
+            pad_to(&mut w, position, record.offset).map_err(io)?;
+            let mut hasher = Xxh3::new();
+            let mut sink = |bytes: &[u8]| -> Result<()> {
+                hasher.update(bytes);
+                w.write_all(bytes).map_err(io)
+            };
+            write_tensor(
+                spec,
+                place,
+                dtype,
+                source,
+                &mut scratch,
+                &mut out_bytes,
+                &mut sink,
+            )?;
+            record.checksum = hasher.digest();
+            position = record.offset + record.nbytes;
+            progress(position - data_offset, total_bytes);
+        }
+        pad_to(&mut w, position, file_len).map_err(io)?;
+
+        let table: Vec<u8> = bytemuck::cast_slice(&records).to_vec();
+        let mut header = FileHeader {
+            magic: MAGIC,
+            format_version: FORMAT_VERSION,
+            endian_tag: ENDIAN_TAG,
+            layout_version: LAYOUT_VERSION,
+            dtype: dtype as u32,
+            tensor_count: count as u32,
+            flags: 0,
+            config_offset,
+            config_len: config_json.len() as u64,
+            table_offset,
+            table_len,
+            names_offset,
+            names_len: names.len() as u64,
+            data_offset,
+            data_len: file_len - data_offset,
+            file_len,
+            meta_checksum: 0,
+            reserved: [0; 2],
+        };
+        header.meta_checksum = meta_checksum(&header, &config_json, &table, &names);
+        w.seek(SeekFrom::Start(table_offset)).map_err(io)?;
+        w.write_all(&table).map_err(io)?;
+        w.seek(SeekFrom::Start(0)).map_err(io)?;
+        w.write_all(bytemuck::bytes_of(&header)).map_err(io)?;
+        let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            std::fs::rename(&temp, out)
+                .map_err(|e| Error::io("cannot move the packed file to", out, e))?;
+            Ok(PackSummary {
+                tensors: count,
+                file_len,
+                dtype,
+            })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
+    }
+}
+
+/// Streams one tensor's bytes, converted and laid out, into `sink`.
+fn write_tensor(
+    spec: &TensorSpec,
+    place: &Placement,
+    dtype: DType,
+    source: &dyn TensorSource,
+    scratch: &mut Vec<f32>,
+    out_bytes: &mut Vec<u8>,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    match place.layout {
+        Layout::RowMajor => {
+            let total = spec.numel();
+            let mut start = 0;
+            while start < total {
+                let len = CHUNK.min(total - start);
+                scratch.resize(len, 0.0);
+                source.read(&spec.name, start, scratch)?;
+                check_values(spec, start, scratch, dtype)?;
+                encode(scratch, dtype, out_bytes);
+                sink(out_bytes)?;
+                start += len;
+            }
+        }
+        Layout::Panel => {
+            let (n, k) = (spec.shape[0], spec.shape[1]);
+            let mut panel = vec![0.0f32; PANEL * k];
+            for p in 0..n.div_ceil(PANEL) {
+                let rows = PANEL.min(n - p * PANEL);
+                scratch.resize(rows * k, 0.0);
+                source.read(&spec.name, p * PANEL * k, scratch)?;
+                check_values(spec, p * PANEL * k, scratch, dtype)?;
+                // Row-major rows [rows, k] → panel [k, PANEL], zero padded.
+                panel.fill(0.0);
+                for (j, row) in scratch.chunks_exact(k).enumerate() {
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * PANEL + j] = v;
+                    }
+                }
+                encode(&panel, dtype, out_bytes);
+                sink(out_bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses non-finite values, and values outside fp16's range for fp16 files,
+/// naming the tensor and the element.
+fn check_values(spec: &TensorSpec, start: usize, values: &[f32], dtype: DType) -> Result<()> {
+    let bad = values
+        .iter()
+        .position(|v| !v.is_finite() || (dtype == DType::F16 && v.abs() > F16_MAX));
+    if let Some(i) = bad {
+        let index = unflatten(start + i, &spec.shape);
+        let value = values[i];
+        let why = if value.is_finite() {
+            format!("does not fit in fp16 (largest magnitude {F16_MAX}); pack with --dtype f32 or rescale")
+        } else {
+            "is not finite".to_string()
+        };
+        return Err(Error::new(
+            ErrorKind::Tensor,
+            format!("tensor `{}` element {index:?} = {value} {why}", spec.name),
+        ));
+    }
+    Ok(())
+}
+
+fn unflatten(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (slot, &d) in index.iter_mut().zip(shape).rev() {
+        *slot = flat % d.max(1);
+        flat /= d.max(1);
+    }
+    index
+}
+
+fn encode(values: &[f32], dtype: DType, out: &mut Vec<u8>) {
+    out.clear();
+    match dtype {
+        DType::F32 => {
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for v in values {
+                out.extend_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+    }
+}
+
+fn pad_to(w: &mut impl Write, from: u64, to: u64) -> std::io::Result<()> {
+    debug_assert!(to >= from);
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let mut left = to - from;
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        w.write_all(&ZEROS[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+fn align8(v: u64) -> u64 {
+    v.div_ceil(8) * 8
+}
+
+fn temp_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Tensors held in memory, row-major f32: the demo model and tests use it.
+#[derive(Clone, Debug, Default)]
+pub struct MemorySource {
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl MemorySource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds (or replaces) a tensor. `values.len()` must equal the shape's
+    /// product.
+    pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) {
+        let name = name.into();
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "tensor `{name}`"
+        );
+        self.tensors.retain(|(n, _, _)| *n != name);
+        self.tensors.push((name, shape, values));
+    }
+    pub fn remove(&mut self, name: &str) {
+        self.tensors.retain(|(n, _, _)| n != name);
+    }
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Vec<f32>> {
+        self.tensors
+            .iter_mut()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, v)| v)
+    }
+    fn find(&self, name: &str) -> Option<&(String, Vec<usize>, Vec<f32>)> {
+        self.tensors.iter().find(|(n, _, _)| n == name)
+    }
+}
+
+impl TensorSource for MemorySource {
+    fn names(&self) -> Vec<String> {
+        self.tensors.iter().map(|(n, _, _)| n.clone()).collect()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.find(name).map(|(_, s, _)| s.clone())
+    }
+    fn read(&self, name: &str, start: usize, out: &mut [f32]) -> Result<()> {
+        let (_, _, values) = self
+            .find(name)
+            .ok_or_else(|| Error::tensor(format!("missing tensor `{name}`")))?;
+        let src = values
+            .get(start..start + out.len())
+            .ok_or_else(|| Error::tensor(format!("tensor `{name}`: read past its end")))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+}

@@ -1,0 +1,38 @@
+//! mmoe: an embedded ranking engine for multi-task Mixture-of-Experts models.
+//!
+//! A model (the contract is `MODEL.md`) is packed once into a file that the
+//! engine memory-maps without copying ([`format`]); [`Model::open`] validates
+//! it; a [`Session`] per thread scores [`Request`]s into caller-provided
+//! [`Scores`].
+//!
+//! ```no_run
+//! # fn main() -> mmoe::Result<()> {
+//! let model = mmoe::Model::open("model.mmoe", &mmoe::OpenOptions::default())?;
+//! let mut session = mmoe::Session::new(model.clone());
+//! let user = vec![0.5f32; 64];
+//! let mut request = mmoe::Request::new(1);
+//! request.set_dense(model.input_index("user_dense")?, &user);
+//! // … every input of the model …
+//! let mut logits = vec![0.0; model.num_tasks()];
+//! session.score(&request, &mut mmoe::Scores { logits: Some(&mut logits), probabilities: None })?;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod features;
+pub mod format;
+pub mod jsonl;
+pub mod model;
+pub mod plan;
+pub mod reference;
+pub mod request;
+pub mod session;
+
+pub use config::Config;
+pub use error::{Error, ErrorKind, Result};
+pub use format::DType;
+pub use model::{InputInfo, Model, OpenOptions};
+pub use request::{Feature, Request};
+pub use session::{Backend, Scores, Session};

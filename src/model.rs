@@ -1,0 +1,214 @@
+//! An open model: the memory-mapped packed file, its validated layout and
+//! plan. Opening maps the file and reads only its header, config and tensor
+//! table; tensor data is read in place, never copied.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use half::f16;
+use memmap2::Mmap;
+
+use crate::config::{Config, InputKind, Scope};
+use crate::error::{Error, Result};
+use crate::format::reader::{self, PackedLayout, TensorEntry};
+use crate::format::{DType, Layout};
+use crate::plan::{Plan, TensorId};
+
+/// How to open a model.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Check every tensor's checksum at open (reads the whole file once).
+    pub verify_checksums: bool,
+}
+
+/// A tensor's elements, in the file's dtype, borrowed from the map.
+#[derive(Clone, Copy, Debug)]
+pub enum Values<'a> {
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+}
+
+impl Values<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F16(v) => v.len(),
+            Values::F32(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Element `i` as f32.
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Values::F16(v) => v[i].to_f32(),
+            Values::F32(v) => v[i],
+        }
+    }
+    /// Copies elements `start..start + out.len()` into `out` as f32.
+    pub fn read_into(&self, start: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            Values::F16(v) => v[start..start + out.len()].convert_to_f32_slice(out),
+            Values::F32(v) => out.copy_from_slice(&v[start..start + out.len()]),
+        }
+    }
+}
+
+/// What a caller needs to know about one input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputInfo {
+    pub name: String,
+    pub kind: InputKind,
+    pub scope: Scope,
+    pub dim: usize,
+}
+
+/// An open, validated model. Cheap to share: wrap it in an [`Arc`].
+pub struct Model {
+    path: PathBuf,
+    map: Mmap,
+    layout: PackedLayout,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("name", &self.layout.config.name)
+            .field("dtype", &self.layout.dtype)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Maps and validates a packed model file.
+    ///
+    /// The file must not be modified or truncated while the model is open
+    /// (replace a model by writing a new file and renaming it over the old
+    /// one, as `mmoe pack` does): a mapped file that shrinks under the process
+    /// faults it, as with any memory-mapped reader.
+    pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Arc<Model>> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io("cannot open model", path, e))?;
+        // SAFETY: the map is read-only and lives as long as the Model. Its
+        // contents are validated by `reader::parse` before any tensor is
+        // read; the remaining contract (no truncation while open) is the
+        // documented contract of `Model::open`.
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|e| Error::io("cannot map model", path, e))?;
+        let layout = reader::parse(&map).map_err(|e| e.context(path.display()))?;
+        // Every typed view handed out later is a cast of these ranges; prove
+        // each cast valid once, here.
+        for tensor in &layout.tensors {
+            let bytes = &map[tensor.bytes.clone()];
+            let ok = match layout.dtype {
+                DType::F16 => bytemuck::try_cast_slice::<u8, f16>(bytes).is_ok(),
+                DType::F32 => bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok(),
+            };
+            if !ok {
+                return Err(Error::format(format!(
+                    "{}: tensor `{}` is misaligned in memory",
+                    path.display(),
+                    tensor.name
+                )));
+            }
+        }
+        if options.verify_checksums {
+            reader::verify_checksums(&map, &layout).map_err(|e| e.context(path.display()))?;
+        }
+        Ok(Arc::new(Model {
+            path: path.to_path_buf(),
+            map,
+            layout,
+        }))
+    }
+
+    /// Checks every tensor's checksum (reads the whole file).
+    pub fn verify(&self) -> Result<()> {
+        reader::verify_checksums(&self.map, &self.layout)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn config(&self) -> &Config {
+        &self.layout.config
+    }
+    pub fn plan(&self) -> &Plan {
+        &self.layout.plan
+    }
+    pub fn dtype(&self) -> DType {
+        self.layout.dtype
+    }
+    pub fn name(&self) -> &str {
+        &self.layout.config.name
+    }
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+    /// A hash of the whole content (config, table and, through the table's
+    /// per-tensor checksums, every weight).
+    pub fn content_hash(&self) -> u64 {
+        self.layout.header.meta_checksum
+    }
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.layout.tensors
+    }
+    pub fn task_names(&self) -> Vec<&str> {
+        self.config()
+            .tasks
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+    pub fn num_tasks(&self) -> usize {
+        self.config().tasks.len()
+    }
+    pub fn inputs(&self) -> Vec<InputInfo> {
+        self.config()
+            .inputs
+            .iter()
+            .map(|i| InputInfo {
+                name: i.name.clone(),
+                kind: i.kind,
+                scope: i.scope,
+                dim: i.dim,
+            })
+            .collect()
+    }
+
+    /// The index of the input `name`, or an error listing the model's inputs.
+    pub fn input_index(&self, name: &str) -> Result<usize> {
+        self.config().input_index(name).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .config()
+                .inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect();
+            Error::request(format!(
+                "unknown input `{name}`; model `{}` has inputs: {}",
+                self.name(),
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// The elements of tensor `id`, as stored.
+    pub fn values(&self, id: TensorId) -> Values<'_> {
+        let bytes = &self.map[self.layout.tensors[id].bytes.clone()];
+        // Casts were checked at open; they cannot fail here.
+        match self.layout.dtype {
+            DType::F16 => Values::F16(bytemuck::cast_slice(bytes)),
+            DType::F32 => Values::F32(bytemuck::cast_slice(bytes)),
+        }
+    }
+
+    /// The layout tensor `id` is stored in.
+    pub fn layout_of(&self, id: TensorId) -> Layout {
+        self.layout.tensors[id].layout
+    }
+}

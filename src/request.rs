@@ -1,0 +1,191 @@
+//! A scoring request: the features of one request and its candidates,
+//! borrowed from the caller. Inputs are addressed by their index in the
+//! model's config (see [`crate::Model::input_index`]).
+//!
+//! - A dense input of `scope: request` holds `dim` floats; of
+//!   `scope: candidate`, `candidates × dim` floats, row-major. NaN (or any
+//!   non-finite value) marks a missing value.
+//! - A sparse input holds CSR bags: `ids` and `offsets`, bag `b` being
+//!   `ids[offsets[b]..offsets[b + 1]]`. A request-scope input has one bag
+//!   (`offsets.len() == 2`); a candidate-scope input one per candidate.
+//!
+//! The request is checked against the model when it is scored, so one request
+//! may be scored by a model that was swapped in after it was built.
+
+use crate::config::{Config, InputKind, Scope};
+use crate::error::{Error, Result};
+
+/// The value of one input.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Feature<'a> {
+    #[default]
+    Unset,
+    Dense(&'a [f32]),
+    Sparse {
+        ids: &'a [u64],
+        offsets: &'a [u32],
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Request<'a> {
+    candidates: usize,
+    features: Vec<Feature<'a>>,
+}
+
+impl<'a> Request<'a> {
+    /// An empty request for `candidates` candidates.
+    pub fn new(candidates: usize) -> Self {
+        Request {
+            candidates,
+            features: Vec::new(),
+        }
+    }
+
+    /// Clears every feature and sets the candidate count, keeping capacity.
+    pub fn reset(&mut self, candidates: usize) {
+        self.candidates = candidates;
+        self.features.clear();
+    }
+
+    pub fn candidates(&self) -> usize {
+        self.candidates
+    }
+
+    pub fn set_dense(&mut self, input: usize, values: &'a [f32]) -> &mut Self {
+        self.set(input, Feature::Dense(values))
+    }
+
+    pub fn set_sparse(&mut self, input: usize, ids: &'a [u64], offsets: &'a [u32]) -> &mut Self {
+        self.set(input, Feature::Sparse { ids, offsets })
+    }
+
+    fn set(&mut self, input: usize, feature: Feature<'a>) -> &mut Self {
+        if self.features.len() <= input {
+            self.features.resize(input + 1, Feature::Unset);
+        }
+        self.features[input] = feature;
+        self
+    }
+
+    pub fn feature(&self, input: usize) -> Feature<'a> {
+        self.features.get(input).copied().unwrap_or_default()
+    }
+
+    /// Checks the request's shape against a model's config: every input set,
+    /// of the right kind and length, CSR offsets well formed. Values (NaN
+    /// policy) are checked while features are assembled.
+    pub fn validate(&self, config: &Config) -> Result<()> {
+        let n = self.candidates;
+        if self.features.len() > config.inputs.len() {
+            return Err(Error::request(format!(
+                "input index {} is set, but model `{}` has {} inputs",
+                self.features.len() - 1,
+                config.name,
+                config.inputs.len()
+            )));
+        }
+        for (index, input) in config.inputs.iter().enumerate() {
+            let name = &input.name;
+            let per_request = input.scope == Scope::Request;
+            match (input.kind, self.feature(index)) {
+                (_, Feature::Unset) => {
+                    return Err(Error::request(format!("input `{name}` is not set")));
+                }
+                (InputKind::Dense, Feature::Dense(values)) => {
+                    let want = if per_request {
+                        Some(input.dim)
+                    } else {
+                        n.checked_mul(input.dim)
+                    };
+                    if want != Some(values.len()) {
+                        let shape = if per_request {
+                            format!("{}", input.dim)
+                        } else {
+                            format!("{n} candidates × {}", input.dim)
+                        };
+                        return Err(Error::request(format!(
+                            "input `{name}`: {} values, expected {shape}",
+                            values.len()
+                        )));
+                    }
+                }
+                (InputKind::Sparse, Feature::Sparse { ids, offsets }) => {
+                    let bags = if per_request { 1 } else { n };
+                    check_csr(name, bags, ids, offsets)?;
+                }
+                (InputKind::Dense, Feature::Sparse { .. }) => {
+                    return Err(Error::request(format!(
+                        "input `{name}` is dense but was given sparse ids"
+                    )));
+                }
+                (InputKind::Sparse, Feature::Dense(_)) => {
+                    return Err(Error::request(format!(
+                        "input `{name}` is sparse but was given dense values"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_csr(name: &str, bags: usize, ids: &[u64], offsets: &[u32]) -> Result<()> {
+    if offsets.len() != bags + 1 {
+        return Err(Error::request(format!(
+            "input `{name}`: {} offsets, expected {} ({bags} bag(s) + 1)",
+            offsets.len(),
+            bags + 1
+        )));
+    }
+    if offsets[0] != 0 {
+        return Err(Error::request(format!(
+            "input `{name}`: offsets must start at 0, got {}",
+            offsets[0]
+        )));
+    }
+    if let Some(b) = offsets.windows(2).position(|w| w[1] < w[0]) {
+        return Err(Error::request(format!(
+            "input `{name}`: offsets decrease at bag {b} ({} then {})",
+            offsets[b],
+            offsets[b + 1]
+        )));
+    }
+    let last = offsets[bags] as usize;
+    if last != ids.len() {
+        return Err(Error::request(format!(
+            "input `{name}`: last offset is {last} but there are {} ids",
+            ids.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The value of one input, owned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OwnedFeature {
+    Dense(Vec<f32>),
+    Sparse { ids: Vec<u64>, offsets: Vec<u32> },
+}
+
+/// A request that owns its features (parsed from JSON, or generated).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedRequest {
+    pub candidates: usize,
+    /// By input index.
+    pub features: Vec<OwnedFeature>,
+}
+
+impl OwnedRequest {
+    /// A borrowed [`Request`] over these features.
+    pub fn as_request(&self) -> Request<'_> {
+        let mut request = Request::new(self.candidates);
+        for (index, feature) in self.features.iter().enumerate() {
+            match feature {
+                OwnedFeature::Dense(values) => request.set_dense(index, values),
+                OwnedFeature::Sparse { ids, offsets } => request.set_sparse(index, ids, offsets),
+            };
+        }
+        request
+    }
+}

@@ -1,0 +1,91 @@
+//! A session scores requests on one model, on one thread at a time, and owns
+//! the scratch memory for it. Create one per thread; they share the model.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::reference;
+use crate::request::Request;
+
+/// Where the scores go: `[candidates × tasks]` row-major, each optional.
+/// Nothing is written unless scoring succeeds.
+#[derive(Debug, Default)]
+pub struct Scores<'a> {
+    pub logits: Option<&'a mut [f32]>,
+    pub probabilities: Option<&'a mut [f32]>,
+}
+
+/// Which implementation computes the scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The scalar reference of MODEL.md (the oracle).
+    #[default]
+    Reference,
+}
+
+pub struct Session {
+    model: Arc<Model>,
+    backend: Backend,
+    /// Logits of the request in flight, copied out only on success.
+    logits: Vec<f32>,
+}
+
+impl Session {
+    pub fn new(model: Arc<Model>) -> Session {
+        Self::with_backend(model, Backend::default())
+    }
+
+    pub fn with_backend(model: Arc<Model>, backend: Backend) -> Session {
+        Session {
+            model,
+            backend,
+            logits: Vec::new(),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Scores a request. Output slices must hold `candidates × tasks` floats.
+    pub fn score(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<()> {
+        let model = &*self.model;
+        let tasks = model.num_tasks();
+        let n = request.candidates();
+        let want = n
+            .checked_mul(tasks)
+            .ok_or_else(|| Error::argument("candidate count overflows"))?;
+        for (what, out) in [
+            ("logits", scores.logits.as_deref()),
+            ("probabilities", scores.probabilities.as_deref()),
+        ] {
+            if let Some(out) = out {
+                if out.len() != want {
+                    return Err(Error::argument(format!(
+                        "{what} output holds {} floats, expected {n} candidates × {tasks} tasks = {want}",
+                        out.len()
+                    )));
+                }
+            }
+        }
+        request.validate(model.config())?;
+        self.logits.resize(want, 0.0);
+        match self.backend {
+            Backend::Reference => reference::score(model, request, &mut self.logits)?,
+        }
+        if let Some(out) = scores.logits.as_deref_mut() {
+            out.copy_from_slice(&self.logits);
+        }
+        if let Some(out) = scores.probabilities.as_deref_mut() {
+            for (p, &l) in out.iter_mut().zip(&self.logits) {
+                *p = reference::sigmoid(l);
+            }
+        }
+        Ok(())
+    }
+}
