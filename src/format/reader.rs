@@ -139,6 +139,13 @@ pub fn parse(bytes: &[u8]) -> Result<PackedLayout> {
     let config_bytes = slice(bytes, header.config_offset, config_end)?;
     let table_bytes = slice(bytes, header.table_offset, table_end)?;
     let names = slice(bytes, header.names_offset, names_end)?;
+    // Alignment padding is not covered by the checksum; it must be zero, so
+    // that no byte of the file's meta part can change unnoticed.
+    if !is_zero(slice(bytes, config_end, header.table_offset)?)
+        || !is_zero(slice(bytes, names_end, header.data_offset)?)
+    {
+        return Err(bad("padding between regions is not zero (corrupt file)"));
+    }
     if meta_checksum(&header, config_bytes, table_bytes, names) != header.meta_checksum {
         return Err(Error::new(
             ErrorKind::Checksum,
@@ -294,9 +301,23 @@ fn slice(bytes: &[u8], start: u64, end: u64) -> Result<&[u8]> {
         .ok_or_else(|| bad("region out of bounds"))
 }
 
-/// Checks every tensor's checksum; the error names the first corrupt tensor.
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+/// Checks every tensor's checksum, and that the padding between tensors is
+/// zero; the error names the first corrupt tensor.
 pub fn verify_checksums(bytes: &[u8], layout: &PackedLayout) -> Result<()> {
+    let mut previous_end = layout.header.data_offset as usize;
     for tensor in &layout.tensors {
+        let padding = bytes.get(previous_end..tensor.bytes.start).unwrap_or_default();
+        if !is_zero(padding) {
+            return Err(Error::new(
+                ErrorKind::Checksum,
+                format!("the padding before tensor `{}` is not zero (corrupt file)", tensor.name),
+            ));
+        }
+        previous_end = tensor.bytes.end;
         let data = bytes
             .get(tensor.bytes.clone())
             .ok_or_else(|| bad(format!("tensor `{}` out of bounds", tensor.name)))?;
@@ -306,6 +327,9 @@ pub fn verify_checksums(bytes: &[u8], layout: &PackedLayout) -> Result<()> {
                 format!("tensor `{}` is corrupt (checksum mismatch)", tensor.name),
             ));
         }
+    }
+    if !is_zero(bytes.get(previous_end..).unwrap_or_default()) {
+        return Err(Error::new(ErrorKind::Checksum, "the padding after the last tensor is not zero (corrupt file)"));
     }
     Ok(())
 }

@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests: small models of every expert
+//! type, packed into a temporary directory.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mmoe::format::writer::{self, MemorySource};
+use mmoe::{Config, DType, Model, OpenOptions};
+
+/// A small model with every expert type and a gate reading a subset.
+pub const SMALL_CONFIG: &str = r#"{
+  "name": "small",
+  "expert_dim": 8,
+  "inputs": [
+    {"name": "u", "kind": "dense", "scope": "request", "dim": 4, "transform": ["log1p", "standardize"], "clip": 3.0},
+    {"name": "a", "kind": "dense", "scope": "candidate", "dim": 6, "missing": "zero"},
+    {"name": "us", "kind": "sparse", "scope": "request", "rows": 10, "dim": 3, "pooling": "mean"},
+    {"name": "as", "kind": "sparse", "scope": "candidate", "rows": 20, "dim": 3, "pooling": "sum"}
+  ],
+  "experts": [
+    {"name": "d", "type": "dcnv2", "cross_layers": 2, "rank": 3, "structure": "parallel", "deep": [12]},
+    {"name": "m", "type": "mlp", "hidden": [10, 8]},
+    {"name": "k", "type": "masknet", "mode": "parallel", "blocks": [5, 6], "mask_hidden": 7, "head": [8]},
+    {"name": "f", "type": "finalmlp", "mlp1": [8], "mlp2": [6], "heads": 2, "feature_selection": true,
+     "fs_hidden": [5], "fs1_context": [], "fs2_context": ["a"]}
+  ],
+  "tasks": [
+    {"name": "click", "gate_hidden": [], "tower": [4]},
+    {"name": "save", "gate_hidden": [6], "gate_inputs": ["u", "us"], "tower": []}
+  ]
+}"#;
+
+pub fn config(json: &str) -> Config {
+    Config::parse(json).expect("test config is valid")
+}
+
+pub struct Packed {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Packed {
+    pub fn open(&self) -> Arc<Model> {
+        Model::open(&self.path, &OpenOptions::default()).expect("packed model opens")
+    }
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).expect("read packed file")
+    }
+}
+
+pub fn pack(config: &Config, source: &MemorySource, dtype: DType) -> Packed {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("model.mmoe");
+    writer::pack(config, source, dtype, &path, &mut |_, _| {}).expect("pack");
+    Packed { dir, path }
+}
+
+/// The small model with synthetic weights.
+pub fn small(dtype: DType) -> (Config, MemorySource, Packed) {
+    let config = config(SMALL_CONFIG);
+    let source = mmoe::demo::synthetic_tensors(&config, 3).expect("synthetic tensors");
+    let packed = pack(&config, &source, dtype);
+    (config, source, packed)
+}
