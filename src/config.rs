@@ -694,6 +694,172 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_bad_config_is_refused_with_a_reason() {
+        use serde_json::json;
+        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+            (
+                Box::new(|v| v["expert_dim"] = json!(0)),
+                "expert_dim must be at least 1",
+            ),
+            (
+                Box::new(|v| v["expert_dim"] = json!(-3)),
+                "field `expert_dim`",
+            ),
+            (
+                Box::new(|v| v["inputs"] = json!([])),
+                "inputs must not be empty",
+            ),
+            (
+                Box::new(|v| v["experts"] = json!([])),
+                "experts must not be empty",
+            ),
+            (
+                Box::new(|v| v["tasks"] = json!([])),
+                "tasks must not be empty",
+            ),
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("name");
+                }),
+                "missing field `name`",
+            ),
+            (
+                Box::new(|v| v["inputs"][0]["dim"] = json!(0)),
+                "input `user_dense`: dim must be at least 1",
+            ),
+            (
+                Box::new(|v| {
+                    v["inputs"][0].as_object_mut().unwrap().remove("dim");
+                }),
+                "input #0 `user_dense`: missing field `dim`",
+            ),
+            (
+                Box::new(|v| v["inputs"][0]["kind"] = json!("image")),
+                "input #0 `user_dense`: unknown variant `image`",
+            ),
+            (
+                Box::new(|v| v["inputs"][0]["scope"] = json!("global")),
+                "unknown variant `global`",
+            ),
+            (
+                Box::new(|v| v["inputs"][0]["transform"] = json!(["log1p", "log1p"])),
+                "listed twice",
+            ),
+            (
+                Box::new(|v| v["inputs"][0]["transform"] = json!(["sqrt"])),
+                "unknown variant `sqrt`",
+            ),
+            (
+                Box::new(|v| v["inputs"][1]["transform"] = json!(["clip"])),
+                "input `ad_dense`: transform lists clip but the `clip` field",
+            ),
+            (
+                Box::new(|v| v["inputs"][1]["missing"] = json!("mean")),
+                "unknown variant `mean`",
+            ),
+            (
+                Box::new(|v| {
+                    v["inputs"][2].as_object_mut().unwrap().remove("rows");
+                }),
+                "input `user_sparse0`: sparse input needs `rows`",
+            ),
+            (
+                Box::new(|v| {
+                    v["inputs"][2].as_object_mut().unwrap().remove("pooling");
+                }),
+                "sparse input needs `pooling`",
+            ),
+            (
+                Box::new(|v| v["inputs"][2]["pooling"] = json!("max")),
+                "unknown variant `max`",
+            ),
+            (
+                Box::new(|v| v["inputs"][2]["missing"] = json!("zero")),
+                "`missing` belongs to dense inputs",
+            ),
+            (
+                Box::new(|v| v["inputs"][3]["name"] = json!("user_sparse0")),
+                "input name `user_sparse0` is used twice",
+            ),
+            (
+                Box::new(|v| v["experts"][1]["name"] = json!("dcn0")),
+                "expert name `dcn0` is used twice",
+            ),
+            (
+                Box::new(|v| v["experts"][0]["cross_layers"] = json!(0)),
+                "expert `dcn0`: cross_layers must be between 1 and 64",
+            ),
+            (
+                Box::new(|v| v["experts"][0]["rank"] = json!(0)),
+                "expert `dcn0`: rank must be at least 1",
+            ),
+            (
+                Box::new(|v| v["experts"][0]["deep"] = json!([])),
+                "expert `dcn0`: deep must not be empty",
+            ),
+            (
+                Box::new(|v| v["experts"][0]["structure"] = json!("mixed")),
+                "unknown variant `mixed`",
+            ),
+            (
+                Box::new(|v| v["experts"][4]["hidden"] = json!([])),
+                "expert `mlp0`: hidden must not be empty",
+            ),
+            (
+                Box::new(|v| v["experts"][4]["hidden"] = json!([512, 0, 256])),
+                "expert `mlp0`: hidden[1] must be at least 1",
+            ),
+            (
+                Box::new(|v| v["experts"][4]["depth"] = json!(3)),
+                "expert #4 `mlp0`: unknown field `depth`",
+            ),
+            (
+                Box::new(|v| {
+                    v["experts"][4].as_object_mut().unwrap().remove("type");
+                }),
+                "missing field `type`",
+            ),
+            (
+                Box::new(|v| v["tasks"][0]["gate_inputs"] = json!([])),
+                "task `click`: gate_inputs is an empty list",
+            ),
+            (
+                Box::new(|v| v["tasks"][0]["gate_inputs"] = json!(["ad_dense", "ad_dense"])),
+                "task `click`: gate_inputs lists input `ad_dense` twice",
+            ),
+            (
+                Box::new(|v| v["tasks"][0]["tower"] = json!([0])),
+                "task `click`: tower[0] must be at least 1",
+            ),
+            (
+                Box::new(|v| v["tasks"][0]["gate_hidden"] = json!([-1])),
+                "task #0 `click`",
+            ),
+            (
+                Box::new(|v| v["tasks"][0]["name"] = json!("")),
+                "task name must not be empty",
+            ),
+            (
+                Box::new(|v| v["tasks"][0]["name"] = json!("a b")),
+                "task name `a b` may hold only",
+            ),
+        ];
+        for (edit, expect) in cases {
+            let e = err(edit);
+            assert!(e.contains(expect), "`{e}` should contain `{expect}`");
+        }
+        // Not JSON, not an object.
+        assert!(Config::parse("{")
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
+        assert!(Config::parse("[]")
+            .unwrap_err()
+            .to_string()
+            .contains("must be a JSON object"));
+    }
+
+    #[test]
     fn masknet_and_finalmlp_rules() {
         let masknet = |mode: &str, blocks: Value, head: Value| {
             with(|v| {

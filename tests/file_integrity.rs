@@ -61,7 +61,10 @@ fn corrupt_tensor_data_is_caught_by_verify_naming_the_tensor() {
         // …and verify names the tensor.
         let err = verify_checksums(&corrupt, &corrupt_layout).expect_err("verify must fail");
         assert_eq!(err.kind(), ErrorKind::Checksum);
-        assert!(err.message().contains(&format!("`{}`", tensor.name)), "{err}");
+        assert!(
+            err.message().contains(&format!("`{}`", tensor.name)),
+            "{err}"
+        );
     }
     // Through the API: open with verification refuses the file.
     let mut corrupt = bytes.clone();
@@ -69,7 +72,13 @@ fn corrupt_tensor_data_is_caught_by_verify_naming_the_tensor() {
     corrupt[last.bytes.start] ^= 1;
     std::fs::write(&packed.path, &corrupt).unwrap();
     assert!(Model::open(&packed.path, &OpenOptions::default()).is_ok());
-    let err = Model::open(&packed.path, &OpenOptions { verify_checksums: true }).unwrap_err();
+    let err = Model::open(
+        &packed.path,
+        &OpenOptions {
+            verify_checksums: true,
+        },
+    )
+    .unwrap_err();
     assert!(err.message().contains(&last.name), "{err}");
 }
 
@@ -87,8 +96,12 @@ fn foreign_and_future_files_are_refused_with_a_reason() {
     assert!(with(12, &0x0102_0304u32.to_be_bytes()).contains("byte order"));
     assert!(with(16, &9u32.to_le_bytes()).contains("layout version 9"));
     assert!(with(20, &7u32.to_le_bytes()).contains("unknown dtype"));
-    assert!(parse(&bytes[..HEADER_LEN - 1]).unwrap_err().to_string().contains("shorter than"));
-    let missing = Model::open(packed.dir.path().join("nope.mmoe"), &OpenOptions::default()).unwrap_err();
+    assert!(parse(&bytes[..HEADER_LEN - 1])
+        .unwrap_err()
+        .to_string()
+        .contains("shorter than"));
+    let missing =
+        Model::open(packed.dir.path().join("nope.mmoe"), &OpenOptions::default()).unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::Io);
     assert!(missing.message().contains("nope.mmoe"), "{missing}");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{config, pack, small, SMALL_CONFIG};
+use common::{config, pack, small, write_safetensors, SMALL_CONFIG};
 use mmoe::format::safetensors_source::SafetensorsSource;
 use mmoe::format::writer::{self, MemorySource};
 use mmoe::format::{Layout, PANEL};
@@ -17,10 +17,14 @@ fn pack_error(edit: impl FnOnce(&mut MemorySource), dtype: DType) -> mmoe::Error
     edit(&mut source);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.mmoe");
-    let err = writer::pack(&config, &source, dtype, &out, &mut |_, _| {}).expect_err("pack must fail");
+    let err =
+        writer::pack(&config, &source, dtype, &out, &mut |_, _| {}).expect_err("pack must fail");
     assert!(!out.exists(), "a failed pack leaves no file");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert!(leftovers.is_empty(), "a failed pack leaves no temporary file");
+    assert!(
+        leftovers.is_empty(),
+        "a failed pack leaves no temporary file"
+    );
     err
 }
 
@@ -28,14 +32,29 @@ fn pack_error(edit: impl FnOnce(&mut MemorySource), dtype: DType) -> mmoe::Error
 fn missing_extra_and_misshaped_tensors_are_named() {
     let e = pack_error(|s| s.remove("experts.d.cross.1.up.weight"), DType::F16);
     assert_eq!(e.kind(), ErrorKind::Tensor);
-    assert!(e.message().contains("missing tensor `experts.d.cross.1.up.weight`"), "{e}");
-
-    let e = pack_error(|s| s.insert("experts.d.cross.9.bias", vec![3], vec![0.0; 3]), DType::F16);
-    assert!(e.message().contains("extra tensor `experts.d.cross.9.bias`"), "{e}");
-
-    let e = pack_error(|s| s.insert("tasks.click.tower.0.weight", vec![8, 4], vec![0.0; 32]), DType::F16);
     assert!(
-        e.message().contains("tensor `tasks.click.tower.0.weight` has shape [8, 4], expected [4, 8]"),
+        e.message()
+            .contains("missing tensor `experts.d.cross.1.up.weight`"),
+        "{e}"
+    );
+
+    let e = pack_error(
+        |s| s.insert("experts.d.cross.9.bias", vec![3], vec![0.0; 3]),
+        DType::F16,
+    );
+    assert!(
+        e.message()
+            .contains("extra tensor `experts.d.cross.9.bias`"),
+        "{e}"
+    );
+
+    let e = pack_error(
+        |s| s.insert("tasks.click.tower.0.weight", vec![8, 4], vec![0.0; 32]),
+        DType::F16,
+    );
+    assert!(
+        e.message()
+            .contains("tensor `tasks.click.tower.0.weight` has shape [8, 4], expected [4, 8]"),
         "{e}"
     );
 
@@ -52,9 +71,14 @@ fn missing_extra_and_misshaped_tensors_are_named() {
 
 #[test]
 fn values_that_do_not_fit_are_refused_with_their_index() {
-    let e = pack_error(|s| s.get_mut("experts.m.mlp.1.weight").unwrap()[13] = 70000.0, DType::F16);
+    let e = pack_error(
+        |s| s.get_mut("experts.m.mlp.1.weight").unwrap()[13] = 70000.0,
+        DType::F16,
+    );
     assert!(
-        e.message().contains("tensor `experts.m.mlp.1.weight` element [1, 3] = 70000 does not fit in fp16"),
+        e.message().contains(
+            "tensor `experts.m.mlp.1.weight` element [1, 3] = 70000 does not fit in fp16"
+        ),
         "{e}"
     );
     // f32 packing keeps it.
@@ -63,8 +87,15 @@ fn values_that_do_not_fit_are_refused_with_their_index() {
     source.get_mut("experts.m.mlp.1.weight").unwrap()[13] = 70000.0;
     pack(&config, &source, DType::F32);
 
-    let e = pack_error(|s| s.get_mut("inputs.u.std").unwrap()[2] = f32::NAN, DType::F32);
-    assert!(e.message().contains("tensor `inputs.u.std` element [2] = NaN is not finite"), "{e}");
+    let e = pack_error(
+        |s| s.get_mut("inputs.u.std").unwrap()[2] = f32::NAN,
+        DType::F32,
+    );
+    assert!(
+        e.message()
+            .contains("tensor `inputs.u.std` element [2] = NaN is not finite"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -88,12 +119,20 @@ fn linear_weights_are_stored_in_panels() {
     let id = model.plan().tensor_id(name).unwrap();
     assert_eq!(model.layout_of(id), Layout::Panel);
     let values = model.values(id);
-    assert_eq!(values.len(), PANEL * 16, "10 rows padded to one panel of {PANEL}");
+    assert_eq!(
+        values.len(),
+        PANEL * 16,
+        "10 rows padded to one panel of {PANEL}"
+    );
     let mut original = vec![0.0; 160];
     mmoe::format::writer::TensorSource::read(&source, name, 0, &mut original).unwrap();
     for i in 0..10 {
         for k in 0..16 {
-            assert_eq!(values.get(k * PANEL + i), original[i * 16 + k], "W[{i}, {k}]");
+            assert_eq!(
+                values.get(k * PANEL + i),
+                original[i * 16 + k],
+                "W[{i}, {k}]"
+            );
         }
     }
     for k in 0..16 {
@@ -105,40 +144,6 @@ fn linear_weights_are_stored_in_panels() {
     for t in model.tensors() {
         assert_eq!(t.bytes.start % 64, 0, "{}", t.name);
     }
-}
-
-/// Writes `tensors` as a safetensors file with each tensor in the given dtype.
-fn write_safetensors(path: &std::path::Path, source: &MemorySource, dtype_of: impl Fn(&str) -> &'static str) {
-    use mmoe::format::writer::TensorSource;
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for name in source.names() {
-        let shape = source.shape(&name).unwrap();
-        let mut values = vec![0.0; shape.iter().product()];
-        source.read(&name, 0, &mut values).unwrap();
-        let dtype = dtype_of(&name);
-        let start = data.len();
-        for v in values {
-            match dtype {
-                "F32" => data.extend_from_slice(&v.to_le_bytes()),
-                "F16" => data.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
-                "BF16" => data.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
-                _ => unreachable!(),
-            }
-        }
-        header.insert(
-            name,
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    while text.len() % 8 != 0 {
-        text.push(b' ');
-    }
-    let mut file = (text.len() as u64).to_le_bytes().to_vec();
-    file.extend(text);
-    file.extend(data);
-    std::fs::write(path, file).unwrap();
 }
 
 #[test]
@@ -159,17 +164,29 @@ fn safetensors_of_f32_f16_and_bf16_pack_to_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let mut hashes = HashMap::new();
     for (label, dtype_of) in [
-        ("f32", Box::new(|_: &str| "F32") as Box<dyn Fn(&str) -> &'static str>),
+        (
+            "f32",
+            Box::new(|_: &str| "F32") as Box<dyn Fn(&str) -> &'static str>,
+        ),
         ("f16", Box::new(|_: &str| "F16")),
         ("bf16", Box::new(|_: &str| "BF16")),
-        ("mixed", Box::new(|n: &str| if n.contains("weight") { "BF16" } else { "F16" })),
+        (
+            "mixed",
+            Box::new(|n: &str| if n.contains("weight") { "BF16" } else { "F16" }),
+        ),
     ] {
         let st = dir.path().join(format!("{label}.safetensors"));
         write_safetensors(&st, &source, dtype_of);
         let from_file = SafetensorsSource::open(&st).unwrap();
         let out = dir.path().join(format!("{label}.mmoe"));
         writer::pack(&config, &from_file, DType::F16, &out, &mut |_, _| {}).unwrap();
-        let model = Model::open(&out, &OpenOptions { verify_checksums: true }).unwrap();
+        let model = Model::open(
+            &out,
+            &OpenOptions {
+                verify_checksums: true,
+            },
+        )
+        .unwrap();
         hashes.insert(label, model.content_hash());
     }
     let first = hashes["f32"];
@@ -198,12 +215,22 @@ fn fp16_packing_scores_close_to_f32_packing() {
         let mut session = Session::new(model);
         let mut logits = vec![0.0; 14];
         session
-            .score(&request.as_request(), &mut Scores { logits: Some(&mut logits), probabilities: None })
+            .score(
+                &request.as_request(),
+                &mut Scores {
+                    logits: Some(&mut logits),
+                    probabilities: None,
+                },
+            )
             .unwrap();
         logits
     };
     let (a, b) = (score(packed32.open()), score(packed16.open()));
-    let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
     assert!(max > 0.0, "fp16 rounding changes something");
     assert!(max < 2e-2, "fp16 packing moved a logit by {max}");
 }

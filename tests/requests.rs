@@ -41,7 +41,13 @@ fn request<'a>(f: &'a Features, n: usize) -> Request<'a> {
 
 fn score(session: &mut Session, request: &Request<'_>) -> mmoe::Result<Vec<f32>> {
     let mut logits = vec![f32::NAN; request.candidates() * 2];
-    session.score(request, &mut Scores { logits: Some(&mut logits), probabilities: None })?;
+    session.score(
+        request,
+        &mut Scores {
+            logits: Some(&mut logits),
+            probabilities: None,
+        },
+    )?;
     Ok(logits)
 }
 
@@ -65,33 +71,131 @@ fn bad_requests_name_the_input() {
         edit(&mut r);
         let err = score(&mut session, &r).expect_err(expect);
         assert_eq!(err.kind(), ErrorKind::Request, "{err}");
-        assert!(err.message().contains(expect), "`{err}` should say `{expect}`");
+        assert!(
+            err.message().contains(expect),
+            "`{err}` should say `{expect}`"
+        );
     }
     let short = vec![0.0f32; 3];
     let long = vec![0.0f32; n * 6 + 1];
-    check(&model, &f, |r| { r.set_dense(0, &short); }, "input `u`: 3 values, expected 4");
-    check(&model, &f, |r| { r.set_dense(1, &long); }, "input `a`: 19 values, expected 3 candidates × 6");
-    check(&model, &f, |r| { r.set_sparse(0, &[1], &[0, 1]); }, "input `u` is dense but was given sparse ids");
-    check(&model, &f, |r| { r.set_dense(2, &short); }, "input `us` is sparse but was given dense values");
-    check(&model, &f, |r| { r.reset(n); }, "input `u` is not set");
-    check(&model, &f, |r| { r.set_dense(4, &short); }, "input index 4 is set, but model `small` has 4 inputs");
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_dense(0, &short);
+        },
+        "input `u`: 3 values, expected 4",
+    );
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_dense(1, &long);
+        },
+        "input `a`: 19 values, expected 3 candidates × 6",
+    );
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_sparse(0, &[1], &[0, 1]);
+        },
+        "input `u` is dense but was given sparse ids",
+    );
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_dense(2, &short);
+        },
+        "input `us` is sparse but was given dense values",
+    );
+    check(
+        &model,
+        &f,
+        |r| {
+            r.reset(n);
+        },
+        "input `u` is not set",
+    );
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_dense(4, &short);
+        },
+        "input index 4 is set, but model `small` has 4 inputs",
+    );
     // CSR offsets.
-    check(&model, &f, |r| { r.set_sparse(2, &[1, 2], &[0, 1, 2]); }, "input `us`: 3 offsets, expected 2");
-    check(&model, &f, |r| { r.set_sparse(2, &[1, 2], &[1, 2]); }, "input `us`: offsets must start at 0");
-    check(&model, &f, |r| { r.set_sparse(3, &[1, 2, 3], &[0, 2, 1, 3]); }, "input `as`: offsets decrease at bag 1");
-    check(&model, &f, |r| { r.set_sparse(3, &[1, 2, 3], &[0, 1, 2, 2]); }, "input `as`: last offset is 2 but there are 3 ids");
-    check(&model, &f, |r| { r.set_sparse(3, &[1], &[0, 1, 1, 5]); }, "last offset is 5 but there are 1 ids");
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_sparse(2, &[1, 2], &[0, 1, 2]);
+        },
+        "input `us`: 3 offsets, expected 2",
+    );
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_sparse(2, &[1, 2], &[1, 2]);
+        },
+        "input `us`: offsets must start at 0",
+    );
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_sparse(3, &[1, 2, 3], &[0, 2, 1, 3]);
+        },
+        "input `as`: offsets decrease at bag 1",
+    );
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_sparse(3, &[1, 2, 3], &[0, 1, 2, 2]);
+        },
+        "input `as`: last offset is 2 but there are 3 ids",
+    );
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_sparse(3, &[1], &[0, 1, 1, 5]);
+        },
+        "last offset is 5 but there are 1 ids",
+    );
     // NaN where the input does not allow missing values.
     let mut u_nan = f.u.clone();
     u_nan[2] = f32::NAN;
-    check(&model, &f, |r| { r.set_dense(0, &u_nan); }, "input `u` candidate 0 element 2: value NaN is not finite");
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_dense(0, &u_nan);
+        },
+        "input `u` candidate 0 element 2: value NaN is not finite",
+    );
     let mut u_inf = f.u.clone();
     u_inf[1] = f32::INFINITY;
-    check(&model, &f, |r| { r.set_dense(0, &u_inf); }, "input `u` candidate 0 element 1: value inf");
+    check(
+        &model,
+        &f,
+        |r| {
+            r.set_dense(0, &u_inf);
+        },
+        "input `u` candidate 0 element 1: value inf",
+    );
 
     // Unknown names are refused by name lookup.
     let err = model.input_index("user_dense").unwrap_err();
-    assert!(err.message().contains("unknown input `user_dense`") && err.message().contains("u, a, us, as"), "{err}");
+    assert!(
+        err.message().contains("unknown input `user_dense`")
+            && err.message().contains("u, a, us, as"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -105,18 +209,45 @@ fn outputs_are_written_only_on_success_and_checked_for_length() {
     bad.set_dense(0, &nan);
     let mut logits = vec![7.0; n * 2];
     let mut probabilities = vec![7.0; n * 2];
-    let result = session.score(&bad, &mut Scores { logits: Some(&mut logits), probabilities: Some(&mut probabilities) });
+    let result = session.score(
+        &bad,
+        &mut Scores {
+            logits: Some(&mut logits),
+            probabilities: Some(&mut probabilities),
+        },
+    );
     assert!(result.is_err());
-    assert!(logits.iter().chain(&probabilities).all(|&v| v == 7.0), "outputs untouched on error");
+    assert!(
+        logits.iter().chain(&probabilities).all(|&v| v == 7.0),
+        "outputs untouched on error"
+    );
 
     let good = request(&f, n);
     let mut short = vec![0.0; 3];
-    let err = session.score(&good, &mut Scores { logits: Some(&mut short), probabilities: None }).unwrap_err();
+    let err = session
+        .score(
+            &good,
+            &mut Scores {
+                logits: Some(&mut short),
+                probabilities: None,
+            },
+        )
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Argument);
-    assert!(err.message().contains("logits output holds 3 floats, expected 2 candidates × 2 tasks = 4"), "{err}");
+    assert!(
+        err.message()
+            .contains("logits output holds 3 floats, expected 2 candidates × 2 tasks = 4"),
+        "{err}"
+    );
 
     session
-        .score(&good, &mut Scores { logits: Some(&mut logits), probabilities: Some(&mut probabilities) })
+        .score(
+            &good,
+            &mut Scores {
+                logits: Some(&mut logits),
+                probabilities: Some(&mut probabilities),
+            },
+        )
         .unwrap();
     for (l, p) in logits.iter().zip(&probabilities) {
         assert!((1.0 / (1.0 + (-l).exp()) - p).abs() < 1e-6);
@@ -142,7 +273,10 @@ fn missing_zero_and_request_scope_behave_as_the_contract_says() {
     r1.set_dense(1, &a_missing);
     let mut r2 = request(&f, n);
     r2.set_dense(1, &a_zero);
-    let (s1, s2) = (score(&mut session, &r1).unwrap(), score(&mut session, &r2).unwrap());
+    let (s1, s2) = (
+        score(&mut session, &r1).unwrap(),
+        score(&mut session, &r2).unwrap(),
+    );
     assert_eq!(s1, s2);
     assert_ne!(s1[2..4], base[2..4], "candidate 1 changed");
     assert_eq!(s1[..2], base[..2], "candidate 0 did not");
@@ -152,7 +286,8 @@ fn missing_zero_and_request_scope_behave_as_the_contract_says() {
     let same_a: Vec<f32> = (0..n).flat_map(|_| f.a[..6].to_vec()).collect();
     let same_ids: Vec<u64> = (0..n).flat_map(|_| [3u64, 4]).collect();
     let mut r = request(&f, n);
-    r.set_dense(1, &same_a).set_sparse(3, &same_ids, &f.as_offsets);
+    r.set_dense(1, &same_a)
+        .set_sparse(3, &same_ids, &f.as_offsets);
     let s = score(&mut session, &r).unwrap();
     for c in 1..n {
         assert_eq!(s[c * 2..c * 2 + 2], s[..2]);
@@ -166,7 +301,13 @@ fn missing_zero_and_request_scope_behave_as_the_contract_says() {
     // An empty bag pools to zeros; a request with zero candidates is fine.
     let empty: Vec<u32> = vec![0; n + 1];
     r.set_sparse(3, &[], &empty);
-    assert!(score(&mut session, &r).unwrap().iter().all(|v| v.is_finite()));
+    assert!(score(&mut session, &r)
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite()));
     let f0 = features(0);
-    assert_eq!(score(&mut session, &request(&f0, 0)).unwrap(), Vec::<f32>::new());
+    assert_eq!(
+        score(&mut session, &request(&f0, 0)).unwrap(),
+        Vec::<f32>::new()
+    );
 }

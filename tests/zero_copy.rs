@@ -73,7 +73,11 @@ fn model_with_table(dir: &std::path::Path, rows: usize) -> std::path::PathBuf {
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -107,11 +111,20 @@ fn one_gib_model_opens_like_a_small_one_without_growing_memory() {
     request.set_dense(0, &x).set_sparse(1, &ids, &offsets);
     let mut logits = [0.0f32];
     Session::new(model.clone())
-        .score(&request, &mut Scores { logits: Some(&mut logits), probabilities: None })
+        .score(
+            &request,
+            &mut Scores {
+                logits: Some(&mut logits),
+                probabilities: None,
+            },
+        )
         .unwrap();
     let grown = resident_bytes().saturating_sub(before);
     assert!(logits[0].is_finite());
-    assert!(grown < 32 << 20, "opening and scoring a {big_len}-byte model grew resident memory by {grown} bytes");
+    assert!(
+        grown < 32 << 20,
+        "opening and scoring a {big_len}-byte model grew resident memory by {grown} bytes"
+    );
     drop(model);
 
     let (t_small, t_big) = (best_open_time(&small), best_open_time(&big));
@@ -123,5 +136,8 @@ fn one_gib_model_opens_like_a_small_one_without_growing_memory() {
     );
     // Generous bound: both are a header read and a few syscalls; a copy of
     // 1 GiB would take hundreds of milliseconds.
-    assert!(t_big < t_small * 20.0 + 0.005, "1 GiB open took {t_big} s vs {t_small} s");
+    assert!(
+        t_big < t_small * 20.0 + 0.005,
+        "1 GiB open took {t_big} s vs {t_small} s"
+    );
 }

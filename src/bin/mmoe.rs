@@ -350,6 +350,12 @@ fn demo(candidates: usize, out: Option<PathBuf>, top: usize) -> CliResult {
         session.backend(),
         candidates as f64 / median
     );
+    println!(
+        "build      {} ({}), {} CPU(s) visible",
+        env!("MMOE_BUILD_TARGET"),
+        env!("MMOE_BUILD_PROFILE"),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     Ok(ExitCode::SUCCESS)
 }
 

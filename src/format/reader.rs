@@ -310,11 +310,16 @@ fn is_zero(bytes: &[u8]) -> bool {
 pub fn verify_checksums(bytes: &[u8], layout: &PackedLayout) -> Result<()> {
     let mut previous_end = layout.header.data_offset as usize;
     for tensor in &layout.tensors {
-        let padding = bytes.get(previous_end..tensor.bytes.start).unwrap_or_default();
+        let padding = bytes
+            .get(previous_end..tensor.bytes.start)
+            .unwrap_or_default();
         if !is_zero(padding) {
             return Err(Error::new(
                 ErrorKind::Checksum,
-                format!("the padding before tensor `{}` is not zero (corrupt file)", tensor.name),
+                format!(
+                    "the padding before tensor `{}` is not zero (corrupt file)",
+                    tensor.name
+                ),
             ));
         }
         previous_end = tensor.bytes.end;
@@ -329,7 +334,10 @@ pub fn verify_checksums(bytes: &[u8], layout: &PackedLayout) -> Result<()> {
         }
     }
     if !is_zero(bytes.get(previous_end..).unwrap_or_default()) {
-        return Err(Error::new(ErrorKind::Checksum, "the padding after the last tensor is not zero (corrupt file)"));
+        return Err(Error::new(
+            ErrorKind::Checksum,
+            "the padding after the last tensor is not zero (corrupt file)",
+        ));
     }
     Ok(())
 }

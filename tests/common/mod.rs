@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mmoe::format::writer::{self, MemorySource};
+use mmoe::format::writer::{self, MemorySource, TensorSource};
 use mmoe::{Config, DType, Model, OpenOptions};
 
 /// A small model with every expert type and a gate reading a subset.
@@ -62,4 +62,41 @@ pub fn small(dtype: DType) -> (Config, MemorySource, Packed) {
     let source = mmoe::demo::synthetic_tensors(&config, 3).expect("synthetic tensors");
     let packed = pack(&config, &source, dtype);
     (config, source, packed)
+}
+
+/// Writes `tensors` as a safetensors file with each tensor in the given dtype.
+pub fn write_safetensors(
+    path: &std::path::Path,
+    source: &MemorySource,
+    dtype_of: impl Fn(&str) -> &'static str,
+) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for name in source.names() {
+        let shape = source.shape(&name).unwrap();
+        let mut values = vec![0.0; shape.iter().product()];
+        source.read(&name, 0, &mut values).unwrap();
+        let dtype = dtype_of(&name);
+        let start = data.len();
+        for v in values {
+            match dtype {
+                "F32" => data.extend_from_slice(&v.to_le_bytes()),
+                "F16" => data.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+                "BF16" => data.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+                _ => unreachable!(),
+            }
+        }
+        header.insert(
+            name,
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend(text);
+    file.extend(data);
+    std::fs::write(path, file).unwrap();
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need (a local Python venv with
+# numpy for the independent reference), then runs every check and test.
+# Usage: scripts/test.sh            (from anywhere; CI calls exactly this)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "python venv (tests/python/requirements.txt)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+
+step "rust tests"
+cargo build --release
+cargo test --release
+
+step "demo"
+cargo run --release --quiet -- demo --candidates 64 --out target/demo-test.mmoe
+
+step "parity: mmoe pack + score against the numpy reference on 200 random models"
+.venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200

@@ -1,0 +1,206 @@
+//! The command line: pack → inspect → verify → score, and errors that name
+//! the line, field, tensor or file at fault without losing other lines.
+
+mod common;
+
+use std::process::Command;
+
+use common::{config, write_safetensors, SMALL_CONFIG};
+
+fn mmoe(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mmoe"))
+        .args(args)
+        .output()
+        .expect("run mmoe");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+}
+
+/// The small model's config and weights as files.
+fn small_files() -> Files {
+    let files = Files {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(files.path("model.json"), SMALL_CONFIG).unwrap();
+    let source = mmoe::demo::synthetic_tensors(&config(SMALL_CONFIG), 3).unwrap();
+    write_safetensors(
+        files.dir.path().join("model.safetensors").as_path(),
+        &source,
+        |_| "F32",
+    );
+    files
+}
+
+#[test]
+fn pack_inspect_verify_score() {
+    let f = small_files();
+    let (ok, _, err) = mmoe(&[
+        "pack",
+        "--config",
+        &f.path("model.json"),
+        "--weights",
+        &f.path("model.safetensors"),
+        "--out",
+        &f.path("m.mmoe"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("packed `small`") && err.contains("f16"),
+        "{err}"
+    );
+
+    let (ok, out, _) = mmoe(&["inspect", &f.path("m.mmoe")]);
+    assert!(ok);
+    assert!(
+        out.contains("experts.f.agg.w_xy")
+            && out.contains("panel32")
+            && out.contains("tasks      click, save"),
+        "{out}"
+    );
+    let (ok, out, _) = mmoe(&["inspect", "--config", &f.path("m.mmoe")]);
+    assert!(ok && out.contains("\"finalmlp\""), "{out}");
+
+    let (ok, out, _) = mmoe(&["verify", &f.path("m.mmoe")]);
+    assert!(ok && out.starts_with("ok:"), "{out}");
+
+    // Four lines: good, bad JSON, bad field, good. The bad ones are reported
+    // by line and field; the good ones are scored.
+    let u = "[0.5, 1.0, -2.0, 0.0]";
+    let a = "[[0,1,2,3,4,5],[1,1,1,1,1,null]]";
+    let good = format!(
+        r#"{{"n": 2, "dense": {{"u": {u}, "a": {a}}}, "sparse": {{"us": [[1, 2]], "as": [[3], []]}}}}"#
+    );
+    let bad_field = good.replace("[[3], []]", "[[3]]");
+    let null_strict = good.replace("[0.5, 1.0, -2.0, 0.0]", "[0.5, null, -2.0, 0.0]");
+    let unknown = good.replace("\"u\":", "\"user\": [1], \"u\":");
+    let lines = [
+        good.as_str(),
+        "{not json",
+        bad_field.as_str(),
+        null_strict.as_str(),
+        unknown.as_str(),
+        good.as_str(),
+    ];
+    std::fs::write(f.path("requests.jsonl"), lines.join("\n")).unwrap();
+    let (ok, _, err) = mmoe(&[
+        "score",
+        "--model",
+        &f.path("m.mmoe"),
+        "--requests",
+        &f.path("requests.jsonl"),
+        "--out",
+        &f.path("scores.jsonl"),
+    ]);
+    assert!(!ok, "a failed line makes the exit status non-zero");
+    assert!(err.contains("line 2: not valid JSON"), "{err}");
+    assert!(
+        err.contains("line 3: field `sparse.as`: 1 bags, expected 2"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 4: input `u` candidate 0 element 1: value NaN is not finite"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 5: field `dense.user`: the model has no such input"),
+        "{err}"
+    );
+    assert!(err.contains("scored 2 request(s), 4 failed"), "{err}");
+    let answers: Vec<serde_json::Value> = std::fs::read_to_string(f.path("scores.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 6, "one answer line per request line");
+    assert_eq!(answers[0], answers[5]);
+    assert_eq!(answers[0]["logits"].as_array().unwrap().len(), 2);
+    assert_eq!(answers[0]["probabilities"][1].as_array().unwrap().len(), 2);
+    assert!(answers[1]["error"].as_str().unwrap().starts_with("line 2:"));
+}
+
+#[test]
+fn cli_errors_name_the_file_and_tensor() {
+    let f = small_files();
+    // A config the weights do not fit.
+    std::fs::write(
+        f.path("other.json"),
+        SMALL_CONFIG.replace("\"hidden\": [10, 8]", "\"hidden\": [11, 8]"),
+    )
+    .unwrap();
+    let (ok, _, err) = mmoe(&[
+        "pack",
+        "--config",
+        &f.path("other.json"),
+        "--weights",
+        &f.path("model.safetensors"),
+        "--out",
+        &f.path("x.mmoe"),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("tensor `experts.m.mlp.0.weight` has shape [10, 16], expected [11, 16]"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&f.path("x.mmoe")).exists());
+
+    let (ok, _, err) = mmoe(&[
+        "pack",
+        "--config",
+        &f.path("model.json"),
+        "--weights",
+        &f.path("nope"),
+        "--out",
+        &f.path("x.mmoe"),
+    ]);
+    assert!(!ok && err.contains("nope"), "{err}");
+    let (ok, _, err) = mmoe(&[
+        "pack",
+        "--config",
+        &f.path("model.json"),
+        "--weights",
+        &f.path("model.safetensors"),
+        "--out",
+        &f.path("x.mmoe"),
+        "--dtype",
+        "int8",
+    ]);
+    assert!(!ok && err.contains("--dtype int8"), "{err}");
+
+    // Corrupt tensor data: open works, verify names the tensor.
+    let (ok, _, _) = mmoe(&[
+        "pack",
+        "--config",
+        &f.path("model.json"),
+        "--weights",
+        &f.path("model.safetensors"),
+        "--out",
+        &f.path("m.mmoe"),
+    ]);
+    assert!(ok);
+    let mut bytes = std::fs::read(f.path("m.mmoe")).unwrap();
+    let n = bytes.len();
+    bytes[n - 70] ^= 0xff;
+    std::fs::write(f.path("m.mmoe"), &bytes).unwrap();
+    let (ok, _, err) = mmoe(&["verify", &f.path("m.mmoe")]);
+    assert!(
+        !ok && err.contains("is corrupt") && err.contains("m.mmoe"),
+        "{err}"
+    );
+    bytes.truncate(n - 1);
+    std::fs::write(f.path("m.mmoe"), &bytes).unwrap();
+    let (ok, _, err) = mmoe(&["inspect", &f.path("m.mmoe")]);
+    assert!(!ok && err.contains("truncated"), "{err}");
+}
