@@ -696,7 +696,8 @@ mod tests {
     #[test]
     fn every_kind_of_bad_config_is_refused_with_a_reason() {
         use serde_json::json;
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|v| v["expert_dim"] = json!(0)),
                 "expert_dim must be at least 1",
