@@ -24,5 +24,5 @@ cargo test --release
 step "demo"
 cargo run --release --quiet -- demo --candidates 64 --out target/demo-test.mmoe
 
-step "parity: mmoe pack + score against the numpy reference on 200 random models"
-.venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200
+step "parity: mmoe pack + score (reference and cpu backends) against the numpy reference on 200 random models"
+.venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200 --backends reference,cpu

@@ -21,11 +21,13 @@
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod exec;
 pub mod features;
 pub mod format;
 pub mod jsonl;
 pub mod model;
 pub mod plan;
+pub mod program;
 pub mod reference;
 pub mod request;
 pub mod session;

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::reader::{self, PackedLayout, TensorEntry};
 use crate::format::{DType, Layout};
 use crate::plan::{Plan, TensorId};
+use crate::program::Program;
 
 /// How to open a model.
 #[derive(Clone, Debug, Default)]
@@ -71,6 +72,7 @@ pub struct Model {
     path: PathBuf,
     map: Mmap,
     layout: PackedLayout,
+    program: Program,
 }
 
 impl std::fmt::Debug for Model {
@@ -119,10 +121,12 @@ impl Model {
         if options.verify_checksums {
             reader::verify_checksums(&map, &layout).map_err(|e| e.context(path.display()))?;
         }
+        let program = Program::lower(&layout.config, &layout.plan);
         Ok(Arc::new(Model {
             path: path.to_path_buf(),
             map,
             layout,
+            program,
         }))
     }
 
@@ -139,6 +143,10 @@ impl Model {
     }
     pub fn plan(&self) -> &Plan {
         &self.layout.plan
+    }
+    /// The plan lowered into the steps the fast backends execute.
+    pub fn program(&self) -> &Program {
+        &self.program
     }
     pub fn dtype(&self) -> DType {
         self.layout.dtype

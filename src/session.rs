@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::reference;
 use crate::request::Request;
+use crate::{exec, reference};
 
 /// Where the scores go: `[candidates × tasks]` row-major, each optional.
 /// Nothing is written unless scoring succeeds.
@@ -20,8 +20,27 @@ pub struct Scores<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// The scalar reference of MODEL.md (the oracle).
-    #[default]
     Reference,
+    /// The lowered program on the CPU: request-level work once, tiles of
+    /// candidates, no allocation in steady state.
+    #[default]
+    Cpu,
+}
+
+impl Backend {
+    pub fn parse(name: &str) -> Option<Backend> {
+        match name {
+            "reference" => Some(Backend::Reference),
+            "cpu" => Some(Backend::Cpu),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Reference => "reference",
+            Backend::Cpu => "cpu",
+        }
+    }
 }
 
 pub struct Session {
@@ -29,6 +48,7 @@ pub struct Session {
     backend: Backend,
     /// Logits of the request in flight, copied out only on success.
     logits: Vec<f32>,
+    scratch: exec::Scratch,
 }
 
 impl Session {
@@ -41,6 +61,7 @@ impl Session {
             model,
             backend,
             logits: Vec::new(),
+            scratch: exec::Scratch::default(),
         }
     }
 
@@ -77,6 +98,13 @@ impl Session {
         self.logits.resize(want, 0.0);
         match self.backend {
             Backend::Reference => reference::score(model, request, &mut self.logits)?,
+            Backend::Cpu => exec::score(
+                model,
+                model.program(),
+                &mut self.scratch,
+                request,
+                &mut self.logits,
+            )?,
         }
         if let Some(out) = scores.logits.as_deref_mut() {
             out.copy_from_slice(&self.logits);

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use mmoe::format::safetensors_source::SafetensorsSource;
 use mmoe::format::writer::{self, TensorSource};
-use mmoe::{jsonl, Config, DType, Model, OpenOptions, Scores, Session};
+use mmoe::{jsonl, Backend, Config, DType, Model, OpenOptions, Scores, Session};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +55,9 @@ enum Command {
         requests: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// reference (the scalar oracle) or cpu (the fast path).
+        #[arg(long, default_value = "cpu")]
+        backend: String,
     },
     /// Build, pack and score the bundled demo model (benchmark shape).
     Demo {
@@ -85,7 +88,8 @@ fn main() -> ExitCode {
             model,
             requests,
             out,
-        } => score(&model, &requests, &out),
+            backend,
+        } => score(&model, &requests, &out, &backend),
         Command::Demo {
             candidates,
             out,
@@ -226,7 +230,12 @@ fn verify(path: &Path) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn score(model_path: &Path, requests: &Path, out: &Path) -> CliResult {
+fn parse_backend(name: &str) -> Result<Backend, String> {
+    Backend::parse(name).ok_or_else(|| format!("--backend {name}: expected reference or cpu"))
+}
+
+fn score(model_path: &Path, requests: &Path, out: &Path, backend: &str) -> CliResult {
+    let backend = parse_backend(backend)?;
     let model = open(model_path, false)?;
     let tasks = model.num_tasks();
     let input = std::fs::File::open(requests)
@@ -234,7 +243,7 @@ fn score(model_path: &Path, requests: &Path, out: &Path) -> CliResult {
     let output =
         std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let mut output = BufWriter::new(output);
-    let mut session = Session::new(model.clone());
+    let mut session = Session::with_backend(model.clone(), backend);
     let (mut good, mut bad) = (0usize, 0usize);
     let (mut logits, mut probabilities) = (Vec::new(), Vec::new());
     for (index, line) in std::io::BufReader::new(input).lines().enumerate() {

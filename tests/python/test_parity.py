@@ -600,7 +600,11 @@ def compare(engine_path: Path, config: dict, tensors: dict, requests: list) -> t
     return problems, max_delta
 
 
-def check_seed(binary: Path, seed: int, directory: Path, f32_only: bool) -> tuple[list, dict, set, str]:
+BACKENDS = ("reference", "cpu")
+
+
+def check_seed(binary: Path, seed: int, directory: Path, f32_only: bool,
+               backends=BACKENDS) -> tuple[list, dict, set, str]:
     """Run one seed. Returns (problems, {dtype: max |dlogit|}, branches, description)."""
     config, tensors, requests = gen.generate(seed)
     stored, file_labels = storage_tensors(seed, tensors, f32_only)
@@ -616,20 +620,27 @@ def check_seed(binary: Path, seed: int, directory: Path, f32_only: bool) -> tupl
         scores = directory / f"s{dtype[1:]}.jsonl"
         ok, msg = _run([str(binary), "pack", "--config", str(directory / "model.json"),
                         "--weights", str(directory / "model.safetensors"), "--out", str(packed), "--dtype", dtype])
-        if ok:
-            ok, msg = _run([str(binary), "score", "--model", str(packed),
-                            "--requests", str(directory / "requests.jsonl"), "--out", str(scores)])
         if not ok:
             problems.append(f"[{dtype}] {msg}")
             deltas[dtype] = math.inf
             continue
         weights = file_tensors if dtype == "f32" else ref.round_f16(file_tensors)
-        found, deltas[dtype] = compare(scores, config, weights, requests)
-        problems.extend(f"[{dtype}] {p}" for p in found)
+        # Every engine backend is compared with the reference on the same file.
+        for backend in backends:
+            ok, msg = _run([str(binary), "score", "--model", str(packed), "--backend", backend,
+                            "--requests", str(directory / "requests.jsonl"), "--out", str(scores)])
+            if not ok:
+                problems.append(f"[{dtype} {backend}] {msg}")
+                deltas[dtype] = math.inf
+                continue
+            found, delta = compare(scores, config, weights, requests)
+            deltas[dtype] = max(deltas.get(dtype, 0.0), delta)
+            problems.extend(f"[{dtype} {backend}] {p}" for p in found)
     return problems, deltas, covered, description
 
 
-def run_parity(binary: Path, seeds: list, workdir: Path, keep: bool, f32_only: bool) -> bool:
+def run_parity(binary: Path, seeds: list, workdir: Path, keep: bool, f32_only: bool,
+               backends=BACKENDS) -> bool:
     coverage: Counter = Counter()
     worst = {"f32": (0.0, None), "f16": (0.0, None)}
     passed, failed = 0, 0
@@ -637,7 +648,7 @@ def run_parity(binary: Path, seeds: list, workdir: Path, keep: bool, f32_only: b
         directory = workdir / f"seed-{seed:04d}"
         directory.mkdir(parents=True, exist_ok=True)
         try:
-            problems, deltas, covered, description = check_seed(binary, seed, directory, f32_only)
+            problems, deltas, covered, description = check_seed(binary, seed, directory, f32_only, backends)
         except Exception as err:  # a reference or harness crash is a failure of this seed, said plainly
             problems, deltas, covered, description = [f"harness error: {type(err).__name__}: {err}"], {}, set(), "?"
         coverage.update(covered)
@@ -696,6 +707,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", help="where to write per-seed files (default: a new temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the files of passing seeds too")
     ap.add_argument("--f32-only", action="store_true", help="store every tensor as F32 in the safetensors files")
+    ap.add_argument("--backends", default=",".join(BACKENDS),
+                    help="engine backends to compare, comma-separated (default: %(default)s)")
     ap.add_argument("--selfcheck-only", action="store_true", help="run only the reference self-checks")
     args = ap.parse_args(argv)
 
@@ -714,7 +727,9 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"binary {binary}; work dir {workdir}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    return 0 if run_parity(binary, seeds, workdir, args.keep, args.f32_only) else 1
+    backends = tuple(b for b in args.backends.split(",") if b)
+    print(f"backends: {', '.join(backends)}")
+    return 0 if run_parity(binary, seeds, workdir, args.keep, args.f32_only, backends) else 1
 
 
 if __name__ == "__main__":

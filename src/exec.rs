@@ -1,0 +1,442 @@
+//! Executes a [`Program`] on the CPU: request steps once on one row, then the
+//! candidate steps on tiles of candidates, so that a tile's activations stay
+//! in cache. The scratch is owned by the caller (a session) and reused: after
+//! the first call, scoring allocates nothing.
+//!
+//! The arithmetic here is portable Rust that the compiler vectorizes; the
+//! per-ISA kernels plug in at [`linear_tile`].
+
+use std::ops::Range;
+
+use crate::config::Scope;
+use crate::error::Result;
+use crate::features::input_vector;
+use crate::format::PANEL;
+use crate::model::{Model, Values};
+use crate::program::{Act, BufId, Program, Step};
+use crate::request::Request;
+
+/// Candidates per tile.
+pub const TILE: usize = 32;
+
+/// Activation memory for one program: per-request buffers (one row) and
+/// per-candidate buffers (one tile of rows).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    buffers: Vec<Vec<f32>>,
+    /// Accumulators of one panel for a tile: `[TILE × PANEL]`.
+    panel: Vec<f32>,
+    /// One converted panel row (f16 → f32).
+    weights: Vec<f32>,
+    /// Softmax weights of a gate.
+    gate: Vec<f32>,
+}
+
+impl Scratch {
+    /// Sizes the buffers for `program` (allocates only the first time).
+    fn prepare(&mut self, program: &Program) {
+        if self.buffers.len() != program.buffers.len() {
+            self.buffers = program
+                .buffers
+                .iter()
+                .map(|b| vec![0.0; b.width * if b.per_request { 1 } else { TILE }])
+                .collect();
+        }
+        self.panel.resize(TILE * PANEL, 0.0);
+        self.weights.resize(PANEL, 0.0);
+    }
+}
+
+/// Scores a validated request; `logits` is `[candidates × tasks]`.
+pub fn score(
+    model: &Model,
+    program: &Program,
+    scratch: &mut Scratch,
+    request: &Request<'_>,
+    logits: &mut [f32],
+) -> Result<()> {
+    scratch.prepare(program);
+    let mut tile = Tile {
+        model,
+        program,
+        request,
+        first: 0,
+        rows: 1,
+    };
+    for step in &program.request_steps {
+        tile.run(scratch, step, logits)?;
+    }
+    let n = request.candidates();
+    while tile.first < n {
+        tile.rows = TILE.min(n - tile.first);
+        for step in &program.candidate_steps {
+            tile.run(scratch, step, logits)?;
+        }
+        tile.first += tile.rows;
+    }
+    Ok(())
+}
+
+/// The candidates `first..first + rows` of a request, in flight.
+struct Tile<'a> {
+    model: &'a Model,
+    program: &'a Program,
+    request: &'a Request<'a>,
+    first: usize,
+    rows: usize,
+}
+
+impl Tile<'_> {
+    fn width(&self, buf: BufId) -> usize {
+        self.program.buffers[buf].width
+    }
+
+    /// Rows a step writing `buf` computes.
+    fn rows_of(&self, buf: BufId) -> usize {
+        if self.program.buffers[buf].per_request {
+            1
+        } else {
+            self.rows
+        }
+    }
+
+    /// Row `r` of `buf` (row 0 of a per-request buffer, for every `r`).
+    fn row<'s>(&self, buffers: &'s [Vec<f32>], buf: BufId, r: usize) -> &'s [f32] {
+        let b = &self.program.buffers[buf];
+        let r = if b.per_request { 0 } else { r };
+        &buffers[buf][r * b.width..(r + 1) * b.width]
+    }
+
+    fn run(&self, scratch: &mut Scratch, step: &Step, logits: &mut [f32]) -> Result<()> {
+        // The written buffer is taken out of the scratch for the step, so the
+        // others can be read meanwhile (taking a Vec does not allocate).
+        let out_buf = match step {
+            Step::Output { input, task } => {
+                for r in 0..self.rows {
+                    let tasks = self.program.tasks;
+                    logits[(self.first + r) * tasks + task] =
+                        self.row(&scratch.buffers, *input, r)[0];
+                }
+                return Ok(());
+            }
+            Step::RequestFeatures { out }
+            | Step::CandidateFeatures { out, .. }
+            | Step::Cross { out, .. }
+            | Step::Mul { out, .. }
+            | Step::FeatureGate { out, .. }
+            | Step::Gather { out, .. }
+            | Step::Constant { out, .. }
+            | Step::Bilinear { out, .. }
+            | Step::Mixture { out, .. } => *out,
+            Step::Linear { out, .. } | Step::LayerNorm { out, .. } | Step::Copy { out, .. } => {
+                out.buf
+            }
+        };
+        let mut out = std::mem::take(&mut scratch.buffers[out_buf]);
+        let result = self.step(scratch, step, &mut out);
+        scratch.buffers[out_buf] = out;
+        result
+    }
+
+    fn step(&self, scratch: &mut Scratch, step: &Step, out: &mut [f32]) -> Result<()> {
+        let model = self.model;
+        let bufs = &scratch.buffers;
+        match step {
+            Step::RequestFeatures { .. } => {
+                out.fill(0.0);
+                for (index, (input, plan)) in model
+                    .config()
+                    .inputs
+                    .iter()
+                    .zip(&model.plan().inputs)
+                    .enumerate()
+                {
+                    if input.scope == Scope::Request {
+                        input_vector(
+                            model,
+                            self.request,
+                            index,
+                            0,
+                            &mut out[plan.offset..plan.offset + plan.dim],
+                        )?;
+                    }
+                }
+            }
+            Step::CandidateFeatures { request, out: x0 } => {
+                let d = self.width(*x0);
+                for r in 0..self.rows {
+                    let row = &mut out[r * d..(r + 1) * d];
+                    for (index, (input, plan)) in model
+                        .config()
+                        .inputs
+                        .iter()
+                        .zip(&model.plan().inputs)
+                        .enumerate()
+                    {
+                        let cols = plan.offset..plan.offset + plan.dim;
+                        if input.scope == Scope::Request {
+                            row[cols.clone()].copy_from_slice(&bufs[*request][cols]);
+                        } else {
+                            input_vector(
+                                model,
+                                self.request,
+                                index,
+                                self.first + r,
+                                &mut row[cols],
+                            )?;
+                        }
+                    }
+                }
+            }
+            Step::Linear {
+                input,
+                k_ranges,
+                weight,
+                n,
+                bias,
+                add,
+                act,
+                out: view,
+            } => {
+                let rows = self.rows_of(view.buf);
+                let whole = 0..input.width;
+                let all = std::slice::from_ref(&whole);
+                let out_width = self.width(view.buf);
+                let bias = bias.map(|b| model.values(b));
+                let add = add.map(|a| self.row(bufs, a, 0));
+                linear_tile(
+                    &model.values(*weight),
+                    *n,
+                    input.width,
+                    k_ranges.as_deref().unwrap_or(all),
+                    rows,
+                    &|r| &self.row(bufs, input.buf, r)[input.offset..input.offset + input.width],
+                    &mut scratch.panel,
+                    &mut scratch.weights,
+                    &mut |r, j, v| {
+                        let mut value = v;
+                        if let Some(b) = &bias {
+                            value += b.get(j);
+                        }
+                        if let Some(a) = add {
+                            value += a[j];
+                        }
+                        out[r * out_width + view.offset + j] = activate(*act, value);
+                    },
+                );
+            }
+            Step::Cross { x0, y, x, out: _ } => {
+                let d = self.width(*x0);
+                for r in 0..self.rows {
+                    let (x0r, yr, xr) = (
+                        self.row(bufs, *x0, r),
+                        self.row(bufs, *y, r),
+                        self.row(bufs, *x, r),
+                    );
+                    for (i, o) in out[r * d..(r + 1) * d].iter_mut().enumerate() {
+                        *o = x0r[i] * yr[i] + xr[i];
+                    }
+                }
+            }
+            Step::LayerNorm {
+                input,
+                gamma,
+                beta,
+                act,
+                out: view,
+            } => {
+                let (gamma, beta) = (model.values(*gamma), model.values(*beta));
+                let out_width = self.width(view.buf);
+                for r in 0..self.rows_of(view.buf) {
+                    let x = &self.row(bufs, input.buf, r)[input.offset..input.offset + input.width];
+                    let n = x.len() as f32;
+                    let mean = x.iter().sum::<f32>() / n;
+                    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+                    let inv = 1.0 / (var + 1e-5).sqrt();
+                    let y = &mut out
+                        [r * out_width + view.offset..r * out_width + view.offset + view.width];
+                    for (i, (o, v)) in y.iter_mut().zip(x).enumerate() {
+                        *o = activate(*act, (v - mean) * inv * gamma.get(i) + beta.get(i));
+                    }
+                }
+            }
+            Step::Mul { a, b, out: o } => {
+                let w = self.width(*o);
+                for r in 0..self.rows_of(*o) {
+                    let (ar, br) = (self.row(bufs, *a, r), self.row(bufs, *b, r));
+                    for (i, v) in out[r * w..(r + 1) * w].iter_mut().enumerate() {
+                        *v = ar[i] * br[i];
+                    }
+                }
+            }
+            Step::FeatureGate { g, x0, out: o } => {
+                let w = self.width(*o);
+                for r in 0..self.rows_of(*o) {
+                    let (gr, xr) = (self.row(bufs, *g, r), self.row(bufs, *x0, r));
+                    for (i, v) in out[r * w..(r + 1) * w].iter_mut().enumerate() {
+                        *v = xr[i] * 2.0 * sigmoid(gr[i]);
+                    }
+                }
+            }
+            Step::Gather {
+                input,
+                ranges,
+                out: o,
+            } => {
+                let w = self.width(*o);
+                for r in 0..self.rows_of(*o) {
+                    let x = self.row(bufs, *input, r);
+                    let mut at = r * w;
+                    for range in ranges {
+                        out[at..at + range.len()].copy_from_slice(&x[range.clone()]);
+                        at += range.len();
+                    }
+                }
+            }
+            Step::Copy { input, out: view } => {
+                let w = self.width(view.buf);
+                for r in 0..self.rows_of(view.buf) {
+                    let at = r * w + view.offset;
+                    out[at..at + view.width].copy_from_slice(self.row(bufs, *input, r));
+                }
+            }
+            Step::Constant { tensor, .. } => {
+                model.values(*tensor).read_into(0, out);
+            }
+            Step::Bilinear {
+                o1,
+                o2,
+                wx,
+                wy,
+                w_xy,
+                heads,
+                out: o,
+            } => {
+                let h_out = self.width(*o);
+                let (hx, hy) = (self.width(*o1) / heads, self.width(*o2) / heads);
+                let w = model.values(*w_xy);
+                for r in 0..self.rows_of(*o) {
+                    let (a, b) = (self.row(bufs, *o1, r), self.row(bufs, *o2, r));
+                    let (px, py) = (self.row(bufs, *wx, r), self.row(bufs, *wy, r));
+                    let e = &mut out[r * h_out..(r + 1) * h_out];
+                    for (i, ei) in e.iter_mut().enumerate() {
+                        *ei = px[i] + py[i];
+                    }
+                    bilinear_row(&w, *heads, hx, hy, a, b, e);
+                }
+            }
+            Step::Mixture {
+                gate,
+                experts,
+                out: o,
+            } => {
+                let h = self.width(*o);
+                for r in 0..self.rows_of(*o) {
+                    let weights = &mut scratch.gate;
+                    weights.clear();
+                    match gate {
+                        None => weights.push(1.0),
+                        Some(g) => {
+                            let z = self.row(bufs, *g, r);
+                            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            weights.extend(z.iter().map(|v| (v - max).exp()));
+                            let total: f32 = weights.iter().sum();
+                            for w in weights.iter_mut() {
+                                *w /= total;
+                            }
+                        }
+                    }
+                    let m = &mut out[r * h..(r + 1) * h];
+                    m.fill(0.0);
+                    for (w, &e) in weights.iter().zip(experts) {
+                        for (mi, v) in m.iter_mut().zip(self.row(bufs, e, r)) {
+                            *mi += w * v;
+                        }
+                    }
+                }
+            }
+            Step::Output { .. } => unreachable!("handled in run"),
+        }
+        Ok(())
+    }
+}
+
+#[inline]
+fn activate(act: Act, v: f32) -> f32 {
+    match act {
+        Act::None => v,
+        Act::Relu => v.max(0.0),
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `Y = X · W[:, k_ranges]ᵀ` for `rows` rows, `W [n, k]` in panels. Each
+/// panel's weights are converted once per tile and applied to every row; the
+/// results go to `emit(row, output index, value)`.
+#[allow(clippy::too_many_arguments)]
+fn linear_tile<'x>(
+    w: &Values<'_>,
+    n: usize,
+    k: usize,
+    k_ranges: &[Range<usize>],
+    rows: usize,
+    x: &dyn Fn(usize) -> &'x [f32],
+    acc: &mut [f32],
+    converted: &mut [f32],
+    emit: &mut dyn FnMut(usize, usize, f32),
+) {
+    for p in 0..n.div_ceil(PANEL) {
+        let acc = &mut acc[..rows * PANEL];
+        acc.fill(0.0);
+        for range in k_ranges {
+            for kk in range.clone() {
+                w.read_into((p * k + kk) * PANEL, converted);
+                for r in 0..rows {
+                    let xk = x(r)[kk];
+                    for (a, wv) in acc[r * PANEL..(r + 1) * PANEL]
+                        .iter_mut()
+                        .zip(converted.iter())
+                    {
+                        *a += wv * xk;
+                    }
+                }
+            }
+        }
+        let valid = PANEL.min(n - p * PANEL);
+        for r in 0..rows {
+            for j in 0..valid {
+                emit(r, p * PANEL + j, acc[r * PANEL + j]);
+            }
+        }
+    }
+}
+
+/// `e_o += Σ_h Σ_a Σ_b o1[h·hx + a] · Wxy[(h·hx + a)·(hy·H) + o·hy + b] · o2[h·hy + b]`.
+fn bilinear_row(
+    w: &Values<'_>,
+    heads: usize,
+    hx: usize,
+    hy: usize,
+    o1: &[f32],
+    o2: &[f32],
+    e: &mut [f32],
+) {
+    let h_out = e.len();
+    for (o, eo) in e.iter_mut().enumerate() {
+        let mut sum = 0.0;
+        for h in 0..heads {
+            for a in 0..hx {
+                let base = (h * hx + a) * (hy * h_out) + o * hy;
+                let mut inner = 0.0;
+                for b in 0..hy {
+                    inner += w.get(base + b) * o2[h * hy + b];
+                }
+                sum += o1[h * hx + a] * inner;
+            }
+        }
+        *eo += sum;
+    }
+}

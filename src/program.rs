@@ -1,0 +1,542 @@
+//! The plan lowered into a flat program of fused steps over activation
+//! buffers: what the fast backends (CPU kernels, CUDA kernels) execute.
+//!
+//! Every buffer is `[rows, width]` f32. A buffer is either *per request* (one
+//! row, the same for every candidate) or *per candidate* (one row per
+//! candidate). Anything that depends only on request-scope inputs is computed
+//! once per request: the lowering tracks which columns of a buffer are
+//! request-constant and splits every Linear layer that reads such columns
+//! into a request part (run once, on one row) and a candidate part (run per
+//! candidate over the other columns, adding the request part as a bias).
+//! In x0 the request-constant columns are those of `scope: request` inputs, so
+//! the first layers of experts, DCN cross layer 0, MaskNet masks and gates pay
+//! for request features once per request.
+//!
+//! Steps are listed in execution order; [`Program::request_steps`] run first,
+//! once, then [`Program::candidate_steps`] for every tile of candidates.
+
+use std::ops::Range;
+
+use crate::config::{Config, Scope};
+use crate::plan::{CrossLayer, ExpertPlan, FeatureGate, GateContext, Linear, Mlp, Plan, TensorId};
+
+pub type BufId = usize;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    pub width: usize,
+    /// One row shared by all candidates.
+    pub per_request: bool,
+}
+
+/// Columns `offset..offset + width` of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub buf: BufId,
+    pub offset: usize,
+    pub width: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Request features into `x0_request` (request-scope columns only; the
+    /// others stay zero). Runs once.
+    RequestFeatures { out: BufId },
+    /// Candidate features into `x0` (candidate-scope columns) and a copy of
+    /// the request-scope columns from `request`.
+    CandidateFeatures { request: BufId, out: BufId },
+    /// `out = act(W · input[k_ranges] + bias + add)`, with `W [n, k]` read in
+    /// the panel layout, restricted to the input columns `k_ranges` (in
+    /// ascending order; all of them when `None`). `add` is a per-request
+    /// buffer of width `n` (the request part of a split layer).
+    Linear {
+        input: View,
+        k_ranges: Option<Vec<Range<usize>>>,
+        weight: TensorId,
+        n: usize,
+        bias: Option<TensorId>,
+        add: Option<BufId>,
+        act: Act,
+        out: View,
+    },
+    /// DCN cross combine: `out = x0 ⊙ y + x`.
+    Cross {
+        x0: BufId,
+        y: BufId,
+        x: BufId,
+        out: BufId,
+    },
+    /// `out = act(LN(input))` (γ = `gamma`, β = `beta`, eps 1e-5).
+    LayerNorm {
+        input: View,
+        gamma: TensorId,
+        beta: TensorId,
+        act: Act,
+        out: View,
+    },
+    /// `out = a ⊙ b`.
+    Mul { a: BufId, b: BufId, out: BufId },
+    /// `out = x0 ⊙ 2·sigmoid(g)` (FinalMLP feature selection).
+    FeatureGate { g: BufId, x0: BufId, out: BufId },
+    /// `out` = the concatenation of `input`'s column ranges.
+    Gather {
+        input: BufId,
+        ranges: Vec<Range<usize>>,
+        out: BufId,
+    },
+    /// `out` = `input` (all columns), into a column range of another buffer.
+    Copy { input: BufId, out: View },
+    /// `out` (one row) = the vector tensor.
+    Constant { tensor: TensorId, out: BufId },
+    /// FinalMLP aggregation: `out = wx + wy + bilinear(o1, o2)`.
+    Bilinear {
+        o1: BufId,
+        o2: BufId,
+        wx: BufId,
+        wy: BufId,
+        w_xy: TensorId,
+        heads: usize,
+        out: BufId,
+    },
+    /// `out = Σ_i softmax(gate)_i · experts[i]` (`gate` absent: one expert).
+    Mixture {
+        gate: Option<BufId>,
+        experts: Vec<BufId>,
+        out: BufId,
+    },
+    /// The task's logit, column 0 of `input`, into the output column `task`.
+    Output { input: BufId, task: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub buffers: Vec<Buffer>,
+    pub request_steps: Vec<Step>,
+    pub candidate_steps: Vec<Step>,
+    /// Width of x0.
+    pub d: usize,
+    pub tasks: usize,
+}
+
+impl Program {
+    /// Lowers a plan. `config` gives the scopes of the inputs.
+    pub fn lower(config: &Config, plan: &Plan) -> Program {
+        let request_cols: Vec<Range<usize>> = plan
+            .inputs
+            .iter()
+            .zip(&config.inputs)
+            .filter(|(_, input)| input.scope == Scope::Request)
+            .map(|(p, _)| p.offset..p.offset + p.dim)
+            .collect();
+        let mut l = Lowering {
+            buffers: Vec::new(),
+            request_steps: Vec::new(),
+            candidate_steps: Vec::new(),
+            request_cols: Vec::new(),
+            request_twin: Vec::new(),
+        };
+        let x0_request = l.buffer(plan.d, true, Vec::new(), None);
+        l.request_steps
+            .push(Step::RequestFeatures { out: x0_request });
+        let x0 = l.buffer(plan.d, false, merge(request_cols), Some(x0_request));
+        l.candidate_steps.push(Step::CandidateFeatures {
+            request: x0_request,
+            out: x0,
+        });
+
+        let experts: Vec<BufId> = plan.experts.iter().map(|e| l.expert(e, x0)).collect();
+        for (t, task) in plan.tasks.iter().enumerate() {
+            let gate = task.gate.as_ref().map(|gate| {
+                let input = match &task.gate_input {
+                    None => x0,
+                    Some(ranges) => l.gather(x0, ranges),
+                };
+                l.mlp(gate, input)
+            });
+            let mixture = l.buffer(plan.h, false, Vec::new(), None);
+            l.candidate_steps.push(Step::Mixture {
+                gate,
+                experts: experts.clone(),
+                out: mixture,
+            });
+            let logit = l.mlp(&task.tower, mixture);
+            l.candidate_steps.push(Step::Output {
+                input: logit,
+                task: t,
+            });
+        }
+        Program {
+            buffers: l.buffers,
+            request_steps: l.request_steps,
+            candidate_steps: l.candidate_steps,
+            d: plan.d,
+            tasks: plan.tasks.len(),
+        }
+    }
+}
+
+struct Lowering {
+    buffers: Vec<Buffer>,
+    request_steps: Vec<Step>,
+    candidate_steps: Vec<Step>,
+    /// Per buffer: its request-constant columns (per-candidate buffers only).
+    request_cols: Vec<Vec<Range<usize>>>,
+    /// Per buffer with request-constant columns: a one-row buffer holding
+    /// them (other columns unspecified).
+    request_twin: Vec<Option<BufId>>,
+}
+
+impl Lowering {
+    fn buffer(
+        &mut self,
+        width: usize,
+        per_request: bool,
+        request_cols: Vec<Range<usize>>,
+        twin: Option<BufId>,
+    ) -> BufId {
+        self.buffers.push(Buffer { width, per_request });
+        self.request_cols.push(request_cols);
+        self.request_twin.push(twin);
+        self.buffers.len() - 1
+    }
+
+    fn per_request(&self, buf: BufId) -> bool {
+        self.buffers[buf].per_request
+    }
+
+    fn push(&mut self, per_request: bool, step: Step) {
+        if per_request {
+            self.request_steps.push(step);
+        } else {
+            self.candidate_steps.push(step);
+        }
+    }
+
+    fn whole(&self, buf: BufId) -> View {
+        View {
+            buf,
+            offset: 0,
+            width: self.buffers[buf].width,
+        }
+    }
+
+    /// A Linear layer on `input` into a new buffer, split into request and
+    /// candidate parts when `input` has request-constant columns.
+    fn linear(&mut self, layer: &Linear, input: BufId, act: Act) -> BufId {
+        let per_request = self.per_request(input);
+        let out = self.buffer(layer.n_out, per_request, Vec::new(), None);
+        let out_view = self.whole(out);
+        self.linear_into(layer, input, act, out_view);
+        out
+    }
+
+    fn linear_into(&mut self, layer: &Linear, input: BufId, act: Act, out: View) {
+        let per_request = self.per_request(input);
+        let request_cols = self.request_cols[input].clone();
+        let twin = self.request_twin[input];
+        let input_view = self.whole(input);
+        match twin {
+            Some(twin) if !per_request && !request_cols.is_empty() => {
+                let candidate_cols = complement(&request_cols, self.buffers[input].width);
+                // Request part, once: W[:, request] · x_request + b.
+                let partial = self.buffer(layer.n_out, true, Vec::new(), None);
+                let twin_view = self.whole(twin);
+                let partial_view = self.whole(partial);
+                self.request_steps.push(Step::Linear {
+                    input: twin_view,
+                    k_ranges: Some(request_cols),
+                    weight: layer.weight,
+                    n: layer.n_out,
+                    bias: layer.bias,
+                    add: None,
+                    act: Act::None,
+                    out: partial_view,
+                });
+                // Candidate part: W[:, candidate] · x_candidate + partial.
+                self.candidate_steps.push(Step::Linear {
+                    input: input_view,
+                    k_ranges: Some(candidate_cols),
+                    weight: layer.weight,
+                    n: layer.n_out,
+                    bias: None,
+                    add: Some(partial),
+                    act,
+                    out,
+                });
+            }
+            _ => self.push(
+                per_request,
+                Step::Linear {
+                    input: input_view,
+                    k_ranges: None,
+                    weight: layer.weight,
+                    n: layer.n_out,
+                    bias: layer.bias,
+                    add: None,
+                    act,
+                    out,
+                },
+            ),
+        }
+    }
+
+    fn mlp(&mut self, mlp: &Mlp, input: BufId) -> BufId {
+        let count = mlp.layers.len();
+        let mut x = input;
+        for (j, layer) in mlp.layers.iter().enumerate() {
+            let act = if j + 1 < count || mlp.relu_last {
+                Act::Relu
+            } else {
+                Act::None
+            };
+            x = self.linear(layer, x, act);
+        }
+        x
+    }
+
+    /// The concatenation of `ranges` of `input` (x0), per request when every
+    /// range is request-constant.
+    fn gather(&mut self, input: BufId, ranges: &[Range<usize>]) -> BufId {
+        let width = ranges.iter().map(|r| r.len()).sum();
+        let input_request = &self.request_cols[input];
+        let inside = |r: &Range<usize>| {
+            input_request
+                .iter()
+                .any(|q| q.start <= r.start && r.end <= q.end)
+        };
+        let twin = self.request_twin[input];
+        if let (Some(twin), true) = (twin, ranges.iter().all(inside)) {
+            let out = self.buffer(width, true, Vec::new(), None);
+            self.request_steps.push(Step::Gather {
+                input: twin,
+                ranges: ranges.to_vec(),
+                out,
+            });
+            return out;
+        }
+        // Mixed: track which gathered columns are request-constant, and gather
+        // the twin too so a following Linear can split.
+        let mut request_cols = Vec::new();
+        let mut at = 0;
+        for r in ranges {
+            if inside(r) {
+                request_cols.push(at..at + r.len());
+            }
+            at += r.len();
+        }
+        let twin_out = match twin {
+            Some(twin) if !request_cols.is_empty() => {
+                let t = self.buffer(width, true, Vec::new(), None);
+                self.request_steps.push(Step::Gather {
+                    input: twin,
+                    ranges: ranges.to_vec(),
+                    out: t,
+                });
+                Some(t)
+            }
+            _ => None,
+        };
+        let request_cols = if twin_out.is_some() {
+            merge(request_cols)
+        } else {
+            Vec::new()
+        };
+        let out = self.buffer(width, false, request_cols, twin_out);
+        self.candidate_steps.push(Step::Gather {
+            input,
+            ranges: ranges.to_vec(),
+            out,
+        });
+        out
+    }
+
+    fn expert(&mut self, expert: &ExpertPlan, x0: BufId) -> BufId {
+        let d = self.buffers[x0].width;
+        match expert {
+            ExpertPlan::Mlp { mlp } => self.mlp(mlp, x0),
+            ExpertPlan::Dcn { cross, deep, proj } => {
+                let mut x = x0;
+                for layer in cross {
+                    let y = match layer {
+                        CrossLayer::Full(linear) => self.linear(linear, x, Act::None),
+                        CrossLayer::LowRank { down, up, bias } => {
+                            let v = self.linear(down, x, Act::None);
+                            let with_bias = Linear {
+                                bias: Some(*bias),
+                                ..up.clone()
+                            };
+                            self.linear(&with_bias, v, Act::None)
+                        }
+                    };
+                    let next = self.buffer(d, false, Vec::new(), None);
+                    self.candidate_steps.push(Step::Cross {
+                        x0,
+                        y,
+                        x,
+                        out: next,
+                    });
+                    x = next;
+                }
+                match proj {
+                    None => self.mlp(deep, x),
+                    Some(proj) => {
+                        let deep_out = self.mlp(deep, x0);
+                        let joined = self.concat(&[x, deep_out]);
+                        self.linear(proj, joined, Act::Relu)
+                    }
+                }
+            }
+            ExpertPlan::MaskNet {
+                serial,
+                emb_ln,
+                blocks,
+                head,
+            } => {
+                let v = self.buffer(d, false, Vec::new(), None);
+                self.candidate_steps.push(Step::LayerNorm {
+                    input: self.whole(x0),
+                    gamma: emb_ln.weight,
+                    beta: emb_ln.bias,
+                    act: Act::None,
+                    out: self.whole(v),
+                });
+                let mut z = v;
+                let mut outs = Vec::new();
+                for block in blocks {
+                    let hidden = self.linear(&block.mask_in, x0, Act::Relu);
+                    let mask = self.linear(&block.mask_out, hidden, Act::None);
+                    let masked = self.buffer(block.hidden.n_in, false, Vec::new(), None);
+                    self.candidate_steps.push(Step::Mul {
+                        a: mask,
+                        b: z,
+                        out: masked,
+                    });
+                    let h = self.linear(&block.hidden, masked, Act::None);
+                    let out = self.buffer(block.ln.dim, false, Vec::new(), None);
+                    self.candidate_steps.push(Step::LayerNorm {
+                        input: self.whole(h),
+                        gamma: block.ln.weight,
+                        beta: block.ln.bias,
+                        act: Act::Relu,
+                        out: self.whole(out),
+                    });
+                    if *serial {
+                        z = out;
+                    }
+                    outs.push(out);
+                }
+                let result = if *serial {
+                    outs[outs.len() - 1]
+                } else {
+                    self.concat(&outs)
+                };
+                self.mlp(head, result)
+            }
+            ExpertPlan::FinalMlp {
+                selection,
+                mlp1,
+                mlp2,
+                heads,
+                w_x,
+                w_y,
+                w_xy,
+            } => {
+                let (f1, f2) = match selection {
+                    None => (x0, x0),
+                    Some(gates) => (
+                        self.feature_gate(&gates[0], x0),
+                        self.feature_gate(&gates[1], x0),
+                    ),
+                };
+                let o1 = self.mlp(mlp1, f1);
+                let o2 = self.mlp(mlp2, f2);
+                let wx = self.linear(w_x, o1, Act::None);
+                let wy = self.linear(w_y, o2, Act::None);
+                let out = self.buffer(w_x.n_out, false, Vec::new(), None);
+                self.candidate_steps.push(Step::Bilinear {
+                    o1,
+                    o2,
+                    wx,
+                    wy,
+                    w_xy: *w_xy,
+                    heads: *heads,
+                    out,
+                });
+                out
+            }
+        }
+    }
+
+    fn feature_gate(&mut self, gate: &FeatureGate, x0: BufId) -> BufId {
+        let context = match &gate.context {
+            GateContext::Inputs(ranges) => self.gather(x0, ranges),
+            GateContext::Learned { tensor, dim } => {
+                let out = self.buffer(*dim, true, Vec::new(), None);
+                self.request_steps.push(Step::Constant {
+                    tensor: *tensor,
+                    out,
+                });
+                out
+            }
+        };
+        let g = self.mlp(&gate.mlp, context);
+        let out = self.buffer(self.buffers[x0].width, false, Vec::new(), None);
+        self.candidate_steps.push(Step::FeatureGate { g, x0, out });
+        out
+    }
+
+    /// A per-candidate buffer holding `parts` side by side.
+    fn concat(&mut self, parts: &[BufId]) -> BufId {
+        let width = parts.iter().map(|&p| self.buffers[p].width).sum();
+        let out = self.buffer(width, false, Vec::new(), None);
+        let mut offset = 0;
+        for &part in parts {
+            let width = self.buffers[part].width;
+            self.candidate_steps.push(Step::Copy {
+                input: part,
+                out: View {
+                    buf: out,
+                    offset,
+                    width,
+                },
+            });
+            offset += width;
+        }
+        out
+    }
+}
+
+/// Sorted, merged ranges.
+fn merge(mut ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<usize>> = Vec::new();
+    for r in ranges.into_iter().filter(|r| !r.is_empty()) {
+        match merged.last_mut() {
+            Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// The columns of `0..width` not in the (merged) `ranges`.
+fn complement(ranges: &[Range<usize>], width: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for r in ranges {
+        if r.start > at {
+            out.push(at..r.start);
+        }
+        at = r.end;
+    }
+    if at < width {
+        out.push(at..width);
+    }
+    out
+}
