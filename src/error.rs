@@ -22,6 +22,9 @@ pub enum ErrorKind {
     Request = 6,
     /// An argument of an API call is invalid (wrong output length, …).
     Argument = 7,
+    /// The GPU path is unavailable or failed (no driver, no device, a CUDA
+    /// error).
+    Device = 8,
 }
 
 /// An error with a message naming the input, expert, task, tensor, file or

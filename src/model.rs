@@ -13,6 +13,7 @@ use crate::config::{Config, InputKind, Scope};
 use crate::error::{Error, Result};
 use crate::format::reader::{self, PackedLayout, TensorEntry};
 use crate::format::{DType, Layout};
+use crate::gpu::Device;
 use crate::plan::{Plan, TensorId};
 use crate::program::Program;
 
@@ -21,6 +22,20 @@ use crate::program::Program;
 pub struct OpenOptions {
     /// Check every tensor's checksum at open (reads the whole file once).
     pub verify_checksums: bool,
+    /// Where to score: the CPU (default), a CUDA device, or CUDA when usable.
+    pub device: Device,
+    /// Arithmetic of the GPU path's Linear layers.
+    pub gpu_precision: GpuPrecision,
+}
+
+/// Arithmetic of the GPU path's Linear layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuPrecision {
+    /// fp16 tensor cores with fp32 accumulation.
+    #[default]
+    F16,
+    /// fp32 throughout.
+    F32,
 }
 
 /// A tensor's elements, in the file's dtype, borrowed from the map.
@@ -73,6 +88,11 @@ pub struct Model {
     map: Mmap,
     layout: PackedLayout,
     program: Program,
+    /// Weights uploaded to a CUDA device, when the model was opened on one.
+    #[cfg(feature = "cuda")]
+    gpu: Option<Arc<crate::gpu::GpuModel>>,
+    /// Where the model scores, and for `Device::Auto` why.
+    device_note: String,
 }
 
 impl std::fmt::Debug for Model {
@@ -122,12 +142,69 @@ impl Model {
             reader::verify_checksums(&map, &layout).map_err(|e| e.context(path.display()))?;
         }
         let program = Program::lower(&layout.config, &layout.plan);
-        Ok(Arc::new(Model {
+        let mut model = Model {
             path: path.to_path_buf(),
             map,
             layout,
             program,
-        }))
+            #[cfg(feature = "cuda")]
+            gpu: None,
+            device_note: "cpu".into(),
+        };
+        model
+            .attach_device(options)
+            .map_err(|e| e.context(path.display()))?;
+        Ok(Arc::new(model))
+    }
+
+    /// Uploads the weights to the GPU the options ask for; with `Auto`, a
+    /// failure falls back to the CPU and is noted.
+    fn attach_device(&mut self, options: &OpenOptions) -> Result<()> {
+        let ordinal = match options.device {
+            Device::Cpu => return Ok(()),
+            Device::Cuda(ordinal) => ordinal,
+            Device::Auto => 0,
+        };
+        match self.upload(ordinal, options.gpu_precision) {
+            Ok(note) => {
+                self.device_note = note;
+                Ok(())
+            }
+            Err(e) if options.device == Device::Auto => {
+                self.device_note = format!("cpu (auto: {e})");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn upload(&mut self, ordinal: usize, precision: GpuPrecision) -> Result<String> {
+        crate::gpu::check_device(ordinal)?;
+        let precision = match precision {
+            GpuPrecision::F16 => crate::gpu::Precision::F16,
+            GpuPrecision::F32 => crate::gpu::Precision::F32,
+        };
+        let gpu = crate::gpu::GpuModel::new(self, ordinal, precision)?;
+        let note = format!("cuda:{ordinal} ({}, {:?})", gpu.device_name(), precision);
+        self.gpu = Some(Arc::new(gpu));
+        Ok(note)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn upload(&mut self, ordinal: usize, _precision: GpuPrecision) -> Result<String> {
+        crate::gpu::check_device(ordinal).map(|_| String::new())
+    }
+
+    /// The model's weights on a CUDA device, when it was opened on one.
+    #[cfg(feature = "cuda")]
+    pub fn gpu(&self) -> Option<&Arc<crate::gpu::GpuModel>> {
+        self.gpu.as_ref()
+    }
+
+    /// Where the model scores (`cpu`, `cuda:0 (…)`, or `cpu (auto: why)`).
+    pub fn device_note(&self) -> &str {
+        &self.device_note
     }
 
     /// Checks every tensor's checksum (reads the whole file).

@@ -25,6 +25,8 @@ pub enum Backend {
     /// candidates, no allocation in steady state.
     #[default]
     Cpu,
+    /// The lowered program as CUDA kernels; needs a model opened on a GPU.
+    Cuda,
 }
 
 impl Backend {
@@ -32,6 +34,7 @@ impl Backend {
         match name {
             "reference" => Some(Backend::Reference),
             "cpu" => Some(Backend::Cpu),
+            "cuda" => Some(Backend::Cuda),
             _ => None,
         }
     }
@@ -39,6 +42,7 @@ impl Backend {
         match self {
             Backend::Reference => "reference",
             Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
         }
     }
 }
@@ -49,11 +53,58 @@ pub struct Session {
     /// Logits of the request in flight, copied out only on success.
     logits: Vec<f32>,
     scratch: exec::Scratch,
+    /// Created at the first GPU call.
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::gpu::GpuSession>,
 }
 
 impl Session {
+    #[cfg(feature = "cuda")]
+    fn score_gpu(&mut self, request: &Request<'_>) -> Result<()> {
+        let model = self.model.clone();
+        let model = &*model;
+        let Some(gpu_model) = model.gpu() else {
+            return Err(Error::new(
+                crate::ErrorKind::Device,
+                format!(
+                    "model `{}` was not opened on a GPU ({})",
+                    model.name(),
+                    model.device_note()
+                ),
+            ));
+        };
+        if self.gpu.is_none() {
+            self.gpu = Some(crate::gpu::GpuSession::new(gpu_model.clone(), model)?);
+        }
+        match self.gpu.as_mut() {
+            Some(gpu) => gpu.score(model, request, &mut self.logits),
+            None => Err(Error::new(
+                crate::ErrorKind::Device,
+                "GPU session unavailable",
+            )),
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn score_gpu(&mut self, _request: &Request<'_>) -> Result<()> {
+        Err(Error::new(
+            crate::ErrorKind::Device,
+            "this build of mmoe has no GPU support (cargo feature `cuda`)",
+        ))
+    }
+
+    /// A session on the model's device: CUDA for a model opened on a GPU,
+    /// else the CPU.
     pub fn new(model: Arc<Model>) -> Session {
-        Self::with_backend(model, Backend::default())
+        #[cfg(feature = "cuda")]
+        let backend = if model.gpu().is_some() {
+            Backend::Cuda
+        } else {
+            Backend::Cpu
+        };
+        #[cfg(not(feature = "cuda"))]
+        let backend = Backend::Cpu;
+        Self::with_backend(model, backend)
     }
 
     pub fn with_backend(model: Arc<Model>, backend: Backend) -> Session {
@@ -62,6 +113,8 @@ impl Session {
             backend,
             logits: Vec::new(),
             scratch: exec::Scratch::default(),
+            #[cfg(feature = "cuda")]
+            gpu: None,
         }
     }
 
@@ -75,7 +128,8 @@ impl Session {
 
     /// Scores a request. Output slices must hold `candidates × tasks` floats.
     pub fn score(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<()> {
-        let model = &*self.model;
+        let model = self.model.clone();
+        let model = &*model;
         let tasks = model.num_tasks();
         let n = request.candidates();
         let want = n
@@ -105,6 +159,7 @@ impl Session {
                 request,
                 &mut self.logits,
             )?,
+            Backend::Cuda => self.score_gpu(request)?,
         }
         if let Some(out) = scores.logits.as_deref_mut() {
             out.copy_from_slice(&self.logits);

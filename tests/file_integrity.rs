@@ -76,6 +76,7 @@ fn corrupt_tensor_data_is_caught_by_verify_naming_the_tensor() {
         &packed.path,
         &OpenOptions {
             verify_checksums: true,
+            ..OpenOptions::default()
         },
     )
     .unwrap_err();

@@ -184,6 +184,7 @@ fn safetensors_of_f32_f16_and_bf16_pack_to_the_same_model() {
             &out,
             &OpenOptions {
                 verify_checksums: true,
+                ..OpenOptions::default()
             },
         )
         .unwrap();

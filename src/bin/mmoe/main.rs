@@ -11,7 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use mmoe::format::safetensors_source::SafetensorsSource;
 use mmoe::format::writer::{self, TensorSource};
-use mmoe::{jsonl, Backend, Config, DType, Model, OpenOptions, Scores, Session};
+use mmoe::{
+    jsonl, Backend, Config, DType, Device, GpuPrecision, Model, OpenOptions, Scores, Session,
+};
+
+mod bench;
 
 #[derive(Parser)]
 #[command(
@@ -55,9 +59,38 @@ enum Command {
         requests: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// reference (the scalar oracle) or cpu (the fast path).
-        #[arg(long, default_value = "cpu")]
-        backend: String,
+        /// reference (the scalar oracle), cpu (the fast path) or cuda;
+        /// default: the model's device.
+        #[arg(long)]
+        backend: Option<String>,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+    /// Measure latency and throughput per batch size (end to end: host
+    /// features in, host scores out), with synthetic requests.
+    Bench {
+        #[arg(long)]
+        model: PathBuf,
+        /// Batch sizes, comma-separated.
+        #[arg(long, default_value = "1,16,64,256,1024")]
+        batch: String,
+        /// Threads, each with its own session, scoring at once.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Timed calls per batch size and thread (after warm-up).
+        #[arg(long, default_value_t = 200)]
+        iters: usize,
+        /// Stop a batch size after this many seconds of timed calls.
+        #[arg(long, default_value_t = 5.0)]
+        max_seconds: f64,
+        /// reference, cpu or cuda; default: the model's device.
+        #[arg(long)]
+        backend: Option<String>,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Write the results as one JSON object to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Build, pack and score the bundled demo model (benchmark shape).
     Demo {
@@ -89,7 +122,27 @@ fn main() -> ExitCode {
             requests,
             out,
             backend,
-        } => score(&model, &requests, &out, &backend),
+            device,
+        } => score(&model, &requests, &out, backend.as_deref(), &device),
+        Command::Bench {
+            model,
+            batch,
+            threads,
+            iters,
+            max_seconds,
+            backend,
+            device,
+            json,
+        } => bench::run(&bench::Settings {
+            model,
+            batch,
+            threads,
+            iters,
+            max_seconds,
+            backend,
+            device,
+            json,
+        }),
         Command::Demo {
             candidates,
             out,
@@ -161,10 +214,51 @@ fn pack(config: &Path, weights: &Path, out: &Path, dtype: &str) -> CliResult {
 }
 
 fn open(path: &Path, verify: bool) -> Result<std::sync::Arc<Model>, String> {
+    open_on(path, verify, &DeviceArgs::default())
+}
+
+/// Where to run: `--device cpu|cuda|cuda:N|auto`, `--precision f16|f32`.
+#[derive(clap::Args, Clone, Debug)]
+struct DeviceArgs {
+    /// cpu, cuda, cuda:N or auto (CUDA when usable, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Arithmetic of the GPU's Linear layers: f16 (tensor cores) or f32.
+    #[arg(long, default_value = "f16")]
+    precision: String,
+}
+
+impl Default for DeviceArgs {
+    fn default() -> Self {
+        DeviceArgs {
+            device: "cpu".into(),
+            precision: "f16".into(),
+        }
+    }
+}
+
+fn open_on(
+    path: &Path,
+    verify: bool,
+    device: &DeviceArgs,
+) -> Result<std::sync::Arc<Model>, String> {
+    let parsed = Device::parse(&device.device).ok_or_else(|| {
+        format!(
+            "--device {}: expected cpu, cuda, cuda:N or auto",
+            device.device
+        )
+    })?;
+    let precision = match device.precision.as_str() {
+        "f16" => GpuPrecision::F16,
+        "f32" => GpuPrecision::F32,
+        other => return Err(format!("--precision {other}: expected f16 or f32")),
+    };
     Model::open(
         path,
         &OpenOptions {
             verify_checksums: verify,
+            device: parsed,
+            gpu_precision: precision,
         },
     )
     .map_err(|e| e.to_string())
@@ -231,19 +325,32 @@ fn verify(path: &Path) -> CliResult {
 }
 
 fn parse_backend(name: &str) -> Result<Backend, String> {
-    Backend::parse(name).ok_or_else(|| format!("--backend {name}: expected reference or cpu"))
+    Backend::parse(name).ok_or_else(|| format!("--backend {name}: expected reference, cpu or cuda"))
 }
 
-fn score(model_path: &Path, requests: &Path, out: &Path, backend: &str) -> CliResult {
-    let backend = parse_backend(backend)?;
-    let model = open(model_path, false)?;
+/// A session with the named backend, or the model's own.
+fn session(model: &std::sync::Arc<Model>, backend: Option<&str>) -> Result<Session, String> {
+    Ok(match backend {
+        Some(name) => Session::with_backend(model.clone(), parse_backend(name)?),
+        None => Session::new(model.clone()),
+    })
+}
+
+fn score(
+    model_path: &Path,
+    requests: &Path,
+    out: &Path,
+    backend: Option<&str>,
+    device: &DeviceArgs,
+) -> CliResult {
+    let model = open_on(model_path, false, device)?;
     let tasks = model.num_tasks();
     let input = std::fs::File::open(requests)
         .map_err(|e| format!("cannot open {}: {e}", requests.display()))?;
     let output =
         std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let mut output = BufWriter::new(output);
-    let mut session = Session::with_backend(model.clone(), backend);
+    let mut session = session(&model, backend)?;
     let (mut good, mut bad) = (0usize, 0usize);
     let (mut logits, mut probabilities) = (Vec::new(), Vec::new());
     for (index, line) in std::io::BufReader::new(input).lines().enumerate() {

@@ -1,0 +1,55 @@
+// Shared definitions of the mmoe CUDA kernels. Compiled by NVRTC (no host
+// headers): fixed-width types are spelled out here.
+#pragma once
+
+#include <cuda_fp16.h>
+
+typedef unsigned long long u64;
+typedef unsigned int u32;
+
+// One input's description for the feature kernels, written by the host into
+// the request's staging buffer (see src/gpu/staging.rs, which mirrors it).
+struct InputDesc {
+    u64 table;      // sparse: embedding table, f32 [rows, dim]
+    u64 mean;       // dense with standardize: f32 [dim]
+    u64 std;        // dense with standardize: f32 [dim]
+    u64 rows;       // sparse: table rows
+    u32 kind;       // 0 dense, 1 sparse
+    u32 scope;      // 0 request, 1 candidate
+    u32 dim;
+    u32 x0_offset;  // column of x0 where the input starts
+    u32 flags;      // FLAG_*
+    float clip;
+    u32 values;     // dense: index of its first value in the float region;
+                    // sparse: index of its first offset in the offset region
+    u32 ids;        // sparse: index of its first id in the id region
+};
+
+#define FLAG_LOG1P 1u
+#define FLAG_STANDARDIZE 2u
+#define FLAG_CLIP 4u
+#define FLAG_MISSING_ZERO 8u
+#define FLAG_MEAN 16u
+
+// The staging buffer starts with this header; byte offsets are from its start.
+struct StagingHeader {
+    u64 candidates;
+    u64 num_inputs;
+    u64 floats_at;   // f32 dense values
+    u64 offsets_at;  // u32 CSR offsets
+    u64 ids_at;      // u64 ids
+    u64 descs_at;    // InputDesc[num_inputs]
+};
+
+// A buffer's row stride is 0 for a per-request buffer: every row reads row 0.
+__device__ __forceinline__ const float* row_of(const float* base, int ld, int r) {
+    return base + (long long)ld * r;
+}
+
+__device__ __forceinline__ float activate(float v, int relu) {
+    return relu ? fmaxf(v, 0.0f) : v;
+}
+
+__device__ __forceinline__ float sigmoidf(float x) {
+    return 1.0f / (1.0f + expf(-x));
+}

@@ -1,0 +1,313 @@
+// The mmoe CUDA kernels: one `extern "C"` kernel per step of the lowered
+// program (src/program.rs). Activations are f32 in device memory, row-major
+// with a row stride `ld` (0 for a per-request buffer, which every row reads).
+// Weights of Linear layers are fp16, row-major [n_pad, ld_w] (rows padded to
+// 64, columns to 16, zero filled) for the tensor-core path, or f32 row-major
+// [n, k] for the fp32 path.
+#include "common.cuh"
+
+// ---------------------------------------------------------------- features
+
+__device__ float dense_value(const InputDesc& d, const float* values, int row, int k) {
+    float v = values[d.values + (u64)row * d.dim + k];
+    if (!isfinite(v)) {
+        // The host refused non-finite values of inputs without missing=zero.
+        return 0.0f;
+    }
+    if (d.flags & FLAG_LOG1P) v = copysignf(log1pf(fabsf(v)), v);
+    if (d.flags & FLAG_STANDARDIZE) {
+        const float* mean = (const float*)d.mean;
+        const float* std = (const float*)d.std;
+        v = (v - mean[k]) / std[k];
+    }
+    if (d.flags & FLAG_CLIP) v = fminf(fmaxf(v, -d.clip), d.clip);
+    return v;
+}
+
+__device__ float pooled_value(const InputDesc& d, const u32* offsets, const u64* ids, int bag, int k) {
+    u32 start = offsets[d.values + bag], end = offsets[d.values + bag + 1];
+    const float* table = (const float*)d.table;
+    float sum = 0.0f;
+    for (u32 j = start; j < end; ++j) {
+        u64 row = ids[d.ids + j] % d.rows;
+        sum += table[row * d.dim + k];
+    }
+    if ((d.flags & FLAG_MEAN) && end > start) sum /= (float)(end - start);
+    return sum;
+}
+
+__device__ float feature(const InputDesc& d, const unsigned char* staging, int row, int k) {
+    const StagingHeader* h = (const StagingHeader*)staging;
+    int r = d.scope == 0 ? 0 : row;
+    if (d.kind == 0) return dense_value(d, (const float*)(staging + h->floats_at), r, k);
+    return pooled_value(d, (const u32*)(staging + h->offsets_at), (const u64*)(staging + h->ids_at), r, k);
+}
+
+// x0_request[0, :] = request-scope features (zero elsewhere). One block.
+extern "C" __global__ void features_request(const unsigned char* staging, float* x0r, int d_total) {
+    const StagingHeader* h = (const StagingHeader*)staging;
+    const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
+    for (int c = threadIdx.x; c < d_total; c += blockDim.x) x0r[c] = 0.0f;
+    __syncthreads();
+    for (u64 i = 0; i < h->num_inputs; ++i) {
+        InputDesc d = descs[i];
+        if (d.scope != 0) continue;
+        for (int k = threadIdx.x; k < (int)d.dim; k += blockDim.x) x0r[d.x0_offset + k] = feature(d, staging, 0, k);
+    }
+}
+
+// x0[r, :] = candidate features of row r and the request columns; zero for
+// rows past the request's candidates. One block per row.
+extern "C" __global__ void features_candidate(const unsigned char* staging, const float* x0r, float* x0, int ld, int d_total) {
+    const StagingHeader* h = (const StagingHeader*)staging;
+    const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
+    int r = blockIdx.x;
+    float* out = x0 + (long long)ld * r;
+    if ((u64)r >= h->candidates) {
+        for (int c = threadIdx.x; c < d_total; c += blockDim.x) out[c] = 0.0f;
+        return;
+    }
+    for (u64 i = 0; i < h->num_inputs; ++i) {
+        InputDesc d = descs[i];
+        for (int k = threadIdx.x; k < (int)d.dim; k += blockDim.x) {
+            int c = d.x0_offset + k;
+            out[c] = d.scope == 0 ? x0r[c] : feature(d, staging, r, k);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- linear
+
+// y[r, out_off + j] = act(Σ_{k ∈ ranges} x[r, in_off + k] · W[j, k] + bias[j] + add[j])
+// `ranges` holds `nranges` pairs (start, end) of input columns.
+struct LinearArgs {
+    const float* x; int ldx; int in_off;
+    const void* w; int ldw; int n;
+    const u32* ranges; int nranges;
+    const float* bias; const float* add; int relu;
+    float* y; int ldy; int out_off; int rows;
+};
+
+template <typename W>
+__device__ __forceinline__ float weight_at(const W* w, long long i);
+template <>
+__device__ __forceinline__ float weight_at<float>(const float* w, long long i) { return w[i]; }
+template <>
+__device__ __forceinline__ float weight_at<__half>(const __half* w, long long i) { return __half2float(w[i]); }
+
+// SIMT fallback: 16×16 output tile per block, shared-memory tiles of 16 k.
+template <typename W>
+__device__ void linear_simt(const LinearArgs a) {
+    __shared__ float xs[16][17];
+    __shared__ float ws[16][17];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    int r = blockIdx.y * 16 + ty;      // row of x / y
+    int j = blockIdx.x * 16 + tx;      // output
+    int jw = blockIdx.x * 16 + ty;     // weight row this thread loads
+    const W* w = (const W*)a.w;
+    float acc = 0.0f;
+    for (int q = 0; q < a.nranges; ++q) {
+        int s = a.ranges[2 * q], e = a.ranges[2 * q + 1];
+        for (int k0 = s; k0 < e; k0 += 16) {
+            int kx = k0 + tx;
+            xs[ty][tx] = (r < a.rows && kx < e) ? row_of(a.x, a.ldx, r)[a.in_off + kx] : 0.0f;
+            ws[ty][tx] = (jw < a.n && kx < e) ? weight_at<W>(w, (long long)jw * a.ldw + kx) : 0.0f;
+            __syncthreads();
+            for (int kk = 0; kk < 16; ++kk) acc += xs[ty][kk] * ws[tx][kk];
+            __syncthreads();
+        }
+    }
+    if (r < a.rows && j < a.n) {
+        float v = acc;
+        if (a.bias) v += a.bias[j];
+        if (a.add) v += a.add[j];
+        a.y[(long long)a.ldy * r + a.out_off + j] = activate(v, a.relu);
+    }
+}
+
+extern "C" __global__ void linear_simt_f32(const LinearArgs a) { linear_simt<float>(a); }
+extern "C" __global__ void linear_simt_f16(const LinearArgs a) { linear_simt<__half>(a); }
+
+// Tensor cores through `mma.sync.m16n8k16` (fp16 inputs, fp32 accumulation).
+// A block of 4 warps computes a 32×64 output tile; warp (wr, wc) computes rows
+// 16·wr…, columns 32·wc… as four 16×8 tiles. Every range must start at a
+// multiple of 16 (the host checks); x is zeroed past a range's end. W is
+// [n_pad (multiple of 64), ldw (multiple of 16)], zero padded.
+//
+// Fragment layout (PTX ISA, mma.m16n8k16 .f16): with g = lane / 4 and
+// t = lane % 4, A registers hold (row g, k 2t..2t+1), (row g+8, k 2t..),
+// (row g, k 2t+8..), (row g+8, k 2t+8..); B registers hold (k 2t..2t+1, n g)
+// and (k 2t+8.., n g); C holds (row g, n 2t..2t+1) and (row g+8, n 2t..).
+__device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+extern "C" __global__ void linear_mma(const LinearArgs a) {
+    __shared__ __align__(16) __half xs[32][24];
+    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    int g = lane / 4, t = lane % 4;
+    int wr = warp / 2, wc = warp % 2;
+    int row0 = blockIdx.y * 32, col0 = blockIdx.x * 64 + wc * 32;
+    const __half* w = (const __half*)a.w;
+    float acc[4][4] = {};
+    for (int q = 0; q < a.nranges; ++q) {
+        int s = a.ranges[2 * q], e = a.ranges[2 * q + 1];
+        for (int k0 = s; k0 < e; k0 += 16) {
+            for (int i = tid; i < 32 * 16; i += 128) {
+                int rr = i / 16, kk = i % 16;
+                int row = row0 + rr, k = k0 + kk;
+                float v = (row < a.rows && k < e) ? row_of(a.x, a.ldx, row)[a.in_off + k] : 0.0f;
+                xs[rr][kk] = __float2half(v);
+            }
+            __syncthreads();
+            const __half* xw = &xs[wr * 16][0];
+            u32 fa[4];
+            fa[0] = *(const u32*)(xw + g * 24 + 2 * t);
+            fa[1] = *(const u32*)(xw + (g + 8) * 24 + 2 * t);
+            fa[2] = *(const u32*)(xw + g * 24 + 2 * t + 8);
+            fa[3] = *(const u32*)(xw + (g + 8) * 24 + 2 * t + 8);
+            for (int j = 0; j < 4; ++j) {
+                const __half* wrow = w + (long long)(col0 + 8 * j + g) * a.ldw + k0 + 2 * t;
+                u32 fb[2];
+                fb[0] = *(const u32*)(wrow);
+                fb[1] = *(const u32*)(wrow + 8);
+                mma_16816(acc[j], fa, fb);
+            }
+            __syncthreads();
+        }
+    }
+    for (int j = 0; j < 4; ++j) {
+        for (int i = 0; i < 4; ++i) {
+            int row = row0 + wr * 16 + g + (i >= 2 ? 8 : 0);
+            int col = col0 + 8 * j + 2 * t + (i & 1);
+            if (row < a.rows && col < a.n) {
+                float v = acc[j][i];
+                if (a.bias) v += a.bias[col];
+                if (a.add) v += a.add[col];
+                a.y[(long long)a.ldy * row + a.out_off + col] = activate(v, a.relu);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- element-wise
+
+// out = x0 ⊙ y + x  (DCN cross combine)
+extern "C" __global__ void cross_combine(const float* x0, int ld0, const float* y, int ldy, const float* x, int ldx,
+                                         float* out, int ldo, int width, int rows) {
+    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows || c >= width) return;
+    out[(long long)ldo * r + c] = row_of(x0, ld0, r)[c] * row_of(y, ldy, r)[c] + row_of(x, ldx, r)[c];
+}
+
+// out = a ⊙ b
+extern "C" __global__ void multiply(const float* a, int lda, const float* b, int ldb, float* out, int ldo, int width, int rows) {
+    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows || c >= width) return;
+    out[(long long)ldo * r + c] = row_of(a, lda, r)[c] * row_of(b, ldb, r)[c];
+}
+
+// out = x0 ⊙ 2·sigmoid(g)
+extern "C" __global__ void feature_gate(const float* g, int ldg, const float* x0, int ld0, float* out, int ldo, int width, int rows) {
+    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows || c >= width) return;
+    out[(long long)ldo * r + c] = row_of(x0, ld0, r)[c] * 2.0f * sigmoidf(row_of(g, ldg, r)[c]);
+}
+
+// out[r, :] = concatenation of input[r, ranges]; `ranges` holds (start, end) pairs.
+extern "C" __global__ void gather(const float* in, int ldi, const u32* ranges, int nranges, float* out, int ldo,
+                                  int out_off, int rows) {
+    int r = blockIdx.x;
+    if (r >= rows) return;
+    int at = 0;
+    for (int q = 0; q < nranges; ++q) {
+        int s = ranges[2 * q], e = ranges[2 * q + 1];
+        for (int c = s + threadIdx.x; c < e; c += blockDim.x) out[(long long)ldo * r + out_off + at + (c - s)] = row_of(in, ldi, r)[c];
+        at += e - s;
+    }
+}
+
+// out = act(LN(in)), one block of 128 threads per row.
+extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, const float* gamma, const float* beta,
+                                      int relu, float* out, int ldo, int out_off, int width, int rows) {
+    __shared__ float partial[2][128];
+    int r = blockIdx.x, t = threadIdx.x;
+    if (r >= rows) return;
+    const float* x = row_of(in, ldi, r) + in_off;
+    float sum = 0.0f;
+    for (int c = t; c < width; c += 128) sum += x[c];
+    partial[0][t] = sum;
+    __syncthreads();
+    for (int s = 64; s > 0; s >>= 1) {
+        if (t < s) partial[0][t] += partial[0][t + s];
+        __syncthreads();
+    }
+    float mean = partial[0][0] / width;
+    float sq = 0.0f;
+    for (int c = t; c < width; c += 128) {
+        float dv = x[c] - mean;
+        sq += dv * dv;
+    }
+    partial[1][t] = sq;
+    __syncthreads();
+    for (int s = 64; s > 0; s >>= 1) {
+        if (t < s) partial[1][t] += partial[1][t + s];
+        __syncthreads();
+    }
+    float inv = rsqrtf(partial[1][0] / width + 1e-5f);
+    for (int c = t; c < width; c += 128)
+        out[(long long)ldo * r + out_off + c] = activate((x[c] - mean) * inv * gamma[c] + beta[c], relu);
+}
+
+// FinalMLP: out = wx + wy + Σ_h Σ_a Σ_b o1[h·hx+a] · Wxy[(h·hx+a)·(hy·H) + o·hy + b] · o2[h·hy+b]
+extern "C" __global__ void bilinear(const float* o1, int ld1, const float* o2, int ld2, const float* wx, int ldx,
+                                    const float* wy, int ldy, const float* wxy, int heads, int hx, int hy, float* out,
+                                    int ldo, int h_out, int rows) {
+    int r = blockIdx.y, o = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows || o >= h_out) return;
+    const float* a = row_of(o1, ld1, r);
+    const float* b = row_of(o2, ld2, r);
+    float sum = 0.0f;
+    for (int h = 0; h < heads; ++h)
+        for (int i = 0; i < hx; ++i) {
+            const float* wrow = wxy + (long long)(h * hx + i) * (hy * h_out) + (long long)o * hy;
+            float inner = 0.0f;
+            for (int k = 0; k < hy; ++k) inner += wrow[k] * b[h * hy + k];
+            sum += a[h * hx + i] * inner;
+        }
+    out[(long long)ldo * r + o] = row_of(wx, ldx, r)[o] + row_of(wy, ldy, r)[o] + sum;
+}
+
+// out = Σ_i softmax(gate)_i · expert_i. `experts` holds (pointer, ld) pairs as u64.
+extern "C" __global__ void mixture(const float* gate, int ldg, int num_experts, const u64* experts, float* out, int ldo,
+                                   int h, int rows) {
+    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows || c >= h) return;
+    float m = 0.0f;
+    if (gate == 0) {
+        const float* e = (const float*)experts[0];
+        m = row_of(e, (int)experts[1], r)[c];
+    } else {
+        const float* z = row_of(gate, ldg, r);
+        float zmax = z[0];
+        for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
+        float total = 0.0f;
+        for (int i = 0; i < num_experts; ++i) total += expf(z[i] - zmax);
+        for (int i = 0; i < num_experts; ++i) {
+            const float* e = (const float*)experts[2 * i];
+            m += expf(z[i] - zmax) / total * row_of(e, (int)experts[2 * i + 1], r)[c];
+        }
+    }
+    out[(long long)ldo * r + c] = m;
+}
+
+// logits[r · tasks + task] = in[r, 0]
+extern "C" __global__ void output_logit(const float* in, int ldi, float* logits, int tasks, int task, int rows) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    logits[(long long)r * tasks + task] = row_of(in, ldi, r)[0];
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Compiles kernels/*.cu to PTX with NVRTC 13.0 (the PyPI wheels), no CUDA toolkit.
+
+    python3 scripts/build_kernels.py            # writes kernels/ptx/<name>.ptx
+    python3 scripts/build_kernels.py --check    # compiles; fails if a checked-in PTX is stale
+
+The PTX is checked in and embedded in the library, so the engine needs only
+the driver (libcuda) at run time. PTX for compute_80 made by NVRTC 13.0 is
+JIT-compiled by the driver for any GPU of compute capability 8.0 or newer,
+and loads with driver 580 (CUDA 13.0) or newer: the NVRTC version is pinned
+to the GPU test machine's driver (tests/python/requirements-cuda.txt).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import glob
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS = ROOT / "kernels"
+ARCH = "compute_80"
+
+
+def find_nvidia_root() -> Path:
+    """The site-packages nvidia/cu13 folder of the nvidia-cuda-nvrtc wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("error: the nvidia-cuda-nvrtc and nvidia-cuda-runtime wheels are not installed "
+                 "(pip install -r tests/python/requirements-cuda.txt)")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "cu13"
+        if (candidate / "lib").is_dir():
+            return candidate
+    sys.exit("error: nvidia/cu13 not found in the nvidia wheels")
+
+
+def load_nvrtc(root: Path):
+    libs = sorted(glob.glob(str(root / "lib" / "libnvrtc.so*")))
+    libs = [l for l in libs if "builtins" not in l and ".alt." not in l]
+    if not libs:
+        sys.exit(f"error: no libnvrtc.so in {root / 'lib'}")
+    # The builtins library is found next to libnvrtc through its rpath; load it
+    # first by absolute path so no LD_LIBRARY_PATH is needed.
+    for builtin in glob.glob(str(root / "lib" / "libnvrtc-builtins.so*")):
+        ctypes.CDLL(builtin, mode=ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(libs[0])
+
+
+def check(nvrtc, status: int, what: str, prog=None) -> None:
+    if status != 0:
+        nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+        message = nvrtc.nvrtcGetErrorString(status).decode()
+        log = compile_log(nvrtc, prog) if prog is not None else ""
+        sys.exit(f"error: {what}: {message}\n{log}")
+
+
+def compile_log(nvrtc, prog) -> str:
+    size = ctypes.c_size_t()
+    nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    buf = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetProgramLog(prog, buf)
+    return buf.value.decode(errors="replace")
+
+
+def compile_ptx(nvrtc, root: Path, source: Path) -> str:
+    prog = ctypes.c_void_p()
+    text = source.read_bytes()
+    check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(prog), text, source.name.encode(), 0, None, None),
+          f"create {source.name}")
+    options = [f"--gpu-architecture={ARCH}", "--std=c++17", f"-I{KERNELS}", f"-I{root / 'include'}",
+               "-default-device", "--device-as-default-execution-space"]
+    c_options = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+    status = nvrtc.nvrtcCompileProgram(prog, len(options), c_options)
+    log = compile_log(nvrtc, prog)
+    check(nvrtc, status, f"compile {source.name}", prog)
+    if log.strip():
+        # Warnings are errors: the kernels compile cleanly.
+        sys.exit(f"error: {source.name} compiled with warnings:\n{log}")
+    size = ctypes.c_size_t()
+    check(nvrtc, nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size)), "PTX size", prog)
+    buf = ctypes.create_string_buffer(size.value)
+    check(nvrtc, nvrtc.nvrtcGetPTX(prog, buf), "PTX", prog)
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+    return buf.value.decode()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="fail if a checked-in PTX differs from a fresh compile")
+    args = ap.parse_args()
+    root = find_nvidia_root()
+    nvrtc = load_nvrtc(root)
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    print(f"NVRTC {major.value}.{minor.value}, headers {root / 'include'}, target {ARCH}")
+    out_dir = KERNELS / "ptx"
+    out_dir.mkdir(exist_ok=True)
+    stale = []
+    for source in sorted(KERNELS.glob("*.cu")):
+        ptx = compile_ptx(nvrtc, root, source)
+        target = out_dir / (source.stem + ".ptx")
+        entries = ptx.count(".entry ")
+        if args.check:
+            if not target.exists() or target.read_text() != ptx:
+                stale.append(target)
+            print(f"compiled {source.name}: {entries} kernels, {len(ptx)} bytes of PTX"
+                  + ("" if target not in stale else " (checked-in PTX is stale)"))
+        else:
+            target.write_text(ptx)
+            print(f"wrote {target.relative_to(ROOT)}: {entries} kernels, {len(ptx)} bytes")
+    if stale:
+        print("error: stale PTX (run python3 scripts/build_kernels.py and commit): "
+              + ", ".join(str(s.relative_to(ROOT)) for s in stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+//! `mmoe bench`: latency and throughput per batch size, end to end (host
+//! features in, host scores out), on synthetic requests for the model's
+//! config. Prints the machine and settings, a table, and optionally JSON.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mmoe::{Model, Scores};
+
+use super::{open_on, session, CliResult, DeviceArgs};
+
+pub struct Settings {
+    pub model: PathBuf,
+    pub batch: String,
+    pub threads: usize,
+    pub iters: usize,
+    pub max_seconds: f64,
+    pub backend: Option<String>,
+    pub device: DeviceArgs,
+    pub json: Option<PathBuf>,
+}
+
+pub struct Row {
+    pub batch: usize,
+    pub calls: usize,
+    pub candidates_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index]
+}
+
+/// Times one batch size on `threads` threads, each with its own session.
+fn measure(model: &Arc<Model>, settings: &Settings, batch: usize) -> Result<Row, String> {
+    let budget = Duration::from_secs_f64(settings.max_seconds);
+    let results: Vec<Result<Vec<f64>, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..settings.threads)
+            .map(|t| {
+                scope.spawn(move || -> Result<Vec<f64>, String> {
+                    let mut session = session(model, settings.backend.as_deref())?;
+                    let owned =
+                        mmoe::demo::synthetic_request(model.config(), batch, 1000 + t as u64);
+                    let request = owned.as_request();
+                    let mut logits = vec![0.0; batch * model.num_tasks()];
+                    let mut probabilities = vec![0.0; batch * model.num_tasks()];
+                    let mut call = |session: &mut mmoe::Session| {
+                        session
+                            .score(
+                                &request,
+                                &mut Scores {
+                                    logits: Some(&mut logits),
+                                    probabilities: Some(&mut probabilities),
+                                },
+                            )
+                            .map_err(|e| e.to_string())
+                    };
+                    for _ in 0..3 {
+                        call(&mut session)?;
+                    }
+                    let mut times = Vec::with_capacity(settings.iters);
+                    let start = Instant::now();
+                    while times.len() < settings.iters && start.elapsed() < budget {
+                        let t0 = Instant::now();
+                        call(&mut session)?;
+                        times.push(t0.elapsed().as_secs_f64());
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a benchmark thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut all = Vec::new();
+    let mut busiest = 0.0f64;
+    let mut calls = 0;
+    for r in results {
+        let times = r?;
+        busiest = busiest.max(times.iter().sum());
+        calls += times.len();
+        all.extend(times);
+    }
+    all.sort_by(f64::total_cmp);
+    // Throughput: candidates scored by all threads over the longest thread's
+    // busy time.
+    let candidates_per_s = (calls * batch) as f64 / busiest.max(1e-12);
+    Ok(Row {
+        batch,
+        calls,
+        candidates_per_s,
+        p50_us: percentile(&all, 0.50) * 1e6,
+        p99_us: percentile(&all, 0.99) * 1e6,
+    })
+}
+
+pub fn run(settings: &Settings) -> CliResult {
+    let batches: Vec<usize> = settings
+        .batch
+        .split(',')
+        .map(|b| {
+            b.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("--batch: `{b}` is not a batch size"))
+        })
+        .collect::<Result<_, _>>()?;
+    if settings.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    let model = open_on(&settings.model, false, &settings.device)?;
+    let backend = match &settings.backend {
+        Some(b) => b.clone(),
+        None => mmoe::Session::new(model.clone())
+            .backend()
+            .name()
+            .to_string(),
+    };
+    println!(
+        "machine   {} ({} CPUs visible)",
+        cpu_name(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "model     {} ({}, {})",
+        model.name(),
+        settings.model.display(),
+        model.dtype().name()
+    );
+    println!(
+        "settings  backend {backend}, device {}, threads {}, up to {} calls or {} s per batch",
+        model.device_note(),
+        settings.threads,
+        settings.iters,
+        settings.max_seconds
+    );
+    println!(
+        "{:>7} {:>8} {:>14} {:>11} {:>11}",
+        "batch", "calls", "candidates/s", "p50 µs", "p99 µs"
+    );
+    let mut rows = Vec::new();
+    for &batch in &batches {
+        let row = measure(&model, settings, batch)?;
+        println!(
+            "{:>7} {:>8} {:>14.0} {:>11.1} {:>11.1}",
+            row.batch, row.calls, row.candidates_per_s, row.p50_us, row.p99_us
+        );
+        rows.push(row);
+    }
+    if let Some(path) = &settings.json {
+        let results: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.batch.to_string(),
+                    serde_json::json!({"candidates_per_s": r.candidates_per_s, "p50_us": r.p50_us, "p99_us": r.p99_us, "calls": r.calls}),
+                )
+            })
+            .collect();
+        let report = serde_json::json!({
+            "machine": cpu_name(),
+            "model": model.name(),
+            "dtype": model.dtype().name(),
+            "backend": backend,
+            "device": model.device_note(),
+            "threads": settings.threads,
+            "results": results,
+        });
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,182 @@
+//! The request's features packed for the device: one contiguous staging
+//! buffer (a header, one [`InputDesc`] per input, dense values, CSR offsets
+//! and ids) copied to the GPU in one transfer. The layout mirrors
+//! `kernels/common.cuh`; this module is plain Rust and tested without a GPU.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::config::{InputKind, Pooling, Scope};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::request::{Feature, Request};
+
+pub const FLAG_LOG1P: u32 = 1;
+pub const FLAG_STANDARDIZE: u32 = 2;
+pub const FLAG_CLIP: u32 = 4;
+pub const FLAG_MISSING_ZERO: u32 = 8;
+pub const FLAG_MEAN: u32 = 16;
+
+/// `struct InputDesc` of `kernels/common.cuh`.
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
+#[repr(C)]
+pub struct InputDesc {
+    pub table: u64,
+    pub mean: u64,
+    pub std: u64,
+    pub rows: u64,
+    pub kind: u32,
+    pub scope: u32,
+    pub dim: u32,
+    pub x0_offset: u32,
+    pub flags: u32,
+    pub clip: f32,
+    pub values: u32,
+    pub ids: u32,
+}
+
+/// `struct StagingHeader` of `kernels/common.cuh`.
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
+#[repr(C)]
+pub struct StagingHeader {
+    pub candidates: u64,
+    pub num_inputs: u64,
+    pub floats_at: u64,
+    pub offsets_at: u64,
+    pub ids_at: u64,
+    pub descs_at: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<InputDesc>() == 64);
+const _: () = assert!(std::mem::size_of::<StagingHeader>() == 48);
+
+/// Device addresses of an input's tensors (0 where it has none).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InputTensors {
+    pub table: u64,
+    pub mean: u64,
+    pub std: u64,
+}
+
+/// Packs a validated request into `out` (cleared first, capacity reused).
+/// Non-finite values of inputs that do not allow missing values are refused
+/// here, on the host, with the input and candidate named.
+pub fn pack_request(
+    model: &Model,
+    tensors: &[InputTensors],
+    request: &Request<'_>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let config = model.config();
+    let inputs = &config.inputs;
+    let (mut floats, mut offsets, mut ids) = (0usize, 0usize, 0usize);
+    for (index, input) in inputs.iter().enumerate() {
+        match request.feature(index) {
+            Feature::Dense(values) => {
+                if !input.missing_is_zero() {
+                    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                        let candidate = if input.scope == Scope::Request {
+                            0
+                        } else {
+                            i / input.dim
+                        };
+                        return Err(Error::request(format!(
+                            "input `{}` candidate {candidate} element {}: value {} is not finite (the input does not allow missing values)",
+                            input.name,
+                            i % input.dim,
+                            values[i]
+                        )));
+                    }
+                }
+                floats += values.len();
+            }
+            Feature::Sparse {
+                ids: bag_ids,
+                offsets: bag_offsets,
+            } => {
+                offsets += bag_offsets.len();
+                ids += bag_ids.len();
+            }
+            Feature::Unset => {
+                return Err(Error::request(format!("input `{}` is not set", input.name)))
+            }
+        }
+    }
+    let to_u32 = |v: usize| {
+        u32::try_from(v).map_err(|_| Error::request("request too large for the GPU staging buffer"))
+    };
+    let header_len = std::mem::size_of::<StagingHeader>();
+    let descs_at = header_len;
+    let floats_at = descs_at + inputs.len() * std::mem::size_of::<InputDesc>();
+    let offsets_at = floats_at + floats * 4;
+    let ids_at = (offsets_at + offsets * 4).div_ceil(8) * 8;
+    let total = ids_at + ids * 8;
+    out.clear();
+    out.resize(total, 0);
+    let header = StagingHeader {
+        candidates: request.candidates() as u64,
+        num_inputs: inputs.len() as u64,
+        floats_at: floats_at as u64,
+        offsets_at: offsets_at as u64,
+        ids_at: ids_at as u64,
+        descs_at: descs_at as u64,
+    };
+    out[..header_len].copy_from_slice(bytemuck::bytes_of(&header));
+    let (mut f, mut o, mut i) = (0usize, 0usize, 0usize);
+    for (index, (input, plan)) in inputs.iter().zip(&model.plan().inputs).enumerate() {
+        let mut desc = InputDesc {
+            table: tensors[index].table,
+            mean: tensors[index].mean,
+            std: tensors[index].std,
+            rows: input.rows.unwrap_or(0),
+            kind: (input.kind == InputKind::Sparse) as u32,
+            scope: (input.scope == Scope::Candidate) as u32,
+            dim: to_u32(input.dim)?,
+            x0_offset: to_u32(plan.offset)?,
+            flags: 0,
+            clip: input.clip.unwrap_or(0.0),
+            values: 0,
+            ids: 0,
+        };
+        if input.log1p() {
+            desc.flags |= FLAG_LOG1P;
+        }
+        if input.standardize() {
+            desc.flags |= FLAG_STANDARDIZE;
+        }
+        if input.clip.is_some() {
+            desc.flags |= FLAG_CLIP;
+        }
+        if input.missing_is_zero() {
+            desc.flags |= FLAG_MISSING_ZERO;
+        }
+        if input.pooling == Some(Pooling::Mean) {
+            desc.flags |= FLAG_MEAN;
+        }
+        match request.feature(index) {
+            Feature::Dense(values) => {
+                desc.values = to_u32(f)?;
+                let at = floats_at + f * 4;
+                out[at..at + values.len() * 4].copy_from_slice(bytemuck::cast_slice(values));
+                f += values.len();
+            }
+            Feature::Sparse {
+                ids: bag_ids,
+                offsets: bag_offsets,
+            } => {
+                desc.values = to_u32(o)?;
+                desc.ids = to_u32(i)?;
+                let at = offsets_at + o * 4;
+                out[at..at + bag_offsets.len() * 4]
+                    .copy_from_slice(bytemuck::cast_slice(bag_offsets));
+                o += bag_offsets.len();
+                let at = ids_at + i * 8;
+                out[at..at + bag_ids.len() * 8].copy_from_slice(bytemuck::cast_slice(bag_ids));
+                i += bag_ids.len();
+            }
+            Feature::Unset => unreachable!("checked above"),
+        }
+        let at = descs_at + index * std::mem::size_of::<InputDesc>();
+        out[at..at + 64].copy_from_slice(bytemuck::bytes_of(&desc));
+    }
+    Ok(())
+}

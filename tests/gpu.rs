@@ -1,0 +1,151 @@
+//! The GPU path. Without a CUDA device (CI, the development machine) the
+//! device options must fail cleanly and `auto` must fall back to the CPU; the
+//! parity tests print "skipped: no CUDA device". On the GPU test machine they
+//! compare the CUDA backend with the CPU exact path (`bench/gpu/check.sh`).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{pack, small};
+use mmoe::{
+    Backend, Config, DType, Device, ErrorKind, GpuPrecision, Model, OpenOptions, Scores, Session,
+};
+
+fn open(
+    path: &std::path::Path,
+    device: Device,
+    precision: GpuPrecision,
+) -> mmoe::Result<Arc<Model>> {
+    Model::open(
+        path,
+        &OpenOptions {
+            device,
+            gpu_precision: precision,
+            ..OpenOptions::default()
+        },
+    )
+}
+
+fn has_gpu() -> bool {
+    mmoe::gpu::check_device(0).is_ok()
+}
+
+#[test]
+fn device_options_fail_cleanly_or_fall_back() {
+    let (_, _, packed) = small(DType::F16);
+    if has_gpu() {
+        println!("a CUDA device is present: the no-device paths are not exercised here");
+        return;
+    }
+    let err = open(&packed.path, Device::Cuda(0), GpuPrecision::F16).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Device);
+    assert!(err.message().contains("model.mmoe"), "{err}");
+    let model = open(&packed.path, Device::Auto, GpuPrecision::F16).unwrap();
+    assert!(
+        model.device_note().starts_with("cpu (auto: "),
+        "{}",
+        model.device_note()
+    );
+    let mut session = Session::new(model.clone());
+    assert_eq!(session.backend(), Backend::Cpu);
+    // Asking a CPU model for the CUDA backend is an error, not a crash.
+    let mut cuda = Session::with_backend(model.clone(), Backend::Cuda);
+    let request = mmoe::demo::synthetic_request(model.config(), 2, 1);
+    let mut logits = vec![0.0; 4];
+    let err = cuda
+        .score(
+            &request.as_request(),
+            &mut Scores {
+                logits: Some(&mut logits),
+                probabilities: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Device);
+    session
+        .score(
+            &request.as_request(),
+            &mut Scores {
+                logits: Some(&mut logits),
+                probabilities: None,
+            },
+        )
+        .unwrap();
+}
+
+/// Max |Δlogit| of the CUDA backend against the CPU exact path.
+fn gpu_vs_cpu(path: &std::path::Path, config: &Config, precision: GpuPrecision, n: usize) -> f32 {
+    let cpu_model = open(path, Device::Cpu, precision).unwrap();
+    let gpu_model = open(path, Device::Cuda(0), precision).unwrap();
+    let request = mmoe::demo::synthetic_request(config, n, 9);
+    let tasks = config.tasks.len();
+    let run = |model: &Arc<Model>, backend| {
+        let mut session = Session::with_backend(model.clone(), backend);
+        let mut logits = vec![0.0; n * tasks];
+        session
+            .score(
+                &request.as_request(),
+                &mut Scores {
+                    logits: Some(&mut logits),
+                    probabilities: None,
+                },
+            )
+            .unwrap();
+        // Twice: the second call replays the captured graph.
+        let mut again = vec![0.0; n * tasks];
+        session
+            .score(
+                &request.as_request(),
+                &mut Scores {
+                    logits: Some(&mut again),
+                    probabilities: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(logits, again, "graph replay gives the same scores");
+        logits
+    };
+    let (cpu, gpu) = (
+        run(&cpu_model, Backend::Cpu),
+        run(&gpu_model, Backend::Cuda),
+    );
+    cpu.iter()
+        .zip(&gpu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn gpu_matches_cpu_on_the_small_model() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let (config, _, packed) = small(DType::F16);
+    for n in [1, 33, 300] {
+        let f32_delta = gpu_vs_cpu(&packed.path, &config, GpuPrecision::F32, n);
+        let f16_delta = gpu_vs_cpu(&packed.path, &config, GpuPrecision::F16, n);
+        println!("small model, {n} candidates: max |Δlogit| f32 {f32_delta:e}, f16 {f16_delta:e}");
+        assert!(f32_delta < 1e-3, "f32 GPU path off by {f32_delta}");
+        assert!(f16_delta < 2e-2, "f16 GPU path off by {f16_delta}");
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_on_the_demo_model() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
+    let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
+    let packed = pack(&config, &tensors, DType::F16);
+    for n in [1, 256, 1024] {
+        let f32_delta = gpu_vs_cpu(&packed.path, &config, GpuPrecision::F32, n);
+        let f16_delta = gpu_vs_cpu(&packed.path, &config, GpuPrecision::F16, n);
+        println!("demo model, {n} candidates: max |Δlogit| f32 {f32_delta:e}, f16 {f16_delta:e}");
+        assert!(f32_delta < 1e-3, "f32 GPU path off by {f32_delta}");
+        assert!(f16_delta < 2e-2, "f16 GPU path off by {f16_delta}");
+    }
+}
