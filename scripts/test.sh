@@ -13,6 +13,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
+step "CUDA kernels compile with NVRTC 13.0 (PyPI wheels) and the checked-in PTX is fresh"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements-cuda.txt
+.venv/bin/python scripts/build_kernels.py --check
+
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU check, run on the GPU test machine from the repository root:
+#   bash .gpu/check.sh "$OUT"
+# Writes logs and JSON under $OUT as it goes and prints a short table last.
+# At most about 5 minutes: every step has its own time limit.
+set -uo pipefail
+out=${1:-${OUT:-gpu-out}}
+mkdir -p "$out"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here"
+log() { echo "== $*" | tee -a "$out/check.log"; }
+
+log "machine"
+nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt" | head -20
+{ ldconfig -p | grep -E "libcuda\.so|libnvrtc" ; nvcc --version 2>/dev/null | tail -1; } 2>&1 | tee "$out/cuda-libs.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" 2>&1 | tee -a "$out/check.log"
+echo "commit $(cat commit 2>/dev/null)" | tee -a "$out/check.log"
+
+log "0. demo model (built here by the binary: same deterministic weights as everywhere)"
+timeout 60 ./bin/mmoe demo --candidates 300 --out models/demo.mmoe 2>&1 | tee "$out/demo.txt"
+./bin/mmoe inspect models/demo.mmoe | head -5 | tee -a "$out/check.log"
+
+log "1. GPU tests (CUDA backend vs CPU exact path; small and demo models)"
+timeout 120 ./bin/gpu-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+log "2. random models: cuda f32 and f16 vs cpu"
+f32_pairs=(); f16_pairs=(); failed_runs=0
+for dir in parity/seed-*; do
+  m=$dir/model.mmoe; r=$dir/requests.jsonl
+  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/cpu.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/f32.jsonl" --device cuda --precision f32 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/f16.jsonl" --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  f32_pairs+=("$dir/cpu.jsonl" "$dir/f32.jsonl"); f16_pairs+=("$dir/cpu.jsonl" "$dir/f16.jsonl")
+done
+echo "failed score runs: $failed_runs" | tee -a "$out/check.log"
+python3 compare_scores.py --bound 1e-3 --label "random cuda-f32 vs cpu" --json "$out/parity-f32.json" "${f32_pairs[@]}" 2>&1 | tee -a "$out/check.log"
+python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 vs cpu" --json "$out/parity-f16.json" "${f16_pairs[@]}" 2>&1 | tee -a "$out/check.log"
+
+log "3. engine benchmark (end to end, host features in, host scores out)"
+for precision in f16 f32; do
+  timeout 90 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
+    --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
+done
+timeout 60 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
+  --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
+
+log "4. PyTorch baseline on the same weights (x0 in, scores out)"
+timeout 120 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 \
+  --json "$out/torch.json" 2>&1 | tee "$out/torch.txt"
+
+log "summary"
+python3 - "$out" <<'PY' 2>&1 | tee "$out/summary.txt"
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    try:
+        return json.load(open(os.path.join(out, name)))
+    except Exception:
+        return None
+e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
+print(f"{'batch':>6} {'mmoe f16 p50':>13} {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
+for b in ["1", "64", "256", "1024", "4096"]:
+    def get(report, key=None):
+        try:
+            r = report["results"] if key is None else report["results"][key]
+            return f"{r[b]['p50_us']:.1f}"
+        except Exception:
+            return "-"
+    print(f"{b:>6} {get(e16):>13} {get(e32):>13} {get(t, 'fp16 eager'):>14} {get(t, 'fp16 graph'):>14}")
+for name in ("parity-f32.json", "parity-f16.json"):
+    p = load(name)
+    if p:
+        print(f"{p['label']}: max {p['max']:.2e} (bound {p['bound']:g})")
+eight = load("bench-f16-8threads.json")
+if eight:
+    print(f"8 threads x 256 candidates (f16): {eight['results']['256']['candidates_per_s']:.0f} candidates/s")
+PY
+echo "gpu tests exit status: $tests_rc" | tee -a "$out/summary.txt"
