@@ -3,15 +3,13 @@
 //! in cache. The scratch is owned by the caller (a session) and reused: after
 //! the first call, scoring allocates nothing.
 //!
-//! The arithmetic here is portable Rust that the compiler vectorizes; the
-//! per-ISA kernels plug in at [`linear_tile`].
-
-use std::ops::Range;
+//! Linear layers run on the per-ISA kernels of [`crate::cpu`]; the other
+//! steps are light element-wise work in portable Rust.
 
 use crate::config::Scope;
+use crate::cpu::{self, Isa, KernelScratch, LinearJob};
 use crate::error::Result;
 use crate::features::input_vector;
-use crate::format::PANEL;
 use crate::model::{Model, Values};
 use crate::program::{Act, BufId, Program, Step};
 use crate::request::Request;
@@ -24,10 +22,7 @@ pub const TILE: usize = 32;
 #[derive(Debug, Default)]
 pub struct Scratch {
     buffers: Vec<Vec<f32>>,
-    /// Accumulators of one panel for a tile: `[TILE × PANEL]`.
-    panel: Vec<f32>,
-    /// One converted panel row (f16 → f32).
-    weights: Vec<f32>,
+    kernel: KernelScratch,
     /// Softmax weights of a gate.
     gate: Vec<f32>,
 }
@@ -42,8 +37,6 @@ impl Scratch {
                 .map(|b| vec![0.0; b.width * if b.per_request { 1 } else { TILE }])
                 .collect();
         }
-        self.panel.resize(TILE * PANEL, 0.0);
-        self.weights.resize(PANEL, 0.0);
     }
 }
 
@@ -51,6 +44,7 @@ impl Scratch {
 pub fn score(
     model: &Model,
     program: &Program,
+    isa: Isa,
     scratch: &mut Scratch,
     request: &Request<'_>,
     logits: &mut [f32],
@@ -60,6 +54,7 @@ pub fn score(
         model,
         program,
         request,
+        isa,
         first: 0,
         rows: 1,
     };
@@ -80,6 +75,7 @@ pub fn score(
 /// The candidates `first..first + rows` of a request, in flight.
 struct Tile<'a> {
     model: &'a Model,
+    isa: Isa,
     program: &'a Program,
     request: &'a Request<'a>,
     first: usize,
@@ -199,31 +195,26 @@ impl Tile<'_> {
                 out: view,
             } => {
                 let rows = self.rows_of(view.buf);
+                debug_assert!(rows == 1 || !self.program.buffers[input.buf].per_request);
                 let whole = 0..input.width;
                 let all = std::slice::from_ref(&whole);
-                let out_width = self.width(view.buf);
-                let bias = bias.map(|b| model.values(b));
-                let add = add.map(|a| self.row(bufs, a, 0));
-                linear_tile(
-                    &model.values(*weight),
-                    *n,
-                    input.width,
-                    k_ranges.as_deref().unwrap_or(all),
+                let mut job = LinearJob {
+                    x: &bufs[input.buf],
+                    ldx: self.width(input.buf),
+                    in_off: input.offset,
                     rows,
-                    &|r| &self.row(bufs, input.buf, r)[input.offset..input.offset + input.width],
-                    &mut scratch.panel,
-                    &mut scratch.weights,
-                    &mut |r, j, v| {
-                        let mut value = v;
-                        if let Some(b) = &bias {
-                            value += b.get(j);
-                        }
-                        if let Some(a) = add {
-                            value += a[j];
-                        }
-                        out[r * out_width + view.offset + j] = activate(*act, value);
-                    },
-                );
+                    k_ranges: k_ranges.as_deref().unwrap_or(all),
+                    k_total: input.width,
+                    w: model.values(*weight),
+                    n: *n,
+                    bias: bias.map(|b| model.values(b)),
+                    add: add.map(|a| self.row(bufs, a, 0)),
+                    relu: *act == Act::Relu,
+                    y: out,
+                    ldy: self.width(view.buf),
+                    out_off: view.offset,
+                };
+                cpu::linear(self.isa, &mut job, &mut scratch.kernel);
             }
             Step::Cross { x0, y, x, out: _ } => {
                 let d = self.width(*x0);
@@ -371,47 +362,6 @@ fn activate(act: Act, v: f32) -> f32 {
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-/// `Y = X · W[:, k_ranges]ᵀ` for `rows` rows, `W [n, k]` in panels. Each
-/// panel's weights are converted once per tile and applied to every row; the
-/// results go to `emit(row, output index, value)`.
-#[allow(clippy::too_many_arguments)]
-fn linear_tile<'x>(
-    w: &Values<'_>,
-    n: usize,
-    k: usize,
-    k_ranges: &[Range<usize>],
-    rows: usize,
-    x: &dyn Fn(usize) -> &'x [f32],
-    acc: &mut [f32],
-    converted: &mut [f32],
-    emit: &mut dyn FnMut(usize, usize, f32),
-) {
-    for p in 0..n.div_ceil(PANEL) {
-        let acc = &mut acc[..rows * PANEL];
-        acc.fill(0.0);
-        for range in k_ranges {
-            for kk in range.clone() {
-                w.read_into((p * k + kk) * PANEL, converted);
-                for r in 0..rows {
-                    let xk = x(r)[kk];
-                    for (a, wv) in acc[r * PANEL..(r + 1) * PANEL]
-                        .iter_mut()
-                        .zip(converted.iter())
-                    {
-                        *a += wv * xk;
-                    }
-                }
-            }
-        }
-        let valid = PANEL.min(n - p * PANEL);
-        for r in 0..rows {
-            for j in 0..valid {
-                emit(r, p * PANEL + j, acc[r * PANEL + j]);
-            }
-        }
-    }
 }
 
 /// `e_o += Σ_h Σ_a Σ_b o1[h·hx + a] · Wxy[(h·hx + a)·(hy·H) + o·hy + b] · o2[h·hy + b]`.

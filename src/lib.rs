@@ -18,7 +18,11 @@
 //! # Ok(()) }
 //! ```
 
+// Lists of column ranges often hold a single range; that is their meaning.
+#![allow(clippy::single_range_in_vec_init)]
+
 pub mod config;
+pub mod cpu;
 pub mod demo;
 pub mod error;
 pub mod exec;

@@ -53,6 +53,7 @@ pub struct Session {
     /// Logits of the request in flight, copied out only on success.
     logits: Vec<f32>,
     scratch: exec::Scratch,
+    isa: Option<crate::cpu::Isa>,
     /// Created at the first GPU call.
     #[cfg(feature = "cuda")]
     gpu: Option<crate::gpu::GpuSession>,
@@ -113,9 +114,31 @@ impl Session {
             backend,
             logits: Vec::new(),
             scratch: exec::Scratch::default(),
+            isa: None,
             #[cfg(feature = "cuda")]
             gpu: None,
         }
+    }
+
+    /// The CPU kernels this session runs (`MMOE_ISA` or the best supported),
+    /// unless set with [`Session::set_isa`].
+    pub fn isa(&self) -> Result<crate::cpu::Isa> {
+        match self.isa {
+            Some(isa) => Ok(isa),
+            None => crate::cpu::Isa::detected(),
+        }
+    }
+
+    /// Forces the CPU kernels of this session; an ISA the CPU lacks is refused.
+    pub fn set_isa(&mut self, isa: crate::cpu::Isa) -> Result<()> {
+        if !isa.supported() {
+            return Err(Error::argument(format!(
+                "this CPU cannot run the {} kernels",
+                isa.name()
+            )));
+        }
+        self.isa = Some(isa);
+        Ok(())
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -155,6 +178,7 @@ impl Session {
             Backend::Cpu => exec::score(
                 model,
                 model.program(),
+                self.isa()?,
                 &mut self.scratch,
                 request,
                 &mut self.logits,

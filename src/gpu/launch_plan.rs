@@ -4,9 +4,6 @@
 //! resolves the locations to device addresses and captures the launches in a
 //! CUDA graph. Plain Rust, unit-tested without a GPU.
 
-// Lists of column ranges often hold one range; that is their meaning here.
-#![allow(clippy::single_range_in_vec_init)]
-
 use crate::plan::TensorId;
 use crate::program::{Act, BufId, Program, Step, View};
 

@@ -92,7 +92,7 @@ pub fn write_safetensors(
         );
     }
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut file = (text.len() as u64).to_le_bytes().to_vec();

@@ -1,0 +1,154 @@
+//! The AVX-512 Linear kernel. Each 32-output panel is two zmm registers of
+//! fp32; a block of up to 8 rows keeps 16 accumulators in registers and
+//! multiplies each panel row by a broadcast input value. fp16 panels are
+//! converted with F16C: in registers for small tiles, or once per tile into a
+//! scratch panel when several row blocks will reuse it.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::{KernelScratch, LinearJob};
+use crate::format::PANEL;
+use crate::model::Values;
+
+/// Rows from which an fp16 panel is converted once into scratch.
+const CONVERT_ROWS: usize = 8;
+
+pub fn linear(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
+    // SAFETY: the dispatcher only selects this kernel when the CPU has
+    // AVX-512F, F16C and FMA (Isa::Avx512.supported()); `job.check()` has
+    // proved every index the kernel forms to be in bounds.
+    unsafe { linear_avx512(job, scratch) }
+}
+
+/// Where a panel's fp32 (or fp16) rows come from.
+#[derive(Clone, Copy)]
+enum PanelSource {
+    F32(*const f32),
+    F16(*const half::f16),
+}
+
+#[target_feature(enable = "avx512f,f16c,fma")]
+unsafe fn linear_avx512(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
+    let n = job.n;
+    let k_total = job.k_total;
+    // bias + add, once per job, as fp32.
+    let mut bias_add = [0.0f32; PANEL];
+    for p in 0..n.div_ceil(PANEL) {
+        let base = p * k_total * PANEL;
+        let source = match job.w {
+            Values::F32(w) => PanelSource::F32(w.as_ptr().add(base)),
+            Values::F16(w) if job.rows >= CONVERT_ROWS => {
+                scratch.panel.resize(k_total * PANEL, 0.0);
+                let panel = scratch.panel.as_mut_ptr();
+                let src = w.as_ptr().add(base);
+                for range in job.k_ranges {
+                    for k in range.clone() {
+                        let at = k * PANEL;
+                        let lo = _mm512_cvtph_ps(_mm256_loadu_si256(src.add(at) as *const __m256i));
+                        let hi =
+                            _mm512_cvtph_ps(_mm256_loadu_si256(src.add(at + 16) as *const __m256i));
+                        _mm512_storeu_ps(panel.add(at), lo);
+                        _mm512_storeu_ps(panel.add(at + 16), hi);
+                    }
+                }
+                PanelSource::F32(panel)
+            }
+            Values::F16(w) => PanelSource::F16(w.as_ptr().add(base)),
+        };
+        let valid = PANEL.min(n - p * PANEL);
+        for (j, slot) in bias_add.iter_mut().enumerate() {
+            *slot = if j < valid {
+                super::finish(job.bias.as_ref(), job.add, false, p * PANEL + j, 0.0)
+            } else {
+                0.0
+            };
+        }
+        let mut r = 0;
+        while r + 8 <= job.rows {
+            block::<8>(job, source, p, r, &bias_add, valid);
+            r += 8;
+        }
+        if job.rows - r >= 4 {
+            block::<4>(job, source, p, r, &bias_add, valid);
+            r += 4;
+        }
+        if job.rows - r >= 2 {
+            block::<2>(job, source, p, r, &bias_add, valid);
+            r += 2;
+        }
+        if job.rows - r >= 1 {
+            block::<1>(job, source, p, r, &bias_add, valid);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn load_panel_row(source: PanelSource, k: usize) -> (__m512, __m512) {
+    match source {
+        PanelSource::F32(w) => (
+            _mm512_loadu_ps(w.add(k * PANEL)),
+            _mm512_loadu_ps(w.add(k * PANEL + 16)),
+        ),
+        PanelSource::F16(w) => (
+            _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL) as *const __m256i)),
+            _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL + 16) as *const __m256i)),
+        ),
+    }
+}
+
+/// Rows `r0..r0 + MR` of panel `p`.
+#[inline(always)]
+unsafe fn block<const MR: usize>(
+    job: &mut LinearJob<'_>,
+    source: PanelSource,
+    p: usize,
+    r0: usize,
+    bias_add: &[f32; PANEL],
+    valid: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let x = job.x.as_ptr();
+    let mut rows = [x; MR];
+    for (i, row) in rows.iter_mut().enumerate() {
+        *row = x.add((r0 + i) * job.ldx + job.in_off);
+    }
+    for range in job.k_ranges {
+        for k in range.clone() {
+            let (w0, w1) = load_panel_row(source, k);
+            for i in 0..MR {
+                let b = _mm512_set1_ps(*rows[i].add(k));
+                acc[i][0] = _mm512_fmadd_ps(w0, b, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(w1, b, acc[i][1]);
+            }
+        }
+    }
+    let b0 = _mm512_loadu_ps(bias_add.as_ptr());
+    let b1 = _mm512_loadu_ps(bias_add.as_ptr().add(16));
+    let zero = _mm512_setzero_ps();
+    // Masks of the valid outputs of each half of the panel.
+    let m0: __mmask16 = if valid >= 16 {
+        0xffff
+    } else {
+        ((1u32 << valid) - 1) as u16
+    };
+    let m1: __mmask16 = if valid >= 32 {
+        0xffff
+    } else if valid > 16 {
+        ((1u32 << (valid - 16)) - 1) as u16
+    } else {
+        0
+    };
+    let y = job.y.as_mut_ptr();
+    for (i, a) in acc.iter().enumerate() {
+        let mut v0 = _mm512_add_ps(a[0], b0);
+        let mut v1 = _mm512_add_ps(a[1], b1);
+        if job.relu {
+            v0 = _mm512_max_ps(v0, zero);
+            v1 = _mm512_max_ps(v1, zero);
+        }
+        let out = y.add((r0 + i) * job.ldy + job.out_off + p * PANEL);
+        _mm512_mask_storeu_ps(out, m0, v0);
+        _mm512_mask_storeu_ps(out.add(16), m1, v1);
+    }
+}
