@@ -181,6 +181,58 @@ impl Program {
     }
 }
 
+impl Program {
+    /// Multiply-add FLOPs (2 per weight use) of the Linear steps a candidate
+    /// runs; request steps, run once per request, are not counted.
+    pub fn flops_per_candidate(&self) -> u64 {
+        self.candidate_steps
+            .iter()
+            .map(|step| match step {
+                Step::Linear {
+                    input, k_ranges, n, ..
+                } => {
+                    let k: usize = k_ranges
+                        .as_ref()
+                        .map_or(input.width, |r| r.iter().map(|r| r.len()).sum());
+                    2 * (*n as u64) * k as u64
+                }
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// FLOPs of every Linear layer of the model per candidate, without
+    /// request-level dedup (what a framework fed x0 computes).
+    pub fn flops_without_dedup(&self) -> u64 {
+        self.request_steps
+            .iter()
+            .chain(&self.candidate_steps)
+            .map(|step| match step {
+                Step::Linear {
+                    k_ranges,
+                    n,
+                    add,
+                    input,
+                    ..
+                } => {
+                    // A split layer appears twice (request part, candidate
+                    // part); count its full width once, on the candidate part.
+                    let k: usize = k_ranges
+                        .as_ref()
+                        .map_or(input.width, |r| r.iter().map(|r| r.len()).sum());
+                    let full = if add.is_some() { input.width } else { k };
+                    if add.is_none() && k_ranges.is_some() {
+                        0
+                    } else {
+                        2 * (*n as u64) * full as u64
+                    }
+                }
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
 struct Lowering {
     buffers: Vec<Buffer>,
     request_steps: Vec<Step>,

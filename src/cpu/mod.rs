@@ -7,6 +7,7 @@
 //! that a forced path really ran ([`calls`]).
 
 pub mod generic;
+pub mod peak;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;

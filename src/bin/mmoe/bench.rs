@@ -19,6 +19,7 @@ pub struct Settings {
     pub backend: Option<String>,
     pub device: DeviceArgs,
     pub json: Option<PathBuf>,
+    pub peak: bool,
 }
 
 pub struct Row {
@@ -156,16 +157,34 @@ pub fn run(settings: &Settings) -> CliResult {
         settings.iters,
         settings.max_seconds
     );
+    let isa = mmoe::cpu::Isa::detected().map_err(|e| e.to_string())?;
+    let flops = model.program().flops_per_candidate();
+    let flops_full = model.program().flops_without_dedup();
     println!(
-        "{:>7} {:>8} {:>14} {:>11} {:>11}",
-        "batch", "calls", "candidates/s", "p50 µs", "p99 µs"
+        "work      {:.2} MFLOP per candidate executed ({:.2} without request-level dedup); CPU kernels {}",
+        flops as f64 / 1e6,
+        flops_full as f64 / 1e6,
+        isa.name()
+    );
+    let peak = settings.peak.then(|| mmoe::cpu::peak::fma_gflops(isa));
+    if let Some(peak) = peak {
+        println!(
+            "peak      {peak:.1} GFLOP/s fp32 FMA, one thread ({})",
+            isa.name()
+        );
+    }
+    println!(
+        "{:>7} {:>8} {:>14} {:>11} {:>11} {:>9} {:>7}",
+        "batch", "calls", "candidates/s", "p50 µs", "p99 µs", "GFLOP/s", "% peak"
     );
     let mut rows = Vec::new();
     for &batch in &batches {
         let row = measure(&model, settings, batch)?;
+        let gflops = row.candidates_per_s * flops as f64 / 1e9 / settings.threads as f64;
+        let share = peak.map_or("-".to_string(), |p| format!("{:.0}", 100.0 * gflops / p));
         println!(
-            "{:>7} {:>8} {:>14.0} {:>11.1} {:>11.1}",
-            row.batch, row.calls, row.candidates_per_s, row.p50_us, row.p99_us
+            "{:>7} {:>8} {:>14.0} {:>11.1} {:>11.1} {:>9.1} {:>7}",
+            row.batch, row.calls, row.candidates_per_s, row.p50_us, row.p99_us, gflops, share
         );
         rows.push(row);
     }
@@ -186,6 +205,10 @@ pub fn run(settings: &Settings) -> CliResult {
             "backend": backend,
             "device": model.device_note(),
             "threads": settings.threads,
+            "isa": isa.name(),
+            "flops_per_candidate": flops,
+            "flops_per_candidate_without_dedup": flops_full,
+            "peak_gflops": peak,
             "results": results,
         });
         std::fs::write(

@@ -91,6 +91,9 @@ enum Command {
         /// Write the results as one JSON object to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also measure this machine's fp32 FMA peak and report % of it.
+        #[arg(long)]
+        peak: bool,
     },
     /// Build, pack and score the bundled demo model (benchmark shape).
     Demo {
@@ -133,7 +136,9 @@ fn main() -> ExitCode {
             backend,
             device,
             json,
+            peak,
         } => bench::run(&bench::Settings {
+            peak,
             model,
             batch,
             threads,
