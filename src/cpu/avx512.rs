@@ -1,8 +1,8 @@
 //! The AVX-512 Linear kernel. Each 32-output panel is two zmm registers of
-//! fp32; a block of up to 8 rows keeps 16 accumulators in registers and
-//! multiplies each panel row by a broadcast input value. fp16 panels are
-//! converted with F16C: in registers for small tiles, or once per tile into a
-//! scratch panel when several row blocks will reuse it.
+//! fp32; a block of up to 12 rows keeps 24 accumulators in registers and
+//! multiplies each panel row, converted from fp16 in registers with F16C, by a
+//! broadcast input value. Row blocks are the outer loop: a block's inputs stay
+//! in L1 while the weights (fp16: half the bytes of fp32) stream from L2.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -10,9 +10,6 @@ use std::arch::x86_64::*;
 use super::{KernelScratch, LinearJob};
 use crate::format::PANEL;
 use crate::model::Values;
-
-/// Rows from which an fp16 panel is converted once into scratch.
-const CONVERT_ROWS: usize = 8;
 
 pub fn linear(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
     // SAFETY: the dispatcher only selects this kernel when the CPU has
@@ -30,56 +27,45 @@ enum PanelSource {
 
 #[target_feature(enable = "avx512f,f16c,fma")]
 unsafe fn linear_avx512(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
+    let _ = scratch;
     let n = job.n;
-    let k_total = job.k_total;
-    // bias + add, once per job, as fp32.
+    let panels = n.div_ceil(PANEL);
+    // bias + add per output, fp32, padded to whole panels.
     let mut bias_add = [0.0f32; PANEL];
-    for p in 0..n.div_ceil(PANEL) {
-        let base = p * k_total * PANEL;
-        let source = match job.w {
-            Values::F32(w) => PanelSource::F32(w.as_ptr().add(base)),
-            Values::F16(w) if job.rows >= CONVERT_ROWS => {
-                scratch.panel.resize(k_total * PANEL, 0.0);
-                let panel = scratch.panel.as_mut_ptr();
-                let src = w.as_ptr().add(base);
-                for range in job.k_ranges {
-                    for k in range.clone() {
-                        let at = k * PANEL;
-                        let lo = _mm512_cvtph_ps(_mm256_loadu_si256(src.add(at) as *const __m256i));
-                        let hi =
-                            _mm512_cvtph_ps(_mm256_loadu_si256(src.add(at + 16) as *const __m256i));
-                        _mm512_storeu_ps(panel.add(at), lo);
-                        _mm512_storeu_ps(panel.add(at + 16), hi);
-                    }
-                }
-                PanelSource::F32(panel)
-            }
-            Values::F16(w) => PanelSource::F16(w.as_ptr().add(base)),
+    // Row blocks outside, panels inside: a block's input rows stay in L1
+    // while the (fp16, half the bytes) weights stream from L2.
+    let mut r = 0;
+    while r < job.rows {
+        let mr = match job.rows - r {
+            left if left >= 12 => 12,
+            left if left >= 8 => 8,
+            left if left >= 4 => 4,
+            left if left >= 2 => 2,
+            _ => 1,
         };
-        let valid = PANEL.min(n - p * PANEL);
-        for (j, slot) in bias_add.iter_mut().enumerate() {
-            *slot = if j < valid {
-                super::finish(job.bias.as_ref(), job.add, false, p * PANEL + j, 0.0)
-            } else {
-                0.0
+        for p in 0..panels {
+            let base = p * job.k_total * PANEL;
+            let source = match job.w {
+                Values::F32(w) => PanelSource::F32(w.as_ptr().add(base)),
+                Values::F16(w) => PanelSource::F16(w.as_ptr().add(base)),
             };
+            let valid = PANEL.min(n - p * PANEL);
+            for (j, slot) in bias_add.iter_mut().enumerate() {
+                *slot = if j < valid {
+                    super::finish(job.bias.as_ref(), job.add, false, p * PANEL + j, 0.0)
+                } else {
+                    0.0
+                };
+            }
+            match mr {
+                12 => block::<12>(job, source, p, r, &bias_add, valid),
+                8 => block::<8>(job, source, p, r, &bias_add, valid),
+                4 => block::<4>(job, source, p, r, &bias_add, valid),
+                2 => block::<2>(job, source, p, r, &bias_add, valid),
+                _ => block::<1>(job, source, p, r, &bias_add, valid),
+            }
         }
-        let mut r = 0;
-        while r + 8 <= job.rows {
-            block::<8>(job, source, p, r, &bias_add, valid);
-            r += 8;
-        }
-        if job.rows - r >= 4 {
-            block::<4>(job, source, p, r, &bias_add, valid);
-            r += 4;
-        }
-        if job.rows - r >= 2 {
-            block::<2>(job, source, p, r, &bias_add, valid);
-            r += 2;
-        }
-        if job.rows - r >= 1 {
-            block::<1>(job, source, p, r, &bias_add, valid);
-        }
+        r += mr;
     }
 }
 
