@@ -206,6 +206,7 @@ impl Tile<'_> {
                     k_ranges: k_ranges.as_deref().unwrap_or(all),
                     k_total: input.width,
                     w: model.values(*weight),
+                    w_bf16: model.bf16_weight(*weight),
                     n: *n,
                     bias: bias.map(|b| model.values(b)),
                     add: add.map(|a| self.row(bufs, a, 0)),

@@ -38,6 +38,7 @@ pub mod request;
 pub mod session;
 
 pub use config::Config;
+pub use cpu::CpuMode;
 pub use error::{Error, ErrorKind, Result};
 pub use format::DType;
 pub use gpu::Device;

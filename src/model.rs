@@ -10,6 +10,7 @@ use half::f16;
 use memmap2::Mmap;
 
 use crate::config::{Config, InputKind, Scope};
+use crate::cpu::CpuMode;
 use crate::error::{Error, Result};
 use crate::format::reader::{self, PackedLayout, TensorEntry};
 use crate::format::{DType, Layout};
@@ -26,6 +27,8 @@ pub struct OpenOptions {
     pub device: Device,
     /// Arithmetic of the GPU path's Linear layers.
     pub gpu_precision: GpuPrecision,
+    /// Arithmetic of the CPU path.
+    pub cpu_mode: CpuMode,
 }
 
 /// Arithmetic of the GPU path's Linear layers.
@@ -93,6 +96,11 @@ pub struct Model {
     gpu: Option<Arc<crate::gpu::GpuModel>>,
     /// Where the model scores, and for `Device::Auto` why.
     device_note: String,
+    /// The CPU mode in effect, and its note (why bf16 fell back).
+    cpu_mode: CpuMode,
+    cpu_mode_note: String,
+    /// bf16 mode: each Linear weight in the bf16 pair layout (by tensor id).
+    bf16_weights: Vec<Option<Vec<u16>>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -150,11 +158,52 @@ impl Model {
             #[cfg(feature = "cuda")]
             gpu: None,
             device_note: "cpu".into(),
+            cpu_mode: CpuMode::Exact,
+            cpu_mode_note: "exact".into(),
+            bf16_weights: Vec::new(),
         };
+        model.set_cpu_mode(options.cpu_mode);
         model
             .attach_device(options)
             .map_err(|e| e.context(path.display()))?;
         Ok(Arc::new(model))
+    }
+
+    /// Prepares the CPU mode: the bf16 mode converts every Linear weight
+    /// once (owned memory, beside the map) or falls back to exact.
+    fn set_cpu_mode(&mut self, mode: CpuMode) {
+        if mode == CpuMode::Exact {
+            return;
+        }
+        if !crate::cpu::bf16::supported() {
+            self.cpu_mode_note = "exact (bf16 requested; this CPU lacks AVX512-BF16)".into();
+            return;
+        }
+        self.bf16_weights = (0..self.layout.plan.tensors.len())
+            .map(|id| {
+                let spec = &self.layout.plan.tensors[id];
+                (spec.role == crate::plan::TensorRole::LinearWeight).then(|| {
+                    crate::cpu::bf16::convert_weight(&self.values(id), spec.shape[0], spec.shape[1])
+                })
+            })
+            .collect();
+        self.cpu_mode = CpuMode::Bf16;
+        self.cpu_mode_note = "bf16".into();
+    }
+
+    /// The CPU mode in effect.
+    pub fn cpu_mode(&self) -> CpuMode {
+        self.cpu_mode
+    }
+
+    /// The CPU mode in effect, with why a requested bf16 fell back.
+    pub fn cpu_mode_note(&self) -> &str {
+        &self.cpu_mode_note
+    }
+
+    /// A Linear weight in the bf16 pair layout, in the bf16 mode.
+    pub fn bf16_weight(&self, id: TensorId) -> Option<&[u16]> {
+        self.bf16_weights.get(id).and_then(|w| w.as_deref())
     }
 
     /// Uploads the weights to the GPU the options ask for; with `Auto`, a

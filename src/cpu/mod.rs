@@ -6,6 +6,7 @@
 //! refused, not emulated). Each kernel counts its calls, so tests can prove
 //! that a forced path really ran ([`calls`]).
 
+pub mod bf16;
 pub mod generic;
 pub mod peak;
 
@@ -96,11 +97,50 @@ impl Isa {
     }
 }
 
-static CALLS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+/// The arithmetic of the CPU path, chosen when a model is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuMode {
+    /// fp32 accumulation of the stored weights: the parity target.
+    #[default]
+    Exact,
+    /// bf16 inputs and weights, fp32 accumulation (AVX512-BF16); where the
+    /// CPU lacks it, the model falls back to `Exact` and says so.
+    Bf16,
+}
+
+impl CpuMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuMode::Exact => "exact",
+            CpuMode::Bf16 => "bf16",
+        }
+    }
+    pub fn parse(name: &str) -> Option<CpuMode> {
+        match name {
+            "exact" => Some(CpuMode::Exact),
+            "bf16" => Some(CpuMode::Bf16),
+            _ => None,
+        }
+    }
+}
+
+/// Calls per ISA, and (last slot) of the bf16 kernel.
+static CALLS: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+const BF16_SLOT: usize = 3;
 
 /// How many Linear kernel calls each ISA has served in this process.
 pub fn calls(isa: Isa) -> u64 {
     CALLS[isa as usize].load(Ordering::Relaxed)
+}
+
+/// How many Linear kernel calls the bf16 kernel has served in this process.
+pub fn bf16_calls() -> u64 {
+    CALLS[BF16_SLOT].load(Ordering::Relaxed)
 }
 
 /// One Linear layer over a tile of rows:
@@ -114,6 +154,8 @@ pub struct LinearJob<'a> {
     pub k_ranges: &'a [Range<usize>],
     pub k_total: usize,
     pub w: Values<'a>,
+    /// The same weights in the bf16 pair layout, in the bf16 mode.
+    pub w_bf16: Option<&'a [u16]>,
     pub n: usize,
     pub bias: Option<Values<'a>>,
     pub add: Option<&'a [f32]>,
@@ -156,12 +198,21 @@ impl LinearJob<'_> {
 /// Scratch a kernel may use: converted weight panels.
 #[derive(Debug, Default)]
 pub struct KernelScratch {
+    /// Generic kernel: the accumulators of one panel for a tile.
     pub panel: Vec<f32>,
+    /// bf16 mode: merged column-pair ranges, inputs as bf16 pairs, one row.
+    pub pair_ranges: Vec<Range<usize>>,
+    pub x_pairs: Vec<u32>,
+    pub row: Vec<f32>,
 }
 
 /// Runs a Linear job on `isa` (which must be supported).
 pub fn linear(isa: Isa, job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
     job.check();
+    if let Some(w) = job.w_bf16 {
+        CALLS[BF16_SLOT].fetch_add(1, Ordering::Relaxed);
+        return bf16::linear(job, w, scratch);
+    }
     CALLS[isa as usize].fetch_add(1, Ordering::Relaxed);
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -252,6 +303,49 @@ mod tests {
                     want[r * ldy + out_off + i] = if relu { v.max(0.0) } else { v };
                 }
             }
+            if bf16::supported() {
+                // The bf16 kernel against the same sum over bf16-rounded operands.
+                let w_bf16 = bf16::convert_weight(&w, n, k);
+                let round = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
+                let mut y = vec![f32::NAN; rows * ldy + out_off + n];
+                let mut job = LinearJob {
+                    x: &x,
+                    ldx,
+                    in_off,
+                    rows,
+                    k_ranges: &ranges,
+                    k_total: k,
+                    w,
+                    w_bf16: Some(&w_bf16),
+                    n,
+                    bias: Some(Values::F32(&bias)),
+                    add: Some(&add),
+                    relu,
+                    y: &mut y,
+                    ldy,
+                    out_off,
+                };
+                let before = bf16_calls();
+                linear(Isa::Avx512, &mut job, &mut KernelScratch::default());
+                assert!(bf16_calls() > before);
+                for r in 0..rows {
+                    for i in 0..n {
+                        let mut s = 0.0f64;
+                        for range in &ranges {
+                            for kk in range.clone() {
+                                s += round(x[r * ldx + in_off + kk]) * round(exact_w(i, kk));
+                            }
+                        }
+                        let v = s as f32 + bias[i] + add[i];
+                        let exp = if relu { v.max(0.0) } else { v };
+                        let got = y[r * ldy + out_off + i];
+                        assert!(
+                            (got - exp).abs() <= 1e-4 * (1.0 + exp.abs()),
+                            "bf16 n {n} k {k} rows {rows}: {got} vs {exp}"
+                        );
+                    }
+                }
+            }
             for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
                 let before = calls(isa);
                 let mut y = vec![f32::NAN; rows * ldy + out_off + n];
@@ -263,6 +357,7 @@ mod tests {
                     k_ranges: &ranges,
                     k_total: k,
                     w,
+                    w_bf16: None,
                     n,
                     bias: Some(Values::F32(&bias)),
                     add: Some(&add),

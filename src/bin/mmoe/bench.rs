@@ -151,8 +151,9 @@ pub fn run(settings: &Settings) -> CliResult {
         model.dtype().name()
     );
     println!(
-        "settings  backend {backend}, device {}, threads {}, up to {} calls or {} s per batch",
+        "settings  backend {backend}, device {}, cpu mode {}, threads {}, up to {} calls or {} s per batch",
         model.device_note(),
+        model.cpu_mode_note(),
         settings.threads,
         settings.iters,
         settings.max_seconds
@@ -204,6 +205,7 @@ pub fn run(settings: &Settings) -> CliResult {
             "dtype": model.dtype().name(),
             "backend": backend,
             "device": model.device_note(),
+            "cpu_mode": model.cpu_mode().name(),
             "threads": settings.threads,
             "isa": isa.name(),
             "flops_per_candidate": flops,

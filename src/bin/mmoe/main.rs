@@ -42,12 +42,15 @@ enum Command {
         #[arg(long, default_value = "f16")]
         dtype: String,
     },
-    /// Print a packed model's config, tensors, sizes and dtypes.
+    /// Print a packed model's config, tensors, sizes and dtypes, and the
+    /// device and compute mode it opens with.
     Inspect {
         model: PathBuf,
         /// Print the config as JSON.
         #[arg(long)]
         config: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Check every checksum of a packed model.
     Verify { model: PathBuf },
@@ -118,7 +121,11 @@ fn main() -> ExitCode {
             out,
             dtype,
         } => pack(&config, &weights, &out, &dtype),
-        Command::Inspect { model, config } => inspect(&model, config),
+        Command::Inspect {
+            model,
+            config,
+            device,
+        } => inspect(&model, config, &device),
         Command::Verify { model } => verify(&model),
         Command::Score {
             model,
@@ -231,6 +238,10 @@ struct DeviceArgs {
     /// Arithmetic of the GPU's Linear layers: f16 (tensor cores) or f32.
     #[arg(long, default_value = "f16")]
     precision: String,
+    /// Arithmetic of the CPU path: exact (fp32 accumulation) or bf16
+    /// (AVX512-BF16 dot products; falls back to exact without them).
+    #[arg(long, default_value = "exact")]
+    mode: String,
 }
 
 impl Default for DeviceArgs {
@@ -238,6 +249,7 @@ impl Default for DeviceArgs {
         DeviceArgs {
             device: "cpu".into(),
             precision: "f16".into(),
+            mode: "exact".into(),
         }
     }
 }
@@ -258,19 +270,22 @@ fn open_on(
         "f32" => GpuPrecision::F32,
         other => return Err(format!("--precision {other}: expected f16 or f32")),
     };
+    let cpu_mode = mmoe::CpuMode::parse(&device.mode)
+        .ok_or_else(|| format!("--mode {}: expected exact or bf16", device.mode))?;
     Model::open(
         path,
         &OpenOptions {
             verify_checksums: verify,
             device: parsed,
             gpu_precision: precision,
+            cpu_mode,
         },
     )
     .map_err(|e| e.to_string())
 }
 
-fn inspect(path: &Path, print_config: bool) -> CliResult {
-    let model = open(path, false)?;
+fn inspect(path: &Path, print_config: bool, device: &DeviceArgs) -> CliResult {
+    let model = open_on(path, false, device)?;
     let config = model.config();
     if print_config {
         let pretty = serde_json::to_string_pretty(config).map_err(|e| e.to_string())?;
@@ -284,6 +299,12 @@ fn inspect(path: &Path, print_config: bool) -> CliResult {
         human_bytes(model.file_len())
     );
     println!("dtype      {}", model.dtype().name());
+    println!("device     {}", model.device_note());
+    println!(
+        "cpu        mode {}, kernels {}",
+        model.cpu_mode_note(),
+        mmoe::cpu::Isa::detected().map_or_else(|e| e.to_string(), |i| i.name().to_string())
+    );
     println!("hash       {:016x}", model.content_hash());
     println!(
         "x0 width   {}    expert_dim {}",
@@ -393,7 +414,15 @@ fn score(
     output
         .flush()
         .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    eprintln!("scored {good} request(s), {bad} failed");
+    let calls: Vec<String> = mmoe::cpu::Isa::ALL
+        .iter()
+        .map(|&isa| format!("{} {}", isa.name(), mmoe::cpu::calls(isa)))
+        .chain(std::iter::once(format!("bf16 {}", mmoe::cpu::bf16_calls())))
+        .collect();
+    eprintln!(
+        "scored {good} request(s), {bad} failed; cpu kernel calls: {}",
+        calls.join(", ")
+    );
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {

@@ -1,0 +1,202 @@
+//! The bf16 compute mode: Linear weights converted once, at open, into bf16
+//! pairs for AVX512-BF16's `vdpbf16ps` (two multiply-adds per lane per
+//! instruction, fp32 accumulation), and the kernel that uses them. Inputs are
+//! rounded to bf16 per layer; the accuracy cost is measured, not assumed
+//! (`tests/bf16.rs`, bench/RESULTS.md).
+//!
+//! Layout of a Linear weight `[n, k]`: per 32-output panel `p`, per column
+//! pair `q` (columns `2q`, `2q + 1`), two halves of 16 outputs, each output's
+//! pair adjacent: element `(i, c)` is at
+//! `((p·Q + q)·2 + h)·32 + 2·j + c % 2` with `i = 32p + 16h + j`, `q = c / 2`,
+//! `Q = ceil(k / 2)`; zero where `i ≥ n` or `c ≥ k`.
+
+use std::ops::Range;
+
+use half::bf16;
+
+use super::{KernelScratch, LinearJob};
+use crate::format::PANEL;
+use crate::model::Values;
+
+/// Whether this CPU can run the bf16 kernel.
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::Isa::Avx512.supported() && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Converts a panel-layout Linear weight into the bf16 pair layout.
+pub fn convert_weight(w: &Values<'_>, n: usize, k: usize) -> Vec<u16> {
+    let panels = n.div_ceil(PANEL);
+    let pairs = k.div_ceil(2);
+    let mut out = vec![0u16; panels * pairs * 2 * PANEL];
+    for p in 0..panels {
+        for c in 0..k {
+            for slot in 0..PANEL {
+                let i = p * PANEL + slot;
+                if i >= n {
+                    break;
+                }
+                let (h, j) = (slot / 16, slot % 16);
+                let at = ((p * pairs + c / 2) * 2 + h) * 32 + 2 * j + c % 2;
+                out[at] = bf16::from_f32(w.get((p * k + c) * PANEL + slot)).to_bits();
+            }
+        }
+    }
+    out
+}
+
+/// Pair ranges covering `ranges` (columns `c` → pairs `c / 2`), merged so
+/// that no pair is counted twice. Columns outside `ranges` are zeroed in the
+/// converted inputs, so covering them is harmless.
+fn pair_ranges(ranges: &[Range<usize>], out: &mut Vec<Range<usize>>) {
+    out.clear();
+    for r in ranges.iter().filter(|r| !r.is_empty()) {
+        let pr = r.start / 2..r.end.div_ceil(2);
+        match out.last_mut() {
+            Some(last) if pr.start <= last.end => last.end = last.end.max(pr.end),
+            _ => out.push(pr),
+        }
+    }
+}
+
+/// Runs a Linear job with bf16 weights `w` (layout above).
+pub fn linear(job: &mut LinearJob<'_>, w: &[u16], scratch: &mut KernelScratch) {
+    let pairs = job.k_total.div_ceil(2);
+    assert!(
+        w.len() >= job.n.div_ceil(PANEL) * pairs * 2 * PANEL,
+        "bf16 weights too short"
+    );
+    pair_ranges(job.k_ranges, &mut scratch.pair_ranges);
+    // Inputs as bf16 pairs, zero outside the job's columns: [rows × pairs].
+    scratch.x_pairs.clear();
+    scratch.x_pairs.resize(job.rows * pairs, 0);
+    scratch.row.clear();
+    scratch.row.resize(pairs * 2, 0.0);
+    for r in 0..job.rows {
+        let row = &mut scratch.row;
+        row.fill(0.0);
+        let x = &job.x[r * job.ldx + job.in_off..];
+        for range in job.k_ranges {
+            row[range.clone()].copy_from_slice(&x[range.clone()]);
+        }
+        let out = &mut scratch.x_pairs[r * pairs..(r + 1) * pairs];
+        for (pair, chunk) in out.iter_mut().zip(row.chunks_exact(2)) {
+            let lo = bf16::from_f32(chunk[0]).to_bits() as u32;
+            let hi = bf16::from_f32(chunk[1]).to_bits() as u32;
+            *pair = lo | (hi << 16);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(supported(), "the bf16 kernel needs AVX512-BF16");
+        // SAFETY: supported() proved AVX-512F and AVX512-BF16; the asserts
+        // above and job.check() (run by the dispatcher) bound every index.
+        unsafe { kernel(job, w, pairs, scratch) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = w;
+        unreachable!("the bf16 mode is only enabled where supported()")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &KernelScratch) {
+    let mut bias_add = [0.0f32; PANEL];
+    let mut r = 0;
+    while r < job.rows {
+        let mr = match job.rows - r {
+            left if left >= 12 => 12,
+            left if left >= 8 => 8,
+            left if left >= 4 => 4,
+            left if left >= 2 => 2,
+            _ => 1,
+        };
+        for p in 0..job.n.div_ceil(PANEL) {
+            let valid = PANEL.min(job.n - p * PANEL);
+            for (j, slot) in bias_add.iter_mut().enumerate() {
+                *slot = if j < valid {
+                    super::finish(job.bias.as_ref(), job.add, false, p * PANEL + j, 0.0)
+                } else {
+                    0.0
+                };
+            }
+            let panel = w.as_ptr().add(p * pairs * 2 * PANEL);
+            match mr {
+                12 => block::<12>(job, panel, scratch, pairs, p, r, &bias_add, valid),
+                8 => block::<8>(job, panel, scratch, pairs, p, r, &bias_add, valid),
+                4 => block::<4>(job, panel, scratch, pairs, p, r, &bias_add, valid),
+                2 => block::<2>(job, panel, scratch, pairs, p, r, &bias_add, valid),
+                _ => block::<1>(job, panel, scratch, pairs, p, r, &bias_add, valid),
+            }
+        }
+        r += mr;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn block<const MR: usize>(
+    job: &mut LinearJob<'_>,
+    panel: *const u16,
+    scratch: &KernelScratch,
+    pairs: usize,
+    p: usize,
+    r0: usize,
+    bias_add: &[f32; PANEL],
+    valid: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let x = scratch.x_pairs.as_ptr();
+    for range in &scratch.pair_ranges {
+        for q in range.clone() {
+            let w0: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(panel.add(q * 2 * PANEL) as *const _));
+            let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(
+                panel.add(q * 2 * PANEL + PANEL) as *const _,
+            ));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let b: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*x.add((r0 + i) * pairs + q) as i32));
+                a[0] = _mm512_dpbf16_ps(a[0], w0, b);
+                a[1] = _mm512_dpbf16_ps(a[1], w1, b);
+            }
+        }
+    }
+    let b0 = _mm512_loadu_ps(bias_add.as_ptr());
+    let b1 = _mm512_loadu_ps(bias_add.as_ptr().add(16));
+    let zero = _mm512_setzero_ps();
+    let m0: __mmask16 = if valid >= 16 {
+        0xffff
+    } else {
+        ((1u32 << valid) - 1) as u16
+    };
+    let m1: __mmask16 = if valid >= 32 {
+        0xffff
+    } else if valid > 16 {
+        ((1u32 << (valid - 16)) - 1) as u16
+    } else {
+        0
+    };
+    let y = job.y.as_mut_ptr();
+    for (i, a) in acc.iter().enumerate() {
+        let mut v0 = _mm512_add_ps(a[0], b0);
+        let mut v1 = _mm512_add_ps(a[1], b1);
+        if job.relu {
+            v0 = _mm512_max_ps(v0, zero);
+            v1 = _mm512_max_ps(v1, zero);
+        }
+        let out = y.add((r0 + i) * job.ldy + job.out_off + p * PANEL);
+        _mm512_mask_storeu_ps(out, m0, v0);
+        _mm512_mask_storeu_ps(out.add(16), m1, v1);
+    }
+}
