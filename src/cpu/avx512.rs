@@ -25,15 +25,18 @@ enum PanelSource {
     F16(*const half::f16),
 }
 
+/// Up to this many rows, panels are the outer loop (the rows' inputs fit in
+/// L1 and the weights stream once); above, row blocks are (a block's inputs
+/// stay in L1 while the fp16 weights stream from L2 per block).
+const PANEL_OUTER_ROWS: usize = 16;
+
 #[target_feature(enable = "avx512f,f16c,fma")]
 unsafe fn linear_avx512(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
     let _ = scratch;
-    let n = job.n;
-    let panels = n.div_ceil(PANEL);
-    // bias + add per output, fp32, padded to whole panels.
-    let mut bias_add = [0.0f32; PANEL];
-    // Row blocks outside, panels inside: a block's input rows stay in L1
-    // while the (fp16, half the bytes) weights stream from L2.
+    let panels = job.n.div_ceil(PANEL);
+    // Row blocks: as many 12s as fit, then 8, 4, 2, 1.
+    let mut blocks = [(0usize, 0usize); 16];
+    let mut count = 0;
     let mut r = 0;
     while r < job.rows {
         let mr = match job.rows - r {
@@ -43,29 +46,60 @@ unsafe fn linear_avx512(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
             left if left >= 2 => 2,
             _ => 1,
         };
+        if count == blocks.len() {
+            // More rows than one pass holds: run what we have, continue.
+            run_blocks(job, &blocks[..count], panels, false);
+            count = 0;
+        }
+        blocks[count] = (r, mr);
+        count += 1;
+        r += mr;
+    }
+    run_blocks(job, &blocks[..count], panels, job.rows <= PANEL_OUTER_ROWS);
+}
+
+#[inline(always)]
+unsafe fn run_blocks(
+    job: &mut LinearJob<'_>,
+    blocks: &[(usize, usize)],
+    panels: usize,
+    panel_outer: bool,
+) {
+    if panel_outer {
         for p in 0..panels {
-            let base = p * job.k_total * PANEL;
-            let source = match job.w {
-                Values::F32(w) => PanelSource::F32(w.as_ptr().add(base)),
-                Values::F16(w) => PanelSource::F16(w.as_ptr().add(base)),
-            };
-            let valid = PANEL.min(n - p * PANEL);
-            for (j, slot) in bias_add.iter_mut().enumerate() {
-                *slot = if j < valid {
-                    super::finish(job.bias.as_ref(), job.add, false, p * PANEL + j, 0.0)
-                } else {
-                    0.0
-                };
-            }
-            match mr {
-                12 => block::<12>(job, source, p, r, &bias_add, valid),
-                8 => block::<8>(job, source, p, r, &bias_add, valid),
-                4 => block::<4>(job, source, p, r, &bias_add, valid),
-                2 => block::<2>(job, source, p, r, &bias_add, valid),
-                _ => block::<1>(job, source, p, r, &bias_add, valid),
+            for &(r, mr) in blocks {
+                panel_block(job, p, r, mr);
             }
         }
-        r += mr;
+    } else {
+        for &(r, mr) in blocks {
+            for p in 0..panels {
+                panel_block(job, p, r, mr);
+            }
+        }
+    }
+}
+
+/// Rows `r..r + mr` of panel `p`.
+#[inline(always)]
+unsafe fn panel_block(job: &mut LinearJob<'_>, p: usize, r: usize, mr: usize) {
+    let base = p * job.k_total * PANEL;
+    let source = match job.w {
+        Values::F32(w) => PanelSource::F32(w.as_ptr().add(base)),
+        Values::F16(w) => PanelSource::F16(w.as_ptr().add(base)),
+    };
+    let valid = PANEL.min(job.n - p * PANEL);
+    // bias + add of the panel's outputs, fp32, zero past the valid ones.
+    let mut bias_add = [0.0f32; PANEL];
+    for (j, slot) in bias_add.iter_mut().enumerate().take(valid) {
+        *slot = super::finish(job.bias.as_ref(), job.add, false, p * PANEL + j, 0.0);
+    }
+    match mr {
+        12 => block::<12, 1>(job, source, p, r, &bias_add, valid),
+        8 => block::<8, 1>(job, source, p, r, &bias_add, valid),
+        4 => block::<4, 2>(job, source, p, r, &bias_add, valid),
+        2 => block::<2, 4>(job, source, p, r, &bias_add, valid),
+        _ => block::<1, 4>(job, source, p, r, &bias_add, valid),
     }
 }
 
@@ -85,7 +119,11 @@ unsafe fn load_panel_row(source: PanelSource, k: usize) -> (__m512, __m512) {
 
 /// Rows `r0..r0 + MR` of panel `p`.
 #[inline(always)]
-unsafe fn block<const MR: usize>(
+///
+/// With few rows, one accumulator per output would chain every FMA on the
+/// previous one (latency-bound); `U` independent partial sums over
+/// interleaved columns keep the FMA units busy, and are added at the end.
+unsafe fn block<const MR: usize, const U: usize>(
     job: &mut LinearJob<'_>,
     source: PanelSource,
     p: usize,
@@ -93,20 +131,39 @@ unsafe fn block<const MR: usize>(
     bias_add: &[f32; PANEL],
     valid: usize,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut partial = [[[_mm512_setzero_ps(); 2]; MR]; U];
     let x = job.x.as_ptr();
     let mut rows = [x; MR];
     for (i, row) in rows.iter_mut().enumerate() {
         *row = x.add((r0 + i) * job.ldx + job.in_off);
     }
     for range in job.k_ranges {
-        for k in range.clone() {
+        let mut k = range.start;
+        while k + U <= range.end {
+            for (u, acc) in partial.iter_mut().enumerate() {
+                let (w0, w1) = load_panel_row(source, k + u);
+                for i in 0..MR {
+                    let b = _mm512_set1_ps(*rows[i].add(k + u));
+                    acc[i][0] = _mm512_fmadd_ps(w0, b, acc[i][0]);
+                    acc[i][1] = _mm512_fmadd_ps(w1, b, acc[i][1]);
+                }
+            }
+            k += U;
+        }
+        for k in k..range.end {
             let (w0, w1) = load_panel_row(source, k);
             for i in 0..MR {
                 let b = _mm512_set1_ps(*rows[i].add(k));
-                acc[i][0] = _mm512_fmadd_ps(w0, b, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(w1, b, acc[i][1]);
+                partial[0][i][0] = _mm512_fmadd_ps(w0, b, partial[0][i][0]);
+                partial[0][i][1] = _mm512_fmadd_ps(w1, b, partial[0][i][1]);
             }
+        }
+    }
+    let mut acc = partial[0];
+    for more in &partial[1..] {
+        for (a, m) in acc.iter_mut().zip(more) {
+            a[0] = _mm512_add_ps(a[0], m[0]);
+            a[1] = _mm512_add_ps(a[1], m[1]);
         }
     }
     let b0 = _mm512_loadu_ps(bias_add.as_ptr());
