@@ -57,14 +57,27 @@ pub fn score(
         isa,
         first: 0,
         rows: 1,
+        logits_base: 0,
     };
     for step in &program.request_steps {
         tile.run(scratch, step, logits)?;
     }
-    let n = request.candidates();
-    while tile.first < n {
-        tile.rows = TILE.min(n - tile.first);
-        for step in &program.candidate_steps {
+    candidate_tiles(&mut tile, scratch, 0..request.candidates(), logits)
+}
+
+/// Runs the candidate steps on the tiles of `candidates`; `logits` holds
+/// exactly those candidates' rows.
+fn candidate_tiles(
+    tile: &mut Tile<'_>,
+    scratch: &mut Scratch,
+    candidates: std::ops::Range<usize>,
+    logits: &mut [f32],
+) -> Result<()> {
+    tile.first = candidates.start;
+    tile.logits_base = candidates.start;
+    while tile.first < candidates.end {
+        tile.rows = TILE.min(candidates.end - tile.first);
+        for step in &tile.program.candidate_steps {
             tile.run(scratch, step, logits)?;
         }
         tile.first += tile.rows;
@@ -72,10 +85,89 @@ pub fn score(
     Ok(())
 }
 
+/// Like [`score`], with the candidates split across `scratches.len()`
+/// threads (request steps run once, on the caller's thread). Worth it for
+/// large requests only: each call starts its threads.
+pub fn score_parallel(
+    model: &Model,
+    program: &Program,
+    isa: Isa,
+    scratches: &mut [Scratch],
+    request: &Request<'_>,
+    logits: &mut [f32],
+) -> Result<()> {
+    let n = request.candidates();
+    let threads = scratches.len().min(n.div_ceil(TILE)).max(1);
+    let Some((main, workers)) = scratches.split_first_mut() else {
+        return Err(crate::error::Error::argument("no scratch to score with"));
+    };
+    if threads == 1 {
+        return score(model, program, isa, main, request, logits);
+    }
+    main.prepare(program);
+    let tile = Tile {
+        model,
+        program,
+        request,
+        isa,
+        first: 0,
+        rows: 1,
+        logits_base: 0,
+    };
+    for step in &program.request_steps {
+        tile.run(main, step, logits)?;
+    }
+    // Every worker gets the request-level results.
+    for worker in workers.iter_mut() {
+        worker.prepare(program);
+        for (b, buffer) in program.buffers.iter().enumerate() {
+            if buffer.per_request {
+                worker.buffers[b].copy_from_slice(&main.buffers[b]);
+            }
+        }
+    }
+    let tasks = program.tasks;
+    let per_thread = n.div_ceil(TILE).div_ceil(threads) * TILE;
+    let scratches = std::iter::once(main).chain(workers.iter_mut());
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = scratches
+            .zip(logits.chunks_mut(per_thread * tasks))
+            .enumerate()
+            .map(|(t, (scratch, out))| {
+                let start = t * per_thread;
+                let end = (start + per_thread).min(n);
+                scope.spawn(move || {
+                    let mut tile = Tile {
+                        model,
+                        program,
+                        request,
+                        isa,
+                        first: start,
+                        rows: 0,
+                        logits_base: start,
+                    };
+                    candidate_tiles(&mut tile, scratch, start..end, out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(crate::error::Error::argument("a scoring thread panicked"))
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
 /// The candidates `first..first + rows` of a request, in flight.
 struct Tile<'a> {
     model: &'a Model,
     isa: Isa,
+    /// The candidate of `logits`' first row.
+    logits_base: usize,
     program: &'a Program,
     request: &'a Request<'a>,
     first: usize,
@@ -110,7 +202,7 @@ impl Tile<'_> {
             Step::Output { input, task } => {
                 for r in 0..self.rows {
                     let tasks = self.program.tasks;
-                    logits[(self.first + r) * tasks + task] =
+                    logits[(self.first + r - self.logits_base) * tasks + task] =
                         self.row(&scratch.buffers, *input, r)[0];
                 }
                 return Ok(());

@@ -52,7 +52,8 @@ pub struct Session {
     backend: Backend,
     /// Logits of the request in flight, copied out only on success.
     logits: Vec<f32>,
-    scratch: exec::Scratch,
+    /// One scratch per thread of intra-request parallelism (at least one).
+    scratches: Vec<exec::Scratch>,
     isa: Option<crate::cpu::Isa>,
     /// Created at the first GPU call.
     #[cfg(feature = "cuda")]
@@ -113,7 +114,7 @@ impl Session {
             model,
             backend,
             logits: Vec::new(),
-            scratch: exec::Scratch::default(),
+            scratches: vec![exec::Scratch::default()],
             isa: None,
             #[cfg(feature = "cuda")]
             gpu: None,
@@ -127,6 +128,18 @@ impl Session {
             Some(isa) => Ok(isa),
             None => crate::cpu::Isa::detected(),
         }
+    }
+
+    /// Splits the candidates of each request across `threads` threads (1,
+    /// the default, scores on the caller's thread only). Each call then
+    /// starts `threads - 1` threads: worth it for large requests only.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.scratches
+            .resize_with(threads.max(1), exec::Scratch::default);
+    }
+
+    pub fn threads(&self) -> usize {
+        self.scratches.len()
     }
 
     /// Forces the CPU kernels of this session; an ISA the CPU lacks is refused.
@@ -175,11 +188,11 @@ impl Session {
         self.logits.resize(want, 0.0);
         match self.backend {
             Backend::Reference => reference::score(model, request, &mut self.logits)?,
-            Backend::Cpu => exec::score(
+            Backend::Cpu => exec::score_parallel(
                 model,
                 model.program(),
                 self.isa()?,
-                &mut self.scratch,
+                &mut self.scratches,
                 request,
                 &mut self.logits,
             )?,

@@ -85,3 +85,31 @@ fn request_level_work_runs_once() {
     // x_L), each MLP expert's first layer, each task's gate.
     assert_eq!(request_linears, 4 + 2 + 3);
 }
+
+#[test]
+fn intra_request_threads_give_the_same_scores() {
+    let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
+    let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
+    let packed = pack(&config, &tensors, DType::F16);
+    let model = packed.open();
+    for n in [1, 40, 300] {
+        let request = mmoe::demo::synthetic_request(&config, n, 3);
+        let one = logits(&model, Backend::Cpu, &request);
+        for threads in [2, 3] {
+            let mut session = Session::with_backend(model.clone(), Backend::Cpu);
+            session.set_threads(threads);
+            assert_eq!(session.threads(), threads);
+            let mut out = vec![0.0; n * model.num_tasks()];
+            session
+                .score(
+                    &request.as_request(),
+                    &mut Scores {
+                        logits: Some(&mut out),
+                        probabilities: None,
+                    },
+                )
+                .unwrap();
+            assert_eq!(out, one, "{threads} threads, {n} candidates");
+        }
+    }
+}

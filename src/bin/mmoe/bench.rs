@@ -20,6 +20,7 @@ pub struct Settings {
     pub device: DeviceArgs,
     pub json: Option<PathBuf>,
     pub peak: bool,
+    pub intra: usize,
 }
 
 pub struct Row {
@@ -58,6 +59,7 @@ fn measure(model: &Arc<Model>, settings: &Settings, batch: usize) -> Result<Row,
             .map(|t| {
                 scope.spawn(move || -> Result<Vec<f64>, String> {
                     let mut session = session(model, settings.backend.as_deref())?;
+                    session.set_threads(settings.intra);
                     let owned =
                         mmoe::demo::synthetic_request(model.config(), batch, 1000 + t as u64);
                     let request = owned.as_request();
@@ -151,10 +153,11 @@ pub fn run(settings: &Settings) -> CliResult {
         model.dtype().name()
     );
     println!(
-        "settings  backend {backend}, device {}, cpu mode {}, threads {}, up to {} calls or {} s per batch",
+        "settings  backend {backend}, device {}, cpu mode {}, threads {} (each splitting a request over {}), up to {} calls or {} s per batch",
         model.device_note(),
         model.cpu_mode_note(),
         settings.threads,
+        settings.intra,
         settings.iters,
         settings.max_seconds
     );
@@ -181,7 +184,8 @@ pub fn run(settings: &Settings) -> CliResult {
     let mut rows = Vec::new();
     for &batch in &batches {
         let row = measure(&model, settings, batch)?;
-        let gflops = row.candidates_per_s * flops as f64 / 1e9 / settings.threads as f64;
+        let gflops =
+            row.candidates_per_s * flops as f64 / 1e9 / (settings.threads * settings.intra) as f64;
         let share = peak.map_or("-".to_string(), |p| format!("{:.0}", 100.0 * gflops / p));
         println!(
             "{:>7} {:>8} {:>14.0} {:>11.1} {:>11.1} {:>9.1} {:>7}",
@@ -207,6 +211,7 @@ pub fn run(settings: &Settings) -> CliResult {
             "device": model.device_note(),
             "cpu_mode": model.cpu_mode().name(),
             "threads": settings.threads,
+            "threads_per_request": settings.intra,
             "isa": isa.name(),
             "flops_per_candidate": flops,
             "flops_per_candidate_without_dedup": flops_full,

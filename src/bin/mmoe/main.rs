@@ -97,6 +97,9 @@ enum Command {
         /// Also measure this machine's fp32 FMA peak and report % of it.
         #[arg(long)]
         peak: bool,
+        /// Threads each request's candidates are split over (CPU).
+        #[arg(long, default_value_t = 1)]
+        intra_threads: usize,
     },
     /// Build, pack and score the bundled demo model (benchmark shape).
     Demo {
@@ -144,8 +147,10 @@ fn main() -> ExitCode {
             device,
             json,
             peak,
+            intra_threads,
         } => bench::run(&bench::Settings {
             peak,
+            intra: intra_threads,
             model,
             batch,
             threads,
