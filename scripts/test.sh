@@ -25,8 +25,20 @@ step "rust tests"
 cargo build --release
 cargo test --release
 
+step "the checked-in C header is the one build.rs generates"
+if ! git diff --quiet -- include/mmoe.h; then
+  git --no-pager diff --stat -- include/mmoe.h
+  echo "include/mmoe.h is stale: commit the regenerated header" >&2
+  exit 1
+fi
+
 step "demo"
-cargo run --release --quiet -- demo --candidates 64 --out target/demo-test.mmoe
+cargo run --release --quiet -- demo --candidates 64 --out target/demo-a.mmoe
+./target/release/mmoe demo --candidates 4 --seed 8 --out target/demo-b.mmoe > /dev/null
+
+step "C and C++ examples: static and shared library, hot-reload stress, then under ASan+UBSan"
+make -C c-examples --no-print-directory check
+make -C c-examples --no-print-directory asan
 
 step "parity: mmoe pack + score (reference and cpu backends) against the numpy reference on 200 random models"
 .venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200 --backends reference,cpu

@@ -24,9 +24,11 @@
 pub mod config;
 pub mod cpu;
 pub mod demo;
+pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod features;
+pub mod ffi;
 pub mod format;
 pub mod gpu;
 pub mod jsonl;
@@ -39,6 +41,7 @@ pub mod session;
 
 pub use config::Config;
 pub use cpu::CpuMode;
+pub use engine::{Engine, EngineSession};
 pub use error::{Error, ErrorKind, Result};
 pub use format::DType;
 pub use gpu::Device;

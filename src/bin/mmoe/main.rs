@@ -112,6 +112,10 @@ enum Command {
         /// How many top candidates to show per task.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// Seed of the deterministic weights (another seed, another model of
+        /// the same shape).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
 }
 
@@ -164,7 +168,8 @@ fn main() -> ExitCode {
             candidates,
             out,
             top,
-        } => demo(candidates, out, top),
+            seed,
+        } => demo(candidates, out, top, seed),
     };
     match result {
         Ok(code) => code,
@@ -435,7 +440,7 @@ fn score(
     })
 }
 
-fn demo(candidates: usize, out: Option<PathBuf>, top: usize) -> CliResult {
+fn demo(candidates: usize, out: Option<PathBuf>, top: usize, seed: u64) -> CliResult {
     let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).map_err(|e| e.to_string())?;
     let out = out.unwrap_or_else(|| std::env::temp_dir().join("mmoe-demo.mmoe"));
     println!(
@@ -448,7 +453,7 @@ fn demo(candidates: usize, out: Option<PathBuf>, top: usize) -> CliResult {
     );
 
     let start = Instant::now();
-    let tensors = mmoe::demo::synthetic_tensors(&config, 7).map_err(|e| e.to_string())?;
+    let tensors = mmoe::demo::synthetic_tensors(&config, seed).map_err(|e| e.to_string())?;
     let len = pack_with_progress(&config, &tensors, DType::F16, &out, 0)?;
     println!(
         "packed     {} ({}, fp16) in {:.2} s",

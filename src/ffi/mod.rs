@@ -1,0 +1,638 @@
+//! The stable C ABI (`include/mmoe.h`, generated from this module by
+//! cbindgen in `build.rs`). Conventions:
+//!
+//! - Every function returns an `mmoe_status` (0 is success) unless it cannot
+//!   fail; on failure `mmoe_last_error` gives this thread's message, naming
+//!   the input, candidate, tensor or file at fault.
+//! - Outputs are written only on success.
+//! - Every `*_open` / `*_new` has a `*_free` that accepts NULL.
+//! - A pointer with a length of 0 may be NULL (an empty array).
+#![allow(non_camel_case_types)]
+// These functions are called from C, where `unsafe` does not exist; their
+// pointer contracts are in their docs (and the header), and every pointer is
+// checked for NULL and alignment before use.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+mod boundary;
+
+use std::ffi::{c_char, CStr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use boundary::{call, invalid};
+
+use crate::config::{InputKind, Scope};
+use crate::cpu::CpuMode;
+use crate::engine::{Engine, EngineSession};
+use crate::error::{Error, Result};
+use crate::gpu::Device;
+use crate::model::{GpuPrecision, OpenOptions};
+use crate::request::Request;
+use crate::session::Scores;
+
+/// Status codes. Values are fixed and never reused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmoe_status {
+    MMOE_STATUS_OK = 0,
+    /// A file could not be read.
+    MMOE_STATUS_IO = 1,
+    /// The model's config breaks the model contract.
+    MMOE_STATUS_CONFIG = 2,
+    /// A tensor is missing, extra, misshaped or out of range.
+    MMOE_STATUS_TENSOR = 3,
+    /// The model file is malformed, truncated or of another version.
+    MMOE_STATUS_FORMAT = 4,
+    /// A checksum does not match (corrupt file).
+    MMOE_STATUS_CHECKSUM = 5,
+    /// The request is invalid (lengths, CSR offsets, NaN where not allowed).
+    MMOE_STATUS_REQUEST = 6,
+    /// An argument is invalid (NULL pointer, wrong output length, index).
+    MMOE_STATUS_ARGUMENT = 7,
+    /// The GPU path is unavailable or failed.
+    MMOE_STATUS_DEVICE = 8,
+    /// A bug in mmoe was caught at the boundary; the process is intact.
+    MMOE_STATUS_INTERNAL = 9,
+}
+
+/// Where a model runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmoe_device {
+    MMOE_DEVICE_CPU = 0,
+    /// The CUDA device `device_ordinal`; an error without one.
+    MMOE_DEVICE_CUDA = 1,
+    /// CUDA when usable, else the CPU.
+    MMOE_DEVICE_AUTO = 2,
+}
+
+/// Arithmetic of the CPU path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmoe_compute_mode {
+    /// fp32 accumulation (the default; the parity target).
+    MMOE_COMPUTE_EXACT = 0,
+    /// AVX512-BF16 dot products where the CPU has them, else exact.
+    MMOE_COMPUTE_BF16 = 1,
+}
+
+/// Arithmetic of the GPU path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmoe_gpu_precision {
+    MMOE_GPU_F16 = 0,
+    MMOE_GPU_F32 = 1,
+}
+
+/// An input's kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmoe_input_kind {
+    MMOE_INPUT_DENSE = 0,
+    MMOE_INPUT_SPARSE = 1,
+}
+
+/// An input's scope.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum mmoe_scope {
+    /// One value per request.
+    MMOE_SCOPE_REQUEST = 0,
+    /// One value per candidate.
+    MMOE_SCOPE_CANDIDATE = 1,
+}
+
+/// How to open an engine. Start from `mmoe_open_options_default()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct mmoe_open_options {
+    pub device: mmoe_device,
+    pub device_ordinal: u32,
+    pub compute_mode: mmoe_compute_mode,
+    pub gpu_precision: mmoe_gpu_precision,
+    /// Threads each session splits a request's candidates over (CPU); 0 or 1: none.
+    pub threads: u32,
+    /// Nonzero: check every tensor checksum at open and reload.
+    pub verify_checksums: u32,
+}
+
+/// One input's features in a request. Set `dense`/`dense_len` for a dense
+/// input (`dim` floats for request scope, `candidates × dim` row-major for
+/// candidate scope; NaN marks a missing value), or `ids`/`ids_len` and
+/// `offsets`/`offsets_len` for a sparse one (CSR: bag b is
+/// `ids[offsets[b]..offsets[b+1]]`; one bag for request scope, one per
+/// candidate otherwise).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct mmoe_feature {
+    /// The input's index in the model (see `mmoe_engine_input_index`).
+    pub input: u32,
+    pub dense: *const f32,
+    pub dense_len: usize,
+    pub ids: *const u64,
+    pub ids_len: usize,
+    pub offsets: *const u32,
+    pub offsets_len: usize,
+}
+
+/// What a caller needs to know about one input.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct mmoe_input_info {
+    pub kind: mmoe_input_kind,
+    pub scope: mmoe_scope,
+    pub dim: usize,
+}
+
+/// An engine: thread-safe, owns the current model, reloadable.
+pub struct mmoe_engine {
+    _private: [u8; 0],
+}
+
+/// A session: scratch for one thread at a time, bound to one engine.
+pub struct mmoe_session {
+    _private: [u8; 0],
+}
+
+/// What the opaque handles point to. Each is a `Box` made by its `_open` /
+/// `_new` and released only by its `_free`.
+struct EngineHandle {
+    engine: Arc<Engine>,
+    /// Intra-request threads of the sessions it creates.
+    threads: usize,
+}
+struct SessionHandle(EngineSession);
+
+fn engine_ref<'a>(engine: *const mmoe_engine) -> Result<&'a EngineHandle> {
+    // SAFETY: non-null engine pointers come from mmoe_engine_open (a Box of
+    // EngineHandle) and stay valid until mmoe_engine_free, as the header
+    // requires of callers.
+    unsafe { (engine as *const EngineHandle).as_ref() }.ok_or_else(|| invalid("engine is NULL"))
+}
+
+fn session_mut<'a>(session: *mut mmoe_session) -> Result<&'a mut SessionHandle> {
+    // SAFETY: non-null session pointers come from mmoe_session_new (a Box of
+    // SessionHandle), are valid until mmoe_session_free and, as the header
+    // requires, are used by one thread at a time.
+    unsafe { (session as *mut SessionHandle).as_mut() }.ok_or_else(|| invalid("session is NULL"))
+}
+
+/// A slice from a C pointer and length; `(NULL, 0)` is empty.
+fn slice<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(invalid(format!("{what} is NULL with length {len}")));
+    }
+    if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return Err(invalid(format!(
+            "{what} is not aligned for its element type"
+        )));
+    }
+    // SAFETY: non-null, aligned, and the caller promises `len` readable
+    // elements that outlive the call (header contract).
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+fn slice_mut<'a, T>(ptr: *mut T, len: usize, what: &str) -> Result<Option<&'a mut [T]>> {
+    if ptr.is_null() {
+        return if len == 0 {
+            Ok(None)
+        } else {
+            Err(invalid(format!("{what} is NULL with length {len}")))
+        };
+    }
+    if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return Err(invalid(format!(
+            "{what} is not aligned for its element type"
+        )));
+    }
+    // SAFETY: non-null, aligned, and the caller promises `len` writable
+    // elements, not aliased during the call (header contract).
+    Ok(Some(unsafe { std::slice::from_raw_parts_mut(ptr, len) }))
+}
+
+fn path(text: *const c_char) -> Result<PathBuf> {
+    if text.is_null() {
+        return Err(invalid("path is NULL"));
+    }
+    // SAFETY: non-null, and the caller promises a NUL-terminated string.
+    let text = unsafe { CStr::from_ptr(text) };
+    let text = text
+        .to_str()
+        .map_err(|_| invalid("path is not valid UTF-8"))?;
+    Ok(PathBuf::from(text))
+}
+
+/// Copies `text` and a NUL into `buf` (when `buf_len` > 0, truncating) and
+/// stores the full length (without NUL) in `out_len` when not NULL.
+fn copy_text(text: &str, buf: *mut c_char, buf_len: usize, out_len: *mut usize) -> Result<()> {
+    if !out_len.is_null() {
+        // SAFETY: non-null, the caller passes a writable size_t.
+        unsafe { *out_len = text.len() };
+    }
+    if buf_len > 0 {
+        if buf.is_null() {
+            return Err(invalid("buffer is NULL with a nonzero length"));
+        }
+        let n = text.len().min(buf_len - 1);
+        // SAFETY: `buf` holds `buf_len` bytes (caller contract); n + 1 ≤ buf_len.
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr() as *const c_char, buf, n);
+            *buf.add(n) = 0;
+        }
+    }
+    Ok(())
+}
+
+fn write_out<T>(out: *mut T, value: T, what: &str) -> Result<()> {
+    if out.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: non-null; the caller passes a writable location of type T.
+    unsafe { out.write(value) };
+    Ok(())
+}
+
+/// The library version, `MAJOR * 10000 + MINOR * 100 + PATCH` (matches
+/// `MMOE_VERSION_NUMBER` of the header the caller compiled against).
+#[no_mangle]
+pub extern "C" fn mmoe_version_number() -> u32 {
+    version_number()
+}
+
+pub(crate) fn version_number() -> u32 {
+    let part = |s: &str| s.parse::<u32>().unwrap_or(0);
+    part(env!("CARGO_PKG_VERSION_MAJOR")) * 10000
+        + part(env!("CARGO_PKG_VERSION_MINOR")) * 100
+        + part(env!("CARGO_PKG_VERSION_PATCH"))
+}
+
+/// The library version as text (static, never freed).
+#[no_mangle]
+pub extern "C" fn mmoe_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+/// The ABI version: changes only when the C ABI breaks (see the soname
+/// policy in README.md). Compare with `MMOE_ABI_VERSION`.
+#[no_mangle]
+pub extern "C" fn mmoe_abi_version() -> u32 {
+    ABI_VERSION
+}
+
+pub(crate) const ABI_VERSION: u32 = 1;
+
+/// A short, static description of a status code.
+#[no_mangle]
+pub extern "C" fn mmoe_status_str(status: mmoe_status) -> *const c_char {
+    let text: &'static str = match status {
+        mmoe_status::MMOE_STATUS_OK => "ok\0",
+        mmoe_status::MMOE_STATUS_IO => "i/o error\0",
+        mmoe_status::MMOE_STATUS_CONFIG => "invalid model config\0",
+        mmoe_status::MMOE_STATUS_TENSOR => "invalid tensor\0",
+        mmoe_status::MMOE_STATUS_FORMAT => "invalid model file\0",
+        mmoe_status::MMOE_STATUS_CHECKSUM => "checksum mismatch\0",
+        mmoe_status::MMOE_STATUS_REQUEST => "invalid request\0",
+        mmoe_status::MMOE_STATUS_ARGUMENT => "invalid argument\0",
+        mmoe_status::MMOE_STATUS_DEVICE => "device error\0",
+        mmoe_status::MMOE_STATUS_INTERNAL => "internal error\0",
+    };
+    text.as_ptr() as *const c_char
+}
+
+/// Copies the message of this thread's last failed call into `buf` (up to
+/// `buf_len - 1` bytes and a NUL; `buf` may be NULL when `buf_len` is 0) and
+/// returns the message's full length, so a caller can size its buffer.
+#[no_mangle]
+pub extern "C" fn mmoe_last_error(buf: *mut c_char, buf_len: usize) -> usize {
+    boundary::with_last_error(|message| {
+        let _ = copy_text(message, buf, buf_len, std::ptr::null_mut());
+        message.len()
+    })
+}
+
+/// Default open options: CPU, exact mode, one thread, no checksum pass.
+#[no_mangle]
+pub extern "C" fn mmoe_open_options_default() -> mmoe_open_options {
+    mmoe_open_options {
+        device: mmoe_device::MMOE_DEVICE_CPU,
+        device_ordinal: 0,
+        compute_mode: mmoe_compute_mode::MMOE_COMPUTE_EXACT,
+        gpu_precision: mmoe_gpu_precision::MMOE_GPU_F16,
+        threads: 1,
+        verify_checksums: 0,
+    }
+}
+
+/// Opens the model file `path` into a new engine (`*out`, release with
+/// `mmoe_engine_free`). `options` may be NULL for the defaults. The engine
+/// is thread-safe: any thread may create sessions, reload, or query it.
+/// The file must not be modified in place while open (replace it by rename).
+#[no_mangle]
+pub extern "C" fn mmoe_engine_open(
+    path_utf8: *const c_char,
+    options: *const mmoe_open_options,
+    out: *mut *mut mmoe_engine,
+) -> mmoe_status {
+    call(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        // SAFETY: NULL or a valid options struct (caller contract).
+        let options = unsafe { options.as_ref() }
+            .copied()
+            .unwrap_or_else(|| mmoe_open_options_default());
+        let open = OpenOptions {
+            verify_checksums: options.verify_checksums != 0,
+            device: match options.device {
+                mmoe_device::MMOE_DEVICE_CPU => Device::Cpu,
+                mmoe_device::MMOE_DEVICE_CUDA => Device::Cuda(options.device_ordinal as usize),
+                mmoe_device::MMOE_DEVICE_AUTO => Device::Auto,
+            },
+            gpu_precision: match options.gpu_precision {
+                mmoe_gpu_precision::MMOE_GPU_F16 => GpuPrecision::F16,
+                mmoe_gpu_precision::MMOE_GPU_F32 => GpuPrecision::F32,
+            },
+            cpu_mode: match options.compute_mode {
+                mmoe_compute_mode::MMOE_COMPUTE_EXACT => CpuMode::Exact,
+                mmoe_compute_mode::MMOE_COMPUTE_BF16 => CpuMode::Bf16,
+            },
+        };
+        let engine = Engine::open(path(path_utf8)?, open)?;
+        let handle = Box::new(EngineHandle {
+            engine: Arc::new(engine),
+            threads: options.threads.max(1) as usize,
+        });
+        write_out(out, Box::into_raw(handle) as *mut mmoe_engine, "out")
+    })
+}
+
+/// Releases an engine (NULL is fine). Sessions keep what they use alive, so
+/// an engine may be freed before its sessions; no call on `engine` may run
+/// concurrently with or after this one.
+#[no_mangle]
+pub extern "C" fn mmoe_engine_free(engine: *mut mmoe_engine) {
+    if engine.is_null() {
+        return;
+    }
+    let _ = call(|| {
+        // SAFETY: made by mmoe_engine_open as a Box<EngineHandle>; freed once.
+        drop(unsafe { Box::from_raw(engine as *mut EngineHandle) });
+        Ok(())
+    });
+}
+
+/// Opens and validates `path` beside the serving model, then swaps it in.
+/// Calls in flight finish on the model they started with. On failure the
+/// old model keeps serving and `mmoe_last_error` says why. Thread-safe.
+#[no_mangle]
+pub extern "C" fn mmoe_engine_reload(
+    engine: *const mmoe_engine,
+    path_utf8: *const c_char,
+) -> mmoe_status {
+    call(|| engine_ref(engine)?.engine.reload(path(path_utf8)?))
+}
+
+/// The number of successful reloads so far.
+#[no_mangle]
+pub extern "C" fn mmoe_engine_generation(engine: *const mmoe_engine, out: *mut u64) -> mmoe_status {
+    call(|| write_out(out, engine_ref(engine)?.engine.generation(), "out"))
+}
+
+/// The serving model's content hash (changes with any byte of the model).
+#[no_mangle]
+pub extern "C" fn mmoe_engine_content_hash(
+    engine: *const mmoe_engine,
+    out: *mut u64,
+) -> mmoe_status {
+    call(|| {
+        write_out(
+            out,
+            engine_ref(engine)?.engine.model().content_hash(),
+            "out",
+        )
+    })
+}
+
+/// The serving model's name (copied as `mmoe_last_error` copies text).
+#[no_mangle]
+pub extern "C" fn mmoe_engine_model_name(
+    engine: *const mmoe_engine,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> mmoe_status {
+    call(|| {
+        copy_text(
+            engine_ref(engine)?.engine.model().name(),
+            buf,
+            buf_len,
+            out_len,
+        )
+    })
+}
+
+/// The number of tasks (scores per candidate) of the serving model.
+#[no_mangle]
+pub extern "C" fn mmoe_engine_num_tasks(
+    engine: *const mmoe_engine,
+    out: *mut usize,
+) -> mmoe_status {
+    call(|| write_out(out, engine_ref(engine)?.engine.model().num_tasks(), "out"))
+}
+
+/// The name of task `index`.
+#[no_mangle]
+pub extern "C" fn mmoe_engine_task_name(
+    engine: *const mmoe_engine,
+    index: usize,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> mmoe_status {
+    call(|| {
+        let model = engine_ref(engine)?.engine.model();
+        let task = model.config().tasks.get(index).ok_or_else(|| {
+            invalid(format!(
+                "task index {index} out of range ({} tasks)",
+                model.num_tasks()
+            ))
+        })?;
+        copy_text(&task.name, buf, buf_len, out_len)
+    })
+}
+
+/// The number of inputs of the serving model.
+#[no_mangle]
+pub extern "C" fn mmoe_engine_num_inputs(
+    engine: *const mmoe_engine,
+    out: *mut usize,
+) -> mmoe_status {
+    call(|| {
+        write_out(
+            out,
+            engine_ref(engine)?.engine.model().config().inputs.len(),
+            "out",
+        )
+    })
+}
+
+/// Kind, scope and dim of input `index`.
+#[no_mangle]
+pub extern "C" fn mmoe_engine_input_info(
+    engine: *const mmoe_engine,
+    index: usize,
+    out: *mut mmoe_input_info,
+) -> mmoe_status {
+    call(|| {
+        let model = engine_ref(engine)?.engine.model();
+        let inputs = &model.config().inputs;
+        let input = inputs.get(index).ok_or_else(|| {
+            invalid(format!(
+                "input index {index} out of range ({} inputs)",
+                inputs.len()
+            ))
+        })?;
+        let info = mmoe_input_info {
+            kind: match input.kind {
+                InputKind::Dense => mmoe_input_kind::MMOE_INPUT_DENSE,
+                InputKind::Sparse => mmoe_input_kind::MMOE_INPUT_SPARSE,
+            },
+            scope: match input.scope {
+                Scope::Request => mmoe_scope::MMOE_SCOPE_REQUEST,
+                Scope::Candidate => mmoe_scope::MMOE_SCOPE_CANDIDATE,
+            },
+            dim: input.dim,
+        };
+        write_out(out, info, "out")
+    })
+}
+
+/// The name of input `index`.
+#[no_mangle]
+pub extern "C" fn mmoe_engine_input_name(
+    engine: *const mmoe_engine,
+    index: usize,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> mmoe_status {
+    call(|| {
+        let model = engine_ref(engine)?.engine.model();
+        let inputs = &model.config().inputs;
+        let input = inputs.get(index).ok_or_else(|| {
+            invalid(format!(
+                "input index {index} out of range ({} inputs)",
+                inputs.len()
+            ))
+        })?;
+        copy_text(&input.name, buf, buf_len, out_len)
+    })
+}
+
+/// The index of the input named `name` (NUL-terminated UTF-8).
+#[no_mangle]
+pub extern "C" fn mmoe_engine_input_index(
+    engine: *const mmoe_engine,
+    name: *const c_char,
+    out: *mut u32,
+) -> mmoe_status {
+    call(|| {
+        if name.is_null() {
+            return Err(invalid("name is NULL"));
+        }
+        // SAFETY: non-null NUL-terminated string (caller contract).
+        let name = unsafe { CStr::from_ptr(name) }
+            .to_str()
+            .map_err(|_| invalid("name is not valid UTF-8"))?;
+        let index = engine_ref(engine)?.engine.model().input_index(name)?;
+        write_out(out, index as u32, "out")
+    })
+}
+
+/// A new session on `engine` (`*out`, release with `mmoe_session_free`).
+/// A session may be used by one thread at a time; create one per thread.
+#[no_mangle]
+pub extern "C" fn mmoe_session_new(
+    engine: *const mmoe_engine,
+    out: *mut *mut mmoe_session,
+) -> mmoe_status {
+    call(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        let handle = engine_ref(engine)?;
+        let mut session = handle.engine.session();
+        session.set_threads(handle.threads);
+        let handle = Box::new(SessionHandle(session));
+        write_out(out, Box::into_raw(handle) as *mut mmoe_session, "out")
+    })
+}
+
+/// Releases a session (NULL is fine).
+#[no_mangle]
+pub extern "C" fn mmoe_session_free(session: *mut mmoe_session) {
+    if session.is_null() {
+        return;
+    }
+    let _ = call(|| {
+        // SAFETY: made by mmoe_session_new as a Box<SessionHandle>; freed once.
+        drop(unsafe { Box::from_raw(session as *mut SessionHandle) });
+        Ok(())
+    });
+}
+
+/// Scores a request of `candidates` candidates on the engine's current model.
+///
+/// `features` holds one entry per input of the model (`num_features` of
+/// them, in any order). `logits` and `probabilities` each receive
+/// `candidates × tasks` floats, row-major (candidate, task); either may be
+/// NULL with length 0 when not wanted, and a given one must have exactly that
+/// length. All arrays are borrowed for the duration of the call only. Nothing
+/// is written unless the call succeeds. Not thread-safe per session.
+#[no_mangle]
+pub extern "C" fn mmoe_session_score(
+    session: *mut mmoe_session,
+    candidates: usize,
+    features: *const mmoe_feature,
+    num_features: usize,
+    logits: *mut f32,
+    logits_len: usize,
+    probabilities: *mut f32,
+    probabilities_len: usize,
+) -> mmoe_status {
+    call(|| {
+        let session = session_mut(session)?;
+        let features = slice(features, num_features, "features")?;
+        let mut request = Request::new(candidates);
+        for (i, f) in features.iter().enumerate() {
+            let at = |what: &str| format!("features[{i}].{what}");
+            let dense = slice(f.dense, f.dense_len, &at("dense"))?;
+            let ids = slice(f.ids, f.ids_len, &at("ids"))?;
+            let offsets = slice(f.offsets, f.offsets_len, &at("offsets"))?;
+            let index = f.input as usize;
+            if !matches!(request.feature(index), crate::request::Feature::Unset) {
+                return Err(Error::request(format!(
+                    "features[{i}]: input {index} is given twice"
+                )));
+            }
+            if f.offsets_len > 0 || f.ids_len > 0 {
+                if f.dense_len > 0 {
+                    return Err(Error::request(format!(
+                        "features[{i}]: both dense values and sparse ids are set"
+                    )));
+                }
+                request.set_sparse(index, ids, offsets);
+            } else {
+                request.set_dense(index, dense);
+            }
+        }
+        let mut scores = Scores {
+            logits: slice_mut(logits, logits_len, "logits")?,
+            probabilities: slice_mut(probabilities, probabilities_len, "probabilities")?,
+        };
+        session.0.score(&request, &mut scores).map(|_| ())
+    })
+}

@@ -1,0 +1,289 @@
+//! The C ABI from Rust: version macros match Cargo, every pointer and length
+//! is checked, errors carry a status and a message, outputs are written only
+//! on success.
+
+mod common;
+
+use std::ffi::{CStr, CString};
+use std::ptr::{null, null_mut};
+
+use common::small;
+use mmoe::ffi::*;
+use mmoe::DType;
+
+fn last_error() -> String {
+    let needed = mmoe_last_error(null_mut(), 0);
+    let mut buf = vec![0u8; needed + 1];
+    mmoe_last_error(buf.as_mut_ptr() as *mut _, buf.len());
+    CStr::from_bytes_until_nul(&buf)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn version_macros_match_cargo() {
+    let header =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/mmoe.h")).unwrap();
+    let define = |name: &str| -> u32 {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from mmoe.h"))
+    };
+    let (major, minor, patch) = (
+        define("MMOE_VERSION_MAJOR"),
+        define("MMOE_VERSION_MINOR"),
+        define("MMOE_VERSION_PATCH"),
+    );
+    let cargo: Vec<u32> = env!("CARGO_PKG_VERSION")
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(vec![major, minor, patch], cargo);
+    // The combined number keeps every part (rustls-ffi once dropped PATCH).
+    assert_eq!(
+        define("MMOE_VERSION_NUMBER"),
+        major * 10000 + minor * 100 + patch
+    );
+    assert_eq!(mmoe_version_number(), define("MMOE_VERSION_NUMBER"));
+    assert_eq!(mmoe_abi_version(), define("MMOE_ABI_VERSION"));
+    // SAFETY: a static NUL-terminated string.
+    let text = unsafe { CStr::from_ptr(mmoe_version()) };
+    assert_eq!(text.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+}
+
+struct Engine(*mut mmoe_engine);
+impl Drop for Engine {
+    fn drop(&mut self) {
+        mmoe_engine_free(self.0);
+    }
+}
+
+fn open(path: &std::path::Path) -> Engine {
+    let path = CString::new(path.to_str().unwrap()).unwrap();
+    let mut engine = null_mut();
+    assert_eq!(
+        mmoe_engine_open(path.as_ptr(), null(), &mut engine),
+        mmoe_status::MMOE_STATUS_OK,
+        "{}",
+        last_error()
+    );
+    Engine(engine)
+}
+
+#[test]
+fn errors_through_the_c_abi() {
+    let (_, _, packed) = small(DType::F16);
+    let mut out = null_mut();
+    // Opening: NULL path, missing file, corrupt file.
+    assert_eq!(
+        mmoe_engine_open(null(), null(), &mut out),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    assert!(last_error().contains("path is NULL"));
+    let missing = CString::new("/nonexistent/x.mmoe").unwrap();
+    assert_eq!(
+        mmoe_engine_open(missing.as_ptr(), null(), &mut out),
+        mmoe_status::MMOE_STATUS_IO
+    );
+    assert!(last_error().contains("/nonexistent/x.mmoe"));
+    assert!(out.is_null(), "nothing written on failure");
+    let corrupt = packed.dir.path().join("corrupt.mmoe");
+    let mut bytes = packed.bytes();
+    bytes[200] ^= 1;
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let corrupt_c = CString::new(corrupt.to_str().unwrap()).unwrap();
+    assert_eq!(
+        mmoe_engine_open(corrupt_c.as_ptr(), null(), &mut out),
+        mmoe_status::MMOE_STATUS_CHECKSUM
+    );
+
+    let engine = open(&packed.path);
+    let mut tasks = 0usize;
+    assert_eq!(
+        mmoe_engine_num_tasks(engine.0, &mut tasks),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    assert_eq!(tasks, 2);
+    assert_eq!(
+        mmoe_engine_num_tasks(null(), &mut tasks),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    assert_eq!(
+        mmoe_engine_num_tasks(engine.0, null_mut()),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    let mut info = mmoe_input_info {
+        kind: mmoe_input_kind::MMOE_INPUT_DENSE,
+        scope: mmoe_scope::MMOE_SCOPE_REQUEST,
+        dim: 0,
+    };
+    assert_eq!(
+        mmoe_engine_input_info(engine.0, 9, &mut info),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    assert!(last_error().contains("input index 9 out of range (4 inputs)"));
+    assert_eq!(
+        mmoe_engine_input_info(engine.0, 3, &mut info),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    assert_eq!(
+        (info.kind, info.scope, info.dim),
+        (
+            mmoe_input_kind::MMOE_INPUT_SPARSE,
+            mmoe_scope::MMOE_SCOPE_CANDIDATE,
+            3
+        )
+    );
+    let name = CString::new("as").unwrap();
+    let mut index = 0u32;
+    assert_eq!(
+        mmoe_engine_input_index(engine.0, name.as_ptr(), &mut index),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    assert_eq!(index, 3);
+    let unknown = CString::new("nope").unwrap();
+    assert_eq!(
+        mmoe_engine_input_index(engine.0, unknown.as_ptr(), &mut index),
+        mmoe_status::MMOE_STATUS_REQUEST
+    );
+    assert!(last_error().contains("unknown input `nope`"));
+    // Text queries report the full length and truncate with a NUL.
+    let mut buf = [0u8; 4];
+    let mut len = 0usize;
+    assert_eq!(
+        mmoe_engine_model_name(engine.0, buf.as_mut_ptr() as *mut _, buf.len(), &mut len),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    assert_eq!((len, &buf), (5, b"sma\0"));
+
+    let mut session = null_mut();
+    assert_eq!(
+        mmoe_session_new(engine.0, &mut session),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    let n = 2;
+    let u = [0.5f32, 1.0, -1.0, 2.0];
+    let a = [0.1f32; 12];
+    let ids = [1u64, 2, 3];
+    let us_offsets = [0u32, 3];
+    let as_offsets = [0u32, 1, 3];
+    let feature = |input: u32| mmoe_feature {
+        input,
+        dense: null(),
+        dense_len: 0,
+        ids: null(),
+        ids_len: 0,
+        offsets: null(),
+        offsets_len: 0,
+    };
+    let mut features = [
+        mmoe_feature {
+            dense: u.as_ptr(),
+            dense_len: 4,
+            ..feature(0)
+        },
+        mmoe_feature {
+            dense: a.as_ptr(),
+            dense_len: 12,
+            ..feature(1)
+        },
+        mmoe_feature {
+            ids: ids.as_ptr(),
+            ids_len: 3,
+            offsets: us_offsets.as_ptr(),
+            offsets_len: 2,
+            ..feature(2)
+        },
+        mmoe_feature {
+            ids: ids.as_ptr(),
+            ids_len: 3,
+            offsets: as_offsets.as_ptr(),
+            offsets_len: 3,
+            ..feature(3)
+        },
+    ];
+    let mut logits = [7.0f32; 4];
+    let score = |features: &[mmoe_feature], logits: &mut [f32]| {
+        mmoe_session_score(
+            session,
+            n,
+            features.as_ptr(),
+            features.len(),
+            logits.as_mut_ptr(),
+            logits.len(),
+            null_mut(),
+            0,
+        )
+    };
+    assert_eq!(
+        score(&features, &mut logits),
+        mmoe_status::MMOE_STATUS_OK,
+        "{}",
+        last_error()
+    );
+    let good = logits;
+    // Wrong output length, NULL data with a length, a missing input, a
+    // duplicated input, CSR offsets past the ids: refused, outputs untouched.
+    let mut short = [7.0f32; 3];
+    assert_eq!(
+        score(&features, &mut short),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    assert!(
+        last_error().contains("logits output holds 3 floats, expected 2 candidates × 2 tasks = 4")
+    );
+    assert_eq!(short, [7.0; 3]);
+    let mut bad = features;
+    bad[1].dense = null();
+    assert_eq!(score(&bad, &mut logits), mmoe_status::MMOE_STATUS_ARGUMENT);
+    assert!(last_error().contains("features[1].dense is NULL with length 12"));
+    assert_eq!(
+        score(&features[..3], &mut logits),
+        mmoe_status::MMOE_STATUS_REQUEST
+    );
+    assert!(last_error().contains("input `as` is not set"));
+    let mut twice = features;
+    twice[3].input = 2;
+    assert_eq!(score(&twice, &mut logits), mmoe_status::MMOE_STATUS_REQUEST);
+    assert!(last_error().contains("input 2 is given twice"));
+    features[3].offsets_len = 3;
+    let past = [0u32, 1, 9];
+    features[3].offsets = past.as_ptr();
+    let mut untouched = [7.0f32; 4];
+    assert_eq!(
+        score(&features, &mut untouched),
+        mmoe_status::MMOE_STATUS_REQUEST
+    );
+    assert!(last_error().contains("input `as`: last offset is 9 but there are 3 ids"));
+    assert_eq!(untouched, [7.0; 4]);
+    let mut nan = u;
+    nan[0] = f32::NAN;
+    features[3].offsets = as_offsets.as_ptr();
+    features[0].dense = nan.as_ptr();
+    assert_eq!(
+        score(&features, &mut logits),
+        mmoe_status::MMOE_STATUS_REQUEST
+    );
+    assert!(last_error().contains("input `u` candidate 0 element 0: value NaN"));
+    features[0].dense = u.as_ptr();
+    assert_eq!(score(&features, &mut logits), mmoe_status::MMOE_STATUS_OK);
+    assert_eq!(logits, good);
+    assert_eq!(
+        mmoe_session_score(null_mut(), 0, null(), 0, null_mut(), 0, null_mut(), 0),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    mmoe_session_free(session);
+    mmoe_session_free(null_mut());
+    mmoe_engine_free(null_mut());
+    // SAFETY: static strings.
+    assert_eq!(
+        unsafe { CStr::from_ptr(mmoe_status_str(mmoe_status::MMOE_STATUS_CHECKSUM)) }
+            .to_str()
+            .unwrap(),
+        "checksum mismatch"
+    );
+}
