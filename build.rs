@@ -14,8 +14,17 @@ fn main() {
     let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".into());
     println!("cargo:rustc-env=MMOE_BUILD_TARGET={target}");
     println!("cargo:rustc-env=MMOE_BUILD_PROFILE={profile}");
+    // The shared library's soname carries the ABI version (README.md:
+    // "Versions and the soname").
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libmmoe.so.{ABI_VERSION}");
+    }
     generate_header();
 }
+
+/// Must equal `ffi::ABI_VERSION` (tests/ffi.rs checks the header's macro
+/// against the library).
+const ABI_VERSION: u32 = 1;
 
 fn generate_header() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
@@ -34,7 +43,7 @@ fn generate_header() {
         "\n/* Version of this header; compare with mmoe_version_number() at run time. */\n\
          #define MMOE_VERSION_MAJOR {major}\n#define MMOE_VERSION_MINOR {minor}\n#define MMOE_VERSION_PATCH {patch}\n\
          #define MMOE_VERSION_NUMBER {number} /* MAJOR * 10000 + MINOR * 100 + PATCH */\n\
-         #define MMOE_ABI_VERSION 1 /* compare with mmoe_abi_version() */\n"
+         #define MMOE_ABI_VERSION {ABI_VERSION} /* compare with mmoe_abi_version() */\n"
     ));
     let header = match cbindgen::Builder::new()
         .with_crate(&root)

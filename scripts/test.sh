@@ -7,6 +7,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+step "system tools (Debian packages when missing)"
+missing=()
+for tool in cc c++ make pkg-config readelf javac jar java; do
+  command -v "$tool" > /dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing packages for: ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq build-essential pkg-config binutils openjdk-17-jdk-headless > /dev/null
+fi
+
 step "python venv (tests/python/requirements.txt)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
@@ -39,6 +49,17 @@ cargo run --release --quiet -- demo --candidates 64 --out target/demo-a.mmoe
 step "C and C++ examples: static and shared library, hot-reload stress, then under ASan+UBSan"
 make -C c-examples --no-print-directory check
 make -C c-examples --no-print-directory asan
+
+step "Java: JNI shim, classes and jar with the JDK's tools, then the Java tests"
+java/build.sh target/demo-a.mmoe target/demo-b.mmoe
+
+step "install: headers, libraries with soname links, pkg-config; an example built from the install"
+rm -rf target/install
+scripts/install.sh "$PWD/target/install" > /dev/null
+PKG_CONFIG_PATH="$PWD/target/install/lib/pkgconfig" cc -std=c99 -Wall -Werror c-examples/score.c \
+  $(PKG_CONFIG_PATH="$PWD/target/install/lib/pkgconfig" pkg-config --cflags --libs mmoe) -o target/score-installed
+LD_LIBRARY_PATH="$PWD/target/install/lib" ./target/score-installed target/demo-a.mmoe 2 | tail -1
+readelf -d target/install/lib/libmmoe.so | grep -q 'SONAME.*libmmoe.so.1' || { echo "soname is not libmmoe.so.1" >&2; exit 1; }
 
 step "parity: mmoe pack + score (reference and cpu backends) against the numpy reference on 200 random models"
 .venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200 --backends reference,cpu

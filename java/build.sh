@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the Java binding with the JDK's own tools (no Maven): the JNI shim
+# against the static library, the classes, and mmoe.jar with the native
+# library inside (/native/linux-x86_64/libmmoe_jni.so); then runs the tests.
+# Needs target/release/libmmoe.a (cargo build --release) and a JDK 17.
+#   java/build.sh [MODEL_A MODEL_B]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+root=$(cd .. && pwd)
+java_home=${JAVA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v javac)")")")}
+out=$root/target/java
+rm -rf "$out" && mkdir -p "$out/classes" "$out/test-classes" "$out/native/linux-x86_64"
+
+cc -std=c99 -O2 -g -Wall -Wextra -Werror -fPIC -shared \
+  -I"$java_home/include" -I"$java_home/include/linux" -I"$root/include" \
+  native/mmoe_jni.c "$root/target/release/libmmoe.a" -lpthread -ldl -lm \
+  -Wl,--exclude-libs,ALL -o "$out/native/linux-x86_64/libmmoe_jni.so"
+javac -Xlint:all -Werror --release 17 -d "$out/classes" $(find src/main/java -name '*.java')
+cp -r "$out/native" "$out/classes/"
+jar --create --file "$out/mmoe.jar" -C "$out/classes" .
+javac -Xlint:all -Werror --release 17 -cp "$out/mmoe.jar" -d "$out/test-classes" $(find src/test/java -name '*.java')
+echo "built $out/mmoe.jar ($(du -h "$out/mmoe.jar" | cut -f1))"
+
+model_a=${1:-$root/target/demo-a.mmoe}
+model_b=${2:-$root/target/demo-b.mmoe}
+# The library loads from the jar's resource (no mmoe.native.path given).
+java -cp "$out/mmoe.jar:$out/test-classes" io.mmoe.EngineTest "$model_a" "$model_b" "$root/target/release/mmoe"

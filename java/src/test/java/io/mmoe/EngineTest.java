@@ -1,0 +1,249 @@
+package io.mmoe;
+
+import java.lang.reflect.Method;
+import java.lang.reflect.Modifier;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
+import java.nio.IntBuffer;
+import java.nio.LongBuffer;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
+
+/**
+ * Tests of the Java API on the demo models (plain runner: no JUnit needed).
+ * Usage: java -cp ... io.mmoe.EngineTest MODEL_A MODEL_B MMOE_BINARY
+ */
+public final class EngineTest {
+    static String modelA, modelB, mmoeBinary;
+
+    /** A deterministic request for any model (the same one Rust scores). */
+    static Request request(Engine engine, int n) {
+        Request r = new Request(n);
+        for (InputInfo in : engine.inputs()) {
+            int rows = in.requestScope ? 1 : n;
+            if (!in.sparse) {
+                float[] v = new float[rows * in.dim];
+                for (int k = 0; k < v.length; k++) {
+                    v[k] = ((k * 37 + in.index * 11) % 101) / 50.0f - 1.0f;
+                }
+                r.dense(in.index, v);
+            } else {
+                long[] ids = new long[rows];
+                int[] offsets = new int[rows + 1];
+                for (int b = 0; b < rows; b++) {
+                    ids[b] = b * 7919L + in.index * 104729L;
+                    offsets[b + 1] = b + 1;
+                }
+                r.sparse(in.index, ids, offsets);
+            }
+        }
+        return r;
+    }
+
+    static void check(boolean condition, String what) {
+        if (!condition) {
+            throw new AssertionError(what);
+        }
+    }
+
+    /** The same request scored by `mmoe score` (the Rust path) and through JNI: equal to the bit. */
+    public void parityWithTheRustPath() throws Exception {
+        int n = 16;
+        try (Engine engine = Engine.open(modelA); Session session = engine.newSession()) {
+            StringBuilder dense = new StringBuilder(), sparse = new StringBuilder();
+            for (InputInfo in : engine.inputs()) {
+                int rows = in.requestScope ? 1 : n;
+                StringBuilder json = new StringBuilder();
+                for (int row = 0; row < rows; row++) {
+                    StringBuilder values = new StringBuilder("[");
+                    if (!in.sparse) {
+                        for (int k = 0; k < in.dim; k++) {
+                            int flat = row * in.dim + k;
+                            values.append(k > 0 ? "," : "").append(((flat * 37 + in.index * 11) % 101) / 50.0f - 1.0f);
+                        }
+                    } else {
+                        values.append(row * 7919L + in.index * 104729L);
+                    }
+                    values.append("]");
+                    json.append(row > 0 ? "," : "").append(values);
+                }
+                String value = in.sparse ? "[" + json + "]" : (in.requestScope ? json.toString() : "[" + json + "]");
+                StringBuilder target = in.sparse ? sparse : dense;
+                target.append(target.length() > 0 ? "," : "").append('"').append(in.name).append("\":").append(value);
+            }
+            java.nio.file.Path dir = java.nio.file.Files.createTempDirectory("mmoe-java");
+            java.nio.file.Path requests = dir.resolve("r.jsonl"), scores = dir.resolve("s.jsonl");
+            java.nio.file.Files.writeString(requests, "{\"n\":" + n + ",\"dense\":{" + dense + "},\"sparse\":{" + sparse + "}}\n");
+            Process p = new ProcessBuilder(mmoeBinary, "score", "--model", modelA, "--requests", requests.toString(),
+                    "--out", scores.toString()).inheritIO().start();
+            check(p.waitFor() == 0, "mmoe score failed");
+            String answer = java.nio.file.Files.readString(scores);
+            String logitsJson = answer.substring(answer.indexOf("\"logits\":") + 9, answer.indexOf(",\"probabilities\""));
+            String[] numbers = logitsJson.replace("[", " ").replace("]", " ").replace(",", " ").trim().split("\\s+");
+            float[] expected = new float[numbers.length];
+            for (int i = 0; i < numbers.length; i++) {
+                expected[i] = Float.parseFloat(numbers[i]);
+            }
+            float[] logits = session.logits(request(engine, n), engine.numTasks());
+            check(Arrays.equals(logits, expected), "JNI scores equal `mmoe score`'s: " + Arrays.toString(logits) + " vs " + Arrays.toString(expected));
+        }
+    }
+
+    public void modelInfo() {
+        try (Engine engine = Engine.open(modelA)) {
+            check(engine.modelName().equals("bench-mmoe"), engine.modelName());
+            check(engine.taskNames().equals(List.of("click", "good_click", "save")), engine.taskNames().toString());
+            check(engine.inputs().size() == 14 && engine.inputs().get(1).dim == 256, engine.inputs().toString());
+            check(engine.inputIndex("ad_dense") == 1, "input index");
+            check(engine.contentHash() != 0, "hash");
+        }
+    }
+
+    public void directBuffersMatchArrays() {
+        try (Engine engine = Engine.open(modelA); Session session = engine.newSession()) {
+            int n = 8, tasks = engine.numTasks();
+            float[] fromArrays = session.logits(request(engine, n), tasks);
+            Request r = new Request(n);
+            for (InputInfo in : engine.inputs()) {
+                int rows = in.requestScope ? 1 : n;
+                if (!in.sparse) {
+                    FloatBuffer v = ByteBuffer.allocateDirect(4 * rows * in.dim).order(ByteOrder.nativeOrder()).asFloatBuffer();
+                    for (int k = 0; k < rows * in.dim; k++) {
+                        v.put(k, ((k * 37 + in.index * 11) % 101) / 50.0f - 1.0f);
+                    }
+                    r.dense(in.index, v);
+                } else {
+                    LongBuffer ids = ByteBuffer.allocateDirect(8 * rows).order(ByteOrder.nativeOrder()).asLongBuffer();
+                    IntBuffer offsets = ByteBuffer.allocateDirect(4 * (rows + 1)).order(ByteOrder.nativeOrder()).asIntBuffer();
+                    for (int b = 0; b < rows; b++) {
+                        ids.put(b, b * 7919L + in.index * 104729L);
+                        offsets.put(b + 1, b + 1);
+                    }
+                    r.sparse(in.index, ids, offsets);
+                }
+            }
+            FloatBuffer out = ByteBuffer.allocateDirect(4 * n * tasks).order(ByteOrder.nativeOrder()).asFloatBuffer();
+            session.score(r, out, null);
+            float[] fromBuffers = new float[n * tasks];
+            out.get(fromBuffers);
+            check(Arrays.equals(fromArrays, fromBuffers), "direct buffers score like arrays");
+            // A heap buffer or a foreign byte order is refused, not copied silently.
+            expect(Status.ARGUMENT, () -> new Request(1).dense(0, FloatBuffer.allocate(4)));
+            expect(Status.ARGUMENT, () -> new Request(1).dense(0, ByteBuffer.allocateDirect(16).order(ByteOrder.BIG_ENDIAN).asFloatBuffer()));
+        }
+    }
+
+    public void errorsMapToStatuses() {
+        expect(Status.IO, () -> Engine.open("/nonexistent/model.mmoe"));
+        try (Engine engine = Engine.open(modelA); Session session = engine.newSession()) {
+            int tasks = engine.numTasks();
+            MmoeException e = expect(Status.REQUEST, () -> session.logits(new Request(2).dense(0, new float[63]), tasks));
+            check(e.getMessage().contains("input `user_dense`: 63 values, expected 64"), e.getMessage());
+            expect(Status.REQUEST, () -> engine.inputIndex("nope"));
+            float[] wrong = new float[5];
+            MmoeException w = expect(Status.ARGUMENT, () -> session.score(request(engine, 2), wrong, null));
+            check(w.getMessage().contains("logits output holds 5 floats"), w.getMessage());
+            check(Arrays.equals(wrong, new float[5]), "nothing written on error");
+            expect(Status.IO, () -> engine.reload("/nonexistent/b.mmoe"));
+        }
+    }
+
+    public void closeIsIdempotentAndLaterCallsFailCleanly() {
+        Engine engine = Engine.open(modelA);
+        Session session = engine.newSession();
+        session.close();
+        session.close();
+        expect(Status.CLOSED, () -> session.logits(new Request(0), 3));
+        engine.close();
+        engine.close();
+        expect(Status.CLOSED, engine::numTasks);
+    }
+
+    public void threadsScoreWhileReloading() throws Exception {
+        try (Engine engine = Engine.open(modelA)) {
+            int n = 16, tasks = engine.numTasks();
+            float[] a, b;
+            try (Session s = engine.newSession()) {
+                a = s.logits(request(engine, n), tasks);
+                engine.reload(modelB);
+                b = s.logits(request(engine, n), tasks);
+            }
+            check(!Arrays.equals(a, b), "the two models differ");
+            AtomicBoolean stop = new AtomicBoolean();
+            AtomicLong calls = new AtomicLong(), bad = new AtomicLong();
+            List<Thread> threads = new ArrayList<>();
+            for (int t = 0; t < 4; t++) {
+                Thread thread = new Thread(() -> {
+                    try (Session s = engine.newSession()) {
+                        Request r = request(engine, n);
+                        while (!stop.get()) {
+                            float[] out = s.logits(r, tasks);
+                            calls.incrementAndGet();
+                            if (!Arrays.equals(out, a) && !Arrays.equals(out, b)) {
+                                bad.incrementAndGet();
+                            }
+                        }
+                    } catch (RuntimeException e) {
+                        bad.incrementAndGet();
+                    }
+                });
+                thread.start();
+                threads.add(thread);
+            }
+            for (int i = 0; i < 50; i++) {
+                engine.reload(i % 2 == 0 ? modelA : modelB);
+                Thread.sleep(2);
+            }
+            stop.set(true);
+            for (Thread thread : threads) {
+                thread.join();
+            }
+            check(bad.get() == 0, bad.get() + " bad calls of " + calls.get());
+            check(calls.get() > 0 && engine.generation() == 51, "calls " + calls.get() + ", generation " + engine.generation());
+            System.out.println("  4 threads, 50 reloads: " + calls.get() + " calls, 0 bad");
+        }
+    }
+
+    interface Body {
+        void run() throws Exception;
+    }
+
+    static MmoeException expect(Status status, Body body) {
+        try {
+            body.run();
+        } catch (MmoeException e) {
+            check(e.status() == status, "expected " + status + ", got " + e);
+            return e;
+        } catch (Exception e) {
+            throw new AssertionError("expected MmoeException " + status + ", got " + e);
+        }
+        throw new AssertionError("expected MmoeException " + status + ", nothing was thrown");
+    }
+
+    public static void main(String[] args) throws Exception {
+        modelA = args[0];
+        modelB = args[1];
+        mmoeBinary = args[2];
+        int passed = 0, failed = 0;
+        EngineTest test = new EngineTest();
+        for (Method m : EngineTest.class.getDeclaredMethods()) {
+            if (!Modifier.isPublic(m.getModifiers()) || Modifier.isStatic(m.getModifiers()) || m.getParameterCount() != 0) {
+                continue;
+            }
+            try {
+                m.invoke(test);
+                passed++;
+                System.out.println("ok    " + m.getName());
+            } catch (java.lang.reflect.InvocationTargetException e) {
+                failed++;
+                System.out.println("FAIL  " + m.getName() + ": " + e.getCause());
+            }
+        }
+        System.out.println(passed + " passed, " + failed + " failed");
+        System.exit(failed == 0 ? 0 : 1);
+    }
+}
