@@ -5,6 +5,9 @@
 # Needs target/release/libmmoe.a (cargo build --release) and a JDK 17.
 #   java/build.sh [MODEL_A MODEL_B]
 set -euo pipefail
+# Model paths are taken relative to where the script is called from.
+model_args=()
+for arg in "$@"; do model_args+=("$(realpath "$arg")"); done
 cd "$(dirname "${BASH_SOURCE[0]}")"
 root=$(cd .. && pwd)
 java_home=${JAVA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v javac)")")")}
@@ -21,7 +24,7 @@ jar --create --file "$out/mmoe.jar" -C "$out/classes" .
 javac -Xlint:all -Werror --release 17 -cp "$out/mmoe.jar" -d "$out/test-classes" $(find src/test/java -name '*.java')
 echo "built $out/mmoe.jar ($(du -h "$out/mmoe.jar" | cut -f1))"
 
-model_a=${1:-$root/target/demo-a.mmoe}
-model_b=${2:-$root/target/demo-b.mmoe}
+model_a=${model_args[0]:-$root/target/demo-a.mmoe}
+model_b=${model_args[1]:-$root/target/demo-b.mmoe}
 # The library loads from the jar's resource (no mmoe.native.path given).
 java -cp "$out/mmoe.jar:$out/test-classes" io.mmoe.EngineTest "$model_a" "$model_b" "$root/target/release/mmoe"
