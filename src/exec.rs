@@ -49,19 +49,8 @@ pub fn score(
     request: &Request<'_>,
     logits: &mut [f32],
 ) -> Result<()> {
-    scratch.prepare(program);
-    let mut tile = Tile {
-        model,
-        program,
-        request,
-        isa,
-        first: 0,
-        rows: 1,
-        logits_base: 0,
-    };
-    for step in &program.request_steps {
-        tile.run(scratch, step, logits)?;
-    }
+    let mut tile = Tile::new(model, program, request, isa);
+    tile.request_steps(scratch, logits)?;
     candidate_tiles(&mut tile, scratch, 0..request.candidates(), logits)
 }
 
@@ -104,19 +93,7 @@ pub fn score_parallel(
     if threads == 1 {
         return score(model, program, isa, main, request, logits);
     }
-    main.prepare(program);
-    let tile = Tile {
-        model,
-        program,
-        request,
-        isa,
-        first: 0,
-        rows: 1,
-        logits_base: 0,
-    };
-    for step in &program.request_steps {
-        tile.run(main, step, logits)?;
-    }
+    Tile::new(model, program, request, isa).request_steps(main, logits)?;
     // Every worker gets the request-level results.
     for worker in workers.iter_mut() {
         worker.prepare(program);
@@ -137,15 +114,7 @@ pub fn score_parallel(
                 let start = t * per_thread;
                 let end = (start + per_thread).min(n);
                 scope.spawn(move || {
-                    let mut tile = Tile {
-                        model,
-                        program,
-                        request,
-                        isa,
-                        first: start,
-                        rows: 0,
-                        logits_base: start,
-                    };
+                    let mut tile = Tile::new(model, program, request, isa);
                     candidate_tiles(&mut tile, scratch, start..end, out)
                 })
             })
@@ -174,7 +143,28 @@ struct Tile<'a> {
     rows: usize,
 }
 
-impl Tile<'_> {
+impl<'a> Tile<'a> {
+    fn new(model: &'a Model, program: &'a Program, request: &'a Request<'a>, isa: Isa) -> Self {
+        Tile {
+            model,
+            isa,
+            logits_base: 0,
+            program,
+            request,
+            first: 0,
+            rows: 1,
+        }
+    }
+
+    /// The request steps, once, on one row (sizes the scratch first).
+    fn request_steps(&self, scratch: &mut Scratch, logits: &mut [f32]) -> Result<()> {
+        scratch.prepare(self.program);
+        for step in &self.program.request_steps {
+            self.run(scratch, step, logits)?;
+        }
+        Ok(())
+    }
+
     fn width(&self, buf: BufId) -> usize {
         self.program.buffers[buf].width
     }

@@ -166,6 +166,21 @@ unsafe fn block<const MR: usize, const U: usize>(
             a[1] = _mm512_add_ps(a[1], m[1]);
         }
     }
+    store_rows(job, &acc, r0, p, bias_add, valid);
+}
+
+/// Adds bias and request part, applies relu, and stores the valid outputs
+/// of rows `r0..r0 + MR` of panel `p` (masked: nothing past the output
+/// view is touched). Shared with the bf16 kernel.
+#[inline(always)]
+pub(super) unsafe fn store_rows<const MR: usize>(
+    job: &mut LinearJob<'_>,
+    acc: &[[__m512; 2]; MR],
+    r0: usize,
+    p: usize,
+    bias_add: &[f32; PANEL],
+    valid: usize,
+) {
     let b0 = _mm512_loadu_ps(bias_add.as_ptr());
     let b1 = _mm512_loadu_ps(bias_add.as_ptr().add(16));
     let zero = _mm512_setzero_ps();

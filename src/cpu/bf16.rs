@@ -172,31 +172,5 @@ unsafe fn block<const MR: usize>(
             }
         }
     }
-    let b0 = _mm512_loadu_ps(bias_add.as_ptr());
-    let b1 = _mm512_loadu_ps(bias_add.as_ptr().add(16));
-    let zero = _mm512_setzero_ps();
-    let m0: __mmask16 = if valid >= 16 {
-        0xffff
-    } else {
-        ((1u32 << valid) - 1) as u16
-    };
-    let m1: __mmask16 = if valid >= 32 {
-        0xffff
-    } else if valid > 16 {
-        ((1u32 << (valid - 16)) - 1) as u16
-    } else {
-        0
-    };
-    let y = job.y.as_mut_ptr();
-    for (i, a) in acc.iter().enumerate() {
-        let mut v0 = _mm512_add_ps(a[0], b0);
-        let mut v1 = _mm512_add_ps(a[1], b1);
-        if job.relu {
-            v0 = _mm512_max_ps(v0, zero);
-            v1 = _mm512_max_ps(v1, zero);
-        }
-        let out = y.add((r0 + i) * job.ldy + job.out_off + p * PANEL);
-        _mm512_mask_storeu_ps(out, m0, v0);
-        _mm512_mask_storeu_ps(out.add(16), m1, v1);
-    }
+    super::avx512::store_rows(job, &acc, r0, p, bias_add, valid);
 }
