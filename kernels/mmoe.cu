@@ -78,15 +78,29 @@ extern "C" __global__ void features_candidate(const unsigned char* staging, cons
 
 // ---------------------------------------------------------------- linear
 
-// y[r, out_off + j] = act(Σ_{k ∈ ranges} x[r, in_off + k] · W[j, k] + bias[j] + add[j])
-// `ranges` holds `nranges` pairs (start, end) of input columns.
+// y[r, out_off + j] = scale[r, j] · act(Σ_{k ∈ ranges} x[r, in_off + k] · W[j, k] + bias[j] + add[j]) + shift[r, j]
+// `ranges` holds `nranges` pairs (start, end) of input columns; `scale` and
+// `shift` (optional) fuse the DCN cross combine and MaskNet masks.
 struct LinearArgs {
     const float* x; int ldx; int in_off;
     const void* w; int ldw; int n;
     const u32* ranges; int nranges;
     const float* bias; const float* add; int relu;
     float* y; int ldy; int out_off; int rows;
+    const float* scale; int ldscale;
+    const float* shift; int ldshift;
 };
+
+// The epilogue of output `col` of row `row`.
+__device__ __forceinline__ void store_output(const LinearArgs& a, int row, int col, float sum) {
+    float v = sum;
+    if (a.bias) v += a.bias[col];
+    if (a.add) v += a.add[col];
+    v = activate(v, a.relu);
+    if (a.scale) v *= row_of(a.scale, a.ldscale, row)[col];
+    if (a.shift) v += row_of(a.shift, a.ldshift, row)[col];
+    a.y[(long long)a.ldy * row + a.out_off + col] = v;
+}
 
 template <typename W>
 __device__ __forceinline__ float weight_at(const W* w, long long i);
@@ -117,12 +131,7 @@ __device__ void linear_simt(const LinearArgs a) {
             __syncthreads();
         }
     }
-    if (r < a.rows && j < a.n) {
-        float v = acc;
-        if (a.bias) v += a.bias[j];
-        if (a.add) v += a.add[j];
-        a.y[(long long)a.ldy * r + a.out_off + j] = activate(v, a.relu);
-    }
+    if (r < a.rows && j < a.n) store_output(a, r, j, acc);
 }
 
 extern "C" __global__ void linear_simt_f32(const LinearArgs a) { linear_simt<float>(a); }
@@ -184,32 +193,12 @@ extern "C" __global__ void linear_mma(const LinearArgs a) {
         for (int i = 0; i < 4; ++i) {
             int row = row0 + wr * 16 + g + (i >= 2 ? 8 : 0);
             int col = col0 + 8 * j + 2 * t + (i & 1);
-            if (row < a.rows && col < a.n) {
-                float v = acc[j][i];
-                if (a.bias) v += a.bias[col];
-                if (a.add) v += a.add[col];
-                a.y[(long long)a.ldy * row + a.out_off + col] = activate(v, a.relu);
-            }
+            if (row < a.rows && col < a.n) store_output(a, row, col, acc[j][i]);
         }
     }
 }
 
 // ---------------------------------------------------------------- element-wise
-
-// out = x0 ⊙ y + x  (DCN cross combine)
-extern "C" __global__ void cross_combine(const float* x0, int ld0, const float* y, int ldy, const float* x, int ldx,
-                                         float* out, int ldo, int width, int rows) {
-    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows || c >= width) return;
-    out[(long long)ldo * r + c] = row_of(x0, ld0, r)[c] * row_of(y, ldy, r)[c] + row_of(x, ldx, r)[c];
-}
-
-// out = a ⊙ b
-extern "C" __global__ void multiply(const float* a, int lda, const float* b, int ldb, float* out, int ldo, int width, int rows) {
-    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows || c >= width) return;
-    out[(long long)ldo * r + c] = row_of(a, lda, r)[c] * row_of(b, ldb, r)[c];
-}
 
 // out = x0 ⊙ 2·sigmoid(g)
 extern "C" __global__ void feature_gate(const float* g, int ldg, const float* x0, int ld0, float* out, int ldo, int width, int rows) {

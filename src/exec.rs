@@ -199,8 +199,6 @@ impl<'a> Tile<'a> {
             }
             Step::RequestFeatures { out }
             | Step::CandidateFeatures { out, .. }
-            | Step::Cross { out, .. }
-            | Step::Mul { out, .. }
             | Step::FeatureGate { out, .. }
             | Step::Gather { out, .. }
             | Step::Constant { out, .. }
@@ -274,6 +272,8 @@ impl<'a> Tile<'a> {
                 bias,
                 add,
                 act,
+                scale,
+                shift,
                 out: view,
             } => {
                 let rows = self.rows_of(view.buf);
@@ -293,24 +293,15 @@ impl<'a> Tile<'a> {
                     bias: bias.map(|b| model.values(b)),
                     add: add.map(|a| self.row(bufs, a, 0)),
                     relu: *act == Act::Relu,
+                    scale: scale.map(|b| bufs[b].as_slice()),
+                    ld_scale: scale.map_or(0, |b| self.width(b)),
+                    shift: shift.map(|b| bufs[b].as_slice()),
+                    ld_shift: shift.map_or(0, |b| self.width(b)),
                     y: out,
                     ldy: self.width(view.buf),
                     out_off: view.offset,
                 };
                 cpu::linear(self.isa, &mut job, &mut scratch.kernel);
-            }
-            Step::Cross { x0, y, x, out: _ } => {
-                let d = self.width(*x0);
-                for r in 0..self.rows {
-                    let (x0r, yr, xr) = (
-                        self.row(bufs, *x0, r),
-                        self.row(bufs, *y, r),
-                        self.row(bufs, *x, r),
-                    );
-                    for (i, o) in out[r * d..(r + 1) * d].iter_mut().enumerate() {
-                        *o = x0r[i] * yr[i] + xr[i];
-                    }
-                }
             }
             Step::LayerNorm {
                 input,
@@ -331,15 +322,6 @@ impl<'a> Tile<'a> {
                         [r * out_width + view.offset..r * out_width + view.offset + view.width];
                     for (i, (o, v)) in y.iter_mut().zip(x).enumerate() {
                         *o = activate(*act, (v - mean) * inv * gamma.get(i) + beta.get(i));
-                    }
-                }
-            }
-            Step::Mul { a, b, out: o } => {
-                let w = self.width(*o);
-                for r in 0..self.rows_of(*o) {
-                    let (ar, br) = (self.row(bufs, *a, r), self.row(bufs, *b, r));
-                    for (i, v) in out[r * w..(r + 1) * w].iter_mut().enumerate() {
-                        *v = ar[i] * br[i];
                     }
                 }
             }

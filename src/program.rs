@@ -51,10 +51,13 @@ pub enum Step {
     /// Candidate features into `x0` (candidate-scope columns) and a copy of
     /// the request-scope columns from `request`.
     CandidateFeatures { request: BufId, out: BufId },
-    /// `out = act(W · input[k_ranges] + bias + add)`, with `W [n, k]` read in
-    /// the panel layout, restricted to the input columns `k_ranges` (in
-    /// ascending order; all of them when `None`). `add` is a per-request
-    /// buffer of width `n` (the request part of a split layer).
+    /// `out = scale ⊙ act(W · input[k_ranges] + bias + add) + shift`, with
+    /// `W [n, k]` read in the panel layout, restricted to the input columns
+    /// `k_ranges` (in ascending order; all of them when `None`). `add` is a
+    /// per-request buffer of width `n` (the request part of a split layer).
+    /// `scale` and `shift` are per-candidate buffers of width `n`: the fused
+    /// DCN cross combine (`x0 ⊙ (W x + b) + x`) and MaskNet mask
+    /// (`mask ⊙ z`) epilogues.
     Linear {
         input: View,
         k_ranges: Option<Vec<Range<usize>>>,
@@ -63,14 +66,9 @@ pub enum Step {
         bias: Option<TensorId>,
         add: Option<BufId>,
         act: Act,
+        scale: Option<BufId>,
+        shift: Option<BufId>,
         out: View,
-    },
-    /// DCN cross combine: `out = x0 ⊙ y + x`.
-    Cross {
-        x0: BufId,
-        y: BufId,
-        x: BufId,
-        out: BufId,
     },
     /// `out = act(LN(input))` (γ = `gamma`, β = `beta`, eps 1e-5).
     LayerNorm {
@@ -80,8 +78,6 @@ pub enum Step {
         act: Act,
         out: View,
     },
-    /// `out = a ⊙ b`.
-    Mul { a: BufId, b: BufId, out: BufId },
     /// `out = x0 ⊙ 2·sigmoid(g)` (FinalMLP feature selection).
     FeatureGate { g: BufId, x0: BufId, out: BufId },
     /// `out` = the concatenation of `input`'s column ranges.
@@ -281,14 +277,42 @@ impl Lowering {
     /// A Linear layer on `input` into a new buffer, split into request and
     /// candidate parts when `input` has request-constant columns.
     fn linear(&mut self, layer: &Linear, input: BufId, act: Act) -> BufId {
-        let per_request = self.per_request(input);
+        self.linear_fused(layer, input, act, None, None)
+    }
+
+    /// A Linear layer with the epilogue `scale ⊙ act(·) + shift` fused in;
+    /// the epilogue's buffers are per candidate, and so is the result.
+    fn linear_fused(
+        &mut self,
+        layer: &Linear,
+        input: BufId,
+        act: Act,
+        scale: Option<BufId>,
+        shift: Option<BufId>,
+    ) -> BufId {
+        let fused = scale.is_some() || shift.is_some();
+        let per_request = self.per_request(input) && !fused;
+        // A per-request input with a per-candidate epilogue cannot occur:
+        // the fused layers read x0 (split) or per-candidate activations.
+        assert!(
+            !(self.per_request(input) && fused),
+            "fused epilogue on a per-request layer"
+        );
         let out = self.buffer(layer.n_out, per_request, Vec::new(), None);
         let out_view = self.whole(out);
-        self.linear_into(layer, input, act, out_view);
+        self.linear_into(layer, input, act, scale, shift, out_view);
         out
     }
 
-    fn linear_into(&mut self, layer: &Linear, input: BufId, act: Act, out: View) {
+    fn linear_into(
+        &mut self,
+        layer: &Linear,
+        input: BufId,
+        act: Act,
+        scale: Option<BufId>,
+        shift: Option<BufId>,
+        out: View,
+    ) {
         let per_request = self.per_request(input);
         let request_cols = self.request_cols[input].clone();
         let twin = self.request_twin[input];
@@ -308,6 +332,8 @@ impl Lowering {
                     bias: layer.bias,
                     add: None,
                     act: Act::None,
+                    scale: None,
+                    shift: None,
                     out: partial_view,
                 });
                 // Candidate part: W[:, candidate] · x_candidate + partial.
@@ -319,6 +345,8 @@ impl Lowering {
                     bias: None,
                     add: Some(partial),
                     act,
+                    scale,
+                    shift,
                     out,
                 });
             }
@@ -332,6 +360,8 @@ impl Lowering {
                     bias: layer.bias,
                     add: None,
                     act,
+                    scale,
+                    shift,
                     out,
                 },
             ),
@@ -415,25 +445,21 @@ impl Lowering {
             ExpertPlan::Dcn { cross, deep, proj } => {
                 let mut x = x0;
                 for layer in cross {
-                    let y = match layer {
-                        CrossLayer::Full(linear) => self.linear(linear, x, Act::None),
+                    // x_{l+1} = x0 ⊙ (W x_l + b) + x_l, the combine fused
+                    // into the layer's epilogue.
+                    x = match layer {
+                        CrossLayer::Full(linear) => {
+                            self.linear_fused(linear, x, Act::None, Some(x0), Some(x))
+                        }
                         CrossLayer::LowRank { down, up, bias } => {
                             let v = self.linear(down, x, Act::None);
                             let with_bias = Linear {
                                 bias: Some(*bias),
                                 ..up.clone()
                             };
-                            self.linear(&with_bias, v, Act::None)
+                            self.linear_fused(&with_bias, v, Act::None, Some(x0), Some(x))
                         }
                     };
-                    let next = self.buffer(d, false, Vec::new(), None);
-                    self.candidate_steps.push(Step::Cross {
-                        x0,
-                        y,
-                        x,
-                        out: next,
-                    });
-                    x = next;
                 }
                 match proj {
                     None => self.mlp(deep, x),
@@ -462,13 +488,9 @@ impl Lowering {
                 let mut outs = Vec::new();
                 for block in blocks {
                     let hidden = self.linear(&block.mask_in, x0, Act::Relu);
-                    let mask = self.linear(&block.mask_out, hidden, Act::None);
-                    let masked = self.buffer(block.hidden.n_in, false, Vec::new(), None);
-                    self.candidate_steps.push(Step::Mul {
-                        a: mask,
-                        b: z,
-                        out: masked,
-                    });
+                    // mask ⊙ z, fused into the mask layer's epilogue.
+                    let masked =
+                        self.linear_fused(&block.mask_out, hidden, Act::None, Some(z), None);
                     let h = self.linear(&block.hidden, masked, Act::None);
                     let out = self.buffer(block.ln.dim, false, Vec::new(), None);
                     self.candidate_steps.push(Step::LayerNorm {

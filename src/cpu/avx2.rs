@@ -5,7 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{finish, KernelScratch, LinearJob};
+use super::{KernelScratch, LinearJob};
 use crate::format::PANEL;
 use crate::model::Values;
 
@@ -80,8 +80,8 @@ unsafe fn block<const MR: usize>(job: &mut LinearJob<'_>, p: usize, r0: usize) {
         }
         let row = (r0 + i) * job.ldy + job.out_off + p * PANEL;
         for (j, &v) in lanes.iter().enumerate().take(valid) {
-            *job.y.get_unchecked_mut(row + j) =
-                finish(job.bias.as_ref(), job.add, job.relu, p * PANEL + j, v);
+            let value = job.finish(r0 + i, p * PANEL + j, v);
+            *job.y.get_unchecked_mut(row + j) = value;
         }
     }
 }

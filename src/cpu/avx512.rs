@@ -92,7 +92,7 @@ unsafe fn panel_block(job: &mut LinearJob<'_>, p: usize, r: usize, mr: usize) {
     // bias + add of the panel's outputs, fp32, zero past the valid ones.
     let mut bias_add = [0.0f32; PANEL];
     for (j, slot) in bias_add.iter_mut().enumerate().take(valid) {
-        *slot = super::finish(job.bias.as_ref(), job.add, false, p * PANEL + j, 0.0);
+        *slot = job.bias_add(p * PANEL + j);
     }
     match mr {
         12 => block::<12, 1>(job, source, p, r, &bias_add, valid),
@@ -205,7 +205,18 @@ pub(super) unsafe fn store_rows<const MR: usize>(
             v0 = _mm512_max_ps(v0, zero);
             v1 = _mm512_max_ps(v1, zero);
         }
-        let out = y.add((r0 + i) * job.ldy + job.out_off + p * PANEL);
+        let col = p * PANEL;
+        if let Some(scale) = job.scale {
+            let at = scale.as_ptr().add((r0 + i) * job.ld_scale + col);
+            v0 = _mm512_mul_ps(v0, _mm512_maskz_loadu_ps(m0, at));
+            v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, at.add(16)));
+        }
+        if let Some(shift) = job.shift {
+            let at = shift.as_ptr().add((r0 + i) * job.ld_shift + col);
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, at));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, at.add(16)));
+        }
+        let out = y.add((r0 + i) * job.ldy + job.out_off + col);
         _mm512_mask_storeu_ps(out, m0, v0);
         _mm512_mask_storeu_ps(out.add(16), m1, v1);
     }

@@ -123,7 +123,7 @@ unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &Ker
             let valid = PANEL.min(job.n - p * PANEL);
             for (j, slot) in bias_add.iter_mut().enumerate() {
                 *slot = if j < valid {
-                    super::finish(job.bias.as_ref(), job.add, false, p * PANEL + j, 0.0)
+                    job.bias_add(p * PANEL + j)
                 } else {
                     0.0
                 };

@@ -2,7 +2,7 @@
 //! compiler vectorizes for whatever target it builds. It converts each
 //! panel row once and applies it to every row of the tile.
 
-use super::{finish, KernelScratch, LinearJob};
+use super::{KernelScratch, LinearJob};
 use crate::format::PANEL;
 
 pub fn linear(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
@@ -28,13 +28,7 @@ pub fn linear(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
         for r in 0..rows {
             for j in 0..valid {
                 let out = p * PANEL + j;
-                job.y[r * job.ldy + job.out_off + out] = finish(
-                    job.bias.as_ref(),
-                    job.add,
-                    job.relu,
-                    out,
-                    acc[r * PANEL + j],
-                );
+                job.y[r * job.ldy + job.out_off + out] = job.finish(r, out, acc[r * PANEL + j]);
             }
         }
     }

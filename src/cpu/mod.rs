@@ -143,9 +143,10 @@ pub fn bf16_calls() -> u64 {
     CALLS[BF16_SLOT].load(Ordering::Relaxed)
 }
 
-/// One Linear layer over a tile of rows:
-/// `y[r, out_off + j] = act(Σ_{k ∈ k_ranges} x[r, in_off + k] · W[j, k] + bias[j] + add[j])`
-/// for `r < rows`, `j < n`, with `W [n, k_total]` in the panel layout.
+/// One Linear layer over a tile of rows, with its epilogue:
+/// `y[r, out_off + j] = scale[r, j] · act(Σ_{k ∈ k_ranges} x[r, in_off + k] · W[j, k] + bias[j] + add[j]) + shift[r, j]`
+/// for `r < rows`, `j < n`, with `W [n, k_total]` in the panel layout
+/// (`scale`, `shift`: row-major with row strides `ld_scale`, `ld_shift`).
 pub struct LinearJob<'a> {
     pub x: &'a [f32],
     pub ldx: usize,
@@ -160,6 +161,10 @@ pub struct LinearJob<'a> {
     pub bias: Option<Values<'a>>,
     pub add: Option<&'a [f32]>,
     pub relu: bool,
+    pub scale: Option<&'a [f32]>,
+    pub ld_scale: usize,
+    pub shift: Option<&'a [f32]>,
+    pub ld_shift: usize,
     pub y: &'a mut [f32],
     pub ldy: usize,
     pub out_off: usize,
@@ -192,6 +197,48 @@ impl LinearJob<'_> {
         if let Some(a) = self.add {
             assert!(a.len() >= self.n, "add too short");
         }
+        if self.rows > 0 {
+            if let Some(s) = self.scale {
+                assert!(
+                    s.len() >= (self.rows - 1) * self.ld_scale + self.n,
+                    "scale too short"
+                );
+            }
+            if let Some(s) = self.shift {
+                assert!(
+                    s.len() >= (self.rows - 1) * self.ld_shift + self.n,
+                    "shift too short"
+                );
+            }
+        }
+    }
+
+    /// The epilogue of output `j` of row `r`, from its accumulated sum.
+    #[inline(always)]
+    pub(crate) fn finish(&self, r: usize, j: usize, sum: f32) -> f32 {
+        let mut v = sum;
+        if let Some(b) = &self.bias {
+            v += b.get(j);
+        }
+        if let Some(a) = self.add {
+            v += a[j];
+        }
+        if self.relu {
+            v = v.max(0.0);
+        }
+        if let Some(s) = self.scale {
+            v *= s[r * self.ld_scale + j];
+        }
+        if let Some(s) = self.shift {
+            v += s[r * self.ld_shift + j];
+        }
+        v
+    }
+
+    /// `bias[j] + add[j]` (the part of the epilogue before act).
+    #[inline(always)]
+    pub(crate) fn bias_add(&self, j: usize) -> f32 {
+        self.bias.as_ref().map_or(0.0, |b| b.get(j)) + self.add.map_or(0.0, |a| a[j])
     }
 }
 
@@ -220,29 +267,6 @@ pub fn linear(isa: Isa, job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::linear(job, scratch),
         _ => generic::linear(job, scratch),
-    }
-}
-
-/// The epilogue every kernel applies to one output value.
-#[inline(always)]
-pub(crate) fn finish(
-    job_bias: Option<&Values<'_>>,
-    add: Option<&[f32]>,
-    relu: bool,
-    j: usize,
-    v: f32,
-) -> f32 {
-    let mut v = v;
-    if let Some(b) = job_bias {
-        v += b.get(j);
-    }
-    if let Some(a) = add {
-        v += a[j];
-    }
-    if relu {
-        v.max(0.0)
-    } else {
-        v
     }
 }
 
@@ -289,6 +313,10 @@ mod tests {
             .collect();
         let bias: Vec<f32> = (0..n).map(|_| rng.symmetric(0.5)).collect();
         let add: Vec<f32> = (0..n).map(|_| rng.symmetric(0.5)).collect();
+        // Epilogue inputs (the DCN cross combine's x0 and x), row stride n + 3.
+        let ld_epi = n + 3;
+        let scale: Vec<f32> = (0..rows * ld_epi).map(|_| rng.symmetric(1.5)).collect();
+        let shift: Vec<f32> = (0..rows * ld_epi).map(|_| rng.symmetric(1.0)).collect();
         for relu in [false, true] {
             let mut want = vec![0.0f32; rows * ldy + out_off + n];
             for r in 0..rows {
@@ -300,7 +328,8 @@ mod tests {
                         }
                     }
                     let v = s as f32 + bias[i] + add[i];
-                    want[r * ldy + out_off + i] = if relu { v.max(0.0) } else { v };
+                    let v = if relu { v.max(0.0) } else { v };
+                    want[r * ldy + out_off + i] = scale[r * ld_epi + i] * v + shift[r * ld_epi + i];
                 }
             }
             if bf16::supported() {
@@ -321,6 +350,10 @@ mod tests {
                     bias: Some(Values::F32(&bias)),
                     add: Some(&add),
                     relu,
+                    scale: Some(&scale),
+                    ld_scale: ld_epi,
+                    shift: Some(&shift),
+                    ld_shift: ld_epi,
                     y: &mut y,
                     ldy,
                     out_off,
@@ -337,7 +370,8 @@ mod tests {
                             }
                         }
                         let v = s as f32 + bias[i] + add[i];
-                        let exp = if relu { v.max(0.0) } else { v };
+                        let v = if relu { v.max(0.0) } else { v };
+                        let exp = scale[r * ld_epi + i] * v + shift[r * ld_epi + i];
                         let got = y[r * ldy + out_off + i];
                         assert!(
                             (got - exp).abs() <= 1e-4 * (1.0 + exp.abs()),
@@ -362,6 +396,10 @@ mod tests {
                     bias: Some(Values::F32(&bias)),
                     add: Some(&add),
                     relu,
+                    scale: Some(&scale),
+                    ld_scale: ld_epi,
+                    shift: Some(&shift),
+                    ld_shift: ld_epi,
                     y: &mut y,
                     ldy,
                     out_off,

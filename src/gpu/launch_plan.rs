@@ -24,8 +24,6 @@ pub enum Kernel {
     LinearSimtF32,
     LinearSimtF16,
     LinearMma,
-    CrossCombine,
-    Multiply,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -35,14 +33,12 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
         Kernel::LinearSimtF16,
         Kernel::LinearMma,
-        Kernel::CrossCombine,
-        Kernel::Multiply,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -57,8 +53,6 @@ impl Kernel {
             Kernel::LinearSimtF32 => "linear_simt_f32",
             Kernel::LinearSimtF16 => "linear_simt_f16",
             Kernel::LinearMma => "linear_mma",
-            Kernel::CrossCombine => "cross_combine",
-            Kernel::Multiply => "multiply",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -103,6 +97,10 @@ pub struct LinearLaunch {
     pub ldy: i32,
     pub out_off: i32,
     pub rows: i32,
+    pub scale: Loc,
+    pub ldscale: i32,
+    pub shift: Loc,
+    pub ldshift: i32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,6 +335,8 @@ impl LaunchPlan {
                 bias,
                 add,
                 act,
+                scale,
+                shift,
                 out,
             } => {
                 let whole = [0..input.width];
@@ -365,6 +365,10 @@ impl LaunchPlan {
                     ldy: self.stride(program, out.buf),
                     out_off: out.offset as i32,
                     rows: rows as i32,
+                    scale: scale.map_or(Loc::Null, |b| self.at(b)),
+                    ldscale: scale.map_or(0, |b| self.ld(b)),
+                    shift: shift.map_or(Loc::Null, |b| self.at(b)),
+                    ldshift: shift.map_or(0, |b| self.ld(b)),
                 };
                 let (grid, block) = match kernel {
                     Kernel::LinearMma => ((blocks(*n, 64), blocks(rows, 32), 1), (BLOCK, 1, 1)),
@@ -372,10 +376,6 @@ impl LaunchPlan {
                 };
                 self.push(kernel, grid, block, vec![Arg::Linear(args)]);
             }
-            Step::Cross { x0, y, x, out } => {
-                self.elementwise(program, Kernel::CrossCombine, &[*x0, *y, *x], *out)
-            }
-            Step::Mul { a, b, out } => self.elementwise(program, Kernel::Multiply, &[*a, *b], *out),
             Step::FeatureGate { g, x0, out } => {
                 self.elementwise(program, Kernel::FeatureGate, &[*g, *x0], *out)
             }

@@ -54,8 +54,14 @@ struct LinearArgs {
     out_off: i32,
     rows: i32,
     _pad2: i32,
+    scale: u64,
+    ldscale: i32,
+    _pad3: i32,
+    shift: u64,
+    ldshift: i32,
+    _pad4: i32,
 }
-const _: () = assert!(std::mem::size_of::<LinearArgs>() == 96);
+const _: () = assert!(std::mem::size_of::<LinearArgs>() == 128);
 
 // SAFETY: a plain #[repr(C)] struct of integers with the exact layout of the
 // kernel's parameter struct (checked by size above and field order).
@@ -528,5 +534,11 @@ fn linear_args(l: &LinearLaunch, resolve: &dyn Fn(Loc) -> u64) -> LinearArgs {
         out_off: l.out_off,
         rows: l.rows,
         _pad2: 0,
+        scale: resolve(l.scale),
+        ldscale: l.ldscale,
+        _pad3: 0,
+        shift: resolve(l.shift),
+        ldshift: l.ldshift,
+        _pad4: 0,
     }
 }
