@@ -87,10 +87,16 @@ fn pool(
     let values = model.values(table);
     let rows = input.rows.unwrap_or(1);
     let dim = input.dim;
+    // Rows are converted in bulk (F16C when the CPU has it), a chunk at a time.
+    let mut chunk = [0.0f32; 64];
     for &id in bag {
         let row = (id % rows) as usize;
-        for (k, o) in out.iter_mut().enumerate() {
-            *o += values.get(row * dim + k);
+        for (c, out_chunk) in out.chunks_mut(chunk.len()).enumerate() {
+            let converted = &mut chunk[..out_chunk.len()];
+            values.read_into(row * dim + c * 64, converted);
+            for (o, v) in out_chunk.iter_mut().zip(converted.iter()) {
+                *o += v;
+            }
         }
     }
     if input.pooling == Some(Pooling::Mean) && !bag.is_empty() {

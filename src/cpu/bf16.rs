@@ -65,6 +65,42 @@ fn pair_ranges(ranges: &[Range<usize>], out: &mut Vec<Range<usize>>) {
     }
 }
 
+/// `row` (even length) as bf16 pairs, rounding to nearest even.
+fn to_pairs(row: &[f32], out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if supported() {
+        // SAFETY: supported() proved AVX-512F and AVX512-BF16; every access
+        // stays within `row` (32 floats per step) and `out` (16 pairs).
+        unsafe { to_pairs_avx512(row, out) };
+        return;
+    }
+    to_pairs_scalar(row, out);
+}
+
+fn to_pairs_scalar(row: &[f32], out: &mut [u32]) {
+    for (pair, chunk) in out.iter_mut().zip(row.chunks_exact(2)) {
+        let lo = bf16::from_f32(chunk[0]).to_bits() as u32;
+        let hi = bf16::from_f32(chunk[1]).to_bits() as u32;
+        *pair = lo | (hi << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn to_pairs_avx512(row: &[f32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let full = (row.len() / 32).min(out.len() / 16);
+    for c in 0..full {
+        let lo = _mm512_loadu_ps(row.as_ptr().add(32 * c));
+        let hi = _mm512_loadu_ps(row.as_ptr().add(32 * c + 16));
+        // Element i of the result is bf16(lo[i]) for i < 16: consecutive
+        // columns land in consecutive halves, i.e. as (even, odd) pairs.
+        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(out.as_mut_ptr().add(16 * c) as *mut _, packed);
+    }
+    to_pairs_scalar(&row[32 * full..], &mut out[16 * full..]);
+}
+
 /// Runs a Linear job with bf16 weights `w` (layout above).
 pub fn linear(job: &mut LinearJob<'_>, w: &[u16], scratch: &mut KernelScratch) {
     let pairs = job.k_total.div_ceil(2);
@@ -86,11 +122,7 @@ pub fn linear(job: &mut LinearJob<'_>, w: &[u16], scratch: &mut KernelScratch) {
             row[range.clone()].copy_from_slice(&x[range.clone()]);
         }
         let out = &mut scratch.x_pairs[r * pairs..(r + 1) * pairs];
-        for (pair, chunk) in out.iter_mut().zip(row.chunks_exact(2)) {
-            let lo = bf16::from_f32(chunk[0]).to_bits() as u32;
-            let hi = bf16::from_f32(chunk[1]).to_bits() as u32;
-            *pair = lo | (hi << 16);
-        }
+        to_pairs(row, out);
     }
     #[cfg(target_arch = "x86_64")]
     {
