@@ -46,10 +46,13 @@ __device__ __forceinline__ const float* row_of(const float* base, int ld, int r)
     return base + (long long)ld * r;
 }
 
-__device__ __forceinline__ float activate(float v, int relu) {
-    return relu ? fmaxf(v, 0.0f) : v;
+// Activation codes (Act::code in src/program.rs): 0 none, 1 relu, 2 2·sigmoid.
+__device__ __forceinline__ float activate(float v, int act) {
+    if (act == 1) return fmaxf(v, 0.0f);
+    if (act == 2) return 2.0f / (1.0f + expf(-v));
+    return v;
 }
 
-__device__ __forceinline__ float sigmoidf(float x) {
+__device__ __forceinline__ float sigmoid_of(float x) {
     return 1.0f / (1.0f + expf(-x));
 }

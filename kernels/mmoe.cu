@@ -85,7 +85,7 @@ struct LinearArgs {
     const float* x; int ldx; int in_off;
     const void* w; int ldw; int n;
     const u32* ranges; int nranges;
-    const float* bias; const float* add; int relu;
+    const float* bias; const float* add; int act;
     float* y; int ldy; int out_off; int rows;
     const float* scale; int ldscale;
     const float* shift; int ldshift;
@@ -96,7 +96,7 @@ __device__ __forceinline__ void store_output(const LinearArgs& a, int row, int c
     float v = sum;
     if (a.bias) v += a.bias[col];
     if (a.add) v += a.add[col];
-    v = activate(v, a.relu);
+    v = activate(v, a.act);
     if (a.scale) v *= row_of(a.scale, a.ldscale, row)[col];
     if (a.shift) v += row_of(a.shift, a.ldshift, row)[col];
     a.y[(long long)a.ldy * row + a.out_off + col] = v;
@@ -204,7 +204,7 @@ extern "C" __global__ void linear_mma(const LinearArgs a) {
 extern "C" __global__ void feature_gate(const float* g, int ldg, const float* x0, int ld0, float* out, int ldo, int width, int rows) {
     int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows || c >= width) return;
-    out[(long long)ldo * r + c] = row_of(x0, ld0, r)[c] * 2.0f * sigmoidf(row_of(g, ldg, r)[c]);
+    out[(long long)ldo * r + c] = row_of(x0, ld0, r)[c] * 2.0f * sigmoid_of(row_of(g, ldg, r)[c]);
 }
 
 // out[r, :] = concatenation of input[r, ranges]; `ranges` holds (start, end) pairs.

@@ -30,6 +30,7 @@ step "CUDA kernels compile with NVRTC 13.0 (PyPI wheels) and the checked-in PTX 
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
+cargo check --no-default-features --all-targets   # builds without the `cuda` feature too
 
 step "rust tests"
 cargo build --release

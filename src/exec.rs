@@ -11,7 +11,7 @@ use crate::cpu::{self, Isa, KernelScratch, LinearJob};
 use crate::error::Result;
 use crate::features::input_vector;
 use crate::model::{Model, Values};
-use crate::program::{Act, BufId, Program, Step};
+use crate::program::{BufId, Program, Step};
 use crate::request::Request;
 
 /// Candidates per tile.
@@ -292,7 +292,7 @@ impl<'a> Tile<'a> {
                     n: *n,
                     bias: bias.map(|b| model.values(b)),
                     add: add.map(|a| self.row(bufs, a, 0)),
-                    relu: *act == Act::Relu,
+                    act: *act,
                     scale: scale.map(|b| bufs[b].as_slice()),
                     ld_scale: scale.map_or(0, |b| self.width(b)),
                     shift: shift.map(|b| bufs[b].as_slice()),
@@ -321,7 +321,7 @@ impl<'a> Tile<'a> {
                     let y = &mut out
                         [r * out_width + view.offset..r * out_width + view.offset + view.width];
                     for (i, (o, v)) in y.iter_mut().zip(x).enumerate() {
-                        *o = activate(*act, (v - mean) * inv * gamma.get(i) + beta.get(i));
+                        *o = act.apply((v - mean) * inv * gamma.get(i) + beta.get(i));
                     }
                 }
             }
@@ -414,14 +414,6 @@ impl<'a> Tile<'a> {
             Step::Output { .. } => unreachable!("handled in run"),
         }
         Ok(())
-    }
-}
-
-#[inline]
-fn activate(act: Act, v: f32) -> f32 {
-    match act {
-        Act::None => v,
-        Act::Relu => v.max(0.0),
     }
 }
 

@@ -41,6 +41,28 @@ pub struct View {
 pub enum Act {
     None,
     Relu,
+    /// `2·sigmoid(v)`: FinalMLP's feature-selection gate.
+    TwoSigmoid,
+}
+
+impl Act {
+    /// The code the kernels use (`kernels/common.cuh`, `activate`).
+    pub fn code(self) -> i32 {
+        match self {
+            Act::None => 0,
+            Act::Relu => 1,
+            Act::TwoSigmoid => 2,
+        }
+    }
+
+    #[inline(always)]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Act::None => v,
+            Act::Relu => v.max(0.0),
+            Act::TwoSigmoid => 2.0 / (1.0 + (-v).exp()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -559,7 +581,21 @@ impl Lowering {
                 out
             }
         };
-        let g = self.mlp(&gate.mlp, context);
+        // All layers but the last, then the last with `x0 ⊙ 2·sigmoid(·)`
+        // fused into its epilogue, when it runs per candidate.
+        let (last, hidden) = match gate.mlp.layers.split_last() {
+            Some(split) => split,
+            None => unreachable!("a feature gate has at least its output layer"),
+        };
+        let mut h = context;
+        for layer in hidden {
+            h = self.linear(layer, h, Act::Relu);
+        }
+        if !self.per_request(h) {
+            return self.linear_fused(last, h, Act::TwoSigmoid, Some(x0), None);
+        }
+        // A gate of request-level context: computed once, applied per candidate.
+        let g = self.linear(last, h, Act::None);
         let out = self.buffer(self.buffers[x0].width, false, Vec::new(), None);
         self.candidate_steps.push(Step::FeatureGate { g, x0, out });
         out

@@ -10,6 +10,7 @@ use std::arch::x86_64::*;
 use super::{KernelScratch, LinearJob};
 use crate::format::PANEL;
 use crate::model::Values;
+use crate::program::Act;
 
 pub fn linear(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
     // SAFETY: the dispatcher only selects this kernel when the CPU has
@@ -169,7 +170,7 @@ unsafe fn block<const MR: usize, const U: usize>(
     store_rows(job, &acc, r0, p, bias_add, valid);
 }
 
-/// Adds bias and request part, applies relu, and stores the valid outputs
+/// Adds bias and request part, applies the activation, scale and shift, and stores the valid outputs
 /// of rows `r0..r0 + MR` of panel `p` (masked: nothing past the output
 /// view is touched). Shared with the bf16 kernel.
 #[inline(always)]
@@ -201,9 +202,23 @@ pub(super) unsafe fn store_rows<const MR: usize>(
     for (i, a) in acc.iter().enumerate() {
         let mut v0 = _mm512_add_ps(a[0], b0);
         let mut v1 = _mm512_add_ps(a[1], b1);
-        if job.relu {
-            v0 = _mm512_max_ps(v0, zero);
-            v1 = _mm512_max_ps(v1, zero);
+        match job.act {
+            Act::None => {}
+            Act::Relu => {
+                v0 = _mm512_max_ps(v0, zero);
+                v1 = _mm512_max_ps(v1, zero);
+            }
+            Act::TwoSigmoid => {
+                // Rare (FinalMLP gates' last layer): scalar exp.
+                let mut lanes = [0.0f32; PANEL];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), v0);
+                _mm512_storeu_ps(lanes.as_mut_ptr().add(16), v1);
+                for v in lanes.iter_mut() {
+                    *v = Act::TwoSigmoid.apply(*v);
+                }
+                v0 = _mm512_loadu_ps(lanes.as_ptr());
+                v1 = _mm512_loadu_ps(lanes.as_ptr().add(16));
+            }
         }
         let col = p * PANEL;
         if let Some(scale) = job.scale {

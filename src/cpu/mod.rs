@@ -160,7 +160,7 @@ pub struct LinearJob<'a> {
     pub n: usize,
     pub bias: Option<Values<'a>>,
     pub add: Option<&'a [f32]>,
-    pub relu: bool,
+    pub act: crate::program::Act,
     pub scale: Option<&'a [f32]>,
     pub ld_scale: usize,
     pub shift: Option<&'a [f32]>,
@@ -223,9 +223,7 @@ impl LinearJob<'_> {
         if let Some(a) = self.add {
             v += a[j];
         }
-        if self.relu {
-            v = v.max(0.0);
-        }
+        v = self.act.apply(v);
         if let Some(s) = self.scale {
             v *= s[r * self.ld_scale + j];
         }
@@ -273,6 +271,7 @@ pub fn linear(isa: Isa, job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::program::Act;
     use half::f16;
 
     /// A random Linear job in panel layout, solved by every supported ISA and
@@ -317,7 +316,7 @@ mod tests {
         let ld_epi = n + 3;
         let scale: Vec<f32> = (0..rows * ld_epi).map(|_| rng.symmetric(1.5)).collect();
         let shift: Vec<f32> = (0..rows * ld_epi).map(|_| rng.symmetric(1.0)).collect();
-        for relu in [false, true] {
+        for act in [Act::None, Act::Relu, Act::TwoSigmoid] {
             let mut want = vec![0.0f32; rows * ldy + out_off + n];
             for r in 0..rows {
                 for i in 0..n {
@@ -328,7 +327,7 @@ mod tests {
                         }
                     }
                     let v = s as f32 + bias[i] + add[i];
-                    let v = if relu { v.max(0.0) } else { v };
+                    let v = act.apply(v);
                     want[r * ldy + out_off + i] = scale[r * ld_epi + i] * v + shift[r * ld_epi + i];
                 }
             }
@@ -349,7 +348,7 @@ mod tests {
                     n,
                     bias: Some(Values::F32(&bias)),
                     add: Some(&add),
-                    relu,
+                    act,
                     scale: Some(&scale),
                     ld_scale: ld_epi,
                     shift: Some(&shift),
@@ -370,7 +369,7 @@ mod tests {
                             }
                         }
                         let v = s as f32 + bias[i] + add[i];
-                        let v = if relu { v.max(0.0) } else { v };
+                        let v = act.apply(v);
                         let exp = scale[r * ld_epi + i] * v + shift[r * ld_epi + i];
                         let got = y[r * ldy + out_off + i];
                         assert!(
@@ -395,7 +394,7 @@ mod tests {
                     n,
                     bias: Some(Values::F32(&bias)),
                     add: Some(&add),
-                    relu,
+                    act,
                     scale: Some(&scale),
                     ld_scale: ld_epi,
                     shift: Some(&shift),

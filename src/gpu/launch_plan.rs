@@ -92,7 +92,8 @@ pub struct LinearLaunch {
     pub nranges: i32,
     pub bias: Loc,
     pub add: Loc,
-    pub relu: i32,
+    /// Activation code (`Act::code`).
+    pub act: i32,
     pub y: Loc,
     pub ldy: i32,
     pub out_off: i32,
@@ -360,7 +361,7 @@ impl LaunchPlan {
                     nranges: count,
                     bias: bias.map_or(Loc::Null, Loc::Tensor),
                     add: add.map_or(Loc::Null, |a| self.at(a)),
-                    relu: (*act == Act::Relu) as i32,
+                    act: act.code(),
                     y: self.at(out.buf),
                     ldy: self.stride(program, out.buf),
                     out_off: out.offset as i32,
