@@ -220,9 +220,10 @@ extern "C" __global__ void gather(const float* in, int ldi, const u32* ranges, i
     }
 }
 
-// out = act(LN(in)), one block of 128 threads per row.
+// out = act(LN(in)), one block of 128 threads per row; in place is fine (every
+// element is read before it is written, after the row's statistics).
 extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, const float* gamma, const float* beta,
-                                      int relu, float* out, int ldo, int out_off, int width, int rows) {
+                                      int act, float* out, int ldo, int out_off, int width, int rows) {
     __shared__ float partial[2][128];
     int r = blockIdx.x, t = threadIdx.x;
     if (r >= rows) return;
@@ -249,7 +250,7 @@ extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, cons
     }
     float inv = rsqrtf(partial[1][0] / width + 1e-5f);
     for (int c = t; c < width; c += 128)
-        out[(long long)ldo * r + out_off + c] = activate((x[c] - mean) * inv * gamma[c] + beta[c], relu);
+        out[(long long)ldo * r + out_off + c] = activate((x[c] - mean) * inv * gamma[c] + beta[c], act);
 }
 
 // FinalMLP: out = wx + wy + Σ_h Σ_a Σ_b o1[h·hx+a] · Wxy[(h·hx+a)·(hy·H) + o·hy + b] · o2[h·hy+b]

@@ -274,6 +274,7 @@ impl<'a> Tile<'a> {
                 act,
                 scale,
                 shift,
+                norm,
                 out: view,
             } => {
                 let rows = self.rows_of(view.buf);
@@ -302,6 +303,15 @@ impl<'a> Tile<'a> {
                     out_off: view.offset,
                 };
                 cpu::linear(self.isa, &mut job, &mut scratch.kernel);
+                if let Some(norm) = norm {
+                    // The tile's rows are still in cache: normalize in place.
+                    let (gamma, beta) = (model.values(norm.gamma), model.values(norm.beta));
+                    let width = self.width(view.buf);
+                    for r in 0..rows {
+                        let at = r * width + view.offset;
+                        layer_norm_in_place(&mut out[at..at + view.width], &gamma, &beta, norm.act);
+                    }
+                }
             }
             Step::LayerNorm {
                 input,
@@ -314,15 +324,10 @@ impl<'a> Tile<'a> {
                 let out_width = self.width(view.buf);
                 for r in 0..self.rows_of(view.buf) {
                     let x = &self.row(bufs, input.buf, r)[input.offset..input.offset + input.width];
-                    let n = x.len() as f32;
-                    let mean = x.iter().sum::<f32>() / n;
-                    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-                    let inv = 1.0 / (var + 1e-5).sqrt();
-                    let y = &mut out
-                        [r * out_width + view.offset..r * out_width + view.offset + view.width];
-                    for (i, (o, v)) in y.iter_mut().zip(x).enumerate() {
-                        *o = act.apply((v - mean) * inv * gamma.get(i) + beta.get(i));
-                    }
+                    let at = r * out_width + view.offset;
+                    let y = &mut out[at..at + view.width];
+                    y.copy_from_slice(x);
+                    layer_norm_in_place(y, &gamma, &beta, *act);
                 }
             }
             Step::FeatureGate { g, x0, out: o } => {
@@ -414,6 +419,22 @@ impl<'a> Tile<'a> {
             Step::Output { .. } => unreachable!("handled in run"),
         }
         Ok(())
+    }
+}
+
+/// `act((x − mean) / sqrt(var + 1e-5) · γ + β)` over the row, biased variance.
+fn layer_norm_in_place(
+    row: &mut [f32],
+    gamma: &Values<'_>,
+    beta: &Values<'_>,
+    act: crate::program::Act,
+) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + 1e-5).sqrt();
+    for (i, v) in row.iter_mut().enumerate() {
+        *v = act.apply((*v - mean) * inv * gamma.get(i) + beta.get(i));
     }
 }
 

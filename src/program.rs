@@ -65,6 +65,15 @@ impl Act {
     }
 }
 
+/// A LayerNorm (γ, β, eps 1e-5) and an activation applied to a Linear
+/// step's output rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Norm {
+    pub gamma: TensorId,
+    pub beta: TensorId,
+    pub act: Act,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// Request features into `x0_request` (request-scope columns only; the
@@ -90,6 +99,9 @@ pub enum Step {
         act: Act,
         scale: Option<BufId>,
         shift: Option<BufId>,
+        /// Then, per output row, `norm.act(LN(row))` (MaskNet blocks),
+        /// while the tile is still in cache.
+        norm: Option<Norm>,
         out: View,
     },
     /// `out = act(LN(input))` (γ = `gamma`, β = `beta`, eps 1e-5).
@@ -322,10 +334,23 @@ impl Lowering {
         );
         let out = self.buffer(layer.n_out, per_request, Vec::new(), None);
         let out_view = self.whole(out);
-        self.linear_into(layer, input, act, scale, shift, out_view);
+        self.linear_into(layer, input, act, scale, shift, None, out_view);
         out
     }
 
+    /// A Linear layer followed by LayerNorm and an activation, in one step.
+    fn linear_normed(&mut self, layer: &Linear, input: BufId, norm: Norm) -> BufId {
+        assert!(
+            !self.per_request(input),
+            "normalized layer on a per-request input"
+        );
+        let out = self.buffer(layer.n_out, false, Vec::new(), None);
+        let out_view = self.whole(out);
+        self.linear_into(layer, input, Act::None, None, None, Some(norm), out_view);
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn linear_into(
         &mut self,
         layer: &Linear,
@@ -333,6 +358,7 @@ impl Lowering {
         act: Act,
         scale: Option<BufId>,
         shift: Option<BufId>,
+        norm: Option<Norm>,
         out: View,
     ) {
         let per_request = self.per_request(input);
@@ -356,6 +382,7 @@ impl Lowering {
                     act: Act::None,
                     scale: None,
                     shift: None,
+                    norm: None,
                     out: partial_view,
                 });
                 // Candidate part: W[:, candidate] · x_candidate + partial.
@@ -369,6 +396,7 @@ impl Lowering {
                     act,
                     scale,
                     shift,
+                    norm,
                     out,
                 });
             }
@@ -384,6 +412,7 @@ impl Lowering {
                     act,
                     scale,
                     shift,
+                    norm,
                     out,
                 },
             ),
@@ -513,15 +542,15 @@ impl Lowering {
                     // mask ⊙ z, fused into the mask layer's epilogue.
                     let masked =
                         self.linear_fused(&block.mask_out, hidden, Act::None, Some(z), None);
-                    let h = self.linear(&block.hidden, masked, Act::None);
-                    let out = self.buffer(block.ln.dim, false, Vec::new(), None);
-                    self.candidate_steps.push(Step::LayerNorm {
-                        input: self.whole(h),
-                        gamma: block.ln.weight,
-                        beta: block.ln.bias,
-                        act: Act::Relu,
-                        out: self.whole(out),
-                    });
+                    let out = self.linear_normed(
+                        &block.hidden,
+                        masked,
+                        Norm {
+                            gamma: block.ln.weight,
+                            beta: block.ln.bias,
+                            act: Act::Relu,
+                        },
+                    );
                     if *serial {
                         z = out;
                     }

@@ -276,6 +276,32 @@ impl LaunchPlan {
         );
     }
 
+    fn layer_norm(
+        &mut self,
+        program: &Program,
+        input: View,
+        out: View,
+        gamma: TensorId,
+        beta: TensorId,
+        act: Act,
+    ) {
+        let rows = self.rows(out.buf);
+        let args = vec![
+            Arg::Ptr(self.at(input.buf)),
+            Arg::I32(self.ld(input.buf)),
+            Arg::I32(input.offset as i32),
+            Arg::Ptr(Loc::Tensor(gamma)),
+            Arg::Ptr(Loc::Tensor(beta)),
+            Arg::I32(act.code()),
+            Arg::Ptr(self.at(out.buf)),
+            Arg::I32(self.stride(program, out.buf)),
+            Arg::I32(out.offset as i32),
+            Arg::I32(input.width as i32),
+            Arg::I32(rows as i32),
+        ];
+        self.push(Kernel::LayerNorm, (rows as u32, 1, 1), (BLOCK, 1, 1), args);
+    }
+
     fn elementwise(&mut self, program: &Program, kernel: Kernel, inputs: &[BufId], out: BufId) {
         let width = program.buffers[out].width;
         let rows = self.rows(out);
@@ -338,6 +364,7 @@ impl LaunchPlan {
                 act,
                 scale,
                 shift,
+                norm,
                 out,
             } => {
                 let whole = [0..input.width];
@@ -376,6 +403,10 @@ impl LaunchPlan {
                     _ => ((blocks(*n, 16), blocks(rows, 16), 1), (16, 16, 1)),
                 };
                 self.push(kernel, grid, block, vec![Arg::Linear(args)]);
+                if let Some(norm) = norm {
+                    // LayerNorm of the output rows, in place.
+                    self.layer_norm(program, *out, *out, norm.gamma, norm.beta, norm.act);
+                }
             }
             Step::FeatureGate { g, x0, out } => {
                 self.elementwise(program, Kernel::FeatureGate, &[*g, *x0], *out)
@@ -386,23 +417,7 @@ impl LaunchPlan {
                 beta,
                 act,
                 out,
-            } => {
-                let rows = self.rows(out.buf);
-                let args = vec![
-                    Arg::Ptr(self.at(input.buf)),
-                    Arg::I32(self.ld(input.buf)),
-                    Arg::I32(input.offset as i32),
-                    Arg::Ptr(Loc::Tensor(*gamma)),
-                    Arg::Ptr(Loc::Tensor(*beta)),
-                    Arg::I32((*act == Act::Relu) as i32),
-                    Arg::Ptr(self.at(out.buf)),
-                    Arg::I32(self.stride(program, out.buf)),
-                    Arg::I32(out.offset as i32),
-                    Arg::I32(input.width as i32),
-                    Arg::I32(rows as i32),
-                ];
-                self.push(Kernel::LayerNorm, (rows as u32, 1, 1), (BLOCK, 1, 1), args);
-            }
+            } => self.layer_norm(program, *input, *out, *gamma, *beta, *act),
             Step::Gather { input, ranges, out } => {
                 let loc = self.at(*input);
                 let ld = self.ld(*input);
