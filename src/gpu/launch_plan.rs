@@ -597,6 +597,85 @@ mod tests {
         assert!(spans.last().unwrap().1 <= plan.arena_len);
     }
 
+    /// Every pointer argument of every launch stays inside what it points to,
+    /// for models of every expert type, both precisions and several buckets.
+    #[test]
+    fn every_launch_addresses_memory_it_owns() {
+        let small = include_str!("../../tests/common/small_config.json");
+        let mut configs = vec![
+            Config::parse(small).unwrap(),
+            Config::parse(crate::demo::BENCH_MODEL_JSON).unwrap(),
+        ];
+        // MaskNet serial without head, FinalMLP with learned contexts.
+        let variant = small
+            .replace(
+                r#""mode": "parallel", "blocks": [5, 6], "mask_hidden": 7, "head": [8]"#,
+                r#""mode": "serial", "blocks": [5, 8], "mask_hidden": 7, "head": []"#,
+            )
+            .replace(r#""fs2_context": ["a"]"#, r#""fs2_context": []"#);
+        configs.push(Config::parse(&variant).unwrap());
+        for config in &configs {
+            let plan =
+                Plan::build(config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
+            let program = Program::lower(config, &plan);
+            for precision in [Precision::F16, Precision::F32] {
+                for capacity in [32, 256] {
+                    let launch_plan =
+                        LaunchPlan::new(&program, capacity, precision, &|id| DeviceWeight {
+                            ldw: match precision {
+                                Precision::F16 => {
+                                    f16_ldw(plan.tensors[id].shape.get(1).copied().unwrap_or(0))
+                                }
+                                Precision::F32 => {
+                                    plan.tensors[id].shape.get(1).copied().unwrap_or(0)
+                                }
+                            },
+                        });
+                    let arena = launch_plan.arena_len;
+                    let in_arena = |loc: Loc, rows: i32, ld: i32, cols: i32| {
+                        if let Loc::Arena(offset) = loc {
+                            let rows = if ld == 0 { 1 } else { rows.max(1) } as usize;
+                            let end =
+                                offset + (rows - 1) * ld.max(0) as usize + cols.max(0) as usize;
+                            assert!(
+                                end <= arena,
+                                "{}: arena access to {end} of {arena}",
+                                config.name
+                            );
+                        }
+                    };
+                    for launch in &launch_plan.launches {
+                        if let Some(Arg::Linear(a)) = launch.args.first() {
+                            let k_end = launch_plan.ranges[match a.ranges {
+                                Loc::Ranges(at) => at,
+                                _ => panic!("ranges live in the range table"),
+                            }..]
+                                .chunks(2)
+                                .take(a.nranges as usize)
+                                .map(|r| r[1] as i32)
+                                .max()
+                                .unwrap_or(0);
+                            in_arena(a.x, a.rows, a.ldx, a.in_off + k_end);
+                            in_arena(a.y, a.rows, a.ldy, a.out_off + a.n);
+                            in_arena(a.scale, a.rows, a.ldscale, a.n);
+                            in_arena(a.shift, a.rows, a.ldshift, a.n);
+                            in_arena(a.add, 1, 0, a.n);
+                            assert!(a.rows == capacity as i32 || a.rows == 1);
+                            if launch.kernel == Kernel::LinearMma {
+                                assert!(a.ldw % 16 == 0, "mma needs 16-padded rows");
+                            }
+                        }
+                    }
+                    for entry in &launch_plan.pointers {
+                        if let PointerEntry::Arena(offset) = entry {
+                            assert!(*offset < arena);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn unaligned_ranges_fall_back_to_simt_and_fp32_never_uses_mma() {
         let config = Config::parse(

@@ -9,27 +9,7 @@ use mmoe::format::writer::{self, MemorySource, TensorSource};
 use mmoe::{Config, DType, Model, OpenOptions};
 
 /// A small model with every expert type and a gate reading a subset.
-pub const SMALL_CONFIG: &str = r#"{
-  "name": "small",
-  "expert_dim": 8,
-  "inputs": [
-    {"name": "u", "kind": "dense", "scope": "request", "dim": 4, "transform": ["log1p", "standardize"], "clip": 3.0},
-    {"name": "a", "kind": "dense", "scope": "candidate", "dim": 6, "missing": "zero"},
-    {"name": "us", "kind": "sparse", "scope": "request", "rows": 10, "dim": 3, "pooling": "mean"},
-    {"name": "as", "kind": "sparse", "scope": "candidate", "rows": 20, "dim": 3, "pooling": "sum"}
-  ],
-  "experts": [
-    {"name": "d", "type": "dcnv2", "cross_layers": 2, "rank": 3, "structure": "parallel", "deep": [12]},
-    {"name": "m", "type": "mlp", "hidden": [10, 8]},
-    {"name": "k", "type": "masknet", "mode": "parallel", "blocks": [5, 6], "mask_hidden": 7, "head": [8]},
-    {"name": "f", "type": "finalmlp", "mlp1": [8], "mlp2": [6], "heads": 2, "feature_selection": true,
-     "fs_hidden": [5], "fs1_context": [], "fs2_context": ["a"]}
-  ],
-  "tasks": [
-    {"name": "click", "gate_hidden": [], "tower": [4]},
-    {"name": "save", "gate_hidden": [6], "gate_inputs": ["u", "us"], "tower": []}
-  ]
-}"#;
+pub const SMALL_CONFIG: &str = include_str!("small_config.json");
 
 pub fn config(json: &str) -> Config {
     Config::parse(json).expect("test config is valid")
