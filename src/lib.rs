@@ -3,7 +3,14 @@
 //! A model (the contract is `MODEL.md`) is packed once into a file that the
 //! engine memory-maps without copying ([`format`]); [`Model::open`] validates
 //! it; a [`Session`] per thread scores [`Request`]s into caller-provided
-//! [`Scores`].
+//! [`Scores`]; an [`Engine`] swaps models while sessions score.
+//!
+//! Layers, each using only those below it: [`config`] (the contract) →
+//! [`plan`] (layers and tensor names) → [`format`] (packed file) and
+//! [`model`] (mapped, validated) → [`program`] (the plan lowered into steps,
+//! request-level work split out) → backends: [`reference`] (scalar oracle),
+//! [`exec`] + [`cpu`] (SIMD kernels), [`gpu`] (CUDA) → [`session`],
+//! [`engine`] → faces: [`ffi`] (C ABI), the CLI, the JNI shim in `java/`.
 //!
 //! ```no_run
 //! # fn main() -> mmoe::Result<()> {
