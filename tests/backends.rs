@@ -6,23 +6,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{pack, small};
-use mmoe::{Backend, Config, DType, Model, Scores, Session};
+use common::{pack, session_logits, small};
+use mmoe::{Backend, Config, DType, Model, Session};
 
 fn logits(model: &Arc<Model>, backend: Backend, request: &mmoe::request::OwnedRequest) -> Vec<f32> {
     let mut session = Session::with_backend(model.clone(), backend);
     assert_eq!(session.backend(), backend);
-    let mut out = vec![0.0; request.candidates * model.num_tasks()];
-    session
-        .score(
-            &request.as_request(),
-            &mut Scores {
-                logits: Some(&mut out),
-                probabilities: None,
-            },
-        )
-        .unwrap();
-    out
+    session_logits(&mut session, request)
 }
 
 fn assert_close(fast: &[f32], reference: &[f32]) -> f32 {
@@ -99,16 +89,7 @@ fn intra_request_threads_give_the_same_scores() {
             let mut session = Session::with_backend(model.clone(), Backend::Cpu);
             session.set_threads(threads);
             assert_eq!(session.threads(), threads);
-            let mut out = vec![0.0; n * model.num_tasks()];
-            session
-                .score(
-                    &request.as_request(),
-                    &mut Scores {
-                        logits: Some(&mut out),
-                        probabilities: None,
-                    },
-                )
-                .unwrap();
+            let out = session_logits(&mut session, &request);
             assert_eq!(out, one, "{threads} threads, {n} candidates");
         }
     }

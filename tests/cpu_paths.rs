@@ -6,23 +6,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{pack, small, SMALL_CONFIG};
+use common::{pack, session_logits, small, SMALL_CONFIG};
 use mmoe::cpu::{self, Isa};
-use mmoe::{Backend, Config, CpuMode, DType, Model, OpenOptions, Scores, Session};
-
-fn logits(session: &mut Session, request: &mmoe::request::OwnedRequest, tasks: usize) -> Vec<f32> {
-    let mut out = vec![0.0; request.candidates * tasks];
-    session
-        .score(
-            &request.as_request(),
-            &mut Scores {
-                logits: Some(&mut out),
-                probabilities: None,
-            },
-        )
-        .unwrap();
-    out
-}
+use mmoe::{Backend, Config, CpuMode, DType, Model, OpenOptions, Session};
 
 fn max_delta(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
@@ -83,18 +69,16 @@ fn every_supported_isa_matches_the_reference_and_runs() {
         for dtype in [DType::F16, DType::F32] {
             let packed = pack(config, &tensors, dtype);
             let model = packed.open();
-            let tasks = model.num_tasks();
             let request = mmoe::demo::synthetic_request(config, 45, 2);
-            let reference = logits(
+            let reference = session_logits(
                 &mut Session::with_backend(model.clone(), Backend::Reference),
                 &request,
-                tasks,
             );
             for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
                 let mut session = Session::with_backend(model.clone(), Backend::Cpu);
                 session.set_isa(isa).unwrap();
                 let before = cpu::calls(isa);
-                let fast = logits(&mut session, &request, tasks);
+                let fast = session_logits(&mut session, &request);
                 assert!(
                     cpu::calls(isa) > before,
                     "the {} kernels did not run",
@@ -202,10 +186,9 @@ fn bf16_mode_runs_and_its_cost_is_bounded() {
         .unwrap();
         assert_eq!(bf16.cpu_mode(), CpuMode::Bf16);
         let request = mmoe::demo::synthetic_request(&config, 200, 4);
-        let tasks = exact.num_tasks();
         let before = cpu::bf16_calls();
-        let a = logits(&mut Session::new(exact), &request, tasks);
-        let b = logits(&mut Session::new(bf16), &request, tasks);
+        let a = session_logits(&mut Session::new(exact), &request);
+        let b = session_logits(&mut Session::new(bf16), &request);
         assert!(cpu::bf16_calls() > before, "the bf16 kernel did not run");
         let delta = max_delta(&a, &b);
         println!(

@@ -5,12 +5,11 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{KernelScratch, LinearJob};
+use super::LinearJob;
 use crate::format::PANEL;
 use crate::model::Values;
 
-pub fn linear(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
-    let _ = scratch;
+pub fn linear(job: &mut LinearJob<'_>) {
     // SAFETY: the dispatcher only selects this kernel when the CPU has AVX2,
     // FMA and F16C (Isa::Avx2.supported()); `job.check()` has proved every
     // index the kernel forms to be in bounds.

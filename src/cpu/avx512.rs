@@ -7,16 +7,16 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{KernelScratch, LinearJob};
+use super::LinearJob;
 use crate::format::PANEL;
 use crate::model::Values;
 use crate::program::Act;
 
-pub fn linear(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
+pub fn linear(job: &mut LinearJob<'_>) {
     // SAFETY: the dispatcher only selects this kernel when the CPU has
     // AVX-512F, F16C and FMA (Isa::Avx512.supported()); `job.check()` has
     // proved every index the kernel forms to be in bounds.
-    unsafe { linear_avx512(job, scratch) }
+    unsafe { linear_avx512(job) }
 }
 
 /// Where a panel's fp32 (or fp16) rows come from.
@@ -32,8 +32,7 @@ enum PanelSource {
 const PANEL_OUTER_ROWS: usize = 16;
 
 #[target_feature(enable = "avx512f,f16c,fma")]
-unsafe fn linear_avx512(job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
-    let _ = scratch;
+unsafe fn linear_avx512(job: &mut LinearJob<'_>) {
     let panels = job.n.div_ceil(PANEL);
     // Row blocks: as many 12s as fit, then 8, 4, 2, 1.
     let mut blocks = [(0usize, 0usize); 16];

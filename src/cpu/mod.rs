@@ -261,9 +261,9 @@ pub fn linear(isa: Isa, job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
     CALLS[isa as usize].fetch_add(1, Ordering::Relaxed);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::linear(job, scratch),
+        Isa::Avx512 => avx512::linear(job),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::linear(job, scratch),
+        Isa::Avx2 => avx2::linear(job),
         _ => generic::linear(job, scratch),
     }
 }

@@ -229,7 +229,6 @@ fn row_major<T: Copy + Default>(
 
 /// Device memory of one batch capacity, and its graph.
 struct Bucket {
-    plan: LaunchPlan,
     _arena: CudaSlice<f32>,
     _ranges: CudaSlice<u32>,
     _pointers: CudaSlice<u64>,
@@ -500,17 +499,11 @@ impl GpuSession {
         let graph = graph
             .ok_or_else(|| Error::new(ErrorKind::Device, "CUDA: graph capture recorded nothing"))?;
         Ok(Bucket {
-            plan,
             _arena: arena,
             _ranges: ranges,
             _pointers: pointers,
             graph,
         })
-    }
-
-    /// Launches of the bucket for `n` candidates, if captured (for tests).
-    pub fn launch_count(&self, n: usize) -> Option<usize> {
-        self.buckets.get(&bucket(n)).map(|b| b.plan.launches.len())
     }
 }
 

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mmoe::format::writer::{self, MemorySource, TensorSource};
-use mmoe::{Config, DType, Model, OpenOptions};
+use mmoe::request::OwnedRequest;
+use mmoe::{Config, DType, Model, OpenOptions, Scores, Session};
 
 /// A small model with every expert type and a gate reading a subset.
 pub const SMALL_CONFIG: &str = include_str!("small_config.json");
@@ -79,4 +80,19 @@ pub fn write_safetensors(
     file.extend(text);
     file.extend(data);
     std::fs::write(path, file).unwrap();
+}
+
+/// Scores `request` on `session`, returning the logits (panics on error).
+pub fn session_logits(session: &mut Session, request: &OwnedRequest) -> Vec<f32> {
+    let mut out = vec![0.0; request.candidates * session.model().num_tasks()];
+    session
+        .score(
+            &request.as_request(),
+            &mut Scores {
+                logits: Some(&mut out),
+                probabilities: None,
+            },
+        )
+        .expect("scoring succeeds");
+    out
 }
