@@ -238,25 +238,14 @@ impl Program {
             .iter()
             .chain(&self.candidate_steps)
             .map(|step| match step {
+                // A split layer appears twice: its request part (column
+                // subset, no `add`) counts 0, its candidate part the full width.
                 Step::Linear {
-                    k_ranges,
-                    n,
-                    add,
-                    input,
+                    k_ranges: Some(_),
+                    add: None,
                     ..
-                } => {
-                    // A split layer appears twice (request part, candidate
-                    // part); count its full width once, on the candidate part.
-                    let k: usize = k_ranges
-                        .as_ref()
-                        .map_or(input.width, |r| r.iter().map(|r| r.len()).sum());
-                    let full = if add.is_some() { input.width } else { k };
-                    if add.is_none() && k_ranges.is_some() {
-                        0
-                    } else {
-                        2 * (*n as u64) * full as u64
-                    }
-                }
+                } => 0,
+                Step::Linear { n, input, .. } => 2 * (*n as u64) * input.width as u64,
                 _ => 0,
             })
             .sum()
