@@ -109,15 +109,29 @@ __device__ __forceinline__ float weight_at<float>(const float* w, long long i) {
 template <>
 __device__ __forceinline__ float weight_at<__half>(const __half* w, long long i) { return __half2float(w[i]); }
 
-// SIMT fallback: 16×16 output tile per block, shared-memory tiles of 16 k.
+// Grouped launches: one launch runs several independent Linear problems (the
+// same layer of every expert, say). `tiles[p]` is the first block of problem
+// p, ascending; `tiles[count]` is the grid size.
+__device__ __forceinline__ int problem_of(const u32* tiles, int count, int block) {
+    int p = 0;
+    while (p + 1 < count && (int)tiles[p + 1] <= block) ++p;
+    return p;
+}
+
+// SIMT: 16×16 output tile per block, shared-memory tiles of 16 k.
 template <typename W>
-__device__ void linear_simt(const LinearArgs a) {
+__device__ void linear_simt(const LinearArgs* problems, const u32* tiles, int count) {
     __shared__ float xs[16][17];
     __shared__ float ws[16][17];
+    int p = problem_of(tiles, count, blockIdx.x);
+    const LinearArgs a = problems[p];
+    int local = blockIdx.x - (int)tiles[p];
+    int tiles_n = (a.n + 15) / 16;
+    int tile_r = local / tiles_n, tile_c = local % tiles_n;
     int tx = threadIdx.x, ty = threadIdx.y;
-    int r = blockIdx.y * 16 + ty;      // row of x / y
-    int j = blockIdx.x * 16 + tx;      // output
-    int jw = blockIdx.x * 16 + ty;     // weight row this thread loads
+    int r = tile_r * 16 + ty;   // row of x / y
+    int j = tile_c * 16 + tx;   // output
+    int jw = tile_c * 16 + ty;  // weight row this thread loads
     const W* w = (const W*)a.w;
     float acc = 0.0f;
     for (int q = 0; q < a.nranges; ++q) {
@@ -134,12 +148,19 @@ __device__ void linear_simt(const LinearArgs a) {
     if (r < a.rows && j < a.n) store_output(a, r, j, acc);
 }
 
-extern "C" __global__ void linear_simt_f32(const LinearArgs a) { linear_simt<float>(a); }
-extern "C" __global__ void linear_simt_f16(const LinearArgs a) { linear_simt<__half>(a); }
+extern "C" __global__ void linear_simt_f32(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_simt<float>(problems, tiles, count);
+}
+extern "C" __global__ void linear_simt_f16(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_simt<__half>(problems, tiles, count);
+}
 
 // Tensor cores through `mma.sync.m16n8k16` (fp16 inputs, fp32 accumulation).
-// A block of 4 warps computes a 32×64 output tile; warp (wr, wc) computes rows
-// 16·wr…, columns 32·wc… as four 16×8 tiles. Every range must start at a
+// A block of 4 warps computes a BM×64 output tile; warp (wr, wc) computes rows
+// wr·BM/2…, columns 32·wc… as (BM/32)×4 tiles of 16×8. K advances 32 at a
+// time through two shared-memory stages: the next stage's x (f32, converted
+// to fp16 on the way in) and W (fp16, 16-byte loads) are loaded into
+// registers while the current one is multiplied. Every range must start at a
 // multiple of 16 (the host checks); x is zeroed past a range's end. W is
 // [n_pad (multiple of 64), ldw (multiple of 16)], zero padded.
 //
@@ -155,47 +176,122 @@ __device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-extern "C" __global__ void linear_mma(const LinearArgs a) {
-    __shared__ __align__(16) __half xs[32][24];
+#define MMA_BK 32
+// Shared row stride in halves: 80 bytes keeps fragment reads free of bank
+// conflicts and rows 16-byte aligned.
+#define MMA_LD 40
+
+template <int BM>
+__device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int count) {
+    constexpr int MT = BM / 32;         // 16-row tiles per warp
+    constexpr int XPT = BM * MMA_BK / 128;  // x values each thread stages
+    __shared__ __align__(16) __half xs[2][BM][MMA_LD];
+    __shared__ __align__(16) __half ws[2][64][MMA_LD];
+    int p = problem_of(tiles, count, blockIdx.x);
+    const LinearArgs a = problems[p];
+    int local = blockIdx.x - (int)tiles[p];
+    int tiles_n = (a.n + 63) / 64;
+    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * 64;
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     int g = lane / 4, t = lane % 4;
     int wr = warp / 2, wc = warp % 2;
-    int row0 = blockIdx.y * 32, col0 = blockIdx.x * 64 + wc * 32;
     const __half* w = (const __half*)a.w;
-    float acc[4][4] = {};
-    for (int q = 0; q < a.nranges; ++q) {
-        int s = a.ranges[2 * q], e = a.ranges[2 * q + 1];
-        for (int k0 = s; k0 < e; k0 += 16) {
-            for (int i = tid; i < 32 * 16; i += 128) {
-                int rr = i / 16, kk = i % 16;
-                int row = row0 + rr, k = k0 + kk;
-                float v = (row < a.rows && k < e) ? row_of(a.x, a.ldx, row)[a.in_off + k] : 0.0f;
-                xs[rr][kk] = __float2half(v);
+
+    // The stage cursor: range q, its end e, and the stage's first column k0.
+    int q = 0, e = 0, k0 = 0;
+    if (a.nranges > 0) {
+        k0 = a.ranges[0];
+        e = a.ranges[1];
+    }
+    auto skip_empty = [&]() {
+        while (q < a.nranges && k0 >= e) {
+            ++q;
+            if (q < a.nranges) {
+                k0 = a.ranges[2 * q];
+                e = a.ranges[2 * q + 1];
             }
-            __syncthreads();
-            const __half* xw = &xs[wr * 16][0];
-            u32 fa[4];
-            fa[0] = *(const u32*)(xw + g * 24 + 2 * t);
-            fa[1] = *(const u32*)(xw + (g + 8) * 24 + 2 * t);
-            fa[2] = *(const u32*)(xw + g * 24 + 2 * t + 8);
-            fa[3] = *(const u32*)(xw + (g + 8) * 24 + 2 * t + 8);
+        }
+    };
+    float xr[XPT];
+    uint4 wv[2];
+    auto load = [&]() {
+        // x: element i = tid + 128·j is (row i / 32, column i % 32): rows of
+        // 32 consecutive floats, coalesced.
+        for (int j = 0; j < XPT; ++j) {
+            int i = tid + 128 * j;
+            int row = row0 + i / MMA_BK, k = k0 + i % MMA_BK;
+            xr[j] = (row < a.rows && k < e) ? row_of(a.x, a.ldx, row)[a.in_off + k] : 0.0f;
+        }
+        // W: chunk c = tid + 128·j is 8 halves (row c / 4, columns 8·(c % 4)…).
+        // A chunk starting before e ends inside the padded row (ldw is a
+        // multiple of 16 and k0 of 8); x is zero past e, so its tail is harmless.
+        for (int j = 0; j < 2; ++j) {
+            int c = tid + 128 * j;
+            int row = col0 + c / 4, k = k0 + 8 * (c % 4);
+            wv[j] = k < e ? *(const uint4*)(w + (long long)row * a.ldw + k) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    auto store = [&](int buf) {
+        for (int j = 0; j < XPT; ++j) {
+            int i = tid + 128 * j;
+            xs[buf][i / MMA_BK][i % MMA_BK] = __float2half(xr[j]);
+        }
+        for (int j = 0; j < 2; ++j) {
+            int c = tid + 128 * j;
+            *(uint4*)&ws[buf][c / 4][8 * (c % 4)] = wv[j];
+        }
+    };
+
+    float acc[MT][4][4] = {};
+    skip_empty();
+    if (q < a.nranges) {
+        load();
+        store(0);
+    }
+    __syncthreads();
+    int buf = 0;
+    while (q < a.nranges) {
+        k0 += MMA_BK;
+        skip_empty();
+        bool more = q < a.nranges;
+        if (more) load();
+        for (int kk = 0; kk < MMA_BK; kk += 16) {
+            u32 fa[MT][4];
+            for (int m = 0; m < MT; ++m) {
+                const __half* xw = &xs[buf][wr * (BM / 2) + m * 16][kk];
+                fa[m][0] = *(const u32*)(xw + g * MMA_LD + 2 * t);
+                fa[m][1] = *(const u32*)(xw + (g + 8) * MMA_LD + 2 * t);
+                fa[m][2] = *(const u32*)(xw + g * MMA_LD + 2 * t + 8);
+                fa[m][3] = *(const u32*)(xw + (g + 8) * MMA_LD + 2 * t + 8);
+            }
             for (int j = 0; j < 4; ++j) {
-                const __half* wrow = w + (long long)(col0 + 8 * j + g) * a.ldw + k0 + 2 * t;
+                const __half* wrow = &ws[buf][wc * 32 + 8 * j + g][kk];
                 u32 fb[2];
-                fb[0] = *(const u32*)(wrow);
-                fb[1] = *(const u32*)(wrow + 8);
-                mma_16816(acc[j], fa, fb);
+                fb[0] = *(const u32*)(wrow + 2 * t);
+                fb[1] = *(const u32*)(wrow + 2 * t + 8);
+                for (int m = 0; m < MT; ++m) mma_16816(acc[m][j], fa[m], fb);
             }
-            __syncthreads();
         }
+        // One barrier per stage: the other buffer was last read before the
+        // previous barrier.
+        if (more) store(buf ^ 1);
+        __syncthreads();
+        buf ^= 1;
     }
-    for (int j = 0; j < 4; ++j) {
-        for (int i = 0; i < 4; ++i) {
-            int row = row0 + wr * 16 + g + (i >= 2 ? 8 : 0);
-            int col = col0 + 8 * j + 2 * t + (i & 1);
-            if (row < a.rows && col < a.n) store_output(a, row, col, acc[j][i]);
-        }
-    }
+    for (int m = 0; m < MT; ++m)
+        for (int j = 0; j < 4; ++j)
+            for (int i = 0; i < 4; ++i) {
+                int row = row0 + wr * (BM / 2) + m * 16 + g + (i >= 2 ? 8 : 0);
+                int col = col0 + wc * 32 + 8 * j + 2 * t + (i & 1);
+                if (row < a.rows && col < a.n) store_output(a, row, col, acc[m][j][i]);
+            }
+}
+
+extern "C" __global__ void __launch_bounds__(128) linear_mma32(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma<32>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(128) linear_mma64(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma<64>(problems, tiles, count);
 }
 
 // ---------------------------------------------------------------- element-wise

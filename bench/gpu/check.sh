@@ -24,6 +24,18 @@ log "1. GPU tests (CUDA backend vs CPU exact path; small and demo models)"
 timeout 120 ./bin/gpu-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
+log "1b. compute-sanitizer memcheck: one random model and the demo model, f16 and f32"
+if command -v compute-sanitizer >/dev/null; then
+  for precision in f16 f32; do
+    timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score --model parity/seed-0/model.mmoe \
+      --requests parity/seed-0/requests.jsonl --out "$out/sanitizer-$precision.jsonl" --device cuda --precision $precision \
+      > "$out/sanitizer-$precision.log" 2>&1
+    echo "memcheck $precision: exit $? ($(grep -c 'Invalid' "$out/sanitizer-$precision.log") invalid accesses)" | tee -a "$out/check.log"
+  done
+else
+  echo "compute-sanitizer not found" | tee -a "$out/check.log"
+fi
+
 log "2. random models: cuda f32 and f16 vs cpu"
 f32_pairs=(); f16_pairs=(); failed_runs=0
 for dir in parity/seed-*; do
@@ -39,15 +51,25 @@ python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 vs cpu" --json "
 
 log "3. engine benchmark (end to end, host features in, host scores out)"
 for precision in f16 f32; do
-  timeout 90 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
+  timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
     --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
 done
-timeout 60 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
+timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
   --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
 
 log "4. PyTorch baseline on the same weights (x0 in, scores out)"
-timeout 120 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 \
+timeout 90 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 \
   --json "$out/torch.json" 2>&1 | tee "$out/torch.txt"
+
+log "5. per-kernel times (Nsight Compute, one graph of 1024 candidates, f16)"
+if command -v ncu >/dev/null; then
+  timeout 90 ncu --section SpeedOfLight --launch-skip 45 --launch-count 15 ./bin/mmoe bench --model models/demo.mmoe \
+    --device cuda --precision f16 --batch 1024 --iters 5 --max-seconds 1 > "$out/ncu-1024.txt" 2>&1
+  grep -E "^  [a-z_0-9]+|Duration|Compute \(SM\) Throughput|Memory Throughput" "$out/ncu-1024.txt" | head -80 > "$out/ncu-summary.txt"
+  echo "ncu: $(grep -c Duration "$out/ncu-1024.txt") kernels profiled" | tee -a "$out/check.log"
+else
+  echo "ncu not found" | tee -a "$out/check.log"
+fi
 
 log "summary"
 python3 - "$out" <<'PY' 2>&1 | tee "$out/summary.txt"
@@ -77,3 +99,5 @@ if eight:
     print(f"8 threads x 256 candidates (f16): {eight['results']['256']['candidates_per_s']:.0f} candidates/s")
 PY
 echo "gpu tests exit status: $tests_rc" | tee -a "$out/summary.txt"
+# Few files come back from the machine: everything else goes in one archive.
+(cd "$out" && tar czf logs.tgz --exclude logs.tgz --exclude summary.txt --exclude check.log . 2>/dev/null)

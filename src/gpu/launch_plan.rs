@@ -3,6 +3,11 @@
 //! locations (arena offsets, tensors, the staging buffer). The runtime
 //! resolves the locations to device addresses and captures the launches in a
 //! CUDA graph. Plain Rust, unit-tested without a GPU.
+//!
+//! Launches are levelled by their data dependencies, and the Linear layers of
+//! one level (the same layer of every expert, the gates, the towers of every
+//! task) run as one grouped launch: a graph of a dozen kernels instead of one
+//! per layer, each with enough blocks to fill the device.
 
 use crate::plan::TensorId;
 use crate::program::{Act, BufId, Program, Step, View};
@@ -23,7 +28,8 @@ pub enum Kernel {
     FeaturesCandidate,
     LinearSimtF32,
     LinearSimtF16,
-    LinearMma,
+    LinearMma32,
+    LinearMma64,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -33,12 +39,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 11] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
         Kernel::LinearSimtF16,
-        Kernel::LinearMma,
+        Kernel::LinearMma32,
+        Kernel::LinearMma64,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -52,7 +59,8 @@ impl Kernel {
             Kernel::FeaturesCandidate => "features_candidate",
             Kernel::LinearSimtF32 => "linear_simt_f32",
             Kernel::LinearSimtF16 => "linear_simt_f16",
-            Kernel::LinearMma => "linear_mma",
+            Kernel::LinearMma32 => "linear_mma32",
+            Kernel::LinearMma64 => "linear_mma64",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -74,6 +82,8 @@ pub enum Loc {
     Ranges(usize),
     /// u64 element offset in the session's pointer table.
     Pointers(usize),
+    /// Index in the session's table of Linear problems (`LinearArgs`).
+    Problems(usize),
     Staging,
     Logits,
     Null,
@@ -108,7 +118,6 @@ pub struct LinearLaunch {
 pub enum Arg {
     Ptr(Loc),
     I32(i32),
-    Linear(LinearLaunch),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +126,22 @@ pub struct Launch {
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
     pub args: Vec<Arg>,
+    /// Arena buffers the launch reads and writes (every problem of a group).
+    pub reads: Vec<BufId>,
+    pub writes: Vec<BufId>,
+    /// The Linear problems of a grouped launch (indices into `problems`).
+    pub problems: std::ops::Range<usize>,
+    /// The launches before scheduling that this one runs, in lowering order
+    /// (for the tests of the schedule).
+    pub origin: Vec<usize>,
+}
+
+/// A launch before scheduling: one step's kernel, or one Linear problem
+/// with its number of blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pending {
+    launch: Launch,
+    linear: Option<(LinearLaunch, u32)>,
 }
 
 /// An entry of the session's pointer table (expert lists of mixtures).
@@ -160,12 +185,44 @@ pub struct LaunchPlan {
     pub arena_len: usize,
     pub ranges: Vec<u32>,
     pub pointers: Vec<PointerEntry>,
+    /// Linear problems, uploaded as `LinearArgs` once per bucket.
+    pub problems: Vec<LinearLaunch>,
     pub launches: Vec<Launch>,
+    pending: Vec<Pending>,
+    /// The launches in lowering order, before scheduling.
+    #[cfg(test)]
+    unscheduled: Vec<Launch>,
 }
 
 /// The batch bucket for `n` candidates: a power of two, at least 32.
 pub fn bucket(n: usize) -> usize {
     n.max(32).next_power_of_two()
+}
+
+/// The tensor-core kernel for a bucket: 32-row tiles for the smallest.
+fn mma_kernel(capacity: usize) -> Kernel {
+    if capacity <= 32 {
+        Kernel::LinearMma32
+    } else {
+        Kernel::LinearMma64
+    }
+}
+
+/// Blocks of a Linear problem of `rows` × `n` under `kernel`.
+pub fn linear_blocks(kernel: Kernel, rows: usize, n: usize) -> u32 {
+    let (bm, bn) = match kernel {
+        Kernel::LinearMma32 => (32, 64),
+        Kernel::LinearMma64 => (64, 64),
+        _ => (16, 16),
+    };
+    (rows.div_ceil(bm) * n.div_ceil(bn)) as u32
+}
+
+pub fn is_linear(kernel: Kernel) -> bool {
+    matches!(
+        kernel,
+        Kernel::LinearSimtF32 | Kernel::LinearSimtF16 | Kernel::LinearMma32 | Kernel::LinearMma64
+    )
 }
 
 const BLOCK: u32 = 128;
@@ -199,12 +256,121 @@ impl LaunchPlan {
             arena_len: offset.max(64),
             ranges: Vec::new(),
             pointers: Vec::new(),
+            problems: Vec::new(),
             launches: Vec::new(),
+            pending: Vec::new(),
+            #[cfg(test)]
+            unscheduled: Vec::new(),
         };
         for step in program.request_steps.iter().chain(&program.candidate_steps) {
             plan.lower(program, step, precision, weight);
         }
+        for (i, p) in plan.pending.iter_mut().enumerate() {
+            p.launch.origin = vec![i];
+        }
+        #[cfg(test)]
+        {
+            plan.unscheduled = plan.pending.iter().map(|p| p.launch.clone()).collect();
+        }
+        plan.schedule(program.buffers.len());
         plan
+    }
+
+    /// Orders the pending launches by dependency level (a launch runs after
+    /// every earlier launch that writes what it reads, or reads or writes
+    /// what it writes) and merges the Linear problems of a level that share
+    /// a kernel into one launch.
+    fn schedule(&mut self, buffers: usize) {
+        let pending = std::mem::take(&mut self.pending);
+        // Per buffer: the first level at which it may be read (after its last
+        // writer) and written (after its last reader and writer).
+        let mut readable = vec![0usize; buffers];
+        let mut writable = vec![0usize; buffers];
+        let mut levels = Vec::with_capacity(pending.len());
+        for p in &pending {
+            let level = p
+                .launch
+                .reads
+                .iter()
+                .map(|&b| readable[b])
+                .chain(p.launch.writes.iter().map(|&b| writable[b]))
+                .max()
+                .unwrap_or(0);
+            for &b in &p.launch.reads {
+                writable[b] = writable[b].max(level + 1);
+            }
+            for &b in &p.launch.writes {
+                readable[b] = level + 1;
+                writable[b] = level + 1;
+            }
+            levels.push(level);
+        }
+        let depth = levels.iter().max().map_or(0, |l| l + 1);
+        let mut by_level: Vec<Vec<Pending>> = (0..depth).map(|_| Vec::new()).collect();
+        for (p, level) in pending.into_iter().zip(levels) {
+            by_level[level].push(p);
+        }
+        type Member = (LinearLaunch, u32, Launch);
+        for level in by_level {
+            // Grouped Linear launches first, in order of first appearance.
+            let mut groups: Vec<(Kernel, Vec<Member>)> = Vec::new();
+            let mut others = Vec::new();
+            for p in level {
+                match p.linear {
+                    Some((problem, blocks)) => {
+                        let member = (problem, blocks, p.launch);
+                        match groups.iter_mut().find(|(k, _)| *k == member.2.kernel) {
+                            Some((_, members)) => members.push(member),
+                            None => groups.push((member.2.kernel, vec![member])),
+                        }
+                    }
+                    None => others.push(p.launch),
+                }
+            }
+            for (kernel, members) in groups {
+                self.push_group(kernel, members);
+            }
+            self.launches.extend(others);
+        }
+    }
+
+    fn push_group(&mut self, kernel: Kernel, members: Vec<(LinearLaunch, u32, Launch)>) {
+        let first_problem = self.problems.len();
+        let tiles_at = self.ranges.len();
+        let mut total = 0u32;
+        let (mut reads, mut writes, mut origin) = (Vec::new(), Vec::new(), Vec::new());
+        for (problem, blocks, launch) in members {
+            self.ranges.push(total);
+            total += blocks;
+            self.problems.push(problem);
+            reads.extend(launch.reads);
+            writes.extend(launch.writes);
+            origin.extend(launch.origin);
+        }
+        self.ranges.push(total);
+        reads.sort_unstable();
+        reads.dedup();
+        writes.sort_unstable();
+        writes.dedup();
+        let count = self.problems.len() - first_problem;
+        let block = match kernel {
+            Kernel::LinearMma32 | Kernel::LinearMma64 => (BLOCK, 1, 1),
+            _ => (16, 16, 1),
+        };
+        self.launches.push(Launch {
+            kernel,
+            grid: (total.max(1), 1, 1),
+            block,
+            args: vec![
+                Arg::Ptr(Loc::Problems(first_problem)),
+                Arg::Ptr(Loc::Ranges(tiles_at)),
+                Arg::I32(count as i32),
+            ],
+            reads,
+            writes,
+            problems: first_problem..self.problems.len(),
+            origin,
+        });
     }
 
     fn at(&self, buf: BufId) -> Loc {
@@ -233,25 +399,38 @@ impl LaunchPlan {
         (Loc::Ranges(at), ranges.len() as i32)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
         kernel: Kernel,
         grid: (u32, u32, u32),
         block: (u32, u32, u32),
         args: Vec<Arg>,
+        reads: Vec<BufId>,
+        writes: Vec<BufId>,
     ) {
-        self.launches.push(Launch {
-            kernel,
-            grid,
-            block,
-            args,
+        self.pending.push(Pending {
+            launch: Launch {
+                kernel,
+                grid,
+                block,
+                args,
+                reads,
+                writes,
+                problems: 0..0,
+                origin: Vec::new(),
+            },
+            linear: None,
         });
     }
 
+    /// `input` is an arena buffer (`source`) or a tensor.
+    #[allow(clippy::too_many_arguments)]
     fn gather(
         &mut self,
         program: &Program,
         input: Loc,
+        source: Option<BufId>,
         ldi: i32,
         ranges: &[std::ops::Range<usize>],
         out: View,
@@ -273,6 +452,8 @@ impl LaunchPlan {
                 Arg::I32(out.offset as i32),
                 Arg::I32(rows as i32),
             ],
+            source.into_iter().collect(),
+            vec![out.buf],
         );
     }
 
@@ -299,7 +480,14 @@ impl LaunchPlan {
             Arg::I32(input.width as i32),
             Arg::I32(rows as i32),
         ];
-        self.push(Kernel::LayerNorm, (rows as u32, 1, 1), (BLOCK, 1, 1), args);
+        self.push(
+            Kernel::LayerNorm,
+            (rows as u32, 1, 1),
+            (BLOCK, 1, 1),
+            args,
+            vec![input.buf],
+            vec![out.buf],
+        );
     }
 
     fn elementwise(&mut self, program: &Program, kernel: Kernel, inputs: &[BufId], out: BufId) {
@@ -319,6 +507,8 @@ impl LaunchPlan {
             (blocks(width, BLOCK as usize), rows as u32, 1),
             (BLOCK, 1, 1),
             args,
+            inputs.to_vec(),
+            vec![out],
         );
     }
 
@@ -337,6 +527,8 @@ impl LaunchPlan {
                     (1, 1, 1),
                     (256, 1, 1),
                     vec![Arg::Ptr(Loc::Staging), Arg::Ptr(self.at(*out)), Arg::I32(d)],
+                    Vec::new(),
+                    vec![*out],
                 );
             }
             Step::CandidateFeatures { request, out } => {
@@ -352,6 +544,8 @@ impl LaunchPlan {
                     (self.rows(*out) as u32, 1, 1),
                     (BLOCK, 1, 1),
                     args,
+                    vec![*request],
+                    vec![*out],
                 );
             }
             Step::Linear {
@@ -372,7 +566,7 @@ impl LaunchPlan {
                 let aligned = ranges.iter().all(|r| r.start % 16 == 0);
                 let kernel = match precision {
                     Precision::F32 => Kernel::LinearSimtF32,
-                    Precision::F16 if aligned => Kernel::LinearMma,
+                    Precision::F16 if aligned => mma_kernel(self.capacity),
                     Precision::F16 => Kernel::LinearSimtF16,
                 };
                 let (table, count) = self.ranges(ranges);
@@ -398,11 +592,23 @@ impl LaunchPlan {
                     shift: shift.map_or(Loc::Null, |b| self.at(b)),
                     ldshift: shift.map_or(0, |b| self.ld(b)),
                 };
-                let (grid, block) = match kernel {
-                    Kernel::LinearMma => ((blocks(*n, 64), blocks(rows, 32), 1), (BLOCK, 1, 1)),
-                    _ => ((blocks(*n, 16), blocks(rows, 16), 1), (16, 16, 1)),
-                };
-                self.push(kernel, grid, block, vec![Arg::Linear(args)]);
+                let reads = [Some(input.buf), *add, *scale, *shift]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                self.pending.push(Pending {
+                    launch: Launch {
+                        kernel,
+                        grid: (0, 0, 0),
+                        block: (0, 0, 0),
+                        args: Vec::new(),
+                        reads,
+                        writes: vec![out.buf],
+                        problems: 0..0,
+                        origin: Vec::new(),
+                    },
+                    linear: Some((args, linear_blocks(kernel, rows, *n))),
+                });
                 if let Some(norm) = norm {
                     // LayerNorm of the output rows, in place.
                     self.layer_norm(program, *out, *out, norm.gamma, norm.beta, norm.act);
@@ -426,12 +632,12 @@ impl LaunchPlan {
                     offset: 0,
                     width: program.buffers[*out].width,
                 };
-                self.gather(program, loc, ld, ranges, view);
+                self.gather(program, loc, Some(*input), ld, ranges, view);
             }
             Step::Copy { input, out } => {
                 let width = program.buffers[*input].width;
                 let (loc, ld) = (self.at(*input), self.ld(*input));
-                self.gather(program, loc, ld, &[0..width], *out);
+                self.gather(program, loc, Some(*input), ld, &[0..width], *out);
             }
             Step::Constant { tensor, out } => {
                 let width = program.buffers[*out].width;
@@ -440,7 +646,7 @@ impl LaunchPlan {
                     offset: 0,
                     width,
                 };
-                self.gather(program, Loc::Tensor(*tensor), 0, &[0..width], view);
+                self.gather(program, Loc::Tensor(*tensor), None, 0, &[0..width], view);
             }
             Step::Bilinear {
                 o1,
@@ -480,6 +686,8 @@ impl LaunchPlan {
                     (blocks(h_out, BLOCK as usize), rows as u32, 1),
                     (BLOCK, 1, 1),
                     args,
+                    vec![*o1, *o2, *wx, *wy],
+                    vec![*out],
                 );
             }
             Step::Mixture { gate, experts, out } => {
@@ -502,11 +710,14 @@ impl LaunchPlan {
                     Arg::I32(h as i32),
                     Arg::I32(rows as i32),
                 ];
+                let reads = gate.iter().chain(experts).copied().collect();
                 self.push(
                     Kernel::Mixture,
                     (blocks(h, BLOCK as usize), rows as u32, 1),
                     (BLOCK, 1, 1),
                     args,
+                    reads,
+                    vec![*out],
                 );
             }
             Step::Output { input, task } => {
@@ -519,11 +730,14 @@ impl LaunchPlan {
                     Arg::I32(*task as i32),
                     Arg::I32(rows as i32),
                 ];
+                // Each task writes its own column of the logits: no ordering.
                 self.push(
                     Kernel::OutputLogit,
                     (blocks(rows, BLOCK as usize), 1, 1),
                     (BLOCK, 1, 1),
                     args,
+                    vec![*input],
+                    Vec::new(),
                 );
             }
         }
@@ -552,49 +766,122 @@ mod tests {
     }
 
     #[test]
-    fn bench_model_runs_every_layer_on_tensor_cores() {
+    fn bench_model_runs_every_layer_on_tensor_cores_in_few_launches() {
         let program = bench_program();
-        let plan = LaunchPlan::new(&program, 256, Precision::F16, &|_| DeviceWeight {
-            ldw: 512,
-        });
-        let linear: Vec<&Launch> = plan
-            .launches
-            .iter()
-            .filter(|l| {
-                matches!(
-                    l.kernel,
-                    Kernel::LinearMma | Kernel::LinearSimtF16 | Kernel::LinearSimtF32
-                )
-            })
-            .collect();
-        // The benchmark model's input widths are multiples of 16: no fallback.
-        assert!(linear.iter().all(|l| l.kernel == Kernel::LinearMma));
-        // Candidate-phase launches compute the whole bucket; request-phase ones one row.
-        for l in &linear {
-            let Arg::Linear(a) = l.args[0] else { panic!() };
-            assert!(a.rows == 256 || a.rows == 1, "{a:?}");
-            assert_eq!(l.grid.1 as i32, (a.rows + 31) / 32);
-            assert_eq!(l.grid.0 as i32, (a.n + 63) / 64);
+        for (capacity, kernel) in [(32, Kernel::LinearMma32), (256, Kernel::LinearMma64)] {
+            let plan = LaunchPlan::new(&program, capacity, Precision::F16, &|_| DeviceWeight {
+                ldw: 512,
+            });
+            let linear: Vec<&Launch> = plan
+                .launches
+                .iter()
+                .filter(|l| is_linear(l.kernel))
+                .collect();
+            // The benchmark model's input widths are multiples of 16: no fallback.
+            assert!(linear.iter().all(|l| l.kernel == kernel));
+            // Every problem is in exactly one launch, and each launch's tile
+            // table adds up its problems' blocks.
+            let mut covered = 0;
+            for l in &linear {
+                let [Arg::Ptr(Loc::Problems(first)), Arg::Ptr(Loc::Ranges(tiles)), Arg::I32(count)] =
+                    l.args[..]
+                else {
+                    panic!("{l:?}")
+                };
+                assert_eq!(first..first + count as usize, l.problems);
+                let mut total = 0;
+                for (i, problem) in plan.problems[l.problems.clone()].iter().enumerate() {
+                    assert_eq!(plan.ranges[tiles + i], total);
+                    // Candidate-phase problems compute the whole bucket; request-phase ones one row.
+                    assert!(
+                        problem.rows == capacity as i32 || problem.rows == 1,
+                        "{problem:?}"
+                    );
+                    total += linear_blocks(kernel, problem.rows as usize, problem.n as usize);
+                }
+                assert_eq!(plan.ranges[tiles + count as usize], total);
+                assert_eq!(l.grid, (total, 1, 1));
+                covered += count as usize;
+            }
+            assert_eq!(covered, plan.problems.len());
+            // 38 Linear problems: the request parts of the 9 first layers
+            // (4 DCN cross layers, 2 MLPs, 3 gates), those 9 layers, the 6
+            // second layers, 2 × 4 DCN deep layers and 2 × 3 tower layers; in
+            // 7 grouped launches, 15 launches in all (46 before grouping).
+            assert_eq!(plan.unscheduled.len(), 46);
+            assert_eq!(plan.problems.len(), 38);
+            assert_eq!(linear.len(), 7);
+            assert_eq!(plan.launches.len(), 15);
+            let outputs = plan
+                .launches
+                .iter()
+                .filter(|l| l.kernel == Kernel::OutputLogit)
+                .count();
+            assert_eq!(outputs, 3);
+            // Buffers never overlap and are 256-byte aligned.
+            let mut spans: Vec<(usize, usize)> = plan
+                .placements
+                .iter()
+                .zip(&program.buffers)
+                .map(|(p, b)| (p.offset, p.offset + p.rows * b.width))
+                .collect();
+            spans.sort();
+            for w in spans.windows(2) {
+                assert!(w[0].1 <= w[1].0);
+                assert_eq!(w[1].0 % 64, 0);
+            }
+            assert!(spans.last().unwrap().1 <= plan.arena_len);
         }
-        let outputs = plan
-            .launches
-            .iter()
-            .filter(|l| l.kernel == Kernel::OutputLogit)
-            .count();
-        assert_eq!(outputs, 3);
-        // Buffers never overlap and are 256-byte aligned.
-        let mut spans: Vec<(usize, usize)> = plan
-            .placements
-            .iter()
-            .zip(&program.buffers)
-            .map(|(p, b)| (p.offset, p.offset + p.rows * b.width))
-            .collect();
-        spans.sort();
-        for w in spans.windows(2) {
-            assert!(w[0].1 <= w[1].0);
-            assert_eq!(w[1].0 % 64, 0);
+    }
+
+    /// The schedule runs every launch after each earlier one it depends on
+    /// (read after write, write after read, write after write), never in the
+    /// same grouped launch; and it runs every launch exactly once.
+    #[test]
+    fn schedule_respects_every_dependency() {
+        let small = include_str!("../../tests/common/small_config.json");
+        for json in [small, crate::demo::BENCH_MODEL_JSON] {
+            let config = Config::parse(json).unwrap();
+            let plan =
+                Plan::build(&config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
+            let program = Program::lower(&config, &plan);
+            for precision in [Precision::F16, Precision::F32] {
+                let lp = LaunchPlan::new(&program, 64, precision, &|_| DeviceWeight { ldw: 16 });
+                let mut position = vec![usize::MAX; lp.unscheduled.len()];
+                for (at, launch) in lp.launches.iter().enumerate() {
+                    for &o in &launch.origin {
+                        assert_eq!(position[o], usize::MAX, "launch {o} scheduled twice");
+                        position[o] = at;
+                    }
+                }
+                assert!(
+                    position.iter().all(|&p| p != usize::MAX),
+                    "a launch was dropped"
+                );
+                let touches = |a: &[BufId], b: &[BufId]| a.iter().any(|x| b.contains(x));
+                let mut dependencies = 0;
+                for (j, later) in lp.unscheduled.iter().enumerate() {
+                    for (i, earlier) in lp.unscheduled[..j].iter().enumerate() {
+                        if touches(&earlier.writes, &later.reads)
+                            || touches(&earlier.reads, &later.writes)
+                            || touches(&earlier.writes, &later.writes)
+                        {
+                            dependencies += 1;
+                            assert!(
+                                position[i] < position[j],
+                                "{}: {:?} (#{i}) must run before {:?} (#{j})",
+                                config.name,
+                                earlier.kernel,
+                                later.kernel
+                            );
+                        }
+                    }
+                }
+                assert!(dependencies > 10);
+                // Grouping happened: fewer launches than Linear problems.
+                assert!(lp.launches.len() < lp.unscheduled.len());
+            }
         }
-        assert!(spans.last().unwrap().1 <= plan.arena_len);
     }
 
     /// Every pointer argument of every launch stays inside what it points to,
@@ -644,8 +931,8 @@ mod tests {
                             );
                         }
                     };
-                    for launch in &launch_plan.launches {
-                        if let Some(Arg::Linear(a)) = launch.args.first() {
+                    for launch in launch_plan.launches.iter().filter(|l| is_linear(l.kernel)) {
+                        for a in &launch_plan.problems[launch.problems.clone()] {
                             let k_end = launch_plan.ranges[match a.ranges {
                                 Loc::Ranges(at) => at,
                                 _ => panic!("ranges live in the range table"),
@@ -661,7 +948,7 @@ mod tests {
                             in_arena(a.shift, a.rows, a.ldshift, a.n);
                             in_arena(a.add, 1, 0, a.n);
                             assert!(a.rows == capacity as i32 || a.rows == 1);
-                            if launch.kernel == Kernel::LinearMma {
+                            if matches!(launch.kernel, Kernel::LinearMma32 | Kernel::LinearMma64) {
                                 assert!(a.ldw % 16 == 0, "mma needs 16-padded rows");
                             }
                         }
@@ -695,9 +982,9 @@ mod tests {
             .iter()
             .any(|l| l.kernel == Kernel::LinearSimtF16));
         let f32 = LaunchPlan::new(&program, 32, Precision::F32, &|_| DeviceWeight { ldw: 8 });
-        assert!(f32
-            .launches
-            .iter()
-            .all(|l| l.kernel != Kernel::LinearMma && l.kernel != Kernel::LinearSimtF16));
+        assert!(f32.launches.iter().all(|l| !matches!(
+            l.kernel,
+            Kernel::LinearMma32 | Kernel::LinearMma64 | Kernel::LinearSimtF16
+        )));
     }
 }

@@ -232,6 +232,7 @@ struct Bucket {
     _arena: CudaSlice<f32>,
     _ranges: CudaSlice<u32>,
     _pointers: CudaSlice<u64>,
+    _problems: CudaSlice<LinearArgs>,
     graph: CudaGraph,
 }
 
@@ -428,7 +429,7 @@ impl GpuSession {
         let logits = self.logits.as_ref().map_or(0, |s| s.device_ptr(stream).0);
         let (ranges_ptr, pointers_ptr) =
             (ranges.device_ptr(stream).0, pointers.device_ptr(stream).0);
-        let resolve = |loc: Loc| -> u64 {
+        let base = |loc: Loc| -> u64 {
             match loc {
                 Loc::Arena(offset) => arena_ptr + 4 * offset as u64,
                 Loc::Tensor(id) => gpu.pointers[id],
@@ -436,7 +437,30 @@ impl GpuSession {
                 Loc::Pointers(offset) => pointers_ptr + 8 * offset as u64,
                 Loc::Staging => staging,
                 Loc::Logits => logits,
-                Loc::Null => 0,
+                Loc::Problems(_) | Loc::Null => 0,
+            }
+        };
+        let mut problems_host: Vec<LinearArgs> = plan
+            .problems
+            .iter()
+            .map(|l| linear_args(l, &base))
+            .collect();
+        if problems_host.is_empty() {
+            problems_host.push(LinearArgs::default());
+        }
+        let problems = stream
+            .clone_htod(&problems_host)
+            .map_err(|e| cuda_error("Linear problem table", e))?;
+        stream
+            .synchronize()
+            .map_err(|e| cuda_error("synchronize", e))?;
+        let problems_ptr = problems.device_ptr(stream).0;
+        let resolve = |loc: Loc| -> u64 {
+            match loc {
+                Loc::Problems(index) => {
+                    problems_ptr + (std::mem::size_of::<LinearArgs>() * index) as u64
+                }
+                other => base(other),
             }
         };
         // Resolve every argument before capture, so nothing allocates while
@@ -444,7 +468,6 @@ impl GpuSession {
         enum Value {
             U64(u64),
             I32(i32),
-            Linear(LinearArgs),
         }
         let resolved: Vec<Vec<Value>> = plan
             .launches
@@ -456,7 +479,6 @@ impl GpuSession {
                     .map(|arg| match *arg {
                         Arg::Ptr(loc) => Value::U64(resolve(loc)),
                         Arg::I32(v) => Value::I32(v),
-                        Arg::Linear(l) => Value::Linear(linear_args(&l, &resolve)),
                     })
                     .collect()
             })
@@ -475,7 +497,6 @@ impl GpuSession {
                 match value {
                     Value::U64(v) => builder.arg(v),
                     Value::I32(v) => builder.arg(v),
-                    Value::Linear(v) => builder.arg(v),
                 };
             }
             let config = LaunchConfig {
@@ -502,6 +523,7 @@ impl GpuSession {
             _arena: arena,
             _ranges: ranges,
             _pointers: pointers,
+            _problems: problems,
             graph,
         })
     }
