@@ -181,6 +181,8 @@ __device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) 
 // conflicts and rows 16-byte aligned.
 #define MMA_LD 40
 
+// Every loop over the register arrays (acc, fragments, staged values) is
+// unrolled: a runtime index would put them in local memory.
 template <int BM>
 __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int count) {
     constexpr int MT = BM / 32;         // 16-row tiles per warp
@@ -217,6 +219,7 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
     auto load = [&]() {
         // x: element i = tid + 128·j is (row i / 32, column i % 32): rows of
         // 32 consecutive floats, coalesced.
+        #pragma unroll
         for (int j = 0; j < XPT; ++j) {
             int i = tid + 128 * j;
             int row = row0 + i / MMA_BK, k = k0 + i % MMA_BK;
@@ -225,6 +228,7 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
         // W: chunk c = tid + 128·j is 8 halves (row c / 4, columns 8·(c % 4)…).
         // A chunk starting before e ends inside the padded row (ldw is a
         // multiple of 16 and k0 of 8); x is zero past e, so its tail is harmless.
+        #pragma unroll
         for (int j = 0; j < 2; ++j) {
             int c = tid + 128 * j;
             int row = col0 + c / 4, k = k0 + 8 * (c % 4);
@@ -232,10 +236,12 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
         }
     };
     auto store = [&](int buf) {
+        #pragma unroll
         for (int j = 0; j < XPT; ++j) {
             int i = tid + 128 * j;
             xs[buf][i / MMA_BK][i % MMA_BK] = __float2half(xr[j]);
         }
+        #pragma unroll
         for (int j = 0; j < 2; ++j) {
             int c = tid + 128 * j;
             *(uint4*)&ws[buf][c / 4][8 * (c % 4)] = wv[j];
@@ -255,8 +261,10 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
         skip_empty();
         bool more = q < a.nranges;
         if (more) load();
+        #pragma unroll
         for (int kk = 0; kk < MMA_BK; kk += 16) {
             u32 fa[MT][4];
+            #pragma unroll
             for (int m = 0; m < MT; ++m) {
                 const __half* xw = &xs[buf][wr * (BM / 2) + m * 16][kk];
                 fa[m][0] = *(const u32*)(xw + g * MMA_LD + 2 * t);
@@ -264,11 +272,13 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
                 fa[m][2] = *(const u32*)(xw + g * MMA_LD + 2 * t + 8);
                 fa[m][3] = *(const u32*)(xw + (g + 8) * MMA_LD + 2 * t + 8);
             }
+            #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const __half* wrow = &ws[buf][wc * 32 + 8 * j + g][kk];
                 u32 fb[2];
                 fb[0] = *(const u32*)(wrow + 2 * t);
                 fb[1] = *(const u32*)(wrow + 2 * t + 8);
+                #pragma unroll
                 for (int m = 0; m < MT; ++m) mma_16816(acc[m][j], fa[m], fb);
             }
         }
@@ -278,8 +288,11 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
         __syncthreads();
         buf ^= 1;
     }
+    #pragma unroll
     for (int m = 0; m < MT; ++m)
+        #pragma unroll
         for (int j = 0; j < 4; ++j)
+            #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 int row = row0 + wr * (BM / 2) + m * 16 + g + (i >= 2 ? 8 : 0);
                 int col = col0 + wc * 32 + 8 * j + 2 * t + (i & 1);

@@ -4,7 +4,10 @@
 # Writes logs and JSON under $OUT as it goes and prints a short table last.
 # At most about 5 minutes: every step has its own time limit.
 set -uo pipefail
-out=${1:-${OUT:-gpu-out}}
+# Only a few files come back from the machine: logs go to $1/logs, archived
+# as $1/logs.tgz at the end, with the summary next to it.
+root_out=${1:-${OUT:-gpu-out}}
+out=$root_out/logs
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
@@ -65,7 +68,8 @@ log "5. per-kernel times (Nsight Compute, one graph of 1024 candidates, f16)"
 if command -v ncu >/dev/null; then
   timeout 90 ncu --section SpeedOfLight --launch-skip 45 --launch-count 15 ./bin/mmoe bench --model models/demo.mmoe \
     --device cuda --precision f16 --batch 1024 --iters 5 --max-seconds 1 > "$out/ncu-1024.txt" 2>&1
-  grep -E "^  [a-z_0-9]+|Duration|Compute \(SM\) Throughput|Memory Throughput" "$out/ncu-1024.txt" | head -80 > "$out/ncu-summary.txt"
+  awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
+       /Duration|Throughput/ {gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-1024.txt" | tee "$out/ncu-summary.txt"
   echo "ncu: $(grep -c Duration "$out/ncu-1024.txt") kernels profiled" | tee -a "$out/check.log"
 else
   echo "ncu not found" | tee -a "$out/check.log"
@@ -99,5 +103,5 @@ if eight:
     print(f"8 threads x 256 candidates (f16): {eight['results']['256']['candidates_per_s']:.0f} candidates/s")
 PY
 echo "gpu tests exit status: $tests_rc" | tee -a "$out/summary.txt"
-# Few files come back from the machine: everything else goes in one archive.
-(cd "$out" && tar czf logs.tgz --exclude logs.tgz --exclude summary.txt --exclude check.log . 2>/dev/null)
+cp "$out/summary.txt" "$out/check.log" "$root_out/"
+tar czf "$root_out/logs.tgz" -C "$root_out" logs && rm -rf "$out"

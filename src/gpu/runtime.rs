@@ -18,7 +18,7 @@ use super::launch_plan::{
     bucket, f16_ldw, f16_rows, Arg, DeviceWeight, Kernel, LaunchPlan, LinearLaunch, Loc,
     PointerEntry, Precision,
 };
-use super::staging::{pack_request, InputTensors};
+use super::staging::{staging_layout, write_staging, InputTensors};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::PANEL;
 use crate::model::{Model, Values};
@@ -241,7 +241,6 @@ pub struct GpuSession {
     gpu: Arc<GpuModel>,
     stream: Arc<CudaStream>,
     input_tensors: Vec<InputTensors>,
-    host_staging: Vec<u8>,
     pinned_staging: Option<PinnedHostSlice<u8>>,
     device_staging: Option<CudaSlice<u8>>,
     logits: Option<CudaSlice<f32>>,
@@ -260,7 +259,6 @@ impl GpuSession {
             gpu,
             stream,
             input_tensors,
-            host_staging: Vec::new(),
             pinned_staging: None,
             device_staging: None,
             logits: None,
@@ -280,19 +278,19 @@ impl GpuSession {
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| cuda_error("bind context", e))?;
-        pack_request(model, &self.input_tensors, request, &mut self.host_staging)?;
+        let layout = staging_layout(model, request)?;
         let n = request.candidates();
         if n == 0 {
             return Ok(());
         }
         let capacity = bucket(n);
         let tasks = model.num_tasks();
-        self.ensure_io(self.host_staging.len(), capacity * tasks)?;
+        self.ensure_io(layout.total, capacity * tasks)?;
         if !self.buckets.contains_key(&capacity) {
             let bucket = self.capture(model, capacity)?;
             self.buckets.insert(capacity, bucket);
         }
-        let used = self.host_staging.len();
+        let used = layout.total;
         let (Some(pinned), Some(device_staging), Some(device_logits), Some(pinned_logits)) = (
             self.pinned_staging.as_mut(),
             self.device_staging.as_ref(),
@@ -307,7 +305,14 @@ impl GpuSession {
         let host = pinned
             .as_mut_slice()
             .map_err(|e| cuda_error("staging", e))?;
-        host[..used].copy_from_slice(&self.host_staging);
+        // Straight into pinned memory: the request's features are copied once.
+        write_staging(
+            model,
+            &self.input_tensors,
+            request,
+            &layout,
+            &mut host[..used],
+        )?;
         let stream = self.stream.cu_stream();
         // SAFETY: the pinned buffer holds at least `used` bytes, the device
         // staging buffer at least as many (ensure_io); both outlive the

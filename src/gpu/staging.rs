@@ -58,14 +58,32 @@ pub struct InputTensors {
 }
 
 /// Packs a validated request into `out` (cleared first, capacity reused).
-/// Non-finite values of inputs that do not allow missing values are refused
-/// here, on the host, with the input and candidate named.
 pub fn pack_request(
     model: &Model,
     tensors: &[InputTensors],
     request: &Request<'_>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    let layout = staging_layout(model, request)?;
+    out.clear();
+    out.resize(layout.total, 0);
+    write_staging(model, tensors, request, &layout, out)
+}
+
+/// Where each region of a request's staging buffer starts (bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StagingLayout {
+    pub descs_at: usize,
+    pub floats_at: usize,
+    pub offsets_at: usize,
+    pub ids_at: usize,
+    pub total: usize,
+}
+
+/// The staging layout of a validated request. Non-finite values of inputs
+/// that do not allow missing values are refused here, on the host, with the
+/// input and candidate named.
+pub fn staging_layout(model: &Model, request: &Request<'_>) -> Result<StagingLayout> {
     let config = model.config();
     let inputs = &config.inputs;
     let (mut floats, mut offsets, mut ids) = (0usize, 0usize, 0usize);
@@ -101,17 +119,51 @@ pub fn pack_request(
             }
         }
     }
-    let to_u32 = |v: usize| {
-        u32::try_from(v).map_err(|_| Error::request("request too large for the GPU staging buffer"))
-    };
     let header_len = std::mem::size_of::<StagingHeader>();
     let descs_at = header_len;
     let floats_at = descs_at + inputs.len() * std::mem::size_of::<InputDesc>();
     let offsets_at = floats_at + floats * 4;
     let ids_at = (offsets_at + offsets * 4).div_ceil(8) * 8;
     let total = ids_at + ids * 8;
-    out.clear();
-    out.resize(total, 0);
+    Ok(StagingLayout {
+        descs_at,
+        floats_at,
+        offsets_at,
+        ids_at,
+        total,
+    })
+}
+
+/// Writes the request into `out` (at least `layout.total` bytes, for
+/// instance pinned host memory: written once, never read back here).
+pub fn write_staging(
+    model: &Model,
+    tensors: &[InputTensors],
+    request: &Request<'_>,
+    layout: &StagingLayout,
+    out: &mut [u8],
+) -> Result<()> {
+    let inputs = &model.config().inputs;
+    let to_u32 = |v: usize| {
+        u32::try_from(v).map_err(|_| Error::request("request too large for the GPU staging buffer"))
+    };
+    let header_len = std::mem::size_of::<StagingHeader>();
+    let StagingLayout {
+        descs_at,
+        floats_at,
+        offsets_at,
+        ids_at,
+        total,
+    } = *layout;
+    if out.len() < total {
+        return Err(Error::new(
+            crate::error::ErrorKind::Device,
+            format!(
+                "GPU staging buffer of {} bytes is smaller than the request's {total}",
+                out.len()
+            ),
+        ));
+    }
     let header = StagingHeader {
         candidates: request.candidates() as u64,
         num_inputs: inputs.len() as u64,
@@ -173,7 +225,9 @@ pub fn pack_request(
                 out[at..at + bag_ids.len() * 8].copy_from_slice(bytemuck::cast_slice(bag_ids));
                 i += bag_ids.len();
             }
-            Feature::Unset => unreachable!("checked above"),
+            Feature::Unset => {
+                return Err(Error::request(format!("input `{}` is not set", input.name)))
+            }
         }
         let at = descs_at + index * std::mem::size_of::<InputDesc>();
         out[at..at + 64].copy_from_slice(bytemuck::bytes_of(&desc));
