@@ -43,21 +43,30 @@ __device__ float feature(const InputDesc& d, const unsigned char* staging, int r
     return pooled_value(d, (const u32*)(staging + h->offsets_at), (const u64*)(staging + h->ids_at), r, k);
 }
 
-// x0_request[0, :] = request-scope features (zero elsewhere). One block.
+// The input that owns x0 column `c` (num_inputs when none does).
+__device__ __forceinline__ u64 input_of(const InputDesc* descs, u64 num_inputs, int c) {
+    for (u64 i = 0; i < num_inputs; ++i) {
+        u32 off = descs[i].x0_offset;
+        if ((u32)c >= off && (u32)c < off + descs[i].dim) return i;
+    }
+    return num_inputs;
+}
+
+// x0_request[0, :] = request-scope features (zero elsewhere). One block; a
+// thread per column, so every input is computed at once.
 extern "C" __global__ void features_request(const unsigned char* staging, float* x0r, int d_total) {
     const StagingHeader* h = (const StagingHeader*)staging;
     const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
-    for (int c = threadIdx.x; c < d_total; c += blockDim.x) x0r[c] = 0.0f;
-    __syncthreads();
-    for (u64 i = 0; i < h->num_inputs; ++i) {
-        InputDesc d = descs[i];
-        if (d.scope != 0) continue;
-        for (int k = threadIdx.x; k < (int)d.dim; k += blockDim.x) x0r[d.x0_offset + k] = feature(d, staging, 0, k);
+    for (int c = threadIdx.x; c < d_total; c += blockDim.x) {
+        u64 i = input_of(descs, h->num_inputs, c);
+        float v = 0.0f;
+        if (i < h->num_inputs && descs[i].scope == 0) v = feature(descs[i], staging, 0, c - (int)descs[i].x0_offset);
+        x0r[c] = v;
     }
 }
 
 // x0[r, :] = candidate features of row r and the request columns; zero for
-// rows past the request's candidates. One block per row.
+// rows past the request's candidates. One block per row, a thread per column.
 extern "C" __global__ void features_candidate(const unsigned char* staging, const float* x0r, float* x0, int ld, int d_total) {
     const StagingHeader* h = (const StagingHeader*)staging;
     const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
@@ -67,12 +76,12 @@ extern "C" __global__ void features_candidate(const unsigned char* staging, cons
         for (int c = threadIdx.x; c < d_total; c += blockDim.x) out[c] = 0.0f;
         return;
     }
-    for (u64 i = 0; i < h->num_inputs; ++i) {
-        InputDesc d = descs[i];
-        for (int k = threadIdx.x; k < (int)d.dim; k += blockDim.x) {
-            int c = d.x0_offset + k;
-            out[c] = d.scope == 0 ? x0r[c] : feature(d, staging, r, k);
-        }
+    for (int c = threadIdx.x; c < d_total; c += blockDim.x) {
+        u64 i = input_of(descs, h->num_inputs, c);
+        float v = 0.0f;
+        if (i < h->num_inputs)
+            v = descs[i].scope == 0 ? x0r[c] : feature(descs[i], staging, r, c - (int)descs[i].x0_offset);
+        out[c] = v;
     }
 }
 
@@ -124,7 +133,7 @@ __device__ void linear_simt(const LinearArgs* problems, const u32* tiles, int co
     __shared__ float xs[16][17];
     __shared__ float ws[16][17];
     int p = problem_of(tiles, count, blockIdx.x);
-    const LinearArgs a = problems[p];
+    const LinearArgs& a = problems[p];
     int local = blockIdx.x - (int)tiles[p];
     int tiles_n = (a.n + 15) / 16;
     int tile_r = local / tiles_n, tile_c = local % tiles_n;
@@ -190,7 +199,7 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
     __shared__ __align__(16) __half xs[2][BM][MMA_LD];
     __shared__ __align__(16) __half ws[2][64][MMA_LD];
     int p = problem_of(tiles, count, blockIdx.x);
-    const LinearArgs a = problems[p];
+    const LinearArgs& a = problems[p];
     int local = blockIdx.x - (int)tiles[p];
     int tiles_n = (a.n + 63) / 64;
     int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * 64;
@@ -300,10 +309,10 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
             }
 }
 
-extern "C" __global__ void __launch_bounds__(128) linear_mma32(const LinearArgs* problems, const u32* tiles, int count) {
+extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32(const LinearArgs* problems, const u32* tiles, int count) {
     linear_mma<32>(problems, tiles, count);
 }
-extern "C" __global__ void __launch_bounds__(128) linear_mma64(const LinearArgs* problems, const u32* tiles, int count) {
+extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64(const LinearArgs* problems, const u32* tiles, int count) {
     linear_mma<64>(problems, tiles, count);
 }
 
