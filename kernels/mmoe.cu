@@ -185,54 +185,88 @@ __device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// `ldmatrix.x4`: four 8×8 fp16 matrices from shared memory; lane l gives the
+// address of row l % 8 of matrix l / 8 and receives, of each matrix i, the
+// pair (row l / 4, columns 2·(l % 4)…) in r[i]: the mma fragment layout.
+__device__ __forceinline__ void ldmatrix_x4(u32* r, const __half* p) {
+    u32 address = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+
+__device__ __forceinline__ u32 pack_half2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *(u32*)&h;
+}
+
 #define MMA_BK 32
-// Shared row stride in halves: 80 bytes keeps fragment reads free of bank
-// conflicts and rows 16-byte aligned.
+// Shared row stride in halves: 80 bytes keeps ldmatrix rows 16-byte aligned
+// and its eight rows of a phase on distinct banks.
 #define MMA_LD 40
 
 // Every loop over the register arrays (acc, fragments, staged values) is
 // unrolled: a runtime index would put them in local memory.
 template <int BM>
 __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int count) {
-    constexpr int MT = BM / 32;         // 16-row tiles per warp
-    constexpr int XPT = BM * MMA_BK / 128;  // x values each thread stages
+    constexpr int MT = BM / 32;                 // 16-row tiles per warp
+    constexpr int XV = BM * MMA_BK / 4 / 128;   // float4 groups of x each thread stages
     __shared__ __align__(16) __half xs[2][BM][MMA_LD];
     __shared__ __align__(16) __half ws[2][64][MMA_LD];
     int p = problem_of(tiles, count, blockIdx.x);
+    // The problem stays in global memory (uniform, cached); what the K loop
+    // reads is copied to registers once.
     const LinearArgs& a = problems[p];
+    const float* x = a.x;
+    const int ldx = a.ldx, in_off = a.in_off, rows = a.rows, ldw = a.ldw, nranges = a.nranges;
+    const u32* ranges = a.ranges;
+    const __half* w = (const __half*)a.w;
+    // float4 loads of x need 16-byte aligned rows; ranges start at multiples of 16.
+    const bool x_vec = ((ldx | in_off) & 3) == 0;
     int local = blockIdx.x - (int)tiles[p];
     int tiles_n = (a.n + 63) / 64;
     int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * 64;
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     int g = lane / 4, t = lane % 4;
     int wr = warp / 2, wc = warp % 2;
-    const __half* w = (const __half*)a.w;
 
     // The stage cursor: range q, its end e, and the stage's first column k0.
     int q = 0, e = 0, k0 = 0;
-    if (a.nranges > 0) {
-        k0 = a.ranges[0];
-        e = a.ranges[1];
+    if (nranges > 0) {
+        k0 = ranges[0];
+        e = ranges[1];
     }
     auto skip_empty = [&]() {
-        while (q < a.nranges && k0 >= e) {
+        while (q < nranges && k0 >= e) {
             ++q;
-            if (q < a.nranges) {
-                k0 = a.ranges[2 * q];
-                e = a.ranges[2 * q + 1];
+            if (q < nranges) {
+                k0 = ranges[2 * q];
+                e = ranges[2 * q + 1];
             }
         }
     };
-    float xr[XPT];
+    float4 xr[XV];
     uint4 wv[2];
     auto load = [&]() {
-        // x: element i = tid + 128·j is (row i / 32, column i % 32): rows of
-        // 32 consecutive floats, coalesced.
+        // x: group i = tid + 128·j is 4 floats (row i / 8, columns 4·(i % 8)…):
+        // rows of 32 consecutive floats, coalesced.
         #pragma unroll
-        for (int j = 0; j < XPT; ++j) {
+        for (int j = 0; j < XV; ++j) {
             int i = tid + 128 * j;
-            int row = row0 + i / MMA_BK, k = k0 + i % MMA_BK;
-            xr[j] = (row < a.rows && k < e) ? row_of(a.x, a.ldx, row)[a.in_off + k] : 0.0f;
+            int row = row0 + i / 8, k = k0 + 4 * (i % 8);
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (row < rows && k < e) {
+                const float* src = row_of(x, ldx, row) + in_off + k;
+                if (x_vec && k + 4 <= e) {
+                    v = *(const float4*)src;
+                } else {
+                    v.x = src[0];
+                    if (k + 1 < e) v.y = src[1];
+                    if (k + 2 < e) v.z = src[2];
+                    if (k + 3 < e) v.w = src[3];
+                }
+            }
+            xr[j] = v;
         }
         // W: chunk c = tid + 128·j is 8 halves (row c / 4, columns 8·(c % 4)…).
         // A chunk starting before e ends inside the padded row (ldw is a
@@ -241,14 +275,15 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
         for (int j = 0; j < 2; ++j) {
             int c = tid + 128 * j;
             int row = col0 + c / 4, k = k0 + 8 * (c % 4);
-            wv[j] = k < e ? *(const uint4*)(w + (long long)row * a.ldw + k) : make_uint4(0, 0, 0, 0);
+            wv[j] = k < e ? *(const uint4*)(w + (long long)row * ldw + k) : make_uint4(0, 0, 0, 0);
         }
     };
     auto store = [&](int buf) {
         #pragma unroll
-        for (int j = 0; j < XPT; ++j) {
+        for (int j = 0; j < XV; ++j) {
             int i = tid + 128 * j;
-            xs[buf][i / MMA_BK][i % MMA_BK] = __float2half(xr[j]);
+            *(uint2*)&xs[buf][i / 8][4 * (i % 8)] =
+                make_uint2(pack_half2(xr[j].x, xr[j].y), pack_half2(xr[j].z, xr[j].w));
         }
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -259,36 +294,37 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
 
     float acc[MT][4][4] = {};
     skip_empty();
-    if (q < a.nranges) {
+    if (q < nranges) {
         load();
         store(0);
     }
     __syncthreads();
     int buf = 0;
-    while (q < a.nranges) {
+    // ldmatrix row addresses: A (x) matrices 0–3 are rows 0–7 / 8–15 by
+    // columns 0–7 / 8–15 as the mma wants them (a0 a1 a2 a3); B (W) matrices
+    // are, for two 8-column tiles j and j+1, columns 0–7 and 8–15 of each.
+    const int a_row = (lane % 8) + ((lane / 8) & 1) * 8, a_col = (lane / 16) * 8;
+    const int b_row = (lane % 8) + (lane / 16) * 8, b_col = ((lane / 8) & 1) * 8;
+    while (q < nranges) {
         k0 += MMA_BK;
         skip_empty();
-        bool more = q < a.nranges;
+        bool more = q < nranges;
         if (more) load();
         #pragma unroll
         for (int kk = 0; kk < MMA_BK; kk += 16) {
             u32 fa[MT][4];
             #pragma unroll
-            for (int m = 0; m < MT; ++m) {
-                const __half* xw = &xs[buf][wr * (BM / 2) + m * 16][kk];
-                fa[m][0] = *(const u32*)(xw + g * MMA_LD + 2 * t);
-                fa[m][1] = *(const u32*)(xw + (g + 8) * MMA_LD + 2 * t);
-                fa[m][2] = *(const u32*)(xw + g * MMA_LD + 2 * t + 8);
-                fa[m][3] = *(const u32*)(xw + (g + 8) * MMA_LD + 2 * t + 8);
-            }
+            for (int m = 0; m < MT; ++m)
+                ldmatrix_x4(fa[m], &xs[buf][wr * (BM / 2) + m * 16 + a_row][kk + a_col]);
             #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const __half* wrow = &ws[buf][wc * 32 + 8 * j + g][kk];
-                u32 fb[2];
-                fb[0] = *(const u32*)(wrow + 2 * t);
-                fb[1] = *(const u32*)(wrow + 2 * t + 8);
+            for (int j = 0; j < 4; j += 2) {
+                u32 fb[4];
+                ldmatrix_x4(fb, &ws[buf][wc * 32 + 8 * j + b_row][kk + b_col]);
                 #pragma unroll
-                for (int m = 0; m < MT; ++m) mma_16816(acc[m][j], fa[m], fb);
+                for (int m = 0; m < MT; ++m) {
+                    mma_16816(acc[m][j], fa[m], fb);
+                    mma_16816(acc[m][j + 1], fa[m], fb + 2);
+                }
             }
         }
         // One barrier per stage: the other buffer was last read before the
@@ -305,7 +341,7 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
             for (int i = 0; i < 4; ++i) {
                 int row = row0 + wr * (BM / 2) + m * 16 + g + (i >= 2 ? 8 : 0);
                 int col = col0 + wc * 32 + 8 * j + 2 * t + (i & 1);
-                if (row < a.rows && col < a.n) store_output(a, row, col, acc[m][j][i]);
+                if (row < rows && col < a.n) store_output(a, row, col, acc[m][j][i]);
             }
 }
 
