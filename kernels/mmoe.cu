@@ -52,16 +52,32 @@ __device__ __forceinline__ u64 input_of(const InputDesc* descs, u64 num_inputs, 
     return num_inputs;
 }
 
-// x0_request[0, :] = request-scope features (zero elsewhere). One block; a
-// thread per column, so every input is computed at once.
+// x0_request[0, :] = request-scope features (zero elsewhere). A warp per
+// column: its lanes split the ids of a bag (request bags, a user's history,
+// are the long ones).
 extern "C" __global__ void features_request(const unsigned char* staging, float* x0r, int d_total) {
     const StagingHeader* h = (const StagingHeader*)staging;
     const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
-    for (int c = threadIdx.x; c < d_total; c += blockDim.x) {
+    int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+    for (int c = blockIdx.x * warps + threadIdx.x / 32; c < d_total; c += gridDim.x * warps) {
         u64 i = input_of(descs, h->num_inputs, c);
         float v = 0.0f;
-        if (i < h->num_inputs && descs[i].scope == 0) v = feature(descs[i], staging, 0, c - (int)descs[i].x0_offset);
-        x0r[c] = v;
+        if (i < h->num_inputs && descs[i].scope == 0) {
+            const InputDesc d = descs[i];
+            int k = c - (int)d.x0_offset;
+            if (d.kind == 0) {
+                v = dense_value(d, (const float*)(staging + h->floats_at), 0, k);
+            } else {
+                const u32* offsets = (const u32*)(staging + h->offsets_at);
+                const u64* ids = (const u64*)(staging + h->ids_at);
+                const float* table = (const float*)d.table;
+                u32 start = offsets[d.values], end = offsets[d.values + 1];
+                for (u32 j = start + lane; j < end; j += 32) v += table[(ids[d.ids + j] % d.rows) * d.dim + k];
+                for (int s = 16; s > 0; s /= 2) v += __shfl_xor_sync(0xffffffffu, v, s);
+                if ((d.flags & FLAG_MEAN) && end > start) v /= (float)(end - start);
+            }
+        }
+        if (lane == 0) x0r[c] = v;
     }
 }
 
@@ -109,6 +125,40 @@ __device__ __forceinline__ void store_output(const LinearArgs& a, int row, int c
     if (a.scale) v *= row_of(a.scale, a.ldscale, row)[col];
     if (a.shift) v += row_of(a.shift, a.ldshift, row)[col];
     a.y[(long long)a.ldy * row + a.out_off + col] = v;
+}
+
+// Outputs `col` and `col + 1` (col even) of one row with 8-byte accesses;
+// `pairs` says every stride and offset is even, so each pair is aligned.
+__device__ __forceinline__ void store_pair(const LinearArgs& a, bool pairs, int row, int col, float s0, float s1) {
+    if (!pairs || col + 1 >= a.n) {
+        store_output(a, row, col, s0);
+        if (col + 1 < a.n) store_output(a, row, col + 1, s1);
+        return;
+    }
+    float2 v = make_float2(s0, s1);
+    if (a.bias) {
+        float2 b = *(const float2*)(a.bias + col);
+        v.x += b.x;
+        v.y += b.y;
+    }
+    if (a.add) {
+        float2 b = *(const float2*)(a.add + col);
+        v.x += b.x;
+        v.y += b.y;
+    }
+    v.x = activate(v.x, a.act);
+    v.y = activate(v.y, a.act);
+    if (a.scale) {
+        float2 m = *(const float2*)(row_of(a.scale, a.ldscale, row) + col);
+        v.x *= m.x;
+        v.y *= m.y;
+    }
+    if (a.shift) {
+        float2 m = *(const float2*)(row_of(a.shift, a.ldshift, row) + col);
+        v.x += m.x;
+        v.y += m.y;
+    }
+    *(float2*)(a.y + (long long)a.ldy * row + a.out_off + col) = v;
 }
 
 template <typename W>
@@ -333,15 +383,17 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
         __syncthreads();
         buf ^= 1;
     }
+    // Each thread holds pairs of adjacent columns (2t, 2t+1) of rows g and g+8.
+    const bool pairs = ((a.ldy | a.out_off | a.ldscale | a.ldshift) & 1) == 0;
     #pragma unroll
     for (int m = 0; m < MT; ++m)
         #pragma unroll
         for (int j = 0; j < 4; ++j)
             #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                int row = row0 + wr * (BM / 2) + m * 16 + g + (i >= 2 ? 8 : 0);
-                int col = col0 + wc * 32 + 8 * j + 2 * t + (i & 1);
-                if (row < rows && col < a.n) store_output(a, row, col, acc[m][j][i]);
+            for (int half = 0; half < 2; ++half) {
+                int row = row0 + wr * (BM / 2) + m * 16 + g + 8 * half;
+                int col = col0 + wc * 32 + 8 * j + 2 * t;
+                if (row < rows && col < a.n) store_pair(a, pairs, row, col, acc[m][j][2 * half], acc[m][j][2 * half + 1]);
             }
 }
 
@@ -426,27 +478,34 @@ extern "C" __global__ void bilinear(const float* o1, int ld1, const float* o2, i
     out[(long long)ldo * r + o] = row_of(wx, ldx, r)[o] + row_of(wy, ldy, r)[o] + sum;
 }
 
-// out = Σ_i softmax(gate)_i · expert_i. `experts` holds (pointer, ld) pairs as u64.
-extern "C" __global__ void mixture(const float* gate, int ldg, int num_experts, const u64* experts, float* out, int ldo,
-                                   int h, int rows) {
+// out_t = Σ_i softmax(gate_t)_i · expert_i for every task t over the same
+// experts at once (the second task on reads each expert value from L1).
+// `table` holds (pointer, ld) pairs as u64: the experts, then of each task its
+// gate (pointer 0: one expert, no gate) and its output.
+extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks, int h, int rows) {
     int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows || c >= h) return;
-    float m = 0.0f;
-    if (gate == 0) {
-        const float* e = (const float*)experts[0];
-        m = row_of(e, (int)experts[1], r)[c];
-    } else {
-        const float* z = row_of(gate, ldg, r);
-        float zmax = z[0];
-        for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
-        float total = 0.0f;
-        for (int i = 0; i < num_experts; ++i) total += expf(z[i] - zmax);
-        for (int i = 0; i < num_experts; ++i) {
-            const float* e = (const float*)experts[2 * i];
-            m += expf(z[i] - zmax) / total * row_of(e, (int)experts[2 * i + 1], r)[c];
+    const u64* experts = table;
+    for (int task = 0; task < tasks; ++task) {
+        const u64* entry = table + 2 * num_experts + 4 * task;
+        const float* gate = (const float*)entry[0];
+        float* out = (float*)entry[2];
+        float m = 0.0f;
+        if (gate == 0) {
+            m = row_of((const float*)experts[0], (int)experts[1], r)[c];
+        } else {
+            const float* z = row_of(gate, (int)entry[1], r);
+            float zmax = z[0];
+            for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
+            float total = 0.0f;
+            for (int i = 0; i < num_experts; ++i) total += expf(z[i] - zmax);
+            for (int i = 0; i < num_experts; ++i) {
+                const float* e = (const float*)experts[2 * i];
+                m += expf(z[i] - zmax) / total * row_of(e, (int)experts[2 * i + 1], r)[c];
+            }
         }
+        out[(long long)entry[3] * r + c] = m;
     }
-    out[(long long)ldo * r + c] = m;
 }
 
 // logits[r · tasks + task] = in[r, 0]

@@ -141,7 +141,27 @@ pub struct Launch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Pending {
     launch: Launch,
-    linear: Option<(LinearLaunch, u32)>,
+    group: Option<Group>,
+}
+
+/// What a launch contributes to a grouped launch of its level.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Group {
+    /// A Linear problem and its number of blocks.
+    Linear(LinearLaunch, u32),
+    /// One task's mixture: tasks over the same experts run as one launch
+    /// that reads each expert value once.
+    Mixture(MixtureTask),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MixtureTask {
+    experts: Vec<BufId>,
+    gate: Option<BufId>,
+    out: BufId,
+    /// Row stride of `out` and its width.
+    ldo: usize,
+    h: usize,
 }
 
 /// An entry of the session's pointer table (expert lists of mixtures).
@@ -314,14 +334,24 @@ impl LaunchPlan {
         for level in by_level {
             // Grouped Linear launches first, in order of first appearance.
             let mut groups: Vec<(Kernel, Vec<Member>)> = Vec::new();
+            let mut mixtures: Vec<Vec<(MixtureTask, Launch)>> = Vec::new();
             let mut others = Vec::new();
             for p in level {
-                match p.linear {
-                    Some((problem, blocks)) => {
+                match p.group {
+                    Some(Group::Linear(problem, blocks)) => {
                         let member = (problem, blocks, p.launch);
                         match groups.iter_mut().find(|(k, _)| *k == member.2.kernel) {
                             Some((_, members)) => members.push(member),
                             None => groups.push((member.2.kernel, vec![member])),
+                        }
+                    }
+                    Some(Group::Mixture(task)) => {
+                        let same = |m: &&mut Vec<(MixtureTask, Launch)>| {
+                            m[0].0.experts == task.experts && m[0].0.h == task.h
+                        };
+                        match mixtures.iter_mut().find(same) {
+                            Some(members) => members.push((task, p.launch)),
+                            None => mixtures.push(vec![(task, p.launch)]),
                         }
                     }
                     None => others.push(p.launch),
@@ -330,8 +360,69 @@ impl LaunchPlan {
             for (kernel, members) in groups {
                 self.push_group(kernel, members);
             }
+            for members in mixtures {
+                self.push_mixture(members);
+            }
             self.launches.extend(others);
         }
+    }
+
+    /// One launch for the mixtures of several tasks over the same experts.
+    /// Its pointer table holds (pointer, ld) of each expert, then of each
+    /// task its gate (pointer 0 without one) and output.
+    fn push_mixture(&mut self, members: Vec<(MixtureTask, Launch)>) {
+        let table = self.pointers.len();
+        let first = &members[0].0;
+        let (h, experts) = (first.h, first.experts.clone());
+        for &e in &experts {
+            self.pointers
+                .push(PointerEntry::Arena(self.placements[e].offset));
+            self.pointers
+                .push(PointerEntry::Value(self.placements[e].ld as u64));
+        }
+        let (mut reads, mut writes, mut origin) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rows = 1;
+        for (task, launch) in &members {
+            match task.gate {
+                Some(g) => {
+                    self.pointers
+                        .push(PointerEntry::Arena(self.placements[g].offset));
+                    self.pointers
+                        .push(PointerEntry::Value(self.placements[g].ld as u64));
+                }
+                None => {
+                    self.pointers.push(PointerEntry::Value(0));
+                    self.pointers.push(PointerEntry::Value(0));
+                }
+            }
+            self.pointers
+                .push(PointerEntry::Arena(self.placements[task.out].offset));
+            self.pointers.push(PointerEntry::Value(task.ldo as u64));
+            rows = rows.max(self.placements[task.out].rows);
+            reads.extend(launch.reads.iter().copied());
+            writes.extend(launch.writes.iter().copied());
+            origin.extend(launch.origin.iter().copied());
+        }
+        reads.sort_unstable();
+        reads.dedup();
+        writes.sort_unstable();
+        writes.dedup();
+        self.launches.push(Launch {
+            kernel: Kernel::Mixture,
+            grid: (blocks(h, BLOCK as usize), rows as u32, 1),
+            block: (BLOCK, 1, 1),
+            args: vec![
+                Arg::Ptr(Loc::Pointers(table)),
+                Arg::I32(experts.len() as i32),
+                Arg::I32(members.len() as i32),
+                Arg::I32(h as i32),
+                Arg::I32(rows as i32),
+            ],
+            reads,
+            writes,
+            problems: 0..0,
+            origin,
+        });
     }
 
     fn push_group(&mut self, kernel: Kernel, members: Vec<(LinearLaunch, u32, Launch)>) {
@@ -420,7 +511,7 @@ impl LaunchPlan {
                 problems: 0..0,
                 origin: Vec::new(),
             },
-            linear: None,
+            group: None,
         });
     }
 
@@ -522,9 +613,10 @@ impl LaunchPlan {
         let d = program.d as i32;
         match step {
             Step::RequestFeatures { out } => {
+                // A warp per column, 8 per block.
                 self.push(
                     Kernel::FeaturesRequest,
-                    (1, 1, 1),
+                    (blocks(program.d, 8), 1, 1),
                     (256, 1, 1),
                     vec![Arg::Ptr(Loc::Staging), Arg::Ptr(self.at(*out)), Arg::I32(d)],
                     Vec::new(),
@@ -607,7 +699,7 @@ impl LaunchPlan {
                         problems: 0..0,
                         origin: Vec::new(),
                     },
-                    linear: Some((args, linear_blocks(kernel, rows, *n))),
+                    group: Some(Group::Linear(args, linear_blocks(kernel, rows, *n))),
                 });
                 if let Some(norm) = norm {
                     // LayerNorm of the output rows, in place.
@@ -691,34 +783,26 @@ impl LaunchPlan {
                 );
             }
             Step::Mixture { gate, experts, out } => {
-                let h = program.buffers[*out].width;
-                let rows = self.rows(*out);
-                let table = self.pointers.len();
-                for &e in experts {
-                    self.pointers
-                        .push(PointerEntry::Arena(self.placements[e].offset));
-                    self.pointers
-                        .push(PointerEntry::Value(self.placements[e].ld as u64));
-                }
-                let args = vec![
-                    Arg::Ptr(gate.map_or(Loc::Null, |g| self.at(g))),
-                    Arg::I32(gate.map_or(0, |g| self.ld(g))),
-                    Arg::I32(experts.len() as i32),
-                    Arg::Ptr(Loc::Pointers(table)),
-                    Arg::Ptr(self.at(*out)),
-                    Arg::I32(self.stride(program, *out)),
-                    Arg::I32(h as i32),
-                    Arg::I32(rows as i32),
-                ];
                 let reads = gate.iter().chain(experts).copied().collect();
-                self.push(
-                    Kernel::Mixture,
-                    (blocks(h, BLOCK as usize), rows as u32, 1),
-                    (BLOCK, 1, 1),
-                    args,
-                    reads,
-                    vec![*out],
-                );
+                self.pending.push(Pending {
+                    launch: Launch {
+                        kernel: Kernel::Mixture,
+                        grid: (0, 0, 0),
+                        block: (0, 0, 0),
+                        args: Vec::new(),
+                        reads,
+                        writes: vec![*out],
+                        problems: 0..0,
+                        origin: Vec::new(),
+                    },
+                    group: Some(Group::Mixture(MixtureTask {
+                        experts: experts.clone(),
+                        gate: *gate,
+                        out: *out,
+                        ldo: self.stride(program, *out) as usize,
+                        h: program.buffers[*out].width,
+                    })),
+                });
             }
             Step::Output { input, task } => {
                 let rows = self.capacity;
@@ -807,11 +891,19 @@ mod tests {
             // 38 Linear problems: the request parts of the 9 first layers
             // (4 DCN cross layers, 2 MLPs, 3 gates), those 9 layers, the 6
             // second layers, 2 × 4 DCN deep layers and 2 × 3 tower layers; in
-            // 7 grouped launches, 15 launches in all (46 before grouping).
+            // 7 grouped launches; the 3 tasks' mixtures in one; 13 launches
+            // in all (46 before grouping).
             assert_eq!(plan.unscheduled.len(), 46);
             assert_eq!(plan.problems.len(), 38);
             assert_eq!(linear.len(), 7);
-            assert_eq!(plan.launches.len(), 15);
+            let mixtures: Vec<&Launch> = plan
+                .launches
+                .iter()
+                .filter(|l| l.kernel == Kernel::Mixture)
+                .collect();
+            assert_eq!(mixtures.len(), 1);
+            assert_eq!(mixtures[0].args[2], Arg::I32(3));
+            assert_eq!(plan.launches.len(), 13);
             let outputs = plan
                 .launches
                 .iter()
