@@ -66,7 +66,7 @@ timeout 90 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1
 
 log "5. per-kernel times (Nsight Compute, one graph of 1024 candidates, f16)"
 if command -v ncu >/dev/null; then
-  timeout 90 ncu --cache-control none --section SpeedOfLight --launch-skip 45 --launch-count 15 ./bin/mmoe bench --model models/demo.mmoe \
+  timeout 90 ncu --cache-control none --section SpeedOfLight --launch-skip 39 --launch-count 13 ./bin/mmoe bench --model models/demo.mmoe \
     --device cuda --precision f16 --batch 1024 --iters 5 --max-seconds 1 > "$out/ncu-1024.txt" 2>&1
   awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
        /Duration|Throughput/ {gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-1024.txt" | tee "$out/ncu-summary.txt"
