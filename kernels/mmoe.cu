@@ -481,45 +481,28 @@ extern "C" __global__ void bilinear(const float* o1, int ld1, const float* o2, i
 // out_t = Σ_i softmax(gate_t)_i · expert_i for every task t over the same
 // experts at once (the second task on reads each expert value from L1).
 // `table` holds (pointer, ld) pairs as u64: the experts, then of each task its
-// gate (pointer 0: one expert, no gate) and its output. A block covers part of
-// one row: its softmax weights are computed once, into shared memory, when
-// there are at most as many experts as threads.
+// gate (pointer 0: one expert, no gate) and its output.
 extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks, int h, int rows) {
-    __shared__ float weights[128];
     int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows) return;
+    if (r >= rows || c >= h) return;
     const u64* experts = table;
-    const bool shared_weights = num_experts <= 128 && num_experts <= (int)blockDim.x;
     for (int task = 0; task < tasks; ++task) {
         const u64* entry = table + 2 * num_experts + 4 * task;
         const float* gate = (const float*)entry[0];
         float* out = (float*)entry[2];
-        const float* z = gate ? row_of(gate, (int)entry[1], r) : 0;
-        if (gate && shared_weights) {
-            __syncthreads();  // the previous task's weights have been read
-            if ((int)threadIdx.x < num_experts) {
-                float zmax = z[0];
-                for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
-                float total = 0.0f;
-                for (int i = 0; i < num_experts; ++i) total += expf(z[i] - zmax);
-                weights[threadIdx.x] = expf(z[threadIdx.x] - zmax) / total;
-            }
-            __syncthreads();
-        }
-        if (c >= h) continue;
         float m = 0.0f;
-        if (!gate) {
+        if (gate == 0) {
             m = row_of((const float*)experts[0], (int)experts[1], r)[c];
-        } else if (shared_weights) {
-            for (int i = 0; i < num_experts; ++i)
-                m += weights[i] * row_of((const float*)experts[2 * i], (int)experts[2 * i + 1], r)[c];
         } else {
+            const float* z = row_of(gate, (int)entry[1], r);
             float zmax = z[0];
             for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
             float total = 0.0f;
             for (int i = 0; i < num_experts; ++i) total += expf(z[i] - zmax);
-            for (int i = 0; i < num_experts; ++i)
-                m += expf(z[i] - zmax) / total * row_of((const float*)experts[2 * i], (int)experts[2 * i + 1], r)[c];
+            for (int i = 0; i < num_experts; ++i) {
+                const float* e = (const float*)experts[2 * i];
+                m += expf(z[i] - zmax) / total * row_of(e, (int)experts[2 * i + 1], r)[c];
+            }
         }
         out[(long long)entry[3] * r + c] = m;
     }
