@@ -27,7 +27,7 @@ log "1. GPU tests (CUDA backend vs CPU exact path; small and demo models)"
 timeout 120 ./bin/gpu-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
-log "1b. compute-sanitizer memcheck: one random model and the demo model, f16 and f32"
+log "1b. compute-sanitizer memcheck: one random model, f16 and f32"
 if command -v compute-sanitizer >/dev/null; then
   for precision in f16 f32; do
     timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score --model parity/seed-0/model.mmoe \
