@@ -27,4 +27,6 @@ echo "built $out/mmoe.jar ($(du -h "$out/mmoe.jar" | cut -f1))"
 model_a=${model_args[0]:-$root/target/demo-a.mmoe}
 model_b=${model_args[1]:-$root/target/demo-b.mmoe}
 # The library loads from the jar's resource (no mmoe.native.path given).
-java -cp "$out/mmoe.jar:$out/test-classes" io.mmoe.EngineTest "$model_a" "$model_b" "$root/target/release/mmoe"
+# The error cases come from `cargo test --test error_cases`.
+java -cp "$out/mmoe.jar:$out/test-classes" io.mmoe.EngineTest "$model_a" "$model_b" "$root/target/release/mmoe" \
+  "$root/target/tmp/error-cases/manifest.tsv"

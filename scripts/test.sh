@@ -47,9 +47,15 @@ step "demo"
 cargo run --release --quiet -- demo --candidates 64 --out target/demo-a.mmoe
 ./target/release/mmoe demo --candidates 4 --seed 8 --out target/demo-b.mmoe > /dev/null
 
-step "C and C++ examples: static and shared library, hot-reload stress, then under ASan+UBSan"
+step "C and C++ examples: static and shared library, hot-reload stress, then under ASan+UBSan and valgrind"
 make -C c-examples --no-print-directory check
 make -C c-examples --no-print-directory asan
+make -C c-examples --no-print-directory valgrind 2>&1 | grep -E "^valgrind|ERROR SUMMARY|in use at exit"
+
+step "soak, 30 s: 8 threads scoring while the engine reloads every second (sometimes a corrupt file)"
+cargo build --release --quiet --example soak
+./target/release/examples/soak --model-a target/demo-a.mmoe --model-b target/demo-b.mmoe \
+  --threads 8 --seconds 30 --report-every 10 --max-candidates 256
 
 step "Java: JNI shim, classes and jar with the JDK's tools, then the Java tests"
 java/build.sh target/demo-a.mmoe target/demo-b.mmoe
@@ -61,6 +67,10 @@ PKG_CONFIG_PATH="$PWD/target/install/lib/pkgconfig" cc -std=c99 -Wall -Werror c-
   $(PKG_CONFIG_PATH="$PWD/target/install/lib/pkgconfig" pkg-config --cflags --libs mmoe) -o target/score-installed
 LD_LIBRARY_PATH="$PWD/target/install/lib" ./target/score-installed target/demo-a.mmoe 2 | tail -1
 readelf -d target/install/lib/libmmoe.so | grep -q 'SONAME.*libmmoe.so.1' || { echo "soname is not libmmoe.so.1" >&2; exit 1; }
+
+step "fuzz smoke: every fuzz target for 10 s on its corpus (nightly toolchain, cargo-fuzz)"
+command -v cargo-fuzz > /dev/null || cargo install --locked --quiet cargo-fuzz
+SMOKE=1 SECONDS_PER_TARGET=10 bash fuzz/campaign.sh
 
 step "parity: mmoe pack + score (reference and cpu backends) against the numpy reference on 200 random models"
 .venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200 --backends reference,cpu

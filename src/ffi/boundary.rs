@@ -65,3 +65,25 @@ pub(crate) fn call(body: impl FnOnce() -> Result<(), Error>) -> mmoe_status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// INTERNAL has no trigger from outside (it would be a bug): a panic in a
+    /// body is caught, becomes the status, and leaves a message; the next
+    /// call works.
+    #[test]
+    fn a_panic_becomes_internal_with_a_message() {
+        let status = call(|| panic!("boom at {}", 42));
+        assert_eq!(status, mmoe_status::MMOE_STATUS_INTERNAL);
+        with_last_error(|m| {
+            assert!(m.starts_with("internal error (a bug in mmoe"), "{m}");
+            assert!(m.contains("boom at 42"), "{m}");
+        });
+        assert_eq!(call(|| Ok(())), mmoe_status::MMOE_STATUS_OK);
+        let status = call(|| Err(Error::request("input `x` is not set")));
+        assert_eq!(status, mmoe_status::MMOE_STATUS_REQUEST);
+        with_last_error(|m| assert_eq!(m, "input `x` is not set"));
+    }
+}

@@ -18,7 +18,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * Usage: java -cp ... io.mmoe.EngineTest MODEL_A MODEL_B MMOE_BINARY
  */
 public final class EngineTest {
-    static String modelA, modelB, mmoeBinary;
+    static String modelA, modelB, mmoeBinary, errorCases;
 
     /** A deterministic request for any model (the same one Rust scores). */
     static Request request(Engine engine, int n) {
@@ -152,6 +152,33 @@ public final class EngineTest {
         }
     }
 
+    /** The error cases of tests/error_cases.rs, replayed through Java. */
+    public void errorCasesOfTheManifestGiveTheirStatus() throws Exception {
+        check(errorCases != null, "no manifest given (4th argument)");
+        int cases = 0;
+        for (String line : java.nio.file.Files.readAllLines(java.nio.file.Paths.get(errorCases))) {
+            if (line.startsWith("#") || line.isEmpty()) {
+                continue;
+            }
+            String[] f = line.split("\t");
+            Status want = Status.valueOf(f[0]);
+            String path = f[1];
+            Options options = new Options()
+                    .device(f[2].equals("cuda") ? Options.Device.CUDA : Options.Device.CPU, 0)
+                    .verifyChecksums(f[3].equals("1"));
+            if (want == Status.OK) {
+                Engine.open(path, options).close();
+            } else {
+                MmoeException e = expect(want, () -> Engine.open(path, options));
+                String file = path.substring(path.lastIndexOf('/') + 1);
+                check(e.getMessage().contains(file), f[4] + ": " + e.getMessage());
+            }
+            cases++;
+        }
+        check(cases >= 7, cases + " cases");
+        System.out.println("  " + cases + " file cases of " + errorCases);
+    }
+
     public void closeIsIdempotentAndLaterCallsFailCleanly() {
         Engine engine = Engine.open(modelA);
         Session session = engine.newSession();
@@ -228,6 +255,7 @@ public final class EngineTest {
         modelA = args[0];
         modelB = args[1];
         mmoeBinary = args[2];
+        errorCases = args.length > 3 ? args[3] : null;
         int passed = 0, failed = 0;
         EngineTest test = new EngineTest();
         for (Method m : EngineTest.class.getDeclaredMethods()) {
