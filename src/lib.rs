@@ -30,6 +30,8 @@
 
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "datasets")]
+pub mod data;
 pub mod demo;
 pub mod engine;
 pub mod error;

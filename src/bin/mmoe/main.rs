@@ -16,6 +16,8 @@ use mmoe::{
 };
 
 mod bench;
+#[cfg(feature = "datasets")]
+mod data;
 
 #[derive(Parser)]
 #[command(
@@ -117,6 +119,18 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Generate synthetic ads-engagement impression logs (Parquet) for a
+    /// model's inputs and tasks (docs/SYNTHETIC.md).
+    #[cfg(feature = "datasets")]
+    Synth(data::SynthArgs),
+    /// Score a Parquet impression table with a model: one logit column per
+    /// task (teacher scoring for distillation).
+    #[cfg(feature = "datasets")]
+    ScoreDataset(data::ScoreArgs),
+    /// AUC, log loss and calibration per task and view type for one or two
+    /// models; for two, the AUC difference with a bootstrap interval.
+    #[cfg(feature = "datasets")]
+    Eval(data::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -170,6 +184,12 @@ fn main() -> ExitCode {
             top,
             seed,
         } => demo(candidates, out, top, seed),
+        #[cfg(feature = "datasets")]
+        Command::Synth(args) => data::synth(&args),
+        #[cfg(feature = "datasets")]
+        Command::ScoreDataset(args) => data::score_dataset(&args),
+        #[cfg(feature = "datasets")]
+        Command::Eval(args) => data::eval(&args),
     };
     match result {
         Ok(code) => code,
@@ -269,6 +289,13 @@ fn open_on(
     verify: bool,
     device: &DeviceArgs,
 ) -> Result<std::sync::Arc<Model>, String> {
+    let mut options = open_options(device)?;
+    options.verify_checksums = verify;
+    Model::open(path, &options).map_err(|e| e.to_string())
+}
+
+/// The open options the device flags ask for.
+fn open_options(device: &DeviceArgs) -> Result<OpenOptions, String> {
     let parsed = Device::parse(&device.device).ok_or_else(|| {
         format!(
             "--device {}: expected cpu, cuda, cuda:N or auto",
@@ -282,16 +309,12 @@ fn open_on(
     };
     let cpu_mode = mmoe::CpuMode::parse(&device.mode)
         .ok_or_else(|| format!("--mode {}: expected exact or bf16", device.mode))?;
-    Model::open(
-        path,
-        &OpenOptions {
-            verify_checksums: verify,
-            device: parsed,
-            gpu_precision: precision,
-            cpu_mode,
-        },
-    )
-    .map_err(|e| e.to_string())
+    Ok(OpenOptions {
+        verify_checksums: false,
+        device: parsed,
+        gpu_precision: precision,
+        cpu_mode,
+    })
 }
 
 fn inspect(path: &Path, print_config: bool, device: &DeviceArgs) -> CliResult {

@@ -1,0 +1,12 @@
+//! The dataset side (cargo feature `datasets`): synthetic ads-engagement
+//! logs ([`synth`]), Parquet impression tables ([`table`]), teacher scoring
+//! of a table through the engine ([`score`]), and evaluation per task and
+//! view type with plots ([`metrics`], [`plot`]). docs/DATASETS.md has the
+//! schema; docs/SYNTHETIC.md the generative story.
+
+pub mod eval;
+pub mod metrics;
+pub mod plot;
+pub mod score;
+pub mod synth;
+pub mod table;
