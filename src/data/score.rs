@@ -39,6 +39,9 @@ pub struct ScoreSummary {
 
 pub const MAX_BAD_ROWS_KEPT: usize = 1000;
 
+/// Receives each scored chunk and its logits, `[task][row]` (`None`: a bad row).
+pub type ChunkSink<'a> = dyn FnMut(&Chunk, Vec<Vec<Option<f32>>>) -> Result<()> + 'a;
+
 /// The logit column of `task` for a model: `logit.<model>.<task>`.
 pub fn logit_column(model: &str, task: &str) -> String {
     format!("logit.{model}.{task}")
@@ -225,7 +228,7 @@ pub fn score_table(
     model: &Arc<Model>,
     reader: &mut TableReader,
     threads: usize,
-    sink: &mut dyn FnMut(&Chunk, Vec<Vec<Option<f32>>>) -> Result<()>,
+    sink: &mut ChunkSink<'_>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<ScoreSummary> {
     let config = model.config().clone();

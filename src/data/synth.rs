@@ -101,7 +101,7 @@ struct World {
 
 impl World {
     fn new(config: &Config, options: &SynthOptions) -> World {
-        let mut rng = Rng::new(options.seed ^ 0x5eed_0f_a11);
+        let mut rng = Rng::new(options.seed ^ 0x0005_eed0_fa11);
         let latent = |rng: &mut Rng| {
             let mut z = [0.0f32; LATENT];
             for v in &mut z {
@@ -206,11 +206,10 @@ impl World {
     fn cross(&self, u: &[f32], a: &[f32], theta: f32) -> f32 {
         let (c, s) = (theta.cos(), theta.sin());
         let mut total = 0.0;
-        for i in 0..LATENT {
-            for j in 0..LATENT {
-                total += u[i]
-                    * (c * self.cross0[i * LATENT + j] + s * self.cross1[i * LATENT + j])
-                    * a[j];
+        for (i, ui) in u.iter().enumerate() {
+            let (m0, m1) = (&self.cross0[i * LATENT..], &self.cross1[i * LATENT..]);
+            for (j, aj) in a.iter().enumerate() {
+                total += ui * (c * m0[j] + s * m1[j]) * aj;
             }
         }
         total / LATENT as f32
@@ -329,7 +328,7 @@ pub fn synthesize(
                     request_bags[i] = (0..n)
                         .map(|_| {
                             if rng.unit() < 0.8 {
-                                mix(mix(i as u64) ^ cluster * 1000 + rng.below(50))
+                                mix(mix(i as u64) ^ (cluster * 1000 + rng.below(50)))
                             } else {
                                 rng.next_u64()
                             }
