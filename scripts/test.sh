@@ -74,3 +74,6 @@ SMOKE=1 SECONDS_PER_TARGET=10 bash fuzz/campaign.sh
 
 step "parity: mmoe pack + score (reference and cpu backends) against the numpy reference on 200 random models"
 .venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200 --backends reference,cpu
+
+step "datasets: mmoe eval's metrics against numpy, on synthetic logs scored by two models"
+.venv/bin/python tests/python/test_metrics.py --mmoe target/release/mmoe --model-a target/demo-a.mmoe --model-b target/demo-b.mmoe
