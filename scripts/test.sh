@@ -9,12 +9,16 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "system tools (Debian packages when missing)"
 missing=()
-for tool in cc c++ make pkg-config readelf javac jar java; do
+for tool in cc c++ make pkg-config readelf javac jar java valgrind; do
   command -v "$tool" > /dev/null || missing+=("$tool")
 done
+# The CLI's plots (plotters) use fontconfig and a font.
+pkg-config --exists fontconfig 2> /dev/null || missing+=(fontconfig)
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing packages for: ${missing[*]}"
-  apt-get update -qq && apt-get install -y -qq build-essential pkg-config binutils openjdk-17-jdk-headless > /dev/null
+  apt-get update -qq && apt-get install -y -qq build-essential pkg-config binutils openjdk-17-jdk-headless \
+    valgrind libfontconfig1-dev fonts-dejavu-core > /dev/null
 fi
 
 step "python venv (tests/python/requirements.txt)"

@@ -30,8 +30,6 @@
 
 pub mod config;
 pub mod cpu;
-#[cfg(feature = "datasets")]
-pub mod data;
 pub mod demo;
 pub mod engine;
 pub mod error;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use mmoe::data::eval::{self, EvalOptions};
-use mmoe::data::score::{logit_column, score_table, MAX_BAD_ROWS_KEPT};
-use mmoe::data::synth::{synthesize, SynthOptions};
-use mmoe::data::table::{schema, TableReader, TableWriter};
+use crate::dataset::eval::{self, EvalOptions};
+use crate::dataset::score::{logit_column, score_table, MAX_BAD_ROWS_KEPT};
+use crate::dataset::synth::{synthesize, SynthOptions};
+use crate::dataset::table::{schema, TableReader, TableWriter};
 use mmoe::Config;
 
 use super::{open_options, CliResult, DeviceArgs};
@@ -174,7 +174,7 @@ pub fn score_dataset(args: &ScoreArgs) -> CliResult {
         .map_err(|e| e.to_string())?;
     let bar = rows_bar(reader.total_rows, "scoring");
     let threads = threads(args.threads);
-    let mut sink = |chunk: &mmoe::data::table::Chunk, logits: Vec<Vec<Option<f32>>>| {
+    let mut sink = |chunk: &crate::dataset::table::Chunk, logits: Vec<Vec<Option<f32>>>| {
         let mut out = chunk.clone();
         out.floats
             .retain(|(name, _)| floats[..carried].contains(name));

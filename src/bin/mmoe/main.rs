@@ -18,6 +18,8 @@ use mmoe::{
 mod bench;
 #[cfg(feature = "datasets")]
 mod data;
+#[cfg(feature = "datasets")]
+mod dataset;
 
 #[derive(Parser)]
 #[command(
