@@ -135,7 +135,20 @@ enum Command {
     Eval(data::EvalArgs),
 }
 
+/// Output piped into a reader that stops early (`mmoe inspect m | head`)
+/// ends the program quietly, as for other Unix tools, instead of a panic in
+/// `println!`.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of SIGPIPE at the start of
+    // main, before any thread exists; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pack {
