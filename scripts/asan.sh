@@ -11,9 +11,13 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
 mkdir -p target/asan
 # --tests: the library, binaries and integration tests (doctests are not
 # instrumented by RUSTFLAGS and add nothing here).
-cargo +nightly test --release --target x86_64-unknown-linux-gnu --tests 2>&1 | tee target/asan/tests.log | grep -E "^test result|FAILED|ERROR: AddressSanitizer" || true
+status=0
+cargo +nightly test --release --target x86_64-unknown-linux-gnu --tests > target/asan/tests.log 2>&1 || status=1
+grep -E "^test result|FAILED|ERROR: AddressSanitizer|^error" target/asan/tests.log || true
 cargo +nightly test --release --target x86_64-unknown-linux-gnu --test corruption_sweep -- --ignored --nocapture \
-  2>&1 | tee target/asan/sweep.log | tail -25
+  > target/asan/sweep.log 2>&1 || status=1
+tail -25 target/asan/sweep.log
+[ $status -eq 0 ] || { echo "asan: a test or build failed (target/asan/*.log)"; exit 1; }
 ! grep -q "ERROR: AddressSanitizer\|LeakSanitizer" target/asan/*.log
 ! grep -q "^test result: FAILED" target/asan/tests.log
 echo "asan: clean"
