@@ -155,84 +155,19 @@ fn gpu_matches_cpu_on_the_demo_model() {
 /// model's GPU scores; a corrupt file is refused and the old model serves on.
 #[test]
 fn gpu_engine_reloads_under_traffic() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     if !has_gpu() {
         println!("skipped: no CUDA device");
         return;
     }
-    let config = Config::parse(common::SMALL_CONFIG).unwrap();
-    let [a, b] = [1, 2].map(|seed| {
-        pack(
-            &config,
-            &mmoe::demo::synthetic_tensors(&config, seed).unwrap(),
-            DType::F16,
-        )
-    });
     let options = OpenOptions {
         device: Device::Cuda(0),
         gpu_precision: GpuPrecision::F16,
         ..OpenOptions::default()
     };
-    let request = mmoe::demo::synthetic_request(&config, 50, 3);
-    let tasks = config.tasks.len();
-    let score = |session: &mut mmoe::EngineSession, out: &mut Vec<f32>| {
-        session
-            .score(
-                &request.as_request(),
-                &mut Scores {
-                    logits: Some(out),
-                    probabilities: None,
-                },
-            )
-            .map(|model| model.content_hash())
-    };
-    let expected: Vec<Vec<f32>> = [&a, &b]
-        .iter()
-        .map(|p| {
-            let engine = Arc::new(mmoe::Engine::open(&p.path, options.clone()).unwrap());
-            let mut out = vec![0.0; 50 * tasks];
-            score(&mut engine.session(), &mut out).unwrap();
-            out
-        })
-        .collect();
-    assert_ne!(expected[0], expected[1]);
-    let engine = Arc::new(mmoe::Engine::open(&a.path, options).unwrap());
-    let stop = AtomicBool::new(false);
-    let (seen_a, seen_b) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    std::thread::scope(|scope| {
-        for _ in 0..4 {
-            scope.spawn(|| {
-                let mut session = engine.session();
-                let mut out = vec![0.0; 50 * tasks];
-                while !stop.load(Ordering::Relaxed) {
-                    score(&mut session, &mut out).expect("no call fails during reloads");
-                    if out == expected[0] {
-                        seen_a.fetch_add(1, Ordering::Relaxed);
-                    } else if out == expected[1] {
-                        seen_b.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        panic!("GPU scores of neither model");
-                    }
-                }
-            });
-        }
-        for i in 0..30 {
-            engine
-                .reload(if i % 2 == 0 { &b.path } else { &a.path })
-                .unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let corrupt = a.dir.path().join("corrupt.mmoe");
-        let mut bytes = a.bytes();
-        bytes.truncate(bytes.len() - 1);
-        std::fs::write(&corrupt, bytes).unwrap();
-        let before = engine.model().content_hash();
-        assert!(engine.reload(&corrupt).is_err());
-        assert_eq!(engine.model().content_hash(), before);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        stop.store(true, Ordering::Relaxed);
-    });
-    let (a_count, b_count) = (seen_a.into_inner(), seen_b.into_inner());
-    println!("GPU reloads: model A served {a_count} calls, model B {b_count}");
-    assert!(a_count > 0 && b_count > 0, "both models served");
+    let run = common::reload_under_traffic(options, 50, 30, std::time::Duration::from_millis(5));
+    println!(
+        "GPU reloads: model A served {} calls, model B {}",
+        run.seen_a, run.seen_b
+    );
+    assert!(run.seen_a > 0 && run.seen_b > 0, "both models served");
 }

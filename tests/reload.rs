@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::pack;
@@ -13,102 +12,23 @@ use mmoe::{Config, DType, Engine, OpenOptions, Scores};
 
 #[test]
 fn reloads_under_load_are_atomic() {
-    let config = Config::parse(common::SMALL_CONFIG).unwrap();
-    let a = pack(
-        &config,
-        &mmoe::demo::synthetic_tensors(&config, 1).unwrap(),
-        DType::F16,
+    let run = common::reload_under_traffic(
+        OpenOptions::default(),
+        20,
+        100,
+        std::time::Duration::from_millis(1),
     );
-    let b = pack(
-        &config,
-        &mmoe::demo::synthetic_tensors(&config, 2).unwrap(),
-        DType::F16,
+    assert!(
+        run.corrupt_error.message().contains("corrupt.mmoe"),
+        "{}",
+        run.corrupt_error
     );
-    let engine = Arc::new(Engine::open(&a.path, OpenOptions::default()).unwrap());
-    let request = mmoe::demo::synthetic_request(&config, 20, 3);
-    let expected: Vec<Vec<f32>> = [&a, &b]
-        .iter()
-        .map(|p| {
-            let e = Arc::new(Engine::open(&p.path, OpenOptions::default()).unwrap());
-            let mut out = vec![0.0; 40];
-            e.session()
-                .score(
-                    &request.as_request(),
-                    &mut Scores {
-                        logits: Some(&mut out),
-                        probabilities: None,
-                    },
-                )
-                .unwrap();
-            out
-        })
-        .collect();
-    assert_ne!(expected[0], expected[1]);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (calls, seen_a, seen_b) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    std::thread::scope(|scope| {
-        for _ in 0..4 {
-            let (engine, stop, request, expected) =
-                (engine.clone(), stop.clone(), &request, &expected);
-            let (calls, seen_a, seen_b) = (calls.clone(), seen_a.clone(), seen_b.clone());
-            scope.spawn(move || {
-                let mut session = engine.session();
-                let mut out = vec![0.0; 40];
-                while !stop.load(Ordering::Relaxed) {
-                    let model = session
-                        .score(
-                            &request.as_request(),
-                            &mut Scores {
-                                logits: Some(&mut out),
-                                probabilities: None,
-                            },
-                        )
-                        .expect("no call fails during reloads");
-                    calls.fetch_add(1, Ordering::Relaxed);
-                    if out == expected[0] {
-                        seen_a.fetch_add(1, Ordering::Relaxed);
-                    } else if out == expected[1] {
-                        seen_b.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        panic!("scores of neither model (model {:x})", model.content_hash());
-                    }
-                }
-            });
-        }
-        for i in 0..100 {
-            engine
-                .reload(if i % 2 == 0 { &b.path } else { &a.path })
-                .unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        // A failed reload (a corrupt file) leaves the current model serving.
-        let corrupt = a.dir.path().join("corrupt.mmoe");
-        let mut bytes = a.bytes();
-        let n = bytes.len();
-        bytes.truncate(n - 1);
-        std::fs::write(&corrupt, bytes).unwrap();
-        let before = engine.model().content_hash();
-        let err = engine.reload(&corrupt).unwrap_err();
-        assert!(err.message().contains("corrupt.mmoe"), "{err}");
-        assert_eq!(engine.model().content_hash(), before);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        stop.store(true, Ordering::Relaxed);
-    });
-    assert_eq!(engine.generation(), 100);
-    let (a_count, b_count) = (
-        seen_a.load(Ordering::Relaxed),
-        seen_b.load(Ordering::Relaxed),
-    );
+    assert_eq!(run.engine.generation(), 100);
     println!(
-        "{} calls during 100 reloads: model A {a_count}, model B {b_count}",
-        calls.load(Ordering::Relaxed)
+        "{} calls during 100 reloads: model A {}, model B {}",
+        run.calls, run.seen_a, run.seen_b
     );
-    assert!(a_count > 0 && b_count > 0, "both models served");
+    assert!(run.seen_a > 0 && run.seen_b > 0, "both models served");
 }
 
 #[test]

@@ -96,3 +96,110 @@ pub fn session_logits(session: &mut Session, request: &OwnedRequest) -> Vec<f32>
         .expect("scoring succeeds");
     out
 }
+
+/// What [`reload_under_traffic`] saw.
+pub struct ReloadRun {
+    pub engine: Arc<mmoe::Engine>,
+    pub calls: usize,
+    pub seen_a: usize,
+    pub seen_b: usize,
+    /// The error of the reload to a corrupt copy of A.
+    pub corrupt_error: mmoe::Error,
+}
+
+/// Two models of the small config (weight seeds 1 and 2); 4 threads score a
+/// request of `candidates` through one engine opened with `options` while
+/// it reloads between them `reloads` times, `pause` apart, then tries a
+/// corrupt copy of A. Every call must succeed with exactly one model's
+/// scores (panics otherwise); the failed reload must leave the model
+/// serving. Returns the counts for the caller's checks.
+pub fn reload_under_traffic(
+    options: OpenOptions,
+    candidates: usize,
+    reloads: usize,
+    pause: std::time::Duration,
+) -> ReloadRun {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let config = self::config(SMALL_CONFIG);
+    let [a, b] = [1, 2].map(|seed| {
+        pack(
+            &config,
+            &mmoe::demo::synthetic_tensors(&config, seed).expect("tensors"),
+            DType::F16,
+        )
+    });
+    let request = mmoe::demo::synthetic_request(&config, candidates, 3);
+    let tasks = config.tasks.len();
+    let score = |session: &mut mmoe::EngineSession, out: &mut [f32]| {
+        session.score(
+            &request.as_request(),
+            &mut Scores {
+                logits: Some(out),
+                probabilities: None,
+            },
+        )
+    };
+    let expected: Vec<Vec<f32>> = [&a, &b]
+        .iter()
+        .map(|p| {
+            let engine = Arc::new(mmoe::Engine::open(&p.path, options.clone()).expect("open"));
+            let mut out = vec![0.0; candidates * tasks];
+            score(&mut engine.session(), &mut out).expect("score");
+            out
+        })
+        .collect();
+    assert_ne!(expected[0], expected[1]);
+    let engine = Arc::new(mmoe::Engine::open(&a.path, options).expect("open A"));
+    let stop = AtomicBool::new(false);
+    let (calls, seen_a, seen_b) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let corrupt_error = std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                let mut session = engine.session();
+                let mut out = vec![0.0; candidates * tasks];
+                while !stop.load(Ordering::Relaxed) {
+                    let model =
+                        score(&mut session, &mut out).expect("no call fails during reloads");
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if out == expected[0] {
+                        seen_a.fetch_add(1, Ordering::Relaxed);
+                    } else if out == expected[1] {
+                        seen_b.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        panic!("scores of neither model (model {:x})", model.content_hash());
+                    }
+                }
+            });
+        }
+        for i in 0..reloads {
+            engine
+                .reload(if i % 2 == 0 { &b.path } else { &a.path })
+                .expect("reload");
+            std::thread::sleep(pause);
+        }
+        // A failed reload (a corrupt file) leaves the current model serving.
+        let corrupt = a.dir.path().join("corrupt.mmoe");
+        let mut bytes = a.bytes();
+        bytes.truncate(bytes.len() - 1);
+        std::fs::write(&corrupt, bytes).expect("write");
+        let before = engine.model().content_hash();
+        let err = engine
+            .reload(&corrupt)
+            .expect_err("a corrupt file is refused");
+        assert_eq!(engine.model().content_hash(), before);
+        std::thread::sleep(pause * 4);
+        stop.store(true, Ordering::Relaxed);
+        err
+    });
+    ReloadRun {
+        engine,
+        calls: calls.into_inner(),
+        seen_a: seen_a.into_inner(),
+        seen_b: seen_b.into_inner(),
+        corrupt_error,
+    }
+}

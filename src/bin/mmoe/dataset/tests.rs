@@ -12,43 +12,45 @@ use super::score::score_table;
 use super::synth::{synthesize, SynthOptions};
 use super::table::{read_all, schema, Chunk, FeatureColumn, TableReader, TableWriter};
 
-/// The small model of every expert type that the integration tests use.
-mod common {
-    use super::*;
+/// The integration tests' small config (a model of every expert type).
+const SMALL_CONFIG: &str = include_str!("../../../../tests/common/small_config.json");
 
-    pub const SMALL_CONFIG: &str = include_str!("../../../../tests/common/small_config.json");
+/// The small model, packed in a temporary folder (kept while it lives).
+struct Packed {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
 
-    pub struct Packed {
-        _dir: tempfile::TempDir,
-        pub path: std::path::PathBuf,
-    }
-
-    pub fn small(dtype: DType) -> ((), (), Packed) {
-        let config = Config::parse(SMALL_CONFIG).expect("small config");
-        let source = mmoe::demo::synthetic_tensors(&config, 3).expect("synthetic tensors");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("model.mmoe");
-        mmoe::format::writer::pack(&config, &source, dtype, &path, &mut |_, _| {}).expect("pack");
-        ((), (), Packed { _dir: dir, path })
-    }
+fn small_model() -> Packed {
+    let config = small_config();
+    let source = mmoe::demo::synthetic_tensors(&config, 3).expect("synthetic tensors");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("model.mmoe");
+    mmoe::format::writer::pack(&config, &source, DType::F16, &path, &mut |_, _| {}).expect("pack");
+    Packed { _dir: dir, path }
 }
 
 fn small_config() -> Config {
-    Config::parse(common::SMALL_CONFIG).unwrap()
+    Config::parse(SMALL_CONFIG).unwrap()
 }
 
-fn synth(dir: &std::path::Path, config: &Config, rows: usize) -> std::path::PathBuf {
-    let path = dir.join("synth.parquet");
+/// Small synthetic logs for `config` at `path`, deterministic by `seed`.
+fn synth_to(path: &std::path::Path, config: &Config, rows: usize, seed: u64) {
     let options = SynthOptions {
         rows,
-        seed: 5,
+        seed,
         days: 4,
         users: 300,
         ads: 500,
         ..SynthOptions::default()
     };
-    let summary = synthesize(config, &options, &path, &mut |_| {}).unwrap();
+    let summary = synthesize(config, &options, path, &mut |_| {}).unwrap();
     assert_eq!(summary.rows, rows);
+}
+
+fn synth(dir: &std::path::Path, config: &Config, rows: usize) -> std::path::PathBuf {
+    let path = dir.join("synth.parquet");
+    synth_to(&path, config, rows, 5);
     path
 }
 
@@ -102,35 +104,9 @@ fn parquet_round_trip_keeps_every_value() {
     assert!(same_chunks(&first, &second));
     // The same seed gives the same file; another seed another one.
     let other = dir.path().join("other.parquet");
-    synthesize(
-        &config,
-        &SynthOptions {
-            rows: 5000,
-            seed: 5,
-            days: 4,
-            users: 300,
-            ads: 500,
-            ..Default::default()
-        },
-        &other,
-        &mut |_| {},
-    )
-    .unwrap();
+    synth_to(&other, &config, 5000, 5);
     assert!(same_chunks(&first, &read_all(&other, &config).unwrap()));
-    synthesize(
-        &config,
-        &SynthOptions {
-            rows: 5000,
-            seed: 6,
-            days: 4,
-            users: 300,
-            ads: 500,
-            ..Default::default()
-        },
-        &other,
-        &mut |_| {},
-    )
-    .unwrap();
+    synth_to(&other, &config, 5000, 6);
     assert!(!same_chunks(&first, &read_all(&other, &config).unwrap()));
 }
 
@@ -233,7 +209,7 @@ fn scoring_a_table_equals_scoring_its_requests_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_config();
     let path = synth(dir.path(), &config, 3000);
-    let (_, _, packed) = common::small(DType::F16);
+    let packed = small_model();
     let model = Model::open(&packed.path, &Default::default()).unwrap();
     let (chunk, logits, summary) = score(&model, &path, 65_536, 1);
     assert_eq!(
@@ -285,7 +261,7 @@ fn bad_rows_are_reported_by_row_and_field_and_the_rest_scored() {
     let mut writer = TableWriter::create(&bad_path, schema(&config, true, &[])).unwrap();
     writer.write(&chunk).unwrap();
     writer.finish().unwrap();
-    let (_, _, packed) = common::small(DType::F16);
+    let packed = small_model();
     let model = Model::open(&packed.path, &Default::default()).unwrap();
     let (_, logits, summary) = score(&model, &bad_path, 100, 2);
     assert_eq!(summary.bad_row_count, 2);
