@@ -238,6 +238,22 @@ pub fn linear_blocks(kernel: Kernel, rows: usize, n: usize) -> u32 {
     (rows.div_ceil(bm) * n.div_ceil(bn)) as u32
 }
 
+/// The buffers a group of launches reads and writes (sorted, once each) and
+/// the launches it stands for.
+fn merged<'a>(launches: impl Iterator<Item = &'a Launch>) -> (Vec<BufId>, Vec<BufId>, Vec<usize>) {
+    let (mut reads, mut writes, mut origin) = (Vec::new(), Vec::new(), Vec::new());
+    for launch in launches {
+        reads.extend(&launch.reads);
+        writes.extend(&launch.writes);
+        origin.extend(&launch.origin);
+    }
+    reads.sort_unstable();
+    reads.dedup();
+    writes.sort_unstable();
+    writes.dedup();
+    (reads, writes, origin)
+}
+
 pub fn is_linear(kernel: Kernel) -> bool {
     matches!(
         kernel,
@@ -380,9 +396,8 @@ impl LaunchPlan {
             self.pointers
                 .push(PointerEntry::Value(self.placements[e].ld as u64));
         }
-        let (mut reads, mut writes, mut origin) = (Vec::new(), Vec::new(), Vec::new());
         let mut rows = 1;
-        for (task, launch) in &members {
+        for (task, _) in &members {
             match task.gate {
                 Some(g) => {
                     self.pointers
@@ -399,14 +414,8 @@ impl LaunchPlan {
                 .push(PointerEntry::Arena(self.placements[task.out].offset));
             self.pointers.push(PointerEntry::Value(task.ldo as u64));
             rows = rows.max(self.placements[task.out].rows);
-            reads.extend(launch.reads.iter().copied());
-            writes.extend(launch.writes.iter().copied());
-            origin.extend(launch.origin.iter().copied());
         }
-        reads.sort_unstable();
-        reads.dedup();
-        writes.sort_unstable();
-        writes.dedup();
+        let (reads, writes, origin) = merged(members.iter().map(|m| &m.1));
         self.launches.push(Launch {
             kernel: Kernel::Mixture,
             grid: (blocks(h, BLOCK as usize), rows as u32, 1),
@@ -429,20 +438,13 @@ impl LaunchPlan {
         let first_problem = self.problems.len();
         let tiles_at = self.ranges.len();
         let mut total = 0u32;
-        let (mut reads, mut writes, mut origin) = (Vec::new(), Vec::new(), Vec::new());
-        for (problem, blocks, launch) in members {
+        for (problem, blocks, _) in &members {
             self.ranges.push(total);
             total += blocks;
-            self.problems.push(problem);
-            reads.extend(launch.reads);
-            writes.extend(launch.writes);
-            origin.extend(launch.origin);
+            self.problems.push(*problem);
         }
         self.ranges.push(total);
-        reads.sort_unstable();
-        reads.dedup();
-        writes.sort_unstable();
-        writes.dedup();
+        let (reads, writes, origin) = merged(members.iter().map(|m| &m.2));
         let count = self.problems.len() - first_problem;
         let block = match kernel {
             Kernel::LinearMma32 | Kernel::LinearMma64 => (BLOCK, 1, 1),
