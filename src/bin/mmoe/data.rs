@@ -174,8 +174,7 @@ pub fn score_dataset(args: &ScoreArgs) -> CliResult {
         .map_err(|e| e.to_string())?;
     let bar = rows_bar(reader.total_rows, "scoring");
     let threads = threads(args.threads);
-    let mut sink = |chunk: &crate::dataset::table::Chunk, logits: Vec<Vec<Option<f32>>>| {
-        let mut out = chunk.clone();
+    let mut sink = |mut out: crate::dataset::table::Chunk, logits: Vec<Vec<Option<f32>>>| {
         out.floats
             .retain(|(name, _)| floats[..carried].contains(name));
         for (name, values) in new_columns.iter().zip(logits) {

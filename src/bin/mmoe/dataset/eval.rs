@@ -114,7 +114,7 @@ pub fn run(
         let mut model_logits: Vec<Vec<Option<f32>>> = vec![Vec::new(); tasks.len()];
         let mut last_request: Option<u64> = None;
         let mut request_index = 0u32;
-        let mut sink = |chunk: &super::table::Chunk, out: Vec<Vec<Option<f32>>>| -> Result<()> {
+        let mut sink = |chunk: super::table::Chunk, out: Vec<Vec<Option<f32>>>| -> Result<()> {
             if first {
                 for (t, task) in tasks.iter().enumerate() {
                     let labels = chunk

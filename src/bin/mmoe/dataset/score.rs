@@ -39,8 +39,9 @@ pub struct ScoreSummary {
 
 pub const MAX_BAD_ROWS_KEPT: usize = 1000;
 
-/// Receives each scored chunk and its logits, `[task][row]` (`None`: a bad row).
-pub type ChunkSink<'a> = dyn FnMut(&Chunk, Vec<Vec<Option<f32>>>) -> Result<()> + 'a;
+/// Receives each scored chunk (to keep or write; it is not used again) and
+/// its logits, `[task][row]` (`None`: a bad row).
+pub type ChunkSink<'a> = dyn FnMut(Chunk, Vec<Vec<Option<f32>>>) -> Result<()> + 'a;
 
 /// The logit column of `task` for a model: `logit.<model>.<task>`.
 pub fn logit_column(model: &str, task: &str) -> String {
@@ -332,7 +333,7 @@ pub fn score_table(
             .first()
             .map_or(rows, |c| c.iter().filter(|v| v.is_some()).count());
         row_base += rows;
-        sink(&chunk, out)?;
+        sink(chunk, out)?;
         progress(summary.rows);
         if last {
             break;

@@ -181,7 +181,7 @@ fn score(
         &mut reader,
         threads,
         &mut |chunk, out| {
-            all.append(chunk.clone())?;
+            all.append(chunk)?;
             for (column, values) in logits.iter_mut().zip(out) {
                 column.extend(values);
             }
