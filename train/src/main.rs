@@ -1,0 +1,274 @@
+//! `mmoe-train`: train a model of the MODEL.md contract on a Parquet
+//! impression table, optionally distilling a teacher, and export it for
+//! `mmoe pack` (or pack it directly with `--pack`).
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use candle_core::Device;
+use clap::Parser;
+use mmoe::config::Config;
+use mmoe::format::safetensors_source::SafetensorsSource;
+use mmoe::format::writer;
+use mmoe::DType;
+use serde_json::json;
+
+use mmoe_train::batch::compute_stats;
+use mmoe_train::dataset::{self, Rows, Teacher};
+use mmoe_train::network::Network;
+use mmoe_train::train::{base_rates, train, Distill, EpochReport, TrainOptions};
+use mmoe_train::{Error, Result};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mmoe-train",
+    about = "Train an mmoe model (per-task BCE, Adam) with optional knowledge distillation; writes model.safetensors + config.json for `mmoe pack`",
+    version
+)]
+struct Args {
+    /// The model config (MODEL.md). With --init, defaults to DIR/config.json.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The impression table (Parquet, docs/DATASETS.md).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory: model.safetensors, config.json, metrics.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Train on rows of these days, `A..B` (B excluded). Default: every day.
+    #[arg(long)]
+    days: Option<String>,
+    /// Evaluate after each epoch on the rows of these days (`A..B`).
+    #[arg(long)]
+    eval_days: Option<String>,
+    /// `batch` trains on all of --days; `incremental` continues from --init
+    /// one day at a time, evaluating each day's model on the next day.
+    #[arg(long, default_value = "batch")]
+    stage: String,
+    /// Start from a checkpoint directory (model.safetensors + config.json).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Epochs (per day in the incremental stage). Default 2 (batch), 1 (incremental).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Rows per batch (whole requests).
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Teacher: a packed model scored on the fly through the engine.
+    #[arg(long, conflicts_with = "teacher_column")]
+    teacher: Option<PathBuf>,
+    /// Teacher: the table's `logit.<NAME>.<task>` columns (from `mmoe score-dataset --name NAME`).
+    #[arg(long)]
+    teacher_column: Option<String>,
+    /// Distillation loss: pointwise-bce, pointwise-mse or pairwise. Default
+    /// pointwise-bce when a teacher is given.
+    #[arg(long)]
+    distill: Option<String>,
+    /// Weight λ of the distillation loss.
+    #[arg(long, default_value_t = 1.0)]
+    lambda: f64,
+    /// Pairwise: all pairs of a request with at most this many, else this many sampled.
+    #[arg(long, default_value_t = 64)]
+    pairs_per_request: usize,
+    /// Keep distillation in the incremental stage (off by default, as in the published system).
+    #[arg(long)]
+    distill_incremental: bool,
+    /// Also pack the final model into this file.
+    #[arg(long)]
+    pack: Option<PathBuf>,
+    /// dtype of --pack: f16 (default) or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_days(flag: &str, text: &str) -> Result<Range<i32>> {
+    let parsed = text
+        .split_once("..")
+        .and_then(|(a, b)| Some(a.trim().parse().ok()?..b.trim().parse().ok()?));
+    match parsed {
+        Some(r) if r.start < r.end => Ok(r),
+        _ => Err(Error::new(format!(
+            "{flag} {text}: expected A..B with A < B (days A to B−1)"
+        ))),
+    }
+}
+
+fn read_config(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
+    Config::parse(&text).map_err(|e| Error::new(format!("{}: {e}", path.display())))
+}
+
+fn print_report(prefix: &str, r: &EpochReport) {
+    let mut line = format!("{prefix}epoch {}: label loss {:.5}", r.epoch, r.label_loss);
+    if let Some(d) = r.distill_loss {
+        line += &format!(", distill loss {d:.5}");
+    }
+    line += &format!(" ({:.1} s, {:.0} rows/s)", r.seconds, r.rows_per_second);
+    for m in &r.eval {
+        line += &format!("; {} AUC {:.4} log loss {:.4}", m.task, m.auc, m.log_loss);
+    }
+    eprintln!("{line}");
+}
+
+fn run(args: Args) -> Result<()> {
+    let start = Instant::now();
+    let device = Device::Cpu;
+    let config = match (&args.config, &args.init) {
+        (Some(c), _) => read_config(c)?,
+        (None, Some(dir)) => read_config(&dir.join("config.json"))?,
+        (None, None) => return Err(Error::new("give --config (or --init DIR)")),
+    };
+    let incremental = match args.stage.as_str() {
+        "batch" => false,
+        "incremental" => true,
+        other => {
+            return Err(Error::new(format!(
+                "--stage {other}: expected batch or incremental"
+            )))
+        }
+    };
+    if incremental && args.init.is_none() {
+        return Err(Error::new(
+            "--stage incremental continues a model: give --init DIR",
+        ));
+    }
+    let mut teacher = match (&args.teacher, &args.teacher_column) {
+        (Some(p), _) => Some(Teacher::Model(p.clone())),
+        (None, Some(c)) => Some(Teacher::Column(c.clone())),
+        (None, None) => None,
+    };
+    let mut distill = match &args.distill {
+        Some(name) => Some(Distill::parse(name).ok_or_else(|| {
+            Error::new(format!(
+                "--distill {name}: expected pointwise-bce, pointwise-mse or pairwise"
+            ))
+        })?),
+        None => teacher.as_ref().map(|_| Distill::PointwiseBce),
+    };
+    if distill.is_some() && teacher.is_none() {
+        return Err(Error::new(
+            "--distill needs a teacher: --teacher FILE.mmoe or --teacher-column NAME",
+        ));
+    }
+    if incremental && teacher.is_some() && !args.distill_incremental {
+        eprintln!("incremental stage: distillation off (as in the published system; --distill-incremental keeps it)");
+        teacher = None;
+        distill = None;
+    }
+    let options = TrainOptions {
+        epochs: args.epochs.unwrap_or(if incremental { 1 } else { 2 }),
+        batch_rows: args.batch.max(1),
+        learning_rate: args.lr,
+        seed: args.seed,
+        distill,
+        lambda: args.lambda,
+        pairs_per_request: args.pairs_per_request.max(1),
+        progress: !args.quiet,
+    };
+    let days = args
+        .days
+        .as_deref()
+        .map(|d| parse_days("--days", d))
+        .transpose()?;
+    let eval_days = args
+        .eval_days
+        .as_deref()
+        .map(|d| parse_days("--eval-days", d))
+        .transpose()?;
+
+    let mut net = match &args.init {
+        Some(dir) => Network::load(&config, &dir.join("model.safetensors"), &device)?,
+        None => {
+            // Fresh: statistics and base rates come from the training rows.
+            let data = dataset::load(&args.data, &config, days.clone(), None)?;
+            let mut net =
+                Network::init(&config, &compute_stats(&config, &data), args.seed, &device)?;
+            let tasks: Vec<String> = config.tasks.iter().map(|t| t.name.clone()).collect();
+            net.set_base_rates(&base_rates(&data, &tasks))?;
+            net
+        }
+    };
+
+    let mut log = Vec::new();
+    if incremental {
+        let days = days.ok_or_else(|| Error::new("--stage incremental needs --days A..B"))?;
+        for day in days.clone() {
+            let data = dataset::load(&args.data, &config, Some(day..day + 1), teacher.as_ref())?;
+            let next = dataset::load(&args.data, &config, Some(day + 1..day + 2), None).ok();
+            let reports = train(&mut net, &data, next.as_ref(), &options, &mut |r| {
+                print_report(&format!("day {day} ({} rows), ", data.chunk.rows()), r)
+            })?;
+            net.save(&args.out.join(format!("day-{day}")))?;
+            log.push(json!({"day": day, "rows": data.chunk.rows(), "eval_day": day + 1, "epochs": reports}));
+        }
+    } else {
+        let data: Rows = dataset::load(&args.data, &config, days.clone(), teacher.as_ref())?;
+        let eval = eval_days
+            .map(|d| dataset::load(&args.data, &config, Some(d), None))
+            .transpose()?;
+        eprintln!(
+            "training `{}` on {} rows ({} requests){}",
+            config.name,
+            data.chunk.rows(),
+            data.requests.len(),
+            options
+                .distill
+                .map(|d| format!(", distilling ({d:?}, λ = {})", options.lambda))
+                .unwrap_or_default()
+        );
+        let reports = train(&mut net, &data, eval.as_ref(), &options, &mut |r| {
+            print_report("", r)
+        })?;
+        log.push(json!({"days": args.days, "rows": data.chunk.rows(), "eval_days": args.eval_days, "epochs": reports}));
+    }
+    net.save(&args.out)?;
+    let metrics = json!({
+        "model": config.name,
+        "data": args.data,
+        "stage": args.stage,
+        "init": args.init,
+        "options": options,
+        "teacher": args.teacher.as_ref().map(|p| p.display().to_string()).or(args.teacher_column.clone()),
+        "runs": log,
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    let metrics_path = args.out.join("metrics.json");
+    std::fs::write(
+        &metrics_path,
+        serde_json::to_string_pretty(&metrics).unwrap_or_default(),
+    )
+    .map_err(|e| Error::new(format!("cannot write {}: {e}", metrics_path.display())))?;
+    eprintln!(
+        "wrote {}/{{model.safetensors, config.json, metrics.json}}",
+        args.out.display()
+    );
+    if let Some(packed) = &args.pack {
+        let dtype = DType::parse(&args.dtype)
+            .ok_or_else(|| Error::new(format!("--dtype {}: expected f16 or f32", args.dtype)))?;
+        let source = SafetensorsSource::open(&args.out.join("model.safetensors"))?;
+        writer::pack(&config, &source, dtype, packed, &mut |_, _| {})?;
+        eprintln!("packed into {} ({})", packed.display(), dtype.name());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mmoe-train: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
