@@ -109,7 +109,22 @@ def main():
                 lo, hi = c["ci95"]
                 assert lo <= c["delta"] <= hi, f"{task} {view}: {c['delta']} outside [{lo}, {hi}]"
                 assert c["flag"] == (abs(c["delta"] / a) >= 0.001), (task, view, c)
-        print(f"metrics: {checked} (model, task, view) cells match numpy; bootstrap intervals contain the deltas")
+        # --days keeps the rows of those days only.
+        days_path = tmp / "eval-days.json"
+        run("eval", "--model", args.model_a, "--data", str(data), "--days", "10..30",
+            "--json", str(days_path), "--plot", str(tmp / "eval-days.png"))
+        days_report = json.loads(days_path.read_text())
+        day = table.column("day").to_numpy()
+        in_days = (day >= 10) & (day < 30)
+        assert 0 < in_days.sum() < len(day)
+        assert days_report["evaluated_rows"] == int(in_days.sum()), days_report["evaluated_rows"]
+        column = [c for c in scored[0].column_names if c.startswith("logit.")][0]
+        task = column.split(".")[-1]
+        labels = np.array(table.column(f"label.{task}").to_numpy(), dtype=np.int64)
+        logits = np.array(scored[0].column(column).to_numpy(), dtype=np.float32)
+        want = metrics(logits[in_days], labels[in_days])
+        close(days_report["models"][0]["metrics"][task]["all"]["auc"], want["auc"], "--days auc")
+        print(f"metrics: {checked} (model, task, view) cells match numpy; bootstrap intervals contain the deltas; --days selects its rows")
     return 0
 
 

@@ -79,8 +79,19 @@ pub struct EvalArgs {
     bootstrap: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Evaluate only the rows of these days, `A..B` (B excluded).
+    #[arg(long)]
+    days: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+/// `A..B` with A < B.
+fn parse_days(text: &str) -> Result<std::ops::Range<i32>, String> {
+    text.split_once("..")
+        .and_then(|(a, b)| Some(a.trim().parse().ok()?..b.trim().parse().ok()?))
+        .filter(|r: &std::ops::Range<i32>| r.start < r.end)
+        .ok_or_else(|| format!("--days {text}: expected A..B with A < B (days A to B−1)"))
 }
 
 fn threads(requested: Option<usize>) -> usize {
@@ -228,6 +239,7 @@ pub fn eval(args: &EvalArgs) -> CliResult {
         replicates: args.bootstrap,
         seed: args.seed,
         open: open_options(&args.device)?,
+        days: args.days.as_deref().map(parse_days).transpose()?,
     };
     let bar = ProgressBar::new_spinner();
     let report = eval::run(&args.model, &args.data, &options, &mut |m, done| {

@@ -24,6 +24,8 @@ pub struct EvalOptions {
     pub replicates: usize,
     pub seed: u64,
     pub open: OpenOptions,
+    /// Evaluate only the rows of these days (`None`: every row).
+    pub days: Option<std::ops::Range<i32>>,
 }
 
 /// Relative AUC change from which a comparison is flagged.
@@ -59,6 +61,7 @@ struct Columns {
     labels: Vec<Vec<u8>>,
     views: Vec<u16>,
     requests: Vec<u32>,
+    days: Vec<i32>,
 }
 
 pub fn run(
@@ -110,6 +113,7 @@ pub fn run(
             labels: vec![Vec::new(); tasks.len()],
             views: Vec::new(),
             requests: Vec::new(),
+            days: Vec::new(),
         };
         let mut model_logits: Vec<Vec<Option<f32>>> = vec![Vec::new(); tasks.len()];
         let mut last_request: Option<u64> = None;
@@ -122,6 +126,7 @@ pub fn run(
                         .ok_or_else(|| eval_error(format!("no labels for task `{task}`")))?;
                     kept.labels[t].extend_from_slice(labels);
                 }
+                kept.days.extend_from_slice(&chunk.day);
                 for (&v, &id) in chunk.view.iter().zip(&chunk.request_id) {
                     kept.views
                         .push(intern(&mut view_names, &chunk.view_names[v as usize]));
@@ -150,12 +155,16 @@ pub fn run(
         logits.push(model_logits);
     }
     let columns = columns.ok_or_else(|| eval_error("no rows"))?;
-    // Rows every model scored.
+    // Rows of the days asked for that every model scored.
     let keep: Vec<usize> = (0..columns.views.len())
         .filter(|&r| {
-            logits
-                .iter()
-                .all(|m| m[0].get(r).is_some_and(|v| v.is_some()))
+            options
+                .days
+                .as_ref()
+                .is_none_or(|d| d.contains(&columns.days[r]))
+                && logits
+                    .iter()
+                    .all(|m| m[0].get(r).is_some_and(|v| v.is_some()))
         })
         .collect();
     let mut views = view_names.clone();
