@@ -233,8 +233,16 @@ fn run(args: Args) -> Result<()> {
         log.push(json!({"days": args.days, "rows": data.chunk.rows(), "eval_days": args.eval_days, "epochs": reports}));
     }
     net.save(&args.out)?;
+    let (mut embedding, mut dense) = (0usize, 0usize);
+    for spec in &net.plan.tensors {
+        match spec.role {
+            mmoe::plan::TensorRole::Embedding => embedding += spec.numel(),
+            _ => dense += spec.numel(),
+        }
+    }
     let metrics = json!({
         "model": config.name,
+        "parameters": {"dense": dense, "embedding": embedding},
         "data": args.data,
         "stage": args.stage,
         "init": args.init,

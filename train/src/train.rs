@@ -256,7 +256,7 @@ fn distill_loss(
             let mut total: Option<Tensor> = None;
             for (t, column) in host.iter().enumerate() {
                 let pairs = make_pairs(&batch.requests, column, options.pairs_per_request, rng);
-                let scores = logits.narrow(1, t, 1)?.squeeze(1)?;
+                let scores = logits.narrow(1, t, 1)?.squeeze(1)?.contiguous()?;
                 if let Some(l) = pairwise(&scores, &pairs, &logits.device().clone())? {
                     total = Some(match total {
                         None => l,
