@@ -81,3 +81,8 @@ step "parity: mmoe pack + score (reference and cpu backends) against the numpy r
 
 step "datasets: mmoe eval's metrics against numpy, on synthetic logs scored by two models"
 .venv/bin/python tests/python/test_metrics.py --mmoe target/release/mmoe --model-a target/demo-a.mmoe --model-b target/demo-b.mmoe
+
+step "trainer (mmoe-train): lints, loss gradients, parity with the engine, distillation; then train → pack → score → eval end to end"
+cargo clippy --release -p mmoe-train --all-targets -- -D warnings
+cargo test --release -p mmoe-train
+bash scripts/train_e2e.sh
