@@ -187,15 +187,30 @@ fn run(args: Args) -> Result<()> {
         .map(|d| parse_days("--eval-days", d))
         .transpose()?;
 
-    let mut net = match &args.init {
-        Some(dir) => Network::load(&config, &dir.join("model.safetensors"), &device)?,
-        None => {
+    // The batch stage reads its rows once; the incremental stage reads a day at a time.
+    let batch_rows: Option<Rows> = if incremental {
+        None
+    } else {
+        Some(dataset::load(
+            &args.data,
+            &config,
+            days.clone(),
+            teacher.as_ref(),
+        )?)
+    };
+    let mut net = match (&args.init, &batch_rows) {
+        (Some(dir), _) => Network::load(&config, &dir.join("model.safetensors"), &device)?,
+        (None, None) => {
+            return Err(Error::new(
+                "--stage incremental continues a model: give --init DIR",
+            ))
+        }
+        (None, Some(data)) => {
             // Fresh: statistics and base rates come from the training rows.
-            let data = dataset::load(&args.data, &config, days.clone(), None)?;
             let mut net =
-                Network::init(&config, &compute_stats(&config, &data), args.seed, &device)?;
+                Network::init(&config, &compute_stats(&config, data), args.seed, &device)?;
             let tasks: Vec<String> = config.tasks.iter().map(|t| t.name.clone()).collect();
-            net.set_base_rates(&base_rates(&data, &tasks))?;
+            net.set_base_rates(&base_rates(data, &tasks))?;
             net
         }
     };
@@ -213,7 +228,9 @@ fn run(args: Args) -> Result<()> {
             log.push(json!({"day": day, "rows": data.chunk.rows(), "eval_day": day + 1, "epochs": reports}));
         }
     } else {
-        let data: Rows = dataset::load(&args.data, &config, days.clone(), teacher.as_ref())?;
+        let data = batch_rows
+            .as_ref()
+            .ok_or_else(|| Error::new("no training rows"))?;
         let eval = eval_days
             .map(|d| dataset::load(&args.data, &config, Some(d), None))
             .transpose()?;
@@ -227,7 +244,7 @@ fn run(args: Args) -> Result<()> {
                 .map(|d| format!(", distilling ({d:?}, λ = {})", options.lambda))
                 .unwrap_or_default()
         );
-        let reports = train(&mut net, &data, eval.as_ref(), &options, &mut |r| {
+        let reports = train(&mut net, data, eval.as_ref(), &options, &mut |r| {
             print_report("", r)
         })?;
         log.push(json!({"days": args.days, "rows": data.chunk.rows(), "eval_days": args.eval_days, "epochs": reports}));

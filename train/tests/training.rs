@@ -28,7 +28,8 @@ fn options(seed: u64) -> TrainOptions {
 }
 
 fn trained(config: &mmoe::Config, data: &dataset::Rows, o: &TrainOptions) -> Network {
-    let mut net = Network::init(config, &compute_stats(config, data), o.seed, &Device::Cpu).unwrap();
+    let mut net =
+        Network::init(config, &compute_stats(config, data), o.seed, &Device::Cpu).unwrap();
     train(&mut net, data, None, o, &mut |_| {}).unwrap();
     net
 }
@@ -54,7 +55,11 @@ fn training_is_deterministic_by_seed() {
 }
 
 /// Packs a briefly trained model of `config` (fp16) into `dir/teacher.mmoe`.
-fn teacher_file(config: &mmoe::Config, data: &dataset::Rows, dir: &std::path::Path) -> std::path::PathBuf {
+fn teacher_file(
+    config: &mmoe::Config,
+    data: &dataset::Rows,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
     let net = trained(config, data, &options(99));
     let weights = dir.join("teacher");
     net.save(&weights).unwrap();
@@ -93,7 +98,13 @@ fn teacher_logits_follow_the_training_rows_of_the_day_range() {
         &mut |_| {},
     )
     .unwrap();
-    let day1 = dataset::load(&table, &config, Some(1..2), Some(&Teacher::Model(teacher.clone()))).unwrap();
+    let day1 = dataset::load(
+        &table,
+        &config,
+        Some(1..2),
+        Some(&Teacher::Model(teacher.clone())),
+    )
+    .unwrap();
     assert!(day1.chunk.day.iter().all(|&d| d == 1));
     assert_eq!(day1.teacher.as_ref().unwrap(), &expected);
 
@@ -101,17 +112,23 @@ fn teacher_logits_follow_the_training_rows_of_the_day_range() {
     let mut scored = all.chunk.clone();
     let full = dataset::load(&table, &config, None, Some(&Teacher::Model(teacher))).unwrap();
     for (task, column) in config.tasks.iter().zip(full.teacher.as_ref().unwrap()) {
-        scored
-            .floats
-            .push((format!("logit.prod.{}", task.name), column.iter().map(|&v| Some(v)).collect()));
+        scored.floats.push((
+            format!("logit.prod.{}", task.name),
+            column.iter().map(|&v| Some(v)).collect(),
+        ));
     }
     let names: Vec<String> = scored.floats.iter().map(|(n, _)| n.clone()).collect();
     let scored_path = dir.path().join("scored.parquet");
     let mut w = TableWriter::create(&scored_path, schema(&config, true, &names)).unwrap();
     w.write(&scored).unwrap();
     w.finish().unwrap();
-    let from_column =
-        dataset::load(&scored_path, &config, Some(1..2), Some(&Teacher::Column("prod".into()))).unwrap();
+    let from_column = dataset::load(
+        &scored_path,
+        &config,
+        Some(1..2),
+        Some(&Teacher::Column("prod".into())),
+    )
+    .unwrap();
     assert_eq!(from_column.teacher.as_ref().unwrap(), &expected);
 }
 
@@ -147,21 +164,32 @@ fn distillation_pulls_the_student_toward_the_teacher() {
     let config = common::config("mmoe");
     let table = common::random_table(&config, 200, 2, 6, dir.path());
     let plain_rows = dataset::load(&table, &config, None, None).unwrap();
-    let teacher = teacher_file(&common::config("all-experts"), &dataset::load(&table, &common::config("all-experts"), None, None).unwrap(), dir.path());
+    let teacher = teacher_file(
+        &common::config("all-experts"),
+        &dataset::load(&table, &common::config("all-experts"), None, None).unwrap(),
+        dir.path(),
+    );
     let data = dataset::load(&table, &config, None, Some(&Teacher::Model(teacher))).unwrap();
 
     let mut o = options(3);
     o.epochs = 3;
     let plain = trained(&config, &plain_rows, &o);
     let (plain_mse, plain_order) = agreement(&plain, &data);
-    for (distill, lambda) in [(Distill::PointwiseMse, 5.0), (Distill::PointwiseBce, 5.0), (Distill::Pairwise, 5.0)] {
+    for (distill, lambda) in [
+        (Distill::PointwiseMse, 5.0),
+        (Distill::PointwiseBce, 5.0),
+        (Distill::Pairwise, 5.0),
+    ] {
         let mut o = o.clone();
         o.distill = Some(distill);
         o.lambda = lambda;
         let (mse, order) = agreement(&trained(&config, &data, &o), &data);
         eprintln!("{distill:?}: mse {mse:.4} (plain {plain_mse:.4}), pair agreement {order:.4} (plain {plain_order:.4})");
         if distill == Distill::Pairwise {
-            assert!(order > plain_order + 0.02, "{distill:?}: {order} vs {plain_order}");
+            assert!(
+                order > plain_order + 0.02,
+                "{distill:?}: {order} vs {plain_order}"
+            );
         } else {
             assert!(mse < 0.7 * plain_mse, "{distill:?}: {mse} vs {plain_mse}");
         }
@@ -177,13 +205,23 @@ fn errors_name_what_is_wrong() {
 
     let e = err(dataset::load(&table, &config, Some(5..9), None));
     assert!(e.contains("no rows on days 5..9"), "{e}");
-    let e = err(dataset::load(&table, &config, None, Some(&Teacher::Column("prod".into()))));
+    let e = err(dataset::load(
+        &table,
+        &config,
+        None,
+        Some(&Teacher::Column("prod".into())),
+    ));
     assert!(e.contains("logit.prod.click"), "{e}");
     let mut other = config.clone();
     other.tasks[0].name = "purchase".into();
     let e = err(dataset::load(&table, &other, None, None));
     assert!(e.contains("label.purchase"), "{e}");
-    let e = err(dataset::load(&table, &config, None, Some(&Teacher::Model(dir.path().join("missing.mmoe")))));
+    let e = err(dataset::load(
+        &table,
+        &config,
+        None,
+        Some(&Teacher::Model(dir.path().join("missing.mmoe"))),
+    ));
     assert!(e.contains("missing.mmoe"), "{e}");
 
     // A distillation loss without a teacher.
@@ -191,14 +229,24 @@ fn errors_name_what_is_wrong() {
     let mut net = Network::init(&config, &compute_stats(&config, &data), 1, &Device::Cpu).unwrap();
     let mut o = options(1);
     o.distill = Some(Distill::Pairwise);
-    let e = train(&mut net, &data, None, &o, &mut |_| {}).err().unwrap().to_string();
+    let e = train(&mut net, &data, None, &o, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("needs a teacher"), "{e}");
 
     // Weights that do not fit the config.
     net.save(dir.path()).unwrap();
-    let e = Network::load(&common::config("dcn-shared"), &dir.path().join("model.safetensors"), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("model.safetensors") && e.contains("experts.dcn."), "{e}");
+    let e = Network::load(
+        &common::config("dcn-shared"),
+        &dir.path().join("model.safetensors"),
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("experts.dcn."),
+        "{e}"
+    );
 }
