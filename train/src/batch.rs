@@ -141,14 +141,18 @@ impl Batch {
             }
         }
         let tasks = config.tasks.len();
+        let columns = config
+            .tasks
+            .iter()
+            .map(|task| {
+                chunk
+                    .labels_of(&task.name)
+                    .ok_or_else(|| Error::new(format!("no label column `label.{}`", task.name)))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut labels = Vec::with_capacity(b * tasks);
         for &r in &order {
-            for task in &config.tasks {
-                let column = chunk
-                    .labels_of(&task.name)
-                    .ok_or_else(|| Error::new(format!("no label column `label.{}`", task.name)))?;
-                labels.push(f32::from(column[r]));
-            }
+            labels.extend(columns.iter().map(|column| f32::from(column[r])));
         }
         let (teacher, teacher_host) = match &data.teacher {
             None => (None, None),

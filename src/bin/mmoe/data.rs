@@ -31,6 +31,10 @@ pub struct SynthArgs {
     /// Task relatedness: cosine of the task score directions, 0 to 1.
     #[arg(long, default_value_t = 0.7)]
     relatedness: f32,
+    /// Drift of the user × ad cross term over the whole log, as an angle
+    /// in radians (0: the same interaction every day).
+    #[arg(long, default_value_t = 0.6)]
+    drift: f32,
     /// A config (JSON) whose inputs and tasks to generate; default: the
     /// bundled benchmark model's (the demo model).
     #[arg(long)]
@@ -129,6 +133,7 @@ pub fn synth(args: &SynthArgs) -> CliResult {
         seed: args.seed,
         days: args.days,
         relatedness: args.relatedness,
+        drift: args.drift,
         users: args.users,
         ads: args.ads,
     };

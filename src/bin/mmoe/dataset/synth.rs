@@ -27,6 +27,8 @@ pub struct SynthOptions {
     pub days: u32,
     /// Cosine similarity of the tasks' score directions, in [0, 1].
     pub relatedness: f32,
+    /// The cross term's drift angle at the end of the log, in radians.
+    pub drift: f32,
     pub users: usize,
     pub ads: usize,
 }
@@ -38,6 +40,7 @@ impl Default for SynthOptions {
             seed: 1,
             days: 65,
             relatedness: 0.7,
+            drift: 0.6,
             users: 20_000,
             ads: 50_000,
         }
@@ -300,7 +303,7 @@ pub fn synthesize(
                 *v += s;
             }
         }
-        let theta = 0.6 * day as f32 / options.days as f32;
+        let theta = options.drift * day as f32 / options.days as f32;
         let seasonal = 0.3 * (std::f32::consts::TAU * day as f32 / 30.0).sin();
         // Request-level features, shared by the request's rows.
         for (i, input) in config.inputs.iter().enumerate() {
