@@ -10,8 +10,8 @@ use candle_core::Device;
 use mmoe::format::safetensors_source::SafetensorsSource;
 use mmoe::format::writer;
 use mmoe::{DType, Model, OpenOptions};
-use mmoe_train::batch::compute_stats;
-use mmoe_train::dataset::table::{schema, TableReader, TableWriter};
+use mmoe_train::batch::{compute_stats, Batch};
+use mmoe_train::dataset::table::{schema, FeatureColumn, TableReader, TableWriter};
 use mmoe_train::dataset::{self, score, Teacher};
 use mmoe_train::network::Network;
 use mmoe_train::train::{predict, train, Distill, TrainOptions};
@@ -223,6 +223,22 @@ fn errors_name_what_is_wrong() {
         Some(&Teacher::Model(dir.path().join("missing.mmoe"))),
     ));
     assert!(e.contains("missing.mmoe"), "{e}");
+
+    // A non-finite value in an input without `"missing": "zero"`.
+    let mut data = dataset::load(&table, &config, None, None).unwrap();
+    let user_dense = config.input_index("user_dense").unwrap();
+    if let FeatureColumn::Dense { values, dim } = &mut data.chunk.features[user_dense].1 {
+        values[3 * *dim + 2] = f32::INFINITY;
+    }
+    let stats = compute_stats(&config, &data);
+    let e = Batch::build(&config, &stats, &data, &data.requests, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("input `user_dense`") && e.contains("value 2 of row 3"),
+        "{e}"
+    );
 
     // A distillation loss without a teacher.
     let data = dataset::load(&table, &config, None, None).unwrap();
