@@ -77,6 +77,16 @@ fn every_expert_type_matches_the_engine_within_1e_4() {
 }
 
 #[test]
+fn the_other_variant_of_each_expert_matches_the_engine_within_1e_4() {
+    // Full-rank stacked DCNv2, serial MaskNet without a head, FinalMLP
+    // without feature selection and with an input context and no hidden
+    // layer, MLP gates, a two-layer tower.
+    let worst = parity("all-experts-variants", DType::F32);
+    eprintln!("all-experts-variants f32: max |trainer − engine| = {worst:e}");
+    assert!(worst <= 1e-4, "max |Δ| {worst}");
+}
+
+#[test]
 fn mmoe_of_dcn_and_mlp_experts_matches_the_engine_within_1e_4() {
     let worst = parity("mmoe", DType::F32);
     eprintln!("mmoe f32: max |trainer − engine| = {worst:e}");
