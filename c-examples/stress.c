@@ -1,7 +1,10 @@
 /* stress.c: THREADS threads score the same request continuously while the
  * main thread reloads the engine between two model files RELOADS times.
  * Every call must succeed and return exactly the scores of one of the two
- * models. Run under ASan/LeakSanitizer (make asan) and valgrind (make valgrind).
+ * models. After each reload the main thread waits (at most 5 s) until the
+ * workers have made THREADS more calls, so that both models serve calls
+ * whatever the scheduler does (valgrind runs one thread at a time).
+ * Run under ASan/LeakSanitizer (make asan) and valgrind (make valgrind).
  * Usage: stress A.mmoe B.mmoe [THREADS] [RELOADS] */
 #include <pthread.h>
 #include <stdio.h>
@@ -12,6 +15,9 @@
 #include "mmoe.h"
 
 enum { CANDIDATES = 16 };
+
+/* Calls completed by all workers (GCC/Clang atomic builtins: the examples are C99). */
+static long progress;
 
 typedef struct {
     mmoe_engine *engine;
@@ -35,6 +41,7 @@ static void *run(void *arg) {
         mmoe_status status = mmoe_session_score(session, CANDIDATES, w->features, w->inputs, logits,
                                                 CANDIDATES * w->tasks, NULL, 0);
         w->calls++;
+        __atomic_fetch_add(&progress, 1, __ATOMIC_RELAXED);
         if (status != MMOE_STATUS_OK) {
             w->failures++;
         } else if (memcmp(logits, w->expect_a, bytes) == 0) {
@@ -128,9 +135,11 @@ int main(int argc, char **argv) {
     }
     int failed_reloads = 0;
     struct timespec pause = {0, 2000000}; /* 2 ms */
+    struct timespec tick = {0, 1000000};  /* 1 ms */
     for (int r = 0; r < reloads; ++r) {
         if (mmoe_engine_reload(engine, argv[1 + (r % 2)]) != MMOE_STATUS_OK) failed_reloads++;
-        nanosleep(&pause, NULL);
+        long target = __atomic_load_n(&progress, __ATOMIC_RELAXED) + threads;
+        for (int waited = 0; __atomic_load_n(&progress, __ATOMIC_RELAXED) < target && waited < 5000; ++waited) nanosleep(&tick, NULL);
     }
     /* A reload to a missing file fails and leaves the engine serving. */
     int refused = mmoe_engine_reload(engine, "/nonexistent/model.mmoe") == MMOE_STATUS_IO;
