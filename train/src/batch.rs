@@ -90,8 +90,11 @@ impl Batch {
                             let v = transform(input, stats[k].as_ref(), i, values[r * dim + i])
                                 .ok_or_else(|| {
                                     Error::new(format!(
-                                        "input `{}`: value {} of row {r} is not finite (and the input has no `\"missing\": \"zero\"`)",
-                                        input.name, i
+                                        "input `{}`: element {i} is {} in the row of request {} (day {}), and the input has no `\"missing\": \"zero\"`",
+                                        input.name,
+                                        values[r * dim + i],
+                                        chunk.request_id[r],
+                                        chunk.day[r]
                                     ))
                                 })?;
                             out.push(v);

@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use mmoe::config::Config;
+use mmoe::config::{Config, Scope};
 use mmoe::{Model, OpenOptions};
 
 use crate::error::{Error, Result};
@@ -50,13 +50,36 @@ fn in_days(days: &Option<Range<i32>>, day: i32) -> bool {
     days.as_ref().is_none_or(|d| d.contains(&day))
 }
 
-/// Reads the rows of `path` whose day is in `days` (all rows when `None`).
+/// Reads the rows of `path` whose day is in `days` (all rows when `None`);
+/// a range without rows is an error.
 pub fn load(
     path: &Path,
     config: &Config,
     days: Option<Range<i32>>,
     teacher: Option<&Teacher>,
 ) -> Result<Rows> {
+    let range = days.clone();
+    load_if_any(path, config, days, teacher)?.ok_or_else(|| {
+        Error::new(format!(
+            "{}: no rows{}",
+            path.display(),
+            range
+                .as_ref()
+                .map(|d| format!(" on days {}..{}", d.start, d.end))
+                .unwrap_or_default()
+        ))
+    })
+}
+
+/// [`load`], with `None` for a day range without rows. Labels must be 0 or
+/// 1, and a request-level input must have one value per request (as the
+/// engine scores it).
+pub fn load_if_any(
+    path: &Path,
+    config: &Config,
+    days: Option<Range<i32>>,
+    teacher: Option<&Teacher>,
+) -> Result<Option<Rows>> {
     let mut reader = TableReader::open(path, config, READ_ROWS)?;
     if !reader.has_labels {
         return Err(Error::new(format!(
@@ -79,13 +102,7 @@ pub fn load(
         all.append(select(&chunk, &keep))?;
     }
     if all.rows() == 0 {
-        return Err(Error::new(format!(
-            "{}: no rows{}",
-            path.display(),
-            days.as_ref()
-                .map(|d| format!(" on days {}..{}", d.start, d.end))
-                .unwrap_or_default()
-        )));
+        return Ok(None);
     }
     let teacher = match teacher {
         None => None,
@@ -95,11 +112,59 @@ pub fn load(
         }
     };
     let requests = request_runs(&all.request_id);
-    Ok(Rows {
+    check_rows(&all, config, &requests, path)?;
+    Ok(Some(Rows {
         chunk: all,
         requests,
         teacher,
-    })
+    }))
+}
+
+/// Labels are 0 or 1; request-level inputs are equal on every row of a request.
+fn check_rows(
+    chunk: &Chunk,
+    config: &Config,
+    requests: &[Range<usize>],
+    path: &Path,
+) -> Result<()> {
+    let at = |r: usize| format!("request {} (day {})", chunk.request_id[r], chunk.day[r]);
+    for (task, labels) in &chunk.labels {
+        if let Some(r) = labels.iter().position(|&v| v > 1) {
+            return Err(Error::new(format!(
+                "{}: `label.{task}` is {} in a row of {}; labels are 0 or 1",
+                path.display(),
+                labels[r],
+                at(r)
+            )));
+        }
+    }
+    for (input, (_, column)) in config.inputs.iter().zip(&chunk.features) {
+        if input.scope != Scope::Request {
+            continue;
+        }
+        for request in requests {
+            let first = request.start;
+            let differs = |r: usize| match column {
+                FeatureColumn::Dense { dim, values } => values[r * dim..(r + 1) * dim]
+                    .iter()
+                    .zip(&values[first * dim..(first + 1) * dim])
+                    .any(|(a, b)| a.to_bits() != b.to_bits()),
+                FeatureColumn::Sparse { offsets, ids } => {
+                    ids[offsets[r] as usize..offsets[r + 1] as usize]
+                        != ids[offsets[first] as usize..offsets[first + 1] as usize]
+                }
+            };
+            if let Some(r) = request.clone().find(|&r| differs(r)) {
+                return Err(Error::new(format!(
+                    "{}: request-level input `{}` differs between the rows of {} (a request has one value, as the engine scores it)",
+                    path.display(),
+                    input.name,
+                    at(r)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Contiguous runs of equal `request_id`.

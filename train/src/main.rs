@@ -138,6 +138,13 @@ fn run(args: Args) -> Result<()> {
             )))
         }
     };
+    let dtype = DType::parse(&args.dtype)
+        .ok_or_else(|| Error::new(format!("--dtype {}: expected f16 or f32", args.dtype)))?;
+    if incremental && args.eval_days.is_some() {
+        return Err(Error::new(
+            "--eval-days is for the batch stage; the incremental stage evaluates each day on the next",
+        ));
+    }
     if incremental && args.init.is_none() {
         return Err(Error::new(
             "--stage incremental continues a model: give --init DIR",
@@ -220,7 +227,7 @@ fn run(args: Args) -> Result<()> {
         let days = days.ok_or_else(|| Error::new("--stage incremental needs --days A..B"))?;
         for day in days.clone() {
             let data = dataset::load(&args.data, &config, Some(day..day + 1), teacher.as_ref())?;
-            let next = dataset::load(&args.data, &config, Some(day + 1..day + 2), None).ok();
+            let next = dataset::load_if_any(&args.data, &config, Some(day + 1..day + 2), None)?;
             let reports = train(&mut net, &data, next.as_ref(), &options, &mut |r| {
                 print_report(&format!("day {day} ({} rows), ", data.chunk.rows()), r)
             })?;
@@ -264,7 +271,7 @@ fn run(args: Args) -> Result<()> {
         "stage": args.stage,
         "init": args.init,
         "options": options,
-        "teacher": args.teacher.as_ref().map(|p| p.display().to_string()).or(args.teacher_column.clone()),
+        "teacher": options.distill.and(args.teacher.as_ref().map(|p| p.display().to_string()).or(args.teacher_column.clone())),
         "runs": log,
         "seconds": start.elapsed().as_secs_f64(),
     });
@@ -279,8 +286,6 @@ fn run(args: Args) -> Result<()> {
         args.out.display()
     );
     if let Some(packed) = &args.pack {
-        let dtype = DType::parse(&args.dtype)
-            .ok_or_else(|| Error::new(format!("--dtype {}: expected f16 or f32", args.dtype)))?;
         let source = SafetensorsSource::open(&args.out.join("model.safetensors"))?;
         writer::pack(&config, &source, dtype, packed, &mut |_, _| {})?;
         eprintln!("packed into {} ({})", packed.display(), dtype.name());

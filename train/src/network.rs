@@ -99,12 +99,13 @@ impl Network {
             let t = loaded.get(&spec.name).ok_or_else(|| {
                 Error::new(format!("{}: no tensor `{}`", weights.display(), spec.name))
             })?;
-            let t = if spec.name.ends_with(".ctx_bias") {
+            // A learned context may be stored [c] or, as a PyTorch Parameter, [1, c].
+            let t = if spec.name.ends_with(".ctx_bias") && t.dims() == [1, spec.numel()] {
                 t.flatten_all()?
             } else {
                 t.clone()
             };
-            if t.elem_count() != spec.numel() {
+            if t.dims() != spec.shape.as_slice() {
                 return Err(Error::new(format!(
                     "{}: tensor `{}` has shape {:?}, expected {:?}",
                     weights.display(),
@@ -217,14 +218,17 @@ impl Network {
     /// x0 `[B, D]`: the inputs' vectors in config order.
     fn x0(&self, batch: &Batch) -> Result<Tensor> {
         let mut parts = Vec::with_capacity(batch.inputs.len());
-        for (input, plan) in batch.inputs.iter().zip(&self.plan.inputs) {
+        for (k, (input, plan)) in batch.inputs.iter().zip(&self.plan.inputs).enumerate() {
             match input {
                 InputBatch::Dense(t) => parts.push(t.clone()),
                 InputBatch::Sparse(bag) => {
                     let zeros = Tensor::zeros((batch.rows, plan.dim), DType::F32, &self.device)?;
-                    let table = plan
-                        .embedding
-                        .ok_or_else(|| Error::new("sparse input without a table"))?;
+                    let table = plan.embedding.ok_or_else(|| {
+                        Error::new(format!(
+                            "sparse input `{}` has no embedding table in the plan",
+                            self.config.inputs[k].name
+                        ))
+                    })?;
                     let pooled = if bag.count == 0 {
                         zeros
                     } else {

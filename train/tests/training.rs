@@ -235,8 +235,47 @@ fn errors_name_what_is_wrong() {
         .err()
         .unwrap()
         .to_string();
+    let (request, day) = (data.chunk.request_id[3], data.chunk.day[3]);
     assert!(
-        e.contains("input `user_dense`") && e.contains("value 2 of row 3"),
+        e.contains("input `user_dense`: element 2 is inf")
+            && e.contains(&format!("request {request} (day {day})")),
+        "{e}"
+    );
+
+    // Labels other than 0/1, and a request-level input that differs within a request.
+    let rows = dataset::load(&table, &config, None, None).unwrap();
+    let rewrite = |chunk: &mmoe_train::dataset::table::Chunk, name: &str| {
+        let path = dir.path().join(name);
+        let mut w = TableWriter::create(&path, schema(&config, true, &[])).unwrap();
+        w.write(chunk).unwrap();
+        w.finish().unwrap();
+        path
+    };
+    let mut bad = rows.chunk.clone();
+    bad.labels[1].1[5] = 2;
+    let e = err(dataset::load(
+        &rewrite(&bad, "labels.parquet"),
+        &config,
+        None,
+        None,
+    ));
+    assert!(
+        e.contains("`label.good_click` is 2") && e.contains("labels are 0 or 1"),
+        "{e}"
+    );
+    let mut bad = rows.chunk.clone();
+    let second = rows.requests.iter().find(|r| r.len() > 1).unwrap().start + 1;
+    if let FeatureColumn::Dense { values, dim } = &mut bad.features[user_dense].1 {
+        values[second * *dim] += 1.0;
+    }
+    let e = err(dataset::load(
+        &rewrite(&bad, "request.parquet"),
+        &config,
+        None,
+        None,
+    ));
+    assert!(
+        e.contains("request-level input `user_dense` differs"),
         "{e}"
     );
 
@@ -265,4 +304,23 @@ fn errors_name_what_is_wrong() {
         e.contains("model.safetensors") && e.contains("experts.dcn."),
         "{e}"
     );
+
+    // A tensor of the right size and the wrong shape (transposed).
+    let mut map = std::collections::HashMap::new();
+    for (spec, v) in net.plan.tensors.iter().zip(&net.tensors) {
+        let t = v.as_tensor();
+        let t = if spec.name == "experts.mlp0.mlp.0.weight" {
+            t.t().unwrap().contiguous().unwrap()
+        } else {
+            t.clone()
+        };
+        map.insert(spec.name.clone(), t);
+    }
+    let path = dir.path().join("transposed.safetensors");
+    candle_core::safetensors::save(&map, &path).unwrap();
+    let e = Network::load(&config, &path, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("`experts.mlp0.mlp.0.weight` has shape"), "{e}");
 }
