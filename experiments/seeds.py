@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from report import delta  # experiments/report.py, beside this script
+
 TASKS = ["click", "good_click", "save"]
 COMPARISONS = [
     ("1-dcn-shared-vs-dcn-deep", "1: dcn-deep − dcn-shared"),
@@ -30,10 +32,7 @@ COMPARISONS = [
 
 
 def cell(report, task):
-    c = report["comparison"][task]["all"]
-    lo, hi = c["ci95"]
-    star = " *" if lo > 0 or hi < 0 else ""
-    return f"{c['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}]{star}"
+    return delta(report, task, "all")
 
 
 def main():

@@ -16,6 +16,7 @@ use mmoe::DType;
 use serde_json::json;
 
 use mmoe_train::batch::compute_stats;
+use mmoe_train::dataset::table::parse_day_range;
 use mmoe_train::dataset::{self, Rows, Teacher};
 use mmoe_train::network::Network;
 use mmoe_train::train::{base_rates, train, Distill, EpochReport, TrainOptions};
@@ -92,15 +93,7 @@ struct Args {
 }
 
 fn parse_days(flag: &str, text: &str) -> Result<Range<i32>> {
-    let parsed = text
-        .split_once("..")
-        .and_then(|(a, b)| Some(a.trim().parse().ok()?..b.trim().parse().ok()?));
-    match parsed {
-        Some(r) if r.start < r.end => Ok(r),
-        _ => Err(Error::new(format!(
-            "{flag} {text}: expected A..B with A < B (days A to B−1)"
-        ))),
-    }
+    parse_day_range(flag, text).map_err(Error::new)
 }
 
 fn read_config(path: &Path) -> Result<Config> {

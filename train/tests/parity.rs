@@ -4,14 +4,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use candle_core::Device;
-use mmoe::format::safetensors_source::SafetensorsSource;
-use mmoe::format::writer;
-use mmoe::{DType, Model, OpenOptions};
+use mmoe::DType;
 use mmoe_train::batch::compute_stats;
-use mmoe_train::dataset::{self, score, table::TableReader};
+use mmoe_train::dataset;
 use mmoe_train::network::Network;
 use mmoe_train::train::{predict, train, TrainOptions};
 
@@ -34,26 +30,8 @@ fn parity(config_name: &str, dtype: DType) -> f32 {
     train(&mut net, &data, None, &options, &mut |_| {}).unwrap();
     let trainer = predict(&net, &net.stats().unwrap(), &data).unwrap();
 
-    net.save(dir.path()).unwrap();
-    let source = SafetensorsSource::open(&dir.path().join("model.safetensors")).unwrap();
-    let packed = dir.path().join("model.mmoe");
-    writer::pack(&config, &source, dtype, &packed, &mut |_, _| {}).unwrap();
-    let model: Arc<Model> = Model::open(&packed, &OpenOptions::default()).unwrap();
-    let mut reader = TableReader::open(&table, &config, 1000).unwrap();
-    let mut engine: Vec<Vec<f32>> = vec![Vec::new(); config.tasks.len()];
-    score::score_table(
-        &model,
-        &mut reader,
-        2,
-        &mut |_, logits| {
-            for (t, column) in logits.into_iter().enumerate() {
-                engine[t].extend(column.into_iter().map(|v| v.expect("every row scores")));
-            }
-            Ok(())
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let packed = common::pack(&net, dir.path(), dtype);
+    let engine = common::engine_logits(&packed, &table, &|_| true);
     let mut worst = 0f32;
     for (a, b) in trainer.iter().zip(&engine) {
         assert_eq!(a.len(), b.len());

@@ -4,15 +4,11 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use candle_core::Device;
-use mmoe::format::safetensors_source::SafetensorsSource;
-use mmoe::format::writer;
-use mmoe::{DType, Model, OpenOptions};
+use mmoe::DType;
 use mmoe_train::batch::{compute_stats, Batch};
-use mmoe_train::dataset::table::{schema, FeatureColumn, TableReader, TableWriter};
-use mmoe_train::dataset::{self, score, Teacher};
+use mmoe_train::dataset::table::{schema, FeatureColumn, TableWriter};
+use mmoe_train::dataset::{self, Teacher};
 use mmoe_train::network::Network;
 use mmoe_train::train::{predict, train, Distill, TrainOptions};
 
@@ -61,12 +57,7 @@ fn teacher_file(
     dir: &std::path::Path,
 ) -> std::path::PathBuf {
     let net = trained(config, data, &options(99));
-    let weights = dir.join("teacher");
-    net.save(&weights).unwrap();
-    let source = SafetensorsSource::open(&weights.join("model.safetensors")).unwrap();
-    let path = dir.join("teacher.mmoe");
-    writer::pack(config, &source, DType::F16, &path, &mut |_, _| {}).unwrap();
-    path
+    common::pack(&net, &dir.join("teacher"), DType::F16)
 }
 
 #[test]
@@ -78,26 +69,7 @@ fn teacher_logits_follow_the_training_rows_of_the_day_range() {
     let teacher = teacher_file(&config, &all, dir.path());
 
     // Every row scored by the engine, then the rows of day 1 kept.
-    let model: Arc<Model> = Model::open(&teacher, &OpenOptions::default()).unwrap();
-    let mut reader = TableReader::open(&table, &config, 50).unwrap();
-    let mut expected: Vec<Vec<f32>> = vec![Vec::new(); config.tasks.len()];
-    score::score_table(
-        &model,
-        &mut reader,
-        2,
-        &mut |chunk, logits| {
-            for (t, column) in logits.into_iter().enumerate() {
-                for (r, v) in column.into_iter().enumerate() {
-                    if chunk.day[r] == 1 {
-                        expected[t].push(v.unwrap());
-                    }
-                }
-            }
-            Ok(())
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let expected = common::engine_logits(&teacher, &table, &|day| day == 1);
     let day1 = dataset::load(
         &table,
         &config,

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::dataset::eval::{self, EvalOptions};
 use crate::dataset::score::{logit_column, score_table, MAX_BAD_ROWS_KEPT};
 use crate::dataset::synth::{synthesize, SynthOptions};
-use crate::dataset::table::{schema, TableReader, TableWriter};
+use crate::dataset::table::{parse_day_range, schema, TableReader, TableWriter};
 use mmoe::Config;
 
 use super::{open_options, CliResult, DeviceArgs};
@@ -88,14 +88,6 @@ pub struct EvalArgs {
     days: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
-}
-
-/// `A..B` with A < B.
-fn parse_days(text: &str) -> Result<std::ops::Range<i32>, String> {
-    text.split_once("..")
-        .and_then(|(a, b)| Some(a.trim().parse().ok()?..b.trim().parse().ok()?))
-        .filter(|r: &std::ops::Range<i32>| r.start < r.end)
-        .ok_or_else(|| format!("--days {text}: expected A..B with A < B (days A to B−1)"))
 }
 
 fn threads(requested: Option<usize>) -> usize {
@@ -244,7 +236,11 @@ pub fn eval(args: &EvalArgs) -> CliResult {
         replicates: args.bootstrap,
         seed: args.seed,
         open: open_options(&args.device)?,
-        days: args.days.as_deref().map(parse_days).transpose()?,
+        days: args
+            .days
+            .as_deref()
+            .map(|d| parse_day_range("--days", d))
+            .transpose()?,
     };
     let bar = ProgressBar::new_spinner();
     let report = eval::run(&args.model, &args.data, &options, &mut |m, done| {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mmoe::config::{Config, InputKind, Scope};
+use mmoe::config::{Config, Scope};
 use mmoe::demo::Rng;
 use mmoe_train::dataset::table::{schema, Chunk, FeatureColumn, TableWriter};
 
@@ -20,32 +20,7 @@ pub fn config(name: &str) -> Config {
 /// large ids (read mod rows), labels that depend on the features.
 pub fn random_table(config: &Config, requests: usize, days: i32, seed: u64, dir: &Path) -> PathBuf {
     let mut rng = Rng::new(seed);
-    let mut chunk = Chunk {
-        view_names: vec!["related_pins".into(), "search".into()],
-        labels: config
-            .tasks
-            .iter()
-            .map(|t| (t.name.clone(), Vec::new()))
-            .collect(),
-        features: config
-            .inputs
-            .iter()
-            .map(|i| {
-                let column = match i.kind {
-                    InputKind::Dense => FeatureColumn::Dense {
-                        dim: i.dim,
-                        values: Vec::new(),
-                    },
-                    InputKind::Sparse => FeatureColumn::Sparse {
-                        offsets: vec![0],
-                        ids: Vec::new(),
-                    },
-                };
-                (i.name.clone(), column)
-            })
-            .collect(),
-        ..Chunk::default()
-    };
+    let mut chunk = Chunk::empty(config, vec!["related_pins".into(), "search".into()]);
     for request in 0..requests {
         let n = 1 + rng.below(12) as usize;
         let view = rng.below(2) as u16;
@@ -109,4 +84,42 @@ pub fn random_table(config: &Config, requests: usize, days: i32, seed: u64, dir:
     writer.write(&chunk).unwrap();
     writer.finish().unwrap();
     path
+}
+
+/// Saves `net` into `dir` and packs it into `dir/model.mmoe`.
+pub fn pack(net: &mmoe_train::network::Network, dir: &Path, dtype: mmoe::DType) -> PathBuf {
+    net.save(dir).unwrap();
+    let source =
+        mmoe::format::safetensors_source::SafetensorsSource::open(&dir.join("model.safetensors"))
+            .unwrap();
+    let packed = dir.join("model.mmoe");
+    mmoe::format::writer::pack(&net.config, &source, dtype, &packed, &mut |_, _| {}).unwrap();
+    packed
+}
+
+/// The engine's logits `[task][row]` for the rows of `table` whose day
+/// passes `keep`, scored as `mmoe score-dataset` scores them.
+pub fn engine_logits(packed: &Path, table: &Path, keep: &dyn Fn(i32) -> bool) -> Vec<Vec<f32>> {
+    let model = mmoe::Model::open(packed, &mmoe::OpenOptions::default()).unwrap();
+    let mut reader =
+        mmoe_train::dataset::table::TableReader::open(table, model.config(), 50).unwrap();
+    let mut out: Vec<Vec<f32>> = vec![Vec::new(); model.num_tasks()];
+    mmoe_train::dataset::score::score_table(
+        &model,
+        &mut reader,
+        2,
+        &mut |chunk, logits| {
+            for (t, column) in logits.into_iter().enumerate() {
+                for (r, v) in column.into_iter().enumerate() {
+                    if keep(chunk.day[r]) {
+                        out[t].push(v.expect("every row scores"));
+                    }
+                }
+            }
+            Ok(())
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    out
 }

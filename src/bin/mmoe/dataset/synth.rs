@@ -253,32 +253,7 @@ pub fn synthesize(
         positives: vec![[0; 2]; tasks],
         ..SynthSummary::default()
     };
-    let empty_chunk = || Chunk {
-        view_names: VIEWS.iter().map(|s| s.to_string()).collect(),
-        labels: config
-            .tasks
-            .iter()
-            .map(|t| (t.name.clone(), Vec::new()))
-            .collect(),
-        features: config
-            .inputs
-            .iter()
-            .map(|i| {
-                let column = match i.kind {
-                    InputKind::Dense => FeatureColumn::Dense {
-                        dim: i.dim,
-                        values: Vec::new(),
-                    },
-                    InputKind::Sparse => FeatureColumn::Sparse {
-                        offsets: vec![0],
-                        ids: Vec::new(),
-                    },
-                };
-                (i.name.clone(), column)
-            })
-            .collect(),
-        ..Chunk::default()
-    };
+    let empty_chunk = || Chunk::empty(config, VIEWS.iter().map(|s| s.to_string()).collect());
     let mut chunk = empty_chunk();
     let mut request_id = mix(options.seed) >> 16;
     let mut x = vec![0.0f32; 2 * LATENT];

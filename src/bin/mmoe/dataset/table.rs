@@ -59,6 +59,17 @@ pub struct Chunk {
     pub floats: Vec<(String, Vec<Option<f32>>)>,
 }
 
+/// A day range `A..B` (days A to B−1) given to `flag`.
+pub fn parse_day_range(
+    flag: &str,
+    text: &str,
+) -> std::result::Result<std::ops::Range<i32>, String> {
+    text.split_once("..")
+        .and_then(|(a, b)| Some(a.trim().parse().ok()?..b.trim().parse().ok()?))
+        .filter(|r: &std::ops::Range<i32>| r.start < r.end)
+        .ok_or_else(|| format!("{flag} {text}: expected A..B with A < B (days A to B−1)"))
+}
+
 fn data_error(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::Argument, message)
 }
@@ -68,6 +79,36 @@ fn parquet_error(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl Chunk {
+    /// No rows, with an empty column for every input and task of `config`.
+    pub fn empty(config: &Config, view_names: Vec<String>) -> Chunk {
+        Chunk {
+            view_names,
+            labels: config
+                .tasks
+                .iter()
+                .map(|t| (t.name.clone(), Vec::new()))
+                .collect(),
+            features: config
+                .inputs
+                .iter()
+                .map(|i| {
+                    let column = match i.kind {
+                        InputKind::Dense => FeatureColumn::Dense {
+                            dim: i.dim,
+                            values: Vec::new(),
+                        },
+                        InputKind::Sparse => FeatureColumn::Sparse {
+                            offsets: vec![0],
+                            ids: Vec::new(),
+                        },
+                    };
+                    (i.name.clone(), column)
+                })
+                .collect(),
+            ..Chunk::default()
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.request_id.len()
     }
