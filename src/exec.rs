@@ -9,13 +9,17 @@
 use crate::config::Scope;
 use crate::cpu::{self, Isa, KernelScratch, LinearJob};
 use crate::error::Result;
-use crate::features::input_vector;
+use crate::features::{input_vector, prefetch_bags};
 use crate::model::{Model, Values};
 use crate::program::{BufId, Program, Step};
 use crate::request::Request;
 
 /// Candidates per tile.
 pub const TILE: usize = 32;
+
+/// While pooling a candidate's embedding rows, those of the candidate this
+/// many rows later are requested (see [`prefetch_bags`]).
+const BAG_PREFETCH_AHEAD: usize = 2;
 
 /// Activation memory for one program: per-request buffers (one row) and
 /// per-candidate buffers (one tile of rows).
@@ -240,7 +244,13 @@ impl<'a> Tile<'a> {
             }
             Step::CandidateFeatures { request, out: x0 } => {
                 let d = self.width(*x0);
+                for r in 0..BAG_PREFETCH_AHEAD.min(self.rows) {
+                    prefetch_bags(model, self.request, self.first + r);
+                }
                 for r in 0..self.rows {
+                    if r + BAG_PREFETCH_AHEAD < self.rows {
+                        prefetch_bags(model, self.request, self.first + r + BAG_PREFETCH_AHEAD);
+                    }
                     let row = &mut out[r * d..(r + 1) * d];
                     for (index, (input, plan)) in model
                         .config()

@@ -73,6 +73,35 @@ pub fn transform_dense(input: &Input, x: f32, stats: Option<(f32, f32)>) -> Opti
     Some(v)
 }
 
+/// Starts loading the embedding rows of candidate `candidate`'s bags (every
+/// candidate-scope sparse input). Rows of large tables miss the caches; asking
+/// for a later candidate's rows while pooling the current one overlaps those
+/// misses instead of paying them one after another.
+pub fn prefetch_bags(model: &Model, request: &Request<'_>, candidate: usize) {
+    for (index, (input, plan)) in model
+        .config()
+        .inputs
+        .iter()
+        .zip(&model.plan().inputs)
+        .enumerate()
+    {
+        let (Scope::Candidate, Some(table), Feature::Sparse { ids, offsets }) =
+            (input.scope, plan.embedding, request.feature(index))
+        else {
+            continue;
+        };
+        let (Some(&start), Some(&end)) = (offsets.get(candidate), offsets.get(candidate + 1))
+        else {
+            continue;
+        };
+        let values = model.values(table);
+        let rows = input.rows.unwrap_or(1).max(1);
+        for &id in ids.get(start as usize..end as usize).unwrap_or(&[]) {
+            values.prefetch((id % rows) as usize * input.dim, input.dim);
+        }
+    }
+}
+
 /// Sums (or averages) the embedding rows of a bag; id `i` reads row
 /// `i mod rows`; an empty bag gives zeros.
 fn pool(

@@ -66,6 +66,23 @@ impl Values<'_> {
             Values::F32(v) => v[i],
         }
     }
+    /// Hints the CPU to start loading elements `start..start + len` (their
+    /// first and last cache line: enough for an embedding row); out-of-range
+    /// elements are ignored.
+    #[inline]
+    pub fn prefetch(&self, start: usize, len: usize) {
+        let last = start + len.max(1) - 1;
+        match self {
+            Values::F16(v) => [start, last]
+                .iter()
+                .filter_map(|&i| v.get(i))
+                .for_each(crate::cpu::prefetch),
+            Values::F32(v) => [start, last]
+                .iter()
+                .filter_map(|&i| v.get(i))
+                .for_each(crate::cpu::prefetch),
+        }
+    }
     /// Copies elements `start..start + out.len()` into `out` as f32.
     pub fn read_into(&self, start: usize, out: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
