@@ -26,12 +26,14 @@ pub fn input_vector(
     match (input.kind, request.feature(index)) {
         (InputKind::Dense, Feature::Dense(values)) => {
             let raw = &values[row * input.dim..(row + 1) * input.dim];
+            let transform = DenseTransform::of(input);
+            let stats = plan
+                .mean
+                .zip(plan.std)
+                .map(|(m, s)| (model.values(m), model.values(s)));
             for (k, (o, &x)) in out.iter_mut().zip(raw).enumerate() {
-                let stats = plan
-                    .mean
-                    .zip(plan.std)
-                    .map(|(m, s)| (model.values(m).get(k), model.values(s).get(k)));
-                *o = transform_dense(input, x, stats).ok_or_else(|| {
+                let stats = stats.as_ref().map(|(m, s)| (m.get(k), s.get(k)));
+                *o = transform.apply(x, stats).ok_or_else(|| {
                     Error::request(format!(
                         "input `{}` candidate {candidate} element {k}: value {x} is not finite (the input does not allow missing values)",
                         input.name
@@ -57,20 +59,44 @@ pub fn input_vector(
 /// value is not finite and the input does not allow missing values.
 #[inline]
 pub fn transform_dense(input: &Input, x: f32, stats: Option<(f32, f32)>) -> Option<f32> {
-    if !x.is_finite() {
-        return input.missing_is_zero().then_some(0.0);
+    DenseTransform::of(input).apply(x, stats)
+}
+
+/// A dense input's transform with its options read once (not per element:
+/// they live in the config's vectors and options).
+#[derive(Clone, Copy)]
+struct DenseTransform {
+    log1p: bool,
+    clip: Option<f32>,
+    missing_is_zero: bool,
+}
+
+impl DenseTransform {
+    fn of(input: &Input) -> Self {
+        DenseTransform {
+            log1p: input.log1p(),
+            clip: input.clip,
+            missing_is_zero: input.missing_is_zero(),
+        }
     }
-    let mut v = x;
-    if input.log1p() {
-        v = v.signum() * v.abs().ln_1p();
+
+    #[inline(always)]
+    fn apply(self, x: f32, stats: Option<(f32, f32)>) -> Option<f32> {
+        if !x.is_finite() {
+            return self.missing_is_zero.then_some(0.0);
+        }
+        let mut v = x;
+        if self.log1p {
+            v = v.signum() * v.abs().ln_1p();
+        }
+        if let Some((mean, std)) = stats {
+            v = (v - mean) / std;
+        }
+        if let Some(c) = self.clip {
+            v = v.clamp(-c, c);
+        }
+        Some(v)
     }
-    if let Some((mean, std)) = stats {
-        v = (v - mean) / std;
-    }
-    if let Some(c) = input.clip {
-        v = v.clamp(-c, c);
-    }
-    Some(v)
 }
 
 /// Starts loading the embedding rows of candidate `candidate`'s bags (every

@@ -98,27 +98,49 @@ unsafe fn panel_block(job: &mut LinearJob<'_>, p: usize, r: usize, mr: usize) {
     for (j, slot) in bias_add.iter_mut().enumerate().take(valid) {
         *slot = job.bias_add(p * PANEL + j);
     }
-    match mr {
-        12 => block::<12, 1>(job, source, p, r, &bias_add, valid),
-        8 => block::<8, 1>(job, source, p, r, &bias_add, valid),
-        4 => block::<4, 2>(job, source, p, r, &bias_add, valid),
-        2 => block::<2, 4>(job, source, p, r, &bias_add, valid),
-        _ => block::<1, 4>(job, source, p, r, &bias_add, valid),
+    if valid > 16 {
+        match mr {
+            12 => block::<12, 1, 2>(job, source, p, r, &bias_add, valid),
+            8 => block::<8, 1, 2>(job, source, p, r, &bias_add, valid),
+            4 => block::<4, 2, 2>(job, source, p, r, &bias_add, valid),
+            2 => block::<2, 4, 2>(job, source, p, r, &bias_add, valid),
+            _ => block::<1, 4, 2>(job, source, p, r, &bias_add, valid),
+        }
+    } else {
+        // A narrow layer (a gate over a few experts, a tower's logit): the
+        // panel's second half holds only padding, so it is not computed.
+        match mr {
+            12 => block::<12, 1, 1>(job, source, p, r, &bias_add, valid),
+            8 => block::<8, 2, 1>(job, source, p, r, &bias_add, valid),
+            4 => block::<4, 2, 1>(job, source, p, r, &bias_add, valid),
+            2 => block::<2, 4, 1>(job, source, p, r, &bias_add, valid),
+            _ => block::<1, 4, 1>(job, source, p, r, &bias_add, valid),
+        }
     }
 }
 
+/// Panel row `k` as two fp32 vectors (the second left zero when `H` is 1:
+/// only the first half of the panel is used).
 #[inline(always)]
-unsafe fn load_panel_row(source: PanelSource, k: usize) -> (__m512, __m512) {
+unsafe fn load_panel_row<const H: usize>(source: PanelSource, k: usize) -> (__m512, __m512) {
     match source {
         PanelSource::F32(w) => (
             _mm512_loadu_ps(w.add(k * PANEL)),
-            _mm512_loadu_ps(w.add(k * PANEL + 16)),
+            if H == 2 {
+                _mm512_loadu_ps(w.add(k * PANEL + 16))
+            } else {
+                _mm512_setzero_ps()
+            },
         ),
         PanelSource::F16(w) => {
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((k + PREFETCH_ROWS) * PANEL) as *const i8);
             (
                 _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL) as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL + 16) as *const __m256i)),
+                if H == 2 {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL + 16) as *const __m256i))
+                } else {
+                    _mm512_setzero_ps()
+                },
             )
         }
     }
@@ -130,7 +152,7 @@ unsafe fn load_panel_row(source: PanelSource, k: usize) -> (__m512, __m512) {
 /// With few rows, one accumulator per output would chain every FMA on the
 /// previous one (latency-bound); `U` independent partial sums over
 /// interleaved columns keep the FMA units busy, and are added at the end.
-unsafe fn block<const MR: usize, const U: usize>(
+unsafe fn block<const MR: usize, const U: usize, const H: usize>(
     job: &mut LinearJob<'_>,
     source: PanelSource,
     p: usize,
@@ -148,21 +170,25 @@ unsafe fn block<const MR: usize, const U: usize>(
         let mut k = range.start;
         while k + U <= range.end {
             for (u, acc) in partial.iter_mut().enumerate() {
-                let (w0, w1) = load_panel_row(source, k + u);
+                let (w0, w1) = load_panel_row::<H>(source, k + u);
                 for i in 0..MR {
                     let b = _mm512_set1_ps(*rows[i].add(k + u));
                     acc[i][0] = _mm512_fmadd_ps(w0, b, acc[i][0]);
-                    acc[i][1] = _mm512_fmadd_ps(w1, b, acc[i][1]);
+                    if H == 2 {
+                        acc[i][1] = _mm512_fmadd_ps(w1, b, acc[i][1]);
+                    }
                 }
             }
             k += U;
         }
         for k in k..range.end {
-            let (w0, w1) = load_panel_row(source, k);
+            let (w0, w1) = load_panel_row::<H>(source, k);
             for i in 0..MR {
                 let b = _mm512_set1_ps(*rows[i].add(k));
                 partial[0][i][0] = _mm512_fmadd_ps(w0, b, partial[0][i][0]);
-                partial[0][i][1] = _mm512_fmadd_ps(w1, b, partial[0][i][1]);
+                if H == 2 {
+                    partial[0][i][1] = _mm512_fmadd_ps(w1, b, partial[0][i][1]);
+                }
             }
         }
     }
