@@ -20,6 +20,7 @@ pub struct Settings {
     pub device: DeviceArgs,
     pub json: Option<PathBuf>,
     pub peak: bool,
+    pub kernel: bool,
     pub intra: usize,
 }
 
@@ -49,6 +50,29 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let index = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[index]
+}
+
+/// The Linear kernel alone (`--kernel`): 512×512 fp16 layers at 16 and 32
+/// rows (a batch-16 call, and a candidate tile), with one layer (in L2) and
+/// eighteen (9 MB, from L3, as the benchmark model's). Printed, and returned
+/// for the JSON report.
+fn kernel_table(isa: mmoe::cpu::Isa, peak: Option<f64>) -> serde_json::Value {
+    let mut entries = Vec::new();
+    for rows in [16, 32] {
+        for (layers, place) in [(1, "L2"), (18, "L3")] {
+            let gflops = mmoe::cpu::peak::linear_gflops(isa, rows, 512, 512, layers, 2e8);
+            let share = peak.map_or(String::new(), |p| {
+                format!(" ({:.0}% of peak)", 100.0 * gflops / p)
+            });
+            println!(
+                "kernel    {rows} rows × 512×512 fp16, {layers} layer(s), weights in {place}: {gflops:.1} GFLOP/s{share}"
+            );
+            entries.push(serde_json::json!({
+                "rows": rows, "k": 512, "n": 512, "layers": layers, "weights_in": place, "gflops": gflops,
+            }));
+        }
+    }
+    serde_json::Value::Array(entries)
 }
 
 /// Times one batch size on `threads` threads, each with its own session.
@@ -177,6 +201,7 @@ pub fn run(settings: &Settings) -> CliResult {
             isa.name()
         );
     }
+    let kernel = settings.kernel.then(|| kernel_table(isa, peak));
     println!(
         "{:>7} {:>8} {:>14} {:>11} {:>11} {:>9} {:>7}",
         "batch", "calls", "candidates/s", "p50 µs", "p99 µs", "GFLOP/s", "% peak"
@@ -216,6 +241,7 @@ pub fn run(settings: &Settings) -> CliResult {
             "flops_per_candidate": flops,
             "flops_per_candidate_without_dedup": flops_full,
             "peak_gflops": peak,
+            "kernel": kernel,
             "results": results,
         });
         std::fs::write(

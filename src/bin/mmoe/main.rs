@@ -101,6 +101,10 @@ enum Command {
         /// Also measure this machine's fp32 FMA peak and report % of it.
         #[arg(long)]
         peak: bool,
+        /// Also time the Linear kernel alone (512×512 fp16 layers; weights
+        /// in L2 and streaming from L3), to set against the model's figures.
+        #[arg(long)]
+        kernel: bool,
         /// Threads each request's candidates are split over (CPU).
         #[arg(long, default_value_t = 1)]
         intra_threads: usize,
@@ -180,9 +184,11 @@ fn main() -> ExitCode {
             device,
             json,
             peak,
+            kernel,
             intra_threads,
         } => bench::run(&bench::Settings {
             peak,
+            kernel,
             intra: intra_threads,
             model,
             batch,
