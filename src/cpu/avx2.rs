@@ -19,6 +19,11 @@ const HALF: usize = PANEL / 2;
 /// L1 while each panel streams once); above, row blocks are.
 const PANEL_OUTER_ROWS: usize = 16;
 
+/// fp16 panel rows are prefetched this far ahead (8 KiB) when row blocks are
+/// the outer loop (measured: 4% faster at batch 256; at batch 16, where
+/// panels are the outer loop, 1.5% slower, so not there).
+const PREFETCH_ROWS: usize = 128;
+
 pub fn linear(job: &mut LinearJob<'_>) {
     // SAFETY: the dispatcher only selects this kernel when the CPU has AVX2,
     // FMA and F16C (Isa::Avx2.supported()); `job.check()` has proved every
@@ -36,7 +41,7 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
         // weight stream: each panel row is read once, whole, with 8
         // accumulators (two partial sums of 32 outputs).
         for p in 0..panels {
-            block::<1, 2, 4>(job, p, 0, 0);
+            block::<1, 2, 4, false>(job, p, 0, 0);
         }
     } else if job.rows <= PANEL_OUTER_ROWS {
         for p in 0..panels {
@@ -44,7 +49,7 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
                 let mut r = 0;
                 while r < job.rows {
                     let mr = block_rows(job.rows - r);
-                    half_block(job, p, h, r, mr);
+                    half_block::<false>(job, p, h, r, mr);
                     r += mr;
                 }
             }
@@ -55,7 +60,7 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
             let mr = block_rows(job.rows - r);
             for p in 0..panels {
                 for h in 0..halves(job, p) {
-                    half_block(job, p, h, r, mr);
+                    half_block::<true>(job, p, h, r, mr);
                 }
             }
             r += mr;
@@ -75,19 +80,25 @@ fn block_rows(left: usize) -> usize {
 
 /// Rows `r..r + mr` (`mr` from [`block_rows`]) of half `h` of panel `p`.
 #[inline(always)]
-unsafe fn half_block(job: &mut LinearJob<'_>, p: usize, h: usize, r: usize, mr: usize) {
+unsafe fn half_block<const PF: bool>(
+    job: &mut LinearJob<'_>,
+    p: usize,
+    h: usize,
+    r: usize,
+    mr: usize,
+) {
     match mr {
-        6 => block::<6, 1, 2>(job, p, h, r),
-        4 => block::<4, 1, 2>(job, p, h, r),
-        2 => block::<2, 2, 2>(job, p, h, r),
-        _ => block::<1, 4, 2>(job, p, h, r),
+        6 => block::<6, 1, 2, PF>(job, p, h, r),
+        4 => block::<4, 1, 2, PF>(job, p, h, r),
+        2 => block::<2, 2, 2, PF>(job, p, h, r),
+        _ => block::<1, 4, 2, PF>(job, p, h, r),
     }
 }
 
 /// The `8·Q` weights from element `at` (a row of a half panel, Q = 2, or of
-/// a whole one, Q = 4), as fp32.
+/// a whole one, Q = 4), as fp32; with `PF`, prefetching ahead.
 #[inline(always)]
-unsafe fn load_row<const Q: usize>(w: Values<'_>, at: usize) -> [__m256; Q] {
+unsafe fn load_row<const Q: usize, const PF: bool>(w: Values<'_>, at: usize) -> [__m256; Q] {
     let mut out = [_mm256_setzero_ps(); Q];
     match w {
         Values::F32(w) => {
@@ -97,6 +108,11 @@ unsafe fn load_row<const Q: usize>(w: Values<'_>, at: usize) -> [__m256; Q] {
             }
         }
         Values::F16(w) => {
+            if PF {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    w.as_ptr().wrapping_add(at + PREFETCH_ROWS * PANEL) as *const i8
+                );
+            }
             let p = w.as_ptr().add(at) as *const __m128i;
             for (q, o) in out.iter_mut().enumerate() {
                 *o = _mm256_cvtph_ps(_mm_loadu_si128(p.add(q)));
@@ -111,7 +127,7 @@ unsafe fn load_row<const Q: usize>(w: Values<'_>, at: usize) -> [__m256; Q] {
 /// rows, `U` independent partial sums over interleaved columns keep the FMA
 /// units busy instead of chaining every FMA on the previous one.
 #[inline(always)]
-unsafe fn block<const MR: usize, const U: usize, const Q: usize>(
+unsafe fn block<const MR: usize, const U: usize, const Q: usize, const PF: bool>(
     job: &mut LinearJob<'_>,
     p: usize,
     h: usize,
@@ -128,7 +144,7 @@ unsafe fn block<const MR: usize, const U: usize, const Q: usize>(
         let mut k = range.start;
         while k + U <= range.end {
             for (u, acc) in partial.iter_mut().enumerate() {
-                let w = load_row::<Q>(job.w, base + (k + u) * PANEL);
+                let w = load_row::<Q, PF>(job.w, base + (k + u) * PANEL);
                 for i in 0..MR {
                     let b = _mm256_set1_ps(*rows[i].add(k + u));
                     for q in 0..Q {
@@ -139,7 +155,7 @@ unsafe fn block<const MR: usize, const U: usize, const Q: usize>(
             k += U;
         }
         for k in k..range.end {
-            let w = load_row::<Q>(job.w, base + k * PANEL);
+            let w = load_row::<Q, PF>(job.w, base + k * PANEL);
             for i in 0..MR {
                 let b = _mm256_set1_ps(*rows[i].add(k));
                 for q in 0..Q {
