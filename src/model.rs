@@ -66,8 +66,9 @@ impl Values<'_> {
             Values::F32(v) => v[i],
         }
     }
-    /// Hints the CPU to start loading elements `start..start + len` (their
-    /// first and last cache line: enough for an embedding row); out-of-range
+    /// Hints the CPU to start loading elements `start..start + len`: their
+    /// first and last cache line, which covers an embedding row of up to 64
+    /// bytes wherever it lies (and the ends of a longer one); out-of-range
     /// elements are ignored.
     #[inline]
     pub fn prefetch(&self, start: usize, len: usize) {

@@ -133,6 +133,7 @@ unsafe fn block<const MR: usize, const U: usize, const Q: usize, const PF: bool>
     h: usize,
     r0: usize,
 ) {
+    debug_assert!(Q == 2 || h == 0, "a whole panel starts at its first output");
     let mut partial = [[[_mm256_setzero_ps(); Q]; MR]; U];
     let x = job.x.as_ptr();
     let mut rows = [x; MR];

@@ -1,8 +1,9 @@
 //! The AVX-512 Linear kernel. Each 32-output panel is two zmm registers of
 //! fp32; a block of up to 12 rows keeps 24 accumulators in registers and
 //! multiplies each panel row, converted from fp16 in registers with F16C, by a
-//! broadcast input value. Row blocks are the outer loop: a block's inputs stay
-//! in L1 while the weights (fp16: half the bytes of fp32) stream from L2.
+//! broadcast input value. Above 16 rows, row blocks are the outer loop: a
+//! block's inputs stay in L1 while the weights (fp16: half the bytes of fp32)
+//! stream from L2; up to 16 rows, panels are (each streams once).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -152,11 +153,11 @@ unsafe fn load_panel_row<const H: usize>(source: PanelSource, k: usize) -> (__m5
 }
 
 /// Rows `r0..r0 + MR` of panel `p`.
-#[inline(always)]
 ///
 /// With few rows, one accumulator per output would chain every FMA on the
 /// previous one (latency-bound); `U` independent partial sums over
 /// interleaved columns keep the FMA units busy, and are added at the end.
+#[inline(always)]
 unsafe fn block<const MR: usize, const U: usize, const H: usize>(
     job: &mut LinearJob<'_>,
     source: PanelSource,
@@ -261,15 +262,17 @@ pub(super) unsafe fn store_rows<const MR: usize>(
         if let Some(scale) = job.scale {
             let at = scale.as_ptr().add((r0 + i) * job.ld_scale + col);
             v0 = _mm512_mul_ps(v0, _mm512_maskz_loadu_ps(m0, at));
-            v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, at.add(16)));
+            v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, at.wrapping_add(16)));
         }
         if let Some(shift) = job.shift {
             let at = shift.as_ptr().add((r0 + i) * job.ld_shift + col);
             v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, at));
-            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, at.add(16)));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, at.wrapping_add(16)));
         }
         let out = y.add((r0 + i) * job.ldy + job.out_off + col);
         _mm512_mask_storeu_ps(out, m0, v0);
-        _mm512_mask_storeu_ps(out.add(16), m1, v1);
+        // Past the view when `valid` ≤ 16: then `m1` is 0 and nothing is
+        // touched (hence `wrapping_add`, not `add`, for the address).
+        _mm512_mask_storeu_ps(out.wrapping_add(16), m1, v1);
     }
 }

@@ -74,7 +74,9 @@ fn generic(iterations: u64) -> u64 {
 /// epilogue), taken in turn; the best of several timed passes. One 512×512
 /// layer stays in L2; eighteen (9 MB) come from L3 as a model's layers do.
 /// This separates what the kernel can do from what a whole model call adds.
-/// Each timed pass does about `flops_per_pass` (at least one call per layer).
+/// Each timed pass does about `flops_per_pass` (at least one call per layer,
+/// at most 10⁷ calls). An ISA this CPU lacks runs the generic kernel (see
+/// [`super::linear`]).
 pub fn linear_gflops(
     isa: Isa,
     rows: usize,
@@ -97,7 +99,7 @@ pub fn linear_gflops(
     let ranges = [0..k];
     let mut scratch = KernelScratch::default();
     let flops_per_call = 2.0 * (rows * k * n) as f64;
-    let calls = ((flops_per_pass / flops_per_call) as usize).max(layers);
+    let calls = ((flops_per_pass / flops_per_call).min(1e7) as usize).max(layers);
     let mut best = f64::MAX;
     for _ in 0..30 {
         let start = Instant::now();
@@ -129,7 +131,7 @@ pub fn linear_gflops(
         best = best.min(start.elapsed().as_secs_f64());
         black_box(&y);
     }
-    calls as f64 * flops_per_call / best / 1e9
+    calls as f64 * flops_per_call / best.max(1e-9) / 1e9
 }
 
 #[cfg(test)]
