@@ -29,9 +29,34 @@ pub struct Scratch {
     kernel: KernelScratch,
     /// Softmax weights of a gate.
     gate: Vec<f32>,
+    /// When profiling: nanoseconds spent in each step, request steps first
+    /// (see [`Scratch::set_profiling`]).
+    step_nanos: Option<Vec<u64>>,
 }
 
 impl Scratch {
+    /// Starts or stops timing each step (off by default: the hot path then
+    /// only tests an `Option`). Switching it on clears the sums.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.step_nanos = on.then(Vec::new);
+    }
+
+    /// Nanoseconds per step of the program, request steps first, summed over
+    /// the calls since profiling was switched on (`None` when off).
+    pub fn step_nanos(&self) -> Option<&[u64]> {
+        self.step_nanos.as_deref()
+    }
+
+    /// Adds `nanos` to step `index` when profiling.
+    fn record(&mut self, index: usize, nanos: u64) {
+        if let Some(sums) = &mut self.step_nanos {
+            if sums.len() <= index {
+                sums.resize(index + 1, 0);
+            }
+            sums[index] += nanos;
+        }
+    }
+
     /// Sizes the buffers for `program` (allocates only the first time).
     fn prepare(&mut self, program: &Program) {
         if self.buffers.len() != program.buffers.len() {
@@ -70,8 +95,9 @@ fn candidate_tiles(
     tile.logits_base = candidates.start;
     while tile.first < candidates.end {
         tile.rows = TILE.min(candidates.end - tile.first);
-        for step in &tile.program.candidate_steps {
-            tile.run(scratch, step, logits)?;
+        let first_index = tile.program.request_steps.len();
+        for (i, step) in tile.program.candidate_steps.iter().enumerate() {
+            tile.timed_run(scratch, first_index + i, step, logits)?;
         }
         tile.first += tile.rows;
     }
@@ -163,10 +189,28 @@ impl<'a> Tile<'a> {
     /// The request steps, once, on one row (sizes the scratch first).
     fn request_steps(&self, scratch: &mut Scratch, logits: &mut [f32]) -> Result<()> {
         scratch.prepare(self.program);
-        for step in &self.program.request_steps {
-            self.run(scratch, step, logits)?;
+        for (i, step) in self.program.request_steps.iter().enumerate() {
+            self.timed_run(scratch, i, step, logits)?;
         }
         Ok(())
+    }
+
+    /// [`Tile::run`], timed as step `index` when the scratch is profiling.
+    #[inline]
+    fn timed_run(
+        &self,
+        scratch: &mut Scratch,
+        index: usize,
+        step: &Step,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        if scratch.step_nanos.is_none() {
+            return self.run(scratch, step, logits);
+        }
+        let start = std::time::Instant::now();
+        let result = self.run(scratch, step, logits);
+        scratch.record(index, start.elapsed().as_nanos() as u64);
+        result
     }
 
     fn width(&self, buf: BufId) -> usize {

@@ -144,6 +144,44 @@ pub enum Step {
     Output { input: BufId, task: usize },
 }
 
+impl Step {
+    /// A short human label: what the step computes, with the tensor it reads
+    /// (for profiles and diagnostics).
+    pub fn label(&self, plan: &Plan) -> String {
+        let name = |id: TensorId| {
+            plan.tensors
+                .get(id)
+                .map_or_else(|| format!("tensor {id}"), |t| t.name.clone())
+        };
+        match self {
+            Step::RequestFeatures { .. } => "request features".into(),
+            Step::CandidateFeatures { .. } => "candidate features".into(),
+            Step::Linear {
+                input,
+                k_ranges,
+                weight,
+                n,
+                ..
+            } => {
+                let k = k_ranges
+                    .as_ref()
+                    .map_or(input.width, |r| r.iter().map(|r| r.len()).sum());
+                let layer = name(*weight);
+                let layer = layer.strip_suffix(".weight").unwrap_or(&layer);
+                format!("linear {layer} ({k}→{n})")
+            }
+            Step::LayerNorm { gamma, .. } => format!("layer norm {}", name(*gamma)),
+            Step::FeatureGate { .. } => "feature gate".into(),
+            Step::Gather { .. } => "gather".into(),
+            Step::Copy { .. } => "copy".into(),
+            Step::Constant { tensor, .. } => format!("constant {}", name(*tensor)),
+            Step::Bilinear { w_xy, .. } => format!("bilinear {}", name(*w_xy)),
+            Step::Mixture { experts, .. } => format!("mixture of {} experts", experts.len()),
+            Step::Output { task, .. } => format!("output of task {task}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Program {
     pub buffers: Vec<Buffer>,

@@ -162,6 +162,40 @@ impl Session {
         self.backend
     }
 
+    /// Starts (or stops) timing each step of the CPU program, to see where a
+    /// call's time goes. Off by default; switching it on clears the sums.
+    /// Timing costs two clock reads per step.
+    pub fn set_step_profiling(&mut self, on: bool) {
+        for scratch in &mut self.scratches {
+            scratch.set_profiling(on);
+        }
+    }
+
+    /// Per step of the CPU program (request steps first, then the candidate
+    /// steps, which run once per tile of candidates): its label and the time
+    /// spent in it, summed over calls and threads since profiling was switched
+    /// on. Empty when profiling is off or nothing ran on the CPU backend.
+    pub fn step_profile(&self) -> Vec<(String, std::time::Duration)> {
+        let program = self.model.program();
+        let plan = self.model.plan();
+        let mut sums: Vec<u64> = Vec::new();
+        for nanos in self.scratches.iter().filter_map(|s| s.step_nanos()) {
+            if sums.len() < nanos.len() {
+                sums.resize(nanos.len(), 0);
+            }
+            for (sum, n) in sums.iter_mut().zip(nanos) {
+                *sum += n;
+            }
+        }
+        program
+            .request_steps
+            .iter()
+            .chain(&program.candidate_steps)
+            .zip(sums)
+            .map(|(step, nanos)| (step.label(plan), std::time::Duration::from_nanos(nanos)))
+            .collect()
+    }
+
     /// Scores a request. Output slices must hold `candidates × tasks` floats.
     pub fn score(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<()> {
         let model = self.model.clone();

@@ -311,3 +311,41 @@ fn missing_zero_and_request_scope_behave_as_the_contract_says() {
         Vec::<f32>::new()
     );
 }
+
+#[test]
+fn step_profile_names_every_step_and_does_not_change_scores() {
+    let (_, _, packed) = small(DType::F32);
+    let model = packed.open();
+    let f = features(70); // three tiles of candidates
+    let request = request(&f, 70);
+    let mut session = Session::new(model.clone());
+    let plain = score(&mut session, &request).unwrap();
+    assert!(
+        session.step_profile().is_empty(),
+        "profiling is off by default"
+    );
+
+    session.set_threads(2);
+    session.set_step_profiling(true);
+    let profiled = score(&mut session, &request).unwrap();
+    assert_eq!(plain, profiled, "profiling changed the scores");
+    let profile = session.step_profile();
+    let program = model.program();
+    let steps = program.request_steps.len() + program.candidate_steps.len();
+    assert_eq!(profile.len(), steps, "one entry per step");
+    for (label, _) in &profile {
+        assert!(!label.is_empty());
+    }
+    // Every expert layer is named by its tensor, with its shape.
+    assert!(
+        profile
+            .iter()
+            .any(|(label, _)| label.starts_with("linear experts.") && label.contains('→')),
+        "{profile:?}"
+    );
+    let total: std::time::Duration = profile.iter().map(|(_, d)| *d).sum();
+    assert!(total > std::time::Duration::ZERO);
+
+    session.set_step_profiling(false);
+    assert!(session.step_profile().is_empty(), "switched off");
+}

@@ -21,6 +21,7 @@ pub struct Settings {
     pub json: Option<PathBuf>,
     pub peak: bool,
     pub kernel: bool,
+    pub profile_steps: bool,
     pub intra: usize,
 }
 
@@ -73,6 +74,68 @@ fn kernel_table(isa: mmoe::cpu::Isa, peak: Option<f64>) -> serde_json::Value {
         }
     }
     serde_json::Value::Array(entries)
+}
+
+/// `--profile-steps`: after a batch size is timed, a separate pass of the
+/// same calls on one session with step profiling on; prints where a call's
+/// time goes, per step of the CPU program, and returns it for the JSON.
+fn profile_steps(
+    model: &Arc<Model>,
+    settings: &Settings,
+    batch: usize,
+) -> Result<serde_json::Value, String> {
+    let mut session = session(model, settings.backend.as_deref())?;
+    session.set_threads(settings.intra);
+    let owned = mmoe::demo::synthetic_request(model.config(), batch, 1000);
+    let request = owned.as_request();
+    let mut logits = vec![0.0; batch * model.num_tasks()];
+    let mut call = |session: &mut mmoe::Session| {
+        session
+            .score(
+                &request,
+                &mut Scores {
+                    logits: Some(&mut logits),
+                    probabilities: None,
+                },
+            )
+            .map_err(|e| e.to_string())
+    };
+    for _ in 0..3 {
+        call(&mut session)?;
+    }
+    session.set_step_profiling(true);
+    let budget = Duration::from_secs_f64(settings.max_seconds);
+    let start = Instant::now();
+    let mut calls = 0usize;
+    while calls < settings.iters && start.elapsed() < budget {
+        call(&mut session)?;
+        calls += 1;
+    }
+    let profile = session.step_profile();
+    session.set_step_profiling(false);
+    if profile.is_empty() {
+        println!(
+            "  (no step profile: the {} backend does not run the CPU program)",
+            session.backend().name()
+        );
+        return Ok(serde_json::Value::Null);
+    }
+    let total: f64 = profile.iter().map(|(_, d)| d.as_secs_f64()).sum();
+    let per_call = |d: Duration| d.as_secs_f64() * 1e6 / calls.max(1) as f64;
+    println!(
+        "  steps of batch {batch}, {calls} calls, µs per call (sum {:.1}):",
+        total * 1e6 / calls.max(1) as f64
+    );
+    let mut entries = Vec::new();
+    for (label, spent) in &profile {
+        println!(
+            "  {:>10.1} {:>5.1}%  {label}",
+            per_call(*spent),
+            100.0 * spent.as_secs_f64() / total.max(1e-12)
+        );
+        entries.push(serde_json::json!({ "step": label, "us_per_call": per_call(*spent) }));
+    }
+    Ok(serde_json::json!({ "calls": calls, "steps": entries }))
 }
 
 /// Times one batch size on `threads` threads, each with its own session.
@@ -207,6 +270,7 @@ pub fn run(settings: &Settings) -> CliResult {
         "batch", "calls", "candidates/s", "p50 µs", "p99 µs", "GFLOP/s", "% peak"
     );
     let mut rows = Vec::new();
+    let mut profiles = serde_json::Map::new();
     for &batch in &batches {
         let row = measure(&model, settings, batch)?;
         let gflops =
@@ -216,6 +280,9 @@ pub fn run(settings: &Settings) -> CliResult {
             "{:>7} {:>8} {:>14.0} {:>11.1} {:>11.1} {:>9.1} {:>7}",
             row.batch, row.calls, row.candidates_per_s, row.p50_us, row.p99_us, gflops, share
         );
+        if settings.profile_steps {
+            profiles.insert(batch.to_string(), profile_steps(&model, settings, batch)?);
+        }
         rows.push(row);
     }
     if let Some(path) = &settings.json {
@@ -242,6 +309,7 @@ pub fn run(settings: &Settings) -> CliResult {
             "flops_per_candidate_without_dedup": flops_full,
             "peak_gflops": peak,
             "kernel": kernel,
+            "step_profiles": profiles,
             "results": results,
         });
         std::fs::write(

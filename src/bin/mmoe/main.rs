@@ -105,6 +105,10 @@ enum Command {
         /// in L2 and streaming from L3), to set against the model's figures.
         #[arg(long)]
         kernel: bool,
+        /// After each batch size, time each step of the CPU program in a
+        /// separate pass and print where a call's time goes.
+        #[arg(long)]
+        profile_steps: bool,
         /// Threads each request's candidates are split over (CPU).
         #[arg(long, default_value_t = 1)]
         intra_threads: usize,
@@ -185,10 +189,12 @@ fn main() -> ExitCode {
             json,
             peak,
             kernel,
+            profile_steps,
             intra_threads,
         } => bench::run(&bench::Settings {
             peak,
             kernel,
+            profile_steps,
             intra: intra_threads,
             model,
             batch,
