@@ -268,13 +268,7 @@ impl<'a> Tile<'a> {
         match step {
             Step::RequestFeatures { .. } => {
                 out.fill(0.0);
-                for (index, (input, plan)) in model
-                    .config()
-                    .inputs
-                    .iter()
-                    .zip(&model.plan().inputs)
-                    .enumerate()
-                {
+                for (index, input, plan) in model.input_plans() {
                     if input.scope == Scope::Request {
                         input_vector(
                             model,
@@ -296,13 +290,7 @@ impl<'a> Tile<'a> {
                         prefetch_bags(model, self.request, self.first + r + BAG_PREFETCH_AHEAD);
                     }
                     let row = &mut out[r * d..(r + 1) * d];
-                    for (index, (input, plan)) in model
-                        .config()
-                        .inputs
-                        .iter()
-                        .zip(&model.plan().inputs)
-                        .enumerate()
-                    {
+                    for (index, input, plan) in model.input_plans() {
                         let cols = plan.offset..plan.offset + plan.dim;
                         if input.scope == Scope::Request {
                             row[cols.clone()].copy_from_slice(&bufs[*request][cols]);

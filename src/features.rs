@@ -104,13 +104,7 @@ impl DenseTransform {
 /// for a later candidate's rows while pooling the current one overlaps those
 /// misses instead of paying them one after another.
 pub fn prefetch_bags(model: &Model, request: &Request<'_>, candidate: usize) {
-    for (index, (input, plan)) in model
-        .config()
-        .inputs
-        .iter()
-        .zip(&model.plan().inputs)
-        .enumerate()
-    {
+    for (index, input, plan) in model.input_plans() {
         let (Scope::Candidate, Some(table), Feature::Sparse { ids, offsets }) =
             (input.scope, plan.embedding, request.feature(index))
         else {
@@ -121,9 +115,8 @@ pub fn prefetch_bags(model: &Model, request: &Request<'_>, candidate: usize) {
             continue;
         };
         let values = model.values(table);
-        let rows = input.rows.unwrap_or(1).max(1);
         for &id in ids.get(start as usize..end as usize).unwrap_or(&[]) {
-            values.prefetch((id % rows) as usize * input.dim, input.dim);
+            values.prefetch(embedding_row(input, id) * input.dim, input.dim);
         }
     }
 }
@@ -140,12 +133,11 @@ fn pool(
     out.fill(0.0);
     let Some(table) = table else { return };
     let values = model.values(table);
-    let rows = input.rows.unwrap_or(1);
     let dim = input.dim;
     // Rows are converted in bulk (F16C when the CPU has it), a chunk at a time.
     let mut chunk = [0.0f32; 64];
     for &id in bag {
-        let row = (id % rows) as usize;
+        let row = embedding_row(input, id);
         for (c, out_chunk) in out.chunks_mut(chunk.len()).enumerate() {
             let converted = &mut chunk[..out_chunk.len()];
             values.read_into(row * dim + c * 64, converted);
@@ -160,6 +152,13 @@ fn pool(
             *o /= count;
         }
     }
+}
+
+/// The embedding row id `id` reads: `id mod rows` (a validated config has
+/// `rows` ≥ 1).
+#[inline]
+fn embedding_row(input: &Input, id: u64) -> usize {
+    (id % input.rows.unwrap_or(1).max(1)) as usize
 }
 
 /// Writes the whole x0 of one candidate.

@@ -72,16 +72,16 @@ impl Values<'_> {
     /// elements are ignored.
     #[inline]
     pub fn prefetch(&self, start: usize, len: usize) {
+        fn ends<T>(v: &[T], start: usize, last: usize) {
+            [start, last]
+                .iter()
+                .filter_map(|&i| v.get(i))
+                .for_each(crate::cpu::prefetch);
+        }
         let last = start + len.max(1) - 1;
         match self {
-            Values::F16(v) => [start, last]
-                .iter()
-                .filter_map(|&i| v.get(i))
-                .for_each(crate::cpu::prefetch),
-            Values::F32(v) => [start, last]
-                .iter()
-                .filter_map(|&i| v.get(i))
-                .for_each(crate::cpu::prefetch),
+            Values::F16(v) => ends(v, start, last),
+            Values::F32(v) => ends(v, start, last),
         }
     }
     /// Copies elements `start..start + out.len()` into `out` as f32.
@@ -287,6 +287,17 @@ impl Model {
     }
     pub fn plan(&self) -> &Plan {
         &self.layout.plan
+    }
+    /// Each input with its index and its plan (offset in x0, tensors).
+    pub fn input_plans(
+        &self,
+    ) -> impl Iterator<Item = (usize, &crate::config::Input, &crate::plan::InputPlan)> {
+        self.config()
+            .inputs
+            .iter()
+            .zip(&self.plan().inputs)
+            .enumerate()
+            .map(|(index, (input, plan))| (index, input, plan))
     }
     /// The plan lowered into the steps the fast backends execute.
     pub fn program(&self) -> &Program {

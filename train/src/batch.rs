@@ -44,28 +44,16 @@ pub struct Batch {
     pub requests: Vec<Range<usize>>,
 }
 
-/// The value of one dense feature after MODEL.md's transforms; `None` when
-/// it is non-finite and the input does not allow missing values.
+/// The value of element `i` of one dense feature after MODEL.md's
+/// transforms (the engine's own function); `None` when it is non-finite and
+/// the input does not allow missing values.
 pub fn transform(
     input: &mmoe::config::Input,
     stats: Option<&(Vec<f32>, Vec<f32>)>,
     i: usize,
     raw: f32,
 ) -> Option<f32> {
-    if !raw.is_finite() {
-        return input.missing_is_zero().then_some(0.0);
-    }
-    let mut v = raw;
-    if input.log1p() {
-        v = v.signum() * v.abs().ln_1p();
-    }
-    if let Some((mean, std)) = stats {
-        v = (v - mean[i]) / std[i];
-    }
-    if let Some(c) = input.clip {
-        v = v.clamp(-c, c);
-    }
-    Some(v)
+    mmoe::features::transform_dense(input, raw, stats.map(|(mean, std)| (mean[i], std[i])))
 }
 
 impl Batch {

@@ -84,33 +84,10 @@ fn profile_steps(
     settings: &Settings,
     batch: usize,
 ) -> Result<serde_json::Value, String> {
-    let mut session = session(model, settings.backend.as_deref())?;
-    session.set_threads(settings.intra);
-    let owned = mmoe::demo::synthetic_request(model.config(), batch, 1000);
-    let request = owned.as_request();
-    let mut logits = vec![0.0; batch * model.num_tasks()];
-    let mut call = |session: &mut mmoe::Session| {
-        session
-            .score(
-                &request,
-                &mut Scores {
-                    logits: Some(&mut logits),
-                    probabilities: None,
-                },
-            )
-            .map_err(|e| e.to_string())
-    };
-    for _ in 0..3 {
-        call(&mut session)?;
-    }
-    session.set_step_profiling(true);
-    let budget = Duration::from_secs_f64(settings.max_seconds);
-    let start = Instant::now();
-    let mut calls = 0usize;
-    while calls < settings.iters && start.elapsed() < budget {
-        call(&mut session)?;
-        calls += 1;
-    }
+    let (times, mut session) = timed_calls(model, settings, batch, 1000, |session| {
+        session.set_step_profiling(true)
+    })?;
+    let calls = times.len();
     let profile = session.step_profile();
     session.set_step_profiling(false);
     if profile.is_empty() {
@@ -138,42 +115,57 @@ fn profile_steps(
     Ok(serde_json::json!({ "calls": calls, "steps": entries }))
 }
 
+/// One session scoring a synthetic request of `batch` candidates (seed
+/// `seed`): 3 warm-up calls, then `before_timing`, then calls until
+/// `settings.iters` or `settings.max_seconds`. Returns each timed call's
+/// seconds, and the session.
+fn timed_calls(
+    model: &Arc<Model>,
+    settings: &Settings,
+    batch: usize,
+    seed: u64,
+    before_timing: impl FnOnce(&mut mmoe::Session),
+) -> Result<(Vec<f64>, mmoe::Session), String> {
+    let mut session = session(model, settings.backend.as_deref())?;
+    session.set_threads(settings.intra);
+    let owned = mmoe::demo::synthetic_request(model.config(), batch, seed);
+    let request = owned.as_request();
+    let mut logits = vec![0.0; batch * model.num_tasks()];
+    let mut probabilities = vec![0.0; batch * model.num_tasks()];
+    let mut call = |session: &mut mmoe::Session| {
+        session
+            .score(
+                &request,
+                &mut Scores {
+                    logits: Some(&mut logits),
+                    probabilities: Some(&mut probabilities),
+                },
+            )
+            .map_err(|e| e.to_string())
+    };
+    for _ in 0..3 {
+        call(&mut session)?;
+    }
+    before_timing(&mut session);
+    let budget = Duration::from_secs_f64(settings.max_seconds);
+    let mut times = Vec::with_capacity(settings.iters);
+    let start = Instant::now();
+    while times.len() < settings.iters && start.elapsed() < budget {
+        let t0 = Instant::now();
+        call(&mut session)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok((times, session))
+}
+
 /// Times one batch size on `threads` threads, each with its own session.
 fn measure(model: &Arc<Model>, settings: &Settings, batch: usize) -> Result<Row, String> {
-    let budget = Duration::from_secs_f64(settings.max_seconds);
     let results: Vec<Result<Vec<f64>, String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..settings.threads)
             .map(|t| {
-                scope.spawn(move || -> Result<Vec<f64>, String> {
-                    let mut session = session(model, settings.backend.as_deref())?;
-                    session.set_threads(settings.intra);
-                    let owned =
-                        mmoe::demo::synthetic_request(model.config(), batch, 1000 + t as u64);
-                    let request = owned.as_request();
-                    let mut logits = vec![0.0; batch * model.num_tasks()];
-                    let mut probabilities = vec![0.0; batch * model.num_tasks()];
-                    let mut call = |session: &mut mmoe::Session| {
-                        session
-                            .score(
-                                &request,
-                                &mut Scores {
-                                    logits: Some(&mut logits),
-                                    probabilities: Some(&mut probabilities),
-                                },
-                            )
-                            .map_err(|e| e.to_string())
-                    };
-                    for _ in 0..3 {
-                        call(&mut session)?;
-                    }
-                    let mut times = Vec::with_capacity(settings.iters);
-                    let start = Instant::now();
-                    while times.len() < settings.iters && start.elapsed() < budget {
-                        let t0 = Instant::now();
-                        call(&mut session)?;
-                        times.push(t0.elapsed().as_secs_f64());
-                    }
-                    Ok(times)
+                scope.spawn(move || {
+                    timed_calls(model, settings, batch, 1000 + t as u64, |_| {})
+                        .map(|(times, _)| times)
                 })
             })
             .collect();
