@@ -2,7 +2,9 @@
 // headers): fixed-width types are spelled out here.
 #pragma once
 
+#ifndef MMOE_EMULATE  // gpu-emu/ compiles the kernels for the host
 #include <cuda_fp16.h>
+#endif
 
 typedef unsigned long long u64;
 typedef unsigned int u32;

@@ -227,6 +227,9 @@ extern "C" __global__ void linear_simt_f16(const LinearArgs* problems, const u32
 // t = lane % 4, A registers hold (row g, k 2t..2t+1), (row g+8, k 2t..),
 // (row g, k 2t+8..), (row g+8, k 2t+8..); B registers hold (k 2t..2t+1, n g)
 // and (k 2t+8.., n g); C holds (row g, n 2t..2t+1) and (row g+8, n 2t..).
+// The host emulator (gpu-emu/cpp/cuda_emu.hpp) defines these two from the
+// PTX ISA's description instead.
+#ifndef MMOE_EMULATE
 __device__ __forceinline__ void mma_16816(float* c, const u32* a, const u32* b) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -244,6 +247,7 @@ __device__ __forceinline__ void ldmatrix_x4(u32* r, const __half* p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(address));
 }
+#endif
 
 __device__ __forceinline__ u32 pack_half2(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);

@@ -40,6 +40,10 @@ step "rust tests"
 cargo build --release
 cargo test --release
 
+step "the GPU path on the host: kernels/mmoe.cu compiled for the CPU (gpu-emu/) against the CPU exact path"
+cargo clippy --release --all-targets -p mmoe-gpu-emu -- -D warnings
+cargo test --release -p mmoe-gpu-emu
+
 step "the checked-in C header is the one build.rs generates"
 if ! git diff --quiet -- include/mmoe.h; then
   git --no-pager diff --stat -- include/mmoe.h

@@ -4,9 +4,12 @@
 //!
 //! - [`staging`]: a request packed into one buffer for one upload.
 //! - [`launch_plan`]: the program as kernel launches for a batch bucket.
+//! - [`binding`]: a launch plan bound to addresses (tensor images, tables,
+//!   argument values), shared by the runtime and the host emulator.
 //! - `runtime` (feature `cuda`): weights on the device, sessions with a
 //!   stream, pinned buffers and a CUDA graph per bucket.
 
+pub mod binding;
 pub mod launch_plan;
 pub mod staging;
 

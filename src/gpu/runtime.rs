@@ -14,15 +14,14 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use half::f16;
 
-use super::launch_plan::{
-    bucket, f16_ldw, f16_rows, Arg, DeviceWeight, Kernel, LaunchPlan, LinearLaunch, Loc,
-    PointerEntry, Precision,
+use super::binding::{
+    input_tensors, launch_values, pointer_table, problem_table, range_table, tensor_image,
+    ArgValue, LinearArgs, Regions, TensorImage,
 };
+use super::launch_plan::{bucket, DeviceWeight, Kernel, LaunchPlan, Precision};
 use super::staging::{staging_layout, write_staging, InputTensors};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::PANEL;
-use crate::model::{Model, Values};
-use crate::plan::TensorRole;
+use crate::model::Model;
 use crate::request::Request;
 
 /// The kernels, compiled ahead of time by `scripts/build_kernels.py`.
@@ -32,39 +31,8 @@ fn cuda_error(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::new(ErrorKind::Device, format!("CUDA: {what}: {e:?}"))
 }
 
-/// `struct LinearArgs` of `kernels/mmoe.cu`.
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C)]
-struct LinearArgs {
-    x: u64,
-    ldx: i32,
-    in_off: i32,
-    w: u64,
-    ldw: i32,
-    n: i32,
-    ranges: u64,
-    nranges: i32,
-    _pad0: i32,
-    bias: u64,
-    add: u64,
-    act: i32,
-    _pad1: i32,
-    y: u64,
-    ldy: i32,
-    out_off: i32,
-    rows: i32,
-    _pad2: i32,
-    scale: u64,
-    ldscale: i32,
-    _pad3: i32,
-    shift: u64,
-    ldshift: i32,
-    _pad4: i32,
-}
-const _: () = assert!(std::mem::size_of::<LinearArgs>() == 128);
-
 // SAFETY: a plain #[repr(C)] struct of integers with the exact layout of the
-// kernel's parameter struct (checked by size above and field order).
+// kernel's parameter struct (checked by size and field order in binding.rs).
 unsafe impl DeviceRepr for LinearArgs {}
 
 enum DeviceTensor {
@@ -120,37 +88,22 @@ impl GpuModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let stream = ctx.new_stream().map_err(|e| cuda_error("stream", e))?;
-        let plan = model.plan();
-        let mut tensors = Vec::with_capacity(plan.tensors.len());
-        let mut weights = Vec::with_capacity(plan.tensors.len());
-        for (id, spec) in plan.tensors.iter().enumerate() {
-            let values = model.values(id);
-            let (tensor, weight) = if spec.role == TensorRole::LinearWeight {
-                let (n, k) = (spec.shape[0], spec.shape[1]);
-                match precision {
-                    Precision::F16 => {
-                        let (rows, ldw) = (f16_rows(n), f16_ldw(k));
-                        let host = row_major(&values, n, k, rows, ldw, f16::from_f32);
-                        let slice = stream
-                            .clone_htod(&host)
-                            .map_err(|e| cuda_error("upload", e))?;
-                        (DeviceTensor::F16(slice), DeviceWeight { ldw })
-                    }
-                    Precision::F32 => {
-                        let host = row_major(&values, n, k, n, k, |v| v);
-                        let slice = stream
-                            .clone_htod(&host)
-                            .map_err(|e| cuda_error("upload", e))?;
-                        (DeviceTensor::F32(slice), DeviceWeight { ldw: k })
-                    }
-                }
-            } else {
-                let mut host = vec![0.0f32; values.len().max(1)];
-                values.read_into(0, &mut host[..values.len()]);
-                let slice = stream
-                    .clone_htod(&host)
-                    .map_err(|e| cuda_error("upload", e))?;
-                (DeviceTensor::F32(slice), DeviceWeight { ldw: 0 })
+        let count = model.plan().tensors.len();
+        let mut tensors = Vec::with_capacity(count);
+        let mut weights = Vec::with_capacity(count);
+        for id in 0..count {
+            let (image, weight) = tensor_image(model, id, precision);
+            let tensor = match image {
+                TensorImage::F16(host) => DeviceTensor::F16(
+                    stream
+                        .clone_htod(&host)
+                        .map_err(|e| cuda_error("upload", e))?,
+                ),
+                TensorImage::F32(host) => DeviceTensor::F32(
+                    stream
+                        .clone_htod(&host)
+                        .map_err(|e| cuda_error("upload", e))?,
+                ),
             };
             tensors.push(tensor);
             weights.push(weight);
@@ -183,20 +136,6 @@ impl GpuModel {
     pub fn precision(&self) -> Precision {
         self.precision
     }
-
-    fn input_tensors(&self, model: &Model) -> Vec<InputTensors> {
-        let ptr = |id: Option<usize>| id.map_or(0, |id| self.pointers[id]);
-        model
-            .plan()
-            .inputs
-            .iter()
-            .map(|i| InputTensors {
-                table: ptr(i.embedding),
-                mean: ptr(i.mean),
-                std: ptr(i.std),
-            })
-            .collect()
-    }
 }
 
 impl Drop for GpuModel {
@@ -205,26 +144,6 @@ impl Drop for GpuModel {
         let _ = self.upload_stream.synchronize();
         self.tensors.clear();
     }
-}
-
-/// A Linear weight from the file's panel layout into row-major
-/// `[rows, ldw]`, zero padded.
-fn row_major<T: Copy + Default>(
-    values: &Values<'_>,
-    n: usize,
-    k: usize,
-    rows: usize,
-    ldw: usize,
-    convert: impl Fn(f32) -> T,
-) -> Vec<T> {
-    let mut out = vec![T::default(); rows * ldw];
-    for i in 0..n {
-        for kk in 0..k {
-            let v = values.get((i / PANEL) * k * PANEL + kk * PANEL + i % PANEL);
-            out[i * ldw + kk] = convert(v);
-        }
-    }
-    out
 }
 
 /// Device memory of one batch capacity, and its graph.
@@ -254,7 +173,7 @@ impl GpuSession {
             .bind_to_thread()
             .map_err(|e| cuda_error("bind context", e))?;
         let stream = gpu.ctx.new_stream().map_err(|e| cuda_error("stream", e))?;
-        let input_tensors = gpu.input_tensors(model);
+        let input_tensors = input_tensors(model, &gpu.pointers);
         Ok(GpuSession {
             gpu,
             stream,
@@ -403,91 +322,38 @@ impl GpuSession {
         let arena = stream
             .alloc_zeros::<f32>(plan.arena_len)
             .map_err(|e| cuda_error("activation memory", e))?;
-        let ranges_host = if plan.ranges.is_empty() {
-            vec![0u32]
-        } else {
-            plan.ranges.clone()
-        };
         let ranges = stream
-            .clone_htod(&ranges_host)
+            .clone_htod(&range_table(&plan))
             .map_err(|e| cuda_error("range table", e))?;
         let arena_ptr = arena.device_ptr(stream).0;
-        let pointers_host: Vec<u64> = plan
-            .pointers
-            .iter()
-            .map(|p| match *p {
-                PointerEntry::Arena(offset) => arena_ptr + 4 * offset as u64,
-                PointerEntry::Value(v) => v,
-            })
-            .chain(std::iter::once(0))
-            .collect();
         let pointers = stream
-            .clone_htod(&pointers_host)
+            .clone_htod(&pointer_table(&plan, arena_ptr))
             .map_err(|e| cuda_error("pointer table", e))?;
         stream
             .synchronize()
             .map_err(|e| cuda_error("synchronize", e))?;
-        let staging = self
-            .device_staging
-            .as_ref()
-            .map_or(0, |s| s.device_ptr(stream).0);
-        let logits = self.logits.as_ref().map_or(0, |s| s.device_ptr(stream).0);
-        let (ranges_ptr, pointers_ptr) =
-            (ranges.device_ptr(stream).0, pointers.device_ptr(stream).0);
-        let base = |loc: Loc| -> u64 {
-            match loc {
-                Loc::Arena(offset) => arena_ptr + 4 * offset as u64,
-                Loc::Tensor(id) => gpu.pointers[id],
-                Loc::Ranges(offset) => ranges_ptr + 4 * offset as u64,
-                Loc::Pointers(offset) => pointers_ptr + 8 * offset as u64,
-                Loc::Staging => staging,
-                Loc::Logits => logits,
-                Loc::Problems(_) | Loc::Null => 0,
-            }
+        let mut regions = Regions {
+            tensors: &gpu.pointers,
+            arena: arena_ptr,
+            ranges: ranges.device_ptr(stream).0,
+            pointers: pointers.device_ptr(stream).0,
+            problems: 0,
+            staging: self
+                .device_staging
+                .as_ref()
+                .map_or(0, |s| s.device_ptr(stream).0),
+            logits: self.logits.as_ref().map_or(0, |s| s.device_ptr(stream).0),
         };
-        let mut problems_host: Vec<LinearArgs> = plan
-            .problems
-            .iter()
-            .map(|l| linear_args(l, &base))
-            .collect();
-        if problems_host.is_empty() {
-            problems_host.push(LinearArgs::default());
-        }
         let problems = stream
-            .clone_htod(&problems_host)
+            .clone_htod(&problem_table(&plan, &regions))
             .map_err(|e| cuda_error("Linear problem table", e))?;
         stream
             .synchronize()
             .map_err(|e| cuda_error("synchronize", e))?;
-        let problems_ptr = problems.device_ptr(stream).0;
-        let resolve = |loc: Loc| -> u64 {
-            match loc {
-                Loc::Problems(index) => {
-                    problems_ptr + (std::mem::size_of::<LinearArgs>() * index) as u64
-                }
-                other => base(other),
-            }
-        };
+        regions.problems = problems.device_ptr(stream).0;
         // Resolve every argument before capture, so nothing allocates while
         // the stream records.
-        enum Value {
-            U64(u64),
-            I32(i32),
-        }
-        let resolved: Vec<Vec<Value>> = plan
-            .launches
-            .iter()
-            .map(|launch| {
-                launch
-                    .args
-                    .iter()
-                    .map(|arg| match *arg {
-                        Arg::Ptr(loc) => Value::U64(resolve(loc)),
-                        Arg::I32(v) => Value::I32(v),
-                    })
-                    .collect()
-            })
-            .collect();
+        let resolved = launch_values(&plan, &regions);
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| cuda_error("begin capture", e))?;
@@ -500,8 +366,8 @@ impl GpuSession {
             let mut builder = stream.launch_builder(function);
             for value in values {
                 match value {
-                    Value::U64(v) => builder.arg(v),
-                    Value::I32(v) => builder.arg(v),
+                    ArgValue::U64(v) => builder.arg(v),
+                    ArgValue::I32(v) => builder.arg(v),
                 };
             }
             let config = LaunchConfig {
@@ -531,34 +397,5 @@ impl GpuSession {
             _problems: problems,
             graph,
         })
-    }
-}
-
-fn linear_args(l: &LinearLaunch, resolve: &dyn Fn(Loc) -> u64) -> LinearArgs {
-    LinearArgs {
-        x: resolve(l.x),
-        ldx: l.ldx,
-        in_off: l.in_off,
-        w: resolve(l.w),
-        ldw: l.ldw,
-        n: l.n,
-        ranges: resolve(l.ranges),
-        nranges: l.nranges,
-        _pad0: 0,
-        bias: resolve(l.bias),
-        add: resolve(l.add),
-        act: l.act,
-        _pad1: 0,
-        y: resolve(l.y),
-        ldy: l.ldy,
-        out_off: l.out_off,
-        rows: l.rows,
-        _pad2: 0,
-        scale: resolve(l.scale),
-        ldscale: l.ldscale,
-        _pad3: 0,
-        shift: resolve(l.shift),
-        ldshift: l.ldshift,
-        _pad4: 0,
     }
 }

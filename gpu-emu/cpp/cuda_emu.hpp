@@ -1,0 +1,165 @@
+// The CUDA device builtins that kernels/mmoe.cu uses, on the host, so the
+// kernels' own source runs on a CPU: every block's threads are fibers
+// (scheduler.cpp) that switch only at barriers, shared memory is a static
+// per OS thread, and the warp-level operations (mma.sync, ldmatrix, shuffles)
+// exchange their lanes' values at warp barriers and compute what the PTX ISA
+// specifies. Force-included before the kernel source (-include), with
+// MMOE_EMULATE defined so the source skips its CUDA headers and inline PTX.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+// ---------------------------------------------------------------- qualifiers
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// One OS thread runs one block at a time: per-thread statics are the block's
+// shared memory.
+#define __shared__ static thread_local
+#define __align__(n) __attribute__((aligned(n)))
+
+// ---------------------------------------------------------------- vector types
+
+struct uint3 {
+    unsigned x, y, z;
+};
+struct float2 {
+    float x, y;
+};
+struct __attribute__((aligned(16))) float4 {
+    float x, y, z, w;
+};
+struct __attribute__((aligned(8))) uint2 {
+    unsigned x, y;
+};
+struct __attribute__((aligned(16))) uint4 {
+    unsigned x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+// ---------------------------------------------------------------- fp16
+
+// IEEE binary16 through the compiler's _Float16 (round to nearest even, as
+// __float2half_rn).
+struct __half {
+    uint16_t bits;
+};
+struct __half2 {
+    __half x, y;
+};
+inline __half __float2half_rn(float f) {
+    _Float16 h = (_Float16)f;
+    __half out;
+    std::memcpy(&out.bits, &h, 2);
+    return out;
+}
+inline float __half2float(__half h) {
+    _Float16 v;
+    std::memcpy(&v, &h.bits, 2);
+    return (float)v;
+}
+inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
+
+// ---------------------------------------------------------------- math
+
+using std::isfinite;
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+
+// ---------------------------------------------------------------- threads
+
+namespace emu {
+struct ThreadIds {
+    uint3 thread_idx, block_idx, block_dim, grid_dim;
+};
+// The running fiber's ids.
+const ThreadIds& ids();
+// __syncthreads(): waits until every live thread of the block arrives.
+void sync_block();
+// A warp-wide exchange: each lane posts `count` words, waits for its warp,
+// reads every lane's words (`table[lane * count + i]`), then calls
+// exchange_end, which waits until the warp has read.
+const uint64_t* exchange_begin(const uint64_t* mine, int count);
+void exchange_end();
+// This lane's index in its warp.
+int lane();
+}  // namespace emu
+
+#define threadIdx (::emu::ids().thread_idx)
+#define blockIdx (::emu::ids().block_idx)
+#define blockDim (::emu::ids().block_dim)
+#define gridDim (::emu::ids().grid_dim)
+
+inline void __syncthreads() { emu::sync_block(); }
+
+inline float __shfl_xor_sync(unsigned /*mask: the kernels use all lanes*/, float v, int lane_mask) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    uint64_t word = bits;
+    const uint64_t* table = emu::exchange_begin(&word, 1);
+    uint32_t other = (uint32_t)table[emu::lane() ^ lane_mask];
+    emu::exchange_end();
+    float out;
+    std::memcpy(&out, &other, 4);
+    return out;
+}
+
+// ---------------------------------------------------------------- tensor cores
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane l gives the address of row
+// l % 8 of matrix l / 8; lane l receives, of each matrix i, the halves at
+// row l / 4, columns 2·(l % 4) and 2·(l % 4) + 1.
+inline void ldmatrix_x4(uint32_t* r, const __half* p) {
+    uint64_t address = (uint64_t)(uintptr_t)p;
+    const uint64_t* table = emu::exchange_begin(&address, 1);
+    int l = emu::lane();
+    for (int i = 0; i < 4; ++i) {
+        const __half* row = (const __half*)(uintptr_t)table[8 * i + l / 4];
+        r[i] = (uint32_t)row[2 * (l % 4)].bits | ((uint32_t)row[2 * (l % 4) + 1].bits << 16);
+    }
+    emu::exchange_end();
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, D = A·B + C, with the
+// fragment layout of the PTX ISA (g = lane / 4, t = lane % 4): A registers
+// hold (row g, k 2t..2t+1), (row g+8, k 2t..), (row g, k 2t+8..),
+// (row g+8, k 2t+8..); B registers (k 2t..2t+1, n g) and (k 2t+8.., n g); C
+// and D (row g, n 2t..2t+1) and (row g+8, n 2t..).
+namespace emu {
+inline float fragment_half(uint32_t reg, int which) {
+    __half h{(uint16_t)(which ? reg >> 16 : reg & 0xffff)};
+    return __half2float(h);
+}
+}  // namespace emu
+
+inline void mma_16816(float* c, const uint32_t* a, const uint32_t* b) {
+    uint64_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    const uint64_t* table = emu::exchange_begin(mine, 6);
+    auto a_at = [&](int row, int k) {
+        int lane = (row % 8) * 4 + (k % 8) / 2;
+        int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return emu::fragment_half((uint32_t)table[lane * 6 + reg], k % 2);
+    };
+    auto b_at = [&](int k, int n) {
+        int lane = n * 4 + (k % 8) / 2;
+        int reg = k >= 8 ? 1 : 0;
+        return emu::fragment_half((uint32_t)table[lane * 6 + 4 + reg], k % 2);
+    };
+    int l = emu::lane(), g = l / 4, t = l % 4;
+    float d[4];
+    for (int i = 0; i < 4; ++i) {
+        int row = g + 8 * (i / 2), n = 2 * t + i % 2;
+        float sum = c[i];
+        for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, n);
+        d[i] = sum;
+    }
+    emu::exchange_end();
+    for (int i = 0; i < 4; ++i) c[i] = d[i];
+}

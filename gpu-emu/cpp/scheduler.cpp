@@ -1,0 +1,161 @@
+// Runs a CUDA grid on the host: blocks one after another, the threads of a
+// block as fibers (ucontext) that switch only at barriers. Each warp runs as
+// far as it can (through its warp operations, up to __syncthreads) before
+// the next warp starts, and the order of warps and of lanes flips every
+// round: a read of shared memory that lacks its barrier sees data not yet
+// written, or already overwritten. A barrier that can never complete (a
+// warp operation some lanes skip) is reported as an error, not a hang.
+#include <ucontext.h>
+
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cuda_emu.hpp"
+#include "scheduler.hpp"
+
+namespace emu {
+namespace {
+
+enum class State { Runnable, BlockBarrier, WarpBarrier, Done };
+
+struct Fiber {
+    ucontext_t context;
+    std::unique_ptr<char[]> stack;
+    ThreadIds ids;
+    State state = State::Runnable;
+};
+
+constexpr size_t STACK_BYTES = 128 * 1024;
+constexpr int MAX_WORDS = 8;  // words a lane posts in one warp exchange
+
+struct Executor {
+    std::vector<Fiber> fibers;
+    ucontext_t scheduler;
+    size_t current = 0;
+    const std::function<void()>* body = nullptr;
+    std::vector<uint64_t> slots;  // per warp: 32 lanes × MAX_WORDS
+    std::string error;
+};
+
+thread_local Executor* executor = nullptr;
+
+Fiber& me() { return executor->fibers[executor->current]; }
+
+void yield_as(State state) {
+    Fiber& fiber = me();
+    fiber.state = state;
+    swapcontext(&fiber.context, &executor->scheduler);
+}
+
+void fiber_main() {
+    (*executor->body)();
+    yield_as(State::Done);
+}
+
+// Runs the lanes of warp `w` as far as they go: through every warp
+// operation, until each lane waits at __syncthreads or has exited. False
+// when the warp is stuck (lanes split between a warp operation and
+// __syncthreads or exit).
+bool run_warp(Executor& e, size_t w, bool reverse, std::string& why) {
+    size_t begin = w * 32, end = std::min(e.fibers.size(), begin + 32);
+    for (;;) {
+        for (size_t k = begin; k < end; ++k) {
+            size_t i = reverse ? end - 1 - (k - begin) : k;
+            if (e.fibers[i].state != State::Runnable) continue;
+            e.current = i;
+            swapcontext(&e.scheduler, &e.fibers[i].context);
+        }
+        size_t waiting = 0;
+        for (size_t i = begin; i < end; ++i) waiting += e.fibers[i].state == State::WarpBarrier;
+        if (waiting == 0) return true;
+        if (waiting < end - begin) {
+            why = "warp " + std::to_string(w) + ": " + std::to_string(waiting) + " of " +
+                  std::to_string(end - begin) + " lanes at a warp operation, the others at __syncthreads or exited";
+            return false;
+        }
+        for (size_t i = begin; i < end; ++i) e.fibers[i].state = State::Runnable;
+    }
+}
+
+bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
+    size_t n = (size_t)block.block_dim.x * block.block_dim.y * block.block_dim.z;
+    if (e.fibers.size() != n) {
+        e.fibers.clear();
+        e.fibers.resize(n);
+        for (auto& f : e.fibers) f.stack.reset(new char[STACK_BYTES]);
+        e.slots.assign(((n + 31) / 32) * 32 * MAX_WORDS, 0);
+    }
+    for (size_t i = 0; i < n; ++i) {
+        Fiber& f = e.fibers[i];
+        f.ids = block;
+        f.ids.thread_idx = {(unsigned)(i % block.block_dim.x), (unsigned)((i / block.block_dim.x) % block.block_dim.y),
+                            (unsigned)(i / (block.block_dim.x * block.block_dim.y))};
+        f.state = State::Runnable;
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = f.stack.get();
+        f.context.uc_stack.ss_size = STACK_BYTES;
+        f.context.uc_link = nullptr;
+        makecontext(&f.context, fiber_main, 0);
+    }
+    // Each warp runs as far as it can before the next one starts (warps as
+    // far apart as the barriers allow), in an order that flips every round.
+    size_t warps = (n + 31) / 32;
+    for (size_t round = 0;; ++round) {
+        bool reverse = round % 2 == 1;
+        for (size_t k = 0; k < warps; ++k) {
+            if (!run_warp(e, reverse ? warps - 1 - k : k, reverse, error)) return false;
+        }
+        bool all_done = true;
+        for (auto& f : e.fibers) all_done &= f.state == State::Done;
+        if (all_done) return true;
+        // Every live thread now waits at __syncthreads.
+        for (auto& f : e.fibers)
+            if (f.state == State::BlockBarrier) f.state = State::Runnable;
+    }
+}
+
+}  // namespace
+
+const ThreadIds& ids() { return me().ids; }
+
+int lane() { return (int)(executor->current % 32); }
+
+void sync_block() { yield_as(State::BlockBarrier); }
+
+const uint64_t* exchange_begin(const uint64_t* mine, int count) {
+    size_t warp = executor->current / 32;
+    uint64_t* table = executor->slots.data() + warp * 32 * MAX_WORDS;
+    for (int i = 0; i < count && i < MAX_WORDS; ++i) table[lane() * count + i] = mine[i];
+    yield_as(State::WarpBarrier);
+    return table;
+}
+
+void exchange_end() { yield_as(State::WarpBarrier); }
+
+bool run_grid(const uint3& grid, const uint3& block, const std::function<void()>& body, std::string& error) {
+    thread_local Executor local;
+    Executor* outer = executor;
+    executor = &local;
+    local.body = &body;
+    bool ok = true;
+    ThreadIds ids{};
+    ids.grid_dim = grid;
+    ids.block_dim = block;
+    for (unsigned z = 0; ok && z < grid.z; ++z)
+        for (unsigned y = 0; ok && y < grid.y; ++y)
+            for (unsigned x = 0; ok && x < grid.x; ++x) {
+                ids.block_idx = {x, y, z};
+                if (!run_block(local, ids, error)) {
+                    error = "block (" + std::to_string(x) + "," + std::to_string(y) + "," + std::to_string(z) +
+                            "): " + error;
+                    ok = false;
+                }
+            }
+    executor = outer;
+    return ok;
+}
+
+}  // namespace emu

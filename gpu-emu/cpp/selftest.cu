@@ -1,0 +1,27 @@
+// Kernels that test the emulator itself (gpu-emu/tests/emulator.rs): it must
+// expose a missing barrier and refuse a warp operation that lanes skip.
+
+// 64 threads: each writes its slot (t + salt), then reads the other warp's.
+// Shared memory keeps what an earlier launch left (as on a GPU): a new salt
+// tells those values apart.
+extern "C" __global__ void selftest_exchange(float* out, int with_barrier, int salt) {
+    __shared__ float slots[64];
+    int t = threadIdx.x;
+    slots[t] = (float)(t + salt);
+    if (with_barrier) __syncthreads();
+    out[t] = slots[(t + 32) % 64];
+}
+
+// Half of each warp exits before a shuffle the other half waits in.
+extern "C" __global__ void selftest_exited_lanes(float* out) {
+    int t = threadIdx.x;
+    if (t % 32 >= 16) return;
+    out[t] = __shfl_xor_sync(0xffffffffu, (float)t, 1);
+}
+
+// A full-warp butterfly sum: every lane gets Σ lane = 496.
+extern "C" __global__ void selftest_shuffle_sum(float* out) {
+    float v = (float)(threadIdx.x % 32);
+    for (int s = 16; s > 0; s /= 2) v += __shfl_xor_sync(0xffffffffu, v, s);
+    out[threadIdx.x] = v;
+}

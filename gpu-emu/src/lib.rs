@@ -1,0 +1,171 @@
+//! The GPU path of mmoe run on the CPU, to test it where there is no GPU.
+//!
+//! `kernels/mmoe.cu` is compiled for the host (`cpp/`: the CUDA builtins,
+//! inline-PTX tensor-core operations and a fiber scheduler that runs each
+//! block's threads with real barrier semantics), and [`EmuModel::score`]
+//! runs the same launch plan, tensor images, tables and argument values as
+//! the CUDA runtime (`mmoe::gpu::binding`), with host memory standing in for
+//! device memory. What it checks: the kernels' indexing, fragment layouts,
+//! barriers and epilogues, and the launch plan that drives them. What it
+//! cannot: timing, memory-model races between blocks, the driver's JIT.
+//!
+//! It is slow (every thread is a fiber; a warp operation is two switches per
+//! lane): small models and a few dozen candidates per call.
+
+use std::sync::Arc;
+
+use mmoe::gpu::binding::{
+    input_tensors, launch_values, pointer_table, problem_table, range_table, tensor_image, Regions,
+    TensorImage,
+};
+use mmoe::gpu::launch_plan::{bucket, DeviceWeight, LaunchPlan, Precision};
+use mmoe::gpu::staging::{staging_layout, write_staging};
+use mmoe::{Model, Request};
+
+mod ffi {
+    extern "C" {
+        pub fn mmoe_emu_launch(
+            name: *const std::ffi::c_char,
+            grid: *const u32,
+            block: *const u32,
+            args: *const u64,
+            nargs: i32,
+            error: *mut std::ffi::c_char,
+            error_len: usize,
+        ) -> i32;
+    }
+}
+
+/// Runs kernel `name` (an entry of `kernels/mmoe.cu`) on the host.
+///
+/// # Safety
+/// `args` must be the kernel's arguments (pointers as addresses, ints
+/// sign-extended), every pointer valid for what the kernel reads and writes
+/// over `grid` × `block`.
+pub unsafe fn launch(
+    name: &str,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    args: &[u64],
+) -> Result<(), String> {
+    let name_c = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+    let grid = [grid.0, grid.1, grid.2];
+    let block = [block.0, block.1, block.2];
+    let mut error = vec![0 as std::ffi::c_char; 512];
+    // SAFETY: the strings and arrays outlive the call, `error` holds
+    // error.len() bytes; the kernel's memory is the caller's promise.
+    let rc = unsafe {
+        ffi::mmoe_emu_launch(
+            name_c.as_ptr(),
+            grid.as_ptr(),
+            block.as_ptr(),
+            args.as_ptr(),
+            args.len() as i32,
+            error.as_mut_ptr(),
+            error.len(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: the C side wrote a NUL-terminated message into `error`.
+    let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
+    Err(message.to_string_lossy().into_owned())
+}
+
+/// A model's tensors as the device would hold them, in host memory.
+pub struct EmuModel {
+    model: Arc<Model>,
+    precision: Precision,
+    // Owned here; `addresses` point into them.
+    _images: Vec<TensorImage>,
+    addresses: Vec<u64>,
+    weights: Vec<DeviceWeight>,
+}
+
+impl EmuModel {
+    pub fn new(model: Arc<Model>, precision: Precision) -> EmuModel {
+        let count = model.plan().tensors.len();
+        let (mut images, mut weights) = (Vec::with_capacity(count), Vec::with_capacity(count));
+        for id in 0..count {
+            let (image, weight) = tensor_image(&model, id, precision);
+            images.push(image);
+            weights.push(weight);
+        }
+        let addresses = images
+            .iter()
+            .map(|image| match image {
+                TensorImage::F32(v) => v.as_ptr() as u64,
+                TensorImage::F16(v) => v.as_ptr() as u64,
+            })
+            .collect();
+        EmuModel {
+            model,
+            precision,
+            _images: images,
+            addresses,
+            weights,
+        }
+    }
+
+    /// The launch plan the CUDA runtime would capture for `capacity` rows.
+    pub fn plan(&self, capacity: usize) -> LaunchPlan {
+        LaunchPlan::new(self.model.program(), capacity, self.precision, &|id| {
+            self.weights[id]
+        })
+    }
+
+    /// Scores a valid request as the CUDA runtime does (same bucket, plan,
+    /// staging and launches): logits `[candidates × tasks]`.
+    pub fn score(&self, request: &Request<'_>) -> Result<Vec<f32>, String> {
+        let model = &self.model;
+        request
+            .validate(model.config())
+            .map_err(|e| e.to_string())?;
+        let n = request.candidates();
+        let tasks = model.num_tasks();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let capacity = bucket(n);
+        let plan = self.plan(capacity);
+        let layout = staging_layout(model, request).map_err(|e| e.to_string())?;
+        // u64 words: the kernels read the staging header and ids as u64.
+        let mut staging = vec![0u64; layout.total.div_ceil(8)];
+        let inputs = input_tensors(model, &self.addresses);
+        write_staging(
+            model,
+            &inputs,
+            request,
+            &layout,
+            bytemuck::cast_slice_mut(&mut staging),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut arena = vec![0.0f32; plan.arena_len];
+        let mut logits = vec![0.0f32; capacity * tasks];
+        let ranges = range_table(&plan);
+        let arena_at = arena.as_mut_ptr() as u64;
+        let pointers = pointer_table(&plan, arena_at);
+        let mut regions = Regions {
+            tensors: &self.addresses,
+            arena: arena_at,
+            ranges: ranges.as_ptr() as u64,
+            pointers: pointers.as_ptr() as u64,
+            problems: 0,
+            staging: staging.as_ptr() as u64,
+            logits: logits.as_mut_ptr() as u64,
+        };
+        let problems = problem_table(&plan, &regions);
+        regions.problems = problems.as_ptr() as u64;
+        for (step, values) in plan.launches.iter().zip(launch_values(&plan, &regions)) {
+            let words: Vec<u64> = values.iter().map(|v| v.word()).collect();
+            // SAFETY: the plan's arguments for its kernels, resolved into
+            // memory owned here (arena, tables, staging, logits) or by this
+            // model (tensor images), sized by the plan for `capacity` rows,
+            // exactly as the CUDA runtime binds them.
+            unsafe { launch(step.kernel.entry(), step.grid, step.block, &words) }?;
+        }
+        logits.truncate(n * tasks);
+        Ok(logits)
+    }
+}

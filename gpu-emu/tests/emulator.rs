@@ -1,0 +1,59 @@
+//! The emulator's own guarantees, on small kernels (cpp/selftest.cu): what
+//! it must catch for its parity tests to mean anything.
+
+use mmoe_gpu_emu::launch;
+
+fn run(name: &str, block: u32, out: &mut [f32], extra: &[u64]) -> Result<(), String> {
+    let mut args = vec![out.as_mut_ptr() as u64];
+    args.extend_from_slice(extra);
+    // SAFETY: the self-test kernels write out[threadIdx.x] for threadIdx.x < block ≤ out.len().
+    unsafe { launch(name, (1, 1, 1), (block, 1, 1), &args) }
+}
+
+#[test]
+fn a_missing_barrier_reads_data_not_yet_written() {
+    let expected =
+        |salt: usize| -> Vec<f32> { (0..64).map(|t| ((t + 32) % 64 + salt) as f32).collect() };
+    let mut out = vec![0.0f32; 64];
+    run("selftest_exchange", 64, &mut out, &[1, 1]).unwrap();
+    assert_eq!(
+        out,
+        expected(1),
+        "with the barrier every thread reads the other warp's value"
+    );
+    // Without it, the first warp runs to its end before the second writes.
+    let mut out = vec![0.0f32; 64];
+    run("selftest_exchange", 64, &mut out, &[0, 2]).unwrap();
+    let stale = out
+        .iter()
+        .zip(expected(2))
+        .filter(|(a, b)| **a != *b)
+        .count();
+    assert_eq!(stale, 32, "one warp reads before the other writes: {out:?}");
+}
+
+#[test]
+fn a_warp_operation_with_exited_lanes_is_an_error() {
+    let mut out = vec![0.0f32; 64];
+    let err = run("selftest_exited_lanes", 64, &mut out, &[]).unwrap_err();
+    assert!(
+        err.contains("selftest_exited_lanes") && err.contains("warp 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shuffles_exchange_lanes() {
+    let mut out = vec![0.0f32; 64];
+    run("selftest_shuffle_sum", 64, &mut out, &[]).unwrap();
+    assert!(out.iter().all(|&v| v == 496.0), "{out:?}");
+}
+
+#[test]
+fn unknown_kernels_and_wrong_arity_are_errors() {
+    let mut out = vec![0.0f32; 1];
+    let err = run("no_such_kernel", 1, &mut out, &[]).unwrap_err();
+    assert!(err.contains("no kernel named no_such_kernel"), "{err}");
+    let err = run("selftest_exchange", 1, &mut out, &[]).unwrap_err();
+    assert!(err.contains("1 arguments, the kernel takes 3"), "{err}");
+}

@@ -1,0 +1,244 @@
+//! A launch plan bound to addresses: the tensors' images as the kernels read
+//! them, the session tables (pointers, Linear problems) and every launch's
+//! argument values, given where each memory region lives. Plain Rust, shared
+//! by the CUDA runtime (device addresses) and the host emulator of the
+//! kernels (`gpu-emu/`, host addresses), so both run the same bindings.
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+use super::launch_plan::{
+    f16_ldw, f16_rows, Arg, DeviceWeight, LaunchPlan, LinearLaunch, Loc, PointerEntry, Precision,
+};
+use super::staging::InputTensors;
+use crate::format::PANEL;
+use crate::model::{Model, Values};
+use crate::plan::{TensorId, TensorRole};
+
+/// `struct LinearArgs` of `kernels/mmoe.cu`.
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+#[repr(C)]
+pub struct LinearArgs {
+    pub x: u64,
+    pub ldx: i32,
+    pub in_off: i32,
+    pub w: u64,
+    pub ldw: i32,
+    pub n: i32,
+    pub ranges: u64,
+    pub nranges: i32,
+    pub _pad0: i32,
+    pub bias: u64,
+    pub add: u64,
+    pub act: i32,
+    pub _pad1: i32,
+    pub y: u64,
+    pub ldy: i32,
+    pub out_off: i32,
+    pub rows: i32,
+    pub _pad2: i32,
+    pub scale: u64,
+    pub ldscale: i32,
+    pub _pad3: i32,
+    pub shift: u64,
+    pub ldshift: i32,
+    pub _pad4: i32,
+}
+const _: () = assert!(std::mem::size_of::<LinearArgs>() == 128);
+
+/// A model tensor as the kernels read it.
+pub enum TensorImage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+/// The image of tensor `id` for `precision`: Linear weights row-major
+/// `[rows, ldw]`, zero padded (fp16 padded for the tensor-core tiles), every
+/// other tensor f32 as stored (at least one element, so every tensor has an
+/// address).
+pub fn tensor_image(
+    model: &Model,
+    id: TensorId,
+    precision: Precision,
+) -> (TensorImage, DeviceWeight) {
+    let spec = &model.plan().tensors[id];
+    let values = model.values(id);
+    if spec.role == TensorRole::LinearWeight {
+        let (n, k) = (spec.shape[0], spec.shape[1]);
+        return match precision {
+            Precision::F16 => {
+                let ldw = f16_ldw(k);
+                let image = row_major(&values, n, k, f16_rows(n), ldw, f16::from_f32);
+                (TensorImage::F16(image), DeviceWeight { ldw })
+            }
+            Precision::F32 => {
+                let image = row_major(&values, n, k, n, k, |v| v);
+                (TensorImage::F32(image), DeviceWeight { ldw: k })
+            }
+        };
+    }
+    let mut image = vec![0.0f32; values.len().max(1)];
+    values.read_into(0, &mut image[..values.len()]);
+    (TensorImage::F32(image), DeviceWeight { ldw: 0 })
+}
+
+/// A Linear weight from the file's panel layout into row-major
+/// `[rows, ldw]`, zero padded.
+fn row_major<T: Copy + Default>(
+    values: &Values<'_>,
+    n: usize,
+    k: usize,
+    rows: usize,
+    ldw: usize,
+    convert: impl Fn(f32) -> T,
+) -> Vec<T> {
+    let mut out = vec![T::default(); rows * ldw];
+    for i in 0..n {
+        for kk in 0..k {
+            let v = values.get((i / PANEL) * k * PANEL + kk * PANEL + i % PANEL);
+            out[i * ldw + kk] = convert(v);
+        }
+    }
+    out
+}
+
+/// Where a session's memory regions start. `problems` is known only once
+/// the problem table (which holds the other addresses) is placed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Regions<'a> {
+    pub tensors: &'a [u64],
+    pub arena: u64,
+    pub ranges: u64,
+    pub pointers: u64,
+    pub problems: u64,
+    pub staging: u64,
+    pub logits: u64,
+}
+
+impl Regions<'_> {
+    pub fn resolve(&self, loc: Loc) -> u64 {
+        match loc {
+            Loc::Arena(offset) => self.arena + 4 * offset as u64,
+            Loc::Tensor(id) => self.tensors[id],
+            Loc::Ranges(offset) => self.ranges + 4 * offset as u64,
+            Loc::Pointers(offset) => self.pointers + 8 * offset as u64,
+            Loc::Problems(index) => {
+                self.problems + (std::mem::size_of::<LinearArgs>() * index) as u64
+            }
+            Loc::Staging => self.staging,
+            Loc::Logits => self.logits,
+            Loc::Null => 0,
+        }
+    }
+}
+
+/// The plan's range table (never empty, so it has an address).
+pub fn range_table(plan: &LaunchPlan) -> Vec<u32> {
+    if plan.ranges.is_empty() {
+        vec![0]
+    } else {
+        plan.ranges.clone()
+    }
+}
+
+/// The plan's pointer table for an arena at `arena` (one spare entry, so
+/// it is never empty).
+pub fn pointer_table(plan: &LaunchPlan, arena: u64) -> Vec<u64> {
+    plan.pointers
+        .iter()
+        .map(|p| match *p {
+            PointerEntry::Arena(offset) => arena + 4 * offset as u64,
+            PointerEntry::Value(v) => v,
+        })
+        .chain(std::iter::once(0))
+        .collect()
+}
+
+/// The plan's Linear problems (one default entry when it has none).
+pub fn problem_table(plan: &LaunchPlan, regions: &Regions<'_>) -> Vec<LinearArgs> {
+    let mut table: Vec<LinearArgs> = plan
+        .problems
+        .iter()
+        .map(|l| linear_args(l, regions))
+        .collect();
+    if table.is_empty() {
+        table.push(LinearArgs::default());
+    }
+    table
+}
+
+/// A launch argument's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgValue {
+    U64(u64),
+    I32(i32),
+}
+
+impl ArgValue {
+    /// As one 64-bit word (an `int` sign-extended).
+    pub fn word(self) -> u64 {
+        match self {
+            ArgValue::U64(v) => v,
+            ArgValue::I32(v) => v as i64 as u64,
+        }
+    }
+}
+
+/// Every launch's argument values, in the plan's order.
+pub fn launch_values(plan: &LaunchPlan, regions: &Regions<'_>) -> Vec<Vec<ArgValue>> {
+    plan.launches
+        .iter()
+        .map(|launch| {
+            launch
+                .args
+                .iter()
+                .map(|arg| match *arg {
+                    Arg::Ptr(loc) => ArgValue::U64(regions.resolve(loc)),
+                    Arg::I32(v) => ArgValue::I32(v),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn linear_args(l: &LinearLaunch, regions: &Regions<'_>) -> LinearArgs {
+    let at = |loc| regions.resolve(loc);
+    LinearArgs {
+        x: at(l.x),
+        ldx: l.ldx,
+        in_off: l.in_off,
+        w: at(l.w),
+        ldw: l.ldw,
+        n: l.n,
+        ranges: at(l.ranges),
+        nranges: l.nranges,
+        bias: at(l.bias),
+        add: at(l.add),
+        act: l.act,
+        y: at(l.y),
+        ldy: l.ldy,
+        out_off: l.out_off,
+        rows: l.rows,
+        scale: at(l.scale),
+        ldscale: l.ldscale,
+        shift: at(l.shift),
+        ldshift: l.ldshift,
+        ..LinearArgs::default()
+    }
+}
+
+/// The addresses of each input's tensors (embedding table, mean, std) for
+/// the staging descriptors, given every tensor's address.
+pub fn input_tensors(model: &Model, tensors: &[u64]) -> Vec<InputTensors> {
+    let at = |id: Option<usize>| id.map_or(0, |id| tensors[id]);
+    model
+        .plan()
+        .inputs
+        .iter()
+        .map(|i| InputTensors {
+            table: at(i.embedding),
+            mean: at(i.mean),
+            std: at(i.std),
+        })
+        .collect()
+}
