@@ -59,6 +59,7 @@ const std::vector<Entry>& entries() {
         entry("selftest_exchange", selftest_exchange),
         entry("selftest_exited_lanes", selftest_exited_lanes),
         entry("selftest_shuffle_sum", selftest_shuffle_sum),
+        entry("selftest_misaligned", selftest_misaligned),
     };
     return table;
 }

@@ -25,3 +25,10 @@ extern "C" __global__ void selftest_shuffle_sum(float* out) {
     for (int s = 16; s > 0; s /= 2) v += __shfl_xor_sync(0xffffffffu, v, s);
     out[threadIdx.x] = v;
 }
+
+// A float4 load from an address 4 bytes past a 16-byte boundary: a GPU
+// faults; the emulator (UBSan's alignment check) must abort.
+extern "C" __global__ void selftest_misaligned(float* out, const float* in) {
+    float4 v = *(const float4*)(in + 1);
+    out[threadIdx.x] = v.x;
+}

@@ -57,3 +57,38 @@ fn unknown_kernels_and_wrong_arity_are_errors() {
     let err = run("selftest_exchange", 1, &mut out, &[]).unwrap_err();
     assert!(err.contains("1 arguments, the kernel takes 3"), "{err}");
 }
+
+/// Run in a child process (the check aborts it): a misaligned float4 load
+/// must stop the emulator, as it would fault on a GPU.
+#[test]
+fn a_misaligned_vector_access_aborts() {
+    if std::env::var_os("MMOE_EMU_MISALIGNED_CHILD").is_some() {
+        #[repr(align(16))]
+        struct Aligned([f32; 8]);
+        let input = Aligned([1.0; 8]);
+        let mut out = vec![0.0f32; 1];
+        let _ = run(
+            "selftest_misaligned",
+            1,
+            &mut out,
+            &[input.0.as_ptr() as u64],
+        );
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "a_misaligned_vector_access_aborts",
+            "--nocapture",
+        ])
+        .env("MMOE_EMU_MISALIGNED_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(
+        !child.status.success(),
+        "the misaligned load passed: {stderr}"
+    );
+    assert!(stderr.contains("misaligned address"), "{stderr}");
+}
