@@ -215,13 +215,15 @@ extern "C" __global__ void linear_simt_f16(const LinearArgs* problems, const u32
 }
 
 // Tensor cores through `mma.sync.m16n8k16` (fp16 inputs, fp32 accumulation).
-// A block of 4 warps computes a BM×64 output tile; warp (wr, wc) computes rows
-// wr·BM/2…, columns 32·wc… as (BM/32)×4 tiles of 16×8. K advances 32 at a
-// time through two shared-memory stages: the next stage's x (f32, converted
-// to fp16 on the way in) and W (fp16, 16-byte loads) are loaded into
-// registers while the current one is multiplied. Every range must start at a
-// multiple of 16 (the host checks); x is zeroed past a range's end. W is
-// [n_pad (multiple of 64), ldw (multiple of 16)], zero padded.
+// A block of WARPS_M × WARPS_N warps computes a BM×BN output tile; warp
+// (wr, wc) computes the WM×WN tile at rows wr·WM…, columns wc·WN… as
+// (WM/16)×(WN/8) mma tiles of 16×8.
+// K advances 32 at a time through two shared-memory stages: the next stage's
+// x (f32, converted to fp16 on the way in) and W (fp16, 16-byte loads) are
+// loaded into registers while the current one is multiplied. Every range
+// must start at a multiple of 16 (the host checks); x is zeroed past a
+// range's end. W is [n_pad (multiple of 128), ldw (multiple of 16)], zero
+// padded.
 //
 // Fragment layout (PTX ISA, mma.m16n8k16 .f16): with g = lane / 4 and
 // t = lane % 4, A registers hold (row g, k 2t..2t+1), (row g+8, k 2t..),
@@ -261,12 +263,15 @@ __device__ __forceinline__ u32 pack_half2(float lo, float hi) {
 
 // Every loop over the register arrays (acc, fragments, staged values) is
 // unrolled: a runtime index would put them in local memory.
-template <int BM>
+template <int BM, int BN, int WARPS_M, int WARPS_N>
 __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int count) {
-    constexpr int MT = BM / 32;                 // 16-row tiles per warp
-    constexpr int XV = BM * MMA_BK / 4 / 128;   // float4 groups of x each thread stages
+    constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+    constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // a warp's tile
+    constexpr int MT = WM / 16, NT = WN / 8;             // its 16×8 mma tiles
+    constexpr int XV = BM * MMA_BK / 4 / THREADS;        // float4 groups of x each thread stages
+    constexpr int WV = BN * MMA_BK / 8 / THREADS;        // 16-byte chunks of W each thread stages
     __shared__ __align__(16) __half xs[2][BM][MMA_LD];
-    __shared__ __align__(16) __half ws[2][64][MMA_LD];
+    __shared__ __align__(16) __half ws[2][BN][MMA_LD];
     int p = problem_of(tiles, count, blockIdx.x);
     // The problem stays in global memory (uniform, cached); what the K loop
     // reads is copied to registers once.
@@ -278,11 +283,11 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
     // float4 loads of x need 16-byte aligned rows; ranges start at multiples of 16.
     const bool x_vec = ((ldx | in_off) & 3) == 0;
     int local = blockIdx.x - (int)tiles[p];
-    int tiles_n = (a.n + 63) / 64;
-    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * 64;
+    int tiles_n = (a.n + BN - 1) / BN;
+    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     int g = lane / 4, t = lane % 4;
-    int wr = warp / 2, wc = warp % 2;
+    int wr = warp / WARPS_N, wc = warp % WARPS_N;
 
     // The stage cursor: range q, its end e, and the stage's first column k0.
     int q = 0, e = 0, k0 = 0;
@@ -300,13 +305,13 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
         }
     };
     float4 xr[XV];
-    uint4 wv[2];
+    uint4 wv[WV];
     auto load = [&]() {
-        // x: group i = tid + 128·j is 4 floats (row i / 8, columns 4·(i % 8)…):
+        // x: group i = tid + THREADS·j is 4 floats (row i / 8, columns 4·(i % 8)…):
         // rows of 32 consecutive floats, coalesced.
         #pragma unroll
         for (int j = 0; j < XV; ++j) {
-            int i = tid + 128 * j;
+            int i = tid + THREADS * j;
             int row = row0 + i / 8, k = k0 + 4 * (i % 8);
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (row < rows && k < e) {
@@ -322,12 +327,12 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
             }
             xr[j] = v;
         }
-        // W: chunk c = tid + 128·j is 8 halves (row c / 4, columns 8·(c % 4)…).
+        // W: chunk c = tid + THREADS·j is 8 halves (row c / 4, columns 8·(c % 4)…).
         // A chunk starting before e ends inside the padded row (ldw is a
         // multiple of 16 and k0 of 8); x is zero past e, so its tail is harmless.
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            int c = tid + 128 * j;
+        for (int j = 0; j < WV; ++j) {
+            int c = tid + THREADS * j;
             int row = col0 + c / 4, k = k0 + 8 * (c % 4);
             wv[j] = k < e ? *(const uint4*)(w + (long long)row * ldw + k) : make_uint4(0, 0, 0, 0);
         }
@@ -335,18 +340,18 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
     auto store = [&](int buf) {
         #pragma unroll
         for (int j = 0; j < XV; ++j) {
-            int i = tid + 128 * j;
+            int i = tid + THREADS * j;
             *(uint2*)&xs[buf][i / 8][4 * (i % 8)] =
                 make_uint2(pack_half2(xr[j].x, xr[j].y), pack_half2(xr[j].z, xr[j].w));
         }
         #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            int c = tid + 128 * j;
+        for (int j = 0; j < WV; ++j) {
+            int c = tid + THREADS * j;
             *(uint4*)&ws[buf][c / 4][8 * (c % 4)] = wv[j];
         }
     };
 
-    float acc[MT][4][4] = {};
+    float acc[MT][NT][4] = {};
     skip_empty();
     if (q < nranges) {
         load();
@@ -369,11 +374,11 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
             u32 fa[MT][4];
             #pragma unroll
             for (int m = 0; m < MT; ++m)
-                ldmatrix_x4(fa[m], &xs[buf][wr * (BM / 2) + m * 16 + a_row][kk + a_col]);
+                ldmatrix_x4(fa[m], &xs[buf][wr * WM + m * 16 + a_row][kk + a_col]);
             #pragma unroll
-            for (int j = 0; j < 4; j += 2) {
+            for (int j = 0; j < NT; j += 2) {
                 u32 fb[4];
-                ldmatrix_x4(fb, &ws[buf][wc * 32 + 8 * j + b_row][kk + b_col]);
+                ldmatrix_x4(fb, &ws[buf][wc * WN + 8 * j + b_row][kk + b_col]);
                 #pragma unroll
                 for (int m = 0; m < MT; ++m) {
                     mma_16816(acc[m][j], fa[m], fb);
@@ -392,20 +397,27 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
     #pragma unroll
     for (int m = 0; m < MT; ++m)
         #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < NT; ++j)
             #pragma unroll
             for (int half = 0; half < 2; ++half) {
-                int row = row0 + wr * (BM / 2) + m * 16 + g + 8 * half;
-                int col = col0 + wc * 32 + 8 * j + 2 * t;
+                int row = row0 + wr * WM + m * 16 + g + 8 * half;
+                int col = col0 + wc * WN + 8 * j + 2 * t;
                 if (row < rows && col < a.n) store_pair(a, pairs, row, col, acc[m][j][2 * half], acc[m][j][2 * half + 1]);
             }
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32(const LinearArgs* problems, const u32* tiles, int count) {
-    linear_mma<32>(problems, tiles, count);
+    linear_mma<32, 64, 2, 2>(problems, tiles, count);
 }
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64(const LinearArgs* problems, const u32* tiles, int count) {
-    linear_mma<64>(problems, tiles, count);
+    linear_mma<64, 64, 2, 2>(problems, tiles, count);
+}
+// Wide tiles (MMOE_GPU_TILES=wide, large buckets): 8 warps on a 128×128
+// tile, 64×32 each, read 3/4 of the shared memory (ldmatrix) and half the x
+// bytes per mma of the 64×64 tile. ptxas gives it 200 registers (one block
+// per SM); bounded to two blocks per SM it spills. Not yet timed on a GPU.
+extern "C" __global__ void __launch_bounds__(256, 1) linear_mma128(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma<128, 128, 2, 4>(problems, tiles, count);
 }
 
 // ---------------------------------------------------------------- element-wise

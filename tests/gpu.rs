@@ -150,6 +150,31 @@ fn gpu_matches_cpu_on_the_demo_model() {
     }
 }
 
+/// The 128×128-tile kernel (`MMOE_GPU_TILES=wide`, from 512-row buckets),
+/// not yet timed on a device: same parity bound as the default tiles. The
+/// variable is read when a model opens; the check runs these tests on one
+/// thread, and the other tests pass with either tiles.
+#[test]
+fn gpu_wide_tiles_match_cpu_on_the_demo_model() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
+    let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
+    let packed = pack(&config, &tensors, DType::F16);
+    std::env::set_var("MMOE_GPU_TILES", "wide");
+    let deltas: Vec<(usize, f32)> = [600, 1024]
+        .into_iter()
+        .map(|n| (n, gpu_vs_cpu(&packed.path, &config, GpuPrecision::F16, n)))
+        .collect();
+    std::env::remove_var("MMOE_GPU_TILES");
+    for (n, delta) in deltas {
+        println!("demo model, {n} candidates, wide tiles: max |Δlogit| f16 {delta:e}");
+        assert!(delta < 2e-2, "f16 wide tiles off by {delta}");
+    }
+}
+
 /// Hot reload on the GPU: 4 threads score through one CUDA engine while it
 /// reloads between two models; every call succeeds and returns exactly one
 /// model's GPU scores; a corrupt file is refused and the old model serves on.

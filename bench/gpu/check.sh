@@ -48,15 +48,30 @@ for dir in parity/seed-*; do
   timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/f16.jsonl" --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
   f32_pairs+=("$dir/cpu.jsonl" "$dir/f32.jsonl"); f16_pairs+=("$dir/cpu.jsonl" "$dir/f16.jsonl")
 done
+# The 128×128-tile kernel (MMOE_GPU_TILES=wide) from 512-row buckets: every
+# random model at 600 candidates, f16.
+wide_pairs=()
+for dir in parity/seed-*; do
+  m=$dir/model.mmoe; r=$dir/requests-600.jsonl
+  [ -f "$r" ] || continue
+  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/cpu-600.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  MMOE_GPU_TILES=wide timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/wide-600.jsonl" --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  wide_pairs+=("$dir/cpu-600.jsonl" "$dir/wide-600.jsonl")
+done
 echo "failed score runs: $failed_runs" | tee -a "$out/check.log"
 python3 compare_scores.py --bound 1e-3 --label "random cuda-f32 vs cpu" --json "$out/parity-f32.json" "${f32_pairs[@]}" 2>&1 | tee -a "$out/check.log"
 python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 vs cpu" --json "$out/parity-f16.json" "${f16_pairs[@]}" 2>&1 | tee -a "$out/check.log"
+[ ${#wide_pairs[@]} -gt 0 ] && python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 wide tiles vs cpu, 600 candidates" \
+  --json "$out/parity-f16-wide.json" "${wide_pairs[@]}" 2>&1 | tee -a "$out/check.log"
 
 log "3. engine benchmark (end to end, host features in, host scores out)"
 for precision in f16 f32; do
   timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
     --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
 done
+# The same with 128×128 tiles from 512 rows (untimed until now): the A/B.
+MMOE_GPU_TILES=wide timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
+  --batch 256,1024,4096 --iters 300 --max-seconds 3 --json "$out/bench-f16-wide.json" 2>&1 | tee "$out/bench-f16-wide.txt"
 timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
   --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
 
@@ -85,7 +100,8 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-print(f"{'batch':>6} {'mmoe f16 p50':>13} {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
+wide = load("bench-f16-wide.json")
+print(f"{'batch':>6} {'mmoe f16 p50':>13} {'f16 wide p50':>13} {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
 for b in ["1", "64", "256", "1024", "4096"]:
     def get(report, key=None):
         try:
@@ -93,8 +109,8 @@ for b in ["1", "64", "256", "1024", "4096"]:
             return f"{r[b]['p50_us']:.1f}"
         except Exception:
             return "-"
-    print(f"{b:>6} {get(e16):>13} {get(e32):>13} {get(t, 'fp16 eager'):>14} {get(t, 'fp16 graph'):>14}")
-for name in ("parity-f32.json", "parity-f16.json"):
+    print(f"{b:>6} {get(e16):>13} {get(wide):>13} {get(e32):>13} {get(t, 'fp16 eager'):>14} {get(t, 'fp16 graph'):>14}")
+for name in ("parity-f32.json", "parity-f16.json", "parity-f16-wide.json"):
     p = load(name)
     if p:
         print(f"{p['label']}: max {p['max']:.2e} (bound {p['bound']:g})")

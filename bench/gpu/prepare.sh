@@ -33,7 +33,7 @@ cp bench/gpu/check.sh bench/gpu/torch_baseline.py bench/gpu/compare_scores.py be
 strip --strip-debug .gpu/bin/mmoe .gpu/bin/gpu-tests
 for seed in $(seq 0 $((seeds - 1))); do
   dir=.gpu/parity/seed-$seed
-  .venv/bin/python tests/python/gen_random_model.py --seed "$seed" --out "$dir" > /dev/null
+  .venv/bin/python tests/python/gen_random_model.py --seed "$seed" --out "$dir" --big-request 600 > /dev/null
   ./target/release/mmoe pack --config "$dir/model.json" --weights "$dir/model.safetensors" --out "$dir/model.mmoe" 2> /dev/null
   rm "$dir/model.safetensors"
 done

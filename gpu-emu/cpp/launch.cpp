@@ -50,6 +50,7 @@ const std::vector<Entry>& entries() {
         entry("linear_simt_f16", linear_simt_f16),
         entry("linear_mma32", linear_mma32),
         entry("linear_mma64", linear_mma64),
+        entry("linear_mma128", linear_mma128),
         entry("feature_gate", feature_gate),
         entry("gather", gather),
         entry("layer_norm", layer_norm),

@@ -18,7 +18,7 @@ use mmoe::gpu::binding::{
     input_tensors, launch_values, pointer_table, problem_table, range_table, tensor_image, Regions,
     TensorImage,
 };
-use mmoe::gpu::launch_plan::{bucket, DeviceWeight, LaunchPlan, Precision};
+use mmoe::gpu::launch_plan::{bucket, DeviceWeight, LaunchPlan, Precision, Tiles};
 use mmoe::gpu::staging::{staging_layout, write_staging};
 use mmoe::{Model, Request};
 
@@ -77,6 +77,7 @@ pub unsafe fn launch(
 pub struct EmuModel {
     model: Arc<Model>,
     precision: Precision,
+    tiles: Tiles,
     // Owned here; `addresses` point into them.
     _images: Vec<TensorImage>,
     addresses: Vec<u64>,
@@ -84,7 +85,7 @@ pub struct EmuModel {
 }
 
 impl EmuModel {
-    pub fn new(model: Arc<Model>, precision: Precision) -> EmuModel {
+    pub fn new(model: Arc<Model>, precision: Precision, tiles: Tiles) -> EmuModel {
         let count = model.plan().tensors.len();
         let (mut images, mut weights) = (Vec::with_capacity(count), Vec::with_capacity(count));
         for id in 0..count {
@@ -102,6 +103,7 @@ impl EmuModel {
         EmuModel {
             model,
             precision,
+            tiles,
             _images: images,
             addresses,
             weights,
@@ -110,9 +112,13 @@ impl EmuModel {
 
     /// The launch plan the CUDA runtime would capture for `capacity` rows.
     pub fn plan(&self, capacity: usize) -> LaunchPlan {
-        LaunchPlan::new(self.model.program(), capacity, self.precision, &|id| {
-            self.weights[id]
-        })
+        LaunchPlan::new(
+            self.model.program(),
+            capacity,
+            self.precision,
+            self.tiles,
+            &|id| self.weights[id],
+        )
     }
 
     /// Scores a valid request as the CUDA runtime does (same bucket, plan,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use mmoe::format::writer;
-use mmoe::gpu::launch_plan::Precision;
+use mmoe::gpu::launch_plan::{Kernel, Precision, Tiles};
 use mmoe::{Config, DType, Model, OpenOptions, Scores, Session};
 use mmoe_gpu_emu::EmuModel;
 
@@ -25,7 +25,7 @@ fn packed(config: &Config, seed: u64) -> (tempfile::TempDir, Arc<Model>) {
 }
 
 /// Max |Δlogit| of the emulated GPU path against the CPU exact path.
-fn emu_vs_cpu(model: &Arc<Model>, precision: Precision, n: usize, seed: u64) -> f32 {
+fn emu_vs_cpu(model: &Arc<Model>, precision: Precision, tiles: Tiles, n: usize, seed: u64) -> f32 {
     let request = mmoe::demo::synthetic_request(model.config(), n, seed);
     let mut cpu = vec![0.0; n * model.num_tasks()];
     Session::new(model.clone())
@@ -37,7 +37,7 @@ fn emu_vs_cpu(model: &Arc<Model>, precision: Precision, n: usize, seed: u64) -> 
             },
         )
         .expect("cpu scores");
-    let emu = EmuModel::new(model.clone(), precision)
+    let emu = EmuModel::new(model.clone(), precision, tiles)
         .score(&request.as_request())
         .expect("emulated GPU scores");
     assert_eq!(emu.len(), cpu.len());
@@ -53,8 +53,8 @@ fn small_model_matches_cpu() {
     let config = Config::parse(SMALL_CONFIG).unwrap();
     let (_dir, model) = packed(&config, 3);
     for n in [1, 33] {
-        let f32_delta = emu_vs_cpu(&model, Precision::F32, n, 5);
-        let f16_delta = emu_vs_cpu(&model, Precision::F16, n, 5);
+        let f32_delta = emu_vs_cpu(&model, Precision::F32, Tiles::Standard, n, 5);
+        let f16_delta = emu_vs_cpu(&model, Precision::F16, Tiles::Standard, n, 5);
         println!("small model, {n} candidates: max |Δlogit| f32 {f32_delta:e}, f16 {f16_delta:e}");
         assert!(f32_delta < 1e-4, "f32 path off by {f32_delta}");
         assert!(f16_delta < 2e-2, "f16 path off by {f16_delta}");
@@ -68,11 +68,20 @@ fn medium_model_matches_cpu() {
     // 1 → the 32-row tile kernel; 40 and 70 → the 64-row kernel over buckets
     // of 64 and 128 rows, the last tile partly past the request.
     for n in [1, 40, 70] {
-        let f32_delta = emu_vs_cpu(&model, Precision::F32, n, 6);
-        let f16_delta = emu_vs_cpu(&model, Precision::F16, n, 6);
-        println!("medium model, {n} candidates: max |Δlogit| f32 {f32_delta:e}, f16 {f16_delta:e}");
+        let f32_delta = emu_vs_cpu(&model, Precision::F32, Tiles::Standard, n, 6);
+        let f16_delta = emu_vs_cpu(&model, Precision::F16, Tiles::Standard, n, 6);
+        // 128×128 tiles from 64-row buckets: the 70-candidate request runs
+        // one tile partly past its rows, the layers narrower than a tile.
+        let wide_delta = emu_vs_cpu(&model, Precision::F16, Tiles::Wide { from_rows: 64 }, n, 6);
+        println!(
+            "medium model, {n} candidates: max |Δlogit| f32 {f32_delta:e}, f16 {f16_delta:e}, f16 wide tiles {wide_delta:e}"
+        );
         assert!(f32_delta < 1e-4, "f32 path off by {f32_delta}");
         assert!(f16_delta < 2e-2, "f16 path off by {f16_delta}");
+        assert!(
+            wide_delta < 2e-2,
+            "f16 path with wide tiles off by {wide_delta}"
+        );
     }
 }
 
@@ -83,8 +92,14 @@ fn demo_model_matches_cpu() {
     let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
     let (_dir, model) = packed(&config, 7);
     for n in [1, 33] {
-        let f16_delta = emu_vs_cpu(&model, Precision::F16, n, 8);
+        let f16_delta = emu_vs_cpu(&model, Precision::F16, Tiles::Standard, n, 8);
         println!("demo model, {n} candidates: max |Δlogit| f16 {f16_delta:e}");
         assert!(f16_delta < 2e-2, "f16 path off by {f16_delta}");
     }
+    let wide = Tiles::Wide { from_rows: 64 };
+    let kernels = EmuModel::new(model.clone(), Precision::F16, wide).plan(64);
+    assert!(kernels.launches.iter().any(|l| l.kernel == Kernel::LinearMma128));
+    let wide_delta = emu_vs_cpu(&model, Precision::F16, wide, 33, 8);
+    println!("demo model, 33 candidates, wide tiles: max |Δlogit| f16 {wide_delta:e}");
+    assert!(wide_delta < 2e-2, "f16 path with wide tiles off by {wide_delta}");
 }

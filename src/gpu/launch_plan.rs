@@ -30,6 +30,7 @@ pub enum Kernel {
     LinearSimtF16,
     LinearMma32,
     LinearMma64,
+    LinearMma128,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -39,13 +40,14 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 13] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
         Kernel::LinearSimtF16,
         Kernel::LinearMma32,
         Kernel::LinearMma64,
+        Kernel::LinearMma128,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -61,6 +63,7 @@ impl Kernel {
             Kernel::LinearSimtF16 => "linear_simt_f16",
             Kernel::LinearMma32 => "linear_mma32",
             Kernel::LinearMma64 => "linear_mma64",
+            Kernel::LinearMma128 => "linear_mma128",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -183,9 +186,9 @@ pub fn f16_ldw(k: usize) -> usize {
     k.div_ceil(16) * 16
 }
 
-/// Rows of fp16 weights on the device: padded to the MMA kernel's 64.
+/// Rows of fp16 weights on the device: padded to the widest MMA tile (128).
 pub fn f16_rows(n: usize) -> usize {
-    n.div_ceil(64) * 64
+    n.div_ceil(128) * 128
 }
 
 /// A buffer's place in the arena.
@@ -208,6 +211,7 @@ pub struct LaunchPlan {
     /// Linear problems, uploaded as `LinearArgs` once per bucket.
     pub problems: Vec<LinearLaunch>,
     pub launches: Vec<Launch>,
+    tiles: Tiles,
     pending: Vec<Pending>,
     /// The launches in lowering order, before scheduling.
     #[cfg(test)]
@@ -219,12 +223,35 @@ pub fn bucket(n: usize) -> usize {
     n.max(32).next_power_of_two()
 }
 
-/// The tensor-core kernel for a bucket: 32-row tiles for the smallest.
-fn mma_kernel(capacity: usize) -> Kernel {
-    if capacity <= 32 {
-        Kernel::LinearMma32
-    } else {
-        Kernel::LinearMma64
+/// Which tensor-core tiles the Linear layers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tiles {
+    /// 32×64 tiles (4 warps) for buckets of up to 32 rows, 64×64 above: the
+    /// kernels measured on an H200.
+    Standard,
+    /// As `Standard`, and 128×128 tiles (8 warps) for buckets of `from_rows`
+    /// rows or more. Not yet timed on a GPU: `MMOE_GPU_TILES=wide` selects it
+    /// (from 512 rows) so the GPU check can compare both.
+    Wide { from_rows: usize },
+}
+
+impl Tiles {
+    /// `standard` or `wide` (the values of `MMOE_GPU_TILES`).
+    pub fn parse(text: &str) -> Option<Tiles> {
+        match text {
+            "standard" => Some(Tiles::Standard),
+            "wide" => Some(Tiles::Wide { from_rows: 512 }),
+            _ => None,
+        }
+    }
+
+    /// The tensor-core kernel for a bucket.
+    fn mma_kernel(self, capacity: usize) -> Kernel {
+        match self {
+            Tiles::Wide { from_rows } if capacity >= from_rows => Kernel::LinearMma128,
+            _ if capacity <= 32 => Kernel::LinearMma32,
+            _ => Kernel::LinearMma64,
+        }
     }
 }
 
@@ -233,6 +260,7 @@ pub fn linear_blocks(kernel: Kernel, rows: usize, n: usize) -> u32 {
     let (bm, bn) = match kernel {
         Kernel::LinearMma32 => (32, 64),
         Kernel::LinearMma64 => (64, 64),
+        Kernel::LinearMma128 => (128, 128),
         _ => (16, 16),
     };
     (rows.div_ceil(bm) * n.div_ceil(bn)) as u32
@@ -257,7 +285,11 @@ fn merged<'a>(launches: impl Iterator<Item = &'a Launch>) -> (Vec<BufId>, Vec<Bu
 pub fn is_linear(kernel: Kernel) -> bool {
     matches!(
         kernel,
-        Kernel::LinearSimtF32 | Kernel::LinearSimtF16 | Kernel::LinearMma32 | Kernel::LinearMma64
+        Kernel::LinearSimtF32
+            | Kernel::LinearSimtF16
+            | Kernel::LinearMma32
+            | Kernel::LinearMma64
+            | Kernel::LinearMma128
     )
 }
 
@@ -272,6 +304,7 @@ impl LaunchPlan {
         program: &Program,
         capacity: usize,
         precision: Precision,
+        tiles: Tiles,
         weight: &dyn Fn(TensorId) -> DeviceWeight,
     ) -> LaunchPlan {
         let mut placements = Vec::with_capacity(program.buffers.len());
@@ -294,6 +327,7 @@ impl LaunchPlan {
             pointers: Vec::new(),
             problems: Vec::new(),
             launches: Vec::new(),
+            tiles,
             pending: Vec::new(),
             #[cfg(test)]
             unscheduled: Vec::new(),
@@ -448,6 +482,7 @@ impl LaunchPlan {
         let count = self.problems.len() - first_problem;
         let block = match kernel {
             Kernel::LinearMma32 | Kernel::LinearMma64 => (BLOCK, 1, 1),
+            Kernel::LinearMma128 => (2 * BLOCK, 1, 1),
             _ => (16, 16, 1),
         };
         self.launches.push(Launch {
@@ -660,7 +695,7 @@ impl LaunchPlan {
                 let aligned = ranges.iter().all(|r| r.start % 16 == 0);
                 let kernel = match precision {
                     Precision::F32 => Kernel::LinearSimtF32,
-                    Precision::F16 if aligned => mma_kernel(self.capacity),
+                    Precision::F16 if aligned => self.tiles.mma_kernel(self.capacity),
                     Precision::F16 => Kernel::LinearSimtF16,
                 };
                 let (table, count) = self.ranges(ranges);
@@ -854,9 +889,17 @@ mod tests {
     #[test]
     fn bench_model_runs_every_layer_on_tensor_cores_in_few_launches() {
         let program = bench_program();
-        for (capacity, kernel) in [(32, Kernel::LinearMma32), (256, Kernel::LinearMma64)] {
-            let plan = LaunchPlan::new(&program, capacity, Precision::F16, &|_| DeviceWeight {
-                ldw: 512,
+        let wide = Tiles::Wide { from_rows: 512 };
+        for (capacity, tiles, kernel) in [
+            (32, Tiles::Standard, Kernel::LinearMma32),
+            (256, Tiles::Standard, Kernel::LinearMma64),
+            (1024, Tiles::Standard, Kernel::LinearMma64),
+            (32, wide, Kernel::LinearMma32),
+            (256, wide, Kernel::LinearMma64),
+            (1024, wide, Kernel::LinearMma128),
+        ] {
+            let plan = LaunchPlan::new(&program, capacity, Precision::F16, tiles, &|_| {
+                DeviceWeight { ldw: 512 }
             });
             let linear: Vec<&Launch> = plan
                 .launches
@@ -887,6 +930,12 @@ mod tests {
                 }
                 assert_eq!(plan.ranges[tiles + count as usize], total);
                 assert_eq!(l.grid, (total, 1, 1));
+                let threads = if kernel == Kernel::LinearMma128 {
+                    256
+                } else {
+                    128
+                };
+                assert_eq!(l.block, (threads, 1, 1));
                 covered += count as usize;
             }
             assert_eq!(covered, plan.problems.len());
@@ -940,7 +989,9 @@ mod tests {
                 Plan::build(&config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
             let program = Program::lower(&config, &plan);
             for precision in [Precision::F16, Precision::F32] {
-                let lp = LaunchPlan::new(&program, 64, precision, &|_| DeviceWeight { ldw: 16 });
+                let lp = LaunchPlan::new(&program, 64, precision, Tiles::Standard, &|_| {
+                    DeviceWeight { ldw: 16 }
+                });
                 let mut position = vec![usize::MAX; lp.unscheduled.len()];
                 for (at, launch) in lp.launches.iter().enumerate() {
                     for &o in &launch.origin {
@@ -1000,9 +1051,13 @@ mod tests {
                 Plan::build(config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
             let program = Program::lower(config, &plan);
             for precision in [Precision::F16, Precision::F32] {
-                for capacity in [32, 256] {
+                for (capacity, tiles) in [
+                    (32, Tiles::Standard),
+                    (256, Tiles::Standard),
+                    (256, Tiles::Wide { from_rows: 256 }),
+                ] {
                     let launch_plan =
-                        LaunchPlan::new(&program, capacity, precision, &|id| DeviceWeight {
+                        LaunchPlan::new(&program, capacity, precision, tiles, &|id| DeviceWeight {
                             ldw: match precision {
                                 Precision::F16 => {
                                     f16_ldw(plan.tensors[id].shape.get(1).copied().unwrap_or(0))
@@ -1042,7 +1097,10 @@ mod tests {
                             in_arena(a.shift, a.rows, a.ldshift, a.n);
                             in_arena(a.add, 1, 0, a.n);
                             assert!(a.rows == capacity as i32 || a.rows == 1);
-                            if matches!(launch.kernel, Kernel::LinearMma32 | Kernel::LinearMma64) {
+                            if matches!(
+                                launch.kernel,
+                                Kernel::LinearMma32 | Kernel::LinearMma64 | Kernel::LinearMma128
+                            ) {
                                 assert!(a.ldw % 16 == 0, "mma needs 16-padded rows");
                             }
                         }
@@ -1069,16 +1127,23 @@ mod tests {
         .unwrap();
         let plan = Plan::build(&config, &|_| None).unwrap();
         let program = Program::lower(&config, &plan);
-        let f16 = LaunchPlan::new(&program, 32, Precision::F16, &|_| DeviceWeight { ldw: 16 });
+        let f16 = LaunchPlan::new(&program, 32, Precision::F16, Tiles::Standard, &|_| {
+            DeviceWeight { ldw: 16 }
+        });
         // The candidate part of the first layer reads columns 3..8: not 16-aligned.
         assert!(f16
             .launches
             .iter()
             .any(|l| l.kernel == Kernel::LinearSimtF16));
-        let f32 = LaunchPlan::new(&program, 32, Precision::F32, &|_| DeviceWeight { ldw: 8 });
+        let f32 = LaunchPlan::new(&program, 32, Precision::F32, Tiles::Standard, &|_| {
+            DeviceWeight { ldw: 8 }
+        });
         assert!(f32.launches.iter().all(|l| !matches!(
             l.kernel,
-            Kernel::LinearMma32 | Kernel::LinearMma64 | Kernel::LinearSimtF16
+            Kernel::LinearMma32
+                | Kernel::LinearMma64
+                | Kernel::LinearMma128
+                | Kernel::LinearSimtF16
         )));
     }
 }

@@ -595,9 +595,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="write a random mmoe model for parity tests")
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--out", required=True, help="directory for model.json, model.safetensors, requests.jsonl")
+    ap.add_argument("--big-request", type=int, default=0, metavar="N",
+                    help="also write requests-N.jsonl: one request of N candidates (the GPU's large-bucket kernels)")
     args = ap.parse_args(argv)
     config, tensors, requests = generate(args.seed)
     write_model(args.out, config, tensors, requests)
+    if args.big_request > 0:
+        # Its own random stream: the model and requests.jsonl stay as they are.
+        rng = np.random.default_rng([args.seed, args.big_request])
+        big = [_make_request(rng, config, tensors, args.big_request)]
+        with open(os.path.join(args.out, f"requests-{args.big_request}.jsonl"), "w") as f:
+            f.write(json.dumps(big[0]) + "\n")
     print(describe(config, tensors))
     return 0
 
