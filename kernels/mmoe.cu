@@ -524,6 +524,107 @@ extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks,
     }
 }
 
+// ---------------------------------------------------------------- task heads
+
+// Softmax, mixture, tower and logit of every task in one launch (the gates
+// are computed before, with the other Linear layers of their level). Block
+// (x, t) takes HEAD_ROWS rows of task t: softmax(gate) weights per row,
+// mixture Σ_i w_i · expert_i into shared memory, then each tower layer from
+// one shared buffer into the other (a warp per output, its lanes over k),
+// the last layer (one output) straight into logits[r · tasks + column].
+// `table` (u64 words): (pointer, ld) of each expert; at 2E + t the word
+// offset of task t's descriptor: gate pointer (0: one expert, no gate), gate
+// ld, logit column, layer count, then per layer (W, ldw, bias or 0, n, k).
+// The host fuses only when E ≤ HEAD_EXPERTS and every width ≤ HEAD_WIDTH.
+#define HEAD_ROWS 8
+#define HEAD_WIDTH 512
+#define HEAD_EXPERTS 32
+#define HEAD_THREADS 256
+
+template <typename W>
+__device__ void task_heads(const u64* table, int num_experts, int h, float* logits, int tasks, int rows) {
+    __shared__ float act[2][HEAD_ROWS][HEAD_WIDTH];
+    __shared__ float mix[HEAD_ROWS][HEAD_EXPERTS];
+    const u64* task = table + table[2 * num_experts + blockIdx.y];
+    const float* gate = (const float*)task[0];
+    const int ldg = (int)task[1], column = (int)task[2], layers = (int)task[3];
+    const int row0 = blockIdx.x * HEAD_ROWS;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    if (tid < HEAD_ROWS) {
+        int r = row0 + tid;
+        if (gate && r < rows) {
+            const float* z = row_of(gate, ldg, r);
+            float zmax = z[0];
+            for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
+            float total = 0.0f;
+            for (int i = 0; i < num_experts; ++i) {
+                float e = expf(z[i] - zmax);
+                mix[tid][i] = e;
+                total += e;
+            }
+            for (int i = 0; i < num_experts; ++i) mix[tid][i] /= total;
+        } else {
+            for (int i = 0; i < num_experts; ++i) mix[tid][i] = i == 0 ? 1.0f : 0.0f;
+        }
+    }
+    __syncthreads();
+    for (int i = tid; i < HEAD_ROWS * h; i += HEAD_THREADS) {
+        int rr = i / h, c = i % h, r = row0 + rr;
+        float m = 0.0f;
+        if (r < rows)
+            for (int e = 0; e < num_experts; ++e)
+                m += mix[rr][e] * row_of((const float*)table[2 * e], (int)table[2 * e + 1], r)[c];
+        act[0][rr][c] = m;
+    }
+    __syncthreads();
+    int cur = 0;
+    for (int l = 0; l < layers; ++l) {
+        const u64* layer = task + 4 + 5 * l;
+        const W* w = (const W*)layer[0];
+        const int ldw = (int)layer[1], n = (int)layer[3], k = (int)layer[4];
+        const float* bias = (const float*)layer[2];
+        const bool last = l + 1 == layers;
+        for (int j = warp; j < n; j += HEAD_THREADS / 32) {
+            float sum[HEAD_ROWS];
+            #pragma unroll
+            for (int r = 0; r < HEAD_ROWS; ++r) sum[r] = 0.0f;
+            const W* wj = w + (long long)j * ldw;
+            for (int kk = lane; kk < k; kk += 32) {
+                float wv = weight_at<W>(wj, kk);
+                #pragma unroll
+                for (int r = 0; r < HEAD_ROWS; ++r) sum[r] += wv * act[cur][r][kk];
+            }
+            #pragma unroll
+            for (int r = 0; r < HEAD_ROWS; ++r)
+                #pragma unroll
+                for (int s = 16; s > 0; s /= 2) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], s);
+            if (lane == 0) {
+                float b = bias ? bias[j] : 0.0f;
+                #pragma unroll
+                for (int r = 0; r < HEAD_ROWS; ++r) {
+                    float v = sum[r] + b;
+                    if (last) {
+                        if (row0 + r < rows) logits[(long long)(row0 + r) * tasks + column] = v;
+                    } else {
+                        act[cur ^ 1][r][j] = fmaxf(v, 0.0f);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        cur ^= 1;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(HEAD_THREADS) task_heads_f16(const u64* table, int num_experts, int h,
+                                                                         float* logits, int tasks, int rows) {
+    task_heads<__half>(table, num_experts, h, logits, tasks, rows);
+}
+extern "C" __global__ void __launch_bounds__(HEAD_THREADS) task_heads_f32(const u64* table, int num_experts, int h,
+                                                                         float* logits, int tasks, int rows) {
+    task_heads<float>(table, num_experts, h, logits, tasks, rows);
+}
+
 // logits[r · tasks + task] = in[r, 0]
 extern "C" __global__ void output_logit(const float* in, int ldi, float* logits, int tasks, int task, int rows) {
     int r = blockIdx.x * blockDim.x + threadIdx.x;

@@ -48,30 +48,47 @@ for dir in parity/seed-*; do
   timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/f16.jsonl" --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
   f32_pairs+=("$dir/cpu.jsonl" "$dir/f32.jsonl"); f16_pairs+=("$dir/cpu.jsonl" "$dir/f16.jsonl")
 done
-# The 128×128-tile kernel (MMOE_GPU_TILES=wide) from 512-row buckets: every
-# random model at 600 candidates, f16.
-wide_pairs=()
+# The kernel variants not yet timed (src/gpu/launch_plan.rs, PlanOptions),
+# selected by environment: every random model with a request of 600
+# candidates (512-row bucket; fused heads also its small requests), f16,
+# against the CPU.
+variants=("wide:MMOE_GPU_TILES=wide" "fused:MMOE_GPU_FUSED_HEADS=1" "wide+fused:MMOE_GPU_TILES=wide MMOE_GPU_FUSED_HEADS=1")
+declare -A variant_pairs
 for dir in parity/seed-*; do
   m=$dir/model.mmoe; r=$dir/requests-600.jsonl
   [ -f "$r" ] || continue
   timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/cpu-600.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
-  MMOE_GPU_TILES=wide timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/wide-600.jsonl" --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
-  wide_pairs+=("$dir/cpu-600.jsonl" "$dir/wide-600.jsonl")
+  for v in "${variants[@]}"; do
+    name=${v%%:*}; vars=${v#*:}
+    # Wide tiles change only buckets of 512 rows and more.
+    for req in $([ "$name" = fused ] && echo requests) requests-600; do
+      base=$([ $req = requests ] && echo cpu || echo cpu-600)
+      env $vars timeout 20 ./bin/mmoe score --model "$m" --requests "$dir/$req.jsonl" --out "$dir/$name-$req.jsonl" \
+        --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+      variant_pairs[$name]+="$dir/$base.jsonl $dir/$name-$req.jsonl "
+    done
+  done
 done
 echo "failed score runs: $failed_runs" | tee -a "$out/check.log"
 python3 compare_scores.py --bound 1e-3 --label "random cuda-f32 vs cpu" --json "$out/parity-f32.json" "${f32_pairs[@]}" 2>&1 | tee -a "$out/check.log"
 python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 vs cpu" --json "$out/parity-f16.json" "${f16_pairs[@]}" 2>&1 | tee -a "$out/check.log"
-[ ${#wide_pairs[@]} -gt 0 ] && python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 wide tiles vs cpu, 600 candidates" \
-  --json "$out/parity-f16-wide.json" "${wide_pairs[@]}" 2>&1 | tee -a "$out/check.log"
+for v in "${variants[@]}"; do
+  name=${v%%:*}
+  [ -n "${variant_pairs[$name]:-}" ] && python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 $name vs cpu" \
+    --json "$out/parity-f16-$name.json" ${variant_pairs[$name]} 2>&1 | tee -a "$out/check.log"
+done
 
 log "3. engine benchmark (end to end, host features in, host scores out)"
 for precision in f16 f32; do
   timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
     --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
 done
-# The same with 128×128 tiles from 512 rows (untimed until now): the A/B.
-MMOE_GPU_TILES=wide timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
-  --batch 256,1024,4096 --iters 300 --max-seconds 3 --json "$out/bench-f16-wide.json" 2>&1 | tee "$out/bench-f16-wide.txt"
+# The same for each variant (untimed until now): the A/B that sets the defaults.
+for v in "${variants[@]}"; do
+  name=${v%%:*}; vars=${v#*:}
+  env $vars timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
+    --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 --json "$out/bench-f16-$name.json" 2>&1 | tee "$out/bench-f16-$name.txt"
+done
 timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
   --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
 
@@ -100,8 +117,10 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-wide = load("bench-f16-wide.json")
-print(f"{'batch':>6} {'mmoe f16 p50':>13} {'f16 wide p50':>13} {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
+names = ["wide", "fused", "wide+fused"]
+variants = [load(f"bench-f16-{n}.json") for n in names]
+print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
+      + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
 for b in ["1", "64", "256", "1024", "4096"]:
     def get(report, key=None):
         try:
@@ -109,8 +128,9 @@ for b in ["1", "64", "256", "1024", "4096"]:
             return f"{r[b]['p50_us']:.1f}"
         except Exception:
             return "-"
-    print(f"{b:>6} {get(e16):>13} {get(wide):>13} {get(e32):>13} {get(t, 'fp16 eager'):>14} {get(t, 'fp16 graph'):>14}")
-for name in ("parity-f32.json", "parity-f16.json", "parity-f16-wide.json"):
+    print(f"{b:>6} {get(e16):>13} " + " ".join(f"{get(v):>15}" for v in variants)
+          + f" {get(e32):>13} {get(t, 'fp16 eager'):>14} {get(t, 'fp16 graph'):>14}")
+for name in ["parity-f32.json", "parity-f16.json"] + [f"parity-f16-{n}.json" for n in names]:
     p = load(name)
     if p:
         print(f"{p['label']}: max {p['max']:.2e} (bound {p['bound']:g})")

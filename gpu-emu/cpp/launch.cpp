@@ -56,6 +56,8 @@ const std::vector<Entry>& entries() {
         entry("layer_norm", layer_norm),
         entry("bilinear", bilinear),
         entry("mixture", mixture),
+        entry("task_heads_f16", task_heads_f16),
+        entry("task_heads_f32", task_heads_f32),
         entry("output_logit", output_logit),
         entry("selftest_exchange", selftest_exchange),
         entry("selftest_exited_lanes", selftest_exited_lanes),

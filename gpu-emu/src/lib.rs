@@ -18,7 +18,7 @@ use mmoe::gpu::binding::{
     input_tensors, launch_values, pointer_table, problem_table, range_table, tensor_image, Regions,
     TensorImage,
 };
-use mmoe::gpu::launch_plan::{bucket, DeviceWeight, LaunchPlan, Precision, Tiles};
+use mmoe::gpu::launch_plan::{bucket, DeviceWeight, LaunchPlan, PlanOptions, Precision};
 use mmoe::gpu::staging::{staging_layout, write_staging};
 use mmoe::{Model, Request};
 
@@ -77,7 +77,7 @@ pub unsafe fn launch(
 pub struct EmuModel {
     model: Arc<Model>,
     precision: Precision,
-    tiles: Tiles,
+    options: PlanOptions,
     // Owned here; `addresses` point into them.
     _images: Vec<TensorImage>,
     addresses: Vec<u64>,
@@ -85,7 +85,7 @@ pub struct EmuModel {
 }
 
 impl EmuModel {
-    pub fn new(model: Arc<Model>, precision: Precision, tiles: Tiles) -> EmuModel {
+    pub fn new(model: Arc<Model>, precision: Precision, options: PlanOptions) -> EmuModel {
         let count = model.plan().tensors.len();
         let (mut images, mut weights) = (Vec::with_capacity(count), Vec::with_capacity(count));
         for id in 0..count {
@@ -103,7 +103,7 @@ impl EmuModel {
         EmuModel {
             model,
             precision,
-            tiles,
+            options,
             _images: images,
             addresses,
             weights,
@@ -116,7 +116,7 @@ impl EmuModel {
             self.model.program(),
             capacity,
             self.precision,
-            self.tiles,
+            self.options,
             &|id| self.weights[id],
         )
     }
@@ -151,7 +151,7 @@ impl EmuModel {
         let mut logits = vec![0.0f32; capacity * tasks];
         let ranges = range_table(&plan);
         let arena_at = arena.as_mut_ptr() as u64;
-        let pointers = pointer_table(&plan, arena_at);
+        let pointers = pointer_table(&plan, arena_at, &self.addresses);
         let mut regions = Regions {
             tensors: &self.addresses,
             arena: arena_at,

@@ -1,10 +1,10 @@
 //! The GPU path (launch plan + kernels/mmoe.cu), run on the host, against
-//! the CPU exact path.
+//! the CPU exact path: every kernel variant the plan can choose.
 
 use std::sync::Arc;
 
 use mmoe::format::writer;
-use mmoe::gpu::launch_plan::{Kernel, Precision, Tiles};
+use mmoe::gpu::launch_plan::{bucket, Kernel, PlanOptions, Precision, Tiles};
 use mmoe::{Config, DType, Model, OpenOptions, Scores, Session};
 use mmoe_gpu_emu::EmuModel;
 
@@ -24,8 +24,70 @@ fn packed(config: &Config, seed: u64) -> (tempfile::TempDir, Arc<Model>) {
     (dir, model)
 }
 
+/// A kernel variant: precision and plan options, and the kernel that shows
+/// the variant is really in the plan.
+struct Variant {
+    name: &'static str,
+    precision: Precision,
+    options: PlanOptions,
+    uses: Option<Kernel>,
+    bound: f32,
+}
+
+/// Tiles of 128×128 from 64-row buckets, so requests of a few dozen
+/// candidates run them.
+const WIDE: Tiles = Tiles::Wide { from_rows: 64 };
+
+fn variants() -> Vec<Variant> {
+    let default = PlanOptions::default();
+    let fused = PlanOptions {
+        fused_heads: true,
+        ..default
+    };
+    vec![
+        Variant {
+            name: "f32",
+            precision: Precision::F32,
+            options: default,
+            uses: None,
+            bound: 1e-4,
+        },
+        Variant {
+            name: "f16",
+            precision: Precision::F16,
+            options: default,
+            uses: None,
+            bound: 2e-2,
+        },
+        Variant {
+            name: "f16 wide tiles",
+            precision: Precision::F16,
+            options: PlanOptions {
+                tiles: WIDE,
+                ..default
+            },
+            uses: Some(Kernel::LinearMma128),
+            bound: 2e-2,
+        },
+        Variant {
+            name: "f16 fused heads",
+            precision: Precision::F16,
+            options: fused,
+            uses: Some(Kernel::TaskHeadsF16),
+            bound: 2e-2,
+        },
+        Variant {
+            name: "f32 fused heads",
+            precision: Precision::F32,
+            options: fused,
+            uses: Some(Kernel::TaskHeadsF32),
+            bound: 1e-4,
+        },
+    ]
+}
+
 /// Max |Δlogit| of the emulated GPU path against the CPU exact path.
-fn emu_vs_cpu(model: &Arc<Model>, precision: Precision, tiles: Tiles, n: usize, seed: u64) -> f32 {
+fn emu_vs_cpu(model: &Arc<Model>, variant: &Variant, n: usize, seed: u64) -> f32 {
     let request = mmoe::demo::synthetic_request(model.config(), n, seed);
     let mut cpu = vec![0.0; n * model.num_tasks()];
     Session::new(model.clone())
@@ -37,69 +99,72 @@ fn emu_vs_cpu(model: &Arc<Model>, precision: Precision, tiles: Tiles, n: usize, 
             },
         )
         .expect("cpu scores");
-    let emu = EmuModel::new(model.clone(), precision, tiles)
+    let emu = EmuModel::new(model.clone(), variant.precision, variant.options);
+    if let Some(kernel) = variant.uses {
+        let plan = emu.plan(bucket(n));
+        let used = plan.launches.iter().any(|l| l.kernel == kernel);
+        // Wide tiles start at 64-row buckets.
+        assert!(
+            used || (kernel == Kernel::LinearMma128 && bucket(n) < 64),
+            "{}: no {kernel:?} launch for {n} candidates",
+            variant.name
+        );
+    }
+    let scores = emu
         .score(&request.as_request())
         .expect("emulated GPU scores");
-    assert_eq!(emu.len(), cpu.len());
-    assert!(emu.iter().all(|v| v.is_finite()), "{emu:?}");
+    assert_eq!(scores.len(), cpu.len());
+    assert!(scores.iter().all(|v| v.is_finite()), "{scores:?}");
     cpu.iter()
-        .zip(&emu)
+        .zip(&scores)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max)
+}
+
+fn check(label: &str, model: &Arc<Model>, variants: &[Variant], candidates: &[usize], seed: u64) {
+    for &n in candidates {
+        for variant in variants {
+            let delta = emu_vs_cpu(model, variant, n, seed);
+            println!(
+                "{label}, {n} candidates, {}: max |Δlogit| {delta:e}",
+                variant.name
+            );
+            assert!(
+                delta < variant.bound,
+                "{label}, {n} candidates, {}: off by {delta}",
+                variant.name
+            );
+        }
+    }
 }
 
 #[test]
 fn small_model_matches_cpu() {
     let config = Config::parse(SMALL_CONFIG).unwrap();
     let (_dir, model) = packed(&config, 3);
-    for n in [1, 33] {
-        let f32_delta = emu_vs_cpu(&model, Precision::F32, Tiles::Standard, n, 5);
-        let f16_delta = emu_vs_cpu(&model, Precision::F16, Tiles::Standard, n, 5);
-        println!("small model, {n} candidates: max |Δlogit| f32 {f32_delta:e}, f16 {f16_delta:e}");
-        assert!(f32_delta < 1e-4, "f32 path off by {f32_delta}");
-        assert!(f16_delta < 2e-2, "f16 path off by {f16_delta}");
-    }
+    check("small model", &model, &variants(), &[1, 33], 5);
 }
 
+/// 1 candidate → the 32-row tile kernel; 40 and 70 → the 64-row kernel over
+/// buckets of 64 and 128 rows (and the 128×128 one), the last tile partly
+/// past the request.
 #[test]
 fn medium_model_matches_cpu() {
     let config = Config::parse(MEDIUM_CONFIG).unwrap();
     let (_dir, model) = packed(&config, 11);
-    // 1 → the 32-row tile kernel; 40 and 70 → the 64-row kernel over buckets
-    // of 64 and 128 rows, the last tile partly past the request.
-    for n in [1, 40, 70] {
-        let f32_delta = emu_vs_cpu(&model, Precision::F32, Tiles::Standard, n, 6);
-        let f16_delta = emu_vs_cpu(&model, Precision::F16, Tiles::Standard, n, 6);
-        // 128×128 tiles from 64-row buckets: the 70-candidate request runs
-        // one tile partly past its rows, the layers narrower than a tile.
-        let wide_delta = emu_vs_cpu(&model, Precision::F16, Tiles::Wide { from_rows: 64 }, n, 6);
-        println!(
-            "medium model, {n} candidates: max |Δlogit| f32 {f32_delta:e}, f16 {f16_delta:e}, f16 wide tiles {wide_delta:e}"
-        );
-        assert!(f32_delta < 1e-4, "f32 path off by {f32_delta}");
-        assert!(f16_delta < 2e-2, "f16 path off by {f16_delta}");
-        assert!(
-            wide_delta < 2e-2,
-            "f16 path with wide tiles off by {wide_delta}"
-        );
-    }
+    check("medium model", &model, &variants(), &[1, 40, 70], 6);
 }
 
 /// The benchmark model (512-wide x0, 512×512 layers: sixteen K stages per
-/// tile) at one candidate, and at 33 across two buckets' worth of rows.
+/// tile), f16 with each variant.
 #[test]
 fn demo_model_matches_cpu() {
     let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
     let (_dir, model) = packed(&config, 7);
-    for n in [1, 33] {
-        let f16_delta = emu_vs_cpu(&model, Precision::F16, Tiles::Standard, n, 8);
-        println!("demo model, {n} candidates: max |Δlogit| f16 {f16_delta:e}");
-        assert!(f16_delta < 2e-2, "f16 path off by {f16_delta}");
-    }
-    let wide = Tiles::Wide { from_rows: 64 };
-    let kernels = EmuModel::new(model.clone(), Precision::F16, wide).plan(64);
-    assert!(kernels.launches.iter().any(|l| l.kernel == Kernel::LinearMma128));
-    let wide_delta = emu_vs_cpu(&model, Precision::F16, wide, 33, 8);
-    println!("demo model, 33 candidates, wide tiles: max |Δlogit| f16 {wide_delta:e}");
-    assert!(wide_delta < 2e-2, "f16 path with wide tiles off by {wide_delta}");
+    let f16: Vec<Variant> = variants()
+        .into_iter()
+        .filter(|v| v.precision == Precision::F16)
+        .collect();
+    check("demo model", &model, &f16[..1], &[1], 8);
+    check("demo model", &model, &f16, &[33], 8);
 }

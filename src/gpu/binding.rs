@@ -141,13 +141,14 @@ pub fn range_table(plan: &LaunchPlan) -> Vec<u32> {
     }
 }
 
-/// The plan's pointer table for an arena at `arena` (one spare entry, so
-/// it is never empty).
-pub fn pointer_table(plan: &LaunchPlan, arena: u64) -> Vec<u64> {
+/// The plan's pointer table for an arena at `arena` and the model's tensors
+/// at `tensors` (one spare entry, so it is never empty).
+pub fn pointer_table(plan: &LaunchPlan, arena: u64, tensors: &[u64]) -> Vec<u64> {
     plan.pointers
         .iter()
         .map(|p| match *p {
             PointerEntry::Arena(offset) => arena + 4 * offset as u64,
+            PointerEntry::Tensor(id) => tensors[id],
             PointerEntry::Value(v) => v,
         })
         .chain(std::iter::once(0))

@@ -36,11 +36,13 @@ pub enum Kernel {
     LayerNorm,
     Bilinear,
     Mixture,
+    TaskHeadsF16,
+    TaskHeadsF32,
     OutputLogit,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
@@ -53,6 +55,8 @@ impl Kernel {
         Kernel::LayerNorm,
         Kernel::Bilinear,
         Kernel::Mixture,
+        Kernel::TaskHeadsF16,
+        Kernel::TaskHeadsF32,
         Kernel::OutputLogit,
     ];
     pub fn entry(self) -> &'static str {
@@ -69,6 +73,8 @@ impl Kernel {
             Kernel::LayerNorm => "layer_norm",
             Kernel::Bilinear => "bilinear",
             Kernel::Mixture => "mixture",
+            Kernel::TaskHeadsF16 => "task_heads_f16",
+            Kernel::TaskHeadsF32 => "task_heads_f32",
             Kernel::OutputLogit => "output_logit",
         }
     }
@@ -171,6 +177,7 @@ struct MixtureTask {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PointerEntry {
     Arena(usize),
+    Tensor(TensorId),
     Value(u64),
 }
 
@@ -221,6 +228,53 @@ pub struct LaunchPlan {
 /// The batch bucket for `n` candidates: a power of two, at least 32.
 pub fn bucket(n: usize) -> usize {
     n.max(32).next_power_of_two()
+}
+
+/// The kernel choices of a launch plan besides precision: variants that
+/// wait for their timing on a GPU are off by default and selected by
+/// environment variables (`PlanOptions::from_env`), so the GPU check can
+/// compare them with the defaults in one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanOptions {
+    pub tiles: Tiles,
+    /// Softmax, mixture, tower and logit of every task in one launch
+    /// (`task_heads`) instead of the mixture launch, the towers' grouped
+    /// GEMMs and a logit copy per task. `MMOE_GPU_FUSED_HEADS=1`.
+    pub fused_heads: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> PlanOptions {
+        PlanOptions {
+            tiles: Tiles::Standard,
+            fused_heads: false,
+        }
+    }
+}
+
+impl PlanOptions {
+    /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`) and
+    /// `MMOE_GPU_FUSED_HEADS` (`0`, `1`); an unknown value is an error.
+    pub fn from_env() -> Result<PlanOptions, String> {
+        let mut options = PlanOptions::default();
+        if let Ok(value) = std::env::var("MMOE_GPU_TILES") {
+            options.tiles = Tiles::parse(&value).ok_or_else(|| {
+                format!("MMOE_GPU_TILES is `{value}`: expected `standard` or `wide`")
+            })?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_FUSED_HEADS") {
+            options.fused_heads = match value.as_str() {
+                "0" => false,
+                "1" => true,
+                _ => {
+                    return Err(format!(
+                        "MMOE_GPU_FUSED_HEADS is `{value}`: expected `0` or `1`"
+                    ))
+                }
+            };
+        }
+        Ok(options)
+    }
 }
 
 /// Which tensor-core tiles the Linear layers use.
@@ -299,12 +353,121 @@ fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per).max(1) as u32
 }
 
+/// One task's mixture, tower and logit, fused into the `task_heads` launch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TaskHead {
+    gate: Option<BufId>,
+    experts: Vec<BufId>,
+    column: usize,
+    /// Tower layers, the last one the logit.
+    layers: Vec<HeadLayer>,
+    /// The candidate steps it replaces (mixture, tower, output).
+    steps: std::ops::Range<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeadLayer {
+    weight: TensorId,
+    ldw: usize,
+    bias: Option<TensorId>,
+    n: usize,
+    k: usize,
+    act: Act,
+}
+
+/// Limits of the `task_heads` kernel (`kernels/mmoe.cu`).
+const HEAD_ROWS: usize = 8;
+const HEAD_WIDTH: usize = 512;
+const HEAD_EXPERTS: usize = 32;
+const HEAD_THREADS: u32 = 256;
+
+/// Every task's mixture → tower → output chain as a fused head, or none
+/// when a task's chain is not the plain one (`Step::Mixture`, then Linear
+/// layers each reading the whole previous buffer, relu on all but the last,
+/// which has one output, then `Step::Output`) or exceeds the kernel's limits.
+fn task_heads(program: &Program, weight: &dyn Fn(TensorId) -> DeviceWeight) -> Vec<TaskHead> {
+    let steps = &program.candidate_steps;
+    let mut heads = Vec::new();
+    let mut i = 0;
+    while i < steps.len() {
+        let Step::Mixture { gate, experts, out } = &steps[i] else {
+            i += 1;
+            continue;
+        };
+        let start = i;
+        let (mut input, mut width) = (*out, program.buffers[*out].width);
+        let fits = experts.len() <= HEAD_EXPERTS && width <= HEAD_WIDTH;
+        let mut layers = Vec::new();
+        i += 1;
+        while let Some(Step::Linear {
+            input: view,
+            k_ranges: None,
+            weight: w,
+            n,
+            bias,
+            add: None,
+            act,
+            scale: None,
+            shift: None,
+            norm: None,
+            out,
+        }) = steps.get(i)
+        {
+            let whole = view.buf == input && view.offset == 0 && view.width == width;
+            let whole_out = out.offset == 0 && out.width == program.buffers[out.buf].width;
+            let ldw = weight(*w).ldw;
+            if !whole || !whole_out || *n > HEAD_WIDTH || ldw < width {
+                return Vec::new();
+            }
+            layers.push(HeadLayer {
+                weight: *w,
+                ldw,
+                bias: *bias,
+                n: *n,
+                k: width,
+                act: *act,
+            });
+            (input, width) = (out.buf, *n);
+            i += 1;
+        }
+        let Some(Step::Output { input: logit, task }) = steps.get(i) else {
+            return Vec::new();
+        };
+        let last = layers.len().checked_sub(1);
+        let acts_fit = layers.iter().enumerate().all(|(j, l)| {
+            l.act
+                == if Some(j) == last {
+                    Act::None
+                } else {
+                    Act::Relu
+                }
+        });
+        if *logit != input || !fits || !acts_fit || width != 1 || layers.is_empty() {
+            return Vec::new();
+        }
+        heads.push(TaskHead {
+            gate: *gate,
+            experts: experts.clone(),
+            column: *task,
+            layers,
+            steps: start..i + 1,
+        });
+        i += 1;
+    }
+    // Every task, over the same experts (one table of experts).
+    let all_same = heads.windows(2).all(|w| w[0].experts == w[1].experts);
+    if heads.len() != program.tasks || !all_same {
+        return Vec::new();
+    }
+    heads
+}
+
 impl LaunchPlan {
     pub fn new(
         program: &Program,
         capacity: usize,
         precision: Precision,
-        tiles: Tiles,
+        options: PlanOptions,
         weight: &dyn Fn(TensorId) -> DeviceWeight,
     ) -> LaunchPlan {
         let mut placements = Vec::with_capacity(program.buffers.len());
@@ -327,13 +490,27 @@ impl LaunchPlan {
             pointers: Vec::new(),
             problems: Vec::new(),
             launches: Vec::new(),
-            tiles,
+            tiles: options.tiles,
             pending: Vec::new(),
             #[cfg(test)]
             unscheduled: Vec::new(),
         };
-        for step in program.request_steps.iter().chain(&program.candidate_steps) {
+        let heads = if options.fused_heads {
+            task_heads(program, weight)
+        } else {
+            Vec::new()
+        };
+        let fused = |i: usize| heads.iter().any(|h| h.steps.contains(&i));
+        for step in &program.request_steps {
             plan.lower(program, step, precision, weight);
+        }
+        for (i, step) in program.candidate_steps.iter().enumerate() {
+            if !fused(i) {
+                plan.lower(program, step, precision, weight);
+            }
+        }
+        if !heads.is_empty() {
+            plan.push_task_heads(program, &heads, precision);
         }
         for (i, p) in plan.pending.iter_mut().enumerate() {
             p.launch.origin = vec![i];
@@ -466,6 +643,73 @@ impl LaunchPlan {
             problems: 0..0,
             origin,
         });
+    }
+
+    /// The `task_heads` launch: its table is experts (pointer, ld), the
+    /// word offset of each task's descriptor, then the descriptors.
+    fn push_task_heads(&mut self, program: &Program, heads: &[TaskHead], precision: Precision) {
+        let table = self.pointers.len();
+        let experts = &heads[0].experts;
+        for &e in experts {
+            self.pointers
+                .push(PointerEntry::Arena(self.placements[e].offset));
+            self.pointers
+                .push(PointerEntry::Value(self.placements[e].ld as u64));
+        }
+        let offsets_at = self.pointers.len();
+        self.pointers
+            .extend(heads.iter().map(|_| PointerEntry::Value(0)));
+        let mut reads: Vec<BufId> = experts.clone();
+        for (t, head) in heads.iter().enumerate() {
+            self.pointers[offsets_at + t] =
+                PointerEntry::Value((self.pointers.len() - table) as u64);
+            match head.gate {
+                Some(g) => {
+                    self.pointers
+                        .push(PointerEntry::Arena(self.placements[g].offset));
+                    self.pointers
+                        .push(PointerEntry::Value(self.placements[g].ld as u64));
+                    reads.push(g);
+                }
+                None => self.pointers.extend([PointerEntry::Value(0); 2]),
+            }
+            self.pointers.push(PointerEntry::Value(head.column as u64));
+            self.pointers
+                .push(PointerEntry::Value(head.layers.len() as u64));
+            for layer in &head.layers {
+                self.pointers.push(PointerEntry::Tensor(layer.weight));
+                self.pointers.push(PointerEntry::Value(layer.ldw as u64));
+                self.pointers.push(
+                    layer
+                        .bias
+                        .map_or(PointerEntry::Value(0), PointerEntry::Tensor),
+                );
+                self.pointers.push(PointerEntry::Value(layer.n as u64));
+                self.pointers.push(PointerEntry::Value(layer.k as u64));
+            }
+        }
+        reads.sort_unstable();
+        reads.dedup();
+        let rows = self.capacity;
+        let kernel = match precision {
+            Precision::F16 => Kernel::TaskHeadsF16,
+            Precision::F32 => Kernel::TaskHeadsF32,
+        };
+        self.push(
+            kernel,
+            (blocks(rows, HEAD_ROWS), heads.len() as u32, 1),
+            (HEAD_THREADS, 1, 1),
+            vec![
+                Arg::Ptr(Loc::Pointers(table)),
+                Arg::I32(experts.len() as i32),
+                Arg::I32(program.buffers[experts[0]].width as i32),
+                Arg::Ptr(Loc::Logits),
+                Arg::I32(program.tasks as i32),
+                Arg::I32(rows as i32),
+            ],
+            reads,
+            Vec::new(),
+        );
     }
 
     fn push_group(&mut self, kernel: Kernel, members: Vec<(LinearLaunch, u32, Launch)>) {
@@ -898,7 +1142,11 @@ mod tests {
             (256, wide, Kernel::LinearMma64),
             (1024, wide, Kernel::LinearMma128),
         ] {
-            let plan = LaunchPlan::new(&program, capacity, Precision::F16, tiles, &|_| {
+            let options = PlanOptions {
+                tiles,
+                ..PlanOptions::default()
+            };
+            let plan = LaunchPlan::new(&program, capacity, Precision::F16, options, &|_| {
                 DeviceWeight { ldw: 512 }
             });
             let linear: Vec<&Launch> = plan
@@ -988,9 +1236,17 @@ mod tests {
             let plan =
                 Plan::build(&config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
             let program = Program::lower(&config, &plan);
-            for precision in [Precision::F16, Precision::F32] {
-                let lp = LaunchPlan::new(&program, 64, precision, Tiles::Standard, &|_| {
-                    DeviceWeight { ldw: 16 }
+            let fused = PlanOptions {
+                fused_heads: true,
+                ..PlanOptions::default()
+            };
+            for (precision, options) in [
+                (Precision::F16, PlanOptions::default()),
+                (Precision::F32, PlanOptions::default()),
+                (Precision::F16, fused),
+            ] {
+                let lp = LaunchPlan::new(&program, 64, precision, options, &|_| DeviceWeight {
+                    ldw: 1024,
                 });
                 let mut position = vec![usize::MAX; lp.unscheduled.len()];
                 for (at, launch) in lp.launches.iter().enumerate() {
@@ -1051,13 +1307,18 @@ mod tests {
                 Plan::build(config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
             let program = Program::lower(config, &plan);
             for precision in [Precision::F16, Precision::F32] {
-                for (capacity, tiles) in [
-                    (32, Tiles::Standard),
-                    (256, Tiles::Standard),
-                    (256, Tiles::Wide { from_rows: 256 }),
+                for (capacity, tiles, fused_heads) in [
+                    (32, Tiles::Standard, false),
+                    (256, Tiles::Standard, false),
+                    (256, Tiles::Wide { from_rows: 256 }, false),
+                    (32, Tiles::Standard, true),
                 ] {
-                    let launch_plan =
-                        LaunchPlan::new(&program, capacity, precision, tiles, &|id| DeviceWeight {
+                    let launch_plan = LaunchPlan::new(
+                        &program,
+                        capacity,
+                        precision,
+                        PlanOptions { tiles, fused_heads },
+                        &|id| DeviceWeight {
                             ldw: match precision {
                                 Precision::F16 => {
                                     f16_ldw(plan.tensors[id].shape.get(1).copied().unwrap_or(0))
@@ -1066,7 +1327,8 @@ mod tests {
                                     plan.tensors[id].shape.get(1).copied().unwrap_or(0)
                                 }
                             },
-                        });
+                        },
+                    );
                     let arena = launch_plan.arena_len;
                     let in_arena = |loc: Loc, rows: i32, ld: i32, cols: i32| {
                         if let Loc::Arena(offset) = loc {
@@ -1106,13 +1368,66 @@ mod tests {
                         }
                     }
                     for entry in &launch_plan.pointers {
-                        if let PointerEntry::Arena(offset) = entry {
-                            assert!(*offset < arena);
+                        match *entry {
+                            PointerEntry::Arena(offset) => assert!(offset < arena),
+                            PointerEntry::Tensor(id) => assert!(id < plan.tensors.len()),
+                            PointerEntry::Value(_) => {}
                         }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn fused_heads_replace_mixtures_towers_and_logit_copies() {
+        let program = bench_program();
+        let fused = PlanOptions {
+            fused_heads: true,
+            ..PlanOptions::default()
+        };
+        let weight = |_| DeviceWeight { ldw: 512 };
+        let plain = LaunchPlan::new(
+            &program,
+            256,
+            Precision::F16,
+            PlanOptions::default(),
+            &weight,
+        );
+        let plan = LaunchPlan::new(&program, 256, Precision::F16, fused, &weight);
+        let count =
+            |plan: &LaunchPlan, kernel| plan.launches.iter().filter(|l| l.kernel == kernel).count();
+        assert_eq!(count(&plan, Kernel::TaskHeadsF16), 1);
+        assert_eq!(count(&plan, Kernel::Mixture), 0);
+        assert_eq!(count(&plan, Kernel::OutputLogit), 0);
+        // The towers' two grouped GEMMs, the mixture and three logit copies
+        // become one launch; the problems left are the experts' and gates'.
+        assert_eq!(plain.launches.len(), 13);
+        assert_eq!(plan.launches.len(), 8);
+        assert_eq!(plan.problems.len(), plain.problems.len() - 6);
+        let heads = plan
+            .launches
+            .iter()
+            .find(|l| l.kernel == Kernel::TaskHeadsF16)
+            .unwrap();
+        assert_eq!(heads.grid, (256 / HEAD_ROWS as u32, 3, 1));
+        // Its table: 6 experts, 3 task offsets, then per task 4 words and
+        // 5 per layer (tower [128] and the logit: 2 layers).
+        let Arg::Ptr(Loc::Pointers(table)) = heads.args[0] else {
+            panic!("{heads:?}")
+        };
+        assert_eq!(plan.pointers.len() - table, 2 * 6 + 3 + 3 * (4 + 2 * 5));
+        // It runs last, after every gate and expert.
+        assert_eq!(
+            plan.launches.last().map(|l| l.kernel),
+            Some(Kernel::TaskHeadsF16)
+        );
+        // Too narrow a weight image (or a width past the kernel's limit):
+        // no fusion, the plain launches.
+        let narrow = LaunchPlan::new(&program, 256, Precision::F16, fused, &|_| DeviceWeight {
+            ldw: 16,
+        });
+        assert_eq!(narrow.launches, plain.launches);
     }
 
     #[test]
@@ -1127,17 +1442,25 @@ mod tests {
         .unwrap();
         let plan = Plan::build(&config, &|_| None).unwrap();
         let program = Program::lower(&config, &plan);
-        let f16 = LaunchPlan::new(&program, 32, Precision::F16, Tiles::Standard, &|_| {
-            DeviceWeight { ldw: 16 }
-        });
+        let f16 = LaunchPlan::new(
+            &program,
+            32,
+            Precision::F16,
+            PlanOptions::default(),
+            &|_| DeviceWeight { ldw: 16 },
+        );
         // The candidate part of the first layer reads columns 3..8: not 16-aligned.
         assert!(f16
             .launches
             .iter()
             .any(|l| l.kernel == Kernel::LinearSimtF16));
-        let f32 = LaunchPlan::new(&program, 32, Precision::F32, Tiles::Standard, &|_| {
-            DeviceWeight { ldw: 8 }
-        });
+        let f32 = LaunchPlan::new(
+            &program,
+            32,
+            Precision::F32,
+            PlanOptions::default(),
+            &|_| DeviceWeight { ldw: 8 },
+        );
         assert!(f32.launches.iter().all(|l| !matches!(
             l.kernel,
             Kernel::LinearMma32

@@ -18,7 +18,7 @@ use super::binding::{
     input_tensors, launch_values, pointer_table, problem_table, range_table, tensor_image,
     ArgValue, LinearArgs, Regions, TensorImage,
 };
-use super::launch_plan::{bucket, DeviceWeight, Kernel, LaunchPlan, Precision, Tiles};
+use super::launch_plan::{bucket, DeviceWeight, Kernel, LaunchPlan, PlanOptions, Precision};
 use super::staging::{staging_layout, write_staging, InputTensors};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
@@ -50,7 +50,7 @@ pub struct GpuModel {
     pointers: Vec<u64>,
     weights: Vec<DeviceWeight>,
     precision: Precision,
-    tiles: Tiles,
+    options: PlanOptions,
     device_name: String,
 }
 
@@ -58,15 +58,7 @@ impl GpuModel {
     /// Uploads `model` to device `ordinal`. The caller has checked that the
     /// driver library is present (cudarc panics otherwise).
     pub fn new(model: &Model, ordinal: usize, precision: Precision) -> Result<GpuModel> {
-        let tiles = match std::env::var("MMOE_GPU_TILES") {
-            Ok(value) => Tiles::parse(&value).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Device,
-                    format!("MMOE_GPU_TILES is `{value}`: expected `standard` or `wide`"),
-                )
-            })?,
-            Err(_) => Tiles::Standard,
-        };
+        let options = PlanOptions::from_env().map_err(|e| Error::new(ErrorKind::Device, e))?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| cuda_error(&format!("cannot open device {ordinal}"), e))?;
         // SAFETY: each session uses one stream of its own and synchronizes it
@@ -135,7 +127,7 @@ impl GpuModel {
             pointers,
             weights,
             precision,
-            tiles,
+            options,
             device_name,
         })
     }
@@ -326,9 +318,13 @@ impl GpuSession {
     /// Allocates a bucket's memory and captures its launches in a graph.
     fn capture(&self, model: &Model, capacity: usize) -> Result<Bucket> {
         let gpu = &self.gpu;
-        let plan = LaunchPlan::new(model.program(), capacity, gpu.precision, gpu.tiles, &|id| {
-            gpu.weights[id]
-        });
+        let plan = LaunchPlan::new(
+            model.program(),
+            capacity,
+            gpu.precision,
+            gpu.options,
+            &|id| gpu.weights[id],
+        );
         let stream = &self.stream;
         let arena = stream
             .alloc_zeros::<f32>(plan.arena_len)
@@ -338,7 +334,7 @@ impl GpuSession {
             .map_err(|e| cuda_error("range table", e))?;
         let arena_ptr = arena.device_ptr(stream).0;
         let pointers = stream
-            .clone_htod(&pointer_table(&plan, arena_ptr))
+            .clone_htod(&pointer_table(&plan, arena_ptr, &gpu.pointers))
             .map_err(|e| cuda_error("pointer table", e))?;
         stream
             .synchronize()
