@@ -192,8 +192,14 @@ fn gpu_kernel_variants_match_cpu() {
             std::env::remove_var(key);
         }
         for (model, n, precision, delta) in deltas {
-            println!("{name}: {model} model, {n} candidates, {precision:?}: max |Δlogit| {delta:e}");
-            let bound = if precision == GpuPrecision::F32 { 1e-3 } else { 2e-2 };
+            println!(
+                "{name}: {model} model, {n} candidates, {precision:?}: max |Δlogit| {delta:e}"
+            );
+            let bound = if precision == GpuPrecision::F32 {
+                1e-3
+            } else {
+                2e-2
+            };
             assert!(delta < bound, "{name}: {model} model off by {delta}");
         }
     }

@@ -561,7 +561,8 @@ def _run(cmd: list, timeout: float = 300) -> tuple[bool, str]:
     return True, ""
 
 
-def compare(engine_path: Path, config: dict, tensors: dict, requests: list) -> tuple[list, float]:
+def compare(engine_path: Path, config: dict, tensors: dict, requests: list,
+            logit_rtol: float = LOGIT_RTOL, prob_atol: float = PROB_ATOL) -> tuple[list, float]:
     """(problems, max |dlogit|) of an engine output file against the reference."""
     problems: list[str] = []
     max_delta = 0.0
@@ -587,12 +588,12 @@ def compare(engine_path: Path, config: dict, tensors: dict, requests: list) -> t
             max_delta = math.inf
         elif delta.size:
             max_delta = max(max_delta, float(delta.max()))
-        bad = ~(delta <= LOGIT_RTOL * (1.0 + np.abs(want_logits)))
+        bad = ~(delta <= logit_rtol * (1.0 + np.abs(want_logits)))
         if bad.any():
             i, t = np.argwhere(bad)[0]
             problems.append(f"request {r} candidate {i} task {config['tasks'][t]['name']}: "
                             f"logit {float(got_logits[i, t])!r} vs reference {float(want_logits[i, t])!r} ({int(bad.sum())} bad)")
-        bad_p = ~(np.abs(got_probs - want_probs) <= PROB_ATOL)
+        bad_p = ~(np.abs(got_probs - want_probs) <= prob_atol)
         if bad_p.any():
             i, t = np.argwhere(bad_p)[0]
             problems.append(f"request {r} candidate {i} task {config['tasks'][t]['name']}: "
@@ -601,6 +602,30 @@ def compare(engine_path: Path, config: dict, tensors: dict, requests: list) -> t
 
 
 BACKENDS = ("reference", "cpu")
+
+# The GPU path run on the host (gpu-emu/, `--emu PATH`): backends named
+# emu-<f32|f16>[-fused][-wide] (fused task heads, 128×128 tiles at every
+# bucket). fp16 compute rounds activations: the GPU check's bound.
+EMU_BINARY: Path | None = None
+EMU_F16_LOGIT_RTOL = 2e-2
+EMU_F16_PROB_ATOL = 5e-3
+
+
+def score_command(binary: Path, backend: str, packed: Path, requests: Path, out: Path):
+    """The command that scores with `backend`, and its (logit rtol, probability atol)."""
+    if not backend.startswith("emu-"):
+        return ([str(binary), "score", "--model", str(packed), "--backend", backend,
+                 "--requests", str(requests), "--out", str(out)], LOGIT_RTOL, PROB_ATOL)
+    if EMU_BINARY is None:
+        raise ValueError(f"backend {backend} needs --emu PATH")
+    parts = backend.split("-")[1:]
+    cmd = [str(EMU_BINARY), "score", "--model", str(packed), "--requests", str(requests), "--out", str(out),
+           "--precision", parts[0]]
+    cmd += ["--fused-heads"] if "fused" in parts else []
+    cmd += ["--wide-tiles"] if "wide" in parts else []
+    if parts[0] == "f16":
+        return cmd, EMU_F16_LOGIT_RTOL, EMU_F16_PROB_ATOL
+    return cmd, LOGIT_RTOL, PROB_ATOL
 
 
 def check_seed(binary: Path, seed: int, directory: Path, f32_only: bool,
@@ -627,13 +652,13 @@ def check_seed(binary: Path, seed: int, directory: Path, f32_only: bool,
         weights = file_tensors if dtype == "f32" else ref.round_f16(file_tensors)
         # Every engine backend is compared with the reference on the same file.
         for backend in backends:
-            ok, msg = _run([str(binary), "score", "--model", str(packed), "--backend", backend,
-                            "--requests", str(directory / "requests.jsonl"), "--out", str(scores)])
+            cmd, logit_rtol, prob_atol = score_command(binary, backend, packed, directory / "requests.jsonl", scores)
+            ok, msg = _run(cmd)
             if not ok:
                 problems.append(f"[{dtype} {backend}] {msg}")
                 deltas[dtype] = math.inf
                 continue
-            found, delta = compare(scores, config, weights, requests)
+            found, delta = compare(scores, config, weights, requests, logit_rtol, prob_atol)
             deltas[dtype] = max(deltas.get(dtype, 0.0), delta)
             problems.extend(f"[{dtype} {backend}] {p}" for p in found)
     return problems, deltas, covered, description
@@ -710,7 +735,10 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default=",".join(BACKENDS),
                     help="engine backends to compare, comma-separated (default: %(default)s)")
     ap.add_argument("--selfcheck-only", action="store_true", help="run only the reference self-checks")
+    ap.add_argument("--emu", help="path to mmoe-gpu-emu, for the emu-* backends (the GPU path on the host)")
     args = ap.parse_args(argv)
+    global EMU_BINARY
+    EMU_BINARY = Path(args.emu) if args.emu else None
 
     if not run_self_checks():
         print("error: the reference failed its self-checks; not comparing against the engine")
