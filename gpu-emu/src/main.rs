@@ -3,10 +3,12 @@
 //! harness (`tests/python/test_parity.py --emu`).
 //!
 //!     mmoe-gpu-emu score --model M.mmoe --requests R.jsonl --out O.jsonl
-//!         [--precision f16|f32] [--fused-heads] [--wide-tiles]
+//!         [--precision f16|f32] [--unfused-heads] [--wide-tiles]
 //!
-//! `--wide-tiles` runs the 128×128-tile kernel at every bucket (the engine
-//! uses it from 512 rows), so small requests exercise it too.
+//! `--unfused-heads`: mixture, towers and logits as separate launches (the
+//! engine fuses them by default). `--wide-tiles`: the 128×128-tile kernel at
+//! every bucket (the engine's `MMOE_GPU_TILES=wide` uses it from 512 rows),
+//! so small requests exercise it too.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -25,7 +27,7 @@ struct Args {
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if args.next().as_deref() != Some("score") {
-        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--fused-heads] [--wide-tiles]".into());
+        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--unfused-heads] [--wide-tiles]".into());
     }
     let (mut model, mut requests, mut out) = (None, None, None);
     let mut precision = Precision::F16;
@@ -43,7 +45,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     other => return Err(format!("--precision `{other}`: expected f16 or f32")),
                 }
             }
-            "--fused-heads" => options.fused_heads = true,
+            "--unfused-heads" => options.fused_heads = false,
             "--wide-tiles" => options.tiles = Tiles::Wide { from_rows: 0 },
             other => return Err(format!("unknown argument `{other}`")),
         }

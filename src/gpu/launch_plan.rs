@@ -230,16 +230,16 @@ pub fn bucket(n: usize) -> usize {
     n.max(32).next_power_of_two()
 }
 
-/// The kernel choices of a launch plan besides precision: variants that
-/// wait for their timing on a GPU are off by default and selected by
-/// environment variables (`PlanOptions::from_env`), so the GPU check can
-/// compare them with the defaults in one run.
+/// The kernel choices of a launch plan besides precision, each with an
+/// environment variable (`PlanOptions::from_env`) so the GPU check can
+/// compare the choices in one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanOptions {
     pub tiles: Tiles,
     /// Softmax, mixture, tower and logit of every task in one launch
-    /// (`task_heads`) instead of the mixture launch, the towers' grouped
-    /// GEMMs and a logit copy per task. `MMOE_GPU_FUSED_HEADS=1`.
+    /// (`task_heads`; on by default) instead of the mixture launch, the
+    /// towers' grouped GEMMs and a logit copy per task (the kernels timed
+    /// on an H200; `MMOE_GPU_FUSED_HEADS=0`).
     pub fused_heads: bool,
 }
 
@@ -247,7 +247,7 @@ impl Default for PlanOptions {
     fn default() -> PlanOptions {
         PlanOptions {
             tiles: Tiles::Standard,
-            fused_heads: false,
+            fused_heads: true,
         }
     }
 }
@@ -1144,7 +1144,7 @@ mod tests {
         ] {
             let options = PlanOptions {
                 tiles,
-                ..PlanOptions::default()
+                fused_heads: false,
             };
             let plan = LaunchPlan::new(&program, capacity, Precision::F16, options, &|_| {
                 DeviceWeight { ldw: 512 }
@@ -1236,14 +1236,14 @@ mod tests {
             let plan =
                 Plan::build(&config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
             let program = Program::lower(&config, &plan);
-            let fused = PlanOptions {
-                fused_heads: true,
+            let plain = PlanOptions {
+                fused_heads: false,
                 ..PlanOptions::default()
             };
             for (precision, options) in [
+                (Precision::F16, plain),
+                (Precision::F32, plain),
                 (Precision::F16, PlanOptions::default()),
-                (Precision::F32, PlanOptions::default()),
-                (Precision::F16, fused),
             ] {
                 let lp = LaunchPlan::new(&program, 64, precision, options, &|_| DeviceWeight {
                     ldw: 1024,
@@ -1382,18 +1382,15 @@ mod tests {
     #[test]
     fn fused_heads_replace_mixtures_towers_and_logit_copies() {
         let program = bench_program();
-        let fused = PlanOptions {
-            fused_heads: true,
-            ..PlanOptions::default()
-        };
+        // Fused by default.
+        let fused = PlanOptions::default();
+        assert!(fused.fused_heads);
         let weight = |_| DeviceWeight { ldw: 512 };
-        let plain = LaunchPlan::new(
-            &program,
-            256,
-            Precision::F16,
-            PlanOptions::default(),
-            &weight,
-        );
+        let unfused = PlanOptions {
+            fused_heads: false,
+            ..fused
+        };
+        let plain = LaunchPlan::new(&program, 256, Precision::F16, unfused, &weight);
         let plan = LaunchPlan::new(&program, 256, Precision::F16, fused, &weight);
         let count =
             |plan: &LaunchPlan, kernel| plan.launches.iter().filter(|l| l.kernel == kernel).count();

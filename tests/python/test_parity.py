@@ -604,8 +604,9 @@ def compare(engine_path: Path, config: dict, tensors: dict, requests: list,
 BACKENDS = ("reference", "cpu")
 
 # The GPU path run on the host (gpu-emu/, `--emu PATH`): backends named
-# emu-<f32|f16>[-fused][-wide] (fused task heads, 128×128 tiles at every
-# bucket). fp16 compute rounds activations: the GPU check's bound.
+# emu-<f32|f16>[-unfused][-wide] (task heads as separate launches; 128×128
+# tiles at every bucket). fp16 compute rounds activations: the GPU check's
+# bound.
 EMU_BINARY: Path | None = None
 EMU_F16_LOGIT_RTOL = 2e-2
 EMU_F16_PROB_ATOL = 5e-3
@@ -621,7 +622,7 @@ def score_command(binary: Path, backend: str, packed: Path, requests: Path, out:
     parts = backend.split("-")[1:]
     cmd = [str(EMU_BINARY), "score", "--model", str(packed), "--requests", str(requests), "--out", str(out),
            "--precision", parts[0]]
-    cmd += ["--fused-heads"] if "fused" in parts else []
+    cmd += ["--unfused-heads"] if "unfused" in parts else []
     cmd += ["--wide-tiles"] if "wide" in parts else []
     if parts[0] == "f16":
         return cmd, EMU_F16_LOGIT_RTOL, EMU_F16_PROB_ATOL
