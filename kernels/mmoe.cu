@@ -2,7 +2,7 @@
 // program (src/program.rs). Activations are f32 in device memory, row-major
 // with a row stride `ld` (0 for a per-request buffer, which every row reads).
 // Weights of Linear layers are fp16, row-major [n_pad, ld_w] (rows padded to
-// 64, columns to 16, zero filled) for the tensor-core path, or f32 row-major
+// 128, columns to 16, zero filled) for the tensor-core path, or f32 row-major
 // [n, k] for the fp32 path.
 #include "common.cuh"
 
@@ -270,6 +270,8 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
     constexpr int MT = WM / 16, NT = WN / 8;             // its 16×8 mma tiles
     constexpr int XV = BM * MMA_BK / 4 / THREADS;        // float4 groups of x each thread stages
     constexpr int WV = BN * MMA_BK / 8 / THREADS;        // 16-byte chunks of W each thread stages
+    static_assert(BM * MMA_BK % (4 * THREADS) == 0 && BN * MMA_BK % (8 * THREADS) == 0, "staging covers the tile");
+    static_assert(WM % 16 == 0 && WN % 16 == 0, "whole mma tiles, B in pairs of 8 columns");
     __shared__ __align__(16) __half xs[2][BM][MMA_LD];
     __shared__ __align__(16) __half ws[2][BN][MMA_LD];
     int p = problem_of(tiles, count, blockIdx.x);
@@ -571,6 +573,7 @@ __device__ void task_heads(const u64* table, int num_experts, int h, float* logi
     for (int i = tid; i < HEAD_ROWS * h; i += HEAD_THREADS) {
         int rr = i / h, c = i % h, r = row0 + rr;
         float m = 0.0f;
+        // Without a gate there is one expert (the plan drops the gate only then).
         if (r < rows)
             for (int e = 0; e < num_experts; ++e)
                 m += mix[rr][e] * row_of((const float*)table[2 * e], (int)table[2 * e + 1], r)[c];

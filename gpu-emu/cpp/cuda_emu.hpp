@@ -28,7 +28,8 @@
 struct uint3 {
     unsigned x, y, z;
 };
-struct float2 {
+// Aligned as CUDA's, so UBSan's alignment check stands for the GPU's.
+struct __attribute__((aligned(8))) float2 {
     float x, y;
 };
 struct __attribute__((aligned(16))) float4 {
@@ -52,7 +53,7 @@ inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return
 struct __half {
     uint16_t bits;
 };
-struct __half2 {
+struct __attribute__((aligned(4))) __half2 {
     __half x, y;
 };
 inline __half __float2half_rn(float f) {

@@ -18,6 +18,7 @@ namespace {
 
 template <class T>
 T from_word(uint64_t word) {
+    static_assert(std::is_pointer_v<T> || std::is_integral_v<T>, "kernel parameters are pointers or integers");
     if constexpr (std::is_pointer_v<T>) {
         return reinterpret_cast<T>((uintptr_t)word);
     } else {

@@ -8,6 +8,7 @@
 #include <ucontext.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -103,8 +104,11 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
     // Each warp runs as far as it can before the next one starts (warps as
     // far apart as the barriers allow), in an order that flips every round.
     size_t warps = (n + 31) / 32;
+    // Odd blocks start reversed: across a grid, every barrier interval runs
+    // in both orders.
+    unsigned block_index = block.block_idx.x + block.grid_dim.x * (block.block_idx.y + block.grid_dim.y * block.block_idx.z);
     for (size_t round = 0;; ++round) {
-        bool reverse = round % 2 == 1;
+        bool reverse = (round + block_index) % 2 == 1;
         for (size_t k = 0; k < warps; ++k) {
             if (!run_warp(e, reverse ? warps - 1 - k : k, reverse, error)) return false;
         }
@@ -128,7 +132,11 @@ void sync_block() { yield_as(State::BlockBarrier); }
 const uint64_t* exchange_begin(const uint64_t* mine, int count) {
     size_t warp = executor->current / 32;
     uint64_t* table = executor->slots.data() + warp * 32 * MAX_WORDS;
-    for (int i = 0; i < count && i < MAX_WORDS; ++i) table[lane() * count + i] = mine[i];
+    if (count > MAX_WORDS) {
+        std::fprintf(stderr, "gpu-emu: a warp exchange of %d words (at most %d)\n", count, MAX_WORDS);
+        std::abort();
+    }
+    for (int i = 0; i < count; ++i) table[lane() * count + i] = mine[i];
     yield_as(State::WarpBarrier);
     return table;
 }

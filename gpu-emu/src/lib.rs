@@ -73,13 +73,51 @@ pub unsafe fn launch(
     Err(message.to_string_lossy().into_owned())
 }
 
+/// Host memory aligned as `cuMemAlloc`'s (256 bytes), standing for device
+/// memory: the kernels' vector accesses rely on the base alignment.
+struct DeviceMemory {
+    blocks: Vec<Block>,
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(256))]
+struct Block([u8; 256]);
+
+impl DeviceMemory {
+    fn zeroed(bytes: usize) -> DeviceMemory {
+        DeviceMemory {
+            blocks: vec![Block([0; 256]); bytes.div_ceil(256).max(1)],
+        }
+    }
+
+    fn from_slice<T: bytemuck::Pod>(values: &[T]) -> DeviceMemory {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let mut memory = DeviceMemory::zeroed(bytes.len());
+        memory.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+        memory
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        bytemuck::cast_slice_mut(&mut self.blocks)
+    }
+
+    fn read<T: bytemuck::Pod>(&self, len: usize) -> Vec<T> {
+        let bytes: &[u8] = bytemuck::cast_slice(&self.blocks);
+        bytemuck::pod_collect_to_vec(&bytes[..len * std::mem::size_of::<T>()])
+    }
+
+    fn address(&mut self) -> u64 {
+        self.blocks.as_mut_ptr() as u64
+    }
+}
+
 /// A model's tensors as the device would hold them, in host memory.
 pub struct EmuModel {
     model: Arc<Model>,
     precision: Precision,
     options: PlanOptions,
     // Owned here; `addresses` point into them.
-    _images: Vec<TensorImage>,
+    _images: Vec<DeviceMemory>,
     addresses: Vec<u64>,
     weights: Vec<DeviceWeight>,
 }
@@ -90,16 +128,13 @@ impl EmuModel {
         let (mut images, mut weights) = (Vec::with_capacity(count), Vec::with_capacity(count));
         for id in 0..count {
             let (image, weight) = tensor_image(&model, id, precision);
-            images.push(image);
+            images.push(match image {
+                TensorImage::F32(v) => DeviceMemory::from_slice(&v),
+                TensorImage::F16(v) => DeviceMemory::from_slice(&v),
+            });
             weights.push(weight);
         }
-        let addresses = images
-            .iter()
-            .map(|image| match image {
-                TensorImage::F32(v) => v.as_ptr() as u64,
-                TensorImage::F16(v) => v.as_ptr() as u64,
-            })
-            .collect();
+        let addresses = images.iter_mut().map(|m| m.address()).collect();
         EmuModel {
             model,
             precision,
@@ -136,33 +171,27 @@ impl EmuModel {
         let capacity = bucket(n);
         let plan = self.plan(capacity);
         let layout = staging_layout(model, request).map_err(|e| e.to_string())?;
-        // u64 words: the kernels read the staging header and ids as u64.
-        let mut staging = vec![0u64; layout.total.div_ceil(8)];
+        let mut staging = DeviceMemory::zeroed(layout.total);
         let inputs = input_tensors(model, &self.addresses);
-        write_staging(
-            model,
-            &inputs,
-            request,
-            &layout,
-            bytemuck::cast_slice_mut(&mut staging),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut arena = vec![0.0f32; plan.arena_len];
-        let mut logits = vec![0.0f32; capacity * tasks];
-        let ranges = range_table(&plan);
-        let arena_at = arena.as_mut_ptr() as u64;
-        let pointers = pointer_table(&plan, arena_at, &self.addresses);
+        write_staging(model, &inputs, request, &layout, staging.bytes_mut())
+            .map_err(|e| e.to_string())?;
+        let mut arena = DeviceMemory::zeroed(4 * plan.arena_len);
+        let mut logits = DeviceMemory::zeroed(4 * capacity * tasks);
+        let mut ranges = DeviceMemory::from_slice(&range_table(&plan));
+        let arena_at = arena.address();
+        let mut pointers =
+            DeviceMemory::from_slice(&pointer_table(&plan, arena_at, &self.addresses));
         let mut regions = Regions {
             tensors: &self.addresses,
             arena: arena_at,
-            ranges: ranges.as_ptr() as u64,
-            pointers: pointers.as_ptr() as u64,
+            ranges: ranges.address(),
+            pointers: pointers.address(),
             problems: 0,
-            staging: staging.as_ptr() as u64,
-            logits: logits.as_mut_ptr() as u64,
+            staging: staging.address(),
+            logits: logits.address(),
         };
-        let problems = problem_table(&plan, &regions);
-        regions.problems = problems.as_ptr() as u64;
+        let mut problems = DeviceMemory::from_slice(&problem_table(&plan, &regions));
+        regions.problems = problems.address();
         for (step, values) in plan.launches.iter().zip(launch_values(&plan, &regions)) {
             let words: Vec<u64> = values.iter().map(|v| v.word()).collect();
             // SAFETY: the plan's arguments for its kernels, resolved into
@@ -171,7 +200,6 @@ impl EmuModel {
             // exactly as the CUDA runtime binds them.
             unsafe { launch(step.kernel.entry(), step.grid, step.block, &words) }?;
         }
-        logits.truncate(n * tasks);
-        Ok(logits)
+        Ok(logits.read(n * tasks))
     }
 }

@@ -237,9 +237,9 @@ pub fn bucket(n: usize) -> usize {
 pub struct PlanOptions {
     pub tiles: Tiles,
     /// Softmax, mixture, tower and logit of every task in one launch
-    /// (`task_heads`; on by default) instead of the mixture launch, the
-    /// towers' grouped GEMMs and a logit copy per task (the kernels timed
-    /// on an H200; `MMOE_GPU_FUSED_HEADS=0`).
+    /// (`task_heads`; on by default). `MMOE_GPU_FUSED_HEADS=0` gives the
+    /// launches timed on an H200 instead: one mixture launch, the towers'
+    /// grouped GEMMs and a logit copy per task.
     pub fused_heads: bool,
 }
 
@@ -363,6 +363,9 @@ struct TaskHead {
     layers: Vec<HeadLayer>,
     /// The candidate steps it replaces (mixture, tower, output).
     steps: std::ops::Range<usize>,
+    /// The buffers those steps wrote (no longer written: nothing else may
+    /// read them).
+    writes: Vec<BufId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -396,7 +399,10 @@ fn task_heads(program: &Program, weight: &dyn Fn(TensorId) -> DeviceWeight) -> V
         };
         let start = i;
         let (mut input, mut width) = (*out, program.buffers[*out].width);
-        let fits = experts.len() <= HEAD_EXPERTS && width <= HEAD_WIDTH;
+        let gate_fits = gate.is_none_or(|g| program.buffers[g].width == experts.len());
+        let experts_fit = experts.iter().all(|&e| program.buffers[e].width == width);
+        let fits = experts.len() <= HEAD_EXPERTS && width <= HEAD_WIDTH && gate_fits && experts_fit;
+        let mut writes = vec![*out];
         let mut layers = Vec::new();
         i += 1;
         while let Some(Step::Linear {
@@ -428,6 +434,7 @@ fn task_heads(program: &Program, weight: &dyn Fn(TensorId) -> DeviceWeight) -> V
                 act: *act,
             });
             (input, width) = (out.buf, *n);
+            writes.push(out.buf);
             i += 1;
         }
         let Some(Step::Output { input: logit, task }) = steps.get(i) else {
@@ -451,6 +458,7 @@ fn task_heads(program: &Program, weight: &dyn Fn(TensorId) -> DeviceWeight) -> V
             column: *task,
             layers,
             steps: start..i + 1,
+            writes,
         });
         i += 1;
     }
@@ -510,6 +518,20 @@ impl LaunchPlan {
             }
         }
         if !heads.is_empty() {
+            // The program lowers each task's chain on its own; should a step
+            // outside it ever read one of its buffers, plan the plain launches.
+            let fused_writes: Vec<BufId> = heads.iter().flat_map(|h| h.writes.clone()).collect();
+            let read_elsewhere = plan
+                .pending
+                .iter()
+                .any(|p| p.launch.reads.iter().any(|b| fused_writes.contains(b)));
+            if read_elsewhere {
+                let plain = PlanOptions {
+                    fused_heads: false,
+                    ..options
+                };
+                return LaunchPlan::new(program, capacity, precision, plain, weight);
+            }
             plan.push_task_heads(program, &heads, precision);
         }
         for (i, p) in plan.pending.iter_mut().enumerate() {
@@ -1425,6 +1447,29 @@ mod tests {
             ldw: 16,
         });
         assert_eq!(narrow.launches, plain.launches);
+        // A step outside the chains reading a mixture: no fusion either.
+        let mut program = program;
+        let mixture = program
+            .candidate_steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Mixture { out, .. } => Some(*out),
+                _ => None,
+            })
+            .unwrap();
+        program.buffers.push(program.buffers[mixture].clone());
+        let copy = View {
+            buf: program.buffers.len() - 1,
+            offset: 0,
+            width: program.buffers[mixture].width,
+        };
+        program.candidate_steps.push(Step::Copy {
+            input: mixture,
+            out: copy,
+        });
+        let read = LaunchPlan::new(&program, 256, Precision::F16, fused, &weight);
+        assert_eq!(count(&read, Kernel::TaskHeadsF16), 0);
+        assert_eq!(count(&read, Kernel::Mixture), 1);
     }
 
     #[test]
