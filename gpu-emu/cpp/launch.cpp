@@ -64,6 +64,7 @@ const std::vector<Entry>& entries() {
         entry("selftest_exited_lanes", selftest_exited_lanes),
         entry("selftest_shuffle_sum", selftest_shuffle_sum),
         entry("selftest_misaligned", selftest_misaligned),
+        entry("selftest_read", selftest_read),
     };
     return table;
 }

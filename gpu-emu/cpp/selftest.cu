@@ -32,3 +32,8 @@ extern "C" __global__ void selftest_misaligned(float* out, const float* in) {
     float4 v = *(const float4*)(in + 1);
     out[threadIdx.x] = v.x;
 }
+
+// out[t] = in[index]: past the end of `in`, the guard page must fault.
+extern "C" __global__ void selftest_read(float* out, const float* in, int index) {
+    out[threadIdx.x] = in[index];
+}

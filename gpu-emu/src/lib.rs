@@ -22,6 +22,9 @@ use mmoe::gpu::launch_plan::{bucket, DeviceWeight, LaunchPlan, PlanOptions, Prec
 use mmoe::gpu::staging::{staging_layout, write_staging};
 use mmoe::{Model, Request};
 
+pub mod memory;
+use memory::DeviceMemory;
+
 mod ffi {
     extern "C" {
         pub fn mmoe_emu_launch(
@@ -71,44 +74,6 @@ pub unsafe fn launch(
     // SAFETY: the C side wrote a NUL-terminated message into `error`.
     let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
     Err(message.to_string_lossy().into_owned())
-}
-
-/// Host memory aligned as `cuMemAlloc`'s (256 bytes), standing for device
-/// memory: the kernels' vector accesses rely on the base alignment.
-struct DeviceMemory {
-    blocks: Vec<Block>,
-}
-
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C, align(256))]
-struct Block([u8; 256]);
-
-impl DeviceMemory {
-    fn zeroed(bytes: usize) -> DeviceMemory {
-        DeviceMemory {
-            blocks: vec![Block([0; 256]); bytes.div_ceil(256).max(1)],
-        }
-    }
-
-    fn from_slice<T: bytemuck::Pod>(values: &[T]) -> DeviceMemory {
-        let bytes: &[u8] = bytemuck::cast_slice(values);
-        let mut memory = DeviceMemory::zeroed(bytes.len());
-        memory.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-        memory
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        bytemuck::cast_slice_mut(&mut self.blocks)
-    }
-
-    fn read<T: bytemuck::Pod>(&self, len: usize) -> Vec<T> {
-        let bytes: &[u8] = bytemuck::cast_slice(&self.blocks);
-        bytemuck::pod_collect_to_vec(&bytes[..len * std::mem::size_of::<T>()])
-    }
-
-    fn address(&mut self) -> u64 {
-        self.blocks.as_mut_ptr() as u64
-    }
 }
 
 /// A model's tensors as the device would hold them, in host memory.

@@ -2,6 +2,7 @@
 //! it must catch for its parity tests to mean anything.
 
 use mmoe_gpu_emu::launch;
+use mmoe_gpu_emu::memory::DeviceMemory;
 
 fn run(name: &str, block: u32, out: &mut [f32], extra: &[u64]) -> Result<(), String> {
     let mut args = vec![out.as_mut_ptr() as u64];
@@ -91,4 +92,27 @@ fn a_misaligned_vector_access_aborts() {
         "the misaligned load passed: {stderr}"
     );
     assert!(stderr.contains("misaligned address"), "{stderr}");
+}
+
+/// Run in a child process (the fault kills it): a read one element past an
+/// allocation hits its guard page, as compute-sanitizer would report.
+#[test]
+fn a_read_past_an_allocation_faults() {
+    let mut input = DeviceMemory::from_slice(&[1.5f32; 64]);
+    let at = input.address();
+    let mut out = vec![0.0f32; 1];
+    if std::env::var_os("MMOE_EMU_OVERRUN_CHILD").is_some() {
+        let _ = run("selftest_read", 1, &mut out, &[at, 64]);
+        return;
+    }
+    run("selftest_read", 1, &mut out, &[at, 63]).unwrap();
+    assert_eq!(out[0], 1.5, "the last element reads");
+    let exe = std::env::current_exe().unwrap();
+    let child = std::process::Command::new(exe)
+        .args(["--exact", "a_read_past_an_allocation_faults", "--nocapture"])
+        .env("MMOE_EMU_OVERRUN_CHILD", "1")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.status.signal(), Some(libc::SIGSEGV), "{child:?}");
 }
