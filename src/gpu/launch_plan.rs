@@ -1472,6 +1472,34 @@ mod tests {
         assert_eq!(count(&read, Kernel::Mixture), 1);
     }
 
+    /// The variables are read by the CUDA runtime only (no other test reads
+    /// them), so setting them here races with nothing.
+    #[test]
+    fn plan_options_come_from_the_environment_and_bad_values_are_named() {
+        std::env::set_var("MMOE_GPU_TILES", "wide");
+        std::env::set_var("MMOE_GPU_FUSED_HEADS", "0");
+        let options = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_TILES", "huge");
+        let bad_tiles = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_TILES", "standard");
+        std::env::set_var("MMOE_GPU_FUSED_HEADS", "yes");
+        let bad_heads = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_TILES");
+        std::env::remove_var("MMOE_GPU_FUSED_HEADS");
+        assert_eq!(
+            options,
+            Ok(PlanOptions {
+                tiles: Tiles::Wide { from_rows: 512 },
+                fused_heads: false
+            })
+        );
+        let err = bad_tiles.unwrap_err();
+        assert!(err.contains("MMOE_GPU_TILES is `huge`"), "{err}");
+        let err = bad_heads.unwrap_err();
+        assert!(err.contains("MMOE_GPU_FUSED_HEADS is `yes`"), "{err}");
+        assert_eq!(PlanOptions::from_env(), Ok(PlanOptions::default()));
+    }
+
     #[test]
     fn unaligned_ranges_fall_back_to_simt_and_fp32_never_uses_mma() {
         let config = Config::parse(
