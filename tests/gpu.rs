@@ -116,6 +116,14 @@ fn gpu_vs_cpu(path: &std::path::Path, config: &Config, precision: GpuPrecision, 
         .fold(0.0, f32::max)
 }
 
+/// The benchmark model with the demo's weights, packed as fp16.
+fn demo_model() -> (Config, common::Packed) {
+    let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
+    let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
+    let packed = pack(&config, &tensors, DType::F16);
+    (config, packed)
+}
+
 #[test]
 fn gpu_matches_cpu_on_the_small_model() {
     if !has_gpu() {
@@ -138,9 +146,7 @@ fn gpu_matches_cpu_on_the_demo_model() {
         println!("skipped: no CUDA device");
         return;
     }
-    let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
-    let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
-    let packed = pack(&config, &tensors, DType::F16);
+    let (config, packed) = demo_model();
     for n in [1, 256, 1024] {
         let f32_delta = gpu_vs_cpu(&packed.path, &config, GpuPrecision::F32, n);
         let f16_delta = gpu_vs_cpu(&packed.path, &config, GpuPrecision::F16, n);
@@ -162,9 +168,7 @@ fn gpu_kernel_variants_match_cpu() {
         return;
     }
     let (small_config, _, small) = small(DType::F16);
-    let demo_config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
-    let tensors = mmoe::demo::synthetic_tensors(&demo_config, 7).unwrap();
-    let demo = pack(&demo_config, &tensors, DType::F16);
+    let (demo_config, demo) = demo_model();
     let variants: [(&str, &[(&str, &str)]); 3] = [
         ("unfused heads", &[("MMOE_GPU_FUSED_HEADS", "0")]),
         ("wide tiles", &[("MMOE_GPU_TILES", "wide")]),

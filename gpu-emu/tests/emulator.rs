@@ -59,6 +59,16 @@ fn unknown_kernels_and_wrong_arity_are_errors() {
     assert!(err.contains("1 arguments, the kernel takes 3"), "{err}");
 }
 
+/// Runs test `name` alone in a child process with `marker` set (the child
+/// does what kills it); its output.
+fn rerun_in_child(name: &str, marker: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env(marker, "1")
+        .output()
+        .unwrap()
+}
+
 /// Run in a child process (the check aborts it): a misaligned float4 load
 /// must stop the emulator, as it would fault on a GPU.
 #[test]
@@ -76,16 +86,10 @@ fn a_misaligned_vector_access_aborts() {
         );
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let child = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "a_misaligned_vector_access_aborts",
-            "--nocapture",
-        ])
-        .env("MMOE_EMU_MISALIGNED_CHILD", "1")
-        .output()
-        .unwrap();
+    let child = rerun_in_child(
+        "a_misaligned_vector_access_aborts",
+        "MMOE_EMU_MISALIGNED_CHILD",
+    );
     let stderr = String::from_utf8_lossy(&child.stderr);
     assert!(
         !child.status.success(),
@@ -107,12 +111,7 @@ fn a_read_past_an_allocation_faults() {
     }
     run("selftest_read", 1, &mut out, &[at, 63]).unwrap();
     assert_eq!(out[0], 1.5, "the last element reads");
-    let exe = std::env::current_exe().unwrap();
-    let child = std::process::Command::new(exe)
-        .args(["--exact", "a_read_past_an_allocation_faults", "--nocapture"])
-        .env("MMOE_EMU_OVERRUN_CHILD", "1")
-        .output()
-        .unwrap();
+    let child = rerun_in_child("a_read_past_an_allocation_faults", "MMOE_EMU_OVERRUN_CHILD");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(child.status.signal(), Some(libc::SIGSEGV), "{child:?}");
 }

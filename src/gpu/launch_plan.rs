@@ -616,6 +616,19 @@ impl LaunchPlan {
         }
     }
 
+    /// A buffer's (pointer, row stride) in the pointer table; (0, 0) for none.
+    fn push_buffer_entry(&mut self, buf: Option<BufId>) {
+        match buf {
+            Some(b) => {
+                self.pointers
+                    .push(PointerEntry::Arena(self.placements[b].offset));
+                self.pointers
+                    .push(PointerEntry::Value(self.placements[b].ld as u64));
+            }
+            None => self.pointers.extend([PointerEntry::Value(0); 2]),
+        }
+    }
+
     /// One launch for the mixtures of several tasks over the same experts.
     /// Its pointer table holds (pointer, ld) of each expert, then of each
     /// task its gate (pointer 0 without one) and output.
@@ -624,25 +637,11 @@ impl LaunchPlan {
         let first = &members[0].0;
         let (h, experts) = (first.h, first.experts.clone());
         for &e in &experts {
-            self.pointers
-                .push(PointerEntry::Arena(self.placements[e].offset));
-            self.pointers
-                .push(PointerEntry::Value(self.placements[e].ld as u64));
+            self.push_buffer_entry(Some(e));
         }
         let mut rows = 1;
         for (task, _) in &members {
-            match task.gate {
-                Some(g) => {
-                    self.pointers
-                        .push(PointerEntry::Arena(self.placements[g].offset));
-                    self.pointers
-                        .push(PointerEntry::Value(self.placements[g].ld as u64));
-                }
-                None => {
-                    self.pointers.push(PointerEntry::Value(0));
-                    self.pointers.push(PointerEntry::Value(0));
-                }
-            }
+            self.push_buffer_entry(task.gate);
             self.pointers
                 .push(PointerEntry::Arena(self.placements[task.out].offset));
             self.pointers.push(PointerEntry::Value(task.ldo as u64));
@@ -673,10 +672,7 @@ impl LaunchPlan {
         let table = self.pointers.len();
         let experts = &heads[0].experts;
         for &e in experts {
-            self.pointers
-                .push(PointerEntry::Arena(self.placements[e].offset));
-            self.pointers
-                .push(PointerEntry::Value(self.placements[e].ld as u64));
+            self.push_buffer_entry(Some(e));
         }
         let offsets_at = self.pointers.len();
         self.pointers
@@ -685,16 +681,8 @@ impl LaunchPlan {
         for (t, head) in heads.iter().enumerate() {
             self.pointers[offsets_at + t] =
                 PointerEntry::Value((self.pointers.len() - table) as u64);
-            match head.gate {
-                Some(g) => {
-                    self.pointers
-                        .push(PointerEntry::Arena(self.placements[g].offset));
-                    self.pointers
-                        .push(PointerEntry::Value(self.placements[g].ld as u64));
-                    reads.push(g);
-                }
-                None => self.pointers.extend([PointerEntry::Value(0); 2]),
-            }
+            self.push_buffer_entry(head.gate);
+            reads.extend(head.gate);
             self.pointers.push(PointerEntry::Value(head.column as u64));
             self.pointers
                 .push(PointerEntry::Value(head.layers.len() as u64));
