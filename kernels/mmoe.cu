@@ -54,8 +54,8 @@ __device__ __forceinline__ u64 input_of(const InputDesc* descs, u64 num_inputs, 
 
 // x0_request[0, :] = request-scope features (zero elsewhere). A warp per
 // column: its lanes split the ids of a bag (request bags, a user's history,
-// are the long ones).
-extern "C" __global__ void features_request(const unsigned char* staging, float* x0r, int d_total) {
+// are the long ones). `x0rh` (optional): the same as fp16, for the GEMMs.
+extern "C" __global__ void features_request(const unsigned char* staging, float* x0r, __half* x0rh, int d_total) {
     const StagingHeader* h = (const StagingHeader*)staging;
     const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
     int warps = blockDim.x / 32, lane = threadIdx.x % 32;
@@ -77,19 +77,28 @@ extern "C" __global__ void features_request(const unsigned char* staging, float*
                 if ((d.flags & FLAG_MEAN) && end > start) v /= (float)(end - start);
             }
         }
-        if (lane == 0) x0r[c] = v;
+        if (lane == 0) {
+            x0r[c] = v;
+            if (x0rh) x0rh[c] = __float2half_rn(v);
+        }
     }
 }
 
 // x0[r, :] = candidate features of row r and the request columns; zero for
 // rows past the request's candidates. One block per row, a thread per column.
-extern "C" __global__ void features_candidate(const unsigned char* staging, const float* x0r, float* x0, int ld, int d_total) {
+// `x0h` (optional, row stride `ldh`): the same as fp16, for the GEMMs.
+extern "C" __global__ void features_candidate(const unsigned char* staging, const float* x0r, float* x0, int ld,
+                                              __half* x0h, int ldh, int d_total) {
     const StagingHeader* h = (const StagingHeader*)staging;
     const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
     int r = blockIdx.x;
     float* out = x0 + (long long)ld * r;
+    __half* out16 = x0h ? x0h + (long long)ldh * r : nullptr;
     if ((u64)r >= h->candidates) {
-        for (int c = threadIdx.x; c < d_total; c += blockDim.x) out[c] = 0.0f;
+        for (int c = threadIdx.x; c < d_total; c += blockDim.x) {
+            out[c] = 0.0f;
+            if (out16) out16[c] = __float2half_rn(0.0f);
+        }
         return;
     }
     for (int c = threadIdx.x; c < d_total; c += blockDim.x) {
@@ -98,6 +107,7 @@ extern "C" __global__ void features_candidate(const unsigned char* staging, cons
         if (i < h->num_inputs)
             v = descs[i].scope == 0 ? x0r[c] : feature(descs[i], staging, r, c - (int)descs[i].x0_offset);
         out[c] = v;
+        if (out16) out16[c] = __float2half_rn(v);
     }
 }
 
@@ -106,6 +116,10 @@ extern "C" __global__ void features_candidate(const unsigned char* staging, cons
 // y[r, out_off + j] = scale[r, j] · act(Σ_{k ∈ ranges} x[r, in_off + k] · W[j, k] + bias[j] + add[j]) + shift[r, j]
 // `ranges` holds `nranges` pairs (start, end) of input columns; `scale` and
 // `shift` (optional) fuse the DCN cross combine and MaskNet masks.
+// `y16` (optional, row stride `ldy16`, a multiple of 8) receives y as fp16
+// too, for the GEMMs that read y next: the `_h` kernels read x from `x16`
+// (row stride `ldx16`) instead of `x`. Rounded as the f32 kernels round x,
+// so both give the same sums.
 struct LinearArgs {
     const float* x; int ldx; int in_off;
     const void* w; int ldw; int n;
@@ -114,6 +128,8 @@ struct LinearArgs {
     float* y; int ldy; int out_off; int rows;
     const float* scale; int ldscale;
     const float* shift; int ldshift;
+    __half* y16; int ldy16;
+    const __half* x16; int ldx16;
 };
 
 // The epilogue of output `col` of row `row`.
@@ -125,6 +141,7 @@ __device__ __forceinline__ void store_output(const LinearArgs& a, int row, int c
     if (a.scale) v *= row_of(a.scale, a.ldscale, row)[col];
     if (a.shift) v += row_of(a.shift, a.ldshift, row)[col];
     a.y[(long long)a.ldy * row + a.out_off + col] = v;
+    if (a.y16) a.y16[(long long)a.ldy16 * row + a.out_off + col] = __float2half_rn(v);
 }
 
 // Outputs `col` and `col + 1` (col even) of one row with 8-byte accesses;
@@ -159,6 +176,7 @@ __device__ __forceinline__ void store_pair(const LinearArgs& a, bool pairs, int 
         v.y += m.y;
     }
     *(float2*)(a.y + (long long)a.ldy * row + a.out_off + col) = v;
+    if (a.y16) *(__half2*)(a.y16 + (long long)a.ldy16 * row + a.out_off + col) = __floats2half2_rn(v.x, v.y);
 }
 
 template <typename W>
@@ -215,15 +233,6 @@ extern "C" __global__ void linear_simt_f16(const LinearArgs* problems, const u32
 }
 
 // Tensor cores through `mma.sync.m16n8k16` (fp16 inputs, fp32 accumulation).
-// A block of WARPS_M × WARPS_N warps computes a BM×BN output tile; warp
-// (wr, wc) computes the WM×WN tile at rows wr·WM…, columns wc·WN… as
-// (WM/16)×(WN/8) mma tiles of 16×8.
-// K advances 32 at a time through two shared-memory stages: the next stage's
-// x (f32, converted to fp16 on the way in) and W (fp16, 16-byte loads) are
-// loaded into registers while the current one is multiplied. Every range
-// must start at a multiple of 16 (the host checks); x is zeroed past a
-// range's end. W is [n_pad (multiple of 128), ldw (multiple of 16)], zero
-// padded.
 //
 // Fragment layout (PTX ISA, mma.m16n8k16 .f16): with g = lane / 4 and
 // t = lane % 4, A registers hold (row g, k 2t..2t+1), (row g+8, k 2t..),
@@ -261,43 +270,78 @@ __device__ __forceinline__ u32 pack_half2(float lo, float hi) {
 // and its eight rows of a phase on distinct banks.
 #define MMA_LD 40
 
+// The warp tile of the tensor-core kernels: a block of WARPS_M × WARPS_N
+// warps computes a BM×BN output tile; warp (wr, wc) computes the WM×WN tile
+// at rows wr·WM…, columns wc·WN… as (WM/16)×(WN/8) mma tiles of 16×8.
 // Every loop over the register arrays (acc, fragments, staged values) is
 // unrolled: a runtime index would put them in local memory.
 template <int BM, int BN, int WARPS_M, int WARPS_N>
-__device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int count) {
-    constexpr int THREADS = 32 * WARPS_M * WARPS_N;
-    constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // a warp's tile
-    constexpr int MT = WM / 16, NT = WN / 8;             // its 16×8 mma tiles
-    constexpr int XV = BM * MMA_BK / 4 / THREADS;        // float4 groups of x each thread stages
-    constexpr int WV = BN * MMA_BK / 8 / THREADS;        // 16-byte chunks of W each thread stages
-    static_assert(BM * MMA_BK % (4 * THREADS) == 0 && BN * MMA_BK % (8 * THREADS) == 0, "staging covers the tile");
+struct MmaTile {
+    static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+    static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // a warp's tile
+    static constexpr int MT = WM / 16, NT = WN / 8;             // its 16×8 mma tiles
     static_assert(WM % 16 == 0 && WN % 16 == 0, "whole mma tiles, B in pairs of 8 columns");
-    __shared__ __align__(16) __half xs[2][BM][MMA_LD];
-    __shared__ __align__(16) __half ws[2][BN][MMA_LD];
-    int p = problem_of(tiles, count, blockIdx.x);
-    // The problem stays in global memory (uniform, cached); what the K loop
-    // reads is copied to registers once.
-    const LinearArgs& a = problems[p];
-    const float* x = a.x;
-    const int ldx = a.ldx, in_off = a.in_off, rows = a.rows, ldw = a.ldw, nranges = a.nranges;
-    const u32* ranges = a.ranges;
-    const __half* w = (const __half*)a.w;
-    // float4 loads of x need 16-byte aligned rows; ranges start at multiples of 16.
-    const bool x_vec = ((ldx | in_off) & 3) == 0;
-    int local = blockIdx.x - (int)tiles[p];
-    int tiles_n = (a.n + BN - 1) / BN;
-    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
-    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    int g = lane / 4, t = lane % 4;
-    int wr = warp / WARPS_N, wc = warp % WARPS_N;
 
-    // The stage cursor: range q, its end e, and the stage's first column k0.
-    int q = 0, e = 0, k0 = 0;
-    if (nranges > 0) {
-        k0 = ranges[0];
-        e = ranges[1];
+    // acc += the stage's x tile (BM × MMA_BK) · its W tile (BN × MMA_BK)ᵀ.
+    // ldmatrix row addresses: A (x) matrices 0–3 are rows 0–7 / 8–15 by
+    // columns 0–7 / 8–15 as the mma wants them (a0 a1 a2 a3); B (W) matrices
+    // are, for two 8-column tiles j and j+1, columns 0–7 and 8–15 of each.
+    static __device__ __forceinline__ void multiply(float (&acc)[MT][NT][4], const __half (*xs)[MMA_LD],
+                                                    const __half (*ws)[MMA_LD], int warp, int lane) {
+        const int wr = warp / WARPS_N, wc = warp % WARPS_N;
+        const int a_row = (lane % 8) + ((lane / 8) & 1) * 8, a_col = (lane / 16) * 8;
+        const int b_row = (lane % 8) + (lane / 16) * 8, b_col = ((lane / 8) & 1) * 8;
+        #pragma unroll
+        for (int kk = 0; kk < MMA_BK; kk += 16) {
+            u32 fa[MT][4];
+            #pragma unroll
+            for (int m = 0; m < MT; ++m) ldmatrix_x4(fa[m], &xs[wr * WM + m * 16 + a_row][kk + a_col]);
+            #pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                u32 fb[4];
+                ldmatrix_x4(fb, &ws[wc * WN + 8 * j + b_row][kk + b_col]);
+                #pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    mma_16816(acc[m][j], fa[m], fb);
+                    mma_16816(acc[m][j + 1], fa[m], fb + 2);
+                }
+            }
+        }
     }
-    auto skip_empty = [&]() {
+
+    // The fused epilogue of the tile at (row0, col0). Each thread holds pairs
+    // of adjacent columns (2t, 2t+1) of rows g and g+8.
+    static __device__ __forceinline__ void store(const LinearArgs& a, float (&acc)[MT][NT][4], int row0, int col0,
+                                                 int warp, int lane) {
+        const int wr = warp / WARPS_N, wc = warp % WARPS_N, g = lane / 4, t = lane % 4;
+        const bool pairs = ((a.ldy | a.out_off | a.ldscale | a.ldshift | a.ldy16) & 1) == 0;
+        #pragma unroll
+        for (int m = 0; m < MT; ++m)
+            #pragma unroll
+            for (int j = 0; j < NT; ++j)
+                #pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    int row = row0 + wr * WM + m * 16 + g + 8 * half;
+                    int col = col0 + wc * WN + 8 * j + 2 * t;
+                    if (row < a.rows && col < a.n)
+                        store_pair(a, pairs, row, col, acc[m][j][2 * half], acc[m][j][2 * half + 1]);
+                }
+    }
+};
+
+// The K stages of a problem: MMA_BK columns at a time through each range.
+struct StageCursor {
+    const u32* ranges;
+    int nranges, q = 0, e = 0, k0 = 0;
+    __device__ StageCursor(const u32* r, int n) : ranges(r), nranges(n) {
+        if (n > 0) {
+            k0 = r[0];
+            e = r[1];
+        }
+        skip_empty();
+    }
+    __device__ bool valid() const { return q < nranges; }
+    __device__ void skip_empty() {
         while (q < nranges && k0 >= e) {
             ++q;
             if (q < nranges) {
@@ -305,10 +349,47 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
                 e = ranges[2 * q + 1];
             }
         }
-    };
+    }
+    __device__ void advance() {
+        k0 += MMA_BK;
+        skip_empty();
+    }
+};
+
+// Tensor cores, x from the f32 activations: K advances MMA_BK at a time
+// through two shared-memory stages; the next stage's x (f32, converted to
+// fp16 on the way in) and W (fp16, 16-byte loads) are loaded into registers
+// while the current one is multiplied. Every range must start at a
+// multiple of 16 (the host checks); x is zeroed past a range's end. W is
+// [n_pad (multiple of 128), ldw (multiple of 16)], zero padded.
+template <int BM, int BN, int WARPS_M, int WARPS_N>
+__device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int count) {
+    using Tile = MmaTile<BM, BN, WARPS_M, WARPS_N>;
+    constexpr int THREADS = Tile::THREADS;
+    constexpr int XV = BM * MMA_BK / 4 / THREADS;  // float4 groups of x each thread stages
+    constexpr int WV = BN * MMA_BK / 8 / THREADS;  // 16-byte chunks of W each thread stages
+    static_assert(BM * MMA_BK % (4 * THREADS) == 0 && BN * MMA_BK % (8 * THREADS) == 0, "staging covers the tile");
+    __shared__ __align__(16) __half xs[2][BM][MMA_LD];
+    __shared__ __align__(16) __half ws[2][BN][MMA_LD];
+    int p = problem_of(tiles, count, blockIdx.x);
+    // The problem stays in global memory (uniform, cached); what the K loop
+    // reads is copied to registers once.
+    const LinearArgs& a = problems[p];
+    const float* x = a.x;
+    const int ldx = a.ldx, in_off = a.in_off, rows = a.rows, ldw = a.ldw;
+    const __half* w = (const __half*)a.w;
+    // float4 loads of x need 16-byte aligned rows; ranges start at multiples of 16.
+    const bool x_vec = ((ldx | in_off) & 3) == 0;
+    int local = blockIdx.x - (int)tiles[p];
+    int tiles_n = (a.n + BN - 1) / BN;
+    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
+    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+    StageCursor at(a.ranges, a.nranges);
     float4 xr[XV];
     uint4 wv[WV];
     auto load = [&]() {
+        const int k0 = at.k0, e = at.e;
         // x: group i = tid + THREADS·j is 4 floats (row i / 8, columns 4·(i % 8)…):
         // rows of 32 consecutive floats, coalesced.
         #pragma unroll
@@ -353,59 +434,119 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
         }
     };
 
-    float acc[MT][NT][4] = {};
-    skip_empty();
-    if (q < nranges) {
+    float acc[Tile::MT][Tile::NT][4] = {};
+    if (at.valid()) {
         load();
         store(0);
     }
     __syncthreads();
     int buf = 0;
-    // ldmatrix row addresses: A (x) matrices 0–3 are rows 0–7 / 8–15 by
-    // columns 0–7 / 8–15 as the mma wants them (a0 a1 a2 a3); B (W) matrices
-    // are, for two 8-column tiles j and j+1, columns 0–7 and 8–15 of each.
-    const int a_row = (lane % 8) + ((lane / 8) & 1) * 8, a_col = (lane / 16) * 8;
-    const int b_row = (lane % 8) + (lane / 16) * 8, b_col = ((lane / 8) & 1) * 8;
-    while (q < nranges) {
-        k0 += MMA_BK;
-        skip_empty();
-        bool more = q < nranges;
+    while (at.valid()) {
+        at.advance();
+        bool more = at.valid();
         if (more) load();
-        #pragma unroll
-        for (int kk = 0; kk < MMA_BK; kk += 16) {
-            u32 fa[MT][4];
-            #pragma unroll
-            for (int m = 0; m < MT; ++m)
-                ldmatrix_x4(fa[m], &xs[buf][wr * WM + m * 16 + a_row][kk + a_col]);
-            #pragma unroll
-            for (int j = 0; j < NT; j += 2) {
-                u32 fb[4];
-                ldmatrix_x4(fb, &ws[buf][wc * WN + 8 * j + b_row][kk + b_col]);
-                #pragma unroll
-                for (int m = 0; m < MT; ++m) {
-                    mma_16816(acc[m][j], fa[m], fb);
-                    mma_16816(acc[m][j + 1], fa[m], fb + 2);
-                }
-            }
-        }
+        Tile::multiply(acc, xs[buf], ws[buf], warp, lane);
         // One barrier per stage: the other buffer was last read before the
         // previous barrier.
         if (more) store(buf ^ 1);
         __syncthreads();
         buf ^= 1;
     }
-    // Each thread holds pairs of adjacent columns (2t, 2t+1) of rows g and g+8.
-    const bool pairs = ((a.ldy | a.out_off | a.ldscale | a.ldshift) & 1) == 0;
-    #pragma unroll
-    for (int m = 0; m < MT; ++m)
+    Tile::store(a, acc, row0, col0, warp, lane);
+}
+
+// `cp.async` (sm_80+): 16 bytes from global to shared memory without
+// registers; `src_bytes` < 16 copies that many and zero-fills the rest (0:
+// nothing is read). Copies are grouped by commit; wait<N> waits until at
+// most the N newest groups are in flight (then a barrier makes every
+// thread's copies visible). The emulator defines these from the PTX ISA.
+#ifndef MMOE_EMULATE
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    u32 address = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#endif
+
+// Tensor cores, x from the fp16 copy (`x16`) its producer wrote: x and W go
+// global → shared memory by cp.async through STAGES stages (STAGES - 1 in
+// flight while one is multiplied), no register staging and no conversion.
+// As `linear_mma`, ranges start at multiples of 16; besides, in_off and
+// ldx16 are multiples of 8 (16-byte rows; the host checks). Same tiles and
+// the same order of sums as `linear_mma`, so the same results.
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
+__device__ void linear_mma_h(const LinearArgs* problems, const u32* tiles, int count) {
+    using Tile = MmaTile<BM, BN, WARPS_M, WARPS_N>;
+    constexpr int THREADS = Tile::THREADS;
+    constexpr int XC = BM * MMA_BK / 8 / THREADS;  // 16-byte chunks of x each thread copies per stage
+    constexpr int WC = BN * MMA_BK / 8 / THREADS;  // and of W
+    static_assert(BM * MMA_BK % (8 * THREADS) == 0 && BN * MMA_BK % (8 * THREADS) == 0, "copies cover the tile");
+    static_assert(STAGES >= 2, "one stage in flight at least");
+    __shared__ __align__(16) __half xs[STAGES][BM][MMA_LD];
+    __shared__ __align__(16) __half ws[STAGES][BN][MMA_LD];
+    int p = problem_of(tiles, count, blockIdx.x);
+    const LinearArgs& a = problems[p];
+    const __half* x = a.x16;
+    const int ldx = a.ldx16, in_off = a.in_off, rows = a.rows, ldw = a.ldw;
+    const __half* w = (const __half*)a.w;
+    int local = blockIdx.x - (int)tiles[p];
+    int tiles_n = (a.n + BN - 1) / BN;
+    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
+    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+    int stages = 0;
+    for (int q = 0; q < a.nranges; ++q) {
+        int s = a.ranges[2 * q], e = a.ranges[2 * q + 1];
+        if (e > s) stages += (e - s + MMA_BK - 1) / MMA_BK;
+    }
+    StageCursor at(a.ranges, a.nranges);
+    // Chunk c = tid + THREADS·j of a tile is 8 halves: row c / 4, columns
+    // 8·(c % 4)… of the stage. x past a range's end (and rows past `rows`)
+    // is zero-filled; a W chunk starting before the end ends inside the
+    // padded row, and x is zero past the end.
+    auto issue = [&](int slot) {
+        const int k0 = at.k0, e = at.e;
         #pragma unroll
-        for (int j = 0; j < NT; ++j)
-            #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                int row = row0 + wr * WM + m * 16 + g + 8 * half;
-                int col = col0 + wc * WN + 8 * j + 2 * t;
-                if (row < rows && col < a.n) store_pair(a, pairs, row, col, acc[m][j][2 * half], acc[m][j][2 * half + 1]);
-            }
+        for (int j = 0; j < XC; ++j) {
+            int c = tid + THREADS * j;
+            int row = row0 + c / 4, k = k0 + 8 * (c % 4);
+            int bytes = row < rows && k < e ? 2 * min(8, e - k) : 0;
+            const __half* src = bytes ? x + (long long)ldx * row + in_off + k : x;
+            cp_async16(&xs[slot][c / 4][8 * (c % 4)], src, bytes);
+        }
+        #pragma unroll
+        for (int j = 0; j < WC; ++j) {
+            int c = tid + THREADS * j;
+            int row = col0 + c / 4, k = k0 + 8 * (c % 4);
+            int bytes = k < e ? 16 : 0;
+            cp_async16(&ws[slot][c / 4][8 * (c % 4)], bytes ? w + (long long)row * ldw + k : w, bytes);
+        }
+        at.advance();
+    };
+
+    float acc[Tile::MT][Tile::NT][4] = {};
+    // One group per stage, empty ones too, so wait<STAGES - 2> at stage i
+    // always means: stage i has landed.
+    #pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < stages) issue(s);
+        cp_async_commit();
+    }
+    for (int i = 0; i < stages; ++i) {
+        cp_async_wait<STAGES - 2>();
+        // Stage i is visible to every thread, and every thread is done with
+        // stage i - 1, whose slot the next copy reuses.
+        __syncthreads();
+        if (i + STAGES - 1 < stages) issue((i + STAGES - 1) % STAGES);
+        cp_async_commit();
+        Tile::multiply(acc, xs[i % STAGES], ws[i % STAGES], warp, lane);
+    }
+    Tile::store(a, acc, row0, col0, warp, lane);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32(const LinearArgs* problems, const u32* tiles, int count) {
@@ -420,6 +561,19 @@ extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64(const LinearAr
 // per SM); bounded to two blocks per SM it spills. Not yet timed on a GPU.
 extern "C" __global__ void __launch_bounds__(256, 1) linear_mma128(const LinearArgs* problems, const u32* tiles, int count) {
     linear_mma<128, 128, 2, 4>(problems, tiles, count);
+}
+// The same tiles over the fp16 copies of x (MMOE_GPU_HALF_X, on by
+// default): four stages for the 4-warp tiles (30 and 40 KB of shared
+// memory), two for the 128×128 one (40 KB: a third would pass the 48 KB of
+// static shared memory). Not yet timed on a GPU.
+extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32h(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma_h<32, 64, 2, 2, 4>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64h(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma_h<64, 64, 2, 2, 4>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) linear_mma128h(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma_h<128, 128, 2, 4, 2>(problems, tiles, count);
 }
 
 // ---------------------------------------------------------------- element-wise

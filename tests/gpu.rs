@@ -76,8 +76,27 @@ fn device_options_fail_cleanly_or_fall_back() {
 
 /// Max |Δlogit| of the CUDA backend against the CPU exact path.
 fn gpu_vs_cpu(path: &std::path::Path, config: &Config, precision: GpuPrecision, n: usize) -> f32 {
-    let cpu_model = open(path, Device::Cpu, precision).unwrap();
-    let gpu_model = open(path, Device::Cuda(0), precision).unwrap();
+    let cpu = logits(path, config, Device::Cpu, precision, n);
+    let gpu = logits(path, config, Device::Cuda(0), precision, n);
+    cpu.iter()
+        .zip(&gpu)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The logits of a synthetic request of `n` candidates on `device`.
+fn logits(
+    path: &std::path::Path,
+    config: &Config,
+    device: Device,
+    precision: GpuPrecision,
+    n: usize,
+) -> Vec<f32> {
+    let model = open(path, device, precision).unwrap();
+    let backend = match device {
+        Device::Cpu => Backend::Cpu,
+        _ => Backend::Cuda,
+    };
     let request = mmoe::demo::synthetic_request(config, n, 9);
     let tasks = config.tasks.len();
     let run = |model: &Arc<Model>, backend| {
@@ -106,14 +125,7 @@ fn gpu_vs_cpu(path: &std::path::Path, config: &Config, precision: GpuPrecision, 
         assert_eq!(logits, again, "graph replay gives the same scores");
         logits
     };
-    let (cpu, gpu) = (
-        run(&cpu_model, Backend::Cpu),
-        run(&gpu_model, Backend::Cuda),
-    );
-    cpu.iter()
-        .zip(&gpu)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+    run(&model, backend)
 }
 
 /// The benchmark model with the demo's weights, packed as fp16.
@@ -158,7 +170,8 @@ fn gpu_matches_cpu_on_the_demo_model() {
 
 /// The kernel choices besides the defaults (`MMOE_GPU_FUSED_HEADS=0`: the
 /// mixture, towers and logits as separate launches; `MMOE_GPU_TILES=wide`:
-/// 128×128 tiles from 512-row buckets), with the default's parity bounds.
+/// 128×128 tiles from 512-row buckets; `MMOE_GPU_HALF_X=0`: GEMMs that
+/// convert f32 activations), with the default's parity bounds.
 /// The variables are read when a model opens; the check runs these tests on
 /// one thread, and the other tests pass with any choice.
 #[test]
@@ -169,12 +182,13 @@ fn gpu_kernel_variants_match_cpu() {
     }
     let (small_config, _, small) = small(DType::F16);
     let (demo_config, demo) = demo_model();
-    let variants: [(&str, &[(&str, &str)]); 3] = [
+    let variants: [(&str, &[(&str, &str)]); 4] = [
         ("unfused heads", &[("MMOE_GPU_FUSED_HEADS", "0")]),
         ("wide tiles", &[("MMOE_GPU_TILES", "wide")]),
+        ("f32 inputs", &[("MMOE_GPU_HALF_X", "0")]),
         (
-            "unfused heads + wide tiles",
-            &[("MMOE_GPU_FUSED_HEADS", "0"), ("MMOE_GPU_TILES", "wide")],
+            "unfused heads + f32 inputs (the kernels of 277801c)",
+            &[("MMOE_GPU_FUSED_HEADS", "0"), ("MMOE_GPU_HALF_X", "0")],
         ),
     ];
     for (name, vars) in variants {
@@ -207,6 +221,37 @@ fn gpu_kernel_variants_match_cpu() {
             assert!(delta < bound, "{name}: {model} model off by {delta}");
         }
     }
+}
+
+/// GEMMs over the fp16 copies of x (default: cp.async pipelines) give
+/// exactly the logits of the GEMMs that convert the f32 activations (the
+/// same roundings, tiles and sums), at each tile size.
+#[test]
+fn gpu_half_inputs_give_the_same_logits_as_f32_inputs() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let (small_config, _, small) = small(DType::F16);
+    let (demo_config, demo) = demo_model();
+    let cases = [
+        ("small", &small.path, &small_config, 1),
+        ("small", &small.path, &small_config, 300),
+        ("demo", &demo.path, &demo_config, 32),
+        ("demo", &demo.path, &demo_config, 1024),
+    ];
+    for tiles in ["standard", "wide"] {
+        std::env::set_var("MMOE_GPU_TILES", tiles);
+        for (name, path, config, n) in cases {
+            let half = logits(path, config, Device::Cuda(0), GpuPrecision::F16, n);
+            std::env::set_var("MMOE_GPU_HALF_X", "0");
+            let f32_x = logits(path, config, Device::Cuda(0), GpuPrecision::F16, n);
+            std::env::remove_var("MMOE_GPU_HALF_X");
+            assert_eq!(half, f32_x, "{tiles} tiles: {name} model, {n} candidates");
+            println!("{tiles} tiles: {name} model, {n} candidates: identical logits");
+        }
+    }
+    std::env::remove_var("MMOE_GPU_TILES");
 }
 
 /// Hot reload on the GPU: 4 threads score through one CUDA engine while it

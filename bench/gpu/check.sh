@@ -60,10 +60,12 @@ for dir in parity/seed-*; do
   f32_pairs+=("$dir/cpu.jsonl" "$dir/f32.jsonl"); f16_pairs+=("$dir/cpu.jsonl" "$dir/f16.jsonl")
 done
 # The kernel choices (src/gpu/launch_plan.rs, PlanOptions) besides the
-# defaults (fused task heads, standard tiles), selected by environment:
-# every random model with a request of 600 candidates (512-row bucket;
-# unfused heads also its small requests), f16, against the CPU.
-variants=("unfused:MMOE_GPU_FUSED_HEADS=0" "wide:MMOE_GPU_TILES=wide" "unfused+wide:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_TILES=wide")
+# defaults (fused task heads, standard tiles, fp16 GEMM inputs), selected by
+# environment: every random model with a request of 600 candidates (512-row
+# bucket; unfused heads and f32 inputs also its small requests), f16,
+# against the CPU. `277801c` is the kernels timed on the H200 on 2026-11-26.
+variants=("unfused:MMOE_GPU_FUSED_HEADS=0" "wide:MMOE_GPU_TILES=wide" "f32x:MMOE_GPU_HALF_X=0"
+  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0")
 declare -A variant_pairs
 for dir in parity/seed-*; do
   m=$dir/model.mmoe; r=$dir/requests-600.jsonl
@@ -72,7 +74,7 @@ for dir in parity/seed-*; do
   for v in "${variants[@]}"; do
     name=${v%%:*}; vars=${v#*:}
     # Wide tiles change only buckets of 512 rows and more.
-    for req in $([ "$name" = unfused ] && echo requests) requests-600; do
+    for req in $([ "$name" = unfused ] || [ "$name" = f32x ] && echo requests) requests-600; do
       base=$([ $req = requests ] && echo cpu || echo cpu-600)
       env $vars timeout 20 ./bin/mmoe score --model "$m" --requests "$dir/$req.jsonl" --out "$dir/$name-$req.jsonl" \
         --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
@@ -94,8 +96,9 @@ for precision in f16 f32; do
   timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
     --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
 done
-# The same for each variant: fused heads and wide tiles were never timed
-# before; unfused is the path timed at 277801c. The A/B that sets the defaults.
+# The same for each variant: fused heads, wide tiles and fp16 inputs were
+# never timed before; 277801c is the path timed then. The A/B that sets the
+# defaults.
 for v in "${variants[@]}"; do
   name=${v%%:*}; vars=${v#*:}
   env $vars timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
@@ -131,7 +134,7 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["unfused", "wide", "unfused+wide"]
+names = ["unfused", "wide", "f32x", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")

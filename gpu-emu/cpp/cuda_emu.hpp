@@ -7,6 +7,7 @@
 // MMOE_EMULATE defined so the source skips its CUDA headers and inline PTX.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -72,6 +73,7 @@ inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(l
 // ---------------------------------------------------------------- math
 
 using std::isfinite;
+using std::min;
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 // ---------------------------------------------------------------- threads
@@ -91,6 +93,10 @@ const uint64_t* exchange_begin(const uint64_t* mine, int count);
 void exchange_end();
 // This lane's index in its warp.
 int lane();
+// cp.async: see the definitions below and scheduler.cpp.
+void cp_async(void* dst, const void* src, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int newest_in_flight);
 }  // namespace emu
 
 #define threadIdx (::emu::ids().thread_idx)
@@ -163,4 +169,20 @@ inline void mma_16816(float* c, const uint32_t* a, const uint32_t* b) {
     }
     emu::exchange_end();
     for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
+
+// ---------------------------------------------------------------- cp.async
+
+// cp.async.cg.shared.global (16 bytes, `src_bytes` of them read, the rest
+// zero), commit_group and wait_group. A copy may land any time between its
+// issue and the wait that covers it; the emulator takes both extremes, by
+// block parity: even blocks copy at issue (a copy into a stage that other
+// warps still read, missing its barrier, overwrites what they read), odd
+// blocks only at the wait (a read before the wait sees the stage's previous
+// contents). Misaligned addresses or sizes abort, as they fault on a GPU.
+inline void cp_async16(void* dst, const void* src, int src_bytes) { emu::cp_async(dst, src, src_bytes); }
+inline void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() {
+    emu::cp_async_wait(N);
 }

@@ -52,6 +52,9 @@ const std::vector<Entry>& entries() {
         entry("linear_mma32", linear_mma32),
         entry("linear_mma64", linear_mma64),
         entry("linear_mma128", linear_mma128),
+        entry("linear_mma32h", linear_mma32h),
+        entry("linear_mma64h", linear_mma64h),
+        entry("linear_mma128h", linear_mma128h),
         entry("feature_gate", feature_gate),
         entry("gather", gather),
         entry("layer_norm", layer_norm),
@@ -65,6 +68,7 @@ const std::vector<Entry>& entries() {
         entry("selftest_shuffle_sum", selftest_shuffle_sum),
         entry("selftest_misaligned", selftest_misaligned),
         entry("selftest_read", selftest_read),
+        entry("selftest_cp_async", selftest_cp_async),
     };
     return table;
 }

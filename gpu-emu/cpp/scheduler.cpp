@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -22,11 +23,26 @@ namespace {
 
 enum class State { Runnable, BlockBarrier, WarpBarrier, Done };
 
+// One cp.async: 16 bytes at dst, `bytes` of them from src.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    int bytes;
+    void perform() const {
+        if (bytes > 0) std::memcpy(dst, src, (size_t)bytes);
+        std::memset((char*)dst + bytes, 0, (size_t)(16 - bytes));
+    }
+};
+
 struct Fiber {
     ucontext_t context;
     std::unique_ptr<char[]> stack;
     ThreadIds ids;
     State state = State::Runnable;
+    // cp.async copies not yet performed: issued since the last commit, and
+    // the committed groups, oldest first.
+    std::vector<AsyncCopy> uncommitted;
+    std::deque<std::vector<AsyncCopy>> groups;
 };
 
 constexpr size_t STACK_BYTES = 128 * 1024;
@@ -39,6 +55,7 @@ struct Executor {
     const std::function<void()>* body = nullptr;
     std::vector<uint64_t> slots;  // per warp: 32 lanes × MAX_WORDS
     std::string error;
+    bool eager_copies = false;  // cp.async lands at issue (else at its wait)
 };
 
 thread_local Executor* executor = nullptr;
@@ -95,6 +112,8 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
         f.ids.thread_idx = {(unsigned)(i % block.block_dim.x), (unsigned)((i / block.block_dim.x) % block.block_dim.y),
                             (unsigned)(i / (block.block_dim.x * block.block_dim.y))};
         f.state = State::Runnable;
+        f.uncommitted.clear();
+        f.groups.clear();
         getcontext(&f.context);
         f.context.uc_stack.ss_sp = f.stack.get();
         f.context.uc_stack.ss_size = STACK_BYTES;
@@ -107,6 +126,7 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
     // Odd blocks start reversed: across a grid, every barrier interval runs
     // in both orders.
     unsigned block_index = block.block_idx.x + block.grid_dim.x * (block.block_idx.y + block.grid_dim.y * block.block_idx.z);
+    e.eager_copies = block_index % 2 == 0;
     for (size_t round = 0;; ++round) {
         bool reverse = (round + block_index) % 2 == 1;
         for (size_t k = 0; k < warps; ++k) {
@@ -142,6 +162,34 @@ const uint64_t* exchange_begin(const uint64_t* mine, int count) {
 }
 
 void exchange_end() { yield_as(State::WarpBarrier); }
+
+void cp_async(void* dst, const void* src, int src_bytes) {
+    if ((uintptr_t)dst % 16 != 0 || (src_bytes > 0 && (uintptr_t)src % 16 != 0) || src_bytes < 0 || src_bytes > 16) {
+        std::fprintf(stderr, "gpu-emu: cp.async of %d bytes from %p to %p: addresses must be 16-byte aligned\n",
+                     src_bytes, src, dst);
+        std::abort();
+    }
+    AsyncCopy copy{dst, src, src_bytes};
+    if (executor->eager_copies) {
+        copy.perform();
+    } else {
+        me().uncommitted.push_back(copy);
+    }
+}
+
+void cp_async_commit() {
+    Fiber& f = me();
+    f.groups.push_back(std::move(f.uncommitted));
+    f.uncommitted.clear();
+}
+
+void cp_async_wait(int newest_in_flight) {
+    Fiber& f = me();
+    while (f.groups.size() > (size_t)newest_in_flight) {
+        for (const AsyncCopy& copy : f.groups.front()) copy.perform();
+        f.groups.pop_front();
+    }
+}
 
 bool run_grid(const uint3& grid, const uint3& block, const std::function<void()>& body, std::string& error) {
     thread_local Executor local;

@@ -37,3 +37,16 @@ extern "C" __global__ void selftest_misaligned(float* out, const float* in) {
 extern "C" __global__ void selftest_read(float* out, const float* in, int index) {
     out[threadIdx.x] = in[index];
 }
+
+// cp.async: thread t of block b copies in[128·b + 4t …] (16 bytes; 8 for
+// t = 31, the rest zero-filled) into shared memory, waits for it (or not),
+// meets the others at a barrier, and copies shared memory to out[128·b …].
+extern "C" __global__ void selftest_cp_async(float* out, const float* in, int wait) {
+    __shared__ __align__(16) float stage[128];
+    int t = threadIdx.x, b = blockIdx.x;
+    cp_async16(&stage[4 * t], in + 128 * b + 4 * t, t == 31 ? 8 : 16);
+    cp_async_commit();
+    if (wait) cp_async_wait<0>();
+    __syncthreads();
+    for (int i = t; i < 128; i += 32) out[128 * b + i] = stage[i];
+}

@@ -3,7 +3,7 @@
 //! harness (`tests/python/test_parity.py --emu`).
 //!
 //!     mmoe-gpu-emu score --model M.mmoe --requests R.jsonl --out O.jsonl
-//!         [--precision f16|f32] [--unfused-heads] [--wide-tiles]
+//!         [--precision f16|f32] [--unfused-heads] [--wide-tiles] [--f32-inputs]
 //!
 //! `--unfused-heads`: mixture, towers and logits as separate launches (the
 //! engine fuses them by default). `--wide-tiles`: the 128×128-tile kernel at
@@ -27,7 +27,7 @@ struct Args {
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if args.next().as_deref() != Some("score") {
-        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--unfused-heads] [--wide-tiles]".into());
+        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--unfused-heads] [--wide-tiles] [--f32-inputs]".into());
     }
     let (mut model, mut requests, mut out) = (None, None, None);
     let mut precision = Precision::F16;
@@ -47,6 +47,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--unfused-heads" => options.fused_heads = false,
             "--wide-tiles" => options.tiles = Tiles::Wide { from_rows: 0 },
+            "--f32-inputs" => options.half_x = false,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }

@@ -59,6 +59,38 @@ fn unknown_kernels_and_wrong_arity_are_errors() {
     assert!(err.contains("1 arguments, the kernel takes 3"), "{err}");
 }
 
+/// A cp.async lands at its issue in even blocks and only at its wait in odd
+/// ones: with the wait both blocks read what they copied (zero past a short
+/// copy); without it, the odd block reads what shared memory held before
+/// (the even block's values).
+#[test]
+fn cp_async_lands_by_its_wait_and_not_before() {
+    let values: Vec<f32> = (0..256).map(|i| i as f32 + 0.5).collect();
+    let mut input = DeviceMemory::from_slice(&values);
+    let mut expected = values.clone();
+    for block in 0..2 {
+        expected[128 * block + 126] = 0.0;
+        expected[128 * block + 127] = 0.0;
+    }
+    for wait in [1u64, 0] {
+        let mut out = DeviceMemory::zeroed(256 * 4);
+        let args = [out.address(), input.address(), wait];
+        // SAFETY: the kernel reads in[0..256] and writes out[0..256], both allocated.
+        unsafe { launch("selftest_cp_async", (2, 1, 1), (32, 1, 1), &args) }.unwrap();
+        let got: Vec<f32> = out.read(256);
+        assert_eq!(got[..128], expected[..128], "the eager block, wait {wait}");
+        if wait == 1 {
+            assert_eq!(got[128..], expected[128..], "the deferred block waits");
+        } else {
+            assert_eq!(
+                got[128..],
+                expected[..128],
+                "the deferred block reads stale data"
+            );
+        }
+    }
+}
+
 /// Runs test `name` alone in a child process with `marker` set (the child
 /// does what kills it); its output.
 fn rerun_in_child(name: &str, marker: &str) -> std::process::Output {

@@ -24,13 +24,14 @@ fn packed(config: &Config, seed: u64) -> (tempfile::TempDir, Arc<Model>) {
     (dir, model)
 }
 
-/// A kernel variant: precision and plan options, and the kernel that shows
-/// the variant is really in the plan.
+/// A kernel variant: precision and plan options, and the kernels (one of
+/// them, depending on the bucket) that show the variant is really in the
+/// plan.
 struct Variant {
     name: &'static str,
     precision: Precision,
     options: PlanOptions,
-    uses: Option<Kernel>,
+    uses: &'static [Kernel],
     bound: f32,
 }
 
@@ -39,7 +40,7 @@ struct Variant {
 const WIDE: Tiles = Tiles::Wide { from_rows: 64 };
 
 fn variants() -> Vec<Variant> {
-    // The defaults: fused task heads, standard tiles.
+    // The defaults: fused task heads, standard tiles, fp16 GEMM inputs.
     let fused = PlanOptions::default();
     let plain = PlanOptions {
         fused_heads: false,
@@ -50,14 +51,14 @@ fn variants() -> Vec<Variant> {
             name: "f32",
             precision: Precision::F32,
             options: fused,
-            uses: Some(Kernel::TaskHeadsF32),
+            uses: &[Kernel::TaskHeadsF32],
             bound: 1e-4,
         },
         Variant {
             name: "f16",
             precision: Precision::F16,
             options: fused,
-            uses: Some(Kernel::TaskHeadsF16),
+            uses: &[Kernel::LinearMma32H, Kernel::LinearMma64H],
             bound: 2e-2,
         },
         Variant {
@@ -67,21 +68,21 @@ fn variants() -> Vec<Variant> {
                 tiles: WIDE,
                 ..fused
             },
-            uses: Some(Kernel::LinearMma128),
+            uses: &[Kernel::LinearMma32H, Kernel::LinearMma128H],
             bound: 2e-2,
         },
         Variant {
             name: "f16 unfused heads",
             precision: Precision::F16,
             options: plain,
-            uses: Some(Kernel::Mixture),
+            uses: &[Kernel::Mixture],
             bound: 2e-2,
         },
         Variant {
             name: "f32 unfused heads",
             precision: Precision::F32,
             options: plain,
-            uses: Some(Kernel::Mixture),
+            uses: &[Kernel::Mixture],
             bound: 1e-4,
         },
     ]
@@ -100,26 +101,41 @@ fn emu_vs_cpu(model: &Arc<Model>, variant: &Variant, n: usize, seed: u64) -> f32
             },
         )
         .expect("cpu scores");
-    let emu = EmuModel::new(model.clone(), variant.precision, variant.options);
-    if let Some(kernel) = variant.uses {
-        let plan = emu.plan(bucket(n));
-        let used = plan.launches.iter().any(|l| l.kernel == kernel);
-        // Wide tiles start at 64-row buckets.
-        assert!(
-            used || (kernel == Kernel::LinearMma128 && bucket(n) < 64),
-            "{}: no {kernel:?} launch for {n} candidates",
-            variant.name
-        );
-    }
-    let scores = emu
-        .score(&request.as_request())
-        .expect("emulated GPU scores");
+    let scores = emu_scores(
+        model,
+        variant.precision,
+        variant.options,
+        variant.uses,
+        n,
+        seed,
+    );
     assert_eq!(scores.len(), cpu.len());
     assert!(scores.iter().all(|v| v.is_finite()), "{scores:?}");
     cpu.iter()
         .zip(&scores)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max)
+}
+
+/// The emulated GPU path's logits for `n` candidates; one of `uses` must
+/// be in the plan.
+fn emu_scores(
+    model: &Arc<Model>,
+    precision: Precision,
+    options: PlanOptions,
+    uses: &[Kernel],
+    n: usize,
+    seed: u64,
+) -> Vec<f32> {
+    let request = mmoe::demo::synthetic_request(model.config(), n, seed);
+    let emu = EmuModel::new(model.clone(), precision, options);
+    let plan = emu.plan(bucket(n));
+    assert!(
+        plan.launches.iter().any(|l| uses.contains(&l.kernel)),
+        "no launch of {uses:?} for {n} candidates"
+    );
+    emu.score(&request.as_request())
+        .expect("emulated GPU scores")
 }
 
 fn check(label: &str, model: &Arc<Model>, variants: &[Variant], candidates: &[usize], seed: u64) {
@@ -168,4 +184,73 @@ fn demo_model_matches_cpu() {
         .collect();
     check("demo model", &model, &f16[..1], &[1], 8);
     check("demo model", &model, &f16, &[33], 8);
+}
+
+/// The fp16 copies of x (the `…h` kernels: cp.async pipelines) give exactly
+/// the logits of the kernels that convert the f32 activations themselves:
+/// the same roundings, tiles and order of sums. Each tile size, on the
+/// medium model (partial tiles, ranges, several buckets) and the demo model.
+#[test]
+fn half_inputs_give_the_same_logits_as_f32_inputs() {
+    let medium = Config::parse(MEDIUM_CONFIG).unwrap();
+    let demo = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
+    let (_medium_dir, medium) = packed(&medium, 11);
+    let (_demo_dir, demo) = packed(&demo, 7);
+    let standard = PlanOptions::default();
+    let wide = PlanOptions {
+        tiles: WIDE,
+        ..standard
+    };
+    let cases = [
+        (
+            "medium",
+            &medium,
+            standard,
+            1,
+            Kernel::LinearMma32H,
+            Kernel::LinearMma32,
+        ),
+        (
+            "medium",
+            &medium,
+            standard,
+            70,
+            Kernel::LinearMma64H,
+            Kernel::LinearMma64,
+        ),
+        (
+            "medium",
+            &medium,
+            wide,
+            40,
+            Kernel::LinearMma128H,
+            Kernel::LinearMma128,
+        ),
+        (
+            "demo",
+            &demo,
+            standard,
+            33,
+            Kernel::LinearMma64H,
+            Kernel::LinearMma64,
+        ),
+        (
+            "demo",
+            &demo,
+            wide,
+            3,
+            Kernel::LinearMma32H,
+            Kernel::LinearMma32,
+        ),
+    ];
+    for (label, model, options, n, half_kernel, f32_kernel) in cases {
+        let f32_options = PlanOptions {
+            half_x: false,
+            ..options
+        };
+        let half = emu_scores(model, Precision::F16, options, &[half_kernel], n, 9);
+        let f32_x = emu_scores(model, Precision::F16, f32_options, &[f32_kernel], n, 9);
+        assert_eq!(half, f32_x, "{label} model, {n} candidates, {options:?}");
+        println!("{label} model, {n} candidates, {options:?}: identical logits");
+    }
 }

@@ -43,8 +43,14 @@ pub struct LinearArgs {
     pub shift: u64,
     pub ldshift: i32,
     pub _pad4: i32,
+    pub y16: u64,
+    pub ldy16: i32,
+    pub _pad5: i32,
+    pub x16: u64,
+    pub ldx16: i32,
+    pub _pad6: i32,
 }
-const _: () = assert!(std::mem::size_of::<LinearArgs>() == 128);
+const _: () = assert!(std::mem::size_of::<LinearArgs>() == 160);
 
 /// A model tensor as the kernels read it.
 pub enum TensorImage {
@@ -224,6 +230,10 @@ fn linear_args(l: &LinearLaunch, regions: &Regions<'_>) -> LinearArgs {
         ldscale: l.ldscale,
         shift: at(l.shift),
         ldshift: l.ldshift,
+        y16: at(l.y16),
+        ldy16: l.ldy16,
+        x16: at(l.x16),
+        ldx16: l.ldx16,
         ..LinearArgs::default()
     }
 }

@@ -31,6 +31,9 @@ pub enum Kernel {
     LinearMma32,
     LinearMma64,
     LinearMma128,
+    LinearMma32H,
+    LinearMma64H,
+    LinearMma128H,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -42,7 +45,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 15] = [
+    pub const ALL: [Kernel; 18] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
@@ -50,6 +53,9 @@ impl Kernel {
         Kernel::LinearMma32,
         Kernel::LinearMma64,
         Kernel::LinearMma128,
+        Kernel::LinearMma32H,
+        Kernel::LinearMma64H,
+        Kernel::LinearMma128H,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -68,6 +74,9 @@ impl Kernel {
             Kernel::LinearMma32 => "linear_mma32",
             Kernel::LinearMma64 => "linear_mma64",
             Kernel::LinearMma128 => "linear_mma128",
+            Kernel::LinearMma32H => "linear_mma32h",
+            Kernel::LinearMma64H => "linear_mma64h",
+            Kernel::LinearMma128H => "linear_mma128h",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -121,6 +130,12 @@ pub struct LinearLaunch {
     pub ldscale: i32,
     pub shift: Loc,
     pub ldshift: i32,
+    /// The fp16 copy of y (`Loc::Null`: none), row stride in halves.
+    pub y16: Loc,
+    pub ldy16: i32,
+    /// The fp16 copy of x that the `…H` kernels read, row stride in halves.
+    pub x16: Loc,
+    pub ldx16: i32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +227,9 @@ pub struct LaunchPlan {
     /// Candidate rows every launch computes (the batch bucket).
     pub capacity: usize,
     pub placements: Vec<Placement>,
+    /// Per buffer, its fp16 copy for the GEMMs that read it, if it has one
+    /// (`offset` in f32 elements of the arena, `ld` in halves).
+    pub halves: Vec<Option<Placement>>,
     pub arena_len: usize,
     pub ranges: Vec<u32>,
     pub pointers: Vec<PointerEntry>,
@@ -241,6 +259,13 @@ pub struct PlanOptions {
     /// launches timed on an H200 instead: one mixture launch, the towers'
     /// grouped GEMMs and a logit copy per task.
     pub fused_heads: bool,
+    /// fp16 GEMM inputs (on by default): the producers of every buffer a
+    /// tensor-core Linear reads as x (features, Linear epilogues) also write
+    /// it as fp16, and the GEMM copies it to shared memory by `cp.async`
+    /// through a multi-stage pipeline (`linear_mma*h`), with the same
+    /// results. `MMOE_GPU_HALF_X=0`: every GEMM converts the f32
+    /// activations itself (the kernels timed on an H200).
+    pub half_x: bool,
 }
 
 impl Default for PlanOptions {
@@ -248,13 +273,15 @@ impl Default for PlanOptions {
         PlanOptions {
             tiles: Tiles::Standard,
             fused_heads: true,
+            half_x: true,
         }
     }
 }
 
 impl PlanOptions {
-    /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`) and
-    /// `MMOE_GPU_FUSED_HEADS` (`0`, `1`); an unknown value is an error.
+    /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
+    /// `MMOE_GPU_FUSED_HEADS` and `MMOE_GPU_HALF_X` (`0`, `1`); an unknown
+    /// value is an error.
     pub fn from_env() -> Result<PlanOptions, String> {
         let mut options = PlanOptions::default();
         if let Ok(value) = std::env::var("MMOE_GPU_TILES") {
@@ -262,16 +289,16 @@ impl PlanOptions {
                 format!("MMOE_GPU_TILES is `{value}`: expected `standard` or `wide`")
             })?;
         }
+        let switch = |name: &str, value: String| match value.as_str() {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            _ => Err(format!("{name} is `{value}`: expected `0` or `1`")),
+        };
         if let Ok(value) = std::env::var("MMOE_GPU_FUSED_HEADS") {
-            options.fused_heads = match value.as_str() {
-                "0" => false,
-                "1" => true,
-                _ => {
-                    return Err(format!(
-                        "MMOE_GPU_FUSED_HEADS is `{value}`: expected `0` or `1`"
-                    ))
-                }
-            };
+            options.fused_heads = switch("MMOE_GPU_FUSED_HEADS", value)?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_HALF_X") {
+            options.half_x = switch("MMOE_GPU_HALF_X", value)?;
         }
         Ok(options)
     }
@@ -299,24 +326,33 @@ impl Tiles {
         }
     }
 
-    /// The tensor-core kernel for a bucket.
-    fn mma_kernel(self, capacity: usize) -> Kernel {
-        match self {
-            Tiles::Wide { from_rows } if capacity >= from_rows => Kernel::LinearMma128,
-            _ if capacity <= 32 => Kernel::LinearMma32,
-            _ => Kernel::LinearMma64,
+    /// The tensor-core kernel for a bucket, over fp16 copies of x (`half`)
+    /// or the f32 activations.
+    fn mma_kernel(self, capacity: usize, half: bool) -> Kernel {
+        match (self, half) {
+            (Tiles::Wide { from_rows }, false) if capacity >= from_rows => Kernel::LinearMma128,
+            (Tiles::Wide { from_rows }, true) if capacity >= from_rows => Kernel::LinearMma128H,
+            (_, false) if capacity <= 32 => Kernel::LinearMma32,
+            (_, true) if capacity <= 32 => Kernel::LinearMma32H,
+            (_, false) => Kernel::LinearMma64,
+            (_, true) => Kernel::LinearMma64H,
         }
+    }
+}
+
+/// A tensor-core kernel's output tile (rows, columns) and threads per block.
+pub fn mma_tile(kernel: Kernel) -> Option<(usize, usize, u32)> {
+    match kernel {
+        Kernel::LinearMma32 | Kernel::LinearMma32H => Some((32, 64, 128)),
+        Kernel::LinearMma64 | Kernel::LinearMma64H => Some((64, 64, 128)),
+        Kernel::LinearMma128 | Kernel::LinearMma128H => Some((128, 128, 256)),
+        _ => None,
     }
 }
 
 /// Blocks of a Linear problem of `rows` × `n` under `kernel`.
 pub fn linear_blocks(kernel: Kernel, rows: usize, n: usize) -> u32 {
-    let (bm, bn) = match kernel {
-        Kernel::LinearMma32 => (32, 64),
-        Kernel::LinearMma64 => (64, 64),
-        Kernel::LinearMma128 => (128, 128),
-        _ => (16, 16),
-    };
+    let (bm, bn, _) = mma_tile(kernel).unwrap_or((16, 16, 256));
     (rows.div_ceil(bm) * n.div_ceil(bn)) as u32
 }
 
@@ -337,14 +373,59 @@ fn merged<'a>(launches: impl Iterator<Item = &'a Launch>) -> (Vec<BufId>, Vec<Bu
 }
 
 pub fn is_linear(kernel: Kernel) -> bool {
+    matches!(kernel, Kernel::LinearSimtF32 | Kernel::LinearSimtF16) || mma_tile(kernel).is_some()
+}
+
+/// The half-precision (`x16`) form of the tensor-core kernels.
+pub fn reads_half_x(kernel: Kernel) -> bool {
     matches!(
         kernel,
-        Kernel::LinearSimtF32
-            | Kernel::LinearSimtF16
-            | Kernel::LinearMma32
-            | Kernel::LinearMma64
-            | Kernel::LinearMma128
+        Kernel::LinearMma32H | Kernel::LinearMma64H | Kernel::LinearMma128H
     )
+}
+
+/// Which buffers get an fp16 copy: those that a tensor-core Linear of
+/// `steps` reads as x (ranges at multiples of 16, columns from a multiple
+/// of 8: 16-byte rows for `cp.async`) and that only steps able to write the
+/// copy write (the feature kernels and Linear epilogues; a LayerNorm,
+/// gather or mixture writes f32 only, and its readers convert as before).
+fn half_copies<'a>(buffers: usize, steps: impl Iterator<Item = &'a Step>) -> Vec<bool> {
+    let mut read_as_x = vec![false; buffers];
+    let mut other_writer = vec![false; buffers];
+    for step in steps {
+        match step {
+            Step::RequestFeatures { .. } | Step::CandidateFeatures { .. } => {}
+            Step::Linear {
+                input,
+                k_ranges,
+                norm,
+                out,
+                ..
+            } => {
+                let aligned = k_ranges
+                    .as_deref()
+                    .is_none_or(|r| r.iter().all(|r| r.start % 16 == 0));
+                if aligned && input.offset % 8 == 0 {
+                    read_as_x[input.buf] = true;
+                }
+                if norm.is_some() {
+                    other_writer[out.buf] = true;
+                }
+            }
+            Step::LayerNorm { out, .. } | Step::Copy { out, .. } => other_writer[out.buf] = true,
+            Step::FeatureGate { out, .. }
+            | Step::Gather { out, .. }
+            | Step::Constant { out, .. }
+            | Step::Bilinear { out, .. }
+            | Step::Mixture { out, .. } => other_writer[*out] = true,
+            Step::Output { .. } => {}
+        }
+    }
+    read_as_x
+        .iter()
+        .zip(&other_writer)
+        .map(|(&read, &other)| read && !other)
+        .collect()
 }
 
 const BLOCK: u32 = 128;
@@ -478,6 +559,17 @@ impl LaunchPlan {
         options: PlanOptions,
         weight: &dyn Fn(TensorId) -> DeviceWeight,
     ) -> LaunchPlan {
+        let heads = if options.fused_heads {
+            task_heads(program, weight)
+        } else {
+            Vec::new()
+        };
+        let fused = |i: usize| heads.iter().any(|h| h.steps.contains(&i));
+        let lowered = || {
+            let candidate = program.candidate_steps.iter().enumerate();
+            let candidate = candidate.filter(move |(i, _)| !fused(*i)).map(|(_, s)| s);
+            program.request_steps.iter().chain(candidate)
+        };
         let mut placements = Vec::with_capacity(program.buffers.len());
         let mut offset = 0;
         for buffer in &program.buffers {
@@ -490,9 +582,29 @@ impl LaunchPlan {
             // 64-element (256-byte) alignment for every buffer.
             offset += (rows * buffer.width).div_ceil(64) * 64;
         }
+        // The fp16 copies, after the f32 buffers: rows of a multiple of 8
+        // halves (16 bytes), 256-byte aligned.
+        let mut halves = vec![None; program.buffers.len()];
+        if precision == Precision::F16 && options.half_x {
+            let wanted = half_copies(program.buffers.len(), lowered());
+            for (buf, buffer) in program.buffers.iter().enumerate() {
+                if !wanted[buf] {
+                    continue;
+                }
+                let rows = if buffer.per_request { 1 } else { capacity };
+                let stride = buffer.width.next_multiple_of(8);
+                halves[buf] = Some(Placement {
+                    offset,
+                    ld: if buffer.per_request { 0 } else { stride },
+                    rows,
+                });
+                offset += (rows * stride).div_ceil(2).div_ceil(64) * 64;
+            }
+        }
         let mut plan = LaunchPlan {
             capacity,
             placements,
+            halves,
             arena_len: offset.max(64),
             ranges: Vec::new(),
             pointers: Vec::new(),
@@ -503,19 +615,8 @@ impl LaunchPlan {
             #[cfg(test)]
             unscheduled: Vec::new(),
         };
-        let heads = if options.fused_heads {
-            task_heads(program, weight)
-        } else {
-            Vec::new()
-        };
-        let fused = |i: usize| heads.iter().any(|h| h.steps.contains(&i));
-        for step in &program.request_steps {
+        for step in lowered() {
             plan.lower(program, step, precision, weight);
-        }
-        for (i, step) in program.candidate_steps.iter().enumerate() {
-            if !fused(i) {
-                plan.lower(program, step, precision, weight);
-            }
         }
         if !heads.is_empty() {
             // The program lowers each task's chain on its own; should a step
@@ -734,10 +835,9 @@ impl LaunchPlan {
         self.ranges.push(total);
         let (reads, writes, origin) = merged(members.iter().map(|m| &m.2));
         let count = self.problems.len() - first_problem;
-        let block = match kernel {
-            Kernel::LinearMma32 | Kernel::LinearMma64 => (BLOCK, 1, 1),
-            Kernel::LinearMma128 => (2 * BLOCK, 1, 1),
-            _ => (16, 16, 1),
+        let block = match mma_tile(kernel) {
+            Some((_, _, threads)) => (threads, 1, 1),
+            None => (16, 16, 1),
         };
         self.launches.push(Launch {
             kernel,
@@ -757,6 +857,11 @@ impl LaunchPlan {
 
     fn at(&self, buf: BufId) -> Loc {
         Loc::Arena(self.placements[buf].offset)
+    }
+
+    /// A buffer's fp16 copy and its row stride in halves (`Loc::Null`: none).
+    fn half(&self, buf: BufId) -> (Loc, i32) {
+        self.halves[buf].map_or((Loc::Null, 0), |h| (Loc::Arena(h.offset), h.ld as i32))
     }
 
     fn ld(&self, buf: BufId) -> i32 {
@@ -909,17 +1014,25 @@ impl LaunchPlan {
                     Kernel::FeaturesRequest,
                     (blocks(program.d, 8), 1, 1),
                     (256, 1, 1),
-                    vec![Arg::Ptr(Loc::Staging), Arg::Ptr(self.at(*out)), Arg::I32(d)],
+                    vec![
+                        Arg::Ptr(Loc::Staging),
+                        Arg::Ptr(self.at(*out)),
+                        Arg::Ptr(self.half(*out).0),
+                        Arg::I32(d),
+                    ],
                     Vec::new(),
                     vec![*out],
                 );
             }
             Step::CandidateFeatures { request, out } => {
+                let (half, ldh) = self.half(*out);
                 let args = vec![
                     Arg::Ptr(Loc::Staging),
                     Arg::Ptr(self.at(*request)),
                     Arg::Ptr(self.at(*out)),
                     Arg::I32(self.stride(program, *out)),
+                    Arg::Ptr(half),
+                    Arg::I32(ldh),
                     Arg::I32(d),
                 ];
                 self.push(
@@ -947,11 +1060,21 @@ impl LaunchPlan {
                 let whole = [0..input.width];
                 let ranges = k_ranges.as_deref().unwrap_or(&whole);
                 let aligned = ranges.iter().all(|r| r.start % 16 == 0);
+                // `half_copies` gave the input its fp16 copy only when the
+                // columns start on a multiple of 8.
+                let (x16, ldx16) = self.half(input.buf);
+                let half = x16 != Loc::Null && input.offset % 8 == 0;
                 let kernel = match precision {
                     Precision::F32 => Kernel::LinearSimtF32,
-                    Precision::F16 if aligned => self.tiles.mma_kernel(self.capacity),
+                    Precision::F16 if aligned => self.tiles.mma_kernel(self.capacity, half),
                     Precision::F16 => Kernel::LinearSimtF16,
                 };
+                let (x16, ldx16) = if reads_half_x(kernel) {
+                    (x16, ldx16)
+                } else {
+                    (Loc::Null, 0)
+                };
+                let (y16, ldy16) = self.half(out.buf);
                 let (table, count) = self.ranges(ranges);
                 let rows = self.rows(out.buf);
                 let args = LinearLaunch {
@@ -974,6 +1097,10 @@ impl LaunchPlan {
                     ldscale: scale.map_or(0, |b| self.ld(b)),
                     shift: shift.map_or(Loc::Null, |b| self.at(b)),
                     ldshift: shift.map_or(0, |b| self.ld(b)),
+                    y16,
+                    ldy16,
+                    x16,
+                    ldx16,
                 };
                 let reads = [Some(input.buf), *add, *scale, *shift]
                     .into_iter()
@@ -1144,17 +1271,36 @@ mod tests {
     fn bench_model_runs_every_layer_on_tensor_cores_in_few_launches() {
         let program = bench_program();
         let wide = Tiles::Wide { from_rows: 512 };
-        for (capacity, tiles, kernel) in [
-            (32, Tiles::Standard, Kernel::LinearMma32),
-            (256, Tiles::Standard, Kernel::LinearMma64),
-            (1024, Tiles::Standard, Kernel::LinearMma64),
-            (32, wide, Kernel::LinearMma32),
-            (256, wide, Kernel::LinearMma64),
-            (1024, wide, Kernel::LinearMma128),
-        ] {
+        let cases = [
+            (
+                32,
+                Tiles::Standard,
+                Kernel::LinearMma32,
+                Kernel::LinearMma32H,
+            ),
+            (
+                256,
+                Tiles::Standard,
+                Kernel::LinearMma64,
+                Kernel::LinearMma64H,
+            ),
+            (
+                1024,
+                Tiles::Standard,
+                Kernel::LinearMma64,
+                Kernel::LinearMma64H,
+            ),
+            (32, wide, Kernel::LinearMma32, Kernel::LinearMma32H),
+            (256, wide, Kernel::LinearMma64, Kernel::LinearMma64H),
+            (1024, wide, Kernel::LinearMma128, Kernel::LinearMma128H),
+        ];
+        for ((capacity, tiles, f32_x, half_x), half) in
+            cases.into_iter().flat_map(|c| [(c, false), (c, true)])
+        {
             let options = PlanOptions {
                 tiles,
                 fused_heads: false,
+                half_x: half,
             };
             let plan = LaunchPlan::new(&program, capacity, Precision::F16, options, &|_| {
                 DeviceWeight { ldw: 512 }
@@ -1164,8 +1310,26 @@ mod tests {
                 .iter()
                 .filter(|l| is_linear(l.kernel))
                 .collect();
-            // The benchmark model's input widths are multiples of 16: no fallback.
-            assert!(linear.iter().all(|l| l.kernel == kernel));
+            // The benchmark model's input widths are multiples of 16: no
+            // fallback to SIMT. With fp16 inputs, every GEMM reads an fp16
+            // copy except the towers' first layers: their input is a
+            // mixture's output, which has none (the mixture writes f32).
+            let mut f32_inputs = 0;
+            for l in &linear {
+                let problems = &plan.problems[l.problems.clone()];
+                if l.kernel == half_x {
+                    assert!(half);
+                    assert!(problems
+                        .iter()
+                        .all(|p| p.x16 != Loc::Null && p.ldx16 % 8 == 0));
+                } else {
+                    assert_eq!(l.kernel, f32_x);
+                    assert!(problems.iter().all(|p| p.x16 == Loc::Null));
+                    f32_inputs += problems.len();
+                }
+            }
+            assert_eq!(f32_inputs, if half { 3 } else { 38 });
+            let kernel = |l: &Launch| l.kernel;
             // Every problem is in exactly one launch, and each launch's tile
             // table adds up its problems' blocks.
             let mut covered = 0;
@@ -1184,11 +1348,11 @@ mod tests {
                         problem.rows == capacity as i32 || problem.rows == 1,
                         "{problem:?}"
                     );
-                    total += linear_blocks(kernel, problem.rows as usize, problem.n as usize);
+                    total += linear_blocks(kernel(l), problem.rows as usize, problem.n as usize);
                 }
                 assert_eq!(plan.ranges[tiles + count as usize], total);
                 assert_eq!(l.grid, (total, 1, 1));
-                let threads = if kernel == Kernel::LinearMma128 {
+                let threads = if matches!(kernel(l), Kernel::LinearMma128 | Kernel::LinearMma128H) {
                     256
                 } else {
                     128
@@ -1317,17 +1481,22 @@ mod tests {
                 Plan::build(config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
             let program = Program::lower(config, &plan);
             for precision in [Precision::F16, Precision::F32] {
-                for (capacity, tiles, fused_heads) in [
-                    (32, Tiles::Standard, false),
-                    (256, Tiles::Standard, false),
-                    (256, Tiles::Wide { from_rows: 256 }, false),
-                    (32, Tiles::Standard, true),
+                for (capacity, tiles, fused_heads, half_x) in [
+                    (32, Tiles::Standard, false, false),
+                    (256, Tiles::Standard, false, true),
+                    (256, Tiles::Wide { from_rows: 256 }, false, false),
+                    (256, Tiles::Wide { from_rows: 256 }, false, true),
+                    (32, Tiles::Standard, true, true),
                 ] {
                     let launch_plan = LaunchPlan::new(
                         &program,
                         capacity,
                         precision,
-                        PlanOptions { tiles, fused_heads },
+                        PlanOptions {
+                            tiles,
+                            fused_heads,
+                            half_x,
+                        },
                         &|id| DeviceWeight {
                             ldw: match precision {
                                 Precision::F16 => {
@@ -1340,6 +1509,38 @@ mod tests {
                         },
                     );
                     let arena = launch_plan.arena_len;
+                    // The fp16 copies: 256-byte aligned rows of a multiple
+                    // of 8 halves, after the f32 buffers, disjoint, inside
+                    // the arena.
+                    let f32_end = launch_plan
+                        .placements
+                        .iter()
+                        .zip(&program.buffers)
+                        .map(|(p, b)| p.offset + p.rows * b.width)
+                        .max()
+                        .unwrap_or(0);
+                    let mut half_end = f32_end;
+                    for (h, b) in launch_plan.halves.iter().zip(&program.buffers) {
+                        let Some(h) = h else { continue };
+                        assert_eq!(precision, Precision::F16);
+                        assert!(half_x);
+                        assert!(h.offset % 64 == 0 && h.ld % 8 == 0 && h.offset >= half_end);
+                        half_end = h.offset + (h.rows * b.width.next_multiple_of(8)).div_ceil(2);
+                    }
+                    assert!(half_end <= arena);
+                    // An fp16 access, in halves.
+                    let in_half_arena = |loc: Loc, rows: i32, ld: i32, cols: i32| {
+                        if let Loc::Arena(offset) = loc {
+                            assert!(offset >= f32_end && ld % 8 == 0);
+                            let rows = if ld == 0 { 1 } else { rows.max(1) } as usize;
+                            let end = 2 * offset + (rows - 1) * ld as usize + cols as usize;
+                            assert!(
+                                end <= 2 * arena,
+                                "{}: fp16 access past the arena",
+                                config.name
+                            );
+                        }
+                    };
                     let in_arena = |loc: Loc, rows: i32, ld: i32, cols: i32| {
                         if let Loc::Arena(offset) = loc {
                             let rows = if ld == 0 { 1 } else { rows.max(1) } as usize;
@@ -1368,11 +1569,14 @@ mod tests {
                             in_arena(a.scale, a.rows, a.ldscale, a.n);
                             in_arena(a.shift, a.rows, a.ldshift, a.n);
                             in_arena(a.add, 1, 0, a.n);
+                            in_half_arena(a.y16, a.rows, a.ldy16, a.out_off + a.n);
+                            in_half_arena(a.x16, a.rows, a.ldx16, a.in_off + k_end);
+                            assert_eq!(a.x16 != Loc::Null, reads_half_x(launch.kernel));
+                            if reads_half_x(launch.kernel) {
+                                assert!(a.in_off % 8 == 0, "16-byte rows for cp.async");
+                            }
                             assert!(a.rows == capacity as i32 || a.rows == 1);
-                            if matches!(
-                                launch.kernel,
-                                Kernel::LinearMma32 | Kernel::LinearMma64 | Kernel::LinearMma128
-                            ) {
+                            if mma_tile(launch.kernel).is_some() {
                                 assert!(a.ldw % 16 == 0, "mma needs 16-padded rows");
                             }
                         }
@@ -1466,25 +1670,33 @@ mod tests {
     fn plan_options_come_from_the_environment_and_bad_values_are_named() {
         std::env::set_var("MMOE_GPU_TILES", "wide");
         std::env::set_var("MMOE_GPU_FUSED_HEADS", "0");
+        std::env::set_var("MMOE_GPU_HALF_X", "0");
         let options = PlanOptions::from_env();
         std::env::set_var("MMOE_GPU_TILES", "huge");
         let bad_tiles = PlanOptions::from_env();
         std::env::set_var("MMOE_GPU_TILES", "standard");
         std::env::set_var("MMOE_GPU_FUSED_HEADS", "yes");
         let bad_heads = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_FUSED_HEADS", "1");
+        std::env::set_var("MMOE_GPU_HALF_X", "true");
+        let bad_half = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_TILES");
         std::env::remove_var("MMOE_GPU_FUSED_HEADS");
+        std::env::remove_var("MMOE_GPU_HALF_X");
         assert_eq!(
             options,
             Ok(PlanOptions {
                 tiles: Tiles::Wide { from_rows: 512 },
-                fused_heads: false
+                fused_heads: false,
+                half_x: false,
             })
         );
         let err = bad_tiles.unwrap_err();
         assert!(err.contains("MMOE_GPU_TILES is `huge`"), "{err}");
         let err = bad_heads.unwrap_err();
         assert!(err.contains("MMOE_GPU_FUSED_HEADS is `yes`"), "{err}");
+        let err = bad_half.unwrap_err();
+        assert!(err.contains("MMOE_GPU_HALF_X is `true`"), "{err}");
         assert_eq!(PlanOptions::from_env(), Ok(PlanOptions::default()));
     }
 

@@ -604,8 +604,9 @@ def compare(engine_path: Path, config: dict, tensors: dict, requests: list,
 BACKENDS = ("reference", "cpu")
 
 # The GPU path run on the host (gpu-emu/, `--emu PATH`): backends named
-# emu-<f32|f16>[-unfused][-wide] (task heads as separate launches; 128×128
-# tiles at every bucket). fp16 compute rounds activations: the GPU check's
+# emu-<f32|f16>[-unfused][-wide][-f32x] (task heads as separate launches;
+# 128×128 tiles at every bucket; GEMMs converting f32 activations instead of
+# reading fp16 copies). fp16 compute rounds activations: the GPU check's
 # bound.
 EMU_BINARY: Path | None = None
 EMU_F16_LOGIT_RTOL = 2e-2
@@ -624,6 +625,7 @@ def score_command(binary: Path, backend: str, packed: Path, requests: Path, out:
            "--precision", parts[0]]
     cmd += ["--unfused-heads"] if "unfused" in parts else []
     cmd += ["--wide-tiles"] if "wide" in parts else []
+    cmd += ["--f32-inputs"] if "f32x" in parts else []
     if parts[0] == "f16":
         return cmd, EMU_F16_LOGIT_RTOL, EMU_F16_PROB_ATOL
     return cmd, LOGIT_RTOL, PROB_ATOL
