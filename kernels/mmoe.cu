@@ -578,22 +578,31 @@ extern "C" __global__ void __launch_bounds__(256, 2) linear_mma128h(const Linear
 
 // ---------------------------------------------------------------- element-wise
 
+// The element-wise kernels below take `out16` (optional, row stride `ldo16`
+// in halves): their output as fp16 too, for the GEMMs that read it next.
+__device__ __forceinline__ void store_with_half(float* out, int ldo, __half* out16, int ldo16, int r, int c, float v) {
+    out[(long long)ldo * r + c] = v;
+    if (out16) out16[(long long)ldo16 * r + c] = __float2half_rn(v);
+}
+
 // out = x0 ⊙ 2·sigmoid(g)
-extern "C" __global__ void feature_gate(const float* g, int ldg, const float* x0, int ld0, float* out, int ldo, int width, int rows) {
+extern "C" __global__ void feature_gate(const float* g, int ldg, const float* x0, int ld0, float* out, int ldo, int width,
+                                        int rows, __half* out16, int ldo16) {
     int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows || c >= width) return;
-    out[(long long)ldo * r + c] = row_of(x0, ld0, r)[c] * 2.0f * sigmoid_of(row_of(g, ldg, r)[c]);
+    store_with_half(out, ldo, out16, ldo16, r, c, row_of(x0, ld0, r)[c] * 2.0f * sigmoid_of(row_of(g, ldg, r)[c]));
 }
 
 // out[r, :] = concatenation of input[r, ranges]; `ranges` holds (start, end) pairs.
 extern "C" __global__ void gather(const float* in, int ldi, const u32* ranges, int nranges, float* out, int ldo,
-                                  int out_off, int rows) {
+                                  int out_off, int rows, __half* out16, int ldo16) {
     int r = blockIdx.x;
     if (r >= rows) return;
     int at = 0;
     for (int q = 0; q < nranges; ++q) {
         int s = ranges[2 * q], e = ranges[2 * q + 1];
-        for (int c = s + threadIdx.x; c < e; c += blockDim.x) out[(long long)ldo * r + out_off + at + (c - s)] = row_of(in, ldi, r)[c];
+        for (int c = s + threadIdx.x; c < e; c += blockDim.x)
+            store_with_half(out, ldo, out16, ldo16, r, out_off + at + (c - s), row_of(in, ldi, r)[c]);
         at += e - s;
     }
 }
@@ -601,7 +610,8 @@ extern "C" __global__ void gather(const float* in, int ldi, const u32* ranges, i
 // out = act(LN(in)), one block of 128 threads per row; in place is fine (every
 // element is read before it is written, after the row's statistics).
 extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, const float* gamma, const float* beta,
-                                      int act, float* out, int ldo, int out_off, int width, int rows) {
+                                      int act, float* out, int ldo, int out_off, int width, int rows, __half* out16,
+                                      int ldo16) {
     __shared__ float partial[2][128];
     int r = blockIdx.x, t = threadIdx.x;
     if (r >= rows) return;
@@ -628,7 +638,7 @@ extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, cons
     }
     float inv = rsqrtf(partial[1][0] / width + 1e-5f);
     for (int c = t; c < width; c += 128)
-        out[(long long)ldo * r + out_off + c] = activate((x[c] - mean) * inv * gamma[c] + beta[c], act);
+        store_with_half(out, ldo, out16, ldo16, r, out_off + c, activate((x[c] - mean) * inv * gamma[c] + beta[c], act));
 }
 
 // FinalMLP: out = wx + wy + Σ_h Σ_a Σ_b o1[h·hx+a] · Wxy[(h·hx+a)·(hy·H) + o·hy + b] · o2[h·hy+b]

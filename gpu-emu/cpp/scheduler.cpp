@@ -56,6 +56,7 @@ struct Executor {
     std::vector<uint64_t> slots;  // per warp: 32 lanes × MAX_WORDS
     std::string error;
     bool eager_copies = false;  // cp.async lands at issue (else at its wait)
+    unsigned launch = 0;        // this OS thread's launches so far
 };
 
 thread_local Executor* executor = nullptr;
@@ -126,7 +127,9 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
     // Odd blocks start reversed: across a grid, every barrier interval runs
     // in both orders.
     unsigned block_index = block.block_idx.x + block.grid_dim.x * (block.block_idx.y + block.grid_dim.y * block.block_idx.z);
-    e.eager_copies = block_index % 2 == 0;
+    // By block parity, and flipped every launch: a one-block grid runs
+    // both ways over consecutive launches.
+    e.eager_copies = (block_index + e.launch) % 2 == 0;
     for (size_t round = 0;; ++round) {
         bool reverse = (round + block_index) % 2 == 1;
         for (size_t k = 0; k < warps; ++k) {
@@ -196,6 +199,7 @@ bool run_grid(const uint3& grid, const uint3& block, const std::function<void()>
     Executor* outer = executor;
     executor = &local;
     local.body = &body;
+    ++local.launch;
     bool ok = true;
     ThreadIds ids{};
     ids.grid_dim = grid;

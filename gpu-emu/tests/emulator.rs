@@ -60,9 +60,9 @@ fn unknown_kernels_and_wrong_arity_are_errors() {
 }
 
 /// A cp.async lands at its issue in even blocks and only at its wait in odd
-/// ones: with the wait both blocks read what they copied (zero past a short
-/// copy); without it, the odd block reads what shared memory held before
-/// (the even block's values).
+/// ones (the parity flips every launch): with the wait both blocks read what
+/// they copied (zero past a short copy); without it, one of the two reads
+/// what shared memory held before.
 #[test]
 fn cp_async_lands_by_its_wait_and_not_before() {
     let values: Vec<f32> = (0..256).map(|i| i as f32 + 0.5).collect();
@@ -72,22 +72,16 @@ fn cp_async_lands_by_its_wait_and_not_before() {
         expected[128 * block + 126] = 0.0;
         expected[128 * block + 127] = 0.0;
     }
-    for wait in [1u64, 0] {
+    for wait in [1u64, 0, 1, 0] {
         let mut out = DeviceMemory::zeroed(256 * 4);
         let args = [out.address(), input.address(), wait];
         // SAFETY: the kernel reads in[0..256] and writes out[0..256], both allocated.
         unsafe { launch("selftest_cp_async", (2, 1, 1), (32, 1, 1), &args) }.unwrap();
         let got: Vec<f32> = out.read(256);
-        assert_eq!(got[..128], expected[..128], "the eager block, wait {wait}");
-        if wait == 1 {
-            assert_eq!(got[128..], expected[128..], "the deferred block waits");
-        } else {
-            assert_eq!(
-                got[128..],
-                expected[..128],
-                "the deferred block reads stale data"
-            );
-        }
+        let right = (0..2)
+            .filter(|&b| got[128 * b..128 * (b + 1)] == expected[128 * b..128 * (b + 1)])
+            .count();
+        assert_eq!(right, if wait == 1 { 2 } else { 1 }, "wait {wait}: {got:?}");
     }
 }
 

@@ -387,8 +387,9 @@ pub fn reads_half_x(kernel: Kernel) -> bool {
 /// Which buffers get an fp16 copy: those that a tensor-core Linear of
 /// `steps` reads as x (ranges at multiples of 16, columns from a multiple
 /// of 8: 16-byte rows for `cp.async`) and that only steps able to write the
-/// copy write (the feature kernels and Linear epilogues; a LayerNorm,
-/// gather or mixture writes f32 only, and its readers convert as before).
+/// copy write (features, Linear epilogues, LayerNorm, gathers and copies,
+/// FinalMLP feature gates; a mixture or bilinear output is f32 only, and
+/// its readers convert as before).
 fn half_copies<'a>(buffers: usize, steps: impl Iterator<Item = &'a Step>) -> Vec<bool> {
     let mut read_as_x = vec![false; buffers];
     let mut other_writer = vec![false; buffers];
@@ -396,11 +397,7 @@ fn half_copies<'a>(buffers: usize, steps: impl Iterator<Item = &'a Step>) -> Vec
         match step {
             Step::RequestFeatures { .. } | Step::CandidateFeatures { .. } => {}
             Step::Linear {
-                input,
-                k_ranges,
-                norm,
-                out,
-                ..
+                input, k_ranges, ..
             } => {
                 let aligned = k_ranges
                     .as_deref()
@@ -408,16 +405,13 @@ fn half_copies<'a>(buffers: usize, steps: impl Iterator<Item = &'a Step>) -> Vec
                 if aligned && input.offset % 8 == 0 {
                     read_as_x[input.buf] = true;
                 }
-                if norm.is_some() {
-                    other_writer[out.buf] = true;
-                }
             }
-            Step::LayerNorm { out, .. } | Step::Copy { out, .. } => other_writer[out.buf] = true,
-            Step::FeatureGate { out, .. }
-            | Step::Gather { out, .. }
-            | Step::Constant { out, .. }
-            | Step::Bilinear { out, .. }
-            | Step::Mixture { out, .. } => other_writer[*out] = true,
+            Step::LayerNorm { .. }
+            | Step::Copy { .. }
+            | Step::FeatureGate { .. }
+            | Step::Gather { .. }
+            | Step::Constant { .. } => {}
+            Step::Bilinear { out, .. } | Step::Mixture { out, .. } => other_writer[*out] = true,
             Step::Output { .. } => {}
         }
     }
@@ -925,6 +919,7 @@ impl LaunchPlan {
         let (table, count) = self.ranges(ranges);
         let rows = self.rows(out.buf);
         let ldo = self.stride(program, out.buf);
+        let (half, ldh) = self.half(out.buf);
         self.push(
             Kernel::Gather,
             (rows as u32, 1, 1),
@@ -938,6 +933,8 @@ impl LaunchPlan {
                 Arg::I32(ldo),
                 Arg::I32(out.offset as i32),
                 Arg::I32(rows as i32),
+                Arg::Ptr(half),
+                Arg::I32(ldh),
             ],
             source.into_iter().collect(),
             vec![out.buf],
@@ -954,6 +951,7 @@ impl LaunchPlan {
         act: Act,
     ) {
         let rows = self.rows(out.buf);
+        let (half, ldh) = self.half(out.buf);
         let args = vec![
             Arg::Ptr(self.at(input.buf)),
             Arg::I32(self.ld(input.buf)),
@@ -966,6 +964,8 @@ impl LaunchPlan {
             Arg::I32(out.offset as i32),
             Arg::I32(input.width as i32),
             Arg::I32(rows as i32),
+            Arg::Ptr(half),
+            Arg::I32(ldh),
         ];
         self.push(
             Kernel::LayerNorm,
@@ -989,6 +989,9 @@ impl LaunchPlan {
         args.push(Arg::I32(self.stride(program, out)));
         args.push(Arg::I32(width as i32));
         args.push(Arg::I32(rows as i32));
+        let (half, ldh) = self.half(out);
+        args.push(Arg::Ptr(half));
+        args.push(Arg::I32(ldh));
         self.push(
             kernel,
             (blocks(width, BLOCK as usize), rows as u32, 1),
@@ -1074,7 +1077,12 @@ impl LaunchPlan {
                 } else {
                     (Loc::Null, 0)
                 };
-                let (y16, ldy16) = self.half(out.buf);
+                // With a LayerNorm after it, the LayerNorm writes the copy.
+                let (y16, ldy16) = if norm.is_some() {
+                    (Loc::Null, 0)
+                } else {
+                    self.half(out.buf)
+                };
                 let (table, count) = self.ranges(ranges);
                 let rows = self.rows(out.buf);
                 let args = LinearLaunch {
