@@ -692,15 +692,19 @@ extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks,
 
 // ---------------------------------------------------------------- task heads
 
-// Softmax, mixture, tower and logit of every task in one launch (the gates
-// are computed before, with the other Linear layers of their level). Block
-// (x, t) takes HEAD_ROWS rows of task t: softmax(gate) weights per row,
-// mixture Σ_i w_i · expert_i into shared memory, then each tower layer from
-// one shared buffer into the other (a warp per output, its lanes over k),
-// the last layer (one output) straight into logits[r · tasks + column].
+// Gate, softmax, mixture, tower and logit of every task in one launch.
+// Block (x, t) takes HEAD_ROWS rows of task t: the gate's logits (a light
+// gate's Linear layer, a warp per expert, its lanes over k; or read from
+// the gate buffer computed before), softmax weights per row, mixture
+// Σ_i w_i · expert_i into shared memory, then each tower layer from one
+// shared buffer into the other (a warp per output, its lanes over k), the
+// last layer (one output) straight into logits[r · tasks + column].
 // `table` (u64 words): (pointer, ld) of each expert; at 2E + t the word
-// offset of task t's descriptor: gate pointer (0: one expert, no gate), gate
-// ld, logit column, layer count, then per layer (W, ldw, bias or 0, n, k).
+// offset of task t's descriptor: gate buffer pointer (0: none), its ld,
+// logit column, layer count L, per layer (W, ldw, bias or 0, n, k); then the
+// gate's Linear: W (0: none, the gate buffer or one expert without a gate),
+// ldw, bias or 0, add (request part) or 0, add's ld, x (at its first
+// column), x's ld, range count, and the (start, end) of each range.
 // The host fuses only when E ≤ HEAD_EXPERTS and every width ≤ HEAD_WIDTH.
 #define HEAD_ROWS 8
 #define HEAD_WIDTH 512
@@ -714,12 +718,49 @@ __device__ void task_heads(const u64* table, int num_experts, int h, float* logi
     const u64* task = table + table[2 * num_experts + blockIdx.y];
     const float* gate = (const float*)task[0];
     const int ldg = (int)task[1], column = (int)task[2], layers = (int)task[3];
+    const u64* gate_linear = task + 4 + 5 * layers;
     const int row0 = blockIdx.x * HEAD_ROWS;
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    if (gate_linear[0]) {
+        // mix[r][i] = W_i · x[r, ranges] + bias_i + add_i
+        const W* w = (const W*)gate_linear[0];
+        const int ldw = (int)gate_linear[1];
+        const float* bias = (const float*)gate_linear[2];
+        const float* add = (const float*)gate_linear[3];
+        const float* x = (const float*)gate_linear[5];
+        const int ldx = (int)gate_linear[6], nranges = (int)gate_linear[7];
+        const u64* ranges = gate_linear + 8;
+        for (int i = warp; i < num_experts; i += HEAD_THREADS / 32) {
+            float sum[HEAD_ROWS];
+            #pragma unroll
+            for (int r = 0; r < HEAD_ROWS; ++r) sum[r] = 0.0f;
+            const W* wi = w + (long long)i * ldw;
+            for (int q = 0; q < nranges; ++q) {
+                const int s = (int)ranges[2 * q], e = (int)ranges[2 * q + 1];
+                for (int k = s + lane; k < e; k += 32) {
+                    float wv = weight_at<W>(wi, k);
+                    #pragma unroll
+                    for (int r = 0; r < HEAD_ROWS; ++r)
+                        if (row0 + r < rows) sum[r] += wv * row_of(x, ldx, row0 + r)[k];
+                }
+            }
+            #pragma unroll
+            for (int r = 0; r < HEAD_ROWS; ++r)
+                #pragma unroll
+                for (int s = 16; s > 0; s /= 2) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], s);
+            if (lane == 0) {
+                float b = (bias ? bias[i] : 0.0f) + (add ? add[i] : 0.0f);
+                #pragma unroll
+                for (int r = 0; r < HEAD_ROWS; ++r) mix[r][i] = sum[r] + b;
+            }
+        }
+        __syncthreads();
+    }
     if (tid < HEAD_ROWS) {
         int r = row0 + tid;
-        if (gate && r < rows) {
-            const float* z = row_of(gate, ldg, r);
+        if ((gate || gate_linear[0]) && r < rows) {
+            // Softmax in place when the logits are in mix already.
+            const float* z = gate_linear[0] ? mix[tid] : row_of(gate, ldg, r);
             float zmax = z[0];
             for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
             float total = 0.0f;

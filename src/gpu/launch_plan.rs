@@ -428,19 +428,86 @@ fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per).max(1) as u32
 }
 
-/// One task's mixture, tower and logit, fused into the `task_heads` launch.
+/// One task's gate (when light), softmax, mixture, tower and logit, fused
+/// into the `task_heads` launch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct TaskHead {
     gate: Option<BufId>,
+    /// The gate's Linear layer, computed in the head (a light gate: one
+    /// Linear of `x`, no activation); `None`: a gate buffer computed
+    /// before, or no gate.
+    gate_linear: Option<GateLinear>,
     experts: Vec<BufId>,
     column: usize,
     /// Tower layers, the last one the logit.
     layers: Vec<HeadLayer>,
-    /// The candidate steps it replaces (mixture, tower, output).
-    steps: std::ops::Range<usize>,
+    /// The candidate steps it replaces (gate Linear, mixture, tower, output).
+    steps: Vec<usize>,
     /// The buffers those steps wrote (no longer written: nothing else may
     /// read them).
     writes: Vec<BufId>,
+}
+
+/// A light gate's Linear layer (`Step::Linear` without activation, scale,
+/// shift or norm): `W · input[ranges] + bias + add`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct GateLinear {
+    input: View,
+    ranges: Vec<std::ops::Range<usize>>,
+    weight: TensorId,
+    ldw: usize,
+    bias: Option<TensorId>,
+    /// The request part of a split gate (a per-request buffer).
+    add: Option<BufId>,
+}
+
+/// The gate Linear that writes `gate` (whole), if it can run in the head.
+fn gate_linear(
+    program: &Program,
+    gate: BufId,
+    experts: usize,
+    weight: &dyn Fn(TensorId) -> DeviceWeight,
+) -> Option<(usize, GateLinear)> {
+    let writers: Vec<usize> = (0..program.candidate_steps.len())
+        .filter(|&i| match &program.candidate_steps[i] {
+            Step::Linear { out, .. } => out.buf == gate,
+            _ => false,
+        })
+        .collect();
+    let [at] = writers[..] else { return None };
+    let Step::Linear {
+        input,
+        k_ranges,
+        weight: w,
+        n,
+        bias,
+        add,
+        act: Act::None,
+        scale: None,
+        shift: None,
+        norm: None,
+        out,
+    } = &program.candidate_steps[at]
+    else {
+        return None;
+    };
+    let whole = out.offset == 0 && out.width == program.buffers[gate].width;
+    let add_fits = add.is_none_or(|a| program.buffers[a].per_request);
+    if !whole || *n != experts || !add_fits {
+        return None;
+    }
+    let ranges = k_ranges.clone().unwrap_or_else(|| vec![0..input.width]);
+    Some((
+        at,
+        GateLinear {
+            input: *input,
+            ranges,
+            weight: *w,
+            ldw: weight(*w).ldw,
+            bias: *bias,
+            add: *add,
+        },
+    ))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -515,6 +582,12 @@ fn task_heads(program: &Program, weight: &dyn Fn(TensorId) -> DeviceWeight) -> V
         let Some(Step::Output { input: logit, task }) = steps.get(i) else {
             return Vec::new();
         };
+        let mut replaced: Vec<usize> = (start..i + 1).collect();
+        let gate_linear = gate.and_then(|g| gate_linear(program, g, experts.len(), weight));
+        if let (Some(g), Some((at, _))) = (gate, &gate_linear) {
+            replaced.push(*at);
+            writes.push(*g);
+        }
         let last = layers.len().checked_sub(1);
         let acts_fit = layers.iter().enumerate().all(|(j, l)| {
             l.act
@@ -529,10 +602,11 @@ fn task_heads(program: &Program, weight: &dyn Fn(TensorId) -> DeviceWeight) -> V
         }
         heads.push(TaskHead {
             gate: *gate,
+            gate_linear: gate_linear.map(|(_, g)| g),
             experts: experts.clone(),
             column: *task,
             layers,
-            steps: start..i + 1,
+            steps: replaced,
             writes,
         });
         i += 1;
@@ -773,25 +847,45 @@ impl LaunchPlan {
         self.pointers
             .extend(heads.iter().map(|_| PointerEntry::Value(0)));
         let mut reads: Vec<BufId> = experts.clone();
+        let tensor_or_0 =
+            |t: Option<TensorId>| t.map_or(PointerEntry::Value(0), PointerEntry::Tensor);
         for (t, head) in heads.iter().enumerate() {
             self.pointers[offsets_at + t] =
                 PointerEntry::Value((self.pointers.len() - table) as u64);
-            self.push_buffer_entry(head.gate);
-            reads.extend(head.gate);
+            // A gate computed here has no buffer: pointer 0, as without a gate.
+            let gate_buffer = head.gate.filter(|_| head.gate_linear.is_none());
+            self.push_buffer_entry(gate_buffer);
+            reads.extend(gate_buffer);
             self.pointers.push(PointerEntry::Value(head.column as u64));
             self.pointers
                 .push(PointerEntry::Value(head.layers.len() as u64));
             for layer in &head.layers {
                 self.pointers.push(PointerEntry::Tensor(layer.weight));
                 self.pointers.push(PointerEntry::Value(layer.ldw as u64));
-                self.pointers.push(
-                    layer
-                        .bias
-                        .map_or(PointerEntry::Value(0), PointerEntry::Tensor),
-                );
+                self.pointers.push(tensor_or_0(layer.bias));
                 self.pointers.push(PointerEntry::Value(layer.n as u64));
                 self.pointers.push(PointerEntry::Value(layer.k as u64));
             }
+            let Some(g) = &head.gate_linear else {
+                self.pointers.push(PointerEntry::Value(0));
+                continue;
+            };
+            self.pointers.push(PointerEntry::Tensor(g.weight));
+            self.pointers.push(PointerEntry::Value(g.ldw as u64));
+            self.pointers.push(tensor_or_0(g.bias));
+            self.push_buffer_entry(g.add);
+            let x = self.placements[g.input.buf];
+            self.pointers
+                .push(PointerEntry::Arena(x.offset + g.input.offset));
+            self.pointers.push(PointerEntry::Value(x.ld as u64));
+            self.pointers
+                .push(PointerEntry::Value(g.ranges.len() as u64));
+            for r in &g.ranges {
+                self.pointers.push(PointerEntry::Value(r.start as u64));
+                self.pointers.push(PointerEntry::Value(r.end as u64));
+            }
+            reads.push(g.input.buf);
+            reads.extend(g.add);
         }
         reads.sort_unstable();
         reads.dedup();
@@ -1620,22 +1714,41 @@ mod tests {
         assert_eq!(count(&plan, Kernel::Mixture), 0);
         assert_eq!(count(&plan, Kernel::OutputLogit), 0);
         // The towers' two grouped GEMMs, the mixture and three logit copies
-        // become one launch; the problems left are the experts' and gates'.
+        // become one launch, and the gates' candidate parts run in it too;
+        // the problems left are the experts' and the gates' request parts.
         assert_eq!(plain.launches.len(), 13);
         assert_eq!(plan.launches.len(), 8);
-        assert_eq!(plan.problems.len(), plain.problems.len() - 6);
+        assert_eq!(plan.problems.len(), plain.problems.len() - 6 - 3);
+        let gates: Vec<BufId> = program
+            .candidate_steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Mixture { gate, .. } => *gate,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gates.len(), 3);
+        assert!(plan
+            .problems
+            .iter()
+            .all(|p| gates.iter().all(|&g| p.y != plan.at(g))));
         let heads = plan
             .launches
             .iter()
             .find(|l| l.kernel == Kernel::TaskHeadsF16)
             .unwrap();
         assert_eq!(heads.grid, (256 / HEAD_ROWS as u32, 3, 1));
-        // Its table: 6 experts, 3 task offsets, then per task 4 words and
-        // 5 per layer (tower [128] and the logit: 2 layers).
+        // Its table: 6 experts, 3 task offsets, then per task 4 words, 5
+        // per layer (tower [128] and the logit: 2 layers) and the gate's
+        // Linear: 8 words and its 2 ranges of candidate columns of x0
+        // (ad_dense, then the ad_sparse inputs).
         let Arg::Ptr(Loc::Pointers(table)) = heads.args[0] else {
             panic!("{heads:?}")
         };
-        assert_eq!(plan.pointers.len() - table, 2 * 6 + 3 + 3 * (4 + 2 * 5));
+        assert_eq!(
+            plan.pointers.len() - table,
+            2 * 6 + 3 + 3 * (4 + 2 * 5 + 8 + 2 * 2)
+        );
         // It runs last, after every gate and expert.
         assert_eq!(
             plan.launches.last().map(|l| l.kernel),
