@@ -12,7 +12,7 @@ typedef unsigned int u32;
 // One input's description for the feature kernels, written by the host into
 // the request's staging buffer (see src/gpu/staging.rs, which mirrors it).
 struct InputDesc {
-    u64 table;      // sparse: embedding table, f32 [rows, dim]
+    u64 table;      // sparse: embedding table, [rows, dim], f32 or fp16 (FLAG_TABLE_F16)
     u64 mean;       // dense with standardize: f32 [dim]
     u64 std;        // dense with standardize: f32 [dim]
     u64 rows;       // sparse: table rows
@@ -32,6 +32,7 @@ struct InputDesc {
 #define FLAG_CLIP 4u
 #define FLAG_MISSING_ZERO 8u
 #define FLAG_MEAN 16u
+#define FLAG_TABLE_F16 32u  // the embedding table is fp16 (as in an fp16 file)
 
 // The staging buffer starts with this header; byte offsets are from its start.
 struct StagingHeader {

@@ -24,13 +24,18 @@ __device__ float dense_value(const InputDesc& d, const float* values, int row, i
     return v;
 }
 
+// Element `index` of an input's embedding table.
+__device__ __forceinline__ float table_value(const InputDesc& d, u64 index) {
+    if (d.flags & FLAG_TABLE_F16) return __half2float(((const __half*)d.table)[index]);
+    return ((const float*)d.table)[index];
+}
+
 __device__ float pooled_value(const InputDesc& d, const u32* offsets, const u64* ids, int bag, int k) {
     u32 start = offsets[d.values + bag], end = offsets[d.values + bag + 1];
-    const float* table = (const float*)d.table;
     float sum = 0.0f;
     for (u32 j = start; j < end; ++j) {
         u64 row = ids[d.ids + j] % d.rows;
-        sum += table[row * d.dim + k];
+        sum += table_value(d, row * d.dim + k);
     }
     if ((d.flags & FLAG_MEAN) && end > start) sum /= (float)(end - start);
     return sum;
@@ -70,9 +75,8 @@ extern "C" __global__ void features_request(const unsigned char* staging, float*
             } else {
                 const u32* offsets = (const u32*)(staging + h->offsets_at);
                 const u64* ids = (const u64*)(staging + h->ids_at);
-                const float* table = (const float*)d.table;
                 u32 start = offsets[d.values], end = offsets[d.values + 1];
-                for (u32 j = start + lane; j < end; j += 32) v += table[(ids[d.ids + j] % d.rows) * d.dim + k];
+                for (u32 j = start + lane; j < end; j += 32) v += table_value(d, (ids[d.ids + j] % d.rows) * d.dim + k);
                 for (int s = 16; s > 0; s /= 2) v += __shfl_xor_sync(0xffffffffu, v, s);
                 if ((d.flags & FLAG_MEAN) && end > start) v /= (float)(end - start);
             }
@@ -117,7 +121,7 @@ extern "C" __global__ void features_candidate(const unsigned char* staging, cons
 // `ranges` holds `nranges` pairs (start, end) of input columns; `scale` and
 // `shift` (optional) fuse the DCN cross combine and MaskNet masks.
 // `y16` (optional, row stride `ldy16`, a multiple of 8) receives y as fp16
-// too, for the GEMMs that read y next: the `_h` kernels read x from `x16`
+// too, for the GEMMs that read y next: `linear_mma*h` read x from `x16`
 // (row stride `ldx16`) instead of `x`. Rounded as the f32 kernels round x,
 // so both give the same sums.
 struct LinearArgs {

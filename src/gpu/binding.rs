@@ -59,9 +59,10 @@ pub enum TensorImage {
 }
 
 /// The image of tensor `id` for `precision`: Linear weights row-major
-/// `[rows, ldw]`, zero padded (fp16 padded for the tensor-core tiles), every
-/// other tensor f32 as stored (at least one element, so every tensor has an
-/// address).
+/// `[rows, ldw]`, zero padded (fp16 padded for the tensor-core tiles);
+/// embedding tables as stored (fp16 in an fp16 file: half the device memory
+/// and the same values); every other tensor f32 (at least one element, so
+/// every tensor has an address).
 pub fn tensor_image(
     model: &Model,
     id: TensorId,
@@ -82,6 +83,9 @@ pub fn tensor_image(
                 (TensorImage::F32(image), DeviceWeight { ldw: k })
             }
         };
+    }
+    if let (true, Values::F16(table)) = (table_is_f16(model, id), &values) {
+        return (TensorImage::F16(table.to_vec()), DeviceWeight { ldw: 0 });
     }
     let mut image = vec![0.0f32; values.len().max(1)];
     values.read_into(0, &mut image[..values.len()]);
@@ -106,6 +110,13 @@ fn row_major<T: Copy + Default>(
         }
     }
     out
+}
+
+/// Whether tensor `id` is an embedding table kept as fp16 on the device
+/// (stored as fp16).
+pub fn table_is_f16(model: &Model, id: TensorId) -> bool {
+    model.plan().tensors[id].role == TensorRole::Embedding
+        && matches!(model.values(id), Values::F16(t) if !t.is_empty())
 }
 
 /// Where a session's memory regions start. `problems` is known only once
@@ -239,7 +250,8 @@ fn linear_args(l: &LinearLaunch, regions: &Regions<'_>) -> LinearArgs {
 }
 
 /// The addresses of each input's tensors (embedding table, mean, std) for
-/// the staging descriptors, given every tensor's address.
+/// the staging descriptors, given every tensor's address, and whether its
+/// table is fp16 (`tensor_image`).
 pub fn input_tensors(model: &Model, tensors: &[u64]) -> Vec<InputTensors> {
     let at = |id: Option<usize>| id.map_or(0, |id| tensors[id]);
     model
@@ -248,6 +260,7 @@ pub fn input_tensors(model: &Model, tensors: &[u64]) -> Vec<InputTensors> {
         .iter()
         .map(|i| InputTensors {
             table: at(i.embedding),
+            table_f16: i.embedding.is_some_and(|id| table_is_f16(model, id)),
             mean: at(i.mean),
             std: at(i.std),
         })

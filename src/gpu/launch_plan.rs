@@ -254,14 +254,15 @@ pub fn bucket(n: usize) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanOptions {
     pub tiles: Tiles,
-    /// Softmax, mixture, tower and logit of every task in one launch
-    /// (`task_heads`; on by default). `MMOE_GPU_FUSED_HEADS=0` gives the
-    /// launches timed on an H200 instead: one mixture launch, the towers'
-    /// grouped GEMMs and a logit copy per task.
+    /// Light gate, softmax, mixture, tower and logit of every task in one
+    /// launch (`task_heads`; on by default). `MMOE_GPU_FUSED_HEADS=0` gives
+    /// the launches timed on an H200 instead: the gates in the grouped
+    /// GEMMs, one mixture launch, the towers' grouped GEMMs and a logit
+    /// copy per task.
     pub fused_heads: bool,
     /// fp16 GEMM inputs (on by default): the producers of every buffer a
-    /// tensor-core Linear reads as x (features, Linear epilogues) also write
-    /// it as fp16, and the GEMM copies it to shared memory by `cp.async`
+    /// tensor-core Linear reads as x (`half_copies`) also write it as fp16,
+    /// and the GEMM copies it to shared memory by `cp.async`
     /// through a multi-stage pipeline (`linear_mma*h`), with the same
     /// results. `MMOE_GPU_HALF_X=0`: every GEMM converts the f32
     /// activations itself (the kernels timed on an H200).

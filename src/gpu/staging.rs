@@ -15,6 +15,7 @@ pub const FLAG_STANDARDIZE: u32 = 2;
 pub const FLAG_CLIP: u32 = 4;
 pub const FLAG_MISSING_ZERO: u32 = 8;
 pub const FLAG_MEAN: u32 = 16;
+pub const FLAG_TABLE_F16: u32 = 32;
 
 /// `struct InputDesc` of `kernels/common.cuh`.
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq)]
@@ -53,6 +54,8 @@ const _: () = assert!(std::mem::size_of::<StagingHeader>() == 48);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InputTensors {
     pub table: u64,
+    /// The embedding table is fp16 on the device (as in an fp16 file).
+    pub table_f16: bool,
     pub mean: u64,
     pub std: u64,
 }
@@ -203,6 +206,9 @@ pub fn write_staging(
         }
         if input.pooling == Some(Pooling::Mean) {
             desc.flags |= FLAG_MEAN;
+        }
+        if tensors[index].table_f16 {
+            desc.flags |= FLAG_TABLE_F16;
         }
         match request.feature(index) {
             Feature::Dense(values) => {
