@@ -429,14 +429,13 @@ fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per).max(1) as u32
 }
 
-/// One task's gate (when light), softmax, mixture, tower and logit, fused
-/// into the `task_heads` launch.
+/// One task's gate (its last Linear layer), softmax, mixture, tower and
+/// logit, fused into the `task_heads` launch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct TaskHead {
     gate: Option<BufId>,
-    /// The gate's Linear layer, computed in the head (a light gate: one
-    /// Linear of `x`, no activation); `None`: a gate buffer computed
-    /// before, or no gate.
+    /// The gate's last Linear layer (a light gate's only one), computed in
+    /// the head; `None`: a gate buffer computed before, or no gate.
     gate_linear: Option<GateLinear>,
     experts: Vec<BufId>,
     column: usize,
@@ -449,8 +448,10 @@ struct TaskHead {
     writes: Vec<BufId>,
 }
 
-/// A light gate's Linear layer (`Step::Linear` without activation, scale,
-/// shift or norm): `W · input[ranges] + bias + add`.
+/// A gate's last Linear layer (`Step::Linear` without activation, scale,
+/// shift or norm): `W · input[ranges] + bias + add`. Its input is x0 (or
+/// its gathered subset) for a light gate, the last hidden layer for an MLP
+/// gate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct GateLinear {
     input: View,
@@ -462,18 +463,36 @@ struct GateLinear {
     add: Option<BufId>,
 }
 
-/// The gate Linear that writes `gate` (whole), if it can run in the head.
+/// The buffer a step writes.
+fn written(step: &Step) -> Option<BufId> {
+    match step {
+        Step::RequestFeatures { out } | Step::CandidateFeatures { out, .. } => Some(*out),
+        Step::Linear { out, .. } | Step::LayerNorm { out, .. } | Step::Copy { out, .. } => {
+            Some(out.buf)
+        }
+        Step::FeatureGate { out, .. }
+        | Step::Gather { out, .. }
+        | Step::Constant { out, .. }
+        | Step::Bilinear { out, .. }
+        | Step::Mixture { out, .. } => Some(*out),
+        Step::Output { .. } => None,
+    }
+}
+
+/// The Linear step that writes `gate` (whole, and alone), if it can run in
+/// the head.
 fn gate_linear(
     program: &Program,
     gate: BufId,
     experts: usize,
     weight: &dyn Fn(TensorId) -> DeviceWeight,
 ) -> Option<(usize, GateLinear)> {
+    let writes_gate = |s: &Step| written(s) == Some(gate);
+    if program.request_steps.iter().any(writes_gate) {
+        return None;
+    }
     let writers: Vec<usize> = (0..program.candidate_steps.len())
-        .filter(|&i| match &program.candidate_steps[i] {
-            Step::Linear { out, .. } => out.buf == gate,
-            _ => false,
-        })
+        .filter(|&i| writes_gate(&program.candidate_steps[i]))
         .collect();
     let [at] = writers[..] else { return None };
     let Step::Linear {
