@@ -176,10 +176,11 @@ inline void mma_16816(float* c, const uint32_t* a, const uint32_t* b) {
 // cp.async.cg.shared.global (16 bytes, `src_bytes` of them read, the rest
 // zero), commit_group and wait_group. A copy may land any time between its
 // issue and the wait that covers it; the emulator takes both extremes, by
-// block parity (flipped every launch): even blocks copy at issue (a copy into a stage that other
-// warps still read, missing its barrier, overwrites what they read), odd
-// blocks only at the wait (a read before the wait sees the stage's previous
-// contents). Misaligned addresses or sizes abort, as they fault on a GPU.
+// block parity (flipped every launch): even blocks copy at issue (a copy
+// into a stage that other warps still read, missing its barrier,
+// overwrites what they read), odd blocks only at the wait (a read before
+// the wait sees the stage's previous contents). Misaligned addresses or
+// sizes abort, as they fault on a GPU.
 inline void cp_async16(void* dst, const void* src, int src_bytes) { emu::cp_async(dst, src, src_bytes); }
 inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>

@@ -1,5 +1,6 @@
 // Kernels that test the emulator itself (gpu-emu/tests/emulator.rs): it must
-// expose a missing barrier and refuse a warp operation that lanes skip.
+// expose a missing barrier and a missing cp.async wait, and refuse a warp
+// operation that lanes skip.
 
 // 64 threads: each writes its slot (t + salt), then reads the other warp's.
 // Shared memory keeps what an earlier launch left (as on a GPU): a new salt

@@ -5,10 +5,12 @@
 //!     mmoe-gpu-emu score --model M.mmoe --requests R.jsonl --out O.jsonl
 //!         [--precision f16|f32] [--unfused-heads] [--wide-tiles] [--f32-inputs]
 //!
-//! `--unfused-heads`: mixture, towers and logits as separate launches (the
-//! engine fuses them by default). `--wide-tiles`: the 128×128-tile kernel at
-//! every bucket (the engine's `MMOE_GPU_TILES=wide` uses it from 512 rows),
-//! so small requests exercise it too.
+//! `--unfused-heads`: gates, mixture, towers and logits as separate launches
+//! (the engine fuses them by default). `--wide-tiles`: the 128×128-tile
+//! kernel at every bucket (the engine's `MMOE_GPU_TILES=wide` uses it from
+//! 512 rows), so small requests exercise it too. `--f32-inputs`: GEMMs that
+//! convert the f32 activations instead of reading fp16 copies
+//! (`MMOE_GPU_HALF_X=0`).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
