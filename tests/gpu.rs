@@ -168,6 +168,25 @@ fn gpu_matches_cpu_on_the_demo_model() {
     }
 }
 
+/// `run` with the kernel-choice variables `vars` set (read when a model
+/// opens), then unset.
+fn with_vars<T>(vars: &[(&str, &str)], run: impl FnOnce() -> T) -> T {
+    for (key, value) in vars {
+        std::env::set_var(key, value);
+    }
+    let out = run();
+    for (key, _) in vars {
+        std::env::remove_var(key);
+    }
+    out
+}
+
+/// The small all-expert model and the demo model, fp16 files.
+fn small_and_demo_models() -> ((Config, common::Packed), (Config, common::Packed)) {
+    let (small_config, _, small) = small(DType::F16);
+    ((small_config, small), demo_model())
+}
+
 /// The kernel choices besides the defaults (`MMOE_GPU_FUSED_HEADS=0`: the
 /// mixture, towers and logits as separate launches; `MMOE_GPU_TILES=wide`:
 /// 128×128 tiles from 512-row buckets; `MMOE_GPU_HALF_X=0`: GEMMs that
@@ -180,8 +199,7 @@ fn gpu_kernel_variants_match_cpu() {
         println!("skipped: no CUDA device");
         return;
     }
-    let (small_config, _, small) = small(DType::F16);
-    let (demo_config, demo) = demo_model();
+    let ((small_config, small), (demo_config, demo)) = small_and_demo_models();
     let variants: [(&str, &[(&str, &str)]); 4] = [
         ("unfused heads", &[("MMOE_GPU_FUSED_HEADS", "0")]),
         ("wide tiles", &[("MMOE_GPU_TILES", "wide")]),
@@ -192,23 +210,20 @@ fn gpu_kernel_variants_match_cpu() {
         ),
     ];
     for (name, vars) in variants {
-        for (key, value) in vars {
-            std::env::set_var(key, value);
-        }
-        let mut deltas = Vec::new();
-        for n in [1, 300, 600] {
-            for precision in [GpuPrecision::F32, GpuPrecision::F16] {
-                let delta = gpu_vs_cpu(&small.path, &small_config, precision, n);
-                deltas.push(("small", n, precision, delta));
+        let deltas = with_vars(vars, || {
+            let mut deltas = Vec::new();
+            for n in [1, 300, 600] {
+                for precision in [GpuPrecision::F32, GpuPrecision::F16] {
+                    let delta = gpu_vs_cpu(&small.path, &small_config, precision, n);
+                    deltas.push(("small", n, precision, delta));
+                }
             }
-        }
-        for n in [1, 600, 1024] {
-            let delta = gpu_vs_cpu(&demo.path, &demo_config, GpuPrecision::F16, n);
-            deltas.push(("demo", n, GpuPrecision::F16, delta));
-        }
-        for (key, _) in vars {
-            std::env::remove_var(key);
-        }
+            for n in [1, 600, 1024] {
+                let delta = gpu_vs_cpu(&demo.path, &demo_config, GpuPrecision::F16, n);
+                deltas.push(("demo", n, GpuPrecision::F16, delta));
+            }
+            deltas
+        });
         for (model, n, precision, delta) in deltas {
             println!(
                 "{name}: {model} model, {n} candidates, {precision:?}: max |Δlogit| {delta:e}"
@@ -232,8 +247,7 @@ fn gpu_half_inputs_give_the_same_logits_as_f32_inputs() {
         println!("skipped: no CUDA device");
         return;
     }
-    let (small_config, _, small) = small(DType::F16);
-    let (demo_config, demo) = demo_model();
+    let ((small_config, small), (demo_config, demo)) = small_and_demo_models();
     let cases = [
         ("small", &small.path, &small_config, 1),
         ("small", &small.path, &small_config, 300),
@@ -241,17 +255,14 @@ fn gpu_half_inputs_give_the_same_logits_as_f32_inputs() {
         ("demo", &demo.path, &demo_config, 1024),
     ];
     for tiles in ["standard", "wide"] {
-        std::env::set_var("MMOE_GPU_TILES", tiles);
         for (name, path, config, n) in cases {
-            let half = logits(path, config, Device::Cuda(0), GpuPrecision::F16, n);
-            std::env::set_var("MMOE_GPU_HALF_X", "0");
-            let f32_x = logits(path, config, Device::Cuda(0), GpuPrecision::F16, n);
-            std::env::remove_var("MMOE_GPU_HALF_X");
+            let run = || logits(path, config, Device::Cuda(0), GpuPrecision::F16, n);
+            let half = with_vars(&[("MMOE_GPU_TILES", tiles)], run);
+            let f32_x = with_vars(&[("MMOE_GPU_TILES", tiles), ("MMOE_GPU_HALF_X", "0")], run);
             assert_eq!(half, f32_x, "{tiles} tiles: {name} model, {n} candidates");
             println!("{tiles} tiles: {name} model, {n} candidates: identical logits");
         }
     }
-    std::env::remove_var("MMOE_GPU_TILES");
 }
 
 /// Hot reload on the GPU: 4 threads score through one CUDA engine while it

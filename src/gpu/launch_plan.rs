@@ -395,25 +395,19 @@ fn half_copies<'a>(buffers: usize, steps: impl Iterator<Item = &'a Step>) -> Vec
     let mut read_as_x = vec![false; buffers];
     let mut other_writer = vec![false; buffers];
     for step in steps {
-        match step {
-            Step::RequestFeatures { .. } | Step::CandidateFeatures { .. } => {}
-            Step::Linear {
-                input, k_ranges, ..
-            } => {
-                let aligned = k_ranges
-                    .as_deref()
-                    .is_none_or(|r| r.iter().all(|r| r.start % 16 == 0));
-                if aligned && input.offset % 8 == 0 {
-                    read_as_x[input.buf] = true;
-                }
+        if let Step::Linear {
+            input, k_ranges, ..
+        } = step
+        {
+            let aligned = k_ranges
+                .as_deref()
+                .is_none_or(|r| r.iter().all(|r| r.start % 16 == 0));
+            if aligned && input.offset % 8 == 0 {
+                read_as_x[input.buf] = true;
             }
-            Step::LayerNorm { .. }
-            | Step::Copy { .. }
-            | Step::FeatureGate { .. }
-            | Step::Gather { .. }
-            | Step::Constant { .. } => {}
-            Step::Bilinear { out, .. } | Step::Mixture { out, .. } => other_writer[*out] = true,
-            Step::Output { .. } => {}
+        }
+        if let (Step::Bilinear { .. } | Step::Mixture { .. }, Some(out)) = (step, written(step)) {
+            other_writer[out] = true;
         }
     }
     read_as_x
