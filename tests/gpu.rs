@@ -168,9 +168,12 @@ fn gpu_matches_cpu_on_the_demo_model() {
     }
 }
 
+/// Kernel-choice variables and their values.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
 /// `run` with the kernel-choice variables `vars` set (read when a model
 /// opens), then unset.
-fn with_vars<T>(vars: &[(&str, &str)], run: impl FnOnce() -> T) -> T {
+fn with_vars<T>(vars: Vars, run: impl FnOnce() -> T) -> T {
     for (key, value) in vars {
         std::env::set_var(key, value);
     }
@@ -190,7 +193,8 @@ fn small_and_demo_models() -> ((Config, common::Packed), (Config, common::Packed
 /// The kernel choices besides the defaults (`MMOE_GPU_FUSED_HEADS=0`: the
 /// mixture, towers and logits as separate launches; `MMOE_GPU_TILES=wide`:
 /// 128×128 tiles from 512-row buckets; `MMOE_GPU_HALF_X=0`: GEMMs that
-/// convert f32 activations), with the default's parity bounds.
+/// convert f32 activations; `MMOE_GPU_STREAMS=1`: no graph branches), with
+/// the default's parity bounds.
 /// The variables are read when a model opens; the check runs these tests on
 /// one thread, and the other tests pass with any choice.
 #[test]
@@ -200,13 +204,18 @@ fn gpu_kernel_variants_match_cpu() {
         return;
     }
     let ((small_config, small), (demo_config, demo)) = small_and_demo_models();
-    let variants: [(&str, &[(&str, &str)]); 4] = [
+    let variants: [(&str, Vars); 5] = [
         ("unfused heads", &[("MMOE_GPU_FUSED_HEADS", "0")]),
         ("wide tiles", &[("MMOE_GPU_TILES", "wide")]),
         ("f32 inputs", &[("MMOE_GPU_HALF_X", "0")]),
+        ("one stream", &[("MMOE_GPU_STREAMS", "1")]),
         (
-            "unfused heads + f32 inputs (the kernels of 277801c)",
-            &[("MMOE_GPU_FUSED_HEADS", "0"), ("MMOE_GPU_HALF_X", "0")],
+            "unfused heads + f32 inputs + one stream (the launches of 277801c)",
+            &[
+                ("MMOE_GPU_FUSED_HEADS", "0"),
+                ("MMOE_GPU_HALF_X", "0"),
+                ("MMOE_GPU_STREAMS", "1"),
+            ],
         ),
     ];
     for (name, vars) in variants {
@@ -238,11 +247,13 @@ fn gpu_kernel_variants_match_cpu() {
     }
 }
 
-/// GEMMs over the fp16 copies of x (default: cp.async pipelines) give
-/// exactly the logits of the GEMMs that convert the f32 activations (the
-/// same roundings, tiles and sums), at each tile size.
+/// Choices that must not change a single logit, each against the default:
+/// GEMMs over the fp16 copies of x (cp.async pipelines) give exactly the
+/// logits of the GEMMs that convert the f32 activations (the same roundings,
+/// tiles and sums), at each tile size; and graph branches (concurrent
+/// launches on several streams) exactly those of one stream.
 #[test]
-fn gpu_half_inputs_give_the_same_logits_as_f32_inputs() {
+fn gpu_equivalent_choices_give_identical_logits() {
     if !has_gpu() {
         println!("skipped: no CUDA device");
         return;
@@ -254,13 +265,26 @@ fn gpu_half_inputs_give_the_same_logits_as_f32_inputs() {
         ("demo", &demo.path, &demo_config, 32),
         ("demo", &demo.path, &demo_config, 1024),
     ];
-    for tiles in ["standard", "wide"] {
+    let pairs: [(&str, Vars, Vars); 3] = [
+        ("fp16 inputs = f32 inputs", &[], &[("MMOE_GPU_HALF_X", "0")]),
+        (
+            "wide tiles: fp16 inputs = f32 inputs",
+            &[("MMOE_GPU_TILES", "wide")],
+            &[("MMOE_GPU_TILES", "wide"), ("MMOE_GPU_HALF_X", "0")],
+        ),
+        (
+            "graph branches = one stream",
+            &[],
+            &[("MMOE_GPU_STREAMS", "1")],
+        ),
+    ];
+    for (label, vars, other) in pairs {
         for (name, path, config, n) in cases {
             let run = || logits(path, config, Device::Cuda(0), GpuPrecision::F16, n);
-            let half = with_vars(&[("MMOE_GPU_TILES", tiles)], run);
-            let f32_x = with_vars(&[("MMOE_GPU_TILES", tiles), ("MMOE_GPU_HALF_X", "0")], run);
-            assert_eq!(half, f32_x, "{tiles} tiles: {name} model, {n} candidates");
-            println!("{tiles} tiles: {name} model, {n} candidates: identical logits");
+            let default = with_vars(vars, run);
+            let changed = with_vars(other, run);
+            assert_eq!(default, changed, "{label}: {name} model, {n} candidates");
+            println!("{label}: {name} model, {n} candidates: identical logits");
         }
     }
 }

@@ -60,12 +60,13 @@ for dir in parity/seed-*; do
   f32_pairs+=("$dir/cpu.jsonl" "$dir/f32.jsonl"); f16_pairs+=("$dir/cpu.jsonl" "$dir/f16.jsonl")
 done
 # The kernel choices (src/gpu/launch_plan.rs, PlanOptions) besides the
-# defaults (fused task heads, standard tiles, fp16 GEMM inputs), selected by
-# environment: every random model with a request of 600 candidates (512-row
-# bucket; unfused heads and f32 inputs also its small requests), f16,
-# against the CPU. `277801c` is the kernels timed on the H200 on 2026-11-26.
+# defaults (fused task heads, standard tiles, fp16 GEMM inputs, graph
+# branches on up to 4 streams), selected by environment: every random model
+# with a request of 600 candidates (512-row bucket; unfused heads and f32
+# inputs also its small requests), f16, against the CPU. `277801c` is the
+# launches timed on the H200 on 2026-11-26 (one stream).
 variants=("unfused:MMOE_GPU_FUSED_HEADS=0" "wide:MMOE_GPU_TILES=wide" "f32x:MMOE_GPU_HALF_X=0"
-  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0")
+  "stream1:MMOE_GPU_STREAMS=1" "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1")
 declare -A variant_pairs
 for dir in parity/seed-*; do
   m=$dir/model.mmoe; r=$dir/requests-600.jsonl
@@ -134,7 +135,7 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["unfused", "wide", "f32x", "277801c"]
+names = ["unfused", "wide", "f32x", "stream1", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")

@@ -9,6 +9,7 @@
 //! task) run as one grouped launch: a graph of a dozen kernels instead of one
 //! per layer, each with enough blocks to fill the device.
 
+use super::streams::{stream_schedule, StreamSchedule};
 use crate::plan::TensorId;
 use crate::program::{Act, BufId, Program, Step, View};
 
@@ -236,6 +237,8 @@ pub struct LaunchPlan {
     /// Linear problems, uploaded as `LinearArgs` once per bucket.
     pub problems: Vec<LinearLaunch>,
     pub launches: Vec<Launch>,
+    /// How the launches are captured: on which streams, with which waits.
+    pub streams: StreamSchedule,
     tiles: Tiles,
     pending: Vec<Pending>,
     /// The launches in lowering order, before scheduling.
@@ -267,6 +270,11 @@ pub struct PlanOptions {
     /// results. `MMOE_GPU_HALF_X=0`: every GEMM converts the f32
     /// activations itself (the kernels timed on an H200).
     pub half_x: bool,
+    /// Graph branches: the launches are captured on up to this many streams
+    /// (`streams::stream_schedule`), so independent ones run concurrently
+    /// (default 4). `MMOE_GPU_STREAMS=1`: one stream, the launches in order
+    /// (as timed on an H200).
+    pub streams: usize,
 }
 
 impl Default for PlanOptions {
@@ -275,14 +283,15 @@ impl Default for PlanOptions {
             tiles: Tiles::Standard,
             fused_heads: true,
             half_x: true,
+            streams: 4,
         }
     }
 }
 
 impl PlanOptions {
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
-    /// `MMOE_GPU_FUSED_HEADS` and `MMOE_GPU_HALF_X` (`0`, `1`); an unknown
-    /// value is an error.
+    /// `MMOE_GPU_FUSED_HEADS` and `MMOE_GPU_HALF_X` (`0`, `1`) and
+    /// `MMOE_GPU_STREAMS` (1 to 8); an unknown value is an error.
     pub fn from_env() -> Result<PlanOptions, String> {
         let mut options = PlanOptions::default();
         if let Ok(value) = std::env::var("MMOE_GPU_TILES") {
@@ -300,6 +309,13 @@ impl PlanOptions {
         }
         if let Ok(value) = std::env::var("MMOE_GPU_HALF_X") {
             options.half_x = switch("MMOE_GPU_HALF_X", value)?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_STREAMS") {
+            options.streams = value
+                .parse()
+                .ok()
+                .filter(|n| (1..=8).contains(n))
+                .ok_or_else(|| format!("MMOE_GPU_STREAMS is `{value}`: expected 1 to 8"))?;
         }
         Ok(options)
     }
@@ -692,6 +708,7 @@ impl LaunchPlan {
             pointers: Vec::new(),
             problems: Vec::new(),
             launches: Vec::new(),
+            streams: StreamSchedule::default(),
             tiles: options.tiles,
             pending: Vec::new(),
             #[cfg(test)]
@@ -725,6 +742,7 @@ impl LaunchPlan {
             plan.unscheduled = plan.pending.iter().map(|p| p.launch.clone()).collect();
         }
         plan.schedule(program.buffers.len());
+        plan.streams = stream_schedule(&plan.launches, options.streams);
         plan
     }
 
@@ -1366,6 +1384,7 @@ impl LaunchPlan {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::gpu::streams::{check_schedule, StreamOp};
     use crate::plan::Plan;
 
     fn bench_program() -> Program {
@@ -1417,6 +1436,7 @@ mod tests {
                 tiles,
                 fused_heads: false,
                 half_x: half,
+                ..PlanOptions::default()
             };
             let plan = LaunchPlan::new(&program, capacity, Precision::F16, options, &|_| {
                 DeviceWeight { ldw: 512 }
@@ -1571,7 +1591,83 @@ mod tests {
                 assert!(dependencies > 10);
                 // Grouping happened: fewer launches than Linear problems.
                 assert!(lp.launches.len() < lp.unscheduled.len());
+                // The graph branches keep every dependency, with any number
+                // of streams.
+                for streams in 1..=4 {
+                    let schedule = stream_schedule(&lp.launches, streams);
+                    check_schedule(&lp.launches, &schedule);
+                    assert!(schedule.streams <= streams);
+                }
+                check_schedule(&lp.launches, &lp.streams);
             }
+        }
+    }
+
+    /// The benchmark model's graph has one branch: the request part of the
+    /// first layers (one row) beside the candidate features, joined before
+    /// the first candidate GEMM; with one stream, the launches in order.
+    #[test]
+    fn bench_model_runs_the_request_gemm_beside_the_candidate_features() {
+        let program = bench_program();
+        let weight = |_| DeviceWeight { ldw: 512 };
+        for capacity in [32, 1024] {
+            let plan = LaunchPlan::new(
+                &program,
+                capacity,
+                Precision::F16,
+                PlanOptions::default(),
+                &weight,
+            );
+            let kernels: Vec<Kernel> = plan.launches.iter().map(|l| l.kernel).collect();
+            let position = |kernel| kernels.iter().position(|&k| k == kernel).unwrap();
+            let stream_of = |launch: usize| {
+                plan.streams.ops.iter().find_map(|op| match *op {
+                    StreamOp::Launch { launch: l, stream } if l == launch => Some(stream),
+                    _ => None,
+                })
+            };
+            let features = position(Kernel::FeaturesCandidate);
+            // The request GEMM: the Linear launch whose problems have one row.
+            let request_gemm = (0..plan.launches.len())
+                .find(|&i| {
+                    is_linear(plan.launches[i].kernel)
+                        && plan.problems[plan.launches[i].problems.clone()]
+                            .iter()
+                            .all(|p| p.rows == 1)
+                })
+                .unwrap();
+            assert_eq!(plan.streams.streams, 2);
+            assert_ne!(stream_of(features), stream_of(request_gemm));
+            // Every other launch on stream 0; one fork, one join before the
+            // first candidate GEMM, one join at the end (redundant there).
+            for i in 0..plan.launches.len() {
+                if i != features && i != request_gemm {
+                    assert_eq!(stream_of(i), Some(0), "{:?}", plan.launches[i].kernel);
+                }
+            }
+            let waits = plan
+                .streams
+                .ops
+                .iter()
+                .filter(|op| matches!(op, StreamOp::Wait { .. }))
+                .count();
+            assert_eq!(waits, 3, "{:?}", plan.streams.ops);
+            check_schedule(&plan.launches, &plan.streams);
+            let order = plan.streams.execution_order(true);
+            assert!(
+                order.iter().position(|&l| l == features)
+                    < order.iter().position(|&l| l == request_gemm)
+            );
+            let one = PlanOptions {
+                streams: 1,
+                ..PlanOptions::default()
+            };
+            let plan = LaunchPlan::new(&program, capacity, Precision::F16, one, &weight);
+            assert_eq!(plan.streams.streams, 1);
+            assert_eq!(
+                plan.streams.execution_order(true),
+                (0..plan.launches.len()).collect::<Vec<_>>()
+            );
         }
     }
 
@@ -1612,6 +1708,7 @@ mod tests {
                             tiles,
                             fused_heads,
                             half_x,
+                            ..PlanOptions::default()
                         },
                         &|id| DeviceWeight {
                             ldw: match precision {
@@ -1806,7 +1903,11 @@ mod tests {
         std::env::set_var("MMOE_GPU_TILES", "wide");
         std::env::set_var("MMOE_GPU_FUSED_HEADS", "0");
         std::env::set_var("MMOE_GPU_HALF_X", "0");
+        std::env::set_var("MMOE_GPU_STREAMS", "1");
         let options = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_STREAMS", "9");
+        let bad_streams = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_STREAMS");
         std::env::set_var("MMOE_GPU_TILES", "huge");
         let bad_tiles = PlanOptions::from_env();
         std::env::set_var("MMOE_GPU_TILES", "standard");
@@ -1824,8 +1925,11 @@ mod tests {
                 tiles: Tiles::Wide { from_rows: 512 },
                 fused_heads: false,
                 half_x: false,
+                streams: 1,
             })
         );
+        let err = bad_streams.unwrap_err();
+        assert!(err.contains("MMOE_GPU_STREAMS is `9`"), "{err}");
         let err = bad_tiles.unwrap_err();
         assert!(err.contains("MMOE_GPU_TILES is `huge`"), "{err}");
         let err = bad_heads.unwrap_err();

@@ -4,6 +4,8 @@
 //!
 //! - [`staging`]: a request packed into one buffer for one upload.
 //! - [`launch_plan`]: the program as kernel launches for a batch bucket.
+//! - [`streams`]: the launches spread over streams while a graph is
+//!   captured (graph branches).
 //! - [`binding`]: a launch plan bound to addresses (tensor images, tables,
 //!   argument values), shared by the runtime and the host emulator.
 //! - `runtime` (feature `cuda`): weights on the device, sessions with a
@@ -12,6 +14,7 @@
 pub mod binding;
 pub mod launch_plan;
 pub mod staging;
+pub mod streams;
 
 #[cfg(feature = "cuda")]
 mod runtime;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    LaunchConfig, PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use half::f16;
@@ -18,8 +18,11 @@ use super::binding::{
     input_tensors, launch_values, pointer_table, problem_table, range_table, tensor_image,
     ArgValue, LinearArgs, Regions, TensorImage,
 };
-use super::launch_plan::{bucket, DeviceWeight, Kernel, LaunchPlan, PlanOptions, Precision};
+use super::launch_plan::{
+    bucket, DeviceWeight, Kernel, Launch, LaunchPlan, PlanOptions, Precision,
+};
 use super::staging::{staging_layout, write_staging, InputTensors};
+use super::streams::StreamOp;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 use crate::request::Request;
@@ -162,6 +165,9 @@ struct Bucket {
 pub struct GpuSession {
     gpu: Arc<GpuModel>,
     stream: Arc<CudaStream>,
+    /// The graph branches' streams besides `stream` (created at the first
+    /// capture that uses them; they only ever record into a graph).
+    side_streams: Vec<Arc<CudaStream>>,
     input_tensors: Vec<InputTensors>,
     pinned_staging: Option<PinnedHostSlice<u8>>,
     device_staging: Option<CudaSlice<u8>>,
@@ -180,6 +186,7 @@ impl GpuSession {
         Ok(GpuSession {
             gpu,
             stream,
+            side_streams: Vec::new(),
             input_tensors,
             pinned_staging: None,
             device_staging: None,
@@ -316,8 +323,8 @@ impl GpuSession {
     }
 
     /// Allocates a bucket's memory and captures its launches in a graph.
-    fn capture(&self, model: &Model, capacity: usize) -> Result<Bucket> {
-        let gpu = &self.gpu;
+    fn capture(&mut self, model: &Model, capacity: usize) -> Result<Bucket> {
+        let gpu = self.gpu.clone();
         let plan = LaunchPlan::new(
             model.program(),
             capacity,
@@ -325,7 +332,7 @@ impl GpuSession {
             gpu.options,
             &|id| gpu.weights[id],
         );
-        let stream = &self.stream;
+        let stream = &self.stream.clone();
         let arena = stream
             .alloc_zeros::<f32>(plan.arena_len)
             .map_err(|e| cuda_error("activation memory", e))?;
@@ -358,44 +365,51 @@ impl GpuSession {
             .synchronize()
             .map_err(|e| cuda_error("synchronize", e))?;
         regions.problems = problems.device_ptr(stream).0;
-        // Resolve every argument before capture, so nothing allocates while
-        // the stream records.
+        // Resolve every argument and create every stream and event before
+        // capture, so nothing allocates while the streams record.
         let resolved = launch_values(&plan, &regions);
+        while self.side_streams.len() + 1 < plan.streams.streams {
+            let side = gpu.ctx.new_stream().map_err(|e| cuda_error("stream", e))?;
+            self.side_streams.push(side);
+        }
+        let streams: Vec<&Arc<CudaStream>> = std::iter::once(&self.stream)
+            .chain(&self.side_streams)
+            .collect();
+        let events = (0..plan.streams.events)
+            .map(|_| gpu.ctx.new_event(None))
+            .collect::<std::result::Result<Vec<CudaEvent>, _>>()
+            .map_err(|e| cuda_error("event", e))?;
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| cuda_error("begin capture", e))?;
-        let mut launched = Ok(());
-        for (launch, values) in plan.launches.iter().zip(&resolved) {
-            let function = &gpu.functions[Kernel::ALL
-                .iter()
-                .position(|k| *k == launch.kernel)
-                .unwrap_or(0)];
-            let mut builder = stream.launch_builder(function);
-            for value in values {
-                match value {
-                    ArgValue::U64(v) => builder.arg(v),
-                    ArgValue::I32(v) => builder.arg(v),
-                };
-            }
-            let config = LaunchConfig {
-                grid_dim: launch.grid,
-                block_dim: launch.block,
-                shared_mem_bytes: 0,
+        // The graph branches: the side streams join the capture by waiting
+        // on events of streams in it, and stream 0 waits for each of them
+        // last (streams.rs), so the capture ends joined.
+        let mut recorded = Ok(());
+        for op in &plan.streams.ops {
+            recorded = match *op {
+                StreamOp::Launch { launch, stream } => {
+                    self.launch(&plan.launches[launch], &resolved[launch], streams[stream])
+                }
+                StreamOp::Record { stream, event } => events[event]
+                    .record(streams[stream])
+                    .map_err(|e| cuda_error("record event", e)),
+                StreamOp::Wait { stream, event } => streams[stream]
+                    .wait(&events[event])
+                    .map_err(|e| cuda_error("wait event", e)),
             };
-            // SAFETY: the arguments match the kernel's parameters (types and
-            // order come from LaunchPlan, which mirrors kernels/mmoe.cu); every
-            // pointer is into memory this session or its model owns, sized by
-            // the plan for `capacity` rows.
-            if let Err(e) = unsafe { builder.launch(config) } {
-                launched = Err(cuda_error(launch.kernel.entry(), e));
+            if recorded.is_err() {
                 break;
             }
         }
-        let graph = stream
-            .end_capture(CUgraphInstantiate_flags(0))
-            .map_err(|e| cuda_error("end capture", e))?;
-        launched?;
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        if let Err(e) = recorded {
+            // A failed capture may leave a side stream in it: start afresh.
+            self.side_streams.clear();
+            return Err(e);
+        }
         let graph = graph
+            .map_err(|e| cuda_error("end capture", e))?
             .ok_or_else(|| Error::new(ErrorKind::Device, "CUDA: graph capture recorded nothing"))?;
         Ok(Bucket {
             _arena: arena,
@@ -404,5 +418,32 @@ impl GpuSession {
             _problems: problems,
             graph,
         })
+    }
+
+    /// Records one launch of the plan on `stream` (capturing).
+    fn launch(&self, launch: &Launch, values: &[ArgValue], stream: &Arc<CudaStream>) -> Result<()> {
+        let function = &self.gpu.functions[Kernel::ALL
+            .iter()
+            .position(|k| *k == launch.kernel)
+            .unwrap_or(0)];
+        let mut builder = stream.launch_builder(function);
+        for value in values {
+            match value {
+                ArgValue::U64(v) => builder.arg(v),
+                ArgValue::I32(v) => builder.arg(v),
+            };
+        }
+        let config = LaunchConfig {
+            grid_dim: launch.grid,
+            block_dim: launch.block,
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's parameters (types and
+        // order come from LaunchPlan, which mirrors kernels/mmoe.cu); every
+        // pointer is into memory this session or its model owns, sized by
+        // the plan for the bucket's rows.
+        unsafe { builder.launch(config) }
+            .map(|_| ())
+            .map_err(|e| cuda_error(launch.kernel.entry(), e))
     }
 }
