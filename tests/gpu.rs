@@ -193,8 +193,9 @@ fn small_and_demo_models() -> ((Config, common::Packed), (Config, common::Packed
 /// The kernel choices besides the defaults (`MMOE_GPU_FUSED_HEADS=0`: the
 /// mixture, towers and logits as separate launches; `MMOE_GPU_TILES=wide`:
 /// 128×128 tiles from 512-row buckets; `MMOE_GPU_HALF_X=0`: GEMMs that
-/// convert f32 activations; `MMOE_GPU_STREAMS=1`: no graph branches), with
-/// the default's parity bounds.
+/// convert f32 activations; `MMOE_GPU_STREAMS=1`: no graph branches;
+/// `MMOE_GPU_TUNE=0`: the plan's tiles, not timed), with the default's
+/// parity bounds.
 /// The variables are read when a model opens; the check runs these tests on
 /// one thread, and the other tests pass with any choice.
 #[test]
@@ -206,15 +207,19 @@ fn gpu_kernel_variants_match_cpu() {
     let ((small_config, small), (demo_config, demo)) = small_and_demo_models();
     let variants: [(&str, Vars); 5] = [
         ("unfused heads", &[("MMOE_GPU_FUSED_HEADS", "0")]),
-        ("wide tiles", &[("MMOE_GPU_TILES", "wide")]),
+        (
+            "wide tiles, untuned",
+            &[("MMOE_GPU_TILES", "wide"), ("MMOE_GPU_TUNE", "0")],
+        ),
         ("f32 inputs", &[("MMOE_GPU_HALF_X", "0")]),
         ("one stream", &[("MMOE_GPU_STREAMS", "1")]),
         (
-            "unfused heads + f32 inputs + one stream (the launches of 277801c)",
+            "the launches of 277801c (unfused heads, f32 inputs, one stream, untuned)",
             &[
                 ("MMOE_GPU_FUSED_HEADS", "0"),
                 ("MMOE_GPU_HALF_X", "0"),
                 ("MMOE_GPU_STREAMS", "1"),
+                ("MMOE_GPU_TUNE", "0"),
             ],
         ),
     ];
@@ -247,11 +252,12 @@ fn gpu_kernel_variants_match_cpu() {
     }
 }
 
-/// Choices that must not change a single logit, each against the default:
-/// GEMMs over the fp16 copies of x (cp.async pipelines) give exactly the
-/// logits of the GEMMs that convert the f32 activations (the same roundings,
-/// tiles and sums), at each tile size; and graph branches (concurrent
-/// launches on several streams) exactly those of one stream.
+/// Choices that must not change a single logit: GEMMs over the fp16 copies
+/// of x (cp.async pipelines) give exactly the logits of the GEMMs that
+/// convert the f32 activations (the same roundings, tiles and sums), at
+/// each tile size; graph branches (concurrent launches on several streams)
+/// exactly those of one stream; and the tile sizes the runtime times and
+/// picks exactly those of the plan's own.
 #[test]
 fn gpu_equivalent_choices_give_identical_logits() {
     if !has_gpu() {
@@ -265,18 +271,28 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ("demo", &demo.path, &demo_config, 32),
         ("demo", &demo.path, &demo_config, 1024),
     ];
-    let pairs: [(&str, Vars, Vars); 3] = [
-        ("fp16 inputs = f32 inputs", &[], &[("MMOE_GPU_HALF_X", "0")]),
+    let untuned: Vars = &[("MMOE_GPU_TUNE", "0")];
+    let pairs: [(&str, Vars, Vars); 4] = [
+        (
+            "fp16 inputs = f32 inputs",
+            untuned,
+            &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_HALF_X", "0")],
+        ),
         (
             "wide tiles: fp16 inputs = f32 inputs",
-            &[("MMOE_GPU_TILES", "wide")],
-            &[("MMOE_GPU_TILES", "wide"), ("MMOE_GPU_HALF_X", "0")],
+            &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_TILES", "wide")],
+            &[
+                ("MMOE_GPU_TUNE", "0"),
+                ("MMOE_GPU_TILES", "wide"),
+                ("MMOE_GPU_HALF_X", "0"),
+            ],
         ),
         (
             "graph branches = one stream",
             &[],
             &[("MMOE_GPU_STREAMS", "1")],
         ),
+        ("tiles timed on the device = the plan's tiles", &[], untuned),
     ];
     for (label, vars, other) in pairs {
         for (name, path, config, n) in cases {

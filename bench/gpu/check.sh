@@ -60,13 +60,16 @@ for dir in parity/seed-*; do
   f32_pairs+=("$dir/cpu.jsonl" "$dir/f32.jsonl"); f16_pairs+=("$dir/cpu.jsonl" "$dir/f16.jsonl")
 done
 # The kernel choices (src/gpu/launch_plan.rs, PlanOptions) besides the
-# defaults (fused task heads, standard tiles, fp16 GEMM inputs, graph
-# branches on up to 4 streams), selected by environment: every random model
+# defaults (fused task heads, fp16 GEMM inputs, graph branches on up to 4
+# streams, tile sizes timed per GEMM launch), selected by environment (`wide`
+# untuned: 128x128 tiles wherever a bucket has 512 rows or more): every
+# random model
 # with a request of 600 candidates (512-row bucket; unfused heads and f32
 # inputs also its small requests), f16, against the CPU. `277801c` is the
 # launches timed on the H200 on 2026-11-26 (one stream).
-variants=("unfused:MMOE_GPU_FUSED_HEADS=0" "wide:MMOE_GPU_TILES=wide" "f32x:MMOE_GPU_HALF_X=0"
-  "stream1:MMOE_GPU_STREAMS=1" "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1")
+variants=("unfused:MMOE_GPU_FUSED_HEADS=0" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
+  "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0"
+  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0")
 declare -A variant_pairs
 for dir in parity/seed-*; do
   m=$dir/model.mmoe; r=$dir/requests-600.jsonl
@@ -93,13 +96,15 @@ for v in "${variants[@]}"; do
 done
 
 log "3. engine benchmark (end to end, host features in, host scores out)"
+# MMOE_GPU_TUNE=log: the tile sizes timed for each GEMM launch, to stderr.
 for precision in f16 f32; do
-  timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
+  MMOE_GPU_TUNE=log timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
     --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
 done
-# The same for each variant: fused heads, wide tiles and fp16 inputs were
-# never timed before; 277801c is the path timed then. The A/B that sets the
-# defaults.
+grep -h "GPU tiles" "$out/bench-f16.txt" | tee -a "$out/check.log"
+# The same for each variant: fused heads, wide tiles, fp16 inputs, graph
+# branches and tuned tiles were never timed before; 277801c is the path
+# timed then. The A/B that sets the defaults.
 for v in "${variants[@]}"; do
   name=${v%%:*}; vars=${v#*:}
   env $vars timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
@@ -135,7 +140,7 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["unfused", "wide", "f32x", "stream1", "277801c"]
+names = ["unfused", "wide", "f32x", "stream1", "untuned", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")

@@ -128,6 +128,17 @@ impl EmuModel {
     /// Scores a valid request as the CUDA runtime does (same bucket, plan,
     /// staging and launches): logits `[candidates × tasks]`.
     pub fn score(&self, request: &Request<'_>) -> Result<Vec<f32>, String> {
+        self.score_with_tiles(request, &|_, _| 0)
+    }
+
+    /// As [`EmuModel::score`], with launch `i`'s tile choice
+    /// `pick(i, choices)` (`LaunchPlan::tile_choices`; 0 is the plan's own),
+    /// as the runtime's tuning may choose.
+    pub fn score_with_tiles(
+        &self,
+        request: &Request<'_>,
+        pick: &dyn Fn(usize, usize) -> usize,
+    ) -> Result<Vec<f32>, String> {
         let model = &self.model;
         request
             .validate(model.config())
@@ -138,7 +149,13 @@ impl EmuModel {
             return Ok(Vec::new());
         }
         let capacity = bucket(n);
-        let plan = self.plan(capacity);
+        let mut plan = self.plan(capacity);
+        for i in 0..plan.launches.len() {
+            let choices = plan.tile_choices[i].len();
+            if choices > 1 {
+                plan.choose_tiles(i, pick(i, choices) % choices);
+            }
+        }
         let layout = staging_layout(model, request).map_err(|e| e.to_string())?;
         let mut staging = DeviceMemory::zeroed(layout.total);
         let inputs = input_tensors(model, &self.addresses);

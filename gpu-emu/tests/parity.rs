@@ -254,3 +254,51 @@ fn half_inputs_give_the_same_logits_as_f32_inputs() {
         println!("{label} model, {n} candidates, {options:?}: identical logits");
     }
 }
+
+/// The runtime may run each grouped GEMM with any of its tile sizes
+/// (`LaunchPlan::tile_choices`, timed on the device): every choice gives
+/// exactly the plan's own logits, since the order of the sums over K is the
+/// same at every tile size. Each launch rotated through its choices, fp16
+/// and f32 inputs, on the medium model (partial tiles, ranges) and the demo
+/// model.
+#[test]
+fn every_tile_choice_gives_the_same_logits() {
+    let medium = Config::parse(MEDIUM_CONFIG).unwrap();
+    let demo = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
+    let (_medium_dir, medium) = packed(&medium, 11);
+    let (_demo_dir, demo) = packed(&demo, 7);
+    let f32_inputs = PlanOptions {
+        half_x: false,
+        ..PlanOptions::default()
+    };
+    for (label, model, n) in [("medium", &medium, 40), ("demo", &demo, 5)] {
+        // f32 inputs on the medium model only: the demo model is slow here.
+        let options = if label == "demo" {
+            &[PlanOptions::default()][..]
+        } else {
+            &[PlanOptions::default(), f32_inputs][..]
+        };
+        for &options in options {
+            let request = mmoe::demo::synthetic_request(model.config(), n, 9);
+            let emu = EmuModel::new(model.clone(), Precision::F16, options);
+            let plan = emu.plan(bucket(n));
+            let tuned = plan.tile_choices.iter().filter(|c| c.len() == 3).count();
+            assert!(tuned >= 3, "{label}: {tuned} launches with tile choices");
+            let own = emu.score(&request.as_request()).expect("scores");
+            for shift in 1..3 {
+                let pick = move |i: usize, _: usize| i + shift;
+                let other = emu
+                    .score_with_tiles(&request.as_request(), &pick)
+                    .expect("scores");
+                assert_eq!(
+                    own, other,
+                    "{label} model, choices shifted by {shift}, {options:?}"
+                );
+            }
+            println!(
+                "{label} model, {n} candidates, half_x {}: identical logits at every tile choice",
+                options.half_x
+            );
+        }
+    }
+}

@@ -223,6 +223,16 @@ pub struct Placement {
     pub rows: usize,
 }
 
+/// A tile size a grouped tensor-core launch can run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileChoice {
+    pub kernel: Kernel,
+    /// Its tile table: u32 offset in `ranges`.
+    pub tiles: usize,
+    /// Blocks of the launch.
+    pub blocks: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchPlan {
     /// Candidate rows every launch computes (the batch bucket).
@@ -239,6 +249,10 @@ pub struct LaunchPlan {
     pub launches: Vec<Launch>,
     /// How the launches are captured: on which streams, with which waits.
     pub streams: StreamSchedule,
+    /// Per launch, the tensor-core kernels it can run with (the tile sizes
+    /// over the same input kind), each with its tile table; empty for other
+    /// launches. The runtime times them on the device (`choose_tiles`).
+    pub tile_choices: Vec<Vec<TileChoice>>,
     tiles: Tiles,
     pending: Vec<Pending>,
     /// The launches in lowering order, before scheduling.
@@ -275,6 +289,21 @@ pub struct PlanOptions {
     /// (default 4). `MMOE_GPU_STREAMS=1`: one stream, the launches in order
     /// (as timed on an H200).
     pub streams: usize,
+    /// Tile sizes timed on the device (default on): when a bucket's graph is
+    /// captured, each grouped GEMM runs with each tile size it can take
+    /// (`LaunchPlan::tile_choices`) and keeps the fastest; every choice
+    /// gives the same logits. `MMOE_GPU_TUNE=0`: the plan's tiles;
+    /// `MMOE_GPU_TUNE=log`: tuned, and the times printed to stderr.
+    pub tune: Tune,
+}
+
+/// Whether the runtime times the tile choices of a bucket's GEMMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tune {
+    Off,
+    On,
+    /// On, and each bucket's times and choices printed to stderr.
+    Log,
 }
 
 impl Default for PlanOptions {
@@ -284,6 +313,7 @@ impl Default for PlanOptions {
             fused_heads: true,
             half_x: true,
             streams: 4,
+            tune: Tune::On,
         }
     }
 }
@@ -291,7 +321,8 @@ impl Default for PlanOptions {
 impl PlanOptions {
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
     /// `MMOE_GPU_FUSED_HEADS` and `MMOE_GPU_HALF_X` (`0`, `1`) and
-    /// `MMOE_GPU_STREAMS` (1 to 8); an unknown value is an error.
+    /// `MMOE_GPU_STREAMS` (1 to 8) and `MMOE_GPU_TUNE` (`0`, `1`, `log`);
+    /// an unknown value is an error.
     pub fn from_env() -> Result<PlanOptions, String> {
         let mut options = PlanOptions::default();
         if let Ok(value) = std::env::var("MMOE_GPU_TILES") {
@@ -309,6 +340,18 @@ impl PlanOptions {
         }
         if let Ok(value) = std::env::var("MMOE_GPU_HALF_X") {
             options.half_x = switch("MMOE_GPU_HALF_X", value)?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_TUNE") {
+            options.tune = match value.as_str() {
+                "0" => Tune::Off,
+                "1" => Tune::On,
+                "log" => Tune::Log,
+                _ => {
+                    return Err(format!(
+                        "MMOE_GPU_TUNE is `{value}`: expected `0`, `1` or `log`"
+                    ))
+                }
+            };
         }
         if let Ok(value) = std::env::var("MMOE_GPU_STREAMS") {
             options.streams = value
@@ -709,6 +752,7 @@ impl LaunchPlan {
             problems: Vec::new(),
             launches: Vec::new(),
             streams: StreamSchedule::default(),
+            tile_choices: Vec::new(),
             tiles: options.tiles,
             pending: Vec::new(),
             #[cfg(test)]
@@ -743,6 +787,9 @@ impl LaunchPlan {
         }
         plan.schedule(program.buffers.len());
         plan.streams = stream_schedule(&plan.launches, options.streams);
+        plan.tile_choices = (0..plan.launches.len())
+            .map(|i| plan.push_tile_choices(i))
+            .collect();
         plan
     }
 
@@ -973,6 +1020,74 @@ impl LaunchPlan {
             problems: first_problem..self.problems.len(),
             origin,
         });
+    }
+
+    /// The tile sizes launch `i` can run with, if it is a tensor-core Linear
+    /// launch: its own kernel (and tile table) first, then the other tile
+    /// sizes over the same input kind, each with a tile table appended to
+    /// `ranges`.
+    fn push_tile_choices(&mut self, i: usize) -> Vec<TileChoice> {
+        let launch = &self.launches[i];
+        let family = if reads_half_x(launch.kernel) {
+            [
+                Kernel::LinearMma32H,
+                Kernel::LinearMma64H,
+                Kernel::LinearMma128H,
+            ]
+        } else {
+            [
+                Kernel::LinearMma32,
+                Kernel::LinearMma64,
+                Kernel::LinearMma128,
+            ]
+        };
+        if !family.contains(&launch.kernel) {
+            return Vec::new();
+        }
+        let Arg::Ptr(Loc::Ranges(tiles)) = launch.args[1] else {
+            return Vec::new();
+        };
+        let (own, problems) = (launch.kernel, launch.problems.clone());
+        let mut choices = vec![TileChoice {
+            kernel: own,
+            tiles,
+            blocks: launch.grid.0,
+        }];
+        for kernel in family.into_iter().filter(|&k| k != own) {
+            let tiles = self.ranges.len();
+            let mut total = 0u32;
+            for problem in &self.problems[problems.clone()] {
+                self.ranges.push(total);
+                total += linear_blocks(kernel, problem.rows as usize, problem.n as usize);
+            }
+            self.ranges.push(total);
+            choices.push(TileChoice {
+                kernel,
+                tiles,
+                blocks: total,
+            });
+        }
+        choices
+    }
+
+    /// Runs launch `i` with its tile choice `choice` (an index into
+    /// `tile_choices[i]`): kernel, grid, block and tile table.
+    pub fn choose_tiles(&mut self, i: usize, choice: usize) {
+        let Some(&TileChoice {
+            kernel,
+            tiles,
+            blocks,
+        }) = self.tile_choices.get(i).and_then(|c| c.get(choice))
+        else {
+            return;
+        };
+        let launch = &mut self.launches[i];
+        launch.kernel = kernel;
+        launch.grid = (blocks.max(1), 1, 1);
+        if let Some((_, _, threads)) = mma_tile(kernel) {
+            launch.block = (threads, 1, 1);
+        }
+        launch.args[1] = Arg::Ptr(Loc::Ranges(tiles));
     }
 
     fn at(&self, buf: BufId) -> Loc {
@@ -1671,6 +1786,55 @@ mod tests {
         }
     }
 
+    /// Every grouped tensor-core launch can run with the three tile sizes of
+    /// its input kind; choosing one switches kernel, grid, block and tile
+    /// table together, and the table adds up the problems' blocks at that
+    /// tile size. Other launches have no choice.
+    #[test]
+    fn tile_choices_switch_kernel_grid_and_tile_table_together() {
+        let program = bench_program();
+        let weight = |_| DeviceWeight { ldw: 512 };
+        for half_x in [true, false] {
+            let options = PlanOptions {
+                half_x,
+                ..PlanOptions::default()
+            };
+            let mut plan = LaunchPlan::new(&program, 1024, Precision::F16, options, &weight);
+            let mut with_choices = 0;
+            for i in 0..plan.launches.len() {
+                let choices = plan.tile_choices[i].clone();
+                if !is_linear(plan.launches[i].kernel) {
+                    assert!(choices.is_empty());
+                    continue;
+                }
+                with_choices += 1;
+                assert_eq!(choices.len(), 3);
+                assert_eq!(choices[0].kernel, plan.launches[i].kernel);
+                assert!(choices
+                    .iter()
+                    .all(|c| reads_half_x(c.kernel) == half_x && mma_tile(c.kernel).is_some()));
+                for (c, choice) in choices.iter().enumerate() {
+                    plan.choose_tiles(i, c);
+                    let launch = &plan.launches[i];
+                    assert_eq!(launch.kernel, choice.kernel);
+                    assert_eq!(launch.grid, (choice.blocks, 1, 1));
+                    assert_eq!(launch.block.0, mma_tile(choice.kernel).unwrap().2);
+                    assert_eq!(launch.args[1], Arg::Ptr(Loc::Ranges(choice.tiles)));
+                    let mut total = 0;
+                    for (p, problem) in plan.problems[launch.problems.clone()].iter().enumerate() {
+                        assert_eq!(plan.ranges[choice.tiles + p], total);
+                        total +=
+                            linear_blocks(choice.kernel, problem.rows as usize, problem.n as usize);
+                    }
+                    assert_eq!(plan.ranges[choice.tiles + launch.problems.len()], total);
+                    assert_eq!(total, choice.blocks);
+                }
+                plan.choose_tiles(i, 0);
+            }
+            assert_eq!(with_choices, 5);
+        }
+    }
+
     /// Every pointer argument of every launch stays inside what it points to,
     /// for models of every expert type, both precisions and several buckets.
     #[test]
@@ -1904,10 +2068,14 @@ mod tests {
         std::env::set_var("MMOE_GPU_FUSED_HEADS", "0");
         std::env::set_var("MMOE_GPU_HALF_X", "0");
         std::env::set_var("MMOE_GPU_STREAMS", "1");
+        std::env::set_var("MMOE_GPU_TUNE", "log");
         let options = PlanOptions::from_env();
         std::env::set_var("MMOE_GPU_STREAMS", "9");
         let bad_streams = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_STREAMS");
+        std::env::set_var("MMOE_GPU_TUNE", "fast");
+        let bad_tune = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_TUNE");
         std::env::set_var("MMOE_GPU_TILES", "huge");
         let bad_tiles = PlanOptions::from_env();
         std::env::set_var("MMOE_GPU_TILES", "standard");
@@ -1926,8 +2094,11 @@ mod tests {
                 fused_heads: false,
                 half_x: false,
                 streams: 1,
+                tune: Tune::Log,
             })
         );
+        let err = bad_tune.unwrap_err();
+        assert!(err.contains("MMOE_GPU_TUNE is `fast`"), "{err}");
         let err = bad_streams.unwrap_err();
         assert!(err.contains("MMOE_GPU_STREAMS is `9`"), "{err}");
         let err = bad_tiles.unwrap_err();

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
     DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
@@ -19,7 +19,7 @@ use super::binding::{
     ArgValue, LinearArgs, Regions, TensorImage,
 };
 use super::launch_plan::{
-    bucket, DeviceWeight, Kernel, Launch, LaunchPlan, PlanOptions, Precision,
+    bucket, DeviceWeight, Kernel, Launch, LaunchPlan, PlanOptions, Precision, Tune,
 };
 use super::staging::{staging_layout, write_staging, InputTensors};
 use super::streams::StreamOp;
@@ -325,7 +325,7 @@ impl GpuSession {
     /// Allocates a bucket's memory and captures its launches in a graph.
     fn capture(&mut self, model: &Model, capacity: usize) -> Result<Bucket> {
         let gpu = self.gpu.clone();
-        let plan = LaunchPlan::new(
+        let mut plan = LaunchPlan::new(
             model.program(),
             capacity,
             gpu.precision,
@@ -365,6 +365,9 @@ impl GpuSession {
             .synchronize()
             .map_err(|e| cuda_error("synchronize", e))?;
         regions.problems = problems.device_ptr(stream).0;
+        if gpu.options.tune != Tune::Off {
+            self.tune(&mut plan, &regions)?;
+        }
         // Resolve every argument and create every stream and event before
         // capture, so nothing allocates while the streams record.
         let resolved = launch_values(&plan, &regions);
@@ -445,5 +448,64 @@ impl GpuSession {
         unsafe { builder.launch(config) }
             .map(|_| ())
             .map_err(|e| cuda_error(launch.kernel.entry(), e))
+    }
+
+    /// Times each grouped GEMM of `plan` with each tile size it can take
+    /// (`LaunchPlan::tile_choices`) on this device, outside any graph, and
+    /// keeps the fastest. Every choice gives the same logits, and each
+    /// launch only writes its own outputs, which the graph recomputes on
+    /// every call.
+    fn tune(&self, plan: &mut LaunchPlan, regions: &Regions<'_>) -> Result<()> {
+        const REPEATS: u32 = 8;
+        let ctx = &self.gpu.ctx;
+        let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let start = ctx.new_event(timing).map_err(|e| cuda_error("event", e))?;
+        let end = ctx.new_event(timing).map_err(|e| cuda_error("event", e))?;
+        let stream = &self.stream;
+        for i in 0..plan.launches.len() {
+            let choices = plan.tile_choices[i].len();
+            if choices < 2 {
+                continue;
+            }
+            let mut times = Vec::with_capacity(choices);
+            for choice in 0..choices {
+                plan.choose_tiles(i, choice);
+                let values = launch_values(plan, regions);
+                let launch = &plan.launches[i];
+                // One run first: caches and the kernel's first-launch costs.
+                self.launch(launch, &values[i], stream)?;
+                start
+                    .record(stream)
+                    .map_err(|e| cuda_error("record event", e))?;
+                for _ in 0..REPEATS {
+                    self.launch(launch, &values[i], stream)?;
+                }
+                end.record(stream)
+                    .map_err(|e| cuda_error("record event", e))?;
+                let ms = start
+                    .elapsed_ms(&end)
+                    .map_err(|e| cuda_error("tile timing", e))?;
+                times.push(1000.0 * ms / REPEATS as f32);
+            }
+            let best = (0..choices)
+                .min_by(|&a, &b| times[a].total_cmp(&times[b]))
+                .unwrap_or(0);
+            plan.choose_tiles(i, best);
+            if self.gpu.options.tune == Tune::Log {
+                let tried: Vec<String> = plan.tile_choices[i]
+                    .iter()
+                    .zip(&times)
+                    .map(|(c, t)| format!("{} {t:.1} µs", c.kernel.entry()))
+                    .collect();
+                eprintln!(
+                    "mmoe: GPU tiles, {}-row bucket, launch {i} ({} problems): {} -> {}",
+                    plan.capacity,
+                    plan.launches[i].problems.len(),
+                    tried.join(", "),
+                    plan.launches[i].kernel.entry()
+                );
+            }
+        }
+        Ok(())
     }
 }
