@@ -256,8 +256,9 @@ fn gpu_kernel_variants_match_cpu() {
 /// of x (cp.async pipelines) give exactly the logits of the GEMMs that
 /// convert the f32 activations (the same roundings, tiles and sums), at
 /// each tile size; graph branches (concurrent launches on several streams)
-/// exactly those of one stream; and the tile sizes the runtime times and
-/// picks exactly those of the plan's own.
+/// exactly those of one stream; and every tile size of every GEMM (forced
+/// by `MMOE_GPU_TUNE=choice=K`), like the ones the runtime times and picks,
+/// exactly those of the plan's own.
 #[test]
 fn gpu_equivalent_choices_give_identical_logits() {
     if !has_gpu() {
@@ -272,7 +273,7 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ("demo", &demo.path, &demo_config, 1024),
     ];
     let untuned: Vars = &[("MMOE_GPU_TUNE", "0")];
-    let pairs: [(&str, Vars, Vars); 4] = [
+    let pairs: [(&str, Vars, Vars); 6] = [
         (
             "fp16 inputs = f32 inputs",
             untuned,
@@ -289,10 +290,20 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ),
         (
             "graph branches = one stream",
-            &[],
-            &[("MMOE_GPU_STREAMS", "1")],
+            untuned,
+            &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_STREAMS", "1")],
         ),
         ("tiles timed on the device = the plan's tiles", &[], untuned),
+        (
+            "each GEMM's 2nd tile choice = the plan's tiles",
+            &[("MMOE_GPU_TUNE", "choice=1")],
+            untuned,
+        ),
+        (
+            "each GEMM's 3rd tile choice = the plan's tiles",
+            &[("MMOE_GPU_TUNE", "choice=2")],
+            untuned,
+        ),
     ];
     for (label, vars, other) in pairs {
         for (name, path, config, n) in cases {

@@ -36,13 +36,14 @@ if command -v compute-sanitizer >/dev/null; then
       > "$out/sanitizer-$precision.log" 2>&1
     echo "memcheck $precision: exit $? ($(grep -c 'Invalid' "$out/sanitizer-$precision.log") invalid accesses)" | tee -a "$out/check.log"
   done
-  MMOE_GPU_TILES=wide timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score \
+  MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score \
     --model parity/seed-0/model.mmoe --requests parity/seed-0/requests-600.jsonl --out "$out/sanitizer-wide.jsonl" \
     --device cuda --precision f16 > "$out/sanitizer-wide.log" 2>&1
   echo "memcheck f16 wide tiles, 600 candidates: exit $? ($(grep -c 'Invalid' "$out/sanitizer-wide.log") invalid accesses)" | tee -a "$out/check.log"
   # Shared-memory hazards on the device (the host emulator's barrier checks
-  # are by construction, this is the hardware's view): fused heads, MMA tiles.
-  timeout 90 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 ./bin/mmoe score \
+  # are by construction, this is the hardware's view): fused heads, MMA tiles
+  # (the plan's: racecheck is slow, and the tile tuning's runs are many).
+  MMOE_GPU_TUNE=0 timeout 90 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 ./bin/mmoe score \
     --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl --out "$out/racecheck.jsonl" \
     --device cuda --precision f16 > "$out/racecheck.log" 2>&1
   echo "racecheck f16: exit $? ($(grep -ciE 'hazard' "$out/racecheck.log") hazard lines)" | tee -a "$out/check.log"
@@ -68,8 +69,8 @@ done
 # inputs also its small requests), f16, against the CPU. `277801c` is the
 # launches timed on the H200 on 2026-11-26 (one stream).
 variants=("unfused:MMOE_GPU_FUSED_HEADS=0" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
-  "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0"
-  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0")
+  "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0"
+  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0")
 declare -A variant_pairs
 for dir in parity/seed-*; do
   m=$dir/model.mmoe; r=$dir/requests-600.jsonl
@@ -77,6 +78,8 @@ for dir in parity/seed-*; do
   timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/cpu-600.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
   for v in "${variants[@]}"; do
     name=${v%%:*}; vars=${v#*:}
+    # One upload instead of pieces changes no kernel: timed only.
+    [ "$name" = upload1 ] && continue
     # Wide tiles change only buckets of 512 rows and more.
     for req in $([ "$name" = unfused ] || [ "$name" = f32x ] && echo requests) requests-600; do
       base=$([ $req = requests ] && echo cpu || echo cpu-600)
@@ -99,7 +102,8 @@ log "3. engine benchmark (end to end, host features in, host scores out)"
 # MMOE_GPU_TUNE=log: the tile sizes timed for each GEMM launch, to stderr.
 for precision in f16 f32; do
   MMOE_GPU_TUNE=log timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
-    --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
+    --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 $([ $precision = f16 ] && echo --staging) \
+    --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
 done
 grep -h "GPU tiles" "$out/bench-f16.txt" | tee -a "$out/check.log"
 # The same for each variant: fused heads, wide tiles, fp16 inputs, graph
@@ -119,9 +123,10 @@ timeout 90 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1
 
 log "5. per-kernel times (Nsight Compute, one graph of 1024 candidates, f16)"
 # The default plan of the benchmark model is 8 kernels per graph (fused task
-# heads; launch_plan.rs tests it): skip 3 graphs, profile the 4th.
+# heads; launch_plan.rs tests it): skip 3 graphs, profile the 4th. The
+# plan's tiles (MMOE_GPU_TUNE=0): tuning's own launches would come first.
 if command -v ncu >/dev/null; then
-  timeout 90 ncu --cache-control none --section SpeedOfLight --launch-skip 24 --launch-count 8 ./bin/mmoe bench --model models/demo.mmoe \
+  MMOE_GPU_TUNE=0 timeout 90 ncu --cache-control none --section SpeedOfLight --launch-skip 24 --launch-count 8 ./bin/mmoe bench --model models/demo.mmoe \
     --device cuda --precision f16 --batch 1024 --iters 5 --max-seconds 1 > "$out/ncu-1024.txt" 2>&1
   awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
        /Duration|Throughput/ {gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-1024.txt" | tee "$out/ncu-summary.txt"
@@ -140,7 +145,7 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["unfused", "wide", "f32x", "stream1", "untuned", "277801c"]
+names = ["unfused", "wide", "f32x", "stream1", "untuned", "upload1", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
@@ -157,6 +162,9 @@ for name in ["parity-f32.json", "parity-f16.json"] + [f"parity-f16-{n}.json" for
     p = load(name)
     if p:
         print(f"{p['label']}: max {p['max']:.2e} (bound {p['bound']:g})")
+if e16 and e16.get("staging"):
+    print("host packing of a request on this CPU, median µs (memcpy of as many bytes): "
+          + ", ".join(f"{b}: {r['pack_us']:.1f} ({r['memcpy_us']:.1f})" for b, r in e16["staging"].items()))
 eight = load("bench-f16-8threads.json")
 if eight:
     print(f"8 threads x 256 candidates (f16): {eight['results']['256']['candidates_per_s']:.0f} candidates/s")

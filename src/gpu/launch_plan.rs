@@ -293,8 +293,14 @@ pub struct PlanOptions {
     /// captured, each grouped GEMM runs with each tile size it can take
     /// (`LaunchPlan::tile_choices`) and keeps the fastest; every choice
     /// gives the same logits. `MMOE_GPU_TUNE=0`: the plan's tiles;
-    /// `MMOE_GPU_TUNE=log`: tuned, and the times printed to stderr.
+    /// `MMOE_GPU_TUNE=log`: tuned, and the times printed to stderr;
+    /// `MMOE_GPU_TUNE=choice=K`: choice K of each launch, untimed (tests).
     pub tune: Tune,
+    /// The request's upload in pieces of this many bytes (default 256 KiB),
+    /// each copied to the device as soon as it is written, so the copy of
+    /// the front overlaps the packing of the rest; 0: one copy once the
+    /// whole request is written. `MMOE_GPU_UPLOAD_CHUNK` (KiB).
+    pub upload_chunk: usize,
 }
 
 /// Whether the runtime times the tile choices of a bucket's GEMMs.
@@ -304,6 +310,9 @@ pub enum Tune {
     On,
     /// On, and each bucket's times and choices printed to stderr.
     Log,
+    /// Choice `k` (modulo their number) of each launch's tile choices,
+    /// untimed: how the GPU tests run every tile size.
+    Choice(usize),
 }
 
 impl Default for PlanOptions {
@@ -314,6 +323,7 @@ impl Default for PlanOptions {
             half_x: true,
             streams: 4,
             tune: Tune::On,
+            upload_chunk: 256 << 10,
         }
     }
 }
@@ -321,8 +331,9 @@ impl Default for PlanOptions {
 impl PlanOptions {
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
     /// `MMOE_GPU_FUSED_HEADS` and `MMOE_GPU_HALF_X` (`0`, `1`) and
-    /// `MMOE_GPU_STREAMS` (1 to 8) and `MMOE_GPU_TUNE` (`0`, `1`, `log`);
-    /// an unknown value is an error.
+    /// `MMOE_GPU_STREAMS` (1 to 8), `MMOE_GPU_TUNE` (`0`, `1`, `log`,
+    /// `choice=K`) and
+    /// `MMOE_GPU_UPLOAD_CHUNK` (KiB); an unknown value is an error.
     pub fn from_env() -> Result<PlanOptions, String> {
         let mut options = PlanOptions::default();
         if let Ok(value) = std::env::var("MMOE_GPU_TILES") {
@@ -346,12 +357,24 @@ impl PlanOptions {
                 "0" => Tune::Off,
                 "1" => Tune::On,
                 "log" => Tune::Log,
-                _ => {
-                    return Err(format!(
-                        "MMOE_GPU_TUNE is `{value}`: expected `0`, `1` or `log`"
-                    ))
-                }
+                _ => match value.strip_prefix("choice=").map(str::parse) {
+                    Some(Ok(k)) => Tune::Choice(k),
+                    _ => {
+                        return Err(format!(
+                            "MMOE_GPU_TUNE is `{value}`: expected `0`, `1`, `log` or `choice=K`"
+                        ))
+                    }
+                },
             };
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_UPLOAD_CHUNK") {
+            options.upload_chunk = value
+                .parse::<usize>()
+                .ok()
+                .and_then(|kib| kib.checked_mul(1024))
+                .ok_or_else(|| {
+                    format!("MMOE_GPU_UPLOAD_CHUNK is `{value}`: expected KiB (0: one copy)")
+                })?;
         }
         if let Ok(value) = std::env::var("MMOE_GPU_STREAMS") {
             options.streams = value
@@ -2069,13 +2092,20 @@ mod tests {
         std::env::set_var("MMOE_GPU_HALF_X", "0");
         std::env::set_var("MMOE_GPU_STREAMS", "1");
         std::env::set_var("MMOE_GPU_TUNE", "log");
+        std::env::set_var("MMOE_GPU_UPLOAD_CHUNK", "0");
         let options = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_UPLOAD_CHUNK", "-1");
+        let bad_chunk = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_UPLOAD_CHUNK");
         std::env::set_var("MMOE_GPU_STREAMS", "9");
         let bad_streams = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_STREAMS");
         std::env::set_var("MMOE_GPU_TUNE", "fast");
         let bad_tune = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_TUNE", "choice=2");
+        let choice = PlanOptions::from_env().map(|o| o.tune);
         std::env::remove_var("MMOE_GPU_TUNE");
+        assert_eq!(choice, Ok(Tune::Choice(2)));
         std::env::set_var("MMOE_GPU_TILES", "huge");
         let bad_tiles = PlanOptions::from_env();
         std::env::set_var("MMOE_GPU_TILES", "standard");
@@ -2095,8 +2125,11 @@ mod tests {
                 half_x: false,
                 streams: 1,
                 tune: Tune::Log,
+                upload_chunk: 0,
             })
         );
+        let err = bad_chunk.unwrap_err();
+        assert!(err.contains("MMOE_GPU_UPLOAD_CHUNK is `-1`"), "{err}");
         let err = bad_tune.unwrap_err();
         assert!(err.contains("MMOE_GPU_TUNE is `fast`"), "{err}");
         let err = bad_streams.unwrap_err();

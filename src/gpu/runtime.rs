@@ -21,7 +21,7 @@ use super::binding::{
 use super::launch_plan::{
     bucket, DeviceWeight, Kernel, Launch, LaunchPlan, PlanOptions, Precision, Tune,
 };
-use super::staging::{staging_layout, write_staging, InputTensors};
+use super::staging::{staging_layout, write_staging_in_chunks, InputTensors};
 use super::streams::StreamOp;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
@@ -234,26 +234,39 @@ impl GpuSession {
         let host = pinned
             .as_mut_slice()
             .map_err(|e| cuda_error("staging", e))?;
-        // Straight into pinned memory: the request's features are copied once.
-        write_staging(
+        // Straight into pinned memory (the request's features are copied
+        // once), each piece copied to the device as soon as it is written.
+        let stream = self.stream.cu_stream();
+        let device_at = device_staging.device_ptr(&self.stream).0;
+        let mut upload = |bytes: &[u8], at: usize| {
+            // SAFETY: `bytes` is a piece of the pinned buffer at offset `at`
+            // and the device staging buffer holds at least as many bytes
+            // (ensure_io); the pinned buffer outlives the copy, which the
+            // synchronize below waits for, and is not written again before.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(device_at + at as u64, bytes, stream)
+            }
+            .map_err(|e| cuda_error("upload request", e))
+        };
+        let chunk = match gpu.options.upload_chunk {
+            0 => usize::MAX,
+            bytes => bytes,
+        };
+        let written = write_staging_in_chunks(
             model,
             &self.input_tensors,
             request,
             &layout,
             &mut host[..used],
-        )?;
-        let stream = self.stream.cu_stream();
-        // SAFETY: the pinned buffer holds at least `used` bytes, the device
-        // staging buffer at least as many (ensure_io); both outlive the
-        // stream's work, which is synchronized below before returning.
-        unsafe {
-            cudarc::driver::result::memcpy_htod_async(
-                device_staging.device_ptr(&self.stream).0,
-                &host[..used],
-                stream,
-            )
+            chunk,
+            &mut upload,
+        );
+        if let Err(e) = written {
+            // Copies already issued read the pinned buffer: let them finish
+            // before it can be written or freed again.
+            let _ = self.stream.synchronize();
+            return Err(e);
         }
-        .map_err(|e| cuda_error("upload request", e))?;
         let bucket = &self.buckets[&capacity];
         bucket
             .graph
@@ -365,8 +378,17 @@ impl GpuSession {
             .synchronize()
             .map_err(|e| cuda_error("synchronize", e))?;
         regions.problems = problems.device_ptr(stream).0;
-        if gpu.options.tune != Tune::Off {
-            self.tune(&mut plan, &regions)?;
+        match gpu.options.tune {
+            Tune::Off => {}
+            Tune::Choice(k) => {
+                for i in 0..plan.launches.len() {
+                    let choices = plan.tile_choices[i].len();
+                    if choices > 1 {
+                        plan.choose_tiles(i, k % choices);
+                    }
+                }
+            }
+            Tune::On | Tune::Log => self.tune(&mut plan, &regions)?,
         }
         // Resolve every argument and create every stream and event before
         // capture, so nothing allocates while the streams record.
@@ -452,11 +474,13 @@ impl GpuSession {
 
     /// Times each grouped GEMM of `plan` with each tile size it can take
     /// (`LaunchPlan::tile_choices`) on this device, outside any graph, and
-    /// keeps the fastest. Every choice gives the same logits, and each
-    /// launch only writes its own outputs, which the graph recomputes on
-    /// every call.
+    /// keeps the fastest, the plan's own unless another is faster by 3% (a
+    /// launch shorter than the host's launch overhead times the same at
+    /// every size). Every choice gives the same logits, and each launch
+    /// only writes its own outputs, which the graph recomputes on every
+    /// call.
     fn tune(&self, plan: &mut LaunchPlan, regions: &Regions<'_>) -> Result<()> {
-        const REPEATS: u32 = 8;
+        const REPEATS: u32 = 16;
         let ctx = &self.gpu.ctx;
         let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
         let start = ctx.new_event(timing).map_err(|e| cuda_error("event", e))?;
@@ -487,9 +511,14 @@ impl GpuSession {
                     .map_err(|e| cuda_error("tile timing", e))?;
                 times.push(1000.0 * ms / REPEATS as f32);
             }
-            let best = (0..choices)
+            let fastest = (0..choices)
                 .min_by(|&a, &b| times[a].total_cmp(&times[b]))
                 .unwrap_or(0);
+            let best = if times[fastest] < 0.97 * times[0] {
+                fastest
+            } else {
+                0
+            };
             plan.choose_tiles(i, best);
             if self.gpu.options.tune == Tune::Log {
                 let tried: Vec<String> = plan.tile_choices[i]

@@ -146,11 +146,36 @@ pub fn write_staging(
     layout: &StagingLayout,
     out: &mut [u8],
 ) -> Result<()> {
+    write_staging_in_chunks(
+        model,
+        tensors,
+        request,
+        layout,
+        out,
+        usize::MAX,
+        &mut |_, _| Ok(()),
+    )
+}
+
+/// As [`write_staging`], front to back: each time at least `chunk` bytes
+/// past what was last handed over are written, `send(bytes, at)` gets them
+/// (`at`: their offset in `out`), and the rest at the end. The pieces are
+/// contiguous and cover the request's `layout.total` bytes in order, so the
+/// runtime can copy the front of the buffer to the device while the rest is
+/// being written.
+pub fn write_staging_in_chunks(
+    model: &Model,
+    tensors: &[InputTensors],
+    request: &Request<'_>,
+    layout: &StagingLayout,
+    out: &mut [u8],
+    chunk: usize,
+    send: &mut dyn FnMut(&[u8], usize) -> Result<()>,
+) -> Result<()> {
     let inputs = &model.config().inputs;
     let to_u32 = |v: usize| {
         u32::try_from(v).map_err(|_| Error::request("request too large for the GPU staging buffer"))
     };
-    let header_len = std::mem::size_of::<StagingHeader>();
     let StagingLayout {
         descs_at,
         floats_at,
@@ -167,6 +192,13 @@ pub fn write_staging(
             ),
         ));
     }
+    let mut writer = FrontToBack {
+        out: &mut out[..total],
+        written: 0,
+        sent: 0,
+        chunk: chunk.max(1),
+        send,
+    };
     let header = StagingHeader {
         candidates: request.candidates() as u64,
         num_inputs: inputs.len() as u64,
@@ -175,7 +207,9 @@ pub fn write_staging(
         ids_at: ids_at as u64,
         descs_at: descs_at as u64,
     };
-    out[..header_len].copy_from_slice(bytemuck::bytes_of(&header));
+    writer.put(0, bytemuck::bytes_of(&header))?;
+    // The descriptors, then the regions in order: dense values, CSR
+    // offsets, ids (each input's part in input order).
     let (mut f, mut o, mut i) = (0usize, 0usize, 0usize);
     for (index, (input, plan)) in inputs.iter().zip(&model.plan().inputs).enumerate() {
         let mut desc = InputDesc {
@@ -213,8 +247,6 @@ pub fn write_staging(
         match request.feature(index) {
             Feature::Dense(values) => {
                 desc.values = to_u32(f)?;
-                let at = floats_at + f * 4;
-                out[at..at + values.len() * 4].copy_from_slice(bytemuck::cast_slice(values));
                 f += values.len();
             }
             Feature::Sparse {
@@ -223,12 +255,7 @@ pub fn write_staging(
             } => {
                 desc.values = to_u32(o)?;
                 desc.ids = to_u32(i)?;
-                let at = offsets_at + o * 4;
-                out[at..at + bag_offsets.len() * 4]
-                    .copy_from_slice(bytemuck::cast_slice(bag_offsets));
                 o += bag_offsets.len();
-                let at = ids_at + i * 8;
-                out[at..at + bag_ids.len() * 8].copy_from_slice(bytemuck::cast_slice(bag_ids));
                 i += bag_ids.len();
             }
             Feature::Unset => {
@@ -236,7 +263,139 @@ pub fn write_staging(
             }
         }
         let at = descs_at + index * std::mem::size_of::<InputDesc>();
-        out[at..at + 64].copy_from_slice(bytemuck::bytes_of(&desc));
+        writer.put(at, bytemuck::bytes_of(&desc))?;
     }
-    Ok(())
+    let features = || (0..inputs.len()).map(|index| request.feature(index));
+    let mut at = floats_at;
+    for feature in features() {
+        if let Feature::Dense(values) = feature {
+            writer.put(at, bytemuck::cast_slice(values))?;
+            at += values.len() * 4;
+        }
+    }
+    let mut at = offsets_at;
+    for feature in features() {
+        if let Feature::Sparse { offsets, .. } = feature {
+            writer.put(at, bytemuck::cast_slice(offsets))?;
+            at += offsets.len() * 4;
+        }
+    }
+    let mut at = ids_at;
+    for feature in features() {
+        if let Feature::Sparse { ids, .. } = feature {
+            writer.put(at, bytemuck::cast_slice(ids))?;
+            at += ids.len() * 8;
+        }
+    }
+    writer.finish()
+}
+
+/// Writes a buffer front to back, handing over finished pieces.
+struct FrontToBack<'a, 'b> {
+    out: &'a mut [u8],
+    /// Bytes written (from 0) and bytes handed over.
+    written: usize,
+    sent: usize,
+    chunk: usize,
+    send: &'b mut dyn FnMut(&[u8], usize) -> Result<()>,
+}
+
+impl FrontToBack<'_, '_> {
+    /// Writes `bytes` at `at` (at or past what is written; a gap, the ids'
+    /// alignment, is zeroed), handing over a piece each `chunk` bytes.
+    fn put(&mut self, at: usize, bytes: &[u8]) -> Result<()> {
+        self.out[self.written..at].fill(0);
+        self.written = at;
+        for piece in bytes.chunks(self.chunk) {
+            self.out[self.written..self.written + piece.len()].copy_from_slice(piece);
+            self.written += piece.len();
+            if self.written - self.sent >= self.chunk {
+                self.hand_over()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn hand_over(&mut self) -> Result<()> {
+        let (from, to) = (self.sent, self.written);
+        self.sent = to;
+        (self.send)(&self.out[from..to], from)
+    }
+
+    /// Hands over the rest, up to the end of the buffer.
+    fn finish(mut self) -> Result<()> {
+        let end = self.out.len();
+        self.out[self.written..end].fill(0);
+        self.written = end;
+        if self.written > self.sent {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::{DType, OpenOptions};
+
+    /// Written in pieces of any size, the staging buffer is the same bytes:
+    /// the pieces follow each other from 0 to the request's end, each but
+    /// the last at least `chunk` bytes, and nothing past the end is touched.
+    #[test]
+    fn chunks_cover_the_buffer_in_order_with_the_same_bytes() {
+        let config = Config::parse(include_str!("../../tests/common/small_config.json")).unwrap();
+        let source = crate::demo::synthetic_tensors(&config, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.mmoe");
+        crate::format::writer::pack(&config, &source, DType::F16, &path, &mut |_, _| {}).unwrap();
+        let model = Model::open(&path, &OpenOptions::default()).unwrap();
+        let tensors = vec![
+            InputTensors {
+                table: 0x1000,
+                table_f16: true,
+                mean: 0x2000,
+                std: 0x3000,
+            };
+            config.inputs.len()
+        ];
+        for n in [1, 37] {
+            let owned = crate::demo::synthetic_request(&config, n, 5);
+            let request = owned.as_request();
+            let layout = staging_layout(&model, &request).unwrap();
+            let total = layout.total;
+            let mut whole = vec![0xaa; total + 16];
+            write_staging(&model, &tensors, &request, &layout, &mut whole).unwrap();
+            let header: StagingHeader = bytemuck::pod_read_unaligned(&whole[..48]);
+            assert_eq!(header.candidates, n as u64);
+            assert_eq!(header.ids_at as usize, layout.ids_at);
+            for chunk in [1, 7, 64, 1000, total, usize::MAX] {
+                let mut out = vec![0x55; total + 16];
+                let mut pieces: Vec<(usize, Vec<u8>)> = Vec::new();
+                let mut keep = |bytes: &[u8], at: usize| {
+                    pieces.push((at, bytes.to_vec()));
+                    Ok(())
+                };
+                write_staging_in_chunks(
+                    &model, &tensors, &request, &layout, &mut out, chunk, &mut keep,
+                )
+                .unwrap();
+                let mut next = 0;
+                for (k, (at, bytes)) in pieces.iter().enumerate() {
+                    assert_eq!(*at, next, "chunk {chunk}: piece {k}");
+                    assert!(k + 1 == pieces.len() || bytes.len() >= chunk);
+                    next += bytes.len();
+                }
+                assert_eq!(next, total, "chunk {chunk}");
+                if chunk <= 64 {
+                    assert!(pieces.len() > 2);
+                }
+                let joined: Vec<u8> = pieces.into_iter().flat_map(|(_, b)| b).collect();
+                assert_eq!(joined, whole[..total]);
+                assert_eq!(out[..total], whole[..total]);
+                assert!(out[total..].iter().all(|&b| b == 0x55));
+            }
+        }
+    }
 }

@@ -38,12 +38,14 @@ pub fn depends(earlier: &Launch, later: &Launch) -> bool {
 }
 
 /// Spreads `launches` (in an order that respects their dependencies) over
-/// at most `max_streams` streams. A launch goes after its latest dependency
-/// when one is the last launch of a stream; otherwise (it can run beside
-/// every stream's last launch) on a stream not yet used, or, with none left,
-/// on the stream whose last launch is the oldest. Every dependency on
-/// another stream that the stream does not already wait for becomes an
-/// event wait. With one stream the script is the launches in order.
+/// at most `max_streams` streams. A launch goes on a stream whose last
+/// launch is one of its dependencies (the lowest-numbered such stream, so
+/// the main chain stays on stream 0); otherwise (it can run beside every
+/// stream's last launch) on a stream not yet used, or, with none left, on
+/// the stream whose last launch is the oldest. Every dependency on another
+/// stream that the stream does not already wait for becomes an event wait,
+/// the newest first (a wait covers what its stream did before). With one
+/// stream the script is the launches in order.
 pub fn stream_schedule(launches: &[Launch], max_streams: usize) -> StreamSchedule {
     let max_streams = max_streams.max(1);
     let n = launches.len();
@@ -77,7 +79,7 @@ pub fn stream_schedule(launches: &[Launch], max_streams: usize) -> StreamSchedul
         if s != 0 && tail[s].is_none() && deps.is_empty() {
             deps.extend(tail[0]);
         }
-        for &j in &deps {
+        for &j in deps.iter().rev() {
             if !done[s][j] {
                 waits[i].push(j);
                 for (d, &k) in done[s].iter_mut().zip(&done_after[j]) {

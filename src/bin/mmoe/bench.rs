@@ -22,6 +22,7 @@ pub struct Settings {
     pub peak: bool,
     pub kernel: bool,
     pub profile_steps: bool,
+    pub staging: bool,
     pub intra: usize,
 }
 
@@ -51,6 +52,102 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let index = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[index]
+}
+
+/// The median time of `f` in µs, over calls for at least 20 ms.
+fn median_us(f: &mut dyn FnMut()) -> f64 {
+    f();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 5 || start.elapsed() < Duration::from_millis(20) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    percentile(&times, 0.5)
+}
+
+/// The GPU path's host side (`--staging`): a request of each batch size
+/// packed into the staging buffer, whole and in pieces of the runtime's
+/// upload size (the copies to the device left out), against a memcpy of
+/// as many bytes. Plain memory stands for the pinned buffer. Printed, and
+/// returned for the JSON report.
+fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, String> {
+    use mmoe::gpu::staging::{
+        staging_layout, write_staging, write_staging_in_chunks, InputTensors,
+    };
+    let chunk = mmoe::gpu::launch_plan::PlanOptions::default().upload_chunk;
+    let tensors = vec![InputTensors::default(); model.config().inputs.len()];
+    println!(
+        "staging   the GPU path's request packing on this CPU (median µs; plain memory for pinned):"
+    );
+    println!(
+        "{:>9} {:>10} {:>10} {:>9} {:>16} {:>7}",
+        "batch",
+        "bytes",
+        "memcpy",
+        "pack",
+        format!("pack, {} KiB", chunk >> 10),
+        "pieces"
+    );
+    let mut rows = serde_json::Map::new();
+    for &batch in batches {
+        let owned = mmoe::demo::synthetic_request(model.config(), batch, 1);
+        let request = owned.as_request();
+        let layout = staging_layout(model, &request).map_err(|e| e.to_string())?;
+        let source = vec![1u8; layout.total];
+        let mut out = vec![0u8; layout.total];
+        let memcpy = median_us(&mut || out.copy_from_slice(std::hint::black_box(&source)));
+        let mut failed = None;
+        let whole = median_us(&mut || {
+            if let Err(e) = write_staging(model, &tensors, &request, &layout, &mut out) {
+                failed = Some(e);
+            }
+        });
+        let mut pieces = 0usize;
+        write_staging_in_chunks(
+            model,
+            &tensors,
+            &request,
+            &layout,
+            &mut out,
+            chunk,
+            &mut |_: &[u8], _: usize| {
+                pieces += 1;
+                Ok(())
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let in_pieces = median_us(&mut || {
+            let mut ignore = |_: &[u8], _: usize| Ok(());
+            let written = write_staging_in_chunks(
+                model,
+                &tensors,
+                &request,
+                &layout,
+                &mut out,
+                chunk,
+                &mut ignore,
+            );
+            if let Err(e) = written {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e.to_string());
+        }
+        println!(
+            "{:>9} {:>10} {:>10.1} {:>9.1} {:>16.1} {:>7}",
+            batch, layout.total, memcpy, whole, in_pieces, pieces
+        );
+        rows.insert(
+            batch.to_string(),
+            serde_json::json!({"bytes": layout.total, "memcpy_us": memcpy, "pack_us": whole,
+                "pack_in_pieces_us": in_pieces, "pieces": pieces, "piece_bytes": chunk}),
+        );
+    }
+    Ok(serde_json::Value::Object(rows))
 }
 
 /// The Linear kernel alone (`--kernel`): 512×512 fp16 layers at 16 and 32
@@ -257,6 +354,10 @@ pub fn run(settings: &Settings) -> CliResult {
         );
     }
     let kernel = settings.kernel.then(|| kernel_table(isa, peak));
+    let staging = match settings.staging {
+        true => Some(staging_table(&model, &batches)?),
+        false => None,
+    };
     println!(
         "{:>7} {:>8} {:>14} {:>11} {:>11} {:>9} {:>7}",
         "batch", "calls", "candidates/s", "p50 µs", "p99 µs", "GFLOP/s", "% peak"
@@ -301,6 +402,7 @@ pub fn run(settings: &Settings) -> CliResult {
             "flops_per_candidate_without_dedup": flops_full,
             "peak_gflops": peak,
             "kernel": kernel,
+            "staging": staging,
             "step_profiles": profiles,
             "results": results,
         });

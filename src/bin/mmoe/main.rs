@@ -109,6 +109,11 @@ enum Command {
         /// separate pass and print where a call's time goes.
         #[arg(long)]
         profile_steps: bool,
+        /// Also time the GPU path's host side: packing each batch's request
+        /// into the staging buffer, whole and in upload pieces, against a
+        /// memcpy of as many bytes (no GPU needed).
+        #[arg(long)]
+        staging: bool,
         /// Threads each request's candidates are split over (CPU).
         #[arg(long, default_value_t = 1)]
         intra_threads: usize,
@@ -190,11 +195,13 @@ fn main() -> ExitCode {
             peak,
             kernel,
             profile_steps,
+            staging,
             intra_threads,
         } => bench::run(&bench::Settings {
             peak,
             kernel,
             profile_steps,
+            staging,
             intra: intra_threads,
             model,
             batch,
