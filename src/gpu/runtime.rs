@@ -4,7 +4,7 @@
 //! batch bucket.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
@@ -55,6 +55,9 @@ pub struct GpuModel {
     precision: Precision,
     options: PlanOptions,
     device_name: String,
+    /// Per bucket, the tile choice `tune` kept for each launch: the first
+    /// session to capture a bucket times them, the others reuse the result.
+    tuned: Mutex<HashMap<usize, Vec<usize>>>,
 }
 
 impl GpuModel {
@@ -132,6 +135,7 @@ impl GpuModel {
             precision,
             options,
             device_name,
+            tuned: Mutex::new(HashMap::new()),
         })
     }
 
@@ -388,7 +392,24 @@ impl GpuSession {
                     }
                 }
             }
-            Tune::On | Tune::Log => self.tune(&mut plan, &regions)?,
+            Tune::On | Tune::Log => {
+                let known = match gpu.tuned.lock() {
+                    Ok(tuned) => tuned.get(&capacity).cloned(),
+                    Err(poisoned) => poisoned.into_inner().get(&capacity).cloned(),
+                };
+                let chosen = match known {
+                    Some(chosen) => chosen,
+                    None => {
+                        let chosen = self.tune(&mut plan, &regions)?;
+                        let mut tuned = gpu.tuned.lock().unwrap_or_else(|p| p.into_inner());
+                        tuned.insert(capacity, chosen.clone());
+                        chosen
+                    }
+                };
+                for (i, &choice) in chosen.iter().enumerate() {
+                    plan.choose_tiles(i, choice);
+                }
+            }
         }
         // Resolve every argument and create every stream and event before
         // capture, so nothing allocates while the streams record.
@@ -479,13 +500,15 @@ impl GpuSession {
     /// every size). Every choice gives the same logits, and each launch
     /// only writes its own outputs, which the graph recomputes on every
     /// call.
-    fn tune(&self, plan: &mut LaunchPlan, regions: &Regions<'_>) -> Result<()> {
+    /// Returns the choice kept for each launch (0 where it has none).
+    fn tune(&self, plan: &mut LaunchPlan, regions: &Regions<'_>) -> Result<Vec<usize>> {
         const REPEATS: u32 = 16;
         let ctx = &self.gpu.ctx;
         let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
         let start = ctx.new_event(timing).map_err(|e| cuda_error("event", e))?;
         let end = ctx.new_event(timing).map_err(|e| cuda_error("event", e))?;
         let stream = &self.stream;
+        let mut chosen = vec![0; plan.launches.len()];
         for i in 0..plan.launches.len() {
             let choices = plan.tile_choices[i].len();
             if choices < 2 {
@@ -520,6 +543,7 @@ impl GpuSession {
                 0
             };
             plan.choose_tiles(i, best);
+            chosen[i] = best;
             if self.gpu.options.tune == Tune::Log {
                 let tried: Vec<String> = plan.tile_choices[i]
                     .iter()
@@ -535,6 +559,6 @@ impl GpuSession {
                 );
             }
         }
-        Ok(())
+        Ok(chosen)
     }
 }
