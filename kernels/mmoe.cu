@@ -579,6 +579,16 @@ extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64h(const LinearA
 extern "C" __global__ void __launch_bounds__(256, 2) linear_mma128h(const LinearArgs* problems, const u32* tiles, int count) {
     linear_mma_h<128, 128, 2, 4, 2>(problems, tiles, count);
 }
+// Rectangular tiles for the tuning to choose from (LaunchPlan::tile_choices):
+// 4 warps of 64×32 (128×64) or 32×64 (64×128) read 3/4 of the ldmatrix
+// bytes per mma of the 64×64 tile with half its blocks; three stages (45 KB
+// of static shared memory). Only ever chosen by timing on the device.
+extern "C" __global__ void __launch_bounds__(128, 2) linear_mma128x64h(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma_h<128, 64, 2, 2, 3>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) linear_mma64x128h(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma_h<64, 128, 2, 2, 3>(problems, tiles, count);
+}
 
 // ---------------------------------------------------------------- element-wise
 

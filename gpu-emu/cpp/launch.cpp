@@ -55,6 +55,8 @@ const std::vector<Entry>& entries() {
         entry("linear_mma32h", linear_mma32h),
         entry("linear_mma64h", linear_mma64h),
         entry("linear_mma128h", linear_mma128h),
+        entry("linear_mma128x64h", linear_mma128x64h),
+        entry("linear_mma64x128h", linear_mma64x128h),
         entry("feature_gate", feature_gate),
         entry("gather", gather),
         entry("layer_norm", layer_norm),

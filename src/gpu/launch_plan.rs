@@ -35,6 +35,8 @@ pub enum Kernel {
     LinearMma32H,
     LinearMma64H,
     LinearMma128H,
+    LinearMma128x64H,
+    LinearMma64x128H,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -46,7 +48,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 18] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
@@ -57,6 +59,8 @@ impl Kernel {
         Kernel::LinearMma32H,
         Kernel::LinearMma64H,
         Kernel::LinearMma128H,
+        Kernel::LinearMma128x64H,
+        Kernel::LinearMma64x128H,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -78,6 +82,8 @@ impl Kernel {
             Kernel::LinearMma32H => "linear_mma32h",
             Kernel::LinearMma64H => "linear_mma64h",
             Kernel::LinearMma128H => "linear_mma128h",
+            Kernel::LinearMma128x64H => "linear_mma128x64h",
+            Kernel::LinearMma64x128H => "linear_mma64x128h",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -429,6 +435,8 @@ pub fn mma_tile(kernel: Kernel) -> Option<(usize, usize, u32)> {
         Kernel::LinearMma32 | Kernel::LinearMma32H => Some((32, 64, 128)),
         Kernel::LinearMma64 | Kernel::LinearMma64H => Some((64, 64, 128)),
         Kernel::LinearMma128 | Kernel::LinearMma128H => Some((128, 128, 256)),
+        Kernel::LinearMma128x64H => Some((128, 64, 128)),
+        Kernel::LinearMma64x128H => Some((64, 128, 128)),
         _ => None,
     }
 }
@@ -463,7 +471,11 @@ pub fn is_linear(kernel: Kernel) -> bool {
 pub fn reads_half_x(kernel: Kernel) -> bool {
     matches!(
         kernel,
-        Kernel::LinearMma32H | Kernel::LinearMma64H | Kernel::LinearMma128H
+        Kernel::LinearMma32H
+            | Kernel::LinearMma64H
+            | Kernel::LinearMma128H
+            | Kernel::LinearMma128x64H
+            | Kernel::LinearMma64x128H
     )
 }
 
@@ -1051,14 +1063,16 @@ impl LaunchPlan {
     /// `ranges`.
     fn push_tile_choices(&mut self, i: usize) -> Vec<TileChoice> {
         let launch = &self.launches[i];
-        let family = if reads_half_x(launch.kernel) {
-            [
+        let family: &[Kernel] = if reads_half_x(launch.kernel) {
+            &[
                 Kernel::LinearMma32H,
                 Kernel::LinearMma64H,
                 Kernel::LinearMma128H,
+                Kernel::LinearMma128x64H,
+                Kernel::LinearMma64x128H,
             ]
         } else {
-            [
+            &[
                 Kernel::LinearMma32,
                 Kernel::LinearMma64,
                 Kernel::LinearMma128,
@@ -1076,7 +1090,7 @@ impl LaunchPlan {
             tiles,
             blocks: launch.grid.0,
         }];
-        for kernel in family.into_iter().filter(|&k| k != own) {
+        for &kernel in family.iter().filter(|&&k| k != own) {
             let tiles = self.ranges.len();
             let mut total = 0u32;
             for problem in &self.problems[problems.clone()] {
@@ -1809,8 +1823,8 @@ mod tests {
         }
     }
 
-    /// Every grouped tensor-core launch can run with the three tile sizes of
-    /// its input kind; choosing one switches kernel, grid, block and tile
+    /// Every grouped tensor-core launch can run with the tile sizes of its
+    /// input kind; choosing one switches kernel, grid, block and tile
     /// table together, and the table adds up the problems' blocks at that
     /// tile size. Other launches have no choice.
     #[test]
@@ -1831,7 +1845,8 @@ mod tests {
                     continue;
                 }
                 with_choices += 1;
-                assert_eq!(choices.len(), 3);
+                // fp16 inputs: also the 128×64 and 64×128 tiles.
+                assert_eq!(choices.len(), if half_x { 5 } else { 3 });
                 assert_eq!(choices[0].kernel, plan.launches[i].kernel);
                 assert!(choices
                     .iter()
