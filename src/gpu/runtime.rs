@@ -224,10 +224,9 @@ impl GpuSession {
             self.buckets.insert(capacity, bucket);
         }
         let used = layout.total;
-        let (Some(pinned), Some(device_staging), Some(device_logits), Some(pinned_logits)) = (
+        let (Some(pinned), Some(device_staging), Some(pinned_logits)) = (
             self.pinned_staging.as_mut(),
             self.device_staging.as_ref(),
-            self.logits.as_ref(),
             self.pinned_logits.as_mut(),
         ) else {
             return Err(Error::new(
@@ -276,22 +275,14 @@ impl GpuSession {
             .graph
             .launch()
             .map_err(|e| cuda_error("graph launch", e))?;
-        let out = pinned_logits
-            .as_mut_slice()
-            .map_err(|e| cuda_error("logits", e))?;
-        // SAFETY: `out` holds capacity × tasks floats, the device buffer as
-        // many; the copy completes before the synchronize below returns.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(
-                &mut out[..n * tasks],
-                device_logits.device_ptr(&self.stream).0,
-                stream,
-            )
-        }
-        .map_err(|e| cuda_error("download scores", e))?;
+        // The graph ends with the download of the bucket's logits into the
+        // pinned buffer.
         self.stream
             .synchronize()
             .map_err(|e| cuda_error("synchronize", e))?;
+        let out = pinned_logits
+            .as_slice()
+            .map_err(|e| cuda_error("logits", e))?;
         logits.copy_from_slice(&out[..n * tasks]);
         Ok(())
     }
@@ -425,6 +416,26 @@ impl GpuSession {
             .map(|_| gpu.ctx.new_event(None))
             .collect::<std::result::Result<Vec<CudaEvent>, _>>()
             .map_err(|e| cuda_error("event", e))?;
+        let logits_len = capacity * model.num_tasks();
+        let (Some(device_logits), Some(pinned_logits)) =
+            (self.logits.as_ref(), self.pinned_logits.as_mut())
+        else {
+            return Err(Error::new(
+                ErrorKind::Device,
+                "GPU session buffers are missing",
+            ));
+        };
+        let device_logits = device_logits.device_ptr(stream).0;
+        let host_logits = pinned_logits
+            .as_mut_slice()
+            .map_err(|e| cuda_error("logits", e))?;
+        if host_logits.len() < logits_len {
+            return Err(Error::new(
+                ErrorKind::Device,
+                "GPU session's pinned logits buffer is smaller than its bucket",
+            ));
+        }
+        let host_logits = &mut host_logits[..logits_len];
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| cuda_error("begin capture", e))?;
@@ -434,9 +445,12 @@ impl GpuSession {
         let mut recorded = Ok(());
         for op in &plan.streams.ops {
             recorded = match *op {
-                StreamOp::Launch { launch, stream } => {
-                    self.launch(&plan.launches[launch], &resolved[launch], streams[stream])
-                }
+                StreamOp::Launch { launch, stream } => Self::launch(
+                    &gpu,
+                    &plan.launches[launch],
+                    &resolved[launch],
+                    streams[stream],
+                ),
                 StreamOp::Record { stream, event } => events[event]
                     .record(streams[stream])
                     .map_err(|e| cuda_error("record event", e)),
@@ -447,6 +461,20 @@ impl GpuSession {
             if recorded.is_err() {
                 break;
             }
+        }
+        if recorded.is_ok() {
+            // SAFETY: both buffers hold `logits_len` floats and belong to
+            // this session; a bucket's graph is dropped before either is
+            // replaced (ensure_io), and every replay is synchronized before
+            // the host reads the pinned buffer.
+            recorded = unsafe {
+                cudarc::driver::result::memcpy_dtoh_async(
+                    host_logits,
+                    device_logits,
+                    stream.cu_stream(),
+                )
+            }
+            .map_err(|e| cuda_error("download scores", e));
         }
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
         if let Err(e) = recorded {
@@ -467,8 +495,13 @@ impl GpuSession {
     }
 
     /// Records one launch of the plan on `stream` (capturing).
-    fn launch(&self, launch: &Launch, values: &[ArgValue], stream: &Arc<CudaStream>) -> Result<()> {
-        let function = &self.gpu.functions[Kernel::ALL
+    fn launch(
+        gpu: &GpuModel,
+        launch: &Launch,
+        values: &[ArgValue],
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
+        let function = &gpu.functions[Kernel::ALL
             .iter()
             .position(|k| *k == launch.kernel)
             .unwrap_or(0)];
@@ -520,12 +553,12 @@ impl GpuSession {
                 let values = launch_values(plan, regions);
                 let launch = &plan.launches[i];
                 // One run first: caches and the kernel's first-launch costs.
-                self.launch(launch, &values[i], stream)?;
+                Self::launch(&self.gpu, launch, &values[i], stream)?;
                 start
                     .record(stream)
                     .map_err(|e| cuda_error("record event", e))?;
                 for _ in 0..REPEATS {
-                    self.launch(launch, &values[i], stream)?;
+                    Self::launch(&self.gpu, launch, &values[i], stream)?;
                 }
                 end.record(stream)
                     .map_err(|e| cuda_error("record event", e))?;
