@@ -271,9 +271,10 @@ pub fn bucket(n: usize) -> usize {
     n.max(32).next_power_of_two()
 }
 
-/// The kernel choices of a launch plan besides precision, each with an
-/// environment variable (`PlanOptions::from_env`) so the GPU check can
-/// compare the choices in one run.
+/// The GPU path's choices besides precision (kernels of the launch plan,
+/// graph branches, tile tuning, request upload), each with an environment
+/// variable (`PlanOptions::from_env`) so the GPU check can compare the
+/// choices in one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanOptions {
     pub tiles: Tiles,
@@ -336,10 +337,10 @@ impl Default for PlanOptions {
 
 impl PlanOptions {
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
-    /// `MMOE_GPU_FUSED_HEADS` and `MMOE_GPU_HALF_X` (`0`, `1`) and
+    /// `MMOE_GPU_FUSED_HEADS` and `MMOE_GPU_HALF_X` (`0`, `1`),
     /// `MMOE_GPU_STREAMS` (1 to 8), `MMOE_GPU_TUNE` (`0`, `1`, `log`,
-    /// `choice=K`) and
-    /// `MMOE_GPU_UPLOAD_CHUNK` (KiB); an unknown value is an error.
+    /// `choice=K`) and `MMOE_GPU_UPLOAD_CHUNK` (KiB); an unknown value is
+    /// an error.
     pub fn from_env() -> Result<PlanOptions, String> {
         let mut options = PlanOptions::default();
         if let Ok(value) = std::env::var("MMOE_GPU_TILES") {

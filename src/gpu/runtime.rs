@@ -494,7 +494,8 @@ impl GpuSession {
         })
     }
 
-    /// Records one launch of the plan on `stream` (capturing).
+    /// Launches one launch of the plan on `stream` (recorded into the graph
+    /// while the stream captures).
     fn launch(
         gpu: &GpuModel,
         launch: &Launch,
