@@ -273,7 +273,7 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ("demo", &demo.path, &demo_config, 1024),
     ];
     let untuned: Vars = &[("MMOE_GPU_TUNE", "0")];
-    let pairs: [(&str, Vars, Vars); 6] = [
+    let pairs: [(&str, Vars, Vars); 8] = [
         (
             "fp16 inputs = f32 inputs",
             untuned,
@@ -294,14 +294,26 @@ fn gpu_equivalent_choices_give_identical_logits() {
             &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_STREAMS", "1")],
         ),
         ("tiles timed on the device = the plan's tiles", &[], untuned),
+        // fp16 inputs: 5 choices per GEMM (the plan's own first, then
+        // 32×64, 64×64, 128×128 but that one, then 128×64 and 64×128).
         (
-            "each GEMM's 2nd tile choice = the plan's tiles",
+            "each GEMM's tile choice 1 = the plan's tiles",
             &[("MMOE_GPU_TUNE", "choice=1")],
             untuned,
         ),
         (
-            "each GEMM's 3rd tile choice = the plan's tiles",
+            "each GEMM's tile choice 2 = the plan's tiles",
             &[("MMOE_GPU_TUNE", "choice=2")],
+            untuned,
+        ),
+        (
+            "each GEMM's tile choice 3 (128×64) = the plan's tiles",
+            &[("MMOE_GPU_TUNE", "choice=3")],
+            untuned,
+        ),
+        (
+            "each GEMM's tile choice 4 (64×128) = the plan's tiles",
+            &[("MMOE_GPU_TUNE", "choice=4")],
             untuned,
         ),
     ];

@@ -28,7 +28,7 @@ log "1. GPU tests (CUDA backend vs CPU exact path; small and demo models)"
 timeout 180 ./bin/gpu-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
-log "1b. compute-sanitizer: memcheck on one random model (f16, f32; wide tiles at 600 candidates), racecheck (f16)"
+log "1b. compute-sanitizer: memcheck on one random model (f16, f32; wide tiles at 600 candidates), racecheck (f16, plan tiles and 128x64 tiles)"
 if command -v compute-sanitizer >/dev/null; then
   for precision in f16 f32; do
     timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score --model parity/seed-0/model.mmoe \
@@ -47,6 +47,12 @@ if command -v compute-sanitizer >/dev/null; then
     --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl --out "$out/racecheck.jsonl" \
     --device cuda --precision f16 > "$out/racecheck.log" 2>&1
   echo "racecheck f16: exit $? ($(grep -ciE 'hazard' "$out/racecheck.log") hazard lines)" | tee -a "$out/check.log"
+  # The 128×64 tile (tile choice 3 of every GEMM; 64×128 shares its
+  # three-stage pipeline), which only timing ever picks otherwise.
+  MMOE_GPU_TUNE=choice=3 timeout 60 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 \
+    ./bin/mmoe score --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl \
+    --out "$out/racecheck-128x64.jsonl" --device cuda --precision f16 > "$out/racecheck-128x64.log" 2>&1
+  echo "racecheck f16, 128x64 tiles: exit $? ($(grep -ciE 'hazard' "$out/racecheck-128x64.log") hazard lines)" | tee -a "$out/check.log"
 else
   echo "compute-sanitizer not found" | tee -a "$out/check.log"
 fi

@@ -271,10 +271,11 @@ impl GpuSession {
             return Err(e);
         }
         let bucket = &self.buckets[&capacity];
-        bucket
-            .graph
-            .launch()
-            .map_err(|e| cuda_error("graph launch", e))?;
+        if let Err(e) = bucket.graph.launch() {
+            // The upload pieces may still be reading the pinned buffer.
+            let _ = self.stream.synchronize();
+            return Err(cuda_error("graph launch", e));
+        }
         // The graph ends with the download of the bucket's logits into the
         // pinned buffer.
         self.stream

@@ -360,16 +360,22 @@ mod tests {
             };
             config.inputs.len()
         ];
-        for n in [1, 37] {
+        // Odd and even counts: with an even one the ids' 8-byte alignment
+        // leaves a gap after the CSR offsets.
+        let mut gaps = 0;
+        for n in [1, 2, 36, 37] {
             let owned = crate::demo::synthetic_request(&config, n, 5);
             let request = owned.as_request();
             let layout = staging_layout(&model, &request).unwrap();
             let total = layout.total;
             let mut whole = vec![0xaa; total + 16];
             write_staging(&model, &tensors, &request, &layout, &mut whole).unwrap();
-            let header: StagingHeader = bytemuck::pod_read_unaligned(&whole[..48]);
-            assert_eq!(header.candidates, n as u64);
-            assert_eq!(header.ids_at as usize, layout.ids_at);
+            decode_and_compare(&whole[..total], &config, &request, &tensors);
+            let gap = layout.ids_at - gap_start(&request, config.inputs.len(), &layout);
+            gaps += gap;
+            assert!(whole[layout.ids_at - gap..layout.ids_at]
+                .iter()
+                .all(|&b| b == 0));
             for chunk in [1, 7, 64, 1000, total, usize::MAX] {
                 let mut out = vec![0x55; total + 16];
                 let mut pieces: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -395,6 +401,72 @@ mod tests {
                 assert_eq!(joined, whole[..total]);
                 assert_eq!(out[..total], whole[..total]);
                 assert!(out[total..].iter().all(|&b| b == 0x55));
+            }
+        }
+        assert!(gaps > 0, "no request left a gap before the ids");
+    }
+
+    /// Where the CSR offsets end (the ids start at the next multiple of 8).
+    fn gap_start(request: &Request<'_>, inputs: usize, layout: &StagingLayout) -> usize {
+        let offsets: usize = (0..inputs)
+            .map(|i| match request.feature(i) {
+                Feature::Sparse { offsets, .. } => offsets.len(),
+                _ => 0,
+            })
+            .sum();
+        layout.offsets_at + 4 * offsets
+    }
+
+    /// Reads the buffer back the way the kernels do (header, descriptors,
+    /// then each input's values, offsets and ids through its descriptor)
+    /// and compares with the request.
+    fn decode_and_compare(
+        buffer: &[u8],
+        config: &Config,
+        request: &Request<'_>,
+        tensors: &[InputTensors],
+    ) {
+        let header: StagingHeader = bytemuck::pod_read_unaligned(&buffer[..48]);
+        assert_eq!(header.candidates, request.candidates() as u64);
+        assert_eq!(header.num_inputs as usize, config.inputs.len());
+        let floats = header.floats_at as usize;
+        let offsets = header.offsets_at as usize;
+        let ids = header.ids_at as usize;
+        assert_eq!(ids % 8, 0);
+        let read = |at: usize, len: usize| &buffer[at..at + len];
+        for (index, input) in config.inputs.iter().enumerate() {
+            let at = header.descs_at as usize + 64 * index;
+            let desc: InputDesc = bytemuck::pod_read_unaligned(read(at, 64));
+            assert_eq!(desc.dim as usize, input.dim);
+            assert_eq!(desc.table, tensors[index].table);
+            assert_eq!(desc.kind, (input.kind == InputKind::Sparse) as u32);
+            match request.feature(index) {
+                Feature::Dense(values) => {
+                    let bytes = read(floats + 4 * desc.values as usize, 4 * values.len());
+                    assert_eq!(
+                        bytes,
+                        bytemuck::cast_slice::<f32, u8>(values),
+                        "input {index}"
+                    );
+                }
+                Feature::Sparse {
+                    ids: bag_ids,
+                    offsets: bag_offsets,
+                } => {
+                    let bytes = read(offsets + 4 * desc.values as usize, 4 * bag_offsets.len());
+                    assert_eq!(
+                        bytes,
+                        bytemuck::cast_slice::<u32, u8>(bag_offsets),
+                        "input {index}"
+                    );
+                    let bytes = read(ids + 8 * desc.ids as usize, 8 * bag_ids.len());
+                    assert_eq!(
+                        bytes,
+                        bytemuck::cast_slice::<u64, u8>(bag_ids),
+                        "input {index}"
+                    );
+                }
+                Feature::Unset => panic!("input {index} unset"),
             }
         }
     }
