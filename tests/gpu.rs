@@ -273,14 +273,22 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ("demo", &demo.path, &demo_config, 1024),
     ];
     let untuned: Vars = &[("MMOE_GPU_TUNE", "0")];
-    let pairs: [(&str, Vars, Vars); 8] = [
+    // fp16 inputs: 5 choices per GEMM (the plan's own first, then 32×64,
+    // 64×64, 128×128 but that one, then 128×64 and 64×128).
+    let choices: [(&str, Vars); 4] = [
+        ("1", &[("MMOE_GPU_TUNE", "choice=1")]),
+        ("2", &[("MMOE_GPU_TUNE", "choice=2")]),
+        ("3 (128×64)", &[("MMOE_GPU_TUNE", "choice=3")]),
+        ("4 (64×128)", &[("MMOE_GPU_TUNE", "choice=4")]),
+    ];
+    let mut pairs: Vec<(String, Vars, Vars)> = vec![
         (
-            "fp16 inputs = f32 inputs",
+            "fp16 inputs = f32 inputs".into(),
             untuned,
             &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_HALF_X", "0")],
         ),
         (
-            "wide tiles: fp16 inputs = f32 inputs",
+            "wide tiles: fp16 inputs = f32 inputs".into(),
             &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_TILES", "wide")],
             &[
                 ("MMOE_GPU_TUNE", "0"),
@@ -289,34 +297,20 @@ fn gpu_equivalent_choices_give_identical_logits() {
             ],
         ),
         (
-            "graph branches = one stream",
+            "graph branches = one stream".into(),
             untuned,
             &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_STREAMS", "1")],
         ),
-        ("tiles timed on the device = the plan's tiles", &[], untuned),
-        // fp16 inputs: 5 choices per GEMM (the plan's own first, then
-        // 32×64, 64×64, 128×128 but that one, then 128×64 and 64×128).
         (
-            "each GEMM's tile choice 1 = the plan's tiles",
-            &[("MMOE_GPU_TUNE", "choice=1")],
-            untuned,
-        ),
-        (
-            "each GEMM's tile choice 2 = the plan's tiles",
-            &[("MMOE_GPU_TUNE", "choice=2")],
-            untuned,
-        ),
-        (
-            "each GEMM's tile choice 3 (128×64) = the plan's tiles",
-            &[("MMOE_GPU_TUNE", "choice=3")],
-            untuned,
-        ),
-        (
-            "each GEMM's tile choice 4 (64×128) = the plan's tiles",
-            &[("MMOE_GPU_TUNE", "choice=4")],
+            "tiles timed on the device = the plan's tiles".into(),
+            &[],
             untuned,
         ),
     ];
+    for (choice, vars) in choices {
+        let label = format!("each GEMM's tile choice {choice} = the plan's tiles");
+        pairs.push((label, vars, untuned));
+    }
     for (label, vars, other) in pairs {
         for (name, path, config, n) in cases {
             let run = || logits(path, config, Device::Cuda(0), GpuPrecision::F16, n);

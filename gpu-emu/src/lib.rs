@@ -150,12 +150,7 @@ impl EmuModel {
         }
         let capacity = bucket(n);
         let mut plan = self.plan(capacity);
-        for i in 0..plan.launches.len() {
-            let choices = plan.tile_choices[i].len();
-            if choices > 1 {
-                plan.choose_tiles(i, pick(i, choices) % choices);
-            }
-        }
+        plan.choose_all_tiles(pick);
         let layout = staging_layout(model, request).map_err(|e| e.to_string())?;
         let mut staging = DeviceMemory::zeroed(layout.total);
         let inputs = input_tensors(model, &self.addresses);

@@ -1108,6 +1108,17 @@ impl LaunchPlan {
         choices
     }
 
+    /// Runs every launch with a tile choice with choice `pick(i, choices)`
+    /// (modulo its number of choices).
+    pub fn choose_all_tiles(&mut self, pick: &dyn Fn(usize, usize) -> usize) {
+        for i in 0..self.launches.len() {
+            let choices = self.tile_choices[i].len();
+            if choices > 1 {
+                self.choose_tiles(i, pick(i, choices) % choices);
+            }
+        }
+    }
+
     /// Runs launch `i` with its tile choice `choice` (an index into
     /// `tile_choices[i]`): kernel, grid, block and tile table.
     pub fn choose_tiles(&mut self, i: usize, choice: usize) {
@@ -1537,7 +1548,7 @@ impl LaunchPlan {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::gpu::streams::{check_schedule, StreamOp};
+    use crate::gpu::streams::{check_schedule, depends};
     use crate::plan::Plan;
 
     fn bench_program() -> Program {
@@ -1722,14 +1733,10 @@ mod tests {
                     position.iter().all(|&p| p != usize::MAX),
                     "a launch was dropped"
                 );
-                let touches = |a: &[BufId], b: &[BufId]| a.iter().any(|x| b.contains(x));
                 let mut dependencies = 0;
                 for (j, later) in lp.unscheduled.iter().enumerate() {
                     for (i, earlier) in lp.unscheduled[..j].iter().enumerate() {
-                        if touches(&earlier.writes, &later.reads)
-                            || touches(&earlier.reads, &later.writes)
-                            || touches(&earlier.writes, &later.writes)
-                        {
+                        if depends(earlier, later) {
                             dependencies += 1;
                             assert!(
                                 position[i] < position[j],
@@ -1773,12 +1780,7 @@ mod tests {
             );
             let kernels: Vec<Kernel> = plan.launches.iter().map(|l| l.kernel).collect();
             let position = |kernel| kernels.iter().position(|&k| k == kernel).unwrap();
-            let stream_of = |launch: usize| {
-                plan.streams.ops.iter().find_map(|op| match *op {
-                    StreamOp::Launch { launch: l, stream } if l == launch => Some(stream),
-                    _ => None,
-                })
-            };
+            let stream_of = |launch| plan.streams.stream_of(launch);
             let features = position(Kernel::FeaturesCandidate);
             // The request GEMM: the Linear launch whose problems have one row.
             let request_gemm = (0..plan.launches.len())
@@ -1802,7 +1804,7 @@ mod tests {
                 .streams
                 .ops
                 .iter()
-                .filter(|op| matches!(op, StreamOp::Wait { .. }))
+                .filter(|op| matches!(op, crate::gpu::streams::StreamOp::Wait { .. }))
                 .count();
             assert_eq!(waits, 3, "{:?}", plan.streams.ops);
             check_schedule(&plan.launches, &plan.streams);
@@ -2144,18 +2146,17 @@ mod tests {
                 upload_chunk: 0,
             })
         );
-        let err = bad_chunk.unwrap_err();
-        assert!(err.contains("MMOE_GPU_UPLOAD_CHUNK is `-1`"), "{err}");
-        let err = bad_tune.unwrap_err();
-        assert!(err.contains("MMOE_GPU_TUNE is `fast`"), "{err}");
-        let err = bad_streams.unwrap_err();
-        assert!(err.contains("MMOE_GPU_STREAMS is `9`"), "{err}");
-        let err = bad_tiles.unwrap_err();
-        assert!(err.contains("MMOE_GPU_TILES is `huge`"), "{err}");
-        let err = bad_heads.unwrap_err();
-        assert!(err.contains("MMOE_GPU_FUSED_HEADS is `yes`"), "{err}");
-        let err = bad_half.unwrap_err();
-        assert!(err.contains("MMOE_GPU_HALF_X is `true`"), "{err}");
+        for (result, expected) in [
+            (bad_chunk, "MMOE_GPU_UPLOAD_CHUNK is `-1`"),
+            (bad_tune, "MMOE_GPU_TUNE is `fast`"),
+            (bad_streams, "MMOE_GPU_STREAMS is `9`"),
+            (bad_tiles, "MMOE_GPU_TILES is `huge`"),
+            (bad_heads, "MMOE_GPU_FUSED_HEADS is `yes`"),
+            (bad_half, "MMOE_GPU_HALF_X is `true`"),
+        ] {
+            let err = result.unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
         assert_eq!(PlanOptions::from_env(), Ok(PlanOptions::default()));
     }
 

@@ -376,14 +376,7 @@ impl GpuSession {
         regions.problems = problems.device_ptr(stream).0;
         match gpu.options.tune {
             Tune::Off => {}
-            Tune::Choice(k) => {
-                for i in 0..plan.launches.len() {
-                    let choices = plan.tile_choices[i].len();
-                    if choices > 1 {
-                        plan.choose_tiles(i, k % choices);
-                    }
-                }
-            }
+            Tune::Choice(k) => plan.choose_all_tiles(&|_, _| k),
             Tune::On | Tune::Log => {
                 let known = match gpu.tuned.lock() {
                     Ok(tuned) => tuned.get(&capacity).cloned(),
@@ -398,9 +391,7 @@ impl GpuSession {
                         chosen
                     }
                 };
-                for (i, &choice) in chosen.iter().enumerate() {
-                    plan.choose_tiles(i, choice);
-                }
+                plan.choose_all_tiles(&|i, _| chosen[i]);
             }
         }
         // Resolve every argument and create every stream and event before

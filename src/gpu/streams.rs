@@ -138,6 +138,14 @@ pub fn stream_schedule(launches: &[Launch], max_streams: usize) -> StreamSchedul
 }
 
 impl StreamSchedule {
+    /// The stream launch `launch` runs on.
+    pub fn stream_of(&self, launch: usize) -> Option<usize> {
+        self.ops.iter().find_map(|op| match *op {
+            StreamOp::Launch { launch: l, stream } if l == launch => Some(stream),
+            _ => None,
+        })
+    }
+
     /// The launches in an order the script allows: each stream's launches
     /// in order, a wait passed only once its event is recorded. Stream
     /// progress is tried from the last stream (`from_last`) or the first;
@@ -205,8 +213,8 @@ pub(crate) fn check_schedule(launches: &[Launch], schedule: &StreamSchedule) {
                     "stream {stream} launches before joining the capture"
                 );
                 assert!(!launched[launch], "launch {launch} twice");
-                for j in 0..n {
-                    if depends(&launches[j], &launches[launch]) && j < launch {
+                for j in 0..launch {
+                    if depends(&launches[j], &launches[launch]) {
                         assert!(
                             done[stream][j],
                             "launch {launch} ({:?}) on stream {stream} may start before launch {j} ({:?})",
@@ -280,12 +288,7 @@ mod tests {
         let schedule = stream_schedule(&launches, 4);
         check_schedule(&launches, &schedule);
         assert_eq!(schedule.streams, 2);
-        let stream = |l: usize| {
-            schedule.ops.iter().find_map(|op| match *op {
-                StreamOp::Launch { launch, stream } if launch == l => Some(stream),
-                _ => None,
-            })
-        };
+        let stream = |l| schedule.stream_of(l);
         assert_ne!(stream(1), stream(2));
         assert_eq!(stream(3), Some(0));
         // Both orders respect the dependencies; they differ in 1 and 2.

@@ -106,21 +106,12 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
             }
         });
         let mut pieces = 0usize;
-        write_staging_in_chunks(
-            model,
-            &tensors,
-            &request,
-            &layout,
-            &mut out,
-            chunk,
-            &mut |_: &[u8], _: usize| {
-                pieces += 1;
-                Ok(())
-            },
-        )
-        .map_err(|e| e.to_string())?;
         let in_pieces = median_us(&mut || {
-            let mut ignore = |_: &[u8], _: usize| Ok(());
+            let mut count = 0;
+            let mut hand_over = |_: &[u8], _: usize| {
+                count += 1;
+                Ok(())
+            };
             let written = write_staging_in_chunks(
                 model,
                 &tensors,
@@ -128,8 +119,9 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
                 &layout,
                 &mut out,
                 chunk,
-                &mut ignore,
+                &mut hand_over,
             );
+            pieces = count;
             if let Err(e) = written {
                 failed = Some(e);
             }
