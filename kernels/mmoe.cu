@@ -60,7 +60,11 @@ __device__ __forceinline__ u64 input_of(const InputDesc* descs, u64 num_inputs, 
 // x0_request[0, :] = request-scope features (zero elsewhere). A warp per
 // column: its lanes split the ids of a bag (request bags, a user's history,
 // are the long ones). `x0rh` (optional): the same as fp16, for the GEMMs.
-extern "C" __global__ void features_request(const unsigned char* staging, float* x0r, __half* x0rh, int d_total) {
+// `staging_at` holds the address of the request's staging buffer: the
+// session can grow that buffer without the captured graphs changing.
+extern "C" __global__ void features_request(const unsigned char* const* staging_at, float* x0r, __half* x0rh,
+                                            int d_total) {
+    const unsigned char* staging = *staging_at;
     const StagingHeader* h = (const StagingHeader*)staging;
     const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
     int warps = blockDim.x / 32, lane = threadIdx.x % 32;
@@ -91,8 +95,9 @@ extern "C" __global__ void features_request(const unsigned char* staging, float*
 // x0[r, :] = candidate features of row r and the request columns; zero for
 // rows past the request's candidates. One block per row, a thread per column.
 // `x0h` (optional, row stride `ldh`): the same as fp16, for the GEMMs.
-extern "C" __global__ void features_candidate(const unsigned char* staging, const float* x0r, float* x0, int ld,
-                                              __half* x0h, int ldh, int d_total) {
+extern "C" __global__ void features_candidate(const unsigned char* const* staging_at, const float* x0r, float* x0,
+                                              int ld, __half* x0h, int ldh, int d_total) {
+    const unsigned char* staging = *staging_at;
     const StagingHeader* h = (const StagingHeader*)staging;
     const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
     int r = blockIdx.x;

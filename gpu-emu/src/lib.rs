@@ -156,6 +156,9 @@ impl EmuModel {
         let inputs = input_tensors(model, &self.addresses);
         write_staging(model, &inputs, request, &layout, staging.bytes_mut())
             .map_err(|e| e.to_string())?;
+        // The kernels read the staging buffer's address from a cell, as on
+        // the device, where the session's buffer can grow under its graphs.
+        let mut staging_cell = DeviceMemory::from_slice(&[staging.address()]);
         let mut arena = DeviceMemory::zeroed(4 * plan.arena_len);
         let mut logits = DeviceMemory::zeroed(4 * capacity * tasks);
         let mut ranges = DeviceMemory::from_slice(&range_table(&plan));
@@ -168,7 +171,7 @@ impl EmuModel {
             ranges: ranges.address(),
             pointers: pointers.address(),
             problems: 0,
-            staging: staging.address(),
+            staging_cell: staging_cell.address(),
             logits: logits.address(),
         };
         let mut problems = DeviceMemory::from_slice(&problem_table(&plan, &regions));

@@ -128,7 +128,9 @@ pub struct Regions<'a> {
     pub ranges: u64,
     pub pointers: u64,
     pub problems: u64,
-    pub staging: u64,
+    /// A device cell holding the address of the request's staging buffer.
+    pub staging_cell: u64,
+    /// The bucket's logits, `[capacity × tasks]` f32.
     pub logits: u64,
 }
 
@@ -142,7 +144,7 @@ impl Regions<'_> {
             Loc::Problems(index) => {
                 self.problems + (std::mem::size_of::<LinearArgs>() * index) as u64
             }
-            Loc::Staging => self.staging,
+            Loc::Staging => self.staging_cell,
             Loc::Logits => self.logits,
             Loc::Null => 0,
         }

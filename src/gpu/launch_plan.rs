@@ -109,7 +109,10 @@ pub enum Loc {
     Pointers(usize),
     /// Index in the session's table of Linear problems (`LinearArgs`).
     Problems(usize),
+    /// The session's cell holding the staging buffer's address (the buffer
+    /// grows with the requests; the cell, baked into graphs, stays put).
     Staging,
+    /// The bucket's logits.
     Logits,
     Null,
 }

@@ -156,12 +156,15 @@ impl Drop for GpuModel {
     }
 }
 
-/// Device memory of one batch capacity, and its graph.
+/// Device memory of one batch capacity, and its graph. The graph ends with
+/// the download of the bucket's logits into its own pinned buffer.
 struct Bucket {
     _arena: CudaSlice<f32>,
     _ranges: CudaSlice<u32>,
     _pointers: CudaSlice<u64>,
     _problems: CudaSlice<LinearArgs>,
+    _logits: CudaSlice<f32>,
+    pinned_logits: PinnedHostSlice<f32>,
     graph: CudaGraph,
 }
 
@@ -175,8 +178,10 @@ pub struct GpuSession {
     input_tensors: Vec<InputTensors>,
     pinned_staging: Option<PinnedHostSlice<u8>>,
     device_staging: Option<CudaSlice<u8>>,
-    logits: Option<CudaSlice<f32>>,
-    pinned_logits: Option<PinnedHostSlice<f32>>,
+    /// The address of `device_staging`, where the graphs' feature kernels
+    /// read it: the staging buffer grows (a request with more ids) without
+    /// the graphs, which hold the cell's address, being captured again.
+    staging_cell: CudaSlice<u64>,
     buckets: HashMap<usize, Bucket>,
 }
 
@@ -187,6 +192,9 @@ impl GpuSession {
             .map_err(|e| cuda_error("bind context", e))?;
         let stream = gpu.ctx.new_stream().map_err(|e| cuda_error("stream", e))?;
         let input_tensors = input_tensors(model, &gpu.pointers);
+        let staging_cell = stream
+            .alloc_zeros::<u64>(1)
+            .map_err(|e| cuda_error("staging cell", e))?;
         Ok(GpuSession {
             gpu,
             stream,
@@ -194,8 +202,7 @@ impl GpuSession {
             input_tensors,
             pinned_staging: None,
             device_staging: None,
-            logits: None,
-            pinned_logits: None,
+            staging_cell,
             buckets: HashMap::new(),
         })
     }
@@ -218,17 +225,14 @@ impl GpuSession {
         }
         let capacity = bucket(n);
         let tasks = model.num_tasks();
-        self.ensure_io(layout.total, capacity * tasks)?;
-        if !self.buckets.contains_key(&capacity) {
-            let bucket = self.capture(model, capacity)?;
-            self.buckets.insert(capacity, bucket);
-        }
+        // Staging first: tuning, at a bucket's first capture, runs the
+        // feature kernels on whatever request the buffer holds.
+        self.ensure_staging(layout.total)?;
+        self.ensure_bucket(model, capacity)?;
         let used = layout.total;
-        let (Some(pinned), Some(device_staging), Some(pinned_logits)) = (
-            self.pinned_staging.as_mut(),
-            self.device_staging.as_ref(),
-            self.pinned_logits.as_mut(),
-        ) else {
+        let (Some(pinned), Some(device_staging)) =
+            (self.pinned_staging.as_mut(), self.device_staging.as_ref())
+        else {
             return Err(Error::new(
                 ErrorKind::Device,
                 "GPU session buffers are missing",
@@ -270,7 +274,10 @@ impl GpuSession {
             let _ = self.stream.synchronize();
             return Err(e);
         }
-        let bucket = &self.buckets[&capacity];
+        let Some(bucket) = self.buckets.get(&capacity) else {
+            let _ = self.stream.synchronize();
+            return Err(Error::new(ErrorKind::Device, "GPU bucket missing"));
+        };
         if let Err(e) = bucket.graph.launch() {
             // The upload pieces may still be reading the pinned buffer.
             let _ = self.stream.synchronize();
@@ -281,52 +288,55 @@ impl GpuSession {
         self.stream
             .synchronize()
             .map_err(|e| cuda_error("synchronize", e))?;
-        let out = pinned_logits
+        let out = bucket
+            .pinned_logits
             .as_slice()
             .map_err(|e| cuda_error("logits", e))?;
         logits.copy_from_slice(&out[..n * tasks]);
         Ok(())
     }
 
-    /// Grows the staging and output buffers; growing drops the captured
-    /// graphs, which hold the old addresses.
-    fn ensure_io(&mut self, staging_bytes: usize, logits_len: usize) -> Result<()> {
-        let ctx = &self.gpu.ctx;
-        let staging_ok = self
+    /// Grows the staging buffers to hold `staging_bytes` (to the next power
+    /// of two) and points the staging cell at the new device buffer. The
+    /// captured graphs stay valid: they read the buffer through the cell.
+    fn ensure_staging(&mut self, staging_bytes: usize) -> Result<()> {
+        if self
             .device_staging
             .as_ref()
-            .is_some_and(|s| s.len() >= staging_bytes);
-        let logits_ok = self.logits.as_ref().is_some_and(|s| s.len() >= logits_len);
-        if staging_ok && logits_ok {
+            .is_some_and(|s| s.len() >= staging_bytes)
+        {
             return Ok(());
         }
-        self.buckets.clear();
-        if !staging_ok {
-            let bytes = staging_bytes.next_power_of_two().max(1 << 16);
-            // SAFETY: plain host memory of `bytes` u8, pinned for DMA.
-            self.pinned_staging = Some(
-                unsafe { ctx.alloc_pinned::<u8>(bytes) }
-                    .map_err(|e| cuda_error("pinned staging", e))?,
-            );
-            self.device_staging = Some(
-                self.stream
-                    .alloc_zeros::<u8>(bytes)
-                    .map_err(|e| cuda_error("device staging", e))?,
-            );
-        }
-        if !logits_ok {
-            let len = logits_len.next_power_of_two();
-            // SAFETY: plain host memory of `len` f32, pinned for DMA, readable
-            // (no write-combining) since the host reads the scores.
-            self.pinned_logits = Some(
-                unsafe { ctx.alloc_pinned_with_flags::<f32>(len, 0) }
-                    .map_err(|e| cuda_error("pinned logits", e))?,
-            );
-            self.logits = Some(
-                self.stream
-                    .alloc_zeros::<f32>(len)
-                    .map_err(|e| cuda_error("device logits", e))?,
-            );
+        let bytes = staging_bytes.next_power_of_two().max(1 << 16);
+        // Nothing is in flight (every call ends synchronized), so the old
+        // buffers can go; a failure below leaves the session without
+        // staging, and the next call allocates again.
+        self.pinned_staging = None;
+        self.device_staging = None;
+        // SAFETY: plain host memory of `bytes` u8, pinned for DMA.
+        let pinned = unsafe { self.gpu.ctx.alloc_pinned::<u8>(bytes) }
+            .map_err(|e| cuda_error("pinned staging", e))?;
+        let device = self
+            .stream
+            .alloc_zeros::<u8>(bytes)
+            .map_err(|e| cuda_error("device staging", e))?;
+        let address = [device.device_ptr(&self.stream).0];
+        self.stream
+            .memcpy_htod(&address, &mut self.staging_cell)
+            .map_err(|e| cuda_error("staging cell", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| cuda_error("synchronize", e))?;
+        self.pinned_staging = Some(pinned);
+        self.device_staging = Some(device);
+        Ok(())
+    }
+
+    /// Captures the graph of `capacity` rows unless the session has it.
+    fn ensure_bucket(&mut self, model: &Model, capacity: usize) -> Result<()> {
+        if !self.buckets.contains_key(&capacity) {
+            let bucket = self.capture(model, capacity)?;
+            self.buckets.insert(capacity, bucket);
         }
         Ok(())
     }
@@ -352,6 +362,14 @@ impl GpuSession {
         let pointers = stream
             .clone_htod(&pointer_table(&plan, arena_ptr, &gpu.pointers))
             .map_err(|e| cuda_error("pointer table", e))?;
+        let logits_len = capacity * model.num_tasks();
+        let device_logits = stream
+            .alloc_zeros::<f32>(logits_len)
+            .map_err(|e| cuda_error("device logits", e))?;
+        // SAFETY: plain host memory of `logits_len` f32, pinned for DMA,
+        // readable (no write-combining) since the host reads the scores.
+        let mut pinned_logits = unsafe { gpu.ctx.alloc_pinned_with_flags::<f32>(logits_len, 0) }
+            .map_err(|e| cuda_error("pinned logits", e))?;
         stream
             .synchronize()
             .map_err(|e| cuda_error("synchronize", e))?;
@@ -361,11 +379,8 @@ impl GpuSession {
             ranges: ranges.device_ptr(stream).0,
             pointers: pointers.device_ptr(stream).0,
             problems: 0,
-            staging: self
-                .device_staging
-                .as_ref()
-                .map_or(0, |s| s.device_ptr(stream).0),
-            logits: self.logits.as_ref().map_or(0, |s| s.device_ptr(stream).0),
+            staging_cell: self.staging_cell.device_ptr(stream).0,
+            logits: device_logits.device_ptr(stream).0,
         };
         let problems = stream
             .clone_htod(&problem_table(&plan, &regions))
@@ -408,26 +423,10 @@ impl GpuSession {
             .map(|_| gpu.ctx.new_event(None))
             .collect::<std::result::Result<Vec<CudaEvent>, _>>()
             .map_err(|e| cuda_error("event", e))?;
-        let logits_len = capacity * model.num_tasks();
-        let (Some(device_logits), Some(pinned_logits)) =
-            (self.logits.as_ref(), self.pinned_logits.as_mut())
-        else {
-            return Err(Error::new(
-                ErrorKind::Device,
-                "GPU session buffers are missing",
-            ));
-        };
-        let device_logits = device_logits.device_ptr(stream).0;
+        let device_logits_at = regions.logits;
         let host_logits = pinned_logits
             .as_mut_slice()
             .map_err(|e| cuda_error("logits", e))?;
-        if host_logits.len() < logits_len {
-            return Err(Error::new(
-                ErrorKind::Device,
-                "GPU session's pinned logits buffer is smaller than its bucket",
-            ));
-        }
-        let host_logits = &mut host_logits[..logits_len];
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| cuda_error("begin capture", e))?;
@@ -456,13 +455,12 @@ impl GpuSession {
         }
         if recorded.is_ok() {
             // SAFETY: both buffers hold `logits_len` floats and belong to
-            // this session; a bucket's graph is dropped before either is
-            // replaced (ensure_io), and every replay is synchronized before
-            // the host reads the pinned buffer.
+            // the bucket, which drops its graph with them; every replay is
+            // synchronized before the host reads the pinned buffer.
             recorded = unsafe {
                 cudarc::driver::result::memcpy_dtoh_async(
                     host_logits,
-                    device_logits,
+                    device_logits_at,
                     stream.cu_stream(),
                 )
             }
@@ -482,6 +480,8 @@ impl GpuSession {
             _ranges: ranges,
             _pointers: pointers,
             _problems: problems,
+            _logits: device_logits,
+            pinned_logits,
             graph,
         })
     }
