@@ -94,6 +94,8 @@ int main(int argc, char **argv) {
            MMOE_STATUS_REQUEST);
     expect("logits of the wrong length", mmoe_session_score(session, 2, NULL, 0, logits, 2 * tasks + 1, NULL, 0),
            MMOE_STATUS_ARGUMENT);
+    expect("warm-up of a NULL engine", mmoe_engine_set_warm_up(NULL, 8), MMOE_STATUS_ARGUMENT);
+    expect("warm-up of a NULL session", mmoe_session_warm_up(NULL, 8), MMOE_STATUS_ARGUMENT);
     expect("features NULL with a length", mmoe_session_score(session, 2, NULL, 3, logits, 2 * tasks, NULL, 0),
            MMOE_STATUS_ARGUMENT);
     for (int i = 0; i < 64; ++i) {

@@ -85,6 +85,10 @@ int main(int argc, char **argv) {
     mmoe_session *session = NULL;
     status = mmoe_session_new(engine, &session);
     if (status != MMOE_STATUS_OK) return fail("mmoe_session_new", status);
+    /* Before traffic: scratch (and on a GPU, the graphs) for requests of up
+     * to this size (a server would pass its largest request). */
+    status = mmoe_session_warm_up(session, candidates);
+    if (status != MMOE_STATUS_OK) return fail("mmoe_session_warm_up", status);
     float *logits = malloc(candidates * tasks * sizeof(float));
     float *probabilities = malloc(candidates * tasks * sizeof(float));
     status = mmoe_session_score(session, candidates, features, inputs, logits, candidates * tasks, probabilities,
@@ -112,6 +116,7 @@ int main(int argc, char **argv) {
     }
     /* NULL handles are refused, not dereferenced. */
     if (mmoe_session_score(NULL, 1, NULL, 0, NULL, 0, NULL, 0) != MMOE_STATUS_ARGUMENT) return 1;
+    if (mmoe_session_warm_up(NULL, 1) != MMOE_STATUS_ARGUMENT) return 1;
     if (mmoe_engine_open(NULL, NULL, &engine) != MMOE_STATUS_ARGUMENT) return 1;
 
     for (size_t i = 0; i < inputs; ++i) {

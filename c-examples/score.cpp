@@ -87,6 +87,7 @@ int run(const char* path, std::size_t candidates) {
               static_cast<unsigned>(mmoe_abi_version()));
 
   const mmoe::Engine engine = mmoe::Engine::open(path);
+  engine.set_warm_up(candidates);  // later reloads warm the new model up before it serves
   const std::vector<std::string> tasks = engine.task_names();
   const std::vector<mmoe::InputInfo> inputs = engine.inputs();
 
@@ -106,6 +107,7 @@ int run(const char* path, std::size_t candidates) {
   for (const FeatureData& f : data) add(request, f);
 
   mmoe::Session session(engine);
+  session.warm_up(candidates);  // before traffic: scratch, and on a GPU the graphs
   const std::size_t n = candidates * tasks.size();
   std::vector<float> logits(n), probabilities(n);
   session.score(request, logits, probabilities);

@@ -3,7 +3,9 @@
  * Every call must succeed and return exactly the scores of one of the two
  * models. After each reload the main thread waits (at most 5 s) until the
  * workers have made THREADS more calls, so that both models serve calls
- * whatever the scheduler does (valgrind runs one thread at a time).
+ * whatever the scheduler does (valgrind runs one thread at a time). Every
+ * eighth reload is warmed up (mmoe_engine_set_warm_up): the main thread
+ * prepares a session per worker, which the workers take over.
  * Run under ASan/LeakSanitizer (make asan) and valgrind (make valgrind).
  * Usage: stress A.mmoe B.mmoe [THREADS] [RELOADS] */
 #include <pthread.h>
@@ -137,6 +139,7 @@ int main(int argc, char **argv) {
     struct timespec pause = {0, 2000000}; /* 2 ms */
     struct timespec tick = {0, 1000000};  /* 1 ms */
     for (int r = 0; r < reloads; ++r) {
+        if (mmoe_engine_set_warm_up(engine, r % 8 == 7 ? CANDIDATES : 0) != MMOE_STATUS_OK) return fail("warm-up");
         if (mmoe_engine_reload(engine, argv[1 + (r % 2)]) != MMOE_STATUS_OK) failed_reloads++;
         long target = __atomic_load_n(&progress, __ATOMIC_RELAXED) + threads;
         for (int waited = 0; __atomic_load_n(&progress, __ATOMIC_RELAXED) < target && waited < 5000; ++waited) nanosleep(&tick, NULL);

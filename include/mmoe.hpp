@@ -273,6 +273,11 @@ class Engine {
   void reload(const std::string& path) const {
     check(mmoe_engine_reload(raw_, detail::c_str(path, "path")));
   }
+  /// Makes every later reload warm up the new model for requests of up to
+  /// `max_candidates` candidates before it serves (mmoe_engine_set_warm_up).
+  void set_warm_up(std::size_t max_candidates) const {
+    check(mmoe_engine_set_warm_up(raw_, max_candidates));
+  }
   std::uint64_t generation() const {
     std::uint64_t out = 0;
     check(mmoe_engine_generation(raw_, &out));
@@ -435,6 +440,11 @@ class Session {
   /// Gives up ownership: the caller must mmoe_session_free the result.
   mmoe_session* release() noexcept { return std::exchange(raw_, nullptr); }
   explicit operator bool() const noexcept { return raw_ != nullptr; }
+
+  /// Prepares the session for requests of up to `max_candidates`
+  /// candidates (mmoe_session_warm_up): call it before traffic, so the
+  /// first requests do not pay for scratch memory or GPU graph capture.
+  void warm_up(std::size_t max_candidates) { check(mmoe_session_warm_up(raw_, max_candidates)); }
 
   /// Scores `request` on the engine's current model. `logits` and
   /// `probabilities` each take `candidates × tasks` floats, row-major

@@ -3,10 +3,17 @@
 //! (no lock held), then swaps a pointer under a write lock held for that
 //! instant only. Calls in flight keep the model they started with (they hold
 //! an `Arc` of it); a failed reload leaves the old model serving.
+//!
+//! With [`Engine::set_warm_up`], a reload also prepares the new model before
+//! the swap: the reloading thread warms up one session per live engine
+//! session, and each engine session takes one at its first call on the new
+//! model, so no call on the serving threads pays for the new model's first
+//! touch (page faults of the mapped weights; on a GPU, the graphs and the
+//! tile timing).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::Result;
 use crate::model::{Model, OpenOptions};
@@ -14,12 +21,18 @@ use crate::request::Request;
 use crate::session::{Scores, Session};
 
 /// Thread-safe: share it (`Arc<Engine>`) between the threads that score.
-#[derive(Debug)]
 pub struct Engine {
     current: RwLock<Arc<Model>>,
     options: OpenOptions,
     /// Incremented by every successful reload.
     generation: AtomicU64,
+    /// Candidates a reload warms up for (0: reloads do not warm up).
+    warm_up: AtomicUsize,
+    /// Engine sessions alive: how many sessions a reload prepares.
+    live_sessions: AtomicUsize,
+    /// Sessions a reload prepared, for engine sessions to take at their
+    /// first call on its model.
+    prepared: Mutex<Vec<Session>>,
 }
 
 impl Engine {
@@ -30,6 +43,9 @@ impl Engine {
             current: RwLock::new(model),
             options,
             generation: AtomicU64::new(0),
+            warm_up: AtomicUsize::new(0),
+            live_sessions: AtomicUsize::new(0),
+            prepared: Mutex::new(Vec::new()),
         })
     }
 
@@ -44,16 +60,57 @@ impl Engine {
     }
 
     /// Opens and validates `path`, then makes it the serving model. On error
-    /// the current model keeps serving and the error says why.
+    /// the current model keeps serving and the error says why. With
+    /// [`Engine::set_warm_up`], the new model is warmed up first, in this
+    /// thread; a warm-up that fails fails the reload.
     pub fn reload(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
         let model = Model::open(path, &self.options)?;
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = model;
-        self.generation.fetch_add(1, Ordering::Release);
+        let warm_up = self.warm_up.load(Ordering::Acquire);
+        let mut sessions = Vec::new();
+        if warm_up > 0 {
+            let count = self.live_sessions.load(Ordering::Acquire).max(1);
+            for _ in 0..count {
+                let mut session = Session::new(model.clone());
+                session
+                    .warm_up(warm_up)
+                    .map_err(|e| e.context(format_args!("reload of {}", path.display())))?;
+                sessions.push(session);
+            }
+        }
+        // The prepared sessions go in before the model, so that a session
+        // seeing the new model finds them; the old ones are dropped after
+        // both locks are released.
+        let mut prepared = lock(&self.prepared);
+        let stale = std::mem::replace(&mut *prepared, sessions);
+        {
+            let mut guard = match self.current.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *guard = model;
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        drop(prepared);
+        drop(stale);
         Ok(())
+    }
+
+    /// Makes every later reload warm up the new model for requests of up to
+    /// `max_candidates` candidates before it serves (0, the default: no
+    /// warm-up). Sessions on the current model warm up with
+    /// [`EngineSession::warm_up`].
+    pub fn set_warm_up(&self, max_candidates: usize) {
+        self.warm_up.store(max_candidates, Ordering::Release);
+    }
+
+    /// A session a reload prepared on `model`, if one is left.
+    fn take_prepared(&self, model: &Arc<Model>) -> Option<Session> {
+        let mut prepared = lock(&self.prepared);
+        let at = prepared
+            .iter()
+            .position(|s| Arc::ptr_eq(s.model(), model))?;
+        Some(prepared.swap_remove(at))
     }
 
     /// How many reloads have succeeded.
@@ -67,11 +124,25 @@ impl Engine {
 
     /// A session that follows the engine's current model.
     pub fn session(self: &Arc<Self>) -> EngineSession {
+        self.live_sessions.fetch_add(1, Ordering::AcqRel);
         EngineSession {
             engine: self.clone(),
             session: None,
             threads: 1,
         }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.model().name())
+            .field("generation", &self.generation())
+            .field("options", &self.options)
+            .field("warm_up", &self.warm_up.load(Ordering::Acquire))
+            .field("live_sessions", &self.live_sessions.load(Ordering::Acquire))
+            .field("prepared", &lock(&self.prepared).len())
+            .finish()
     }
 }
 
@@ -98,19 +169,47 @@ impl EngineSession {
 
     /// Scores on the current model; returns the model that scored.
     pub fn score(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<Arc<Model>> {
-        let model = self.engine.model();
-        let stale = match &self.session {
-            Some(session) => !Arc::ptr_eq(session.model(), &model),
-            None => true,
-        };
-        if stale {
-            let mut session = Session::new(model.clone());
-            session.set_threads(self.threads);
-            self.session = Some(session);
-        }
-        match self.session.as_mut() {
-            Some(session) => session.score(request, scores).map(|()| model),
-            None => unreachable!("a session was just created"),
-        }
+        let (session, model) = self.current();
+        session.score(request, scores).map(|()| model)
     }
+
+    /// Prepares this session on the current model for requests of up to
+    /// `max_candidates` candidates ([`Session::warm_up`]). A reload gives
+    /// the session a new model, which its first calls prepare again.
+    pub fn warm_up(&mut self, max_candidates: usize) -> Result<()> {
+        let (session, _) = self.current();
+        session.warm_up(max_candidates)
+    }
+
+    /// The session on the engine's current model (a new one if the model
+    /// changed since the last call) and that model.
+    fn current(&mut self) -> (&mut Session, Arc<Model>) {
+        let model = self.engine.model();
+        let session = match self.session.take() {
+            Some(session) if Arc::ptr_eq(session.model(), &model) => session,
+            _ => {
+                let mut session = self
+                    .engine
+                    .take_prepared(&model)
+                    .unwrap_or_else(|| Session::new(model.clone()));
+                session.set_threads(self.threads);
+                session
+            }
+        };
+        (self.session.insert(session), model)
+    }
+}
+
+impl Drop for EngineSession {
+    fn drop(&mut self) {
+        self.engine.live_sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Locks `mutex`, also after a panic of another holder (a `Vec` of
+/// complete sessions is never left half-changed).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

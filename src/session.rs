@@ -196,6 +196,36 @@ impl Session {
             .collect()
     }
 
+    /// Prepares the session for requests of up to `max_candidates`
+    /// candidates, so that the first real ones do not pay for it: it scores
+    /// requests of zero features (dense inputs zero, bags empty) and throws
+    /// the scores away. On the CPU, one request of `max_candidates` sizes
+    /// the scratch of every thread. On a GPU, one request per batch bucket up
+    /// to `max_candidates`'s captures each bucket's graph (and times its tile
+    /// sizes, once per model). A larger request later still prepares what it
+    /// needs at its first call; 0 does nothing.
+    pub fn warm_up(&mut self, max_candidates: usize) -> Result<()> {
+        let model = self.model.clone();
+        let config = model.config();
+        let zeros = ZeroFeatures::new(config, max_candidates);
+        let mut logits = Vec::new();
+        for candidates in warm_up_sizes(self.backend, max_candidates) {
+            let request = zeros.request(config, candidates);
+            logits.resize(candidates * model.num_tasks(), 0.0);
+            let mut scores = Scores {
+                logits: Some(&mut logits),
+                probabilities: None,
+            };
+            self.score(&request, &mut scores).map_err(|e| {
+                e.context(format_args!(
+                    "warm-up of model `{}` with {candidates} candidates",
+                    model.name()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Scores a request. Output slices must hold `candidates × tasks` floats.
     pub fn score(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<()> {
         let model = self.model.clone();
@@ -241,5 +271,71 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// The request sizes [`Session::warm_up`] scores: `max_candidates` on the
+/// CPU; on a GPU, every batch bucket below it and then `max_candidates`
+/// itself (its own bucket).
+fn warm_up_sizes(backend: Backend, max_candidates: usize) -> Vec<usize> {
+    if max_candidates == 0 {
+        return Vec::new();
+    }
+    let mut sizes = Vec::new();
+    if backend == Backend::Cuda {
+        let mut size = crate::gpu::launch_plan::bucket(1);
+        while size < max_candidates {
+            sizes.push(size);
+            size = crate::gpu::launch_plan::bucket(size + 1);
+        }
+    }
+    sizes.push(max_candidates);
+    sizes
+}
+
+/// Zero features for warm-up requests: every dense input zero, every bag
+/// empty (which pools to zeros), valid for any model.
+struct ZeroFeatures {
+    dense: Vec<f32>,
+    offsets: Vec<u32>,
+}
+
+impl ZeroFeatures {
+    /// Enough zeros for requests of up to `max_candidates` candidates.
+    fn new(config: &crate::config::Config, max_candidates: usize) -> ZeroFeatures {
+        let dense = config
+            .inputs
+            .iter()
+            .map(|input| rows_of(input, max_candidates) * input.dim)
+            .max()
+            .unwrap_or(0);
+        ZeroFeatures {
+            dense: vec![0.0; dense],
+            offsets: vec![0; max_candidates + 1],
+        }
+    }
+
+    fn request(&self, config: &crate::config::Config, candidates: usize) -> Request<'_> {
+        let mut request = Request::new(candidates);
+        for (index, input) in config.inputs.iter().enumerate() {
+            let rows = rows_of(input, candidates);
+            match input.kind {
+                crate::config::InputKind::Dense => {
+                    request.set_dense(index, &self.dense[..rows * input.dim]);
+                }
+                crate::config::InputKind::Sparse => {
+                    request.set_sparse(index, &[], &self.offsets[..rows + 1]);
+                }
+            }
+        }
+        request
+    }
+}
+
+/// Rows of `input` in a request of `candidates` candidates.
+fn rows_of(input: &crate::config::Input, candidates: usize) -> usize {
+    match input.scope {
+        crate::config::Scope::Request => 1,
+        crate::config::Scope::Candidate => candidates,
     }
 }

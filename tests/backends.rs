@@ -94,3 +94,27 @@ fn intra_request_threads_give_the_same_scores() {
         }
     }
 }
+
+#[test]
+fn warm_up_scores_the_same_on_every_backend() {
+    let (config, _, packed) = small(DType::F16);
+    let model = packed.open();
+    let request = mmoe::demo::synthetic_request(&config, 37, 5);
+    for backend in [Backend::Reference, Backend::Cpu] {
+        let cold = logits(&model, backend, &request);
+        let mut session = Session::with_backend(model.clone(), backend);
+        session.set_threads(3);
+        session.warm_up(0).unwrap();
+        session.warm_up(100).unwrap();
+        assert_eq!(session_logits(&mut session, &request), cold, "{backend:?}");
+    }
+    // A warm-up that cannot run says which model and size it was preparing.
+    let mut gpu = Session::with_backend(model.clone(), Backend::Cuda);
+    let error = gpu.warm_up(5).unwrap_err();
+    assert!(
+        error
+            .message()
+            .contains("warm-up of model `small` with 5 candidates"),
+        "{error}"
+    );
+}

@@ -165,6 +165,17 @@ fn errors_through_the_c_abi() {
         mmoe_session_new(engine.0, &mut session),
         mmoe_status::MMOE_STATUS_OK
     );
+    assert_eq!(
+        mmoe_session_warm_up(session, 16),
+        mmoe_status::MMOE_STATUS_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(
+        mmoe_session_warm_up(null_mut(), 16),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    assert!(last_error().contains("session is NULL"), "{}", last_error());
     let n = 2;
     let u = [0.5f32, 1.0, -1.0, 2.0];
     let a = [0.1f32; 12];

@@ -336,10 +336,86 @@ fn gpu_engine_reloads_under_traffic() {
         gpu_precision: GpuPrecision::F16,
         ..OpenOptions::default()
     };
-    let run = common::reload_under_traffic(options, 50, 30, std::time::Duration::from_millis(5));
+    // Cold reloads, then reloads that prepare a warmed-up session for each
+    // scoring thread (sessions built on the reloading thread, used on theirs).
+    for warm_up in [0, 256] {
+        let run = common::reload_under_traffic(
+            options.clone(),
+            50,
+            30,
+            std::time::Duration::from_millis(5),
+            warm_up,
+        );
+        println!(
+            "GPU reloads (warm-up {warm_up}): model A served {} calls, model B {}",
+            run.seen_a, run.seen_b
+        );
+        assert!(run.seen_a > 0 && run.seen_b > 0, "both models served");
+    }
+}
+
+/// A warmed-up CUDA session scores as cold sessions do, also when a request
+/// with long bags grows its staging buffer under the captured graphs (which
+/// read the buffer's address from a cell) and on the buckets captured by
+/// the warm-up after that.
+#[test]
+fn gpu_warm_up_and_a_growing_staging_buffer_keep_the_scores() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let (config, demo) = demo_model();
+    let model = open(&demo.path, Device::Cuda(0), GpuPrecision::F16).unwrap();
+    let tasks = config.tasks.len();
+    let score = |session: &mut Session, request: &mmoe::request::OwnedRequest| {
+        let mut logits = vec![0.0; request.candidates * tasks];
+        session
+            .score(
+                &request.as_request(),
+                &mut Scores {
+                    logits: Some(&mut logits),
+                    probabilities: None,
+                },
+            )
+            .unwrap();
+        logits
+    };
+    // Every bag 64 ids long: several times the staging of the warm-up's
+    // empty bags and of the synthetic requests' 1–4 ids.
+    let long_bags = |n: usize, seed: u64| {
+        let mut request = mmoe::demo::synthetic_request(&config, n, seed);
+        for (feature, input) in request.features.iter_mut().zip(&config.inputs) {
+            if let mmoe::request::OwnedFeature::Sparse { ids, offsets } = feature {
+                let rows = offsets.len() - 1;
+                let table = input.rows.unwrap_or(1);
+                *ids = (0..rows as u64 * 64).map(|i| (i * 7919) % table).collect();
+                *offsets = (0..=rows as u32).map(|b| 64 * b).collect();
+            }
+        }
+        request
+    };
+    let requests = [
+        mmoe::demo::synthetic_request(&config, 1024, 1),
+        mmoe::demo::synthetic_request(&config, 40, 2),
+        long_bags(100, 3),
+        mmoe::demo::synthetic_request(&config, 1024, 4),
+        long_bags(1000, 5),
+        mmoe::demo::synthetic_request(&config, 7, 6),
+    ];
+    let mut warm = Session::new(model.clone());
+    assert_eq!(warm.backend(), Backend::Cuda);
+    warm.warm_up(1024).unwrap();
+    for request in &requests {
+        let cold = score(&mut Session::new(model.clone()), request);
+        assert_eq!(
+            score(&mut warm, request),
+            cold,
+            "{} candidates: the warmed-up session differs from a cold one",
+            request.candidates
+        );
+    }
     println!(
-        "GPU reloads: model A served {} calls, model B {}",
-        run.seen_a, run.seen_b
+        "warm-up to 1024, then {} requests (two with 64-id bags): identical to cold sessions",
+        requests.len()
     );
-    assert!(run.seen_a > 0 && run.seen_b > 0, "both models served");
 }

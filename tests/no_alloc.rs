@@ -1,19 +1,34 @@
 //! Steady-state scoring allocates nothing: a counting global allocator sees
-//! zero allocations on the second and later calls of the same shape.
+//! zero allocations on the second and later calls of the same shape, and on
+//! the first call after a warm-up.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::Arc;
 
-use mmoe::{Config, DType, Model, OpenOptions, Scores, Session};
+use mmoe::{Config, DType, Engine, Model, OpenOptions, Scores, Session};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    // Per thread, so that tests running side by side do not count each
+    // other's allocations (the sessions here score on the caller's thread).
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(|count| count.get())
+}
+
+fn count() {
+    // `try_with`: nothing to count while the thread's storage is torn down.
+    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+}
 
 // SAFETY: forwards to the system allocator, only counting calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -22,7 +37,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -31,14 +46,25 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The benchmark model with weights of `seed`, packed into `dir`.
+fn bench_model_file(dir: &std::path::Path, seed: u64) -> (Config, std::path::PathBuf) {
+    let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
+    let tensors = mmoe::demo::synthetic_tensors(&config, seed).unwrap();
+    let path = dir.join(format!("m{seed}.mmoe"));
+    mmoe::format::writer::pack(&config, &tensors, DType::F16, &path, &mut |_, _| {}).unwrap();
+    (config, path)
+}
+
+fn bench_model() -> (Config, Arc<Model>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, path) = bench_model_file(dir.path(), 7);
+    let model = Model::open(&path, &OpenOptions::default()).unwrap();
+    (config, model)
+}
+
 #[test]
 fn second_call_of_the_same_shape_allocates_nothing() {
-    let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
-    let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.mmoe");
-    mmoe::format::writer::pack(&config, &tensors, DType::F16, &path, &mut |_, _| {}).unwrap();
-    let model = Model::open(&path, &OpenOptions::default()).unwrap();
+    let (config, model) = bench_model();
     let mut session = Session::new(model.clone());
     let owned = mmoe::demo::synthetic_request(&config, 40, 3);
     let request = owned.as_request();
@@ -57,9 +83,9 @@ fn second_call_of_the_same_shape_allocates_nothing() {
     };
     run(&mut session);
     for _ in 0..3 {
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let before = allocations();
         run(&mut session);
-        let after = ALLOCATIONS.load(Ordering::SeqCst);
+        let after = allocations();
         assert_eq!(
             after - before,
             0,
@@ -68,7 +94,103 @@ fn second_call_of_the_same_shape_allocates_nothing() {
         );
     }
     // The counter does count: building a request allocates.
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = allocations();
     let _another = mmoe::demo::synthetic_request(&config, 2, 4);
-    assert!(ALLOCATIONS.load(Ordering::SeqCst) > before);
+    assert!(allocations() > before);
+}
+
+#[test]
+fn after_warm_up_the_first_call_allocates_nothing() {
+    let (config, model) = bench_model();
+    let owned = mmoe::demo::synthetic_request(&config, 40, 3);
+    let request = owned.as_request();
+    let first_call = |session: &mut Session| {
+        let mut logits = vec![0.0; 40 * 3];
+        let before = allocations();
+        session
+            .score(
+                &request,
+                &mut Scores {
+                    logits: Some(&mut logits),
+                    probabilities: None,
+                },
+            )
+            .unwrap();
+        (allocations() - before, logits)
+    };
+    // Without warm-up the first call allocates its scratch...
+    let (cold_allocations, cold_logits) = first_call(&mut Session::new(model.clone()));
+    assert!(
+        cold_allocations > 0,
+        "a cold session's first call allocated nothing"
+    );
+    // ...and after a warm-up for more candidates it allocates nothing, and
+    // scores the same.
+    let mut warm = Session::new(model.clone());
+    warm.warm_up(64).unwrap();
+    let (warm_allocations, warm_logits) = first_call(&mut warm);
+    assert_eq!(
+        warm_allocations, 0,
+        "the first call after warm_up(64) allocated"
+    );
+    assert_eq!(warm_logits, cold_logits);
+    // A warm-up for fewer candidates leaves the larger request to allocate.
+    let mut small = Session::new(model);
+    small.warm_up(8).unwrap();
+    assert!(first_call(&mut small).0 > 0);
+}
+
+#[test]
+fn after_a_warmed_reload_the_first_calls_allocate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, a) = bench_model_file(dir.path(), 7);
+    let (_, b) = bench_model_file(dir.path(), 8);
+    let owned = mmoe::demo::synthetic_request(&config, 40, 3);
+    let request = owned.as_request();
+    // Allocations of one call, and its logits.
+    let call = |session: &mut mmoe::EngineSession| {
+        let mut logits = vec![0.0; 40 * 3];
+        let before = allocations();
+        session
+            .score(
+                &request,
+                &mut Scores {
+                    logits: Some(&mut logits),
+                    probabilities: None,
+                },
+            )
+            .unwrap();
+        (allocations() - before, logits)
+    };
+    for warm_up in [0, 64] {
+        let engine = Arc::new(Engine::open(&a, OpenOptions::default()).unwrap());
+        engine.set_warm_up(warm_up);
+        let mut sessions = [engine.session(), engine.session()];
+        for session in &mut sessions {
+            call(session);
+        }
+        engine.reload(&b).unwrap();
+        let cold = call(
+            &mut Engine::open(&b, OpenOptions::default())
+                .map(Arc::new)
+                .unwrap()
+                .session(),
+        )
+        .1;
+        for session in &mut sessions {
+            let (allocated, logits) = call(session);
+            assert_eq!(logits, cold, "warm-up {warm_up}: the new model's scores");
+            if warm_up == 0 {
+                assert!(
+                    allocated > 0,
+                    "a cold session's first call on the new model allocated nothing"
+                );
+            } else {
+                assert_eq!(
+                    allocated, 0,
+                    "the first call on a warmed-up reload allocated"
+                );
+            }
+        }
+    }
 }

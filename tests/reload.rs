@@ -17,6 +17,7 @@ fn reloads_under_load_are_atomic() {
         20,
         100,
         std::time::Duration::from_millis(1),
+        0,
     );
     assert!(
         run.corrupt_error.message().contains("corrupt.mmoe"),
@@ -81,4 +82,58 @@ fn engines_live_side_by_side() {
     }
     assert_eq!(e1.model().name(), "prod-dcn");
     assert_eq!(e2.model().name(), "small");
+}
+
+#[test]
+fn a_warmed_engine_session_follows_reloads() {
+    let config = Config::parse(common::SMALL_CONFIG).unwrap();
+    let a = pack(
+        &config,
+        &mmoe::demo::synthetic_tensors(&config, 1).unwrap(),
+        DType::F16,
+    );
+    let b = pack(
+        &config,
+        &mmoe::demo::synthetic_tensors(&config, 2).unwrap(),
+        DType::F16,
+    );
+    let engine = Arc::new(Engine::open(&a.path, OpenOptions::default()).unwrap());
+    let request = mmoe::demo::synthetic_request(&config, 6, 3);
+    let score = |session: &mut mmoe::EngineSession| {
+        let mut logits = vec![0.0; 6 * 2];
+        let model = session
+            .score(
+                &request.as_request(),
+                &mut Scores {
+                    logits: Some(&mut logits),
+                    probabilities: None,
+                },
+            )
+            .unwrap();
+        (model.content_hash(), logits)
+    };
+    let mut session = engine.session();
+    session.warm_up(64).unwrap();
+    let (hash_a, on_a) = score(&mut session);
+    engine.reload(&b.path).unwrap();
+    session.warm_up(64).unwrap();
+    let (hash_b, on_b) = score(&mut session);
+    assert_ne!(hash_a, hash_b);
+    assert_ne!(on_a, on_b, "the warmed session scored on the new model");
+    assert_eq!(hash_b, engine.model().content_hash());
+}
+
+#[test]
+fn warmed_reloads_under_load_are_atomic() {
+    // Each reload prepares a warmed-up session per scoring thread, built on
+    // the reloading thread and taken by the scoring threads.
+    let run = common::reload_under_traffic(
+        OpenOptions::default(),
+        20,
+        50,
+        std::time::Duration::from_millis(1),
+        64,
+    );
+    assert_eq!(run.engine.generation(), 50);
+    assert!(run.seen_a > 0 && run.seen_b > 0, "both models served");
 }

@@ -83,6 +83,12 @@ JNIEXPORT void JNICALL Java_io_mmoe_Native_engineReload(JNIEnv *env, jclass cls,
     check(env, status);
 }
 
+JNIEXPORT void JNICALL Java_io_mmoe_Native_engineSetWarmUp(JNIEnv *env, jclass cls, jlong engine,
+                                                           jint max_candidates) {
+    (void)cls;
+    check(env, mmoe_engine_set_warm_up(engine_of(engine), (size_t)max_candidates));
+}
+
 JNIEXPORT jlong JNICALL Java_io_mmoe_Native_engineGeneration(JNIEnv *env, jclass cls, jlong engine) {
     (void)cls;
     uint64_t value = 0;
@@ -164,6 +170,12 @@ JNIEXPORT jlong JNICALL Java_io_mmoe_Native_sessionNew(JNIEnv *env, jclass cls, 
 JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionFree(JNIEnv *env, jclass cls, jlong session) {
     (void)env, (void)cls;
     mmoe_session_free(session_of(session));
+}
+
+JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionWarmUp(JNIEnv *env, jclass cls, jlong session,
+                                                         jint max_candidates) {
+    (void)cls;
+    check(env, mmoe_session_warm_up(session_of(session), (size_t)max_candidates));
 }
 
 /* An array argument: a direct buffer (used in place) or a primitive array

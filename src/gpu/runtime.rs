@@ -168,6 +168,13 @@ struct Bucket {
     graph: CudaGraph,
 }
 
+// SAFETY: `CudaGraph` holds raw graph handles, which CUDA lets any thread
+// use while the graph's context is current; the session binds its context
+// before every use (score, capture), and a session is used by one thread at
+// a time (`&mut`). This lets a session move between threads (a reload
+// prepares sessions for the threads that score).
+unsafe impl Send for Bucket {}
+
 /// Per-thread GPU scoring state.
 pub struct GpuSession {
     gpu: Arc<GpuModel>,
@@ -475,6 +482,8 @@ impl GpuSession {
         let graph = graph
             .map_err(|e| cuda_error("end capture", e))?
             .ok_or_else(|| Error::new(ErrorKind::Device, "CUDA: graph capture recorded nothing"))?;
+        // Set the graph up on the device now rather than at its first launch.
+        graph.upload().map_err(|e| cuda_error("graph upload", e))?;
         Ok(Bucket {
             _arena: arena,
             _ranges: ranges,

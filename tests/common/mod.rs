@@ -109,7 +109,8 @@ pub struct ReloadRun {
 
 /// Two models of the small config (weight seeds 1 and 2); 4 threads score a
 /// request of `candidates` through one engine opened with `options` while
-/// it reloads between them `reloads` times, `pause` apart, then tries a
+/// it reloads between them `reloads` times, `pause` apart (each reload
+/// warmed up for `warm_up` candidates: `Engine::set_warm_up`), then tries a
 /// corrupt copy of A. Every call must succeed with exactly one model's
 /// scores (panics otherwise); the failed reload must leave the model
 /// serving. Returns the counts for the caller's checks.
@@ -118,6 +119,7 @@ pub fn reload_under_traffic(
     candidates: usize,
     reloads: usize,
     pause: std::time::Duration,
+    warm_up: usize,
 ) -> ReloadRun {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let config = self::config(SMALL_CONFIG);
@@ -150,6 +152,7 @@ pub fn reload_under_traffic(
         .collect();
     assert_ne!(expected[0], expected[1]);
     let engine = Arc::new(mmoe::Engine::open(&a.path, options).expect("open A"));
+    engine.set_warm_up(warm_up);
     let stop = AtomicBool::new(false);
     let (calls, seen_a, seen_b) = (
         AtomicUsize::new(0),

@@ -23,6 +23,7 @@ pub struct Settings {
     pub kernel: bool,
     pub profile_steps: bool,
     pub staging: bool,
+    pub first_call: bool,
     pub intra: usize,
 }
 
@@ -204,6 +205,75 @@ fn profile_steps(
     Ok(serde_json::json!({ "calls": calls, "steps": entries }))
 }
 
+/// First calls (`--first-call`), per batch size in ascending order: the
+/// first call of the model's first session of that size, then over 5 more
+/// rounds (medians): a new session's first call, a new session's
+/// `warm_up(batch)`, and that session's first call after it. Printed, and
+/// returned for the JSON report.
+fn first_call_table(
+    model: &Arc<Model>,
+    settings: &Settings,
+    batches: &[usize],
+) -> Result<serde_json::Value, String> {
+    const ROUNDS: usize = 5;
+    let mut sizes = batches.to_vec();
+    sizes.sort_unstable();
+    sizes.dedup();
+    println!("first calls (µs; medians of {ROUNDS} new sessions, after the model's first):");
+    println!(
+        "{:>7} {:>16} {:>16} {:>12} {:>16}",
+        "batch", "model's first", "cold first", "warm_up", "first after it"
+    );
+    let mut entries = Vec::new();
+    for batch in sizes {
+        let owned = mmoe::demo::synthetic_request(model.config(), batch, 77);
+        let request = owned.as_request();
+        let mut logits = vec![0.0; batch * model.num_tasks()];
+        let mut timed_call = |session: &mut mmoe::Session| -> Result<f64, String> {
+            let t0 = Instant::now();
+            session
+                .score(
+                    &request,
+                    &mut Scores {
+                        logits: Some(&mut logits),
+                        probabilities: None,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            Ok(t0.elapsed().as_secs_f64() * 1e6)
+        };
+        let new_session = || -> Result<mmoe::Session, String> {
+            let mut session = session(model, settings.backend.as_deref())?;
+            session.set_threads(settings.intra);
+            Ok(session)
+        };
+        let models_first = timed_call(&mut new_session()?)?;
+        let (mut cold, mut warm_up, mut after) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            cold.push(timed_call(&mut new_session()?)?);
+            let mut warm = new_session()?;
+            let t0 = Instant::now();
+            warm.warm_up(batch).map_err(|e| e.to_string())?;
+            warm_up.push(t0.elapsed().as_secs_f64() * 1e6);
+            after.push(timed_call(&mut warm)?);
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 0.5)
+        };
+        let (cold, warm_up, after) = (median(cold), median(warm_up), median(after));
+        println!("{batch:>7} {models_first:>16.1} {cold:>16.1} {warm_up:>12.1} {after:>16.1}");
+        entries.push(serde_json::json!({
+            "batch": batch,
+            "models_first_us": models_first,
+            "cold_first_us": cold,
+            "warm_up_us": warm_up,
+            "first_after_warm_up_us": after,
+        }));
+    }
+    Ok(serde_json::Value::Array(entries))
+}
+
 /// One session scoring a synthetic request of `batch` candidates (seed
 /// `seed`): 3 warm-up calls, then `before_timing`, then calls until
 /// `settings.iters` or `settings.max_seconds`. Returns each timed call's
@@ -350,6 +420,10 @@ pub fn run(settings: &Settings) -> CliResult {
         true => Some(staging_table(&model, &batches)?),
         false => None,
     };
+    let first_calls = match settings.first_call {
+        true => Some(first_call_table(&model, settings, &batches)?),
+        false => None,
+    };
     println!(
         "{:>7} {:>8} {:>14} {:>11} {:>11} {:>9} {:>7}",
         "batch", "calls", "candidates/s", "p50 µs", "p99 µs", "GFLOP/s", "% peak"
@@ -395,6 +469,7 @@ pub fn run(settings: &Settings) -> CliResult {
             "peak_gflops": peak,
             "kernel": kernel,
             "staging": staging,
+            "first_calls": first_calls,
             "step_profiles": profiles,
             "results": results,
         });

@@ -114,6 +114,12 @@ enum Command {
         /// memcpy of as many bytes (no GPU needed).
         #[arg(long)]
         staging: bool,
+        /// Also time first calls, before the table: a new session's first
+        /// call, `Session::warm_up` for the batch size, and the first call
+        /// after it (batch sizes in ascending order; the model's first
+        /// session apart, since on a GPU it also times the tile sizes).
+        #[arg(long)]
+        first_call: bool,
         /// Threads each request's candidates are split over (CPU).
         #[arg(long, default_value_t = 1)]
         intra_threads: usize,
@@ -196,12 +202,14 @@ fn main() -> ExitCode {
             kernel,
             profile_steps,
             staging,
+            first_call,
             intra_threads,
         } => bench::run(&bench::Settings {
             peak,
             kernel,
             profile_steps,
             staging,
+            first_call,
             intra: intra_threads,
             model,
             batch,

@@ -33,6 +33,22 @@ public final class Engine implements AutoCloseable {
         });
     }
 
+    /**
+     * Makes every later {@link #reload} warm up the new model for requests of
+     * up to {@code maxCandidates} candidates before it serves (0, the default:
+     * no warm-up): the reloading thread prepares a session for each open
+     * session, which takes it at its first call on the new model.
+     */
+    public void setWarmUp(int maxCandidates) {
+        if (maxCandidates < 0) {
+            throw new IllegalArgumentException("maxCandidates is negative: " + maxCandidates);
+        }
+        handle.with(h -> {
+            Native.engineSetWarmUp(h, maxCandidates);
+            return null;
+        });
+    }
+
     public long generation() {
         return handle.with(Native::engineGeneration);
     }

@@ -44,6 +44,7 @@ final class Native {
     static native long engineOpen(String path, int device, int ordinal, int mode, int precision, int threads, boolean verify);
     static native void engineFree(long engine);
     static native void engineReload(long engine, String path);
+    static native void engineSetWarmUp(long engine, int maxCandidates);
     static native long engineGeneration(long engine);
     static native long engineContentHash(long engine);
     static native int engineNumTasks(long engine);
@@ -54,6 +55,7 @@ final class Native {
     static native int[] engineInputInfo(long engine, int index);
     static native long sessionNew(long engine);
     static native void sessionFree(long session);
+    static native void sessionWarmUp(long session, int maxCandidates);
     static native void sessionScore(long session, int candidates, int[] inputs, Object[] dense, Object[] ids,
                                     Object[] offsets, Object logits, Object probabilities);
 }

@@ -15,6 +15,22 @@ public final class Session implements AutoCloseable {
         this.handle = new Handle(handle, Native::sessionFree, "session");
     }
 
+    /**
+     * Prepares this session for requests of up to {@code maxCandidates}
+     * candidates on the engine's current model: scratch memory on the CPU,
+     * and on a GPU the graph of every batch size up to it. Call it before
+     * traffic so that the first requests do not pay for it; 0 does nothing.
+     */
+    public void warmUp(int maxCandidates) {
+        if (maxCandidates < 0) {
+            throw new IllegalArgumentException("maxCandidates is negative: " + maxCandidates);
+        }
+        handle.with(h -> {
+            Native.sessionWarmUp(h, maxCandidates);
+            return null;
+        });
+    }
+
     /** Scores into {@code logits} and/or {@code probabilities} (either may be null). */
     public void score(Request request, float[] logits, float[] probabilities) {
         scoreInto(request, logits, probabilities);

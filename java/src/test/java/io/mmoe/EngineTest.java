@@ -137,6 +137,38 @@ public final class EngineTest {
         }
     }
 
+    public void warmUpKeepsTheScores() {
+        try (Engine engine = Engine.open(modelA); Session cold = engine.newSession()) {
+            int n = 24, tasks = engine.numTasks();
+            Session warm = engine.newSession();
+            warm.warmUp(0);
+            warm.warmUp(64);
+            float[] onA = cold.logits(request(engine, n), tasks);
+            check(Arrays.equals(onA, warm.logits(request(engine, n), tasks)), "a warmed-up session scores like a cold one");
+            negativeIsRefused(() -> warm.warmUp(-1));
+            negativeIsRefused(() -> engine.setWarmUp(-1));
+            // A warmed reload: the session takes one prepared on model B.
+            engine.setWarmUp(64);
+            engine.reload(modelB);
+            float[] onB = warm.logits(request(engine, n), tasks);
+            try (Session fresh = engine.newSession()) {
+                check(Arrays.equals(onB, fresh.logits(request(engine, n), tasks)), "after a warmed reload: model B's scores");
+            }
+            check(!Arrays.equals(onA, onB), "the reload changed the scores");
+            warm.close();
+            expect(Status.CLOSED, () -> warm.warmUp(8));
+        }
+    }
+
+    static void negativeIsRefused(Runnable body) {
+        try {
+            body.run();
+            throw new AssertionError("a negative candidate count was accepted");
+        } catch (IllegalArgumentException expected) {
+            check(expected.getMessage().contains("maxCandidates is negative"), expected.getMessage());
+        }
+    }
+
     public void errorsMapToStatuses() {
         expect(Status.IO, () -> Engine.open("/nonexistent/model.mmoe"));
         try (Engine engine = Engine.open(modelA); Session session = engine.newSession()) {
