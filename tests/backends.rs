@@ -118,3 +118,15 @@ fn warm_up_scores_the_same_on_every_backend() {
         "{error}"
     );
 }
+
+/// Sessions move between threads (a reload prepares them on its own thread)
+/// and engines are shared, in every build (with or without `cuda`).
+#[test]
+fn sessions_are_send_and_engines_are_shared() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync>() {}
+    send::<Session>();
+    send::<mmoe::EngineSession>();
+    shared::<mmoe::Engine>();
+    shared::<Model>();
+}
