@@ -95,6 +95,7 @@ int main(int argc, char **argv) {
     expect("logits of the wrong length", mmoe_session_score(session, 2, NULL, 0, logits, 2 * tasks + 1, NULL, 0),
            MMOE_STATUS_ARGUMENT);
     expect("warm-up of a NULL engine", mmoe_engine_set_warm_up(NULL, 8), MMOE_STATUS_ARGUMENT);
+    expect("warm-up above the limit", mmoe_session_warm_up(session, 65537), MMOE_STATUS_ARGUMENT);
     expect("warm-up of a NULL session", mmoe_session_warm_up(NULL, 8), MMOE_STATUS_ARGUMENT);
     expect("features NULL with a length", mmoe_session_score(session, 2, NULL, 3, logits, 2 * tasks, NULL, 0),
            MMOE_STATUS_ARGUMENT);

@@ -170,12 +170,12 @@ void mmoe_engine_free(struct mmoe_engine *engine);
 enum mmoe_status mmoe_engine_reload(const struct mmoe_engine *engine, const char *path_utf8);
 
 // Makes every later `mmoe_engine_reload` warm up the new model for
-// requests of up to `max_candidates` candidates before it serves (0, the
-// default: no warm-up). The reloading thread prepares one session per live
-// session (scratch; on a GPU, every batch bucket's graph and the tile
-// timing); each session takes one at its first call on the new model, so
-// no scoring thread pays for it. A warm-up that fails fails the reload.
-// Thread-safe.
+// requests of up to `max_candidates` candidates (at most 65536) before it
+// serves (0, the default: no warm-up). The reloading thread prepares one
+// session per live session (scratch; on a GPU, every batch bucket's graph
+// and the tile timing); each session that scored on the old model takes
+// one at its first call on the new model, so no scoring thread pays for
+// it. A warm-up that fails fails the reload. Thread-safe.
 enum mmoe_status mmoe_engine_set_warm_up(const struct mmoe_engine *engine, size_t max_candidates);
 
 // The number of successful reloads so far.
@@ -227,12 +227,12 @@ enum mmoe_status mmoe_session_new(const struct mmoe_engine *engine, struct mmoe_
 // Releases a session (NULL is fine).
 void mmoe_session_free(struct mmoe_session *session);
 
-// Prepares `session` for requests of up to `max_candidates` candidates on
-// the engine's current model, so that the first real requests do not pay
-// for it: scratch memory on the CPU; on a GPU, the graph of every batch
-// bucket up to that size (and the model's tile timing). Call it once per
-// session before traffic. After a reload, a session prepares the new model
-// at its first calls, unless warmed up again. 0 does nothing.
+// Prepares `session` for requests of up to `max_candidates` candidates (at
+// most 65536) on the engine's current model, so that the first real
+// requests do not pay for it: scratch memory on the CPU; on a GPU, the
+// graph of every batch bucket up to that size (and the model's tile
+// timing). Call it once per session before traffic. For reloads, see
+// `mmoe_engine_set_warm_up`. 0 does nothing.
 enum mmoe_status mmoe_session_warm_up(struct mmoe_session *session, size_t max_candidates);
 
 // Scores a request of `candidates` candidates on the engine's current model.

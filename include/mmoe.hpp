@@ -274,7 +274,8 @@ class Engine {
     check(mmoe_engine_reload(raw_, detail::c_str(path, "path")));
   }
   /// Makes every later reload warm up the new model for requests of up to
-  /// `max_candidates` candidates before it serves (mmoe_engine_set_warm_up).
+  /// `max_candidates` candidates (at most 65536) before it serves
+  /// (mmoe_engine_set_warm_up); 0 turns it off.
   void set_warm_up(std::size_t max_candidates) const {
     check(mmoe_engine_set_warm_up(raw_, max_candidates));
   }
@@ -442,8 +443,9 @@ class Session {
   explicit operator bool() const noexcept { return raw_ != nullptr; }
 
   /// Prepares the session for requests of up to `max_candidates`
-  /// candidates (mmoe_session_warm_up): call it before traffic, so the
-  /// first requests do not pay for scratch memory or GPU graph capture.
+  /// candidates, at most 65536 (mmoe_session_warm_up): call it before
+  /// traffic, so the first requests do not pay for scratch memory or GPU
+  /// graph capture.
   void warm_up(std::size_t max_candidates) { check(mmoe_session_warm_up(raw_, max_candidates)); }
 
   /// Scores `request` on the engine's current model. `logits` and

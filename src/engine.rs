@@ -6,10 +6,11 @@
 //!
 //! With [`Engine::set_warm_up`], a reload also prepares the new model before
 //! the swap: the reloading thread warms up one session per live engine
-//! session, and each engine session takes one at its first call on the new
-//! model, so no call on the serving threads pays for the new model's first
-//! touch (page faults of the mapped weights; on a GPU, the graphs and the
-//! tile timing).
+//! session, and each engine session that scored on the old model takes one
+//! at its first call on the new model, so no call on the serving threads
+//! pays for the new model's first touch (page faults of the mapped weights;
+//! on a GPU, the graphs and the tile timing). That first call still drops
+//! the session's old-model session on its own thread.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +31,9 @@ pub struct Engine {
     warm_up: AtomicUsize,
     /// Engine sessions alive: how many sessions a reload prepares.
     live_sessions: AtomicUsize,
+    /// The most intra-request threads any engine session was given: the
+    /// scratches a prepared session warms up.
+    threads: AtomicUsize,
     /// Sessions a reload prepared, for engine sessions to take at their
     /// first call on its model.
     prepared: Mutex<Vec<Session>>,
@@ -45,6 +49,7 @@ impl Engine {
             generation: AtomicU64::new(0),
             warm_up: AtomicUsize::new(0),
             live_sessions: AtomicUsize::new(0),
+            threads: AtomicUsize::new(1),
             prepared: Mutex::new(Vec::new()),
         })
     }
@@ -72,6 +77,7 @@ impl Engine {
             let count = self.live_sessions.load(Ordering::Acquire).max(1);
             for _ in 0..count {
                 let mut session = Session::new(model.clone());
+                session.set_threads(self.threads.load(Ordering::Acquire));
                 session
                     .warm_up(warm_up)
                     .map_err(|e| e.context(format_args!("reload of {}", path.display())))?;
@@ -97,11 +103,27 @@ impl Engine {
     }
 
     /// Makes every later reload warm up the new model for requests of up to
-    /// `max_candidates` candidates before it serves (0, the default: no
-    /// warm-up). Sessions on the current model warm up with
+    /// `max_candidates` candidates (at most
+    /// [`crate::MAX_WARM_UP_CANDIDATES`]) before it serves: one warmed-up
+    /// session per live engine session, built on the reloading thread (0,
+    /// the default: no warm-up; it also drops sessions prepared and not yet
+    /// taken). Sessions on the current model warm up with
     /// [`EngineSession::warm_up`].
-    pub fn set_warm_up(&self, max_candidates: usize) {
+    pub fn set_warm_up(&self, max_candidates: usize) -> Result<()> {
+        crate::session::check_warm_up(max_candidates)?;
         self.warm_up.store(max_candidates, Ordering::Release);
+        if max_candidates == 0 {
+            let unused = std::mem::take(&mut *lock(&self.prepared));
+            drop(unused);
+        }
+        Ok(())
+    }
+
+    /// Sessions the last reload prepared and no engine session has taken
+    /// yet (for tests and monitoring).
+    #[doc(hidden)]
+    pub fn prepared_sessions(&self) -> usize {
+        lock(&self.prepared).len()
     }
 
     /// A session a reload prepared on `model`, if one is left.
@@ -162,6 +184,9 @@ impl EngineSession {
     /// Intra-request threads, as [`Session::set_threads`].
     pub fn set_threads(&mut self, threads: usize) {
         self.threads = threads.max(1);
+        self.engine
+            .threads
+            .fetch_max(self.threads, Ordering::AcqRel);
         if let Some(session) = self.session.as_mut() {
             session.set_threads(self.threads);
         }
@@ -174,24 +199,31 @@ impl EngineSession {
     }
 
     /// Prepares this session on the current model for requests of up to
-    /// `max_candidates` candidates ([`Session::warm_up`]). A reload gives
-    /// the session a new model, which its first calls prepare again.
+    /// `max_candidates` candidates ([`Session::warm_up`]). After a reload,
+    /// the session takes a session the reload prepared
+    /// ([`Engine::set_warm_up`]), or prepares the new model at its first
+    /// calls.
     pub fn warm_up(&mut self, max_candidates: usize) -> Result<()> {
         let (session, _) = self.current();
         session.warm_up(max_candidates)
     }
 
     /// The session on the engine's current model (a new one if the model
-    /// changed since the last call) and that model.
+    /// changed since the last call) and that model. A session that served
+    /// the old model takes one the reload prepared, if any; a session's
+    /// first session is its own, so that it does not take one meant for a
+    /// session that served before the reload.
     fn current(&mut self) -> (&mut Session, Arc<Model>) {
         let model = self.engine.model();
         let session = match self.session.take() {
             Some(session) if Arc::ptr_eq(session.model(), &model) => session,
-            _ => {
-                let mut session = self
-                    .engine
-                    .take_prepared(&model)
-                    .unwrap_or_else(|| Session::new(model.clone()));
+            old => {
+                let prepared = match old {
+                    Some(_) => self.engine.take_prepared(&model),
+                    None => None,
+                };
+                drop(old);
+                let mut session = prepared.unwrap_or_else(|| Session::new(model.clone()));
                 session.set_threads(self.threads);
                 session
             }
@@ -202,7 +234,17 @@ impl EngineSession {
 
 impl Drop for EngineSession {
     fn drop(&mut self) {
-        self.engine.live_sessions.fetch_sub(1, Ordering::AcqRel);
+        let live = self.engine.live_sessions.fetch_sub(1, Ordering::AcqRel) - 1;
+        // One fewer session to take the prepared ones: drop any beyond the
+        // sessions still alive (outside the lock).
+        let unused = {
+            let mut prepared = lock(&self.engine.prepared);
+            match prepared.len() > live {
+                true => prepared.pop(),
+                false => None,
+            }
+        };
+        drop(unused);
     }
 }
 

@@ -54,4 +54,4 @@ pub use format::DType;
 pub use gpu::Device;
 pub use model::{GpuPrecision, InputInfo, Model, OpenOptions};
 pub use request::{Feature, Request};
-pub use session::{Backend, Scores, Session};
+pub use session::{Backend, Scores, Session, MAX_WARM_UP_CANDIDATES};

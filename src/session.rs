@@ -197,32 +197,55 @@ impl Session {
     }
 
     /// Prepares the session for requests of up to `max_candidates`
-    /// candidates, so that the first real ones do not pay for it: it scores
-    /// requests of zero features (dense inputs zero, bags empty) and throws
-    /// the scores away. On the CPU, one request of `max_candidates` sizes
-    /// the scratch of every thread. On a GPU, one request per batch bucket up
-    /// to `max_candidates`'s captures each bucket's graph (and times its tile
-    /// sizes, once per model). A larger request later still prepares what it
-    /// needs at its first call; 0 does nothing.
+    /// candidates (at most [`MAX_WARM_UP_CANDIDATES`]), so that the first
+    /// real ones do not pay for it: it scores requests of zero features
+    /// (dense inputs zero, bags empty) and throws the scores away. On the
+    /// CPU, where scratch is per tile of candidates, one request of up to a
+    /// tile per thread sizes the scratch of every thread and touches the
+    /// model's weights, and the output buffer is reserved for
+    /// `max_candidates`. On a GPU, one request per batch bucket up to
+    /// `max_candidates`'s captures each bucket's graph (and times its tile
+    /// sizes, once per model); a later request whose ids need more staging
+    /// than any before still grows that buffer (no graph is captured
+    /// again). A larger request later prepares what it needs at its first
+    /// call; 0 does nothing.
     pub fn warm_up(&mut self, max_candidates: usize) -> Result<()> {
+        check_warm_up(max_candidates)?;
         let model = self.model.clone();
         let config = model.config();
-        let zeros = ZeroFeatures::new(config, max_candidates);
+        let tasks = model.num_tasks();
+        let sizes = warm_up_sizes(self.backend, max_candidates, self.threads());
+        let Some(&largest) = sizes.iter().max() else {
+            return Ok(());
+        };
+        let context = |e: Error, candidates: usize| {
+            e.context(format_args!(
+                "warm-up of model `{}` with {candidates} candidates",
+                model.name()
+            ))
+        };
+        let zeros = ZeroFeatures::new(config, largest).map_err(|e| context(e, largest))?;
         let mut logits = Vec::new();
-        for candidates in warm_up_sizes(self.backend, max_candidates) {
+        for candidates in sizes {
             let request = zeros.request(config, candidates);
-            logits.resize(candidates * model.num_tasks(), 0.0);
+            logits.resize(candidates * tasks, 0.0);
             let mut scores = Scores {
                 logits: Some(&mut logits),
                 probabilities: None,
             };
-            self.score(&request, &mut scores).map_err(|e| {
-                e.context(format_args!(
-                    "warm-up of model `{}` with {candidates} candidates",
-                    model.name()
-                ))
-            })?;
+            self.score(&request, &mut scores)
+                .map_err(|e| context(e, candidates))?;
         }
+        // The session's own logits, for requests of up to max_candidates.
+        let want = max_candidates * tasks;
+        self.logits
+            .try_reserve(want.saturating_sub(self.logits.len()))
+            .map_err(|e| {
+                context(
+                    Error::argument(format!("no memory for the logits: {e}")),
+                    max_candidates,
+                )
+            })?;
         Ok(())
     }
 
@@ -274,20 +297,37 @@ impl Session {
     }
 }
 
-/// The request sizes [`Session::warm_up`] scores: `max_candidates` on the
-/// CPU; on a GPU, every batch bucket below it and then `max_candidates`
-/// itself (its own bucket).
-fn warm_up_sizes(backend: Backend, max_candidates: usize) -> Vec<usize> {
+/// The largest `max_candidates` a warm-up ([`Session::warm_up`],
+/// [`crate::Engine::set_warm_up`]) accepts. Larger requests are scored all
+/// the same; their first call prepares what they need.
+pub const MAX_WARM_UP_CANDIDATES: usize = 1 << 16;
+
+/// Refuses a warm-up size above [`MAX_WARM_UP_CANDIDATES`].
+pub(crate) fn check_warm_up(max_candidates: usize) -> Result<()> {
+    if max_candidates > MAX_WARM_UP_CANDIDATES {
+        return Err(Error::argument(format!(
+            "max_candidates {max_candidates} is above the warm-up limit of {MAX_WARM_UP_CANDIDATES} candidates"
+        )));
+    }
+    Ok(())
+}
+
+/// The request sizes [`Session::warm_up`] scores: on a GPU, every batch
+/// bucket below `max_candidates` and then `max_candidates` itself (its own
+/// bucket); on the CPU, enough candidates to give each of `threads` threads
+/// a tile (scratch does not grow with the request).
+fn warm_up_sizes(backend: Backend, max_candidates: usize, threads: usize) -> Vec<usize> {
     if max_candidates == 0 {
         return Vec::new();
     }
+    if backend != Backend::Cuda {
+        return vec![max_candidates.min(threads.max(1) * exec::TILE)];
+    }
     let mut sizes = Vec::new();
-    if backend == Backend::Cuda {
-        let mut size = crate::gpu::launch_plan::bucket(1);
-        while size < max_candidates {
-            sizes.push(size);
-            size = crate::gpu::launch_plan::bucket(size + 1);
-        }
+    let mut size = crate::gpu::launch_plan::bucket(1);
+    while size < max_candidates {
+        sizes.push(size);
+        size = crate::gpu::launch_plan::bucket(size + 1);
     }
     sizes.push(max_candidates);
     sizes
@@ -301,18 +341,21 @@ struct ZeroFeatures {
 }
 
 impl ZeroFeatures {
-    /// Enough zeros for requests of up to `max_candidates` candidates.
-    fn new(config: &crate::config::Config, max_candidates: usize) -> ZeroFeatures {
+    /// Enough zeros for requests of up to `max_candidates` candidates
+    /// (at most [`MAX_WARM_UP_CANDIDATES`]); an allocation that fails is an
+    /// error, not an abort.
+    fn new(config: &crate::config::Config, max_candidates: usize) -> Result<ZeroFeatures> {
         let dense = config
             .inputs
             .iter()
-            .map(|input| rows_of(input, max_candidates) * input.dim)
-            .max()
-            .unwrap_or(0);
-        ZeroFeatures {
-            dense: vec![0.0; dense],
-            offsets: vec![0; max_candidates + 1],
-        }
+            .filter(|input| input.kind == crate::config::InputKind::Dense)
+            .map(|input| rows_of(input, max_candidates).checked_mul(input.dim))
+            .try_fold(0usize, |most, len| len.map(|len| most.max(len)))
+            .ok_or_else(|| Error::argument("warm-up request size overflows"))?;
+        Ok(ZeroFeatures {
+            dense: zeros(dense)?,
+            offsets: zeros(max_candidates + 1)?,
+        })
     }
 
     fn request(&self, config: &crate::config::Config, candidates: usize) -> Request<'_> {
@@ -330,6 +373,18 @@ impl ZeroFeatures {
         }
         request
     }
+}
+
+/// `len` zeros, or an error when the memory is not there.
+fn zeros<T: Clone + Default>(len: usize) -> Result<Vec<T>> {
+    let mut values = Vec::new();
+    values.try_reserve_exact(len).map_err(|e| {
+        Error::argument(format!(
+            "no memory for a warm-up request of {len} values: {e}"
+        ))
+    })?;
+    values.resize(len, T::default());
+    Ok(values)
 }
 
 /// Rows of `input` in a request of `candidates` candidates.

@@ -108,6 +108,18 @@ fn warm_up_scores_the_same_on_every_backend() {
         session.warm_up(100).unwrap();
         assert_eq!(session_logits(&mut session, &request), cold, "{backend:?}");
     }
+    // Sizes above the limit are refused up front, naming the argument.
+    let mut cpu = Session::new(model.clone());
+    let too_many = mmoe::MAX_WARM_UP_CANDIDATES + 1;
+    let error = cpu.warm_up(too_many).unwrap_err();
+    assert_eq!(error.kind(), mmoe::ErrorKind::Argument);
+    assert!(
+        error
+            .message()
+            .contains("max_candidates 65537 is above the warm-up limit of 65536 candidates"),
+        "{error}"
+    );
+    cpu.warm_up(usize::MAX).unwrap_err();
     // A warm-up that cannot run says which model and size it was preparing.
     let mut gpu = Session::with_backend(model.clone(), Backend::Cuda);
     let error = gpu.warm_up(5).unwrap_err();

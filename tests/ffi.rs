@@ -176,6 +176,23 @@ fn errors_through_the_c_abi() {
         mmoe_status::MMOE_STATUS_ARGUMENT
     );
     assert!(last_error().contains("session is NULL"), "{}", last_error());
+    assert_eq!(
+        mmoe_session_warm_up(session, 65537),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    assert!(
+        last_error().contains("above the warm-up limit of 65536 candidates"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(
+        mmoe_engine_set_warm_up(engine.0, 65537),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    assert_eq!(
+        mmoe_engine_set_warm_up(engine.0, 0),
+        mmoe_status::MMOE_STATUS_OK
+    );
     let n = 2;
     let u = [0.5f32, 1.0, -1.0, 2.0];
     let a = [0.1f32; 12];

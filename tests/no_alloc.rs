@@ -164,7 +164,7 @@ fn after_a_warmed_reload_the_first_calls_allocate_nothing() {
     };
     for warm_up in [0, 64] {
         let engine = Arc::new(Engine::open(&a, OpenOptions::default()).unwrap());
-        engine.set_warm_up(warm_up);
+        engine.set_warm_up(warm_up).unwrap();
         let mut sessions = [engine.session(), engine.session()];
         for session in &mut sessions {
             call(session);

@@ -85,7 +85,7 @@ fn engines_live_side_by_side() {
 }
 
 #[test]
-fn a_warmed_engine_session_follows_reloads() {
+fn warmed_reloads_prepare_a_session_for_each_session_that_served() {
     let config = Config::parse(common::SMALL_CONFIG).unwrap();
     let a = pack(
         &config,
@@ -112,15 +112,48 @@ fn a_warmed_engine_session_follows_reloads() {
             .unwrap();
         (model.content_hash(), logits)
     };
-    let mut session = engine.session();
-    session.warm_up(64).unwrap();
-    let (hash_a, on_a) = score(&mut session);
+    let too_many = mmoe::MAX_WARM_UP_CANDIDATES + 1;
+    assert!(engine
+        .set_warm_up(too_many)
+        .unwrap_err()
+        .message()
+        .contains("max_candidates 65537"));
+    engine.set_warm_up(64).unwrap();
+    let mut first = engine.session();
+    let mut second = engine.session();
+    first.set_threads(2);
+    first.warm_up(64).unwrap();
+    let (hash_a, on_a) = score(&mut first);
+    score(&mut second);
+    // One prepared session per live engine session, taken one by one.
     engine.reload(&b.path).unwrap();
-    session.warm_up(64).unwrap();
-    let (hash_b, on_b) = score(&mut session);
+    assert_eq!(engine.prepared_sessions(), 2);
+    let (hash_b, on_b) = score(&mut first);
+    assert_eq!(engine.prepared_sessions(), 1);
     assert_ne!(hash_a, hash_b);
-    assert_ne!(on_a, on_b, "the warmed session scored on the new model");
+    assert_ne!(on_a, on_b, "the prepared session scores on the new model");
     assert_eq!(hash_b, engine.model().content_hash());
+    // A session that had not scored yet makes its own session...
+    let mut third = engine.session();
+    assert_eq!(score(&mut third), (hash_b, on_b.clone()));
+    assert_eq!(engine.prepared_sessions(), 1);
+    // ...and prepared sessions beyond the live ones are dropped with them.
+    drop(third);
+    assert_eq!(engine.prepared_sessions(), 1);
+    drop(second);
+    assert_eq!(engine.prepared_sessions(), 1);
+    drop(first);
+    assert_eq!(engine.prepared_sessions(), 0);
+    // Reloads without warm-up prepare nothing; set_warm_up(0) drops any.
+    let mut session = engine.session();
+    score(&mut session);
+    engine.reload(&a.path).unwrap();
+    assert_eq!(engine.prepared_sessions(), 1);
+    engine.set_warm_up(0).unwrap();
+    assert_eq!(engine.prepared_sessions(), 0);
+    engine.reload(&b.path).unwrap();
+    assert_eq!(engine.prepared_sessions(), 0);
+    assert_eq!(score(&mut session), (hash_b, on_b));
 }
 
 #[test]

@@ -121,9 +121,9 @@ done
 
 log "3. engine benchmark (end to end, host features in, host scores out)"
 # MMOE_GPU_TUNE=log: the tile sizes timed for each GEMM launch, to stderr.
-# f16 also times first calls (--first-call): the model's first session
-# (tile timing and capture), a new session's first call (capture), a
-# warm_up for the batch (every bucket up to it) and the call after it.
+# f16 also times first calls (--first-call): the first of each size in the
+# process (tile timing and capture), a new session's first call (capture),
+# a warm_up for the batch (every bucket up to it) and the call after it.
 for precision in f16 f32; do
   MMOE_GPU_TUNE=log timeout 60 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
     --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 $([ $precision = f16 ] && echo --staging --first-call) \
@@ -190,9 +190,9 @@ if e16 and e16.get("staging"):
     print("host packing of a request on this CPU, median µs (memcpy of as many bytes): "
           + ", ".join(f"{b}: {r['pack_us']:.1f} ({r['memcpy_us']:.1f})" for b, r in e16["staging"].items()))
 if e16 and e16.get("first_calls"):
-    print("first calls, f16 (µs): batch: model's first / new session's first / warm_up / first after warm_up")
+    print("first calls, f16 (µs): batch: first of that size in the process / new session's first / warm_up / first after warm_up")
     for r in e16["first_calls"]:
-        print(f"  {r['batch']}: {r['models_first_us']:.0f} / {r['cold_first_us']:.0f} / {r['warm_up_us']:.0f}"
+        print(f"  {r['batch']}: {r['first_in_process_us']:.0f} / {r['cold_first_us']:.0f} / {r['warm_up_us']:.0f}"
               f" / {r['first_after_warm_up_us']:.1f}")
 eight = load("bench-f16-8threads.json")
 if eight:

@@ -396,21 +396,18 @@ pub extern "C" fn mmoe_engine_reload(
 }
 
 /// Makes every later `mmoe_engine_reload` warm up the new model for
-/// requests of up to `max_candidates` candidates before it serves (0, the
-/// default: no warm-up). The reloading thread prepares one session per live
-/// session (scratch; on a GPU, every batch bucket's graph and the tile
-/// timing); each session takes one at its first call on the new model, so
-/// no scoring thread pays for it. A warm-up that fails fails the reload.
-/// Thread-safe.
+/// requests of up to `max_candidates` candidates (at most 65536) before it
+/// serves (0, the default: no warm-up). The reloading thread prepares one
+/// session per live session (scratch; on a GPU, every batch bucket's graph
+/// and the tile timing); each session that scored on the old model takes
+/// one at its first call on the new model, so no scoring thread pays for
+/// it. A warm-up that fails fails the reload. Thread-safe.
 #[no_mangle]
 pub extern "C" fn mmoe_engine_set_warm_up(
     engine: *const mmoe_engine,
     max_candidates: usize,
 ) -> mmoe_status {
-    call(|| {
-        engine_ref(engine)?.engine.set_warm_up(max_candidates);
-        Ok(())
-    })
+    call(|| engine_ref(engine)?.engine.set_warm_up(max_candidates))
 }
 
 /// The number of successful reloads so far.
@@ -602,12 +599,12 @@ pub extern "C" fn mmoe_session_free(session: *mut mmoe_session) {
     });
 }
 
-/// Prepares `session` for requests of up to `max_candidates` candidates on
-/// the engine's current model, so that the first real requests do not pay
-/// for it: scratch memory on the CPU; on a GPU, the graph of every batch
-/// bucket up to that size (and the model's tile timing). Call it once per
-/// session before traffic. After a reload, a session prepares the new model
-/// at its first calls, unless warmed up again. 0 does nothing.
+/// Prepares `session` for requests of up to `max_candidates` candidates (at
+/// most 65536) on the engine's current model, so that the first real
+/// requests do not pay for it: scratch memory on the CPU; on a GPU, the
+/// graph of every batch bucket up to that size (and the model's tile
+/// timing). Call it once per session before traffic. For reloads, see
+/// `mmoe_engine_set_warm_up`. 0 does nothing.
 #[no_mangle]
 pub extern "C" fn mmoe_session_warm_up(
     session: *mut mmoe_session,

@@ -144,7 +144,7 @@ impl Regions<'_> {
             Loc::Problems(index) => {
                 self.problems + (std::mem::size_of::<LinearArgs>() * index) as u64
             }
-            Loc::Staging => self.staging_cell,
+            Loc::StagingCell => self.staging_cell,
             Loc::Logits => self.logits,
             Loc::Null => 0,
         }

@@ -111,7 +111,7 @@ pub enum Loc {
     Problems(usize),
     /// The session's cell holding the staging buffer's address (the buffer
     /// grows with the requests; the cell, baked into graphs, stays put).
-    Staging,
+    StagingCell,
     /// The bucket's logits.
     Logits,
     Null,
@@ -1311,7 +1311,7 @@ impl LaunchPlan {
                     (blocks(program.d, 8), 1, 1),
                     (256, 1, 1),
                     vec![
-                        Arg::Ptr(Loc::Staging),
+                        Arg::Ptr(Loc::StagingCell),
                         Arg::Ptr(self.at(*out)),
                         Arg::Ptr(self.half(*out).0),
                         Arg::I32(d),
@@ -1323,7 +1323,7 @@ impl LaunchPlan {
             Step::CandidateFeatures { request, out } => {
                 let (half, ldh) = self.half(*out);
                 let args = vec![
-                    Arg::Ptr(Loc::Staging),
+                    Arg::Ptr(Loc::StagingCell),
                     Arg::Ptr(self.at(*request)),
                     Arg::Ptr(self.at(*out)),
                     Arg::I32(self.stride(program, *out)),

@@ -165,15 +165,19 @@ struct Bucket {
     _problems: CudaSlice<LinearArgs>,
     _logits: CudaSlice<f32>,
     pinned_logits: PinnedHostSlice<f32>,
-    graph: CudaGraph,
+    graph: Graph,
 }
 
+/// A captured graph that may move between threads with its session (a
+/// reload prepares sessions for the threads that score).
+struct Graph(CudaGraph);
+
 // SAFETY: `CudaGraph` holds raw graph handles, which CUDA lets any thread
-// use while the graph's context is current; the session binds its context
-// before every use (score, capture), and a session is used by one thread at
-// a time (`&mut`). This lets a session move between threads (a reload
-// prepares sessions for the threads that score).
-unsafe impl Send for Bucket {}
+// use while the graph's context is current. The session binds its context
+// before every launch and capture (`score`), `CudaGraph::launch` binds it
+// too, and `GpuSession`'s drop binds it before its buckets (and their
+// graphs) are destroyed. A session is used by one thread at a time (`&mut`).
+unsafe impl Send for Graph {}
 
 /// Per-thread GPU scoring state.
 pub struct GpuSession {
@@ -190,6 +194,16 @@ pub struct GpuSession {
     /// the graphs, which hold the cell's address, being captured again.
     staging_cell: CudaSlice<u64>,
     buckets: HashMap<usize, Bucket>,
+}
+
+impl Drop for GpuSession {
+    /// Binds the context on the dropping thread (which may not be the one
+    /// that scored) and waits for the stream, before the buckets' graphs
+    /// and memory are destroyed.
+    fn drop(&mut self) {
+        let _ = self.gpu.ctx.bind_to_thread();
+        let _ = self.stream.synchronize();
+    }
 }
 
 impl GpuSession {
@@ -232,8 +246,7 @@ impl GpuSession {
         }
         let capacity = bucket(n);
         let tasks = model.num_tasks();
-        // Staging first: tuning, at a bucket's first capture, runs the
-        // feature kernels on whatever request the buffer holds.
+        // Staging first: the cell must point at a buffer before any launch.
         self.ensure_staging(layout.total)?;
         self.ensure_bucket(model, capacity)?;
         let used = layout.total;
@@ -242,7 +255,7 @@ impl GpuSession {
         else {
             return Err(Error::new(
                 ErrorKind::Device,
-                "GPU session buffers are missing",
+                "GPU session's staging buffers are missing",
             ));
         };
         let host = pinned
@@ -255,7 +268,7 @@ impl GpuSession {
         let mut upload = |bytes: &[u8], at: usize| {
             // SAFETY: `bytes` is a piece of the pinned buffer at offset `at`
             // and the device staging buffer holds at least as many bytes
-            // (ensure_io); the pinned buffer outlives the copy, which the
+            // (ensure_staging); the pinned buffer outlives the copy, which the
             // synchronize below waits for, and is not written again before.
             unsafe {
                 cudarc::driver::result::memcpy_htod_async(device_at + at as u64, bytes, stream)
@@ -283,9 +296,12 @@ impl GpuSession {
         }
         let Some(bucket) = self.buckets.get(&capacity) else {
             let _ = self.stream.synchronize();
-            return Err(Error::new(ErrorKind::Device, "GPU bucket missing"));
+            return Err(Error::new(
+                ErrorKind::Device,
+                format!("GPU session has no graph for its {capacity}-row bucket"),
+            ));
         };
-        if let Err(e) = bucket.graph.launch() {
+        if let Err(e) = bucket.graph.0.launch() {
             // The upload pieces may still be reading the pinned buffer.
             let _ = self.stream.synchronize();
             return Err(cuda_error("graph launch", e));
@@ -491,7 +507,7 @@ impl GpuSession {
             _problems: problems,
             _logits: device_logits,
             pinned_logits,
-            graph,
+            graph: Graph(graph),
         })
     }
 

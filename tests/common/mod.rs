@@ -152,7 +152,7 @@ pub fn reload_under_traffic(
         .collect();
     assert_ne!(expected[0], expected[1]);
     let engine = Arc::new(mmoe::Engine::open(&a.path, options).expect("open A"));
-    engine.set_warm_up(warm_up);
+    engine.set_warm_up(warm_up).expect("warm-up size");
     let stop = AtomicBool::new(false);
     let (calls, seen_a, seen_b) = (
         AtomicUsize::new(0),

@@ -206,7 +206,8 @@ fn profile_steps(
 }
 
 /// First calls (`--first-call`), per batch size in ascending order: the
-/// first call of the model's first session of that size, then over 5 more
+/// first call of that size in the process (at the first size, the model's
+/// first; on a GPU also the tile timing of its bucket), then over 5 more
 /// rounds (medians): a new session's first call, a new session's
 /// `warm_up(batch)`, and that session's first call after it. Printed, and
 /// returned for the JSON report.
@@ -219,10 +220,12 @@ fn first_call_table(
     let mut sizes = batches.to_vec();
     sizes.sort_unstable();
     sizes.dedup();
-    println!("first calls (µs; medians of {ROUNDS} new sessions, after the model's first):");
+    println!(
+        "first calls (µs; medians of {ROUNDS} new sessions, after the first call of each size):"
+    );
     println!(
         "{:>7} {:>16} {:>16} {:>12} {:>16}",
-        "batch", "model's first", "cold first", "warm_up", "first after it"
+        "batch", "first in process", "cold first", "warm_up", "first after it"
     );
     let mut entries = Vec::new();
     for batch in sizes {
@@ -247,7 +250,7 @@ fn first_call_table(
             session.set_threads(settings.intra);
             Ok(session)
         };
-        let models_first = timed_call(&mut new_session()?)?;
+        let first_in_process = timed_call(&mut new_session()?)?;
         let (mut cold, mut warm_up, mut after) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             cold.push(timed_call(&mut new_session()?)?);
@@ -262,10 +265,10 @@ fn first_call_table(
             percentile(&v, 0.5)
         };
         let (cold, warm_up, after) = (median(cold), median(warm_up), median(after));
-        println!("{batch:>7} {models_first:>16.1} {cold:>16.1} {warm_up:>12.1} {after:>16.1}");
+        println!("{batch:>7} {first_in_process:>16.1} {cold:>16.1} {warm_up:>12.1} {after:>16.1}");
         entries.push(serde_json::json!({
             "batch": batch,
-            "models_first_us": models_first,
+            "first_in_process_us": first_in_process,
             "cold_first_us": cold,
             "warm_up_us": warm_up,
             "first_after_warm_up_us": after,

@@ -116,8 +116,9 @@ enum Command {
         staging: bool,
         /// Also time first calls, before the table: a new session's first
         /// call, `Session::warm_up` for the batch size, and the first call
-        /// after it (batch sizes in ascending order; the model's first
-        /// session apart, since on a GPU it also times the tile sizes).
+        /// after it (batch sizes in ascending order; the first call of each
+        /// size in the process apart: the model's first touch, and on a GPU
+        /// the tile timing).
         #[arg(long)]
         first_call: bool,
         /// Threads each request's candidates are split over (CPU).

@@ -35,9 +35,10 @@ public final class Engine implements AutoCloseable {
 
     /**
      * Makes every later {@link #reload} warm up the new model for requests of
-     * up to {@code maxCandidates} candidates before it serves (0, the default:
-     * no warm-up): the reloading thread prepares a session for each open
-     * session, which takes it at its first call on the new model.
+     * up to {@code maxCandidates} candidates (at most 65536) before it serves
+     * (0, the default: no warm-up): the reloading thread prepares a session
+     * for each open session, which takes it at its first call on the new
+     * model if it scored on the old one.
      */
     public void setWarmUp(int maxCandidates) {
         if (maxCandidates < 0) {

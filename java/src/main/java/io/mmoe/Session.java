@@ -17,9 +17,10 @@ public final class Session implements AutoCloseable {
 
     /**
      * Prepares this session for requests of up to {@code maxCandidates}
-     * candidates on the engine's current model: scratch memory on the CPU,
-     * and on a GPU the graph of every batch size up to it. Call it before
-     * traffic so that the first requests do not pay for it; 0 does nothing.
+     * candidates (at most 65536) on the engine's current model: scratch
+     * memory on the CPU, and on a GPU the graph of every batch size up to
+     * it. Call it before traffic so that the first requests do not pay for
+     * it; 0 does nothing. For reloads, see {@link Engine#setWarmUp}.
      */
     public void warmUp(int maxCandidates) {
         if (maxCandidates < 0) {
