@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
-"""Compiles kernels/*.cu to PTX with NVRTC 13.0 (the PyPI wheels), no CUDA toolkit.
+"""Compiles kernels/*.cu to PTX and cubins with NVRTC 13.0 (the PyPI wheels), no CUDA toolkit.
 
-    python3 scripts/build_kernels.py            # writes kernels/ptx/<name>.ptx
-    python3 scripts/build_kernels.py --check    # compiles; fails if a checked-in PTX is stale
+    python3 scripts/build_kernels.py            # writes kernels/ptx/<name>.ptx and
+                                                # kernels/cubin/<name>.sm_80.cubin, .sm_90.cubin
+    python3 scripts/build_kernels.py --check    # compiles; fails if a checked-in file is stale
                                                 # or a kernel spills registers on sm_90
 
-The PTX is checked in and embedded in the library, so the engine needs only
-the driver (libcuda) at run time. PTX for compute_80 made by NVRTC 13.0 is
-JIT-compiled by the driver for any GPU of compute capability 8.0 or newer,
-and loads with driver 580 (CUDA 13.0) or newer: the NVRTC version is pinned
-to the GPU test machine's driver (tests/python/requirements-cuda.txt).
+The PTX and cubins are checked in and embedded in the library, so the engine
+needs only the driver (libcuda) at run time. PTX for compute_80 made by
+NVRTC 13.0 is JIT-compiled by the driver for any GPU of compute capability
+8.0 or newer, and loads with driver 580 (CUDA 13.0) or newer: the NVRTC
+version is pinned to the GPU test machine's driver
+(tests/python/requirements-cuda.txt). The cubins spare that JIT on the GPUs
+they are made for (sm_80: compute capability 8.x; sm_90: 9.0, H100 and
+H200): a process that starts on a machine without the driver's JIT cache
+(a fresh container) loads them at once. NVRTC's output is deterministic,
+so `--check` compares bytes.
 """
 from __future__ import annotations
 
@@ -23,6 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"
 ARCH = "compute_80"
+# Cubins embedded beside the PTX (src/gpu/kernel_image.rs picks one by the
+# device's compute capability). sm_90's compile also gives ptxas' report.
+CUBIN_ARCHS = ["sm_80", "sm_90"]
 # linear_mma64 spills one word outside its K loop (measured fast on an H200).
 SPILL_BYTES_ALLOWED = 16
 
@@ -70,41 +79,44 @@ def compile_log(nvrtc, prog) -> str:
     return buf.value.decode(errors="replace")
 
 
-def compile_ptx(nvrtc, root: Path, source: Path, resources: bool = False) -> str:
-    """PTX for ARCH; with `resources`, compiles for sm_90 instead and returns
-    ptxas' report (registers, spills, shared memory per kernel)."""
+def compile_program(nvrtc, root: Path, source: Path, arch: str, report: bool = False):
+    """Compiles `source` for `arch` (compute_XX: PTX; sm_XX: a cubin). Returns
+    the PTX text or the cubin bytes, and with `report` also ptxas' report
+    (registers, spills, shared memory per kernel)."""
     prog = ctypes.c_void_p()
     text = source.read_bytes()
     check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(prog), text, source.name.encode(), 0, None, None),
           f"create {source.name}")
-    arch = "sm_90" if resources else ARCH
     options = [f"--gpu-architecture={arch}", "--std=c++17", f"-I{KERNELS}", f"-I{root / 'include'}",
                "-default-device", "--device-as-default-execution-space"]
-    if resources:
+    if report:
         options.append("--ptxas-options=-v")
     c_options = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
     status = nvrtc.nvrtcCompileProgram(prog, len(options), c_options)
     log = compile_log(nvrtc, prog)
-    check(nvrtc, status, f"compile {source.name}", prog)
-    if resources:
-        nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
-        return log
-    if log.strip():
+    check(nvrtc, status, f"compile {source.name} for {arch}", prog)
+    if not report and log.strip():
         # Warnings are errors: the kernels compile cleanly.
-        sys.exit(f"error: {source.name} compiled with warnings:\n{log}")
+        sys.exit(f"error: {source.name} compiled for {arch} with warnings:\n{log}")
     size = ctypes.c_size_t()
-    check(nvrtc, nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size)), "PTX size", prog)
-    buf = ctypes.create_string_buffer(size.value)
-    check(nvrtc, nvrtc.nvrtcGetPTX(prog, buf), "PTX", prog)
+    if arch.startswith("sm_"):
+        check(nvrtc, nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "cubin size", prog)
+        buf = ctypes.create_string_buffer(size.value)
+        check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, buf), "cubin", prog)
+        out = buf.raw
+    else:
+        check(nvrtc, nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size)), "PTX size", prog)
+        buf = ctypes.create_string_buffer(size.value)
+        check(nvrtc, nvrtc.nvrtcGetPTX(prog, buf), "PTX", prog)
+        out = buf.value.decode()
     nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
-    return buf.value.decode()
+    return (out, log) if report else out
 
 
-def check_resources(nvrtc, root: Path, source: Path) -> list[str]:
-    """Prints each kernel's registers and shared memory on sm_90 (ptxas -v);
+def spilling_kernels(report: str) -> list[str]:
+    """Prints each kernel's registers and shared memory from ptxas' report;
     returns the kernels that spill more than a few words (a spill in the
     inner loop puts the accumulators in local memory)."""
-    report = compile_ptx(nvrtc, root, source, resources=True)
     spills, kernel = [], None
     for line in report.splitlines():
         if "Compiling entry function" in line:
@@ -127,28 +139,32 @@ def main() -> int:
     major, minor = ctypes.c_int(), ctypes.c_int()
     nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
     print(f"NVRTC {major.value}.{minor.value}, headers {root / 'include'}, target {ARCH}")
-    out_dir = KERNELS / "ptx"
-    out_dir.mkdir(exist_ok=True)
     stale = []
-    for source in sorted(KERNELS.glob("*.cu")):
-        ptx = compile_ptx(nvrtc, root, source)
-        target = out_dir / (source.stem + ".ptx")
-        entries = ptx.count(".entry ")
+
+    def emit(target: Path, data, what: str) -> None:
+        target.parent.mkdir(exist_ok=True)
         if args.check:
-            if not target.exists() or target.read_text() != ptx:
+            fresh = target.exists() and (target.read_text() if isinstance(data, str) else target.read_bytes()) == data
+            if not fresh:
                 stale.append(target)
-            print(f"compiled {source.name}: {entries} kernels, {len(ptx)} bytes of PTX"
-                  + ("" if target not in stale else " (checked-in PTX is stale)"))
+            print(f"compiled {target.name}: {what}" + ("" if fresh else " (checked-in file is stale)"))
         else:
-            target.write_text(ptx)
-            print(f"wrote {target.relative_to(ROOT)}: {entries} kernels, {len(ptx)} bytes")
-        if args.check:
-            spills = check_resources(nvrtc, root, source)
-            if spills:
-                print(f"error: {source.name}: kernels spill registers on sm_90: {', '.join(spills)}")
-                return 1
+            target.write_text(data) if isinstance(data, str) else target.write_bytes(data)
+            print(f"wrote {target.relative_to(ROOT)}: {what}")
+
+    for source in sorted(KERNELS.glob("*.cu")):
+        ptx = compile_program(nvrtc, root, source, ARCH)
+        emit(KERNELS / "ptx" / (source.stem + ".ptx"), ptx, f"{ptx.count('.entry ')} kernels, {len(ptx)} bytes")
+        for arch in CUBIN_ARCHS:
+            cubin, report = compile_program(nvrtc, root, source, arch, report=True)
+            emit(KERNELS / "cubin" / f"{source.stem}.{arch}.cubin", cubin, f"{len(cubin)} bytes")
+            if arch == "sm_90" and args.check:
+                spills = spilling_kernels(report)
+                if spills:
+                    print(f"error: {source.name}: kernels spill registers on sm_90: {', '.join(spills)}")
+                    return 1
     if stale:
-        print("error: stale PTX (run python3 scripts/build_kernels.py and commit): "
+        print("error: stale kernels (run python3 scripts/build_kernels.py and commit): "
               + ", ".join(str(s.relative_to(ROOT)) for s in stale))
         return 1
     return 0

@@ -253,7 +253,12 @@ impl Model {
             GpuPrecision::F32 => crate::gpu::Precision::F32,
         };
         let gpu = crate::gpu::GpuModel::new(self, ordinal, precision)?;
-        let note = format!("cuda:{ordinal} ({}, {:?})", gpu.device_name(), precision);
+        let note = format!(
+            "cuda:{ordinal} ({}, {:?}, {})",
+            gpu.device_name(),
+            precision,
+            gpu.kernels()
+        );
         self.gpu = Some(Arc::new(gpu));
         Ok(note)
     }

@@ -302,6 +302,11 @@ fn gpu_equivalent_choices_give_identical_logits() {
             &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_STREAMS", "1")],
         ),
         (
+            "the embedded cubin = the PTX compiled by the driver".into(),
+            untuned,
+            &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_KERNELS", "ptx")],
+        ),
+        (
             "tiles timed on the device = the plan's tiles".into(),
             &[],
             untuned,

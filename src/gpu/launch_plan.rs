@@ -311,6 +311,10 @@ pub struct PlanOptions {
     /// the front overlaps the packing of the rest; 0: one copy once the
     /// whole request is written. `MMOE_GPU_UPLOAD_CHUNK` (KiB).
     pub upload_chunk: usize,
+    /// Which compiled kernels the driver loads: the cubin made for the
+    /// device when there is one (default), else the PTX it compiles.
+    /// `MMOE_GPU_KERNELS=ptx`: always the PTX.
+    pub kernels: super::kernel_image::KernelForm,
 }
 
 /// Whether the runtime times the tile choices of a bucket's GEMMs.
@@ -334,6 +338,7 @@ impl Default for PlanOptions {
             streams: 4,
             tune: Tune::On,
             upload_chunk: 256 << 10,
+            kernels: super::kernel_image::KernelForm::Auto,
         }
     }
 }
@@ -342,8 +347,8 @@ impl PlanOptions {
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
     /// `MMOE_GPU_FUSED_HEADS` and `MMOE_GPU_HALF_X` (`0`, `1`),
     /// `MMOE_GPU_STREAMS` (1 to 8), `MMOE_GPU_TUNE` (`0`, `1`, `log`,
-    /// `choice=K`) and `MMOE_GPU_UPLOAD_CHUNK` (KiB); an unknown value is
-    /// an error.
+    /// `choice=K`), `MMOE_GPU_UPLOAD_CHUNK` (KiB) and `MMOE_GPU_KERNELS`
+    /// (`auto`, `ptx`); an unknown value is an error.
     pub fn from_env() -> Result<PlanOptions, String> {
         let mut options = PlanOptions::default();
         if let Ok(value) = std::env::var("MMOE_GPU_TILES") {
@@ -385,6 +390,11 @@ impl PlanOptions {
                 .ok_or_else(|| {
                     format!("MMOE_GPU_UPLOAD_CHUNK is `{value}`: expected KiB (0: one copy)")
                 })?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_KERNELS") {
+            options.kernels = super::kernel_image::KernelForm::parse(&value).ok_or_else(|| {
+                format!("MMOE_GPU_KERNELS is `{value}`: expected `auto` or `ptx`")
+            })?;
         }
         if let Ok(value) = std::env::var("MMOE_GPU_STREAMS") {
             options.streams = value
@@ -2114,7 +2124,11 @@ mod tests {
         std::env::set_var("MMOE_GPU_STREAMS", "1");
         std::env::set_var("MMOE_GPU_TUNE", "log");
         std::env::set_var("MMOE_GPU_UPLOAD_CHUNK", "0");
+        std::env::set_var("MMOE_GPU_KERNELS", "ptx");
         let options = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_KERNELS", "cubin");
+        let bad_kernels = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_KERNELS");
         std::env::set_var("MMOE_GPU_UPLOAD_CHUNK", "-1");
         let bad_chunk = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_UPLOAD_CHUNK");
@@ -2147,10 +2161,12 @@ mod tests {
                 streams: 1,
                 tune: Tune::Log,
                 upload_chunk: 0,
+                kernels: crate::gpu::kernel_image::KernelForm::Ptx,
             })
         );
         for (result, expected) in [
             (bad_chunk, "MMOE_GPU_UPLOAD_CHUNK is `-1`"),
+            (bad_kernels, "MMOE_GPU_KERNELS is `cubin`"),
             (bad_tune, "MMOE_GPU_TUNE is `fast`"),
             (bad_streams, "MMOE_GPU_STREAMS is `9`"),
             (bad_tiles, "MMOE_GPU_TILES is `huge`"),

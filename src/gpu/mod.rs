@@ -8,10 +8,13 @@
 //!   captured (graph branches).
 //! - [`binding`]: a launch plan bound to addresses (tensor images, tables,
 //!   argument values), shared by the runtime and the host emulator.
+//! - [`kernel_image`]: the embedded PTX and cubins, and which one a device
+//!   loads.
 //! - `runtime` (feature `cuda`): weights on the device, sessions with a
 //!   stream, pinned buffers and a CUDA graph per bucket.
 
 pub mod binding;
+pub mod kernel_image;
 pub mod launch_plan;
 pub mod staging;
 pub mod streams;

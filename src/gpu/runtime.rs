@@ -18,6 +18,7 @@ use super::binding::{
     input_tensors, launch_values, pointer_table, problem_table, range_table, tensor_image,
     ArgValue, LinearArgs, Regions, TensorImage,
 };
+use super::kernel_image::{kernel_image, KernelImage, PTX};
 use super::launch_plan::{
     bucket, DeviceWeight, Kernel, Launch, LaunchPlan, PlanOptions, Precision, Tune,
 };
@@ -26,9 +27,6 @@ use super::streams::StreamOp;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 use crate::request::Request;
-
-/// The kernels, compiled ahead of time by `scripts/build_kernels.py`.
-const PTX: &str = include_str!("../../kernels/ptx/mmoe.ptx");
 
 fn cuda_error(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::new(ErrorKind::Device, format!("CUDA: {what}: {e:?}"))
@@ -55,6 +53,8 @@ pub struct GpuModel {
     precision: Precision,
     options: PlanOptions,
     device_name: String,
+    /// Which compiled kernels the driver loaded, in words.
+    kernels: String,
     /// Per bucket, the tile choice `tune` kept for each launch: the first
     /// session to capture a bucket times them, the others reuse the result.
     tuned: Mutex<HashMap<usize, Vec<usize>>>,
@@ -81,12 +81,7 @@ impl GpuModel {
                 format!("CUDA device {ordinal} ({device_name}) has compute capability {major}.{minor}; the kernels need 8.0 or newer"),
             ));
         }
-        let module = ctx.load_module(Ptx::from_src(PTX)).map_err(|e| {
-            cuda_error(
-                "cannot load the kernels' PTX (is the driver older than CUDA 13.0?)",
-                e,
-            )
-        })?;
+        let (module, kernels) = load_kernels(&ctx, kernel_image(major, minor, options.kernels))?;
         let functions = Kernel::ALL
             .iter()
             .map(|k| {
@@ -135,6 +130,7 @@ impl GpuModel {
             precision,
             options,
             device_name,
+            kernels,
             tuned: Mutex::new(HashMap::new()),
         })
     }
@@ -143,8 +139,41 @@ impl GpuModel {
         &self.device_name
     }
 
+    /// Which compiled kernels the driver loaded (`sm_90 cubin`, …).
+    pub fn kernels(&self) -> &str {
+        &self.kernels
+    }
+
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+}
+
+/// Loads `image` into `ctx`, or the PTX if a cubin does not load (a driver
+/// that refuses it); returns the module and what was loaded, in words.
+fn load_kernels(ctx: &Arc<CudaContext>, image: KernelImage) -> Result<(Arc<CudaModule>, String)> {
+    let ptx = |note: String| {
+        ctx.load_module(Ptx::from_src(PTX))
+            .map(|module| (module, note))
+            .map_err(|e| {
+                cuda_error(
+                    "cannot load the kernels' PTX (is the driver older than CUDA 13.0?)",
+                    e,
+                )
+            })
+    };
+    match image {
+        // The driver reads the image in place: a copy is aligned as malloc
+        // aligns, which an ELF image wants.
+        KernelImage::Cubin(_, bytes) => match ctx.load_module(Ptx::from_binary(bytes.to_vec())) {
+            Ok(module) => Ok((module, image.describe())),
+            Err(e) => ptx(format!(
+                "{} (the {} did not load: {e:?})",
+                KernelImage::Ptx.describe(),
+                image.describe()
+            )),
+        },
+        KernelImage::Ptx => ptx(image.describe()),
     }
 }
 
