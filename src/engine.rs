@@ -74,14 +74,19 @@ impl Engine {
         let warm_up = self.warm_up.load(Ordering::Acquire);
         let mut sessions = Vec::new();
         if warm_up > 0 {
-            let count = self.live_sessions.load(Ordering::Acquire).max(1);
-            for _ in 0..count {
+            // At least one warm-up, kept only for live sessions: it also
+            // does the model's own first work (the weights' first touch,
+            // the GPU's tile timing).
+            let live = self.live_sessions.load(Ordering::Acquire);
+            for i in 0..live.max(1) {
                 let mut session = Session::new(model.clone());
                 session.set_threads(self.threads.load(Ordering::Acquire));
                 session
                     .warm_up(warm_up)
                     .map_err(|e| e.context(format_args!("reload of {}", path.display())))?;
-                sessions.push(session);
+                if i < live {
+                    sessions.push(session);
+                }
             }
         }
         // The prepared sessions go in before the model, so that a session

@@ -119,6 +119,9 @@ fn warmed_reloads_prepare_a_session_for_each_session_that_served() {
         .message()
         .contains("max_candidates 65537"));
     engine.set_warm_up(64).unwrap();
+    // No session yet: the reload warms the new model up and keeps nothing.
+    engine.reload(&a.path).unwrap();
+    assert_eq!(engine.prepared_sessions(), 0);
     let mut first = engine.session();
     let mut second = engine.session();
     first.set_threads(2);
