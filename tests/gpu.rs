@@ -371,20 +371,7 @@ fn gpu_warm_up_and_a_growing_staging_buffer_keep_the_scores() {
     }
     let (config, demo) = demo_model();
     let model = open(&demo.path, Device::Cuda(0), GpuPrecision::F16).unwrap();
-    let tasks = config.tasks.len();
-    let score = |session: &mut Session, request: &mmoe::request::OwnedRequest| {
-        let mut logits = vec![0.0; request.candidates * tasks];
-        session
-            .score(
-                &request.as_request(),
-                &mut Scores {
-                    logits: Some(&mut logits),
-                    probabilities: None,
-                },
-            )
-            .unwrap();
-        logits
-    };
+    let score = common::session_logits;
     // Every bag 64 ids long: several times the staging of the warm-up's
     // empty bags and of the synthetic requests' 1–4 ids.
     let long_bags = |n: usize, seed: u64| {

@@ -99,25 +99,25 @@ fn second_call_of_the_same_shape_allocates_nothing() {
     assert!(allocations() > before);
 }
 
+/// One scoring call of 40 candidates × 3 tasks through `score`: the
+/// allocations it made on this thread, and its logits.
+fn counted_call(score: impl FnOnce(&mut Scores<'_>)) -> (usize, Vec<f32>) {
+    let mut logits = vec![0.0; 40 * 3];
+    let before = allocations();
+    score(&mut Scores {
+        logits: Some(&mut logits),
+        probabilities: None,
+    });
+    (allocations() - before, logits)
+}
+
 #[test]
 fn after_warm_up_the_first_call_allocates_nothing() {
     let (config, model) = bench_model();
     let owned = mmoe::demo::synthetic_request(&config, 40, 3);
     let request = owned.as_request();
-    let first_call = |session: &mut Session| {
-        let mut logits = vec![0.0; 40 * 3];
-        let before = allocations();
-        session
-            .score(
-                &request,
-                &mut Scores {
-                    logits: Some(&mut logits),
-                    probabilities: None,
-                },
-            )
-            .unwrap();
-        (allocations() - before, logits)
-    };
+    let first_call =
+        |session: &mut Session| counted_call(|scores| session.score(&request, scores).unwrap());
     // Without warm-up the first call allocates its scratch...
     let (cold_allocations, cold_logits) = first_call(&mut Session::new(model.clone()));
     assert!(
@@ -147,20 +147,10 @@ fn after_a_warmed_reload_the_first_calls_allocate_nothing() {
     let (_, b) = bench_model_file(dir.path(), 8);
     let owned = mmoe::demo::synthetic_request(&config, 40, 3);
     let request = owned.as_request();
-    // Allocations of one call, and its logits.
     let call = |session: &mut mmoe::EngineSession| {
-        let mut logits = vec![0.0; 40 * 3];
-        let before = allocations();
-        session
-            .score(
-                &request,
-                &mut Scores {
-                    logits: Some(&mut logits),
-                    probabilities: None,
-                },
-            )
-            .unwrap();
-        (allocations() - before, logits)
+        counted_call(|scores| {
+            session.score(&request, scores).unwrap();
+        })
     };
     for warm_up in [0, 64] {
         let engine = Arc::new(Engine::open(&a, OpenOptions::default()).unwrap());

@@ -100,16 +100,7 @@ fn warmed_reloads_prepare_a_session_for_each_session_that_served() {
     let engine = Arc::new(Engine::open(&a.path, OpenOptions::default()).unwrap());
     let request = mmoe::demo::synthetic_request(&config, 6, 3);
     let score = |session: &mut mmoe::EngineSession| {
-        let mut logits = vec![0.0; 6 * 2];
-        let model = session
-            .score(
-                &request.as_request(),
-                &mut Scores {
-                    logits: Some(&mut logits),
-                    probabilities: None,
-                },
-            )
-            .unwrap();
+        let (model, logits) = common::engine_session_logits(session, &request);
         (model.content_hash(), logits)
     };
     let too_many = mmoe::MAX_WARM_UP_CANDIDATES + 1;

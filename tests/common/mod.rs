@@ -97,6 +97,25 @@ pub fn session_logits(session: &mut Session, request: &OwnedRequest) -> Vec<f32>
     out
 }
 
+/// Scores `request` on an engine session: the model that scored, and the
+/// logits (panics on error).
+pub fn engine_session_logits(
+    session: &mut mmoe::EngineSession,
+    request: &OwnedRequest,
+) -> (Arc<mmoe::Model>, Vec<f32>) {
+    let mut out = vec![0.0; request.candidates * session.engine().model().num_tasks()];
+    let model = session
+        .score(
+            &request.as_request(),
+            &mut Scores {
+                logits: Some(&mut out),
+                probabilities: None,
+            },
+        )
+        .expect("scoring succeeds");
+    (model, out)
+}
+
 /// What [`reload_under_traffic`] saw.
 pub struct ReloadRun {
     pub engine: Arc<mmoe::Engine>,
