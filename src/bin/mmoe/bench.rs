@@ -205,6 +205,13 @@ fn profile_steps(
     Ok(serde_json::json!({ "calls": calls, "steps": entries }))
 }
 
+/// A new session with the settings' backend and intra-request threads.
+fn bench_session(model: &Arc<Model>, settings: &Settings) -> Result<mmoe::Session, String> {
+    let mut session = session(model, settings.backend.as_deref())?;
+    session.set_threads(settings.intra);
+    Ok(session)
+}
+
 /// First calls (`--first-call`), per batch size in ascending order: the
 /// first call of that size in the process (at the first size, the model's
 /// first; on a GPU also the tile timing of its bucket), then over 5 more
@@ -245,11 +252,7 @@ fn first_call_table(
                 .map_err(|e| e.to_string())?;
             Ok(t0.elapsed().as_secs_f64() * 1e6)
         };
-        let new_session = || -> Result<mmoe::Session, String> {
-            let mut session = session(model, settings.backend.as_deref())?;
-            session.set_threads(settings.intra);
-            Ok(session)
-        };
+        let new_session = || bench_session(model, settings);
         let first_in_process = timed_call(&mut new_session()?)?;
         let (mut cold, mut warm_up, mut after) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
@@ -288,8 +291,7 @@ fn timed_calls(
     seed: u64,
     before_timing: impl FnOnce(&mut mmoe::Session),
 ) -> Result<(Vec<f64>, mmoe::Session), String> {
-    let mut session = session(model, settings.backend.as_deref())?;
-    session.set_threads(settings.intra);
+    let mut session = bench_session(model, settings)?;
     let owned = mmoe::demo::synthetic_request(model.config(), batch, seed);
     let request = owned.as_request();
     let mut logits = vec![0.0; batch * model.num_tasks()];
