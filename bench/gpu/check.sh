@@ -12,6 +12,7 @@ out=$root_out/logs
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
+export LD_LIBRARY_PATH=$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 log() { echo "== $*" | tee -a "$out/check.log"; }
 
 log "machine"

@@ -31,6 +31,13 @@ cp bench/gpu/check.sh bench/gpu/torch_baseline.py bench/gpu/compare_scores.py be
 # The demo model (45 MiB) is built on the GPU machine by the binary itself,
 # keeping .gpu under the 64 MiB a run can carry; debug info is stripped too.
 strip --strip-debug .gpu/bin/mmoe .gpu/bin/gpu-tests
+# The GPU machine's image lacks some libraries the CLI links (fontconfig and
+# freetype, for the dataset plots): they travel along, in .gpu/lib, which
+# check.sh puts on LD_LIBRARY_PATH. Only what ldd finds outside libc's own set.
+mkdir -p .gpu/lib
+ldd .gpu/bin/mmoe .gpu/bin/gpu-tests | awk '/=> \// {print $1, $3}' | sort -u | while read -r name path; do
+  case $name in libc.so*|libm.so*|libgcc_s.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*) ;; *) cp -L "$path" .gpu/lib/ ;; esac
+done
 for seed in $(seq 0 $((seeds - 1))); do
   dir=.gpu/parity/seed-$seed
   .venv/bin/python tests/python/gen_random_model.py --seed "$seed" --out "$dir" --big-request 600 > /dev/null
