@@ -83,10 +83,10 @@ SMOKE=1 SECONDS_PER_TARGET=10 bash fuzz/campaign.sh
 step "parity: mmoe pack + score (reference and cpu backends) against the numpy reference on 200 random models"
 .venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200 --backends reference,cpu
 
-step "parity: the GPU path on the host (gpu-emu: f32, f32 with unfused task heads, f16 (cp.async over fp16 inputs), f16 with 128×128 tiles) against the numpy reference on 40 random models"
+step "parity: the GPU path on the host (gpu-emu: f32, f32 with fused task heads, f16 (cp.async over fp16 inputs), f16 with 128×128 tiles) against the numpy reference on 40 random models"
 cargo build --release -p mmoe-gpu-emu --bin mmoe-gpu-emu
 .venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --emu target/release/mmoe-gpu-emu --seeds 40 \
-  --backends emu-f32,emu-f32-unfused,emu-f16,emu-f16-wide
+  --backends emu-f32,emu-f32-fused,emu-f16,emu-f16-wide
 
 step "datasets: mmoe eval's metrics against numpy, on synthetic logs scored by two models"
 .venv/bin/python tests/python/test_metrics.py --mmoe target/release/mmoe --model-a target/demo-a.mmoe --model-b target/demo-b.mmoe

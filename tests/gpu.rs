@@ -190,8 +190,8 @@ fn small_and_demo_models() -> ((Config, common::Packed), (Config, common::Packed
     ((small_config, small), demo_model())
 }
 
-/// The kernel choices besides the defaults (`MMOE_GPU_FUSED_HEADS=0`: the
-/// mixture, towers and logits as separate launches; `MMOE_GPU_TILES=wide`:
+/// The kernel choices besides the defaults (`MMOE_GPU_FUSED_HEADS=1`: the
+/// gates, mixture, towers and logits of every task in one launch; `MMOE_GPU_TILES=wide`:
 /// 128×128 tiles from 512-row buckets; `MMOE_GPU_HALF_X=0`: GEMMs that
 /// convert f32 activations; `MMOE_GPU_STREAMS=1`: no graph branches;
 /// `MMOE_GPU_TUNE=0`: the plan's tiles, not timed), with the default's
@@ -206,7 +206,7 @@ fn gpu_kernel_variants_match_cpu() {
     }
     let ((small_config, small), (demo_config, demo)) = small_and_demo_models();
     let variants: [(&str, Vars); 5] = [
-        ("unfused heads", &[("MMOE_GPU_FUSED_HEADS", "0")]),
+        ("fused heads", &[("MMOE_GPU_FUSED_HEADS", "1")]),
         (
             "wide tiles, untuned",
             &[("MMOE_GPU_TILES", "wide"), ("MMOE_GPU_TUNE", "0")],

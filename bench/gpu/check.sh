@@ -14,6 +14,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
 export LD_LIBRARY_PATH=$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 log() { echo "== $*" | tee -a "$out/check.log"; }
+# STEPS (comma-separated) picks steps for a shorter second visit; all by
+# default: load (0b), tests (1), sanitizer (1b), parity (2), bench (3),
+# variants (3, the A/B of the kernel choices), torch (4), ncu (5).
+steps=,${STEPS:-load,tests,sanitizer,parity,bench,variants,torch,ncu},
+want() { [[ $steps == *",$1,"* ]]; }
+echo "steps: $steps" | tee -a "$out/check.log"
 
 log "machine"
 nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt" | head -20
@@ -32,6 +38,7 @@ timeout 60 ./bin/mmoe demo --candidates 300 --out models/demo.mmoe 2>&1 | tee "$
 export CUDA_CACHE_MAXSIZE=${CUDA_CACHE_MAXSIZE:-4294967296}
 export CUDA_CACHE_PATH=$PWD/jit-cache
 rm -rf "$CUDA_CACHE_PATH"
+if want load; then
 log "0b. first GPU model load with the cubin, then with the PTX (the driver's JIT), then the PTX again (cached)"
 for load in cubin ptx-first ptx-second; do
   start=$(date +%s%N)
@@ -40,14 +47,20 @@ for load in cubin ptx-first ptx-second; do
     --out "$out/$load-load.jsonl" --device cuda > "$out/$load-load.log" 2>&1
   echo "$load load and score: exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$out/check.log"
 done
+fi
 ./bin/mmoe inspect models/demo.mmoe --device cuda 2>&1 | grep -i "device" | head -2 | tee -a "$out/check.log"
 
+tests_rc=not-run
+if want tests; then
 log "1. GPU tests (CUDA backend vs CPU exact path; small and demo models)"
 timeout 180 ./bin/gpu-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
+fi
 
 log "1b. compute-sanitizer: memcheck on one random model (f16, f32; wide tiles at 600 candidates), racecheck (f16, plan tiles and 128x64 tiles)"
-if command -v compute-sanitizer >/dev/null; then
+if ! want sanitizer; then
+  :
+elif command -v compute-sanitizer >/dev/null; then
   for precision in f16 f32; do
     timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score --model parity/seed-0/model.mmoe \
       --requests parity/seed-0/requests.jsonl --out "$out/sanitizer-$precision.jsonl" --device cuda --precision $precision \
@@ -75,6 +88,10 @@ else
   echo "compute-sanitizer not found" | tee -a "$out/check.log"
 fi
 
+variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
+  "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0"
+  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0")
+if want parity; then
 log "2. random models: cuda f32 and f16 vs cpu"
 f32_pairs=(); f16_pairs=(); failed_runs=0
 for dir in parity/seed-*; do
@@ -84,17 +101,14 @@ for dir in parity/seed-*; do
   timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/f16.jsonl" --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
   f32_pairs+=("$dir/cpu.jsonl" "$dir/f32.jsonl"); f16_pairs+=("$dir/cpu.jsonl" "$dir/f16.jsonl")
 done
-# The kernel choices (src/gpu/launch_plan.rs, PlanOptions) besides the
-# defaults (fused task heads, fp16 GEMM inputs, graph branches on up to 4
-# streams, tile sizes timed per GEMM launch, upload in pieces), selected by
-# environment (`wide` untuned: 128x128 tiles wherever a bucket has 512 rows
-# or more): the first 12 random models with a request of 600 candidates
-# (512-row bucket; unfused heads and f32 inputs also their small requests),
-# f16, against the CPU. `277801c` is the launches timed on the H200 on
-# 2026-11-26 (one stream, one upload).
-variants=("unfused:MMOE_GPU_FUSED_HEADS=0" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
-  "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0"
-  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0")
+# The kernel choices (src/gpu/launch_plan.rs, PlanOptions, `variants` above)
+# besides the defaults (task heads as separate launches, fp16 GEMM inputs,
+# graph branches on up to 4 streams, tile sizes timed per GEMM launch,
+# upload in pieces), selected by environment (`wide` untuned: 128x128 tiles
+# wherever a bucket has 512 rows or more): the first 12 random models with a
+# request of 600 candidates (512-row bucket; fused heads and f32 inputs also
+# their small requests), f16, against the CPU. `277801c` is the launches
+# timed on the H200 on 2026-11-26 (one stream, one upload).
 declare -A variant_pairs
 for dir in parity/seed-*; do
   m=$dir/model.mmoe; r=$dir/requests-600.jsonl
@@ -108,7 +122,7 @@ for dir in parity/seed-*; do
     # One upload instead of pieces changes no kernel: timed only.
     [ "$name" = upload1 ] && continue
     # Wide tiles change only buckets of 512 rows and more.
-    for req in $([ "$name" = unfused ] || [ "$name" = f32x ] && echo requests) requests-600; do
+    for req in $([ "$name" = fused ] || [ "$name" = f32x ] && echo requests) requests-600; do
       base=$([ $req = requests ] && echo cpu || echo cpu-600)
       env $vars timeout 20 ./bin/mmoe score --model "$m" --requests "$dir/$req.jsonl" --out "$dir/$name-$req.jsonl" \
         --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
@@ -124,7 +138,9 @@ for v in "${variants[@]}"; do
   [ -n "${variant_pairs[$name]:-}" ] && python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 $name vs cpu" \
     --json "$out/parity-f16-$name.json" ${variant_pairs[$name]} 2>&1 | tee -a "$out/check.log"
 done
+fi
 
+if want bench; then
 log "3. engine benchmark (end to end, host features in, host scores out)"
 # MMOE_GPU_TUNE=log: the tile sizes timed for each GEMM launch, to stderr.
 # f16 also times first calls (--first-call): the first of each size in the
@@ -136,33 +152,51 @@ for precision in f16 f32; do
     --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
 done
 grep -h "GPU tiles" "$out/bench-f16.txt" | tee -a "$out/check.log"
-# The same for each variant: fused heads, wide tiles, fp16 inputs, graph
-# branches and tuned tiles were never timed before; 277801c is the path
-# timed then. The A/B that sets the defaults.
+timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
+  --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
+fi
+if want variants; then
+# The same for each variant: the A/B that sets the defaults (fused heads
+# lost it on an H200 on 2026-11-27); 277801c is the path timed on
+# 2026-11-26.
 for v in "${variants[@]}"; do
   name=${v%%:*}; vars=${v#*:}
   env $vars timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
     --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 --json "$out/bench-f16-$name.json" 2>&1 | tee "$out/bench-f16-$name.txt"
+  env $vars timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
+    --iters 200 --max-seconds 2 --json "$out/bench-f16-8threads-$name.json" > "$out/bench-f16-8threads-$name.txt" 2>&1
 done
-timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
-  --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
+fi
 
+if want torch; then
 log "4. PyTorch baseline on the same weights (x0 in, scores out)"
 timeout 90 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 \
   --json "$out/torch.json" 2>&1 | tee "$out/torch.txt"
+fi
 
-log "5. per-kernel times (Nsight Compute, one graph of 1024 candidates, f16)"
-# The default plan of the benchmark model is 8 kernels per graph (fused task
-# heads; launch_plan.rs tests it): skip 3 graphs, profile the 4th. The
-# plan's tiles (MMOE_GPU_TUNE=0): tuning's own launches would come first.
+if want ncu; then
+log "5. per-kernel times (Nsight Compute at the GPU's own clocks, one graph of 1024 candidates, f16)"
+# The default plan of the benchmark model is 13 kernels per graph (task heads
+# as separate launches; launch_plan.rs tests it): skip 3 graphs, profile the
+# 4th, kernel by kernel (speed of light, occupancy, warp stalls), then the
+# 5th graph as one workload (its kernels overlap on the graph's branches).
+# The plan's tiles (MMOE_GPU_TUNE=0): tuning's own launches would come
+# first. --clock-control none: the clocks the benchmark runs at, not base.
 if command -v ncu >/dev/null; then
-  MMOE_GPU_TUNE=0 timeout 90 ncu --cache-control none --section SpeedOfLight --launch-skip 24 --launch-count 8 ./bin/mmoe bench --model models/demo.mmoe \
-    --device cuda --precision f16 --batch 1024 --iters 5 --max-seconds 1 > "$out/ncu-1024.txt" 2>&1
+  MMOE_GPU_TUNE=0 timeout 100 ncu --cache-control none --clock-control none --section SpeedOfLight --section Occupancy \
+    --section WarpStateStats --section LaunchStats --launch-skip 39 --launch-count 13 ./bin/mmoe bench \
+    --model models/demo.mmoe --device cuda --precision f16 --batch 1024 --iters 5 --max-seconds 1 > "$out/ncu-1024.txt" 2>&1
   awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
-       /Duration|Throughput/ {gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-1024.txt" | tee "$out/ncu-summary.txt"
+       /Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued Instruction/ {
+         gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-1024.txt" | tee "$out/ncu-summary.txt"
   echo "ncu: $(grep -c Duration "$out/ncu-1024.txt") kernels profiled" | tee -a "$out/check.log"
+  MMOE_GPU_TUNE=0 timeout 60 ncu --cache-control none --clock-control none --graph-profiling graph --section SpeedOfLight \
+    --launch-skip 4 --launch-count 1 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
+    --batch 1024 --iters 7 --max-seconds 1 > "$out/ncu-graph-1024.txt" 2>&1
+  echo "one graph of 1024 candidates: $(grep -m1 Duration "$out/ncu-graph-1024.txt" | tr -s ' ')" | tee -a "$out/check.log"
 else
   echo "ncu not found" | tee -a "$out/check.log"
+fi
 fi
 
 log "summary"
@@ -175,7 +209,7 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["unfused", "wide", "f32x", "stream1", "untuned", "upload1", "277801c"]
+names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
@@ -200,9 +234,11 @@ if e16 and e16.get("first_calls"):
     for r in e16["first_calls"]:
         print(f"  {r['batch']}: {r['first_in_process_us']:.0f} / {r['cold_first_us']:.0f} / {r['warm_up_us']:.0f}"
               f" / {r['first_after_warm_up_us']:.1f}")
-eight = load("bench-f16-8threads.json")
-if eight:
-    print(f"8 threads x 256 candidates (f16): {eight['results']['256']['candidates_per_s']:.0f} candidates/s")
+for suffix in [""] + [f"-{n}" for n in names]:
+    eight = load(f"bench-f16-8threads{suffix}.json")
+    if eight:
+        print(f"8 threads x 256 candidates (f16{suffix.replace('-', ' ')}): "
+              f"{eight['results']['256']['candidates_per_s']:.0f} candidates/s")
 PY
 echo "gpu tests exit status: $tests_rc" | tee -a "$out/summary.txt"
 cp "$out/summary.txt" "$out/check.log" "$root_out/"

@@ -604,7 +604,7 @@ def compare(engine_path: Path, config: dict, tensors: dict, requests: list,
 BACKENDS = ("reference", "cpu")
 
 # The GPU path run on the host (gpu-emu/, `--emu PATH`): backends named
-# emu-<f32|f16>[-unfused][-wide][-f32x] (task heads as separate launches;
+# emu-<f32|f16>[-fused][-wide][-f32x] (task heads fused in one launch;
 # 128×128 tiles at every bucket; GEMMs converting f32 activations instead of
 # reading fp16 copies). fp16 compute rounds activations: the GPU check's
 # bound.
@@ -623,7 +623,7 @@ def score_command(binary: Path, backend: str, packed: Path, requests: Path, out:
     parts = backend.split("-")[1:]
     cmd = [str(EMU_BINARY), "score", "--model", str(packed), "--requests", str(requests), "--out", str(out),
            "--precision", parts[0]]
-    cmd += ["--unfused-heads"] if "unfused" in parts else []
+    cmd += ["--fused-heads"] if "fused" in parts else []
     cmd += ["--wide-tiles"] if "wide" in parts else []
     cmd += ["--f32-inputs"] if "f32x" in parts else []
     if parts[0] == "f16":
