@@ -87,6 +87,41 @@ impl Session {
         }
     }
 
+    /// Benchmarks only (`mmoe bench --phases`): records where the time of
+    /// each of the next `calls` GPU calls goes. An error on a session that
+    /// does not run on a GPU.
+    #[cfg(feature = "cuda")]
+    #[doc(hidden)]
+    pub fn trace_gpu_phases(&mut self, calls: usize) -> Result<()> {
+        let model = self.model.clone();
+        let gpu_model = match (self.backend, model.gpu()) {
+            (Backend::Cuda, Some(gpu_model)) => gpu_model,
+            _ => {
+                return Err(Error::new(
+                    crate::ErrorKind::Device,
+                    format!("session of model `{}` does not run on a GPU", model.name()),
+                ))
+            }
+        };
+        if self.gpu.is_none() {
+            self.gpu = Some(crate::gpu::GpuSession::new(gpu_model.clone(), &model)?);
+        }
+        match self.gpu.as_mut() {
+            Some(gpu) => gpu.trace_phases(calls),
+            None => Err(Error::new(
+                crate::ErrorKind::Device,
+                "GPU session unavailable",
+            )),
+        }
+    }
+
+    /// The GPU calls traced since `trace_gpu_phases`.
+    #[cfg(feature = "cuda")]
+    #[doc(hidden)]
+    pub fn gpu_phases(&self) -> &[crate::gpu::CallPhases] {
+        self.gpu.as_ref().map_or(&[], |gpu| gpu.phases())
+    }
+
     #[cfg(not(feature = "cuda"))]
     fn score_gpu(&mut self, _request: &Request<'_>) -> Result<()> {
         Err(Error::new(

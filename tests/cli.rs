@@ -204,3 +204,32 @@ fn cli_errors_name_the_file_and_tensor() {
     let (ok, _, err) = mmoe(&["inspect", &f.path("m.mmoe")]);
     assert!(!ok && err.contains("truncated"), "{err}");
 }
+
+/// `mmoe bench --phases` breaks GPU calls down; on the CPU it says why not.
+#[test]
+fn bench_phases_need_a_gpu() {
+    let f = small_files();
+    let (ok, _, err) = mmoe(&[
+        "pack",
+        "--config",
+        &f.path("model.json"),
+        "--weights",
+        &f.path("model.safetensors"),
+        "--out",
+        &f.path("p.mmoe"),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = mmoe(&[
+        "bench",
+        "--model",
+        &f.path("p.mmoe"),
+        "--batch",
+        "2",
+        "--iters",
+        "2",
+        "--phases",
+    ]);
+    // (A build without the `cuda` feature says it has no GPU support.)
+    let why = err.contains("does not run on a GPU") || err.contains("no GPU support");
+    assert!(!ok && err.contains("--phases") && why, "{err}");
+}

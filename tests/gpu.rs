@@ -411,3 +411,41 @@ fn gpu_warm_up_and_a_growing_staging_buffer_keep_the_scores() {
         requests.len()
     );
 }
+
+/// The phase trace (`mmoe bench --phases`) records one entry per call up
+/// to its capacity, each with every phase measured and the parts inside
+/// the whole, and leaves the logits as they were.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_phase_trace_records_each_call() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let (config, demo) = demo_model();
+    let model = open(&demo.path, Device::Cuda(0), GpuPrecision::F16).unwrap();
+    let request = mmoe::demo::synthetic_request(&config, 300, 8);
+    let plain = common::session_logits(&mut Session::new(model.clone()), &request);
+    let mut session = Session::new(model.clone());
+    session.trace_gpu_phases(3).unwrap();
+    assert!(session.gpu_phases().is_empty());
+    for _ in 0..5 {
+        assert_eq!(common::session_logits(&mut session, &request), plain);
+    }
+    let calls = session.gpu_phases();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    for c in calls {
+        assert!(
+            c.pack_us > 0.0 && c.wait_us > 0.0 && c.device_graph_us > 0.0,
+            "{c:?}"
+        );
+        assert!(c.device_upload_us >= 0.0 && c.launch_us >= 0.0, "{c:?}");
+        assert!(c.pack_us + c.launch_us + c.wait_us <= c.total_us, "{c:?}");
+        assert!(c.device_graph_us < c.total_us, "{c:?}");
+    }
+    println!("phases of a 300-candidate call: {:?}", calls[2]);
+    // A CPU session has no GPU calls to trace.
+    let cpu = open(&demo.path, Device::Cpu, GpuPrecision::F16).unwrap();
+    let err = Session::new(cpu).trace_gpu_phases(3).unwrap_err();
+    assert!(err.message().contains("does not run on a GPU"), "{err}");
+}

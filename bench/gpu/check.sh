@@ -146,9 +146,11 @@ log "3. engine benchmark (end to end, host features in, host scores out)"
 # f16 also times first calls (--first-call): the first of each size in the
 # process (tile timing and capture), a new session's first call (capture),
 # a warm_up for the batch (every bucket up to it) and the call after it.
+# And --phases: where a call's time goes (host packing, launch, wait; the
+# upload and the graph on the device, by CUDA events).
 for precision in f16 f32; do
   MMOE_GPU_TUNE=log timeout 60 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
-    --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 $([ $precision = f16 ] && echo --staging --first-call) \
+    --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 $([ $precision = f16 ] && echo --staging --first-call --phases) \
     --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
 done
 grep -h "GPU tiles" "$out/bench-f16.txt" | tee -a "$out/check.log"
@@ -234,6 +236,11 @@ if e16 and e16.get("first_calls"):
     for r in e16["first_calls"]:
         print(f"  {r['batch']}: {r['first_in_process_us']:.0f} / {r['cold_first_us']:.0f} / {r['warm_up_us']:.0f}"
               f" / {r['first_after_warm_up_us']:.1f}")
+if e16 and e16.get("phases"):
+    print("phases, f16 (µs, medians): batch: total = host pack / launch / wait; device: upload span, graph")
+    for b, r in e16["phases"].items():
+        print(f"  {b}: {r['total_us']:.1f} = {r['pack_us']:.1f} / {r['launch_us']:.1f} / {r['wait_us']:.1f};"
+              f" device {r['device_upload_us']:.1f}, {r['device_graph_us']:.1f}")
 for suffix in [""] + [f"-{n}" for n in names]:
     eight = load(f"bench-f16-8threads{suffix}.json")
     if eight:

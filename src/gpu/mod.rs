@@ -24,7 +24,7 @@ mod runtime;
 
 pub use launch_plan::Precision;
 #[cfg(feature = "cuda")]
-pub use runtime::{GpuModel, GpuSession};
+pub use runtime::{CallPhases, GpuModel, GpuSession};
 
 use crate::error::{Error, ErrorKind, Result};
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
@@ -208,6 +209,37 @@ struct Graph(CudaGraph);
 // graphs) are destroyed. A session is used by one thread at a time (`&mut`).
 unsafe impl Send for Graph {}
 
+/// Where one call's time went (`GpuSession::trace_phases`; `mmoe bench
+/// --phases`), µs. The host figures are wall-clock spans of `score`; the
+/// device figures are CUDA event times on the session's stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CallPhases {
+    /// Host: the request written into pinned memory, the upload pieces
+    /// issued as it goes (with the bucket and staging checks before it).
+    pub pack_us: f64,
+    /// Host: the graph launch call.
+    pub launch_us: f64,
+    /// Host: the synchronize after it, until the logits are in.
+    pub wait_us: f64,
+    /// Host: the whole call, logits copied out included.
+    pub total_us: f64,
+    /// Device: from the stream passing the call's first event (as the
+    /// packing starts) to the last upload piece landing.
+    pub device_upload_us: f64,
+    /// Device: the graph, the download of the logits included.
+    pub device_graph_us: f64,
+}
+
+/// The events and records of a phase trace: three timing events recorded
+/// on the stream in each call, and room for a fixed number of calls
+/// (reserved up front: tracing allocates nothing per call).
+struct PhaseTrace {
+    started: CudaEvent,
+    uploaded: CudaEvent,
+    done: CudaEvent,
+    calls: Vec<CallPhases>,
+}
+
 /// Per-thread GPU scoring state.
 pub struct GpuSession {
     gpu: Arc<GpuModel>,
@@ -223,6 +255,8 @@ pub struct GpuSession {
     /// the graphs, which hold the cell's address, being captured again.
     staging_cell: CudaSlice<u64>,
     buckets: HashMap<usize, Bucket>,
+    /// Off unless `trace_phases` turned it on (a benchmark's breakdown).
+    phases: Option<PhaseTrace>,
 }
 
 impl Drop for GpuSession {
@@ -254,7 +288,30 @@ impl GpuSession {
             device_staging: None,
             staging_cell,
             buckets: HashMap::new(),
+            phases: None,
         })
+    }
+
+    /// Records where the time of each of the next `calls` calls goes
+    /// (`phases`); a later call starts a new trace.
+    pub fn trace_phases(&mut self, calls: usize) -> Result<()> {
+        let ctx = &self.gpu.ctx;
+        ctx.bind_to_thread()
+            .map_err(|e| cuda_error("bind context", e))?;
+        let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let event = || ctx.new_event(timing).map_err(|e| cuda_error("event", e));
+        self.phases = Some(PhaseTrace {
+            started: event()?,
+            uploaded: event()?,
+            done: event()?,
+            calls: Vec::with_capacity(calls),
+        });
+        Ok(())
+    }
+
+    /// The calls traced since `trace_phases`, in order.
+    pub fn phases(&self) -> &[CallPhases] {
+        self.phases.as_ref().map_or(&[], |p| &p.calls)
     }
 
     /// Scores a validated request into `logits` (`[candidates × tasks]`).
@@ -264,6 +321,7 @@ impl GpuSession {
         request: &Request<'_>,
         logits: &mut [f32],
     ) -> Result<()> {
+        let entered = self.phases.is_some().then(Instant::now);
         let gpu = self.gpu.clone();
         gpu.ctx
             .bind_to_thread()
@@ -308,6 +366,13 @@ impl GpuSession {
             0 => usize::MAX,
             bytes => bytes,
         };
+        let record = |event: Option<&CudaEvent>, stream: &CudaStream| match event {
+            Some(event) => event
+                .record(stream)
+                .map_err(|e| cuda_error("record event", e)),
+            None => Ok(()),
+        };
+        record(self.phases.as_ref().map(|p| &p.started), &self.stream)?;
         let written = write_staging_in_chunks(
             model,
             &self.input_tensors,
@@ -323,6 +388,7 @@ impl GpuSession {
             let _ = self.stream.synchronize();
             return Err(e);
         }
+        let packed = entered.map(|_| Instant::now());
         let Some(bucket) = self.buckets.get(&capacity) else {
             let _ = self.stream.synchronize();
             return Err(Error::new(
@@ -330,21 +396,56 @@ impl GpuSession {
                 format!("GPU session has no graph for its {capacity}-row bucket"),
             ));
         };
-        if let Err(e) = bucket.graph.0.launch() {
+        let recorded = record(self.phases.as_ref().map(|p| &p.uploaded), &self.stream);
+        if let Err(e) = recorded.and_then(|()| {
+            bucket
+                .graph
+                .0
+                .launch()
+                .map_err(|e| cuda_error("graph launch", e))
+        }) {
             // The upload pieces may still be reading the pinned buffer.
             let _ = self.stream.synchronize();
-            return Err(cuda_error("graph launch", e));
+            return Err(e);
         }
+        let launched = entered.map(|_| Instant::now());
+        record(self.phases.as_ref().map(|p| &p.done), &self.stream)?;
         // The graph ends with the download of the bucket's logits into the
         // pinned buffer.
         self.stream
             .synchronize()
             .map_err(|e| cuda_error("synchronize", e))?;
+        let synchronized = entered.map(|_| Instant::now());
         let out = bucket
             .pinned_logits
             .as_slice()
             .map_err(|e| cuda_error("logits", e))?;
         logits.copy_from_slice(&out[..n * tasks]);
+        if let (Some(trace), Some(entered), Some(packed), Some(launched), Some(synchronized)) = (
+            self.phases.as_mut(),
+            entered,
+            packed,
+            launched,
+            synchronized,
+        ) {
+            let us = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e6;
+            let device_us = |from: &CudaEvent, to: &CudaEvent| {
+                from.elapsed_ms(to)
+                    .map(|ms| 1e3 * ms as f64)
+                    .map_err(|e| cuda_error("phase timing", e))
+            };
+            let phases = CallPhases {
+                pack_us: us(entered, packed),
+                launch_us: us(packed, launched),
+                wait_us: us(launched, synchronized),
+                total_us: us(entered, Instant::now()),
+                device_upload_us: device_us(&trace.started, &trace.uploaded)?,
+                device_graph_us: device_us(&trace.uploaded, &trace.done)?,
+            };
+            if trace.calls.len() < trace.calls.capacity() {
+                trace.calls.push(phases);
+            }
+        }
         Ok(())
     }
 

@@ -24,6 +24,7 @@ pub struct Settings {
     pub profile_steps: bool,
     pub staging: bool,
     pub first_call: bool,
+    pub phases: bool,
     pub intra: usize,
 }
 
@@ -280,6 +281,80 @@ fn first_call_table(
     Ok(serde_json::Value::Array(entries))
 }
 
+/// Where a GPU call's time goes (`--phases`), per batch size: one session,
+/// 3 warm-up calls, then up to `settings.iters` calls (or
+/// `settings.max_seconds`) traced by CUDA events and host clocks; medians
+/// of each phase. Printed, and returned for the JSON report.
+#[cfg(feature = "cuda")]
+fn phases_table(
+    model: &Arc<Model>,
+    settings: &Settings,
+    batches: &[usize],
+) -> Result<serde_json::Value, String> {
+    println!("phases    where a GPU call's time goes (µs, medians; host clocks, and CUDA events on the session's stream):");
+    println!(
+        "{:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>14} {:>13}",
+        "batch", "calls", "total", "pack", "launch", "wait", "device upload", "device graph"
+    );
+    let mut entries = serde_json::Map::new();
+    for &batch in batches {
+        let mut traced = Ok(());
+        let (_, session) = timed_calls(model, settings, batch, 91, |session| {
+            traced = session.trace_gpu_phases(settings.iters);
+        })?;
+        traced.map_err(|e| format!("--phases: {e}"))?;
+        let calls = session.gpu_phases();
+        if calls.is_empty() {
+            return Err(format!("--phases: no GPU call traced at batch {batch}"));
+        }
+        let median = |field: fn(&mmoe::gpu::CallPhases) -> f64| {
+            let mut values: Vec<f64> = calls.iter().map(field).collect();
+            values.sort_by(f64::total_cmp);
+            percentile(&values, 0.5)
+        };
+        let row = [
+            median(|c| c.total_us),
+            median(|c| c.pack_us),
+            median(|c| c.launch_us),
+            median(|c| c.wait_us),
+            median(|c| c.device_upload_us),
+            median(|c| c.device_graph_us),
+        ];
+        println!(
+            "{batch:>7} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>14.1} {:>13.1}",
+            calls.len(),
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5]
+        );
+        entries.insert(
+            batch.to_string(),
+            serde_json::json!({
+                "calls": calls.len(),
+                "total_us": row[0],
+                "pack_us": row[1],
+                "launch_us": row[2],
+                "wait_us": row[3],
+                "device_upload_us": row[4],
+                "device_graph_us": row[5],
+            }),
+        );
+    }
+    Ok(serde_json::Value::Object(entries))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn phases_table(
+    _model: &Arc<Model>,
+    _settings: &Settings,
+    _batches: &[usize],
+) -> Result<serde_json::Value, String> {
+    Err("--phases: this build of mmoe has no GPU support (cargo feature `cuda`)".into())
+}
+
 /// One session scoring a synthetic request of `batch` candidates (seed
 /// `seed`): 3 warm-up calls, then `before_timing`, then calls until
 /// `settings.iters` or `settings.max_seconds`. Returns each timed call's
@@ -429,6 +504,10 @@ pub fn run(settings: &Settings) -> CliResult {
         true => Some(first_call_table(&model, settings, &batches)?),
         false => None,
     };
+    let phases = match settings.phases {
+        true => Some(phases_table(&model, settings, &batches)?),
+        false => None,
+    };
     println!(
         "{:>7} {:>8} {:>14} {:>11} {:>11} {:>9} {:>7}",
         "batch", "calls", "candidates/s", "p50 µs", "p99 µs", "GFLOP/s", "% peak"
@@ -475,6 +554,7 @@ pub fn run(settings: &Settings) -> CliResult {
             "kernel": kernel,
             "staging": staging,
             "first_calls": first_calls,
+            "phases": phases,
             "step_profiles": profiles,
             "results": results,
         });

@@ -121,6 +121,11 @@ enum Command {
         /// the tile timing).
         #[arg(long)]
         first_call: bool,
+        /// Also break GPU calls down, before the table: packing and upload
+        /// on the host, the graph launch, the wait, and the upload and
+        /// graph on the device (CUDA events).
+        #[arg(long)]
+        phases: bool,
         /// Threads each request's candidates are split over (CPU).
         #[arg(long, default_value_t = 1)]
         intra_threads: usize,
@@ -204,6 +209,7 @@ fn main() -> ExitCode {
             profile_steps,
             staging,
             first_call,
+            phases,
             intra_threads,
         } => bench::run(&bench::Settings {
             peak,
@@ -211,6 +217,7 @@ fn main() -> ExitCode {
             profile_steps,
             staging,
             first_call,
+            phases,
             intra: intra_threads,
             model,
             batch,
