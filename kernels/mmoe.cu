@@ -278,30 +278,34 @@ __device__ __forceinline__ u32 pack_half2(float lo, float hi) {
 // Shared row stride in halves: 80 bytes keeps ldmatrix rows 16-byte aligned
 // and its eight rows of a phase on distinct banks.
 #define MMA_LD 40
+// The same for stages of BK columns: a row of BK + 8 halves (BK = 64: 144
+// bytes, again eight rows on distinct banks).
+#define MMA_LD_OF(BK) ((BK) + 8)
 
 // The warp tile of the tensor-core kernels: a block of WARPS_M × WARPS_N
 // warps computes a BM×BN output tile; warp (wr, wc) computes the WM×WN tile
 // at rows wr·WM…, columns wc·WN… as (WM/16)×(WN/8) mma tiles of 16×8.
 // Every loop over the register arrays (acc, fragments, staged values) is
 // unrolled: a runtime index would put them in local memory.
-template <int BM, int BN, int WARPS_M, int WARPS_N>
+template <int BM, int BN, int WARPS_M, int WARPS_N, int BK = MMA_BK>
 struct MmaTile {
+    static constexpr int LD = MMA_LD_OF(BK);
     static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
     static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // a warp's tile
     static constexpr int MT = WM / 16, NT = WN / 8;             // its 16×8 mma tiles
     static_assert(WM % 16 == 0 && WN % 16 == 0, "whole mma tiles, B in pairs of 8 columns");
 
-    // acc += the stage's x tile (BM × MMA_BK) · its W tile (BN × MMA_BK)ᵀ.
+    // acc += the stage's x tile (BM × BK) · its W tile (BN × BK)ᵀ.
     // ldmatrix row addresses: A (x) matrices 0–3 are rows 0–7 / 8–15 by
     // columns 0–7 / 8–15 as the mma wants them (a0 a1 a2 a3); B (W) matrices
     // are, for two 8-column tiles j and j+1, columns 0–7 and 8–15 of each.
-    static __device__ __forceinline__ void multiply(float (&acc)[MT][NT][4], const __half (*xs)[MMA_LD],
-                                                    const __half (*ws)[MMA_LD], int warp, int lane) {
+    static __device__ __forceinline__ void multiply(float (&acc)[MT][NT][4], const __half (*xs)[LD],
+                                                    const __half (*ws)[LD], int warp, int lane) {
         const int wr = warp / WARPS_N, wc = warp % WARPS_N;
         const int a_row = (lane % 8) + ((lane / 8) & 1) * 8, a_col = (lane / 16) * 8;
         const int b_row = (lane % 8) + (lane / 16) * 8, b_col = ((lane / 8) & 1) * 8;
         #pragma unroll
-        for (int kk = 0; kk < MMA_BK; kk += 16) {
+        for (int kk = 0; kk < BK; kk += 16) {
             u32 fa[MT][4];
             #pragma unroll
             for (int m = 0; m < MT; ++m) ldmatrix_x4(fa[m], &xs[wr * WM + m * 16 + a_row][kk + a_col]);
@@ -338,11 +342,11 @@ struct MmaTile {
     }
 };
 
-// The K stages of a problem: MMA_BK columns at a time through each range.
+// The K stages of a problem: `bk` columns at a time through each range.
 struct StageCursor {
     const u32* ranges;
-    int nranges, q = 0, e = 0, k0 = 0;
-    __device__ StageCursor(const u32* r, int n) : ranges(r), nranges(n) {
+    int nranges, bk, q = 0, e = 0, k0 = 0;
+    __device__ StageCursor(const u32* r, int n, int stage = MMA_BK) : ranges(r), nranges(n), bk(stage) {
         if (n > 0) {
             k0 = r[0];
             e = r[1];
@@ -360,7 +364,7 @@ struct StageCursor {
         }
     }
     __device__ void advance() {
-        k0 += MMA_BK;
+        k0 += bk;
         skip_empty();
     }
 };
@@ -487,17 +491,21 @@ __device__ __forceinline__ void cp_async_wait() {
 // flight while one is multiplied), no register staging and no conversion.
 // As `linear_mma`, ranges start at multiples of 16; besides, in_off and
 // ldx16 are multiples of 8 (16-byte rows; the host checks). Same tiles and
-// the same order of sums as `linear_mma`, so the same results.
-template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
+// the same order of sums as `linear_mma`, so the same results; with stages
+// of BK = 64 columns too (half the stages, each two of 32 in a row: a
+// range's stage past its end is zero-filled, adding exact zeros).
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int BK = MMA_BK>
 __device__ void linear_mma_h(const LinearArgs* problems, const u32* tiles, int count) {
-    using Tile = MmaTile<BM, BN, WARPS_M, WARPS_N>;
+    using Tile = MmaTile<BM, BN, WARPS_M, WARPS_N, BK>;
     constexpr int THREADS = Tile::THREADS;
-    constexpr int XC = BM * MMA_BK / 8 / THREADS;  // 16-byte chunks of x each thread copies per stage
-    constexpr int WC = BN * MMA_BK / 8 / THREADS;  // and of W
-    static_assert(BM * MMA_BK % (8 * THREADS) == 0 && BN * MMA_BK % (8 * THREADS) == 0, "copies cover the tile");
+    constexpr int CPR = BK / 8;                // 16-byte chunks per row of a stage
+    constexpr int XC = BM * BK / 8 / THREADS;  // 16-byte chunks of x each thread copies per stage
+    constexpr int WC = BN * BK / 8 / THREADS;  // and of W
+    static_assert(BK % 32 == 0, "stages of whole 32-column steps");
+    static_assert(BM * BK % (8 * THREADS) == 0 && BN * BK % (8 * THREADS) == 0, "copies cover the tile");
     static_assert(STAGES >= 2, "one stage in flight at least");
-    __shared__ __align__(16) __half xs[STAGES][BM][MMA_LD];
-    __shared__ __align__(16) __half ws[STAGES][BN][MMA_LD];
+    __shared__ __align__(16) __half xs[STAGES][BM][Tile::LD];
+    __shared__ __align__(16) __half ws[STAGES][BN][Tile::LD];
     int p = problem_of(tiles, count, blockIdx.x);
     const LinearArgs& a = problems[p];
     const __half* x = a.x16;
@@ -511,11 +519,11 @@ __device__ void linear_mma_h(const LinearArgs* problems, const u32* tiles, int c
     int stages = 0;
     for (int q = 0; q < a.nranges; ++q) {
         int s = a.ranges[2 * q], e = a.ranges[2 * q + 1];
-        if (e > s) stages += (e - s + MMA_BK - 1) / MMA_BK;
+        if (e > s) stages += (e - s + BK - 1) / BK;
     }
-    StageCursor at(a.ranges, a.nranges);
-    // Chunk c = tid + THREADS·j of a tile is 8 halves: row c / 4, columns
-    // 8·(c % 4)… of the stage. x past a range's end (and rows past `rows`)
+    StageCursor at(a.ranges, a.nranges, BK);
+    // Chunk c = tid + THREADS·j of a tile is 8 halves: row c / CPR, columns
+    // 8·(c % CPR)… of the stage. x past a range's end (and rows past `rows`)
     // is zero-filled; a W chunk starting before the end ends inside the
     // padded row, and x is zero past the end.
     auto issue = [&](int slot) {
@@ -523,17 +531,17 @@ __device__ void linear_mma_h(const LinearArgs* problems, const u32* tiles, int c
         #pragma unroll
         for (int j = 0; j < XC; ++j) {
             int c = tid + THREADS * j;
-            int row = row0 + c / 4, k = k0 + 8 * (c % 4);
+            int row = row0 + c / CPR, k = k0 + 8 * (c % CPR);
             int bytes = row < rows && k < e ? 2 * min(8, e - k) : 0;
             const __half* src = bytes ? x + (long long)ldx * row + in_off + k : x;
-            cp_async16(&xs[slot][c / 4][8 * (c % 4)], src, bytes);
+            cp_async16(&xs[slot][c / CPR][8 * (c % CPR)], src, bytes);
         }
         #pragma unroll
         for (int j = 0; j < WC; ++j) {
             int c = tid + THREADS * j;
-            int row = col0 + c / 4, k = k0 + 8 * (c % 4);
+            int row = col0 + c / CPR, k = k0 + 8 * (c % CPR);
             int bytes = k < e ? 16 : 0;
-            cp_async16(&ws[slot][c / 4][8 * (c % 4)], bytes ? w + (long long)row * ldw + k : w, bytes);
+            cp_async16(&ws[slot][c / CPR][8 * (c % CPR)], bytes ? w + (long long)row * ldw + k : w, bytes);
         }
         at.advance();
     };
@@ -593,6 +601,17 @@ extern "C" __global__ void __launch_bounds__(128, 2) linear_mma128x64h(const Lin
 }
 extern "C" __global__ void __launch_bounds__(128, 2) linear_mma64x128h(const LinearArgs* problems, const u32* tiles, int count) {
     linear_mma_h<64, 128, 2, 2, 3>(problems, tiles, count);
+}
+// Stages of 64 columns (for the tuning to choose from): half the stages
+// and barriers of a K loop, each with twice the mma work, for small
+// buckets whose GEMMs are a chain of stage latencies (10 µs for K = 512 at
+// 32 rows on an H200). 32×64 tiles with three stages (41 KB), 64×64 with
+// two (37 KB).
+extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32k64h(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma_h<32, 64, 2, 2, 3, 64>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64k64h(const LinearArgs* problems, const u32* tiles, int count) {
+    linear_mma_h<64, 64, 2, 2, 2, 64>(problems, tiles, count);
 }
 
 // ---------------------------------------------------------------- element-wise

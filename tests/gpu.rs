@@ -273,13 +273,22 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ("demo", &demo.path, &demo_config, 1024),
     ];
     let untuned: Vars = &[("MMOE_GPU_TUNE", "0")];
-    // fp16 inputs: 5 choices per GEMM (the plan's own first, then 32×64,
-    // 64×64, 128×128 but that one, then 128×64 and 64×128).
-    let choices: [(&str, Vars); 4] = [
+    // fp16 inputs: 7 choices per GEMM (the plan's own first, then 32×64,
+    // 64×64, 128×128 but that one, then 128×64, 64×128, and 32×64 and
+    // 64×64 with 64-column stages).
+    let choices: [(&str, Vars); 6] = [
         ("1", &[("MMOE_GPU_TUNE", "choice=1")]),
         ("2", &[("MMOE_GPU_TUNE", "choice=2")]),
         ("3 (128×64)", &[("MMOE_GPU_TUNE", "choice=3")]),
         ("4 (64×128)", &[("MMOE_GPU_TUNE", "choice=4")]),
+        (
+            "5 (32×64, 64-column stages)",
+            &[("MMOE_GPU_TUNE", "choice=5")],
+        ),
+        (
+            "6 (64×64, 64-column stages)",
+            &[("MMOE_GPU_TUNE", "choice=6")],
+        ),
     ];
     let mut pairs: Vec<(String, Vars, Vars)> = vec![
         (

@@ -15,7 +15,8 @@ cd "$here"
 export LD_LIBRARY_PATH=$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 log() { echo "== $*" | tee -a "$out/check.log"; }
 # STEPS (comma-separated) picks steps for a shorter second visit; all by
-# default: load (0b), tests (1), sanitizer (1b), parity (2), bench (3),
+# default: load (0b), tests (1), sanitizer (1b; sanitizer-k64 alone: its
+# last part, the 64-column-stage tiles), parity (2), bench (3),
 # variants (3, the A/B of the kernel choices), torch (4), ncu (5).
 steps=,${STEPS:-load,tests,sanitizer,parity,bench,variants,torch,ncu},
 want() { [[ $steps == *",$1,"* ]]; }
@@ -57,10 +58,8 @@ timeout 180 ./bin/gpu-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-te
 tests_rc=${PIPESTATUS[0]}
 fi
 
-log "1b. compute-sanitizer: memcheck on one random model (f16, f32; wide tiles at 600 candidates), racecheck (f16, plan tiles and 128x64 tiles)"
-if ! want sanitizer; then
-  :
-elif command -v compute-sanitizer >/dev/null; then
+log "1b. compute-sanitizer: memcheck on one random model (f16, f32; wide tiles at 600 candidates), racecheck (f16, plan tiles and 128x64 tiles), and the 64-column-stage tiles"
+if want sanitizer && command -v compute-sanitizer >/dev/null; then
   for precision in f16 f32; do
     timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score --model parity/seed-0/model.mmoe \
       --requests parity/seed-0/requests.jsonl --out "$out/sanitizer-$precision.jsonl" --device cuda --precision $precision \
@@ -77,14 +76,30 @@ elif command -v compute-sanitizer >/dev/null; then
   MMOE_GPU_TUNE=0 timeout 90 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 ./bin/mmoe score \
     --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl --out "$out/racecheck.jsonl" \
     --device cuda --precision f16 > "$out/racecheck.log" 2>&1
-  echo "racecheck f16: exit $? ($(grep -ciE 'hazard' "$out/racecheck.log") hazard lines)" | tee -a "$out/check.log"
+  echo "racecheck f16: exit $? ($(grep -m1 -o 'RACECHECK SUMMARY.*' "$out/racecheck.log"))" | tee -a "$out/check.log"
   # The 128×64 tile (tile choice 3 of every GEMM; 64×128 shares its
   # three-stage pipeline), which only timing ever picks otherwise.
   MMOE_GPU_TUNE=choice=3 timeout 60 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 \
     ./bin/mmoe score --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl \
     --out "$out/racecheck-128x64.jsonl" --device cuda --precision f16 > "$out/racecheck-128x64.log" 2>&1
-  echo "racecheck f16, 128x64 tiles: exit $? ($(grep -ciE 'hazard' "$out/racecheck-128x64.log") hazard lines)" | tee -a "$out/check.log"
-else
+  echo "racecheck f16, 128x64 tiles: exit $? ($(grep -m1 -o 'RACECHECK SUMMARY.*' "$out/racecheck-128x64.log"))" | tee -a "$out/check.log"
+  steps=$steps,sanitizer-k64,
+fi
+# The 64-column-stage tiles (choices 5 and 6 of the fp16 GEMMs: 32×64 with
+# three stages, 64×64 with two), forced on every GEMM: racecheck, and
+# memcheck at 600 candidates (partial tiles).
+if want sanitizer-k64 && command -v compute-sanitizer >/dev/null; then
+  for choice in 5 6; do
+    MMOE_GPU_TUNE=choice=$choice timeout 60 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 \
+      ./bin/mmoe score --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl \
+      --out "$out/racecheck-choice$choice.jsonl" --device cuda --precision f16 > "$out/racecheck-choice$choice.log" 2>&1
+    echo "racecheck f16, tile choice $choice: exit $? ($(grep -m1 -o 'RACECHECK SUMMARY.*' "$out/racecheck-choice$choice.log"))" | tee -a "$out/check.log"
+    MMOE_GPU_TUNE=choice=$choice timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score \
+      --model parity/seed-0/model.mmoe --requests parity/seed-0/requests-600.jsonl --out "$out/memcheck-choice$choice.jsonl" \
+      --device cuda --precision f16 > "$out/memcheck-choice$choice.log" 2>&1
+    echo "memcheck f16, tile choice $choice, 600 candidates: exit $? ($(grep -c 'Invalid' "$out/memcheck-choice$choice.log") invalid accesses)" | tee -a "$out/check.log"
+  done
+elif want sanitizer-k64; then
   echo "compute-sanitizer not found" | tee -a "$out/check.log"
 fi
 
@@ -156,6 +171,11 @@ done
 grep -h "GPU tiles" "$out/bench-f16.txt" | tee -a "$out/check.log"
 timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
   --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
+# The upload's phases with one copy after the packing, and in 1 MiB pieces.
+for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024"; do
+  env ${v#*:} timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 1024,4096 \
+    --iters 200 --max-seconds 1 --phases --json "$out/phases-${v%%:*}.json" > "$out/phases-${v%%:*}.txt" 2>&1
+done
 fi
 if want variants; then
 # The same for each variant: the A/B that sets the defaults (fused heads
@@ -177,25 +197,26 @@ timeout 90 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1
 fi
 
 if want ncu; then
-log "5. per-kernel times (Nsight Compute at the GPU's own clocks, one graph of 1024 candidates, f16)"
-# The default plan of the benchmark model is 13 kernels per graph (task heads
-# as separate launches; launch_plan.rs tests it): skip 3 graphs, profile the
-# 4th, kernel by kernel (speed of light, occupancy, warp stalls), then the
-# 5th graph as one workload (its kernels overlap on the graph's branches).
-# The plan's tiles (MMOE_GPU_TUNE=0): tuning's own launches would come
-# first. --clock-control none: the clocks the benchmark runs at, not base.
+log "5. per-kernel times (Nsight Compute at the GPU's own clocks, one graph of 1024 and one of 1 candidate, f16)"
+# The default plan of the benchmark model is 10 kernels per graph (task heads
+# as separate launches, the towers' last layers writing the logits;
+# launch_plan.rs tests it): skip 3 graphs, profile the 4th, kernel by kernel
+# (speed of light, occupancy, warp stalls), at 1024 candidates and at one
+# (the 32-row bucket, where the graph's time is latency). The plan's tiles
+# (MMOE_GPU_TUNE=0): tuning's own launches would come first.
+# --clock-control none: the clocks the benchmark runs at, not base.
 if command -v ncu >/dev/null; then
-  MMOE_GPU_TUNE=0 timeout 100 ncu --cache-control none --clock-control none --section SpeedOfLight --section Occupancy \
-    --section WarpStateStats --section LaunchStats --launch-skip 39 --launch-count 13 ./bin/mmoe bench \
-    --model models/demo.mmoe --device cuda --precision f16 --batch 1024 --iters 5 --max-seconds 1 > "$out/ncu-1024.txt" 2>&1
-  awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
-       /Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued Instruction/ {
-         gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-1024.txt" | tee "$out/ncu-summary.txt"
-  echo "ncu: $(grep -c Duration "$out/ncu-1024.txt") kernels profiled" | tee -a "$out/check.log"
-  MMOE_GPU_TUNE=0 timeout 60 ncu --cache-control none --clock-control none --graph-profiling graph --section SpeedOfLight \
-    --launch-skip 4 --launch-count 1 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
-    --batch 1024 --iters 7 --max-seconds 1 > "$out/ncu-graph-1024.txt" 2>&1
-  echo "one graph of 1024 candidates: $(grep -m1 Duration "$out/ncu-graph-1024.txt" | tr -s ' ')" | tee -a "$out/check.log"
+  for batch in 1024 1; do
+    MMOE_GPU_TUNE=0 timeout 100 ncu --cache-control none --clock-control none --section SpeedOfLight --section Occupancy \
+      --section WarpStateStats --section LaunchStats --launch-skip 30 --launch-count 10 ./bin/mmoe bench \
+      --model models/demo.mmoe --device cuda --precision f16 --batch $batch --iters 5 --max-seconds 1 > "$out/ncu-$batch.txt" 2>&1
+    awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
+         /Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued Instruction/ {
+           gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-$batch.txt" | tee "$out/ncu-summary-$batch.txt"
+    echo "ncu, $batch candidates: $(grep -c Duration "$out/ncu-$batch.txt") kernels profiled, \
+$(awk '/Duration/ {v = $NF; gsub(/,/, "", v); u = $(NF-1); if (u ~ /^ns/) v /= 1000; if (u ~ /^ms/) v *= 1000; s += v}
+         END {printf "%.1f", s}' "$out/ncu-$batch.txt") µs in all" | tee -a "$out/check.log"
+  done
 else
   echo "ncu not found" | tee -a "$out/check.log"
 fi
@@ -236,11 +257,12 @@ if e16 and e16.get("first_calls"):
     for r in e16["first_calls"]:
         print(f"  {r['batch']}: {r['first_in_process_us']:.0f} / {r['cold_first_us']:.0f} / {r['warm_up_us']:.0f}"
               f" / {r['first_after_warm_up_us']:.1f}")
-if e16 and e16.get("phases"):
-    print("phases, f16 (µs, medians): batch: total = host pack / launch / wait; device: upload span, graph")
-    for b, r in e16["phases"].items():
-        print(f"  {b}: {r['total_us']:.1f} = {r['pack_us']:.1f} / {r['launch_us']:.1f} / {r['wait_us']:.1f};"
-              f" device {r['device_upload_us']:.1f}, {r['device_graph_us']:.1f}")
+for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (" 1 MiB pieces", load("phases-chunk1m.json"))]:
+    if report and report.get("phases"):
+        print(f"phases, f16{label} (µs, medians): batch: total = host pack / launch / wait; device: upload span, graph")
+        for b, r in report["phases"].items():
+            print(f"  {b}: {r['total_us']:.1f} = {r['pack_us']:.1f} / {r['launch_us']:.1f} / {r['wait_us']:.1f};"
+                  f" device {r['device_upload_us']:.1f}, {r['device_graph_us']:.1f}")
 for suffix in [""] + [f"-{n}" for n in names]:
     eight = load(f"bench-f16-8threads{suffix}.json")
     if eight:

@@ -57,6 +57,8 @@ const std::vector<Entry>& entries() {
         entry("linear_mma128h", linear_mma128h),
         entry("linear_mma128x64h", linear_mma128x64h),
         entry("linear_mma64x128h", linear_mma64x128h),
+        entry("linear_mma32k64h", linear_mma32k64h),
+        entry("linear_mma64k64h", linear_mma64k64h),
         entry("feature_gate", feature_gate),
         entry("gather", gather),
         entry("layer_norm", layer_norm),

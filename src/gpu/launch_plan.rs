@@ -37,6 +37,8 @@ pub enum Kernel {
     LinearMma128H,
     LinearMma128x64H,
     LinearMma64x128H,
+    LinearMma32K64H,
+    LinearMma64K64H,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -48,7 +50,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 22] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
@@ -61,6 +63,8 @@ impl Kernel {
         Kernel::LinearMma128H,
         Kernel::LinearMma128x64H,
         Kernel::LinearMma64x128H,
+        Kernel::LinearMma32K64H,
+        Kernel::LinearMma64K64H,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -84,6 +88,8 @@ impl Kernel {
             Kernel::LinearMma128H => "linear_mma128h",
             Kernel::LinearMma128x64H => "linear_mma128x64h",
             Kernel::LinearMma64x128H => "linear_mma64x128h",
+            Kernel::LinearMma32K64H => "linear_mma32k64h",
+            Kernel::LinearMma64K64H => "linear_mma64k64h",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -264,6 +270,9 @@ pub struct LaunchPlan {
     pub tile_choices: Vec<Vec<TileChoice>>,
     tiles: Tiles,
     pending: Vec<Pending>,
+    /// Per buffer, the task whose logit column its one writer (a Linear of
+    /// one output) writes straight into (`logit_writers`): no copy launch.
+    logit_columns: Vec<Option<usize>>,
     /// The launches in lowering order, before scheduling.
     #[cfg(test)]
     unscheduled: Vec<Launch>,
@@ -447,8 +456,8 @@ impl Tiles {
 /// A tensor-core kernel's output tile (rows, columns) and threads per block.
 pub fn mma_tile(kernel: Kernel) -> Option<(usize, usize, u32)> {
     match kernel {
-        Kernel::LinearMma32 | Kernel::LinearMma32H => Some((32, 64, 128)),
-        Kernel::LinearMma64 | Kernel::LinearMma64H => Some((64, 64, 128)),
+        Kernel::LinearMma32 | Kernel::LinearMma32H | Kernel::LinearMma32K64H => Some((32, 64, 128)),
+        Kernel::LinearMma64 | Kernel::LinearMma64H | Kernel::LinearMma64K64H => Some((64, 64, 128)),
         Kernel::LinearMma128 | Kernel::LinearMma128H => Some((128, 128, 256)),
         Kernel::LinearMma128x64H => Some((128, 64, 128)),
         Kernel::LinearMma64x128H => Some((64, 128, 128)),
@@ -491,6 +500,8 @@ pub fn reads_half_x(kernel: Kernel) -> bool {
             | Kernel::LinearMma128H
             | Kernel::LinearMma128x64H
             | Kernel::LinearMma64x128H
+            | Kernel::LinearMma32K64H
+            | Kernel::LinearMma64K64H
     )
 }
 
@@ -564,6 +575,61 @@ struct GateLinear {
     bias: Option<TensorId>,
     /// The request part of a split gate (a per-request buffer).
     add: Option<BufId>,
+}
+
+/// The buffers a step reads.
+fn read(step: &Step) -> Vec<BufId> {
+    match step {
+        Step::RequestFeatures { .. } | Step::Constant { .. } => Vec::new(),
+        Step::CandidateFeatures { request, .. } => vec![*request],
+        Step::Linear {
+            input,
+            add,
+            scale,
+            shift,
+            ..
+        } => [Some(input.buf), *add, *scale, *shift]
+            .into_iter()
+            .flatten()
+            .collect(),
+        Step::LayerNorm { input, .. } => vec![input.buf],
+        Step::FeatureGate { g, x0, .. } => vec![*g, *x0],
+        Step::Gather { input, .. } | Step::Copy { input, .. } => vec![*input],
+        Step::Bilinear { o1, o2, wx, wy, .. } => vec![*o1, *o2, *wx, *wy],
+        Step::Mixture { gate, experts, .. } => gate.iter().chain(experts).copied().collect(),
+        Step::Output { input, .. } => vec![*input],
+    }
+}
+
+/// Per buffer, the task whose logit column it can be written to directly:
+/// a candidate buffer of width 1 that one Linear writes whole (no
+/// LayerNorm after it) and only that task's `Step::Output` reads. The
+/// Linear then writes the bucket's logits (row stride: the tasks) and the
+/// copy launch goes.
+fn logit_writers<'a>(
+    program: &Program,
+    steps: impl Iterator<Item = &'a Step> + Clone,
+) -> Vec<Option<usize>> {
+    let mut columns = vec![None; program.buffers.len()];
+    for step in steps.clone() {
+        let Step::Output { input, task } = step else {
+            continue;
+        };
+        let buffer = &program.buffers[*input];
+        let readers = steps.clone().filter(|s| read(s).contains(input)).count();
+        let writers: Vec<&Step> = steps
+            .clone()
+            .filter(|s| written(s) == Some(*input))
+            .collect();
+        let direct = matches!(
+            writers[..],
+            [Step::Linear { n: 1, norm: None, out, .. }] if out.offset == 0
+        );
+        if direct && readers == 1 && buffer.width == 1 && !buffer.per_request {
+            columns[*input] = Some(*task);
+        }
+    }
+    columns
 }
 
 /// The buffer a step writes.
@@ -792,6 +858,7 @@ impl LaunchPlan {
                 offset += (rows * stride).div_ceil(2).div_ceil(64) * 64;
             }
         }
+        let logit_columns = logit_writers(program, lowered());
         let mut plan = LaunchPlan {
             capacity,
             placements,
@@ -805,6 +872,7 @@ impl LaunchPlan {
             tile_choices: Vec::new(),
             tiles: options.tiles,
             pending: Vec::new(),
+            logit_columns,
             #[cfg(test)]
             unscheduled: Vec::new(),
         };
@@ -1085,6 +1153,8 @@ impl LaunchPlan {
                 Kernel::LinearMma128H,
                 Kernel::LinearMma128x64H,
                 Kernel::LinearMma64x128H,
+                Kernel::LinearMma32K64H,
+                Kernel::LinearMma64K64H,
             ]
         } else {
             &[
@@ -1387,6 +1457,15 @@ impl LaunchPlan {
                 } else {
                     self.half(out.buf)
                 };
+                // A task's logit layer writes its column of the logits.
+                let (y, ldy, out_off) = match self.logit_columns[out.buf] {
+                    Some(task) => (Loc::Logits, program.tasks as i32, task as i32),
+                    None => (
+                        self.at(out.buf),
+                        self.stride(program, out.buf),
+                        out.offset as i32,
+                    ),
+                };
                 let (table, count) = self.ranges(ranges);
                 let rows = self.rows(out.buf);
                 let args = LinearLaunch {
@@ -1401,9 +1480,9 @@ impl LaunchPlan {
                     bias: bias.map_or(Loc::Null, Loc::Tensor),
                     add: add.map_or(Loc::Null, |a| self.at(a)),
                     act: act.code(),
-                    y: self.at(out.buf),
-                    ldy: self.stride(program, out.buf),
-                    out_off: out.offset as i32,
+                    y,
+                    ldy,
+                    out_off,
                     rows: rows as i32,
                     scale: scale.map_or(Loc::Null, |b| self.at(b)),
                     ldscale: scale.map_or(0, |b| self.ld(b)),
@@ -1534,6 +1613,8 @@ impl LaunchPlan {
                     })),
                 });
             }
+            // Written by its Linear already.
+            Step::Output { input, .. } if self.logit_columns[*input].is_some() => {}
             Step::Output { input, task } => {
                 let rows = self.capacity;
                 let args = vec![
@@ -1678,9 +1759,10 @@ mod tests {
             // 38 Linear problems: the request parts of the 9 first layers
             // (4 DCN cross layers, 2 MLPs, 3 gates), those 9 layers, the 6
             // second layers, 2 × 4 DCN deep layers and 2 × 3 tower layers; in
-            // 7 grouped launches; the 3 tasks' mixtures in one; 13 launches
-            // in all (46 before grouping).
-            assert_eq!(plan.unscheduled.len(), 46);
+            // 7 grouped launches; the 3 tasks' mixtures in one; the towers'
+            // last layers write the logits (no copy launches): 10 launches
+            // in all (43 before grouping).
+            assert_eq!(plan.unscheduled.len(), 43);
             assert_eq!(plan.problems.len(), 38);
             assert_eq!(linear.len(), 7);
             let mixtures: Vec<&Launch> = plan
@@ -1690,13 +1772,25 @@ mod tests {
                 .collect();
             assert_eq!(mixtures.len(), 1);
             assert_eq!(mixtures[0].args[2], Arg::I32(3));
-            assert_eq!(plan.launches.len(), 13);
+            assert_eq!(plan.launches.len(), 10);
             let outputs = plan
                 .launches
                 .iter()
                 .filter(|l| l.kernel == Kernel::OutputLogit)
                 .count();
-            assert_eq!(outputs, 3);
+            assert_eq!(outputs, 0);
+            let logit_layers: Vec<&LinearLaunch> = plan
+                .problems
+                .iter()
+                .filter(|p| p.y == Loc::Logits)
+                .collect();
+            assert_eq!(logit_layers.len(), 3);
+            for (task, p) in logit_layers.iter().enumerate() {
+                assert_eq!(
+                    (p.n, p.ldy, p.out_off, p.y16),
+                    (1, 3, task as i32, Loc::Null)
+                );
+            }
             // Buffers never overlap and are 256-byte aligned.
             let mut spans: Vec<(usize, usize)> = plan
                 .placements
@@ -1862,11 +1956,12 @@ mod tests {
                     continue;
                 }
                 with_choices += 1;
-                // fp16 inputs: also the 128×64 and 64×128 tiles. (The
+                // fp16 inputs: also the 128×64 and 64×128 tiles and the
+                // 64-column stages of 32×64 and 64×64 tiles. (The
                 // towers read the mixture's f32 output even with half_x.)
                 let half = reads_half_x(plan.launches[i].kernel);
                 assert!(half || !half_x || plan.launches[i].kernel == Kernel::LinearMma64);
-                assert_eq!(choices.len(), if half { 5 } else { 3 });
+                assert_eq!(choices.len(), if half { 7 } else { 3 });
                 assert_eq!(choices[0].kernel, plan.launches[i].kernel);
                 assert!(choices
                     .iter()
@@ -1988,6 +2083,7 @@ mod tests {
                             );
                         }
                     };
+                    let mut logit_layers = 0;
                     for launch in launch_plan.launches.iter().filter(|l| is_linear(l.kernel)) {
                         for a in &launch_plan.problems[launch.problems.clone()] {
                             let k_end = launch_plan.ranges[match a.ranges {
@@ -2004,6 +2100,13 @@ mod tests {
                             in_arena(a.scale, a.rows, a.ldscale, a.n);
                             in_arena(a.shift, a.rows, a.ldshift, a.n);
                             in_arena(a.add, 1, 0, a.n);
+                            if a.y == Loc::Logits {
+                                // A task's column of the bucket's logits.
+                                assert_eq!(a.ldy, program.tasks as i32);
+                                assert!(a.out_off + a.n <= a.ldy && a.rows == capacity as i32);
+                                assert_eq!(a.y16, Loc::Null);
+                                logit_layers += 1;
+                            }
                             in_half_arena(a.y16, a.rows, a.ldy16, a.out_off + a.n);
                             in_half_arena(a.x16, a.rows, a.ldx16, a.in_off + k_end);
                             assert_eq!(a.x16 != Loc::Null, reads_half_x(launch.kernel));
@@ -2022,6 +2125,16 @@ mod tests {
                             PointerEntry::Tensor(id) => assert!(id < plan.tensors.len()),
                             PointerEntry::Value(_) => {}
                         }
+                    }
+                    // Each task's logit comes from a Linear or a copy launch
+                    // (fused heads: from the head).
+                    let copies = launch_plan
+                        .launches
+                        .iter()
+                        .filter(|l| l.kernel == Kernel::OutputLogit)
+                        .count();
+                    if !fused_heads {
+                        assert_eq!(logit_layers + copies, program.tasks, "{}", config.name);
                     }
                 }
             }
@@ -2046,10 +2159,11 @@ mod tests {
         assert_eq!(count(&plan, Kernel::TaskHeadsF16), 1);
         assert_eq!(count(&plan, Kernel::Mixture), 0);
         assert_eq!(count(&plan, Kernel::OutputLogit), 0);
-        // The towers' two grouped GEMMs, the mixture and three logit copies
-        // become one launch, and the gates' candidate parts run in it too;
-        // the problems left are the experts' and the gates' request parts.
-        assert_eq!(plain.launches.len(), 13);
+        // The towers' two grouped GEMMs (the second writing the logits)
+        // and the mixture become one launch, and the gates' candidate parts
+        // run in it too; the problems left are the experts' and the gates'
+        // request parts.
+        assert_eq!(plain.launches.len(), 10);
         assert_eq!(plan.launches.len(), 8);
         assert_eq!(plan.problems.len(), plain.problems.len() - 6 - 3);
         let gates: Vec<BufId> = program
