@@ -707,7 +707,8 @@ extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks,
     if (r >= rows || c >= h) return;
     const u64* experts = table;
     for (int task = 0; task < tasks; ++task) {
-        const u64* entry = table + 2 * num_experts + 4 * task;
+        // gate, its ld, out, its ld, out's fp16 copy (0: none), its ld.
+        const u64* entry = table + 2 * num_experts + 6 * task;
         const float* gate = (const float*)entry[0];
         float* out = (float*)entry[2];
         float m = 0.0f;
@@ -725,6 +726,8 @@ extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks,
             }
         }
         out[(long long)entry[3] * r + c] = m;
+        __half* out16 = (__half*)entry[4];
+        if (out16) out16[(long long)entry[5] * r + c] = __float2half_rn(m);
     }
 }
 
