@@ -320,9 +320,9 @@ pub struct PlanOptions {
     /// each copied to the device as soon as it is written, so the copy of
     /// the front overlaps the packing of the rest; 0: one copy once the
     /// whole request is written. `MMOE_GPU_UPLOAD_CHUNK` (KiB). On an H200
-    /// (2026-11-27, one run) 256 KiB pieces slowed the packing itself
-    /// (1024 candidates: 139 µs against 105 µs with one copy), and 1 MiB
-    /// pieces gave the fastest calls at 1024 and 4096 candidates.
+    /// (2026-11-27) 256 KiB pieces slowed the packing itself in one run
+    /// (1024 candidates: 139 µs against 105 µs with one copy); 1 MiB pieces
+    /// and one copy differed by less than two runs of the same setting.
     pub upload_chunk: usize,
     /// Which compiled kernels the driver loads: the cubin made for the
     /// device when there is one (default), else the PTX it compiles.
