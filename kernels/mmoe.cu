@@ -575,14 +575,16 @@ extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64(const LinearAr
 // Wide tiles (MMOE_GPU_TILES=wide, large buckets): 8 warps on a 128×128
 // tile, 64×32 each, read 3/4 of the shared memory (ldmatrix) and half the x
 // bytes per mma of the 64×64 tile. ptxas gives it 200 registers (one block
-// per SM); bounded to two blocks per SM it spills. Not yet timed on a GPU.
+// per SM); bounded to two blocks per SM it spills. On an H200 it lost to the
+// 64×64 tile (bench/RESULTS.md, 2026-11-27).
 extern "C" __global__ void __launch_bounds__(256, 1) linear_mma128(const LinearArgs* problems, const u32* tiles, int count) {
     linear_mma<128, 128, 2, 4>(problems, tiles, count);
 }
 // The same tiles over the fp16 copies of x (MMOE_GPU_HALF_X, on by
 // default): four stages for the 4-warp tiles (30 and 40 KB of shared
 // memory), two for the 128×128 one (40 KB: a third would pass the 48 KB of
-// static shared memory). Not yet timed on a GPU.
+// static shared memory). On an H200, 2–15% faster end to end than the f32
+// inputs up to 1024 candidates in two runs (bench/RESULTS.md, 2026-11-27).
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32h(const LinearArgs* problems, const u32* tiles, int count) {
     linear_mma_h<32, 64, 2, 2, 4>(problems, tiles, count);
 }

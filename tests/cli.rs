@@ -27,6 +27,19 @@ impl Files {
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).to_string_lossy().into_owned()
     }
+
+    /// `mmoe pack` of the small model's config and weights into `out`.
+    fn pack(&self, out: &str) -> (bool, String, String) {
+        mmoe(&[
+            "pack",
+            "--config",
+            &self.path("model.json"),
+            "--weights",
+            &self.path("model.safetensors"),
+            "--out",
+            &self.path(out),
+        ])
+    }
 }
 
 /// The small model's config and weights as files.
@@ -47,15 +60,7 @@ fn small_files() -> Files {
 #[test]
 fn pack_inspect_verify_score() {
     let f = small_files();
-    let (ok, _, err) = mmoe(&[
-        "pack",
-        "--config",
-        &f.path("model.json"),
-        "--weights",
-        &f.path("model.safetensors"),
-        "--out",
-        &f.path("m.mmoe"),
-    ]);
+    let (ok, _, err) = f.pack("m.mmoe");
     assert!(ok, "{err}");
     assert!(
         err.contains("packed `small`") && err.contains("f16"),
@@ -180,15 +185,7 @@ fn cli_errors_name_the_file_and_tensor() {
     assert!(!ok && err.contains("--dtype int8"), "{err}");
 
     // Corrupt tensor data: open works, verify names the tensor.
-    let (ok, _, _) = mmoe(&[
-        "pack",
-        "--config",
-        &f.path("model.json"),
-        "--weights",
-        &f.path("model.safetensors"),
-        "--out",
-        &f.path("m.mmoe"),
-    ]);
+    let (ok, _, _) = f.pack("m.mmoe");
     assert!(ok);
     let mut bytes = std::fs::read(f.path("m.mmoe")).unwrap();
     let n = bytes.len();
@@ -209,15 +206,7 @@ fn cli_errors_name_the_file_and_tensor() {
 #[test]
 fn bench_phases_need_a_gpu() {
     let f = small_files();
-    let (ok, _, err) = mmoe(&[
-        "pack",
-        "--config",
-        &f.path("model.json"),
-        "--weights",
-        &f.path("model.safetensors"),
-        "--out",
-        &f.path("p.mmoe"),
-    ]);
+    let (ok, _, err) = f.pack("p.mmoe");
     assert!(ok, "{err}");
     let (ok, _, err) = mmoe(&[
         "bench",

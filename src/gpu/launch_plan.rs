@@ -292,10 +292,10 @@ pub struct PlanOptions {
     pub tiles: Tiles,
     /// Light gate, softmax, mixture, tower and logit of every task in one
     /// launch (`task_heads`; `MMOE_GPU_FUSED_HEADS=1`). Off by default: the
-    /// gates in the grouped GEMMs, one mixture launch, the towers' grouped
-    /// GEMMs and a logit copy per task were faster at every batch on an
-    /// H200 (2026-11-27, bench/RESULTS.md: 331 µs against 381 µs at 1024
-    /// candidates of the benchmark model, 89 against 124 at one).
+    /// gates in the grouped GEMMs, one mixture launch and the towers'
+    /// grouped GEMMs (then with a logit copy per task) were faster at every
+    /// batch on an H200 (2026-11-27, bench/RESULTS.md: 331 µs against 381
+    /// µs at 1024 candidates of the benchmark model, 89 against 124 at one).
     pub fused_heads: bool,
     /// fp16 GEMM inputs (on by default): the producers of every buffer a
     /// tensor-core Linear reads as x (`half_copies`) also write it as fp16,

@@ -409,7 +409,11 @@ impl GpuSession {
             return Err(e);
         }
         let launched = entered.map(|_| Instant::now());
-        record(self.phases.as_ref().map(|p| &p.done), &self.stream)?;
+        if let Err(e) = record(self.phases.as_ref().map(|p| &p.done), &self.stream) {
+            // The graph and the upload pieces may still be running.
+            let _ = self.stream.synchronize();
+            return Err(e);
+        }
         // The graph ends with the download of the bucket's logits into the
         // pinned buffer.
         self.stream

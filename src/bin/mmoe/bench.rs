@@ -281,6 +281,10 @@ fn first_call_table(
     Ok(serde_json::Value::Array(entries))
 }
 
+/// One phase of a traced GPU call.
+#[cfg(feature = "cuda")]
+type PhaseField = fn(&mmoe::gpu::CallPhases) -> f64;
+
 /// Where a GPU call's time goes (`--phases`), per batch size: one session,
 /// 3 warm-up calls, then up to `settings.iters` calls (or
 /// `settings.max_seconds`) traced by CUDA events and host clocks; medians
@@ -307,41 +311,31 @@ fn phases_table(
         if calls.is_empty() {
             return Err(format!("--phases: no GPU call traced at batch {batch}"));
         }
-        let median = |field: fn(&mmoe::gpu::CallPhases) -> f64| {
+        // Each phase's JSON name and field, in the table's order.
+        let fields: [(&str, PhaseField); 6] = [
+            ("total_us", |c| c.total_us),
+            ("pack_us", |c| c.pack_us),
+            ("launch_us", |c| c.launch_us),
+            ("wait_us", |c| c.wait_us),
+            ("device_upload_us", |c| c.device_upload_us),
+            ("device_graph_us", |c| c.device_graph_us),
+        ];
+        let medians = fields.map(|(_, field)| {
             let mut values: Vec<f64> = calls.iter().map(field).collect();
             values.sort_by(f64::total_cmp);
             percentile(&values, 0.5)
-        };
-        let row = [
-            median(|c| c.total_us),
-            median(|c| c.pack_us),
-            median(|c| c.launch_us),
-            median(|c| c.wait_us),
-            median(|c| c.device_upload_us),
-            median(|c| c.device_graph_us),
-        ];
+        });
+        let [total, pack, launch, wait, upload, graph] = medians;
         println!(
-            "{batch:>7} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>14.1} {:>13.1}",
-            calls.len(),
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            row[5]
+            "{batch:>7} {:>7} {total:>9.1} {pack:>9.1} {launch:>9.1} {wait:>9.1} {upload:>14.1} {graph:>13.1}",
+            calls.len()
         );
-        entries.insert(
-            batch.to_string(),
-            serde_json::json!({
-                "calls": calls.len(),
-                "total_us": row[0],
-                "pack_us": row[1],
-                "launch_us": row[2],
-                "wait_us": row[3],
-                "device_upload_us": row[4],
-                "device_graph_us": row[5],
-            }),
-        );
+        let mut entry = serde_json::Map::new();
+        entry.insert("calls".into(), calls.len().into());
+        for ((name, _), median) in fields.iter().zip(medians) {
+            entry.insert((*name).into(), median.into());
+        }
+        entries.insert(batch.to_string(), entry.into());
     }
     Ok(serde_json::Value::Object(entries))
 }
