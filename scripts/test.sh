@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step with the seconds since the start, to see where CI's time goes.
+step() { printf '\n== [%d s] %s\n' "$SECONDS" "$*"; }
 
 step "system tools (Debian packages when missing)"
 missing=()
