@@ -61,10 +61,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// This session's GPU state, created at its first use.
     #[cfg(feature = "cuda")]
-    fn score_gpu(&mut self, request: &Request<'_>) -> Result<()> {
-        let model = self.model.clone();
-        let model = &*model;
+    fn gpu_session<'a>(
+        gpu: &'a mut Option<crate::gpu::GpuSession>,
+        model: &Model,
+    ) -> Result<&'a mut crate::gpu::GpuSession> {
         let Some(gpu_model) = model.gpu() else {
             return Err(Error::new(
                 crate::ErrorKind::Device,
@@ -75,16 +77,17 @@ impl Session {
                 ),
             ));
         };
-        if self.gpu.is_none() {
-            self.gpu = Some(crate::gpu::GpuSession::new(gpu_model.clone(), model)?);
+        if gpu.is_none() {
+            *gpu = Some(crate::gpu::GpuSession::new(gpu_model.clone(), model)?);
         }
-        match self.gpu.as_mut() {
-            Some(gpu) => gpu.score(model, request, &mut self.logits),
-            None => Err(Error::new(
-                crate::ErrorKind::Device,
-                "GPU session unavailable",
-            )),
-        }
+        gpu.as_mut()
+            .ok_or_else(|| Error::new(crate::ErrorKind::Device, "GPU session unavailable"))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn score_gpu(&mut self, request: &Request<'_>) -> Result<()> {
+        let model = self.model.clone();
+        Self::gpu_session(&mut self.gpu, &model)?.score(&model, request, &mut self.logits)
     }
 
     /// Benchmarks only (`mmoe bench --phases`): records where the time of
@@ -94,25 +97,13 @@ impl Session {
     #[doc(hidden)]
     pub fn trace_gpu_phases(&mut self, calls: usize) -> Result<()> {
         let model = self.model.clone();
-        let gpu_model = match (self.backend, model.gpu()) {
-            (Backend::Cuda, Some(gpu_model)) => gpu_model,
-            _ => {
-                return Err(Error::new(
-                    crate::ErrorKind::Device,
-                    format!("session of model `{}` does not run on a GPU", model.name()),
-                ))
-            }
-        };
-        if self.gpu.is_none() {
-            self.gpu = Some(crate::gpu::GpuSession::new(gpu_model.clone(), &model)?);
-        }
-        match self.gpu.as_mut() {
-            Some(gpu) => gpu.trace_phases(calls),
-            None => Err(Error::new(
+        if self.backend != Backend::Cuda || model.gpu().is_none() {
+            return Err(Error::new(
                 crate::ErrorKind::Device,
-                "GPU session unavailable",
-            )),
+                format!("session of model `{}` does not run on a GPU", model.name()),
+            ));
         }
+        Self::gpu_session(&mut self.gpu, &model)?.trace_phases(calls)
     }
 
     /// The GPU calls traced since `trace_gpu_phases`.

@@ -1504,17 +1504,13 @@ impl LaunchPlan {
                     x16,
                     ldx16,
                 };
-                let reads = [Some(input.buf), *add, *scale, *shift]
-                    .into_iter()
-                    .flatten()
-                    .collect();
                 self.pending.push(Pending {
                     launch: Launch {
                         kernel,
                         grid: (0, 0, 0),
                         block: (0, 0, 0),
                         args: Vec::new(),
-                        reads,
+                        reads: read(step),
                         writes: vec![out.buf],
                         problems: 0..0,
                         origin: Vec::new(),

@@ -82,19 +82,29 @@ pub fn write_safetensors(
     std::fs::write(path, file).unwrap();
 }
 
+/// Scores `request` through `score` into logits for `tasks` tasks: what
+/// `score` returned, and the logits (panics on error).
+fn scored<T>(
+    request: &OwnedRequest,
+    tasks: usize,
+    score: impl FnOnce(&mut Scores<'_>) -> mmoe::Result<T>,
+) -> (T, Vec<f32>) {
+    let mut out = vec![0.0; request.candidates * tasks];
+    let value = score(&mut Scores {
+        logits: Some(&mut out),
+        probabilities: None,
+    })
+    .expect("scoring succeeds");
+    (value, out)
+}
+
 /// Scores `request` on `session`, returning the logits (panics on error).
 pub fn session_logits(session: &mut Session, request: &OwnedRequest) -> Vec<f32> {
-    let mut out = vec![0.0; request.candidates * session.model().num_tasks()];
-    session
-        .score(
-            &request.as_request(),
-            &mut Scores {
-                logits: Some(&mut out),
-                probabilities: None,
-            },
-        )
-        .expect("scoring succeeds");
-    out
+    let tasks = session.model().num_tasks();
+    scored(request, tasks, |scores| {
+        session.score(&request.as_request(), scores)
+    })
+    .1
 }
 
 /// Scores `request` on an engine session: the model that scored, and the
@@ -103,17 +113,10 @@ pub fn engine_session_logits(
     session: &mut mmoe::EngineSession,
     request: &OwnedRequest,
 ) -> (Arc<mmoe::Model>, Vec<f32>) {
-    let mut out = vec![0.0; request.candidates * session.engine().model().num_tasks()];
-    let model = session
-        .score(
-            &request.as_request(),
-            &mut Scores {
-                logits: Some(&mut out),
-                probabilities: None,
-            },
-        )
-        .expect("scoring succeeds");
-    (model, out)
+    let tasks = session.engine().model().num_tasks();
+    scored(request, tasks, |scores| {
+        session.score(&request.as_request(), scores)
+    })
 }
 
 /// What [`reload_under_traffic`] saw.
