@@ -104,8 +104,8 @@ elif want sanitizer-k64; then
 fi
 
 variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
-  "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0"
-  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0")
+  "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "wc:MMOE_GPU_STAGING_WC=1"
+  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0 MMOE_GPU_STAGING_WC=1")
 if want parity; then
 log "2. random models: cuda f32 and f16 vs cpu"
 f32_pairs=(); f16_pairs=(); failed_runs=0
@@ -134,8 +134,9 @@ for dir in parity/seed-*; do
   timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/cpu-600.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
   for v in "${variants[@]}"; do
     name=${v%%:*}; vars=${v#*:}
-    # One upload instead of pieces changes no kernel: timed only.
-    [ "$name" = upload1 ] && continue
+    # One upload instead of pieces, or write-combined staging, changes no
+    # kernel: timed only.
+    [ "$name" = upload1 ] || [ "$name" = wc ] && continue
     # Wide tiles change only buckets of 512 rows and more.
     for req in $([ "$name" = fused ] || [ "$name" = f32x ] && echo requests) requests-600; do
       base=$([ $req = requests ] && echo cpu || echo cpu-600)
@@ -171,8 +172,11 @@ done
 grep -h "GPU tiles" "$out/bench-f16.txt" | tee -a "$out/check.log"
 timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
   --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
-# The upload's phases with one copy after the packing, and in 1 MiB pieces.
-for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024"; do
+# The upload's phases with one copy after the packing, and in 1 MiB pieces;
+# then the packing into write-combined and into cached pinned memory (the
+# default since 2026-11-27, not yet timed on a GPU), one after the other.
+for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024" \
+    "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0"; do
   env ${v#*:} timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 1024,4096 \
     --iters 200 --max-seconds 1 --phases --json "$out/phases-${v%%:*}.json" > "$out/phases-${v%%:*}.txt" 2>&1
 done
@@ -232,7 +236,7 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "277801c"]
+names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
@@ -250,14 +254,18 @@ for name in ["parity-f32.json", "parity-f16.json"] + [f"parity-f16-{n}.json" for
     if p:
         print(f"{p['label']}: max {p['max']:.2e} (bound {p['bound']:g})")
 if e16 and e16.get("staging"):
-    print("host packing of a request on this CPU, median µs (memcpy of as many bytes): "
-          + ", ".join(f"{b}: {r['pack_us']:.1f} ({r['memcpy_us']:.1f})" for b, r in e16["staging"].items()))
+    print("host packing of a request on this CPU into plain memory, median µs (memcpy of as many bytes"
+          " in one call; in 64 KiB copies): "
+          + ", ".join(f"{b}: {r['pack_us']:.1f} ({r['memcpy_us']:.1f}; {r.get('memcpy_in_pieces_us', float('nan')):.1f})"
+                      for b, r in e16["staging"].items()))
 if e16 and e16.get("first_calls"):
     print("first calls, f16 (µs): batch: first of that size in the process / new session's first / warm_up / first after warm_up")
     for r in e16["first_calls"]:
         print(f"  {r['batch']}: {r['first_in_process_us']:.0f} / {r['cold_first_us']:.0f} / {r['warm_up_us']:.0f}"
               f" / {r['first_after_warm_up_us']:.1f}")
-for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (" 1 MiB pieces", load("phases-chunk1m.json"))]:
+for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (" 1 MiB pieces", load("phases-chunk1m.json")),
+                      (" write-combined staging", load("phases-staging-wc.json")),
+                      (" cached staging", load("phases-staging-cached.json"))]:
     if report and report.get("phases"):
         print(f"phases, f16{label} (µs, medians): batch: total = host pack / launch / wait; device: upload span, graph")
         for b, r in report["phases"].items():

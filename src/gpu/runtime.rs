@@ -470,8 +470,15 @@ impl GpuSession {
         // staging, and the next call allocates again.
         self.pinned_staging = None;
         self.device_staging = None;
+        // Cached unless the options ask for write-combined memory (see
+        // `PlanOptions::staging_write_combined`).
+        let flags = if self.gpu.options.staging_write_combined {
+            cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED
+        } else {
+            0
+        };
         // SAFETY: plain host memory of `bytes` u8, pinned for DMA.
-        let pinned = unsafe { self.gpu.ctx.alloc_pinned::<u8>(bytes) }
+        let pinned = unsafe { self.gpu.ctx.alloc_pinned_with_flags::<u8>(bytes, flags) }
             .map_err(|e| cuda_error("pinned staging", e))?;
         let device = self
             .stream

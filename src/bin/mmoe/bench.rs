@@ -73,11 +73,13 @@ fn median_us(f: &mut dyn FnMut()) -> f64 {
 /// The GPU path's host side (`--staging`): a request of each batch size
 /// packed into the staging buffer, whole and in pieces of the runtime's
 /// upload size (the copies to the device left out), against a memcpy of
-/// as many bytes. Plain memory stands for the pinned buffer. Printed, and
-/// returned for the JSON report.
+/// as many bytes, in one call and in copies of `COPY_PIECE` bytes (as the
+/// packing copies: one call may bypass the caches, see `COPY_PIECE`).
+/// Plain memory stands for the pinned buffer. Printed, and returned for the
+/// JSON report.
 fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, String> {
     use mmoe::gpu::staging::{
-        staging_layout, write_staging, write_staging_in_chunks, InputTensors,
+        staging_layout, write_staging, write_staging_in_chunks, InputTensors, COPY_PIECE,
     };
     let chunk = mmoe::gpu::launch_plan::PlanOptions::default().upload_chunk;
     let tensors = vec![InputTensors::default(); model.config().inputs.len()];
@@ -85,10 +87,11 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
         "staging   the GPU path's request packing on this CPU (median µs; plain memory for pinned):"
     );
     println!(
-        "{:>9} {:>10} {:>10} {:>9} {:>16} {:>7}",
+        "{:>9} {:>10} {:>10} {:>18} {:>9} {:>16} {:>7}",
         "batch",
         "bytes",
         "memcpy",
+        format!("memcpy, {} KiB", COPY_PIECE >> 10),
         "pack",
         format!("pack, {} KiB", chunk >> 10),
         "pieces"
@@ -101,6 +104,14 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
         let source = vec![1u8; layout.total];
         let mut out = vec![0u8; layout.total];
         let memcpy = median_us(&mut || out.copy_from_slice(std::hint::black_box(&source)));
+        let memcpy_pieces = median_us(&mut || {
+            for (to, from) in out
+                .chunks_mut(COPY_PIECE)
+                .zip(std::hint::black_box(&source).chunks(COPY_PIECE))
+            {
+                to.copy_from_slice(from);
+            }
+        });
         let mut failed = None;
         let whole = median_us(&mut || {
             if let Err(e) = write_staging(model, &tensors, &request, &layout, &mut out) {
@@ -132,12 +143,13 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
             return Err(e.to_string());
         }
         println!(
-            "{:>9} {:>10} {:>10.1} {:>9.1} {:>16.1} {:>7}",
-            batch, layout.total, memcpy, whole, in_pieces, pieces
+            "{:>9} {:>10} {:>10.1} {:>18.1} {:>9.1} {:>16.1} {:>7}",
+            batch, layout.total, memcpy, memcpy_pieces, whole, in_pieces, pieces
         );
         rows.insert(
             batch.to_string(),
-            serde_json::json!({"bytes": layout.total, "memcpy_us": memcpy, "pack_us": whole,
+            serde_json::json!({"bytes": layout.total, "memcpy_us": memcpy,
+                "memcpy_in_pieces_us": memcpy_pieces, "copy_piece_bytes": COPY_PIECE, "pack_us": whole,
                 "pack_in_pieces_us": in_pieces, "pieces": pieces, "piece_bytes": chunk}),
         );
     }
