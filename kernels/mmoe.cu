@@ -6,6 +6,22 @@
 // [n, k] for the fp32 path.
 #include "common.cuh"
 
+// Programmatic dependent launch (compute capability 9.0; `PlanOptions::pdl`):
+// a kernel launched with it may start while the kernel before it still
+// runs. Every kernel calls this first, before it touches global memory: it
+// waits until the kernels it depends on have finished and their writes are
+// visible, then lets the next kernel launch (whose blocks start and wait
+// here in turn, so at most two kernels of a chain are resident). Launched
+// without the attribute, both instructions do nothing; compiled for an
+// older architecture, neither is there, and the runtime sets the attribute
+// only when the sm_90 cubin is loaded.
+__device__ __forceinline__ void wait_for_inputs() {
+#if !defined(MMOE_EMULATE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // ---------------------------------------------------------------- features
 
 __device__ float dense_value(const InputDesc& d, const float* values, int row, int k) {
@@ -64,6 +80,7 @@ __device__ __forceinline__ u64 input_of(const InputDesc* descs, u64 num_inputs, 
 // session can grow that buffer without the captured graphs changing.
 extern "C" __global__ void features_request(const unsigned char* const* staging_at, float* x0r, __half* x0rh,
                                             int d_total) {
+    wait_for_inputs();
     const unsigned char* staging = *staging_at;
     const StagingHeader* h = (const StagingHeader*)staging;
     const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
@@ -97,6 +114,7 @@ extern "C" __global__ void features_request(const unsigned char* const* staging_
 // `x0h` (optional, row stride `ldh`): the same as fp16, for the GEMMs.
 extern "C" __global__ void features_candidate(const unsigned char* const* staging_at, const float* x0r, float* x0,
                                               int ld, __half* x0h, int ldh, int d_total) {
+    wait_for_inputs();
     const unsigned char* staging = *staging_at;
     const StagingHeader* h = (const StagingHeader*)staging;
     const InputDesc* descs = (const InputDesc*)(staging + h->descs_at);
@@ -235,9 +253,11 @@ __device__ void linear_simt(const LinearArgs* problems, const u32* tiles, int co
 }
 
 extern "C" __global__ void linear_simt_f32(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_simt<float>(problems, tiles, count);
 }
 extern "C" __global__ void linear_simt_f16(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_simt<__half>(problems, tiles, count);
 }
 
@@ -567,9 +587,11 @@ __device__ void linear_mma_h(const LinearArgs* problems, const u32* tiles, int c
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma<32, 64, 2, 2>(problems, tiles, count);
 }
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma<64, 64, 2, 2>(problems, tiles, count);
 }
 // Wide tiles (MMOE_GPU_TILES=wide, large buckets): 8 warps on a 128×128
@@ -578,6 +600,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64(const LinearAr
 // per SM); bounded to two blocks per SM it spills. On an H200 it lost to the
 // 64×64 tile (bench/RESULTS.md, 2026-11-27).
 extern "C" __global__ void __launch_bounds__(256, 1) linear_mma128(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma<128, 128, 2, 4>(problems, tiles, count);
 }
 // The same tiles over the fp16 copies of x (MMOE_GPU_HALF_X, on by
@@ -586,12 +609,15 @@ extern "C" __global__ void __launch_bounds__(256, 1) linear_mma128(const LinearA
 // static shared memory). On an H200, 2–15% faster end to end than the f32
 // inputs up to 1024 candidates in two runs (bench/RESULTS.md, 2026-11-27).
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma_h<32, 64, 2, 2, 4>(problems, tiles, count);
 }
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma_h<64, 64, 2, 2, 4>(problems, tiles, count);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) linear_mma128h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma_h<128, 128, 2, 4, 2>(problems, tiles, count);
 }
 // Rectangular tiles for the tuning to choose from (LaunchPlan::tile_choices):
@@ -599,9 +625,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) linear_mma128h(const Linear
 // bytes per mma of the 64×64 tile with half its blocks; three stages (45 KB
 // of static shared memory). Only ever chosen by timing on the device.
 extern "C" __global__ void __launch_bounds__(128, 2) linear_mma128x64h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma_h<128, 64, 2, 2, 3>(problems, tiles, count);
 }
 extern "C" __global__ void __launch_bounds__(128, 2) linear_mma64x128h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma_h<64, 128, 2, 2, 3>(problems, tiles, count);
 }
 // Stages of 64 columns (for the tuning to choose from): half the stages
@@ -610,9 +638,11 @@ extern "C" __global__ void __launch_bounds__(128, 2) linear_mma64x128h(const Lin
 // 32 rows on an H200). 32×64 tiles with three stages (41 KB), 64×64 with
 // two (37 KB).
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32k64h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma_h<32, 64, 2, 2, 3, 64>(problems, tiles, count);
 }
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64k64h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
     linear_mma_h<64, 64, 2, 2, 2, 64>(problems, tiles, count);
 }
 
@@ -628,6 +658,7 @@ __device__ __forceinline__ void store_with_half(float* out, int ldo, __half* out
 // out = x0 ⊙ 2·sigmoid(g)
 extern "C" __global__ void feature_gate(const float* g, int ldg, const float* x0, int ld0, float* out, int ldo, int width,
                                         int rows, __half* out16, int ldo16) {
+    wait_for_inputs();
     int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows || c >= width) return;
     store_with_half(out, ldo, out16, ldo16, r, c, row_of(x0, ld0, r)[c] * 2.0f * sigmoid_of(row_of(g, ldg, r)[c]));
@@ -636,6 +667,7 @@ extern "C" __global__ void feature_gate(const float* g, int ldg, const float* x0
 // out[r, :] = concatenation of input[r, ranges]; `ranges` holds (start, end) pairs.
 extern "C" __global__ void gather(const float* in, int ldi, const u32* ranges, int nranges, float* out, int ldo,
                                   int out_off, int rows, __half* out16, int ldo16) {
+    wait_for_inputs();
     int r = blockIdx.x;
     if (r >= rows) return;
     int at = 0;
@@ -652,6 +684,7 @@ extern "C" __global__ void gather(const float* in, int ldi, const u32* ranges, i
 extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, const float* gamma, const float* beta,
                                       int act, float* out, int ldo, int out_off, int width, int rows, __half* out16,
                                       int ldo16) {
+    wait_for_inputs();
     __shared__ float partial[2][128];
     int r = blockIdx.x, t = threadIdx.x;
     if (r >= rows) return;
@@ -685,6 +718,7 @@ extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, cons
 extern "C" __global__ void bilinear(const float* o1, int ld1, const float* o2, int ld2, const float* wx, int ldx,
                                     const float* wy, int ldy, const float* wxy, int heads, int hx, int hy, float* out,
                                     int ldo, int h_out, int rows) {
+    wait_for_inputs();
     int r = blockIdx.y, o = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows || o >= h_out) return;
     const float* a = row_of(o1, ld1, r);
@@ -705,6 +739,7 @@ extern "C" __global__ void bilinear(const float* o1, int ld1, const float* o2, i
 // `table` holds (pointer, ld) pairs as u64: the experts, then of each task its
 // gate (pointer 0: one expert, no gate) and its output.
 extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks, int h, int rows) {
+    wait_for_inputs();
     int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows || c >= h) return;
     const u64* experts = table;
@@ -869,15 +904,18 @@ __device__ void task_heads(const u64* table, int num_experts, int h, float* logi
 
 extern "C" __global__ void __launch_bounds__(HEAD_THREADS) task_heads_f16(const u64* table, int num_experts, int h,
                                                                          float* logits, int tasks, int rows) {
+    wait_for_inputs();
     task_heads<__half>(table, num_experts, h, logits, tasks, rows);
 }
 extern "C" __global__ void __launch_bounds__(HEAD_THREADS) task_heads_f32(const u64* table, int num_experts, int h,
                                                                          float* logits, int tasks, int rows) {
+    wait_for_inputs();
     task_heads<float>(table, num_experts, h, logits, tasks, rows);
 }
 
 // logits[r · tasks + task] = in[r, 0]
 extern "C" __global__ void output_logit(const float* in, int ldi, float* logits, int tasks, int task, int rows) {
+    wait_for_inputs();
     int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     logits[(long long)r * tasks + task] = row_of(in, ldi, r)[0];

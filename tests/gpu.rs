@@ -256,7 +256,9 @@ fn gpu_kernel_variants_match_cpu() {
 /// of x (cp.async pipelines) give exactly the logits of the GEMMs that
 /// convert the f32 activations (the same roundings, tiles and sums), at
 /// each tile size; graph branches (concurrent launches on several streams)
-/// exactly those of one stream; and every tile size of every GEMM (forced
+/// exactly those of one stream, and so do launches that start early and
+/// wait for their inputs (programmatic dependent launch); and every tile
+/// size of every GEMM (forced
 /// by `MMOE_GPU_TUNE=choice=K`), like the ones the runtime times and picks,
 /// exactly those of the plan's own.
 #[test]
@@ -320,11 +322,39 @@ fn gpu_equivalent_choices_give_identical_logits() {
             &[],
             untuned,
         ),
+        // Each kernel waits for the one before it in its first
+        // instruction: launched early, it must read what that one wrote.
+        (
+            "programmatic dependent launch = stream order".into(),
+            &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_PDL", "1")],
+            untuned,
+        ),
+        (
+            "programmatic dependent launch on one stream = stream order".into(),
+            &[
+                ("MMOE_GPU_TUNE", "0"),
+                ("MMOE_GPU_PDL", "1"),
+                ("MMOE_GPU_STREAMS", "1"),
+            ],
+            untuned,
+        ),
     ];
     for (choice, vars) in choices {
         let label = format!("each GEMM's tile choice {choice} = the plan's tiles");
         pairs.push((label, vars, untuned));
     }
+    // With the sm_90 cubin (an H100 or H200), the launches are dependent
+    // ones indeed; on other devices the option does nothing.
+    let note = with_vars(&[("MMOE_GPU_PDL", "1")], || {
+        open(&small.path, Device::Cuda(0), GpuPrecision::F16).map(|m| m.device_note().to_string())
+    })
+    .expect("small model opens on the GPU");
+    println!("with MMOE_GPU_PDL=1: {note}");
+    assert_eq!(
+        note.contains("F16, sm_90 cubin"),
+        note.contains("programmatic dependent launch"),
+        "{note}"
+    );
     for (label, vars, other) in pairs {
         for (name, path, config, n) in cases {
             let run = || logits(path, config, Device::Cuda(0), GpuPrecision::F16, n);

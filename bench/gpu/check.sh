@@ -70,6 +70,12 @@ if want sanitizer && command -v compute-sanitizer >/dev/null; then
     --model parity/seed-0/model.mmoe --requests parity/seed-0/requests-600.jsonl --out "$out/sanitizer-wide.jsonl" \
     --device cuda --precision f16 > "$out/sanitizer-wide.log" 2>&1
   echo "memcheck f16 wide tiles, 600 candidates: exit $? ($(grep -c 'Invalid' "$out/sanitizer-wide.log") invalid accesses)" | tee -a "$out/check.log"
+  # Programmatic dependent launch (MMOE_GPU_PDL=1): the same requests under
+  # memcheck, and (below, parity) the scores of 12 models against the CPU.
+  MMOE_GPU_PDL=1 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score \
+    --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl --out "$out/sanitizer-pdl.jsonl" \
+    --device cuda --precision f16 > "$out/sanitizer-pdl.log" 2>&1
+  echo "memcheck f16 with PDL: exit $? ($(grep -c 'Invalid' "$out/sanitizer-pdl.log") invalid accesses)" | tee -a "$out/check.log"
   # Shared-memory hazards on the device (the host emulator's barrier checks
   # are by construction, this is the hardware's view): fused heads, MMA tiles
   # (the plan's: racecheck is slow, and the tile tuning's runs are many).
@@ -105,6 +111,7 @@ fi
 
 variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
   "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "wc:MMOE_GPU_STAGING_WC=1"
+  "pdl:MMOE_GPU_PDL=1"
   "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0 MMOE_GPU_STAGING_WC=1")
 if want parity; then
 log "2. random models: cuda f32 and f16 vs cpu"
@@ -138,7 +145,9 @@ for dir in parity/seed-*; do
     # kernel: timed only.
     [ "$name" = upload1 ] || [ "$name" = wc ] && continue
     # Wide tiles change only buckets of 512 rows and more.
-    for req in $([ "$name" = fused ] || [ "$name" = f32x ] && echo requests) requests-600; do
+    # PDL changes every launch; the small requests (32-row bucket) are
+    # where it should matter.
+    for req in $([ "$name" = fused ] || [ "$name" = f32x ] || [ "$name" = pdl ] && echo requests) requests-600; do
       base=$([ $req = requests ] && echo cpu || echo cpu-600)
       env $vars timeout 20 ./bin/mmoe score --model "$m" --requests "$dir/$req.jsonl" --out "$dir/$name-$req.jsonl" \
         --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
@@ -174,10 +183,13 @@ timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f
   --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
 # The upload's phases with one copy after the packing, and in 1 MiB pieces;
 # then the packing into write-combined and into cached pinned memory (the
-# default since 2026-11-27, not yet timed on a GPU), one after the other.
+# default since 2026-11-27, not yet timed on a GPU), one after the other;
+# and programmatic dependent launch (off by default until timed) on the
+# small batches, where the graph is a chain of short kernels.
 for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024" \
-    "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0"; do
-  env ${v#*:} timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 1024,4096 \
+    "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0" "pdl:MMOE_GPU_PDL=1"; do
+  env ${v#*:} timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
+    --batch $([ "${v%%:*}" = pdl ] && echo 1,64,256,1024 || echo 1024,4096) \
     --iters 200 --max-seconds 1 --phases --json "$out/phases-${v%%:*}.json" > "$out/phases-${v%%:*}.txt" 2>&1
 done
 fi
@@ -236,7 +248,7 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "277801c"]
+names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
@@ -265,7 +277,8 @@ if e16 and e16.get("first_calls"):
               f" / {r['first_after_warm_up_us']:.1f}")
 for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (" 1 MiB pieces", load("phases-chunk1m.json")),
                       (" write-combined staging", load("phases-staging-wc.json")),
-                      (" cached staging", load("phases-staging-cached.json"))]:
+                      (" cached staging", load("phases-staging-cached.json")),
+                      (" programmatic dependent launch", load("phases-pdl.json"))]:
     if report and report.get("phases"):
         print(f"phases, f16{label} (µs, medians): batch: total = host pack / launch / wait; device: upload span, graph")
         for b, r in report["phases"].items():

@@ -88,6 +88,40 @@ mod tests {
         assert_eq!(KernelForm::parse("cubin"), None);
     }
 
+    /// Programmatic dependent launch (`PlanOptions::pdl`) is only sound if
+    /// no kernel touches memory before it waits for the kernels ahead of
+    /// it: every kernel of the source calls `wait_for_inputs()` first, and
+    /// the launch plans use no other kernel.
+    #[test]
+    fn every_kernel_waits_for_its_inputs_first() {
+        let source = include_str!("../../kernels/mmoe.cu");
+        let mut kernels = Vec::new();
+        for (at, _) in source.match_indices("extern \"C\" __global__") {
+            let rest = &source[at..];
+            let open = rest.find('{').expect("kernel body");
+            let mut signature = &rest[..open];
+            // `__launch_bounds__(threads, blocks)` comes before the name.
+            if let Some(bounds) = signature.find("__launch_bounds__(") {
+                let after = &signature[bounds..];
+                signature = &after[after.find(')').expect("launch bounds") + 1..];
+            }
+            let name = signature[..signature.find('(').expect("parameters")]
+                .split_whitespace()
+                .last()
+                .expect("kernel name");
+            let body = rest[open + 1..].trim_start();
+            assert!(
+                body.starts_with("wait_for_inputs();"),
+                "kernel {name} does not start with wait_for_inputs()"
+            );
+            kernels.push(name);
+        }
+        for kernel in crate::gpu::launch_plan::Kernel::ALL {
+            assert!(kernels.contains(&kernel.entry()), "{}", kernel.entry());
+        }
+        assert_eq!(kernels.len(), crate::gpu::launch_plan::Kernel::ALL.len());
+    }
+
     /// The embedded files are what build_kernels.py writes: ELF cubins for
     /// the named architecture and PTX for compute_80, each with every
     /// kernel the launch plans use.

@@ -56,6 +56,10 @@ pub struct GpuModel {
     device_name: String,
     /// Which compiled kernels the driver loaded, in words.
     kernels: String,
+    /// Kernels launched with programmatic dependent launch
+    /// (`PlanOptions::pdl`, and the sm_90 cubin loaded: its kernels wait
+    /// for their inputs in their first instruction).
+    pdl: bool,
     /// Per bucket, the tile choice `tune` kept for each launch: the first
     /// session to capture a bucket times them, the others reuse the result.
     tuned: Mutex<HashMap<usize, Vec<usize>>>,
@@ -82,7 +86,13 @@ impl GpuModel {
                 format!("CUDA device {ordinal} ({device_name}) has compute capability {major}.{minor}; the kernels need 8.0 or newer"),
             ));
         }
-        let (module, kernels) = load_kernels(&ctx, kernel_image(major, minor, options.kernels))?;
+        let (module, loaded, kernels) =
+            load_kernels(&ctx, kernel_image(major, minor, options.kernels))?;
+        let pdl = options.pdl && matches!(loaded, KernelImage::Cubin("sm_90", _));
+        let kernels = match pdl {
+            true => format!("{kernels}, programmatic dependent launch"),
+            false => kernels,
+        };
         let functions = Kernel::ALL
             .iter()
             .map(|k| {
@@ -132,6 +142,7 @@ impl GpuModel {
             options,
             device_name,
             kernels,
+            pdl,
             tuned: Mutex::new(HashMap::new()),
         })
     }
@@ -150,12 +161,72 @@ impl GpuModel {
     }
 }
 
+/// Launches `launch` on `stream` with programmatic dependent launch
+/// (`PlanOptions::pdl`): it may start before the kernel ahead of it on the
+/// stream ends, and its first instruction waits for that kernel.
+fn launch_dependent(
+    function: &CudaFunction,
+    launch: &Launch,
+    values: &[ArgValue],
+    stream: &CudaStream,
+) -> Result<()> {
+    use cudarc::driver::sys;
+    let mut params: Vec<*mut std::ffi::c_void> = values
+        .iter()
+        .map(|value| match value {
+            ArgValue::U64(v) => v as *const u64 as *mut std::ffi::c_void,
+            ArgValue::I32(v) => v as *const i32 as *mut std::ffi::c_void,
+        })
+        .collect();
+    // SAFETY: an all-zero attribute value is a valid union (its largest
+    // member is a byte array); one integer member is then set.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.programmaticStreamSerializationAllowed = 1;
+    let mut attribute = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
+    };
+    let (grid, block) = (launch.grid, launch.block);
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block.0,
+        blockDimY: block.1,
+        blockDimZ: block.2,
+        sharedMemBytes: 0,
+        hStream: stream.cu_stream(),
+        attrs: &mut attribute,
+        numAttrs: 1,
+    };
+    // SAFETY: as in `GpuSession::launch`: the arguments match the kernel's
+    // parameters in type and order, and every pointer among them is into
+    // memory this session or its model owns. `params` points at `values`,
+    // which outlive the call (the driver copies the arguments at launch and
+    // at capture); `config` and `attribute` live across the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            function.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+    .map_err(|e| cuda_error(launch.kernel.entry(), e))
+}
+
 /// Loads `image` into `ctx`, or the PTX if a cubin does not load (a driver
-/// that refuses it); returns the module and what was loaded, in words.
-fn load_kernels(ctx: &Arc<CudaContext>, image: KernelImage) -> Result<(Arc<CudaModule>, String)> {
+/// that refuses it); returns the module, the image loaded and what was
+/// loaded, in words.
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    image: KernelImage,
+) -> Result<(Arc<CudaModule>, KernelImage, String)> {
     let ptx = |note: String| {
         ctx.load_module(Ptx::from_src(PTX))
-            .map(|module| (module, note))
+            .map(|module| (module, KernelImage::Ptx, note))
             .map_err(|e| {
                 cuda_error(
                     "cannot load the kernels' PTX (is the driver older than CUDA 13.0?)",
@@ -167,7 +238,7 @@ fn load_kernels(ctx: &Arc<CudaContext>, image: KernelImage) -> Result<(Arc<CudaM
         // The driver reads the image in place: a copy is aligned as malloc
         // aligns, which an ELF image wants.
         KernelImage::Cubin(_, bytes) => match ctx.load_module(Ptx::from_binary(bytes.to_vec())) {
-            Ok(module) => Ok((module, image.describe())),
+            Ok(module) => Ok((module, image, image.describe())),
             Err(e) => ptx(format!(
                 "{} (the {} did not load: {e:?})",
                 KernelImage::Ptx.describe(),
@@ -664,6 +735,9 @@ impl GpuSession {
             .iter()
             .position(|k| *k == launch.kernel)
             .unwrap_or(0)];
+        if gpu.pdl {
+            return launch_dependent(function, launch, values, stream);
+        }
         let mut builder = stream.launch_builder(function);
         for value in values {
             match value {
