@@ -645,6 +645,21 @@ extern "C" __global__ void __launch_bounds__(128, 4) linear_mma64k64h(const Line
     wait_for_inputs();
     linear_mma_h<64, 64, 2, 2, 2, 64>(problems, tiles, count);
 }
+// Narrow tiles (for the tuning to choose from): 32×32, 4 warps of 16×16,
+// twice the blocks of the 32×64 tile over the same GEMM with half the work
+// each, for small buckets whose grids leave most SMs idle and whose blocks
+// each run a long serial instruction stream (at 32 rows on an H200, 51
+// blocks of 32×64 on 132 SMs, each SM busy a fifth of the kernel's time).
+// Stages of 32 columns (six: 31 KB) or of 64 (four: 37 KB); the tile only
+// splits the output columns, so the sums are those of every other tile.
+extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32x32h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+    linear_mma_h<32, 32, 2, 2, 6>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32x32k64h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+    linear_mma_h<32, 32, 2, 2, 4, 64>(problems, tiles, count);
+}
 
 // ---------------------------------------------------------------- element-wise
 

@@ -275,10 +275,10 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ("demo", &demo.path, &demo_config, 1024),
     ];
     let untuned: Vars = &[("MMOE_GPU_TUNE", "0")];
-    // fp16 inputs: 7 choices per GEMM (the plan's own first, then 32×64,
-    // 64×64, 128×128 but that one, then 128×64, 64×128, and 32×64 and
-    // 64×64 with 64-column stages).
-    let choices: [(&str, Vars); 6] = [
+    // fp16 inputs: 9 choices per GEMM (the plan's own first, then 32×64,
+    // 64×64, 128×128 but that one, then 128×64, 64×128, 32×64 and 64×64
+    // with 64-column stages, and 32×32 with 32- and 64-column stages).
+    let choices: [(&str, Vars); 8] = [
         ("1", &[("MMOE_GPU_TUNE", "choice=1")]),
         ("2", &[("MMOE_GPU_TUNE", "choice=2")]),
         ("3 (128×64)", &[("MMOE_GPU_TUNE", "choice=3")]),
@@ -290,6 +290,11 @@ fn gpu_equivalent_choices_give_identical_logits() {
         (
             "6 (64×64, 64-column stages)",
             &[("MMOE_GPU_TUNE", "choice=6")],
+        ),
+        ("7 (32×32)", &[("MMOE_GPU_TUNE", "choice=7")]),
+        (
+            "8 (32×32, 64-column stages)",
+            &[("MMOE_GPU_TUNE", "choice=8")],
         ),
     ];
     let mut pairs: Vec<(String, Vars, Vars)> = vec![

@@ -59,6 +59,8 @@ const std::vector<Entry>& entries() {
         entry("linear_mma64x128h", linear_mma64x128h),
         entry("linear_mma32k64h", linear_mma32k64h),
         entry("linear_mma64k64h", linear_mma64k64h),
+        entry("linear_mma32x32h", linear_mma32x32h),
+        entry("linear_mma32x32k64h", linear_mma32x32k64h),
         entry("feature_gate", feature_gate),
         entry("gather", gather),
         entry("layer_norm", layer_norm),

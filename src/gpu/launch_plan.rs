@@ -39,6 +39,8 @@ pub enum Kernel {
     LinearMma64x128H,
     LinearMma32K64H,
     LinearMma64K64H,
+    LinearMma32x32H,
+    LinearMma32x32K64H,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -50,7 +52,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 22] = [
+    pub const ALL: [Kernel; 24] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
@@ -65,6 +67,8 @@ impl Kernel {
         Kernel::LinearMma64x128H,
         Kernel::LinearMma32K64H,
         Kernel::LinearMma64K64H,
+        Kernel::LinearMma32x32H,
+        Kernel::LinearMma32x32K64H,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -90,6 +94,8 @@ impl Kernel {
             Kernel::LinearMma64x128H => "linear_mma64x128h",
             Kernel::LinearMma32K64H => "linear_mma32k64h",
             Kernel::LinearMma64K64H => "linear_mma64k64h",
+            Kernel::LinearMma32x32H => "linear_mma32x32h",
+            Kernel::LinearMma32x32K64H => "linear_mma32x32k64h",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -495,6 +501,7 @@ pub fn mma_tile(kernel: Kernel) -> Option<(usize, usize, u32)> {
         Kernel::LinearMma128 | Kernel::LinearMma128H => Some((128, 128, 256)),
         Kernel::LinearMma128x64H => Some((128, 64, 128)),
         Kernel::LinearMma64x128H => Some((64, 128, 128)),
+        Kernel::LinearMma32x32H | Kernel::LinearMma32x32K64H => Some((32, 32, 128)),
         _ => None,
     }
 }
@@ -536,6 +543,8 @@ pub fn reads_half_x(kernel: Kernel) -> bool {
             | Kernel::LinearMma64x128H
             | Kernel::LinearMma32K64H
             | Kernel::LinearMma64K64H
+            | Kernel::LinearMma32x32H
+            | Kernel::LinearMma32x32K64H
     )
 }
 
@@ -1197,6 +1206,8 @@ impl LaunchPlan {
                 Kernel::LinearMma64x128H,
                 Kernel::LinearMma32K64H,
                 Kernel::LinearMma64K64H,
+                Kernel::LinearMma32x32H,
+                Kernel::LinearMma32x32K64H,
             ]
         } else {
             &[
@@ -1993,12 +2004,13 @@ mod tests {
                     continue;
                 }
                 with_choices += 1;
-                // fp16 inputs: also the 128×64 and 64×128 tiles and the
-                // 64-column stages of 32×64 and 64×64 tiles. (The towers
-                // read the mixture's fp16 copy.)
+                // fp16 inputs: also the 128×64 and 64×128 tiles, the
+                // 64-column stages of 32×64 and 64×64 tiles, and 32×32
+                // tiles with 32- and 64-column stages. (The towers read the
+                // mixture's fp16 copy.)
                 let half = reads_half_x(plan.launches[i].kernel);
                 assert_eq!(half, half_x, "{:?}", plan.launches[i].kernel);
-                assert_eq!(choices.len(), if half { 7 } else { 3 });
+                assert_eq!(choices.len(), if half { 9 } else { 3 });
                 assert_eq!(choices[0].kernel, plan.launches[i].kernel);
                 assert!(choices
                     .iter()
