@@ -195,11 +195,15 @@ timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f
   --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
 # The upload's phases with one copy after the packing, and in 1 MiB pieces;
 # then the packing into write-combined and into cached pinned memory (the
-# default since 2026-11-27, not yet timed on a GPU), one after the other;
-# and programmatic dependent launch (off by default until timed) on the
-# small batches, where the graph is a chain of short kernels.
+# default since 2026-11-27, not yet timed on a GPU), one after the other,
+# and into cached memory in 256 KiB pieces (with faster packing the first
+# 1 MiB piece's copy may come to limit the upload; 256 KiB pieces slowed
+# the packing into write-combined memory); and programmatic dependent
+# launch (off by default until timed) on the small batches, where the
+# graph is a chain of short kernels.
 for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024" \
-    "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0" "pdl:MMOE_GPU_PDL=1"; do
+    "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0" "chunk256k:MMOE_GPU_UPLOAD_CHUNK=256" \
+    "pdl:MMOE_GPU_PDL=1"; do
   env ${v#*:} timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
     --batch $([ "${v%%:*}" = pdl ] && echo 1,64,256,1024 || echo 1024,4096) \
     --iters 200 --max-seconds 1 --phases --json "$out/phases-${v%%:*}.json" > "$out/phases-${v%%:*}.txt" 2>&1
@@ -290,6 +294,7 @@ if e16 and e16.get("first_calls"):
 for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (" 1 MiB pieces", load("phases-chunk1m.json")),
                       (" write-combined staging", load("phases-staging-wc.json")),
                       (" cached staging", load("phases-staging-cached.json")),
+                      (" cached staging, 256 KiB pieces", load("phases-chunk256k.json")),
                       (" programmatic dependent launch", load("phases-pdl.json"))]:
     if report and report.get("phases"):
         print(f"phases, f16{label} (µs, medians): batch: total = host pack / launch / wait; device: upload span, graph")
