@@ -199,13 +199,13 @@ timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f
 # and into cached memory in 256 KiB pieces (with faster packing the first
 # 1 MiB piece's copy may come to limit the upload; 256 KiB pieces slowed
 # the packing into write-combined memory); and programmatic dependent
-# launch (off by default until timed) on the small batches, where the
-# graph is a chain of short kernels.
+# launch (off by default until timed) against the default, one after the
+# other, on the small batches, where the graph is a chain of short kernels.
 for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024" \
     "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0" "chunk256k:MMOE_GPU_UPLOAD_CHUNK=256" \
-    "pdl:MMOE_GPU_PDL=1"; do
+    "pdl0:MMOE_GPU_PDL=0" "pdl:MMOE_GPU_PDL=1"; do
   env ${v#*:} timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
-    --batch $([ "${v%%:*}" = pdl ] && echo 1,64,256,1024 || echo 1024,4096) \
+    --batch $([[ ${v%%:*} == pdl* ]] && echo 1,64,256,1024 || echo 1024,4096) \
     --iters 200 --max-seconds 1 --phases --json "$out/phases-${v%%:*}.json" > "$out/phases-${v%%:*}.txt" 2>&1
 done
 fi
@@ -295,6 +295,7 @@ for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (
                       (" write-combined staging", load("phases-staging-wc.json")),
                       (" cached staging", load("phases-staging-cached.json")),
                       (" cached staging, 256 KiB pieces", load("phases-chunk256k.json")),
+                      (" stream order (PDL's baseline)", load("phases-pdl0.json")),
                       (" programmatic dependent launch", load("phases-pdl.json"))]:
     if report and report.get("phases"):
         print(f"phases, f16{label} (µs, medians): batch: total = host pack / launch / wait; device: upload span, graph")
