@@ -752,11 +752,20 @@ extern "C" __global__ void bilinear(const float* o1, int ld1, const float* o2, i
 // out_t = Σ_i softmax(gate_t)_i · expert_i for every task t over the same
 // experts at once (the second task on reads each expert value from L1).
 // `table` holds (pointer, ld) pairs as u64: the experts, then of each task its
-// gate (pointer 0: one expert, no gate) and its output.
+// gate (pointer 0: one expert, no gate) and its output. A block covers
+// columns of one row: with up to MIX_EXPERTS experts its first thread
+// computes the row's softmax weights once into shared memory, which every
+// column then reads (each thread computed them itself before: the same
+// values in the same order, so the same results); with more, each thread
+// still does.
+#define MIX_EXPERTS 64
 extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks, int h, int rows) {
     wait_for_inputs();
+    __shared__ float weights[MIX_EXPERTS];
     int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows || c >= h) return;
+    // No early return: every thread of the block reaches its barriers.
+    const bool row = r < rows, active = row && c < h;
+    const bool once = num_experts <= MIX_EXPERTS;
     const u64* experts = table;
     for (int task = 0; task < tasks; ++task) {
         // gate, its ld, out, its ld, out's fp16 copy (0: none), its ld.
@@ -765,8 +774,25 @@ extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks,
         float* out = (float*)entry[2];
         float m = 0.0f;
         if (gate == 0) {
-            m = row_of((const float*)experts[0], (int)experts[1], r)[c];
-        } else {
+            if (active) m = row_of((const float*)experts[0], (int)experts[1], r)[c];
+        } else if (once) {
+            // The previous task's weights have been read.
+            __syncthreads();
+            if (threadIdx.x == 0 && row) {
+                const float* z = row_of(gate, (int)entry[1], r);
+                float zmax = z[0];
+                for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
+                float total = 0.0f;
+                for (int i = 0; i < num_experts; ++i) total += expf(z[i] - zmax);
+                for (int i = 0; i < num_experts; ++i) weights[i] = expf(z[i] - zmax) / total;
+            }
+            __syncthreads();
+            if (active)
+                for (int i = 0; i < num_experts; ++i) {
+                    const float* e = (const float*)experts[2 * i];
+                    m += weights[i] * row_of(e, (int)experts[2 * i + 1], r)[c];
+                }
+        } else if (active) {
             const float* z = row_of(gate, (int)entry[1], r);
             float zmax = z[0];
             for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
@@ -777,9 +803,11 @@ extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks,
                 m += expf(z[i] - zmax) / total * row_of(e, (int)experts[2 * i + 1], r)[c];
             }
         }
-        out[(long long)entry[3] * r + c] = m;
-        __half* out16 = (__half*)entry[4];
-        if (out16) out16[(long long)entry[5] * r + c] = __float2half_rn(m);
+        if (active) {
+            out[(long long)entry[3] * r + c] = m;
+            __half* out16 = (__half*)entry[4];
+            if (out16) out16[(long long)entry[5] * r + c] = __float2half_rn(m);
+        }
     }
 }
 

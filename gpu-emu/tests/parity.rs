@@ -186,6 +186,32 @@ fn demo_model_matches_cpu() {
     check("demo model", &model, &f16, &[33], 8);
 }
 
+/// The mixture kernel computes a row's softmax weights once per block for
+/// up to 64 experts (`MIX_EXPERTS`) and per thread beyond: both forms, with
+/// 64 and 65 small experts and two gated tasks, against the CPU.
+#[test]
+fn mixtures_of_many_experts_match_cpu() {
+    for count in [64, 65] {
+        let experts: Vec<String> = (0..count)
+            .map(|i| format!(r#"{{"name": "e{i}", "type": "mlp", "hidden": [8]}}"#))
+            .collect();
+        let config = Config::parse(&format!(
+            r#"{{"name": "many", "expert_dim": 8,
+            "inputs": [{{"name": "a", "kind": "dense", "scope": "candidate", "dim": 16}}],
+            "experts": [{}],
+            "tasks": [{{"name": "click", "tower": [8]}}, {{"name": "save", "gate_hidden": [4]}}]}}"#,
+            experts.join(", ")
+        ))
+        .unwrap();
+        let (_dir, model) = packed(&config, 13);
+        let f32_plain: Vec<Variant> = variants()
+            .into_iter()
+            .filter(|v| v.name == "f32" || v.name == "f16")
+            .collect();
+        check(&format!("{count} experts"), &model, &f32_plain, &[1, 33], 9);
+    }
+}
+
 /// The fp16 copies of x (the `…h` kernels: cp.async pipelines) give exactly
 /// the logits of the kernels that convert the f32 activations themselves:
 /// the same roundings, tiles and order of sums. Each tile size, on the
