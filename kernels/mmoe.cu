@@ -759,6 +759,19 @@ extern "C" __global__ void bilinear(const float* o1, int ld1, const float* o2, i
 // values in the same order, so the same results); with more, each thread
 // still does.
 #define MIX_EXPERTS 64
+// The softmax of a gate row of n logits: its max and Σ exp(z_i − max).
+struct SoftmaxTerms {
+    float zmax, total;
+};
+__device__ __forceinline__ SoftmaxTerms softmax_terms(const float* z, int n) {
+    SoftmaxTerms s{z[0], 0.0f};
+    for (int i = 1; i < n; ++i) s.zmax = fmaxf(s.zmax, z[i]);
+    for (int i = 0; i < n; ++i) s.total += expf(z[i] - s.zmax);
+    return s;
+}
+__device__ __forceinline__ float softmax_weight(const float* z, SoftmaxTerms s, int i) {
+    return expf(z[i] - s.zmax) / s.total;
+}
 extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks, int h, int rows) {
     wait_for_inputs();
     __shared__ float weights[MIX_EXPERTS];
@@ -775,32 +788,24 @@ extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks,
         float m = 0.0f;
         if (gate == 0) {
             if (active) m = row_of((const float*)experts[0], (int)experts[1], r)[c];
-        } else if (once) {
-            // The previous task's weights have been read.
-            __syncthreads();
-            if (threadIdx.x == 0 && row) {
-                const float* z = row_of(gate, (int)entry[1], r);
-                float zmax = z[0];
-                for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
-                float total = 0.0f;
-                for (int i = 0; i < num_experts; ++i) total += expf(z[i] - zmax);
-                for (int i = 0; i < num_experts; ++i) weights[i] = expf(z[i] - zmax) / total;
+        } else {
+            const float* z = row_of(gate, (int)entry[1], r);
+            if (once) {
+                // The previous task's weights have been read.
+                __syncthreads();
+                if (threadIdx.x == 0 && row) {
+                    SoftmaxTerms s = softmax_terms(z, num_experts);
+                    for (int i = 0; i < num_experts; ++i) weights[i] = softmax_weight(z, s, i);
+                }
+                __syncthreads();
             }
-            __syncthreads();
-            if (active)
+            if (active) {
+                SoftmaxTerms s = once ? SoftmaxTerms{0.0f, 1.0f} : softmax_terms(z, num_experts);
                 for (int i = 0; i < num_experts; ++i) {
                     const float* e = (const float*)experts[2 * i];
-                    m += weights[i] * row_of(e, (int)experts[2 * i + 1], r)[c];
+                    float w = once ? weights[i] : softmax_weight(z, s, i);
+                    m += w * row_of(e, (int)experts[2 * i + 1], r)[c];
                 }
-        } else if (active) {
-            const float* z = row_of(gate, (int)entry[1], r);
-            float zmax = z[0];
-            for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
-            float total = 0.0f;
-            for (int i = 0; i < num_experts; ++i) total += expf(z[i] - zmax);
-            for (int i = 0; i < num_experts; ++i) {
-                const float* e = (const float*)experts[2 * i];
-                m += expf(z[i] - zmax) / total * row_of(e, (int)experts[2 * i + 1], r)[c];
             }
         }
         if (active) {

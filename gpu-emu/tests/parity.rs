@@ -204,11 +204,11 @@ fn mixtures_of_many_experts_match_cpu() {
         ))
         .unwrap();
         let (_dir, model) = packed(&config, 13);
-        let f32_plain: Vec<Variant> = variants()
+        let plain: Vec<Variant> = variants()
             .into_iter()
             .filter(|v| v.name == "f32" || v.name == "f16")
             .collect();
-        check(&format!("{count} experts"), &model, &f32_plain, &[1, 33], 9);
+        check(&format!("{count} experts"), &model, &plain, &[1, 33], 9);
     }
 }
 
