@@ -514,8 +514,11 @@ __device__ __forceinline__ void cp_async_wait() {
 // the same order of sums as `linear_mma`, so the same results; with stages
 // of BK = 64 columns too (half the stages, each two of 32 in a row: a
 // range's stage past its end is zero-filled, adding exact zeros).
-template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int BK = MMA_BK>
-__device__ void linear_mma_h(const LinearArgs* problems, const u32* tiles, int count) {
+// The stages live in `xs` (x, STAGES × BM rows) and `ws` (W, STAGES × BN
+// rows): static shared memory (`linear_mma_h`) or dynamic (`linear_mma_hd`).
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int BK>
+__device__ void linear_mma_h_stages(const LinearArgs* problems, const u32* tiles, int count,
+                                    __half (*xs)[BM][MMA_LD_OF(BK)], __half (*ws)[BN][MMA_LD_OF(BK)]) {
     using Tile = MmaTile<BM, BN, WARPS_M, WARPS_N, BK>;
     constexpr int THREADS = Tile::THREADS;
     constexpr int CPR = BK / 8;                // 16-byte chunks per row of a stage
@@ -524,8 +527,6 @@ __device__ void linear_mma_h(const LinearArgs* problems, const u32* tiles, int c
     static_assert(BK % 32 == 0, "stages of whole 32-column steps");
     static_assert(BM * BK % (8 * THREADS) == 0 && BN * BK % (8 * THREADS) == 0, "copies cover the tile");
     static_assert(STAGES >= 2, "one stage in flight at least");
-    __shared__ __align__(16) __half xs[STAGES][BM][Tile::LD];
-    __shared__ __align__(16) __half ws[STAGES][BN][Tile::LD];
     int p = problem_of(tiles, count, blockIdx.x);
     const LinearArgs& a = problems[p];
     const __half* x = a.x16;
@@ -584,6 +585,38 @@ __device__ void linear_mma_h(const LinearArgs* problems, const u32* tiles, int c
         Tile::multiply(acc, xs[i % STAGES], ws[i % STAGES], warp, lane);
     }
     Tile::store(a, acc, row0, col0, warp, lane);
+}
+
+// Stages in static shared memory (at most 48 KB).
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int BK = MMA_BK>
+__device__ __forceinline__ void linear_mma_h(const LinearArgs* problems, const u32* tiles, int count) {
+    __shared__ __align__(16) __half xs[STAGES][BM][MMA_LD_OF(BK)];
+    __shared__ __align__(16) __half ws[STAGES][BN][MMA_LD_OF(BK)];
+    linear_mma_h_stages<BM, BN, WARPS_M, WARPS_N, STAGES, BK>(problems, tiles, count, xs, ws);
+}
+
+// The dynamic shared memory of a launch (its size set at launch; past 48 KB
+// the function's limit is raised first: the runtime does both, from
+// `dynamic_shared_bytes` in src/gpu/launch_plan.rs). The emulator checks
+// that the launch gave at least `bytes`.
+#ifdef MMOE_EMULATE
+__device__ __forceinline__ __half* dynamic_shared_halves(int bytes) { return (__half*)emu::dynamic_shared(bytes); }
+#else
+__device__ __forceinline__ __half* dynamic_shared_halves(int) {
+    extern __shared__ __align__(16) __half dynamic_shared[];
+    return dynamic_shared;
+}
+#endif
+
+// Stages in dynamic shared memory: STAGES · (BM + BN) · (BK + 8) · 2 bytes,
+// for pipelines deeper than 48 KB allows.
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, int BK = MMA_BK>
+__device__ __forceinline__ void linear_mma_hd(const LinearArgs* problems, const u32* tiles, int count) {
+    constexpr int LD = MMA_LD_OF(BK);
+    __half* stages = dynamic_shared_halves(STAGES * (BM + BN) * LD * 2);
+    auto xs = reinterpret_cast<__half (*)[BM][LD]>(stages);
+    auto ws = reinterpret_cast<__half (*)[BN][LD]>(stages + STAGES * BM * LD);
+    linear_mma_h_stages<BM, BN, WARPS_M, WARPS_N, STAGES, BK>(problems, tiles, count, xs, ws);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32(const LinearArgs* problems, const u32* tiles, int count) {
@@ -659,6 +692,27 @@ extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32x32h(const Line
 extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32x32k64h(const LinearArgs* problems, const u32* tiles, int count) {
     wait_for_inputs();
     linear_mma_h<32, 32, 2, 2, 4, 64>(problems, tiles, count);
+}
+// Deep pipelines in dynamic shared memory (for the tuning to choose from),
+// for large buckets: on an H200 at 1024 rows the 64×64 tile's GEMMs ran at
+// 21–31% of the SM's throughput with half their stalls waiting for
+// cp.async data, at 22% occupancy, and read each x and W element from L2
+// once per 64 columns or rows of output. A 128×128 tile halves those L2
+// reads; four stages keep three in flight. 8 warps of 64×32 (80 KB), or 4
+// warps of 64×64, which read half the ldmatrix bytes per mma of a 64×32
+// warp tile (80 KB); and the 128×64 tile with six stages (90 KB). Two
+// blocks per SM on sm_90 (228 KB).
+extern "C" __global__ void __launch_bounds__(256, 2) linear_mma128x128s4h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+    linear_mma_hd<128, 128, 2, 4, 4>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) linear_mma128x128w4s4h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+    linear_mma_hd<128, 128, 2, 2, 4>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) linear_mma128x64s6h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+    linear_mma_hd<128, 64, 2, 2, 6>(problems, tiles, count);
 }
 
 // ---------------------------------------------------------------- element-wise

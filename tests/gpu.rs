@@ -275,10 +275,12 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ("demo", &demo.path, &demo_config, 1024),
     ];
     let untuned: Vars = &[("MMOE_GPU_TUNE", "0")];
-    // fp16 inputs: 9 choices per GEMM (the plan's own first, then 32×64,
+    // fp16 inputs: 12 choices per GEMM (the plan's own first, then 32×64,
     // 64×64, 128×128 but that one, then 128×64, 64×128, 32×64 and 64×64
-    // with 64-column stages, and 32×32 with 32- and 64-column stages).
-    let choices: [(&str, Vars); 8] = [
+    // with 64-column stages, 32×32 with 32- and 64-column stages, and the
+    // deep pipelines in dynamic shared memory: 128×128 of 8 and of 4
+    // warps, 128×64).
+    let choices: [(&str, Vars); 11] = [
         ("1", &[("MMOE_GPU_TUNE", "choice=1")]),
         ("2", &[("MMOE_GPU_TUNE", "choice=2")]),
         ("3 (128×64)", &[("MMOE_GPU_TUNE", "choice=3")]),
@@ -296,6 +298,15 @@ fn gpu_equivalent_choices_give_identical_logits() {
             "8 (32×32, 64-column stages)",
             &[("MMOE_GPU_TUNE", "choice=8")],
         ),
+        (
+            "9 (128×128, 8 warps, 4 stages in dynamic shared memory)",
+            &[("MMOE_GPU_TUNE", "choice=9")],
+        ),
+        (
+            "10 (128×128, 4 warps of 64×64, 4 stages)",
+            &[("MMOE_GPU_TUNE", "choice=10")],
+        ),
+        ("11 (128×64, 6 stages)", &[("MMOE_GPU_TUNE", "choice=11")]),
     ];
     let mut pairs: Vec<(String, Vars, Vars)> = vec![
         (

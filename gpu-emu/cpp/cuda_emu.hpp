@@ -97,6 +97,11 @@ int lane();
 void cp_async(void* dst, const void* src, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int newest_in_flight);
+// The launch's dynamic shared memory, 16-byte aligned, filled with 0xFF
+// bytes (fp16 NaNs) at each launch so that a read before a write shows in
+// the results; aborts with a message when the launch gave fewer than
+// `bytes`.
+void* dynamic_shared(int bytes);
 }  // namespace emu
 
 #define threadIdx (::emu::ids().thread_idx)

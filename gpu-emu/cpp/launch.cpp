@@ -61,6 +61,9 @@ const std::vector<Entry>& entries() {
         entry("linear_mma64k64h", linear_mma64k64h),
         entry("linear_mma32x32h", linear_mma32x32h),
         entry("linear_mma32x32k64h", linear_mma32x32k64h),
+        entry("linear_mma128x128s4h", linear_mma128x128s4h),
+        entry("linear_mma128x128w4s4h", linear_mma128x128w4s4h),
+        entry("linear_mma128x64s6h", linear_mma128x64s6h),
         entry("feature_gate", feature_gate),
         entry("gather", gather),
         entry("layer_norm", layer_norm),
@@ -75,6 +78,7 @@ const std::vector<Entry>& entries() {
         entry("selftest_misaligned", selftest_misaligned),
         entry("selftest_read", selftest_read),
         entry("selftest_cp_async", selftest_cp_async),
+        entry("selftest_dynamic_shared", selftest_dynamic_shared),
     };
     return table;
 }
@@ -88,11 +92,12 @@ void set_error(char* out, size_t len, const std::string& message) {
 
 }  // namespace
 
-// Runs kernel `name` over `grid` blocks of `block` threads. Returns 0, or 1
-// with a message in `error` (an unknown kernel, a wrong argument count, a
-// block that cannot complete).
-extern "C" int mmoe_emu_launch(const char* name, const uint32_t* grid, const uint32_t* block, const uint64_t* args,
-                               int nargs, char* error, size_t error_len) {
+// Runs kernel `name` over `grid` blocks of `block` threads with
+// `shared_bytes` of dynamic shared memory. Returns 0, or 1 with a message in
+// `error` (an unknown kernel, a wrong argument count, a block that cannot
+// complete).
+extern "C" int mmoe_emu_launch(const char* name, const uint32_t* grid, const uint32_t* block, uint32_t shared_bytes,
+                               const uint64_t* args, int nargs, char* error, size_t error_len) {
     for (const Entry& e : entries()) {
         if (std::strcmp(e.name, name) != 0) continue;
         if (e.arity != nargs) {
@@ -103,7 +108,8 @@ extern "C" int mmoe_emu_launch(const char* name, const uint32_t* grid, const uin
         }
         std::string message;
         std::function<void()> body = [&]() { e.run(args); };
-        if (!emu::run_grid(uint3{grid[0], grid[1], grid[2]}, uint3{block[0], block[1], block[2]}, body, message)) {
+        if (!emu::run_grid(uint3{grid[0], grid[1], grid[2]}, uint3{block[0], block[1], block[2]}, shared_bytes, body,
+                           message)) {
             set_error(error, error_len, std::string(name) + ": " + message);
             return 1;
         }

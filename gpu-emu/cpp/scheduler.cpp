@@ -57,6 +57,9 @@ struct Executor {
     std::string error;
     bool eager_copies = false;  // cp.async lands at issue (else at its wait)
     unsigned launch = 0;        // this OS thread's launches so far
+    // The launch's dynamic shared memory, as many bytes as it asked for.
+    std::vector<uint4> dynamic_shared;
+    size_t dynamic_bytes = 0;
 };
 
 thread_local Executor* executor = nullptr;
@@ -194,12 +197,24 @@ void cp_async_wait(int newest_in_flight) {
     }
 }
 
-bool run_grid(const uint3& grid, const uint3& block, const std::function<void()>& body, std::string& error) {
+void* dynamic_shared(int bytes) {
+    if (bytes < 0 || (size_t)bytes > executor->dynamic_bytes) {
+        std::fprintf(stderr, "gpu-emu: a kernel uses %d bytes of dynamic shared memory, its launch gave %zu\n", bytes,
+                     executor->dynamic_bytes);
+        std::abort();
+    }
+    return executor->dynamic_shared.data();
+}
+
+bool run_grid(const uint3& grid, const uint3& block, size_t shared_bytes, const std::function<void()>& body,
+              std::string& error) {
     thread_local Executor local;
     Executor* outer = executor;
     executor = &local;
     local.body = &body;
     ++local.launch;
+    local.dynamic_bytes = shared_bytes;
+    local.dynamic_shared.assign((shared_bytes + 15) / 16, uint4{~0u, ~0u, ~0u, ~0u});
     bool ok = true;
     ThreadIds ids{};
     ids.grid_dim = grid;

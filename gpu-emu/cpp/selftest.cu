@@ -51,3 +51,14 @@ extern "C" __global__ void selftest_cp_async(float* out, const float* in, int wa
     __syncthreads();
     for (int i = t; i < 128; i += 32) out[128 * b + i] = stage[i];
 }
+
+// Each thread writes its slot of the launch's dynamic shared memory, meets
+// the others at a barrier and reads its neighbour's: the launch must give
+// 4 · blockDim.x bytes.
+extern "C" __global__ void selftest_dynamic_shared(float* out) {
+    float* slots = (float*)dynamic_shared_halves(4 * (int)blockDim.x);
+    int t = threadIdx.x;
+    slots[t] = (float)t;
+    __syncthreads();
+    out[t] = slots[(t + 1) % blockDim.x];
+}

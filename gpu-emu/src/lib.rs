@@ -19,7 +19,9 @@ use mmoe::gpu::binding::{
     input_tensors, launch_values, pointer_table, problem_table, range_table, tensor_image, Regions,
     TensorImage,
 };
-use mmoe::gpu::launch_plan::{bucket, DeviceWeight, LaunchPlan, PlanOptions, Precision};
+use mmoe::gpu::launch_plan::{
+    bucket, dynamic_shared_bytes, DeviceWeight, LaunchPlan, PlanOptions, Precision,
+};
 use mmoe::gpu::staging::{staging_layout, write_staging};
 use mmoe::{Model, Request};
 
@@ -32,6 +34,7 @@ mod ffi {
             name: *const std::ffi::c_char,
             grid: *const u32,
             block: *const u32,
+            shared_bytes: u32,
             args: *const u64,
             nargs: i32,
             error: *mut std::ffi::c_char,
@@ -40,7 +43,8 @@ mod ffi {
     }
 }
 
-/// Runs kernel `name` (an entry of `kernels/mmoe.cu`) on the host.
+/// Runs kernel `name` (an entry of `kernels/mmoe.cu`) on the host, with
+/// `shared_bytes` of dynamic shared memory.
 ///
 /// # Safety
 /// `args` must be the kernel's arguments (pointers as addresses, ints
@@ -50,6 +54,7 @@ pub unsafe fn launch(
     name: &str,
     grid: (u32, u32, u32),
     block: (u32, u32, u32),
+    shared_bytes: u32,
     args: &[u64],
 ) -> Result<(), String> {
     let name_c = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
@@ -63,6 +68,7 @@ pub unsafe fn launch(
             name_c.as_ptr(),
             grid.as_ptr(),
             block.as_ptr(),
+            shared_bytes,
             args.as_ptr(),
             args.len() as i32,
             error.as_mut_ptr(),
@@ -196,7 +202,8 @@ impl EmuModel {
             // memory owned here (arena, tables, staging, logits) or by this
             // model (tensor images), sized by the plan for `capacity` rows,
             // exactly as the CUDA runtime binds them.
-            unsafe { launch(step.kernel.entry(), step.grid, step.block, &words) }?;
+            let shared = dynamic_shared_bytes(step.kernel);
+            unsafe { launch(step.kernel.entry(), step.grid, step.block, shared, &words) }?;
         }
         Ok(logits.read(n * tasks))
     }

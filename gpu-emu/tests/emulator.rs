@@ -8,7 +8,7 @@ fn run(name: &str, block: u32, out: &mut [f32], extra: &[u64]) -> Result<(), Str
     let mut args = vec![out.as_mut_ptr() as u64];
     args.extend_from_slice(extra);
     // SAFETY: the self-test kernels write out[threadIdx.x] for threadIdx.x < block ≤ out.len().
-    unsafe { launch(name, (1, 1, 1), (block, 1, 1), &args) }
+    unsafe { launch(name, (1, 1, 1), (block, 1, 1), 0, &args) }
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn cp_async_lands_by_its_wait_and_not_before() {
         let mut out = DeviceMemory::zeroed(256 * 4);
         let args = [out.address(), input.address(), wait];
         // SAFETY: the kernel reads in[0..256] and writes out[0..256], both allocated.
-        unsafe { launch("selftest_cp_async", (2, 1, 1), (32, 1, 1), &args) }.unwrap();
+        unsafe { launch("selftest_cp_async", (2, 1, 1), (32, 1, 1), 0, &args) }.unwrap();
         let got: Vec<f32> = out.read(256);
         let right = (0..2)
             .filter(|&b| got[128 * b..128 * (b + 1)] == expected[128 * b..128 * (b + 1)])
@@ -122,6 +122,48 @@ fn a_misaligned_vector_access_aborts() {
         "the misaligned load passed: {stderr}"
     );
     assert!(stderr.contains("misaligned address"), "{stderr}");
+}
+
+/// Dynamic shared memory holds what the block's threads wrote; a kernel
+/// that uses more of it than its launch gave stops the emulator (run in a
+/// child process: the check aborts it), as the runtime's sizes
+/// (`dynamic_shared_bytes`) must cover the kernels' own.
+#[test]
+fn dynamic_shared_memory_is_checked_against_the_launch() {
+    let shared_launch = |shared: u32, out: &mut [f32]| {
+        let args = [out.as_mut_ptr() as u64];
+        // SAFETY: the kernel writes out[threadIdx.x] for threadIdx.x < 64 = out.len().
+        unsafe {
+            launch(
+                "selftest_dynamic_shared",
+                (1, 1, 1),
+                (64, 1, 1),
+                shared,
+                &args,
+            )
+        }
+    };
+    let mut out = vec![0.0f32; 64];
+    if std::env::var_os("MMOE_EMU_SHARED_CHILD").is_some() {
+        let _ = shared_launch(4 * 63, &mut out);
+        return;
+    }
+    shared_launch(4 * 64, &mut out).unwrap();
+    let expected: Vec<f32> = (0..64).map(|t| ((t + 1) % 64) as f32).collect();
+    assert_eq!(out, expected);
+    let child = rerun_in_child(
+        "dynamic_shared_memory_is_checked_against_the_launch",
+        "MMOE_EMU_SHARED_CHILD",
+    );
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(
+        !child.status.success(),
+        "252 bytes passed for 256: {stderr}"
+    );
+    assert!(
+        stderr.contains("uses 256 bytes of dynamic shared memory, its launch gave 252"),
+        "{stderr}"
+    );
 }
 
 /// Run in a child process (the fault kills it): a read one element past an

@@ -41,6 +41,9 @@ pub enum Kernel {
     LinearMma64K64H,
     LinearMma32x32H,
     LinearMma32x32K64H,
+    LinearMma128x128S4H,
+    LinearMma128x128W4S4H,
+    LinearMma128x64S6H,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -52,7 +55,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 24] = [
+    pub const ALL: [Kernel; 27] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
@@ -69,6 +72,9 @@ impl Kernel {
         Kernel::LinearMma64K64H,
         Kernel::LinearMma32x32H,
         Kernel::LinearMma32x32K64H,
+        Kernel::LinearMma128x128S4H,
+        Kernel::LinearMma128x128W4S4H,
+        Kernel::LinearMma128x64S6H,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -96,6 +102,9 @@ impl Kernel {
             Kernel::LinearMma64K64H => "linear_mma64k64h",
             Kernel::LinearMma32x32H => "linear_mma32x32h",
             Kernel::LinearMma32x32K64H => "linear_mma32x32k64h",
+            Kernel::LinearMma128x128S4H => "linear_mma128x128s4h",
+            Kernel::LinearMma128x128W4S4H => "linear_mma128x128w4s4h",
+            Kernel::LinearMma128x64S6H => "linear_mma128x64s6h",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -498,11 +507,28 @@ pub fn mma_tile(kernel: Kernel) -> Option<(usize, usize, u32)> {
     match kernel {
         Kernel::LinearMma32 | Kernel::LinearMma32H | Kernel::LinearMma32K64H => Some((32, 64, 128)),
         Kernel::LinearMma64 | Kernel::LinearMma64H | Kernel::LinearMma64K64H => Some((64, 64, 128)),
-        Kernel::LinearMma128 | Kernel::LinearMma128H => Some((128, 128, 256)),
-        Kernel::LinearMma128x64H => Some((128, 64, 128)),
+        Kernel::LinearMma128 | Kernel::LinearMma128H | Kernel::LinearMma128x128S4H => {
+            Some((128, 128, 256))
+        }
+        Kernel::LinearMma128x128W4S4H => Some((128, 128, 128)),
+        Kernel::LinearMma128x64H | Kernel::LinearMma128x64S6H => Some((128, 64, 128)),
         Kernel::LinearMma64x128H => Some((64, 128, 128)),
         Kernel::LinearMma32x32H | Kernel::LinearMma32x32K64H => Some((32, 32, 128)),
         _ => None,
+    }
+}
+
+/// The dynamic shared memory a kernel's launch gives it, in bytes: the
+/// deep-pipeline tiles keep their stages there (`linear_mma_hd` in
+/// kernels/mmoe.cu: stages · (BM + BN) · (BK + 8) halves); every other
+/// kernel has only static shared memory. The emulator checks the kernels'
+/// own sizes against these.
+pub fn dynamic_shared_bytes(kernel: Kernel) -> u32 {
+    let stages_of = |stages: u32, bm: u32, bn: u32, bk: u32| stages * (bm + bn) * (bk + 8) * 2;
+    match kernel {
+        Kernel::LinearMma128x128S4H | Kernel::LinearMma128x128W4S4H => stages_of(4, 128, 128, 32),
+        Kernel::LinearMma128x64S6H => stages_of(6, 128, 64, 32),
+        _ => 0,
     }
 }
 
@@ -545,6 +571,9 @@ pub fn reads_half_x(kernel: Kernel) -> bool {
             | Kernel::LinearMma64K64H
             | Kernel::LinearMma32x32H
             | Kernel::LinearMma32x32K64H
+            | Kernel::LinearMma128x128S4H
+            | Kernel::LinearMma128x128W4S4H
+            | Kernel::LinearMma128x64S6H
     )
 }
 
@@ -1208,6 +1237,9 @@ impl LaunchPlan {
                 Kernel::LinearMma64K64H,
                 Kernel::LinearMma32x32H,
                 Kernel::LinearMma32x32K64H,
+                Kernel::LinearMma128x128S4H,
+                Kernel::LinearMma128x128W4S4H,
+                Kernel::LinearMma128x64S6H,
             ]
         } else {
             &[
@@ -2005,12 +2037,13 @@ mod tests {
                 }
                 with_choices += 1;
                 // fp16 inputs: also the 128×64 and 64×128 tiles, the
-                // 64-column stages of 32×64 and 64×64 tiles, and 32×32
-                // tiles with 32- and 64-column stages. (The towers read the
-                // mixture's fp16 copy.)
+                // 64-column stages of 32×64 and 64×64 tiles, 32×32 tiles
+                // with 32- and 64-column stages, and the deep pipelines in
+                // dynamic shared memory (128×128 of 8 or 4 warps, 128×64).
+                // (The towers read the mixture's fp16 copy.)
                 let half = reads_half_x(plan.launches[i].kernel);
                 assert_eq!(half, half_x, "{:?}", plan.launches[i].kernel);
-                assert_eq!(choices.len(), if half { 9 } else { 3 });
+                assert_eq!(choices.len(), if half { 12 } else { 3 });
                 assert_eq!(choices[0].kernel, plan.launches[i].kernel);
                 assert!(choices
                     .iter()
@@ -2034,6 +2067,35 @@ mod tests {
                 plan.choose_tiles(i, 0);
             }
             assert_eq!(with_choices, 7);
+        }
+    }
+
+    /// The deep-pipeline tiles keep their stages in dynamic shared memory
+    /// because they need more than the 48 KB of static shared memory, and
+    /// no more than the 99 KB a block may opt into on every GPU from
+    /// compute capability 8.0 (8.6 and 8.9 allow the least); no other
+    /// kernel takes any.
+    #[test]
+    fn dynamic_shared_memory_only_where_static_would_not_fit() {
+        for kernel in Kernel::ALL {
+            let bytes = dynamic_shared_bytes(kernel);
+            let deep = matches!(
+                kernel,
+                Kernel::LinearMma128x128S4H
+                    | Kernel::LinearMma128x128W4S4H
+                    | Kernel::LinearMma128x64S6H
+            );
+            assert_eq!(bytes > 0, deep, "{kernel:?}");
+            if deep {
+                assert!(
+                    bytes > 48 * 1024 && bytes <= 99 * 1024,
+                    "{kernel:?}: {bytes} bytes"
+                );
+                assert!(
+                    reads_half_x(kernel) && mma_tile(kernel).is_some(),
+                    "{kernel:?}"
+                );
+            }
         }
     }
 

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::{
+    CUevent_flags, CUfunction_attribute, CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
     DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
@@ -21,7 +23,8 @@ use super::binding::{
 };
 use super::kernel_image::{kernel_image, KernelImage, PTX};
 use super::launch_plan::{
-    bucket, DeviceWeight, Kernel, Launch, LaunchPlan, PlanOptions, Precision, Tune,
+    bucket, dynamic_shared_bytes, DeviceWeight, Kernel, Launch, LaunchPlan, PlanOptions, Precision,
+    Tune,
 };
 use super::staging::{staging_layout, write_staging_in_chunks, InputTensors};
 use super::streams::StreamOp;
@@ -48,6 +51,10 @@ pub struct GpuModel {
     upload_stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     functions: Vec<CudaFunction>,
+    /// Per kernel (`Kernel::ALL`), whether it can launch here: the
+    /// deep-pipeline tiles need their dynamic shared memory allowed, which
+    /// a device with less shared memory per block refuses.
+    launchable: Vec<bool>,
     tensors: Vec<DeviceTensor>,
     pointers: Vec<u64>,
     weights: Vec<DeviceWeight>,
@@ -101,6 +108,20 @@ impl GpuModel {
                     .map_err(|e| cuda_error(k.entry(), e))
             })
             .collect::<Result<Vec<_>>>()?;
+        // Past 48 KB a kernel's dynamic shared memory must be allowed first.
+        let launchable = Kernel::ALL
+            .iter()
+            .zip(&functions)
+            .map(|(&kernel, function)| match dynamic_shared_bytes(kernel) {
+                0 => true,
+                bytes => function
+                    .set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )
+                    .is_ok(),
+            })
+            .collect();
         let stream = ctx.new_stream().map_err(|e| cuda_error("stream", e))?;
         let count = model.plan().tensors.len();
         let mut tensors = Vec::with_capacity(count);
@@ -135,6 +156,7 @@ impl GpuModel {
             upload_stream: stream,
             _module: module,
             functions,
+            launchable,
             tensors,
             pointers,
             weights,
@@ -158,6 +180,15 @@ impl GpuModel {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    fn function_index(kernel: Kernel) -> usize {
+        Kernel::ALL.iter().position(|k| *k == kernel).unwrap_or(0)
+    }
+
+    /// Whether `kernel` can launch on this device (see `launchable`).
+    fn can_launch(&self, kernel: Kernel) -> bool {
+        self.launchable[Self::function_index(kernel)]
     }
 }
 
@@ -195,7 +226,7 @@ fn launch_dependent(
         blockDimX: block.0,
         blockDimY: block.1,
         blockDimZ: block.2,
-        sharedMemBytes: 0,
+        sharedMemBytes: dynamic_shared_bytes(launch.kernel),
         hStream: stream.cu_stream(),
         attrs: &mut attribute,
         numAttrs: 1,
@@ -644,6 +675,13 @@ impl GpuSession {
                 plan.choose_all_tiles(&|i, _| chosen[i]);
             }
         }
+        // A choice this device cannot launch (`MMOE_GPU_TUNE=choice=K`)
+        // falls back to the plan's own.
+        for i in 0..plan.launches.len() {
+            if !gpu.can_launch(plan.launches[i].kernel) {
+                plan.choose_tiles(i, 0);
+            }
+        }
         // Resolve every argument and create every stream and event before
         // capture, so nothing allocates while the streams record.
         let resolved = launch_values(&plan, &regions);
@@ -731,10 +769,7 @@ impl GpuSession {
         values: &[ArgValue],
         stream: &Arc<CudaStream>,
     ) -> Result<()> {
-        let function = &gpu.functions[Kernel::ALL
-            .iter()
-            .position(|k| *k == launch.kernel)
-            .unwrap_or(0)];
+        let function = &gpu.functions[GpuModel::function_index(launch.kernel)];
         if gpu.pdl {
             return launch_dependent(function, launch, values, stream);
         }
@@ -748,7 +783,7 @@ impl GpuSession {
         let config = LaunchConfig {
             grid_dim: launch.grid,
             block_dim: launch.block,
-            shared_mem_bytes: 0,
+            shared_mem_bytes: dynamic_shared_bytes(launch.kernel),
         };
         // SAFETY: the arguments match the kernel's parameters (types and
         // order come from LaunchPlan, which mirrors kernels/mmoe.cu); every
@@ -782,6 +817,10 @@ impl GpuSession {
             }
             let mut times = Vec::with_capacity(choices);
             for choice in 0..choices {
+                if !self.gpu.can_launch(plan.tile_choices[i][choice].kernel) {
+                    times.push(f32::INFINITY);
+                    continue;
+                }
                 plan.choose_tiles(i, choice);
                 let values = launch_values(plan, regions);
                 let launch = &plan.launches[i];
