@@ -1497,9 +1497,10 @@ impl LaunchPlan {
                     Arg::I32(ldh),
                     Arg::I32(d),
                 ];
+                // A block per row and BLOCK columns: a thread per column.
                 self.push(
                     Kernel::FeaturesCandidate,
-                    (self.rows(*out) as u32, 1, 1),
+                    (self.rows(*out) as u32, blocks(program.d, BLOCK as usize), 1),
                     (BLOCK, 1, 1),
                     args,
                     vec![*request],
@@ -2067,6 +2068,34 @@ mod tests {
                 plan.choose_tiles(i, 0);
             }
             assert_eq!(with_choices, 7);
+        }
+    }
+
+    /// The candidate features run a thread per x0 column of each row: the
+    /// grid's second dimension covers the columns once, at every size.
+    #[test]
+    fn candidate_features_take_a_thread_per_column() {
+        let program = bench_program();
+        let weight = |_| DeviceWeight { ldw: 512 };
+        for capacity in [32, 1024] {
+            let plan = LaunchPlan::new(
+                &program,
+                capacity,
+                Precision::F16,
+                PlanOptions::default(),
+                &weight,
+            );
+            let features = plan
+                .launches
+                .iter()
+                .find(|l| l.kernel == Kernel::FeaturesCandidate)
+                .unwrap();
+            let (rows, parts, _) = features.grid;
+            assert_eq!(rows as usize, plan.capacity, "a block per row");
+            let columns = parts * features.block.0;
+            assert!(
+                columns as usize >= program.d && (columns - features.block.0) < program.d as u32
+            );
         }
     }
 
