@@ -719,6 +719,25 @@ extern "C" __global__ void __launch_bounds__(128, 2) linear_mma128x64s6h(const L
     wait_for_inputs();
     linear_mma_hd<128, 64, 2, 2, 6>(problems, tiles, count);
 }
+// Deep pipelines for small buckets (for the tuning to choose from): at 32
+// rows on an H200 a GEMM with K = 512 took 6–11 µs, a chain of 16 stages
+// each waiting for its copies with two or three others in flight, a few
+// KB per SM: the latency, not the work, sets the time. With 16 stages of
+// 32 columns in flight (32×32 tiles, 80 KB), 12 (32×64, 90 KB) or 8
+// (64×64, 80 KB), a K of 512 or 384 is requested at once and waited for
+// about once.
+extern "C" __global__ void __launch_bounds__(128, 2) linear_mma32x32s16h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+    linear_mma_hd<32, 32, 2, 2, 16>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) linear_mma32x64s12h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+    linear_mma_hd<32, 64, 2, 2, 12>(problems, tiles, count);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) linear_mma64x64s8h(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+    linear_mma_hd<64, 64, 2, 2, 8>(problems, tiles, count);
+}
 
 // ---------------------------------------------------------------- element-wise
 

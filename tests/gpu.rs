@@ -275,12 +275,12 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ("demo", &demo.path, &demo_config, 1024),
     ];
     let untuned: Vars = &[("MMOE_GPU_TUNE", "0")];
-    // fp16 inputs: 12 choices per GEMM (the plan's own first, then 32×64,
+    // fp16 inputs: 15 choices per GEMM (the plan's own first, then 32×64,
     // 64×64, 128×128 but that one, then 128×64, 64×128, 32×64 and 64×64
     // with 64-column stages, 32×32 with 32- and 64-column stages, and the
     // deep pipelines in dynamic shared memory: 128×128 of 8 and of 4
-    // warps, 128×64).
-    let choices: [(&str, Vars); 11] = [
+    // warps, 128×64; 32×32, 32×64 and 64×64 with 16, 12 and 8 stages).
+    let choices: [(&str, Vars); 14] = [
         ("1", &[("MMOE_GPU_TUNE", "choice=1")]),
         ("2", &[("MMOE_GPU_TUNE", "choice=2")]),
         ("3 (128×64)", &[("MMOE_GPU_TUNE", "choice=3")]),
@@ -307,6 +307,9 @@ fn gpu_equivalent_choices_give_identical_logits() {
             &[("MMOE_GPU_TUNE", "choice=10")],
         ),
         ("11 (128×64, 6 stages)", &[("MMOE_GPU_TUNE", "choice=11")]),
+        ("12 (32×32, 16 stages)", &[("MMOE_GPU_TUNE", "choice=12")]),
+        ("13 (32×64, 12 stages)", &[("MMOE_GPU_TUNE", "choice=13")]),
+        ("14 (64×64, 8 stages)", &[("MMOE_GPU_TUNE", "choice=14")]),
     ];
     let mut pairs: Vec<(String, Vars, Vars)> = vec![
         (

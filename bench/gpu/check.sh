@@ -95,10 +95,10 @@ fi
 # three stages, 64×64 with two), the 32×32 tiles (7: six 32-column
 # stages, 8: four 64-column ones) and the deep pipelines in dynamic shared
 # memory (9: 128×128 of 8 warps, 10: of 4 warps, 11: 128×64 with six
-# stages), forced on every GEMM: racecheck, and memcheck at 600 candidates
-# (partial tiles).
+# stages; 12–14: 32×32, 32×64 and 64×64 with 16, 12 and 8 stages), forced
+# on every GEMM: racecheck, and memcheck at 600 candidates (partial tiles).
 if want sanitizer-k64 && command -v compute-sanitizer >/dev/null; then
-  for choice in 5 6 7 8 9 10 11; do
+  for choice in 5 6 7 8 9 10 11 12 13 14; do
     MMOE_GPU_TUNE=choice=$choice timeout 60 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 \
       ./bin/mmoe score --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl \
       --out "$out/racecheck-choice$choice.jsonl" --device cuda --precision f16 > "$out/racecheck-choice$choice.log" 2>&1

@@ -44,6 +44,9 @@ pub enum Kernel {
     LinearMma128x128S4H,
     LinearMma128x128W4S4H,
     LinearMma128x64S6H,
+    LinearMma32x32S16H,
+    LinearMma32x64S12H,
+    LinearMma64x64S8H,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -55,7 +58,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 27] = [
+    pub const ALL: [Kernel; 30] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
@@ -75,6 +78,9 @@ impl Kernel {
         Kernel::LinearMma128x128S4H,
         Kernel::LinearMma128x128W4S4H,
         Kernel::LinearMma128x64S6H,
+        Kernel::LinearMma32x32S16H,
+        Kernel::LinearMma32x64S12H,
+        Kernel::LinearMma64x64S8H,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -105,6 +111,9 @@ impl Kernel {
             Kernel::LinearMma128x128S4H => "linear_mma128x128s4h",
             Kernel::LinearMma128x128W4S4H => "linear_mma128x128w4s4h",
             Kernel::LinearMma128x64S6H => "linear_mma128x64s6h",
+            Kernel::LinearMma32x32S16H => "linear_mma32x32s16h",
+            Kernel::LinearMma32x64S12H => "linear_mma32x64s12h",
+            Kernel::LinearMma64x64S8H => "linear_mma64x64s8h",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -505,15 +514,23 @@ impl Tiles {
 /// A tensor-core kernel's output tile (rows, columns) and threads per block.
 pub fn mma_tile(kernel: Kernel) -> Option<(usize, usize, u32)> {
     match kernel {
-        Kernel::LinearMma32 | Kernel::LinearMma32H | Kernel::LinearMma32K64H => Some((32, 64, 128)),
-        Kernel::LinearMma64 | Kernel::LinearMma64H | Kernel::LinearMma64K64H => Some((64, 64, 128)),
+        Kernel::LinearMma32
+        | Kernel::LinearMma32H
+        | Kernel::LinearMma32K64H
+        | Kernel::LinearMma32x64S12H => Some((32, 64, 128)),
+        Kernel::LinearMma64
+        | Kernel::LinearMma64H
+        | Kernel::LinearMma64K64H
+        | Kernel::LinearMma64x64S8H => Some((64, 64, 128)),
         Kernel::LinearMma128 | Kernel::LinearMma128H | Kernel::LinearMma128x128S4H => {
             Some((128, 128, 256))
         }
         Kernel::LinearMma128x128W4S4H => Some((128, 128, 128)),
         Kernel::LinearMma128x64H | Kernel::LinearMma128x64S6H => Some((128, 64, 128)),
         Kernel::LinearMma64x128H => Some((64, 128, 128)),
-        Kernel::LinearMma32x32H | Kernel::LinearMma32x32K64H => Some((32, 32, 128)),
+        Kernel::LinearMma32x32H | Kernel::LinearMma32x32K64H | Kernel::LinearMma32x32S16H => {
+            Some((32, 32, 128))
+        }
         _ => None,
     }
 }
@@ -528,6 +545,9 @@ pub fn dynamic_shared_bytes(kernel: Kernel) -> u32 {
     match kernel {
         Kernel::LinearMma128x128S4H | Kernel::LinearMma128x128W4S4H => stages_of(4, 128, 128, 32),
         Kernel::LinearMma128x64S6H => stages_of(6, 128, 64, 32),
+        Kernel::LinearMma32x32S16H => stages_of(16, 32, 32, 32),
+        Kernel::LinearMma32x64S12H => stages_of(12, 32, 64, 32),
+        Kernel::LinearMma64x64S8H => stages_of(8, 64, 64, 32),
         _ => 0,
     }
 }
@@ -574,6 +594,9 @@ pub fn reads_half_x(kernel: Kernel) -> bool {
             | Kernel::LinearMma128x128S4H
             | Kernel::LinearMma128x128W4S4H
             | Kernel::LinearMma128x64S6H
+            | Kernel::LinearMma32x32S16H
+            | Kernel::LinearMma32x64S12H
+            | Kernel::LinearMma64x64S8H
     )
 }
 
@@ -1240,6 +1263,9 @@ impl LaunchPlan {
                 Kernel::LinearMma128x128S4H,
                 Kernel::LinearMma128x128W4S4H,
                 Kernel::LinearMma128x64S6H,
+                Kernel::LinearMma32x32S16H,
+                Kernel::LinearMma32x64S12H,
+                Kernel::LinearMma64x64S8H,
             ]
         } else {
             &[
@@ -2040,11 +2066,12 @@ mod tests {
                 // fp16 inputs: also the 128×64 and 64×128 tiles, the
                 // 64-column stages of 32×64 and 64×64 tiles, 32×32 tiles
                 // with 32- and 64-column stages, and the deep pipelines in
-                // dynamic shared memory (128×128 of 8 or 4 warps, 128×64).
+                // dynamic shared memory (128×128 of 8 or 4 warps, 128×64;
+                // 32×32, 32×64 and 64×64 with 16, 12 and 8 stages).
                 // (The towers read the mixture's fp16 copy.)
                 let half = reads_half_x(plan.launches[i].kernel);
                 assert_eq!(half, half_x, "{:?}", plan.launches[i].kernel);
-                assert_eq!(choices.len(), if half { 12 } else { 3 });
+                assert_eq!(choices.len(), if half { 15 } else { 3 });
                 assert_eq!(choices[0].kernel, plan.launches[i].kernel);
                 assert!(choices
                     .iter()
@@ -2113,6 +2140,9 @@ mod tests {
                 Kernel::LinearMma128x128S4H
                     | Kernel::LinearMma128x128W4S4H
                     | Kernel::LinearMma128x64S6H
+                    | Kernel::LinearMma32x32S16H
+                    | Kernel::LinearMma32x64S12H
+                    | Kernel::LinearMma64x64S8H
             );
             assert_eq!(bytes > 0, deep, "{kernel:?}");
             if deep {
