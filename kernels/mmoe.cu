@@ -704,7 +704,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) linear_mma32x32k64h(const L
 // cp.async data, at 22% occupancy, and read each x and W element from L2
 // once per 64 columns or rows of output. A 128×128 tile halves those L2
 // reads; four stages keep three in flight. 8 warps of 64×32 (80 KB), or 4
-// warps of 64×64, which read half the ldmatrix bytes per mma of a 64×32
+// warps of 64×64, which read 2/3 of the ldmatrix bytes per mma of a 64×32
 // warp tile (80 KB); and the 128×64 tile with six stages (90 KB). Two
 // blocks per SM on sm_90 (228 KB).
 extern "C" __global__ void __launch_bounds__(256, 2) linear_mma128x128s4h(const LinearArgs* problems, const u32* tiles, int count) {

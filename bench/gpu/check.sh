@@ -17,7 +17,9 @@ log() { echo "== [${SECONDS}s] $*" | tee -a "$out/check.log"; }
 # STEPS (comma-separated) picks steps for a shorter second visit; all by
 # default: load (0b), tests (1), sanitizer (1b; sanitizer-k64 alone: its
 # last part, the 64-column-stage tiles), parity (2), bench (3),
-# variants (3, the A/B of the kernel choices), torch (4), ncu (5).
+# variants (3, the A/B of the kernel choices), torch (4), ncu (5). Not by
+# default, for a second call: ncu-deep (5b, the deep-pipeline tiles under
+# Nsight Compute).
 steps=,${STEPS:-load,tests,sanitizer,parity,bench,variants,torch,ncu},
 want() { [[ $steps == *",$1,"* ]]; }
 echo "steps: $steps" | tee -a "$out/check.log"
@@ -33,7 +35,7 @@ timeout 60 ./bin/mmoe demo --candidates 300 --out models/demo.mmoe 2>&1 | tee "$
 ./bin/mmoe inspect models/demo.mmoe | head -5 | tee -a "$out/check.log"
 
 # The driver loads the embedded cubin made for the GPU (sm_90 on an H100
-# or H200) as it is; the PTX (2.4 MB, 20 kernels, MMOE_GPU_KERNELS=ptx) it
+# or H200) as it is; the PTX (4.9 MB, 30 kernels, MMOE_GPU_KERNELS=ptx) it
 # JIT-compiles at the first load and caches on disk. Timed: a load with the
 # cubin, then the PTX twice (its JIT, then the cache) in a fresh cache.
 export CUDA_CACHE_MAXSIZE=${CUDA_CACHE_MAXSIZE:-4294967296}
@@ -254,6 +256,23 @@ $(awk '/Duration/ {v = $NF; gsub(/,/, "", v); u = $(NF-1); if (u ~ /^ns/) v /= 1
 else
   echo "ncu not found" | tee -a "$out/check.log"
 fi
+fi
+
+if want ncu-deep && command -v ncu >/dev/null; then
+log "5b. the deep-pipeline tiles under Nsight Compute: every GEMM forced to 128×128 of 4 warps (choice 10) at 1024 candidates, to 32×32 with 16 stages (choice 12) at 1"
+# The tuning log (bench-f16.txt) times every choice; this says why: the
+# same sections as step 5, over the ten launches of one graph.
+for spec in 1024:10 1:12; do
+  batch=${spec%:*} choice=${spec#*:}
+  MMOE_GPU_TUNE=choice=$choice timeout 100 ncu --cache-control none --clock-control none --section SpeedOfLight \
+    --section Occupancy --section WarpStateStats --section LaunchStats --launch-skip 30 --launch-count 10 ./bin/mmoe bench \
+    --model models/demo.mmoe --device cuda --precision f16 --batch $batch --iters 5 --max-seconds 1 \
+    > "$out/ncu-$batch-choice$choice.txt" 2>&1
+  awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
+       /Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued Instruction/ {
+         gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-$batch-choice$choice.txt" \
+    | tee "$out/ncu-summary-$batch-choice$choice.txt"
+done
 fi
 
 log "summary"
