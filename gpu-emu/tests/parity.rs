@@ -186,21 +186,31 @@ fn demo_model_matches_cpu() {
     check("demo model", &model, &f16, &[33], 8);
 }
 
-/// The mixture kernel computes a row's softmax weights once per block for
-/// up to 64 experts (`MIX_EXPERTS`) and per thread beyond: both forms, with
-/// 64 and 65 small experts and two gated tasks, against the CPU.
+/// The mixture kernel computes a row's softmax weights once per block, a
+/// thread per task, for up to 64 experts (`MIX_EXPERTS`) and 8 tasks
+/// (`MIX_TASKS`), and per thread beyond: both forms, with 64 and 65 small
+/// experts and two tasks, 3 experts and 8 or 9 tasks, and one expert (no
+/// gates), against the CPU.
 #[test]
-fn mixtures_of_many_experts_match_cpu() {
-    for count in [64, 65] {
+fn mixtures_of_many_experts_and_tasks_match_cpu() {
+    for (count, tasks) in [(64, 2), (65, 2), (3, 8), (3, 9), (1, 2)] {
         let experts: Vec<String> = (0..count)
             .map(|i| format!(r#"{{"name": "e{i}", "type": "mlp", "hidden": [8]}}"#))
+            .collect();
+        // Towers on even tasks, a light gate's hidden layer on odd ones.
+        let tasks_json: Vec<String> = (0..tasks)
+            .map(|t| match t % 2 {
+                0 => format!(r#"{{"name": "t{t}", "tower": [8]}}"#),
+                _ => format!(r#"{{"name": "t{t}", "gate_hidden": [4]}}"#),
+            })
             .collect();
         let config = Config::parse(&format!(
             r#"{{"name": "many", "expert_dim": 8,
             "inputs": [{{"name": "a", "kind": "dense", "scope": "candidate", "dim": 16}}],
             "experts": [{}],
-            "tasks": [{{"name": "click", "tower": [8]}}, {{"name": "save", "gate_hidden": [4]}}]}}"#,
-            experts.join(", ")
+            "tasks": [{}]}}"#,
+            experts.join(", "),
+            tasks_json.join(", ")
         ))
         .unwrap();
         let (_dir, model) = packed(&config, 13);
@@ -208,7 +218,13 @@ fn mixtures_of_many_experts_match_cpu() {
             .into_iter()
             .filter(|v| v.name == "f32" || v.name == "f16")
             .collect();
-        check(&format!("{count} experts"), &model, &plain, &[1, 33], 9);
+        check(
+            &format!("{count} experts, {tasks} tasks"),
+            &model,
+            &plain,
+            &[1, 33],
+            9,
+        );
     }
 }
 
