@@ -40,19 +40,41 @@ __device__ float dense_value(const InputDesc& d, const float* values, int row, i
     return v;
 }
 
-// Element `index` of an input's embedding table.
-__device__ __forceinline__ float table_value(const InputDesc& d, u64 index) {
-    if (d.flags & FLAG_TABLE_F16) return __half2float(((const __half*)d.table)[index]);
-    return ((const float*)d.table)[index];
+// Element `index` of an embedding table (f32, or fp16: FLAG_TABLE_F16).
+__device__ __forceinline__ float table_at(const float* table, u64 index) { return table[index]; }
+__device__ __forceinline__ float table_at(const __half* table, u64 index) { return __half2float(table[index]); }
+
+// Σ table[(ids[j] mod rows) · dim + k] over j = first, first + step, … <
+// end, added in that order. Four ids at a time: their loads are
+// independent, so four ids, then their four table values, are in flight
+// together, where a bag was a chain of two dependent loads per id.
+template <typename T>
+__device__ float bag_sum_of(const T* table, const u64* ids, u64 rows, u64 dim, u32 first, u32 end, u32 step, int k) {
+    float sum = 0.0f;
+    u32 j = first;
+    for (; j < end && end - j > 3 * step; j += 4 * step) {
+        u64 i0 = ids[j], i1 = ids[j + step], i2 = ids[j + 2 * step], i3 = ids[j + 3 * step];
+        float v0 = table_at(table, (i0 % rows) * dim + k), v1 = table_at(table, (i1 % rows) * dim + k);
+        float v2 = table_at(table, (i2 % rows) * dim + k), v3 = table_at(table, (i3 % rows) * dim + k);
+        sum += v0;
+        sum += v1;
+        sum += v2;
+        sum += v3;
+    }
+    for (; j < end; j += step) sum += table_at(table, (ids[j] % rows) * dim + k);
+    return sum;
+}
+
+// Column k of the sum of an input's bag ids[d.ids + first], … (every
+// `step`-th id before `end`).
+__device__ __forceinline__ float bag_sum(const InputDesc& d, const u64* ids, u32 first, u32 end, u32 step, int k) {
+    if (d.flags & FLAG_TABLE_F16) return bag_sum_of((const __half*)d.table, ids + d.ids, d.rows, d.dim, first, end, step, k);
+    return bag_sum_of((const float*)d.table, ids + d.ids, d.rows, d.dim, first, end, step, k);
 }
 
 __device__ float pooled_value(const InputDesc& d, const u32* offsets, const u64* ids, int bag, int k) {
     u32 start = offsets[d.values + bag], end = offsets[d.values + bag + 1];
-    float sum = 0.0f;
-    for (u32 j = start; j < end; ++j) {
-        u64 row = ids[d.ids + j] % d.rows;
-        sum += table_value(d, row * d.dim + k);
-    }
+    float sum = bag_sum(d, ids, start, end, 1, k);
     if ((d.flags & FLAG_MEAN) && end > start) sum /= (float)(end - start);
     return sum;
 }
@@ -97,7 +119,7 @@ extern "C" __global__ void features_request(const unsigned char* const* staging_
                 const u32* offsets = (const u32*)(staging + h->offsets_at);
                 const u64* ids = (const u64*)(staging + h->ids_at);
                 u32 start = offsets[d.values], end = offsets[d.values + 1];
-                for (u32 j = start + lane; j < end; j += 32) v += table_value(d, (ids[d.ids + j] % d.rows) * d.dim + k);
+                v = bag_sum(d, ids, start + lane, end, 32, k);
                 for (int s = 16; s > 0; s /= 2) v += __shfl_xor_sync(0xffffffffu, v, s);
                 if ((d.flags & FLAG_MEAN) && end > start) v /= (float)(end - start);
             }

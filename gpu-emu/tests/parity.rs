@@ -228,6 +228,67 @@ fn mixtures_of_many_experts_and_tasks_match_cpu() {
     }
 }
 
+/// Long bags: the feature kernels sum a bag four ids at a time and then the
+/// rest (a request bag split over a warp's 32 lanes, a candidate bag in one
+/// thread). A request bag of 301 ids, candidate bags of 0 to 13 (none, the
+/// rest only, exactly four, four and a rest), fp16 and f32 tables' models
+/// against the CPU.
+#[test]
+fn long_bags_match_cpu() {
+    let config = Config::parse(
+        r#"{"name": "bags", "expert_dim": 8,
+        "inputs": [
+            {"name": "history", "kind": "sparse", "scope": "request", "rows": 1000, "dim": 16, "pooling": "mean"},
+            {"name": "ad", "kind": "sparse", "scope": "candidate", "rows": 500, "dim": 8, "pooling": "sum"},
+            {"name": "price", "kind": "dense", "scope": "candidate", "dim": 4}
+        ],
+        "experts": [{"name": "e0", "type": "mlp", "hidden": [16, 8]}, {"name": "e1", "type": "mlp", "hidden": [8]}],
+        "tasks": [{"name": "click", "tower": [8]}]}"#,
+    )
+    .unwrap();
+    let (_dir, model) = packed(&config, 21);
+    let lengths = [0usize, 1, 4, 7, 13];
+    let mut request = mmoe::demo::synthetic_request(model.config(), lengths.len(), 3);
+    let ids = |count: usize, salt: u64| -> Vec<u64> {
+        (0..count as u64)
+            .map(|j| (j * 7919 + salt * 104_729) % 100_000)
+            .collect()
+    };
+    request.features[0] = mmoe::request::OwnedFeature::Sparse {
+        ids: ids(301, 1),
+        offsets: vec![0, 301],
+    };
+    let mut offsets = vec![0u32];
+    for &n in &lengths {
+        offsets.push(offsets.last().unwrap() + n as u32);
+    }
+    request.features[1] = mmoe::request::OwnedFeature::Sparse {
+        ids: ids(lengths.iter().sum(), 2),
+        offsets,
+    };
+    let mut cpu = vec![0.0; lengths.len()];
+    Session::new(model.clone())
+        .score(
+            &request.as_request(),
+            &mut Scores {
+                logits: Some(&mut cpu),
+                probabilities: None,
+            },
+        )
+        .expect("cpu scores");
+    for (precision, bound) in [(Precision::F32, 1e-4), (Precision::F16, 2e-2)] {
+        let emu = EmuModel::new(model.clone(), precision, PlanOptions::default());
+        let scores = emu.score(&request.as_request()).expect("emulated scores");
+        let delta = cpu
+            .iter()
+            .zip(&scores)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        println!("long bags, {precision:?}: max |Δlogit| {delta:e}");
+        assert!(delta < bound, "{precision:?}: {cpu:?} against {scores:?}");
+    }
+}
+
 /// The fp16 copies of x (the `…h` kernels: cp.async pipelines) give exactly
 /// the logits of the kernels that convert the f32 activations themselves:
 /// the same roundings, tiles and order of sums. Each tile size, on the
