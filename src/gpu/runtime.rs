@@ -108,7 +108,10 @@ impl GpuModel {
                     .map_err(|e| cuda_error(k.entry(), e))
             })
             .collect::<Result<Vec<_>>>()?;
-        // Past 48 KB a kernel's dynamic shared memory must be allowed first.
+        // Past 48 KB a kernel's dynamic shared memory must be allowed first
+        // (in the model's context, current on this thread).
+        ctx.bind_to_thread()
+            .map_err(|e| cuda_error("bind context", e))?;
         let launchable = Kernel::ALL
             .iter()
             .zip(&functions)
