@@ -2,8 +2,9 @@
 # The GPU check, run on the GPU test machine from the repository root:
 #   bash .gpu/check.sh "$OUT"
 # Writes logs and JSON under $OUT as it goes and prints a short table last.
-# About 4 minutes (every step has its own time limit): give the run a
-# timeout_s of about 480.
+# About 4 minutes on 2026-11-27, likely longer since the tile choices grew
+# from 9 to 15 (every step has its own time limit): give the run a
+# timeout_s of about 540, or split it with STEPS.
 set -uo pipefail
 # Only a few files come back from the machine: logs go to $1/logs, archived
 # as $1/logs.tgz at the end, with the summary next to it.
