@@ -1249,34 +1249,15 @@ impl LaunchPlan {
     /// `ranges`.
     fn push_tile_choices(&mut self, i: usize) -> Vec<TileChoice> {
         let launch = &self.launches[i];
-        let family: &[Kernel] = if reads_half_x(launch.kernel) {
-            &[
-                Kernel::LinearMma32H,
-                Kernel::LinearMma64H,
-                Kernel::LinearMma128H,
-                Kernel::LinearMma128x64H,
-                Kernel::LinearMma64x128H,
-                Kernel::LinearMma32K64H,
-                Kernel::LinearMma64K64H,
-                Kernel::LinearMma32x32H,
-                Kernel::LinearMma32x32K64H,
-                Kernel::LinearMma128x128S4H,
-                Kernel::LinearMma128x128W4S4H,
-                Kernel::LinearMma128x64S6H,
-                Kernel::LinearMma32x32S16H,
-                Kernel::LinearMma32x64S12H,
-                Kernel::LinearMma64x64S8H,
-            ]
-        } else {
-            &[
-                Kernel::LinearMma32,
-                Kernel::LinearMma64,
-                Kernel::LinearMma128,
-            ]
-        };
-        if !family.contains(&launch.kernel) {
+        if mma_tile(launch.kernel).is_none() {
             return Vec::new();
         }
+        // The tensor-core kernels over the same input kind, in
+        // `Kernel::ALL`'s order (the order of `MMOE_GPU_TUNE=choice=K`).
+        let half = reads_half_x(launch.kernel);
+        let family = Kernel::ALL
+            .into_iter()
+            .filter(|&k| mma_tile(k).is_some() && reads_half_x(k) == half);
         let Arg::Ptr(Loc::Ranges(tiles)) = launch.args[1] else {
             return Vec::new();
         };
@@ -1286,7 +1267,7 @@ impl LaunchPlan {
             tiles,
             blocks: launch.grid.0,
         }];
-        for &kernel in family.iter().filter(|&&k| k != own) {
+        for kernel in family.filter(|&k| k != own) {
             let tiles = self.ranges.len();
             let mut total = 0u32;
             for problem in &self.problems[problems.clone()] {
