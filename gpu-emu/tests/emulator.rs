@@ -5,10 +5,21 @@ use mmoe_gpu_emu::launch;
 use mmoe_gpu_emu::memory::DeviceMemory;
 
 fn run(name: &str, block: u32, out: &mut [f32], extra: &[u64]) -> Result<(), String> {
+    run_with_shared(name, block, 0, out, extra)
+}
+
+/// `run` with `shared` bytes of dynamic shared memory.
+fn run_with_shared(
+    name: &str,
+    block: u32,
+    shared: u32,
+    out: &mut [f32],
+    extra: &[u64],
+) -> Result<(), String> {
     let mut args = vec![out.as_mut_ptr() as u64];
     args.extend_from_slice(extra);
     // SAFETY: the self-test kernels write out[threadIdx.x] for threadIdx.x < block ≤ out.len().
-    unsafe { launch(name, (1, 1, 1), (block, 1, 1), 0, &args) }
+    unsafe { launch(name, (1, 1, 1), (block, 1, 1), shared, &args) }
 }
 
 #[test]
@@ -95,6 +106,16 @@ fn rerun_in_child(name: &str, marker: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// Reruns test `name` in a child process with `marker` set and checks that
+/// the child failed with `message` on stderr (`what` says what must not
+/// have passed).
+fn assert_child_aborts(name: &str, marker: &str, what: &str, message: &str) {
+    let child = rerun_in_child(name, marker);
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(!child.status.success(), "{what} passed: {stderr}");
+    assert!(stderr.contains(message), "{stderr}");
+}
+
 /// Run in a child process (the check aborts it): a misaligned float4 load
 /// must stop the emulator, as it would fault on a GPU.
 #[test]
@@ -112,16 +133,12 @@ fn a_misaligned_vector_access_aborts() {
         );
         return;
     }
-    let child = rerun_in_child(
+    assert_child_aborts(
         "a_misaligned_vector_access_aborts",
         "MMOE_EMU_MISALIGNED_CHILD",
+        "the misaligned load",
+        "misaligned address",
     );
-    let stderr = String::from_utf8_lossy(&child.stderr);
-    assert!(
-        !child.status.success(),
-        "the misaligned load passed: {stderr}"
-    );
-    assert!(stderr.contains("misaligned address"), "{stderr}");
 }
 
 /// Dynamic shared memory holds what the block's threads wrote; a kernel
@@ -131,17 +148,7 @@ fn a_misaligned_vector_access_aborts() {
 #[test]
 fn dynamic_shared_memory_is_checked_against_the_launch() {
     let shared_launch = |shared: u32, out: &mut [f32]| {
-        let args = [out.as_mut_ptr() as u64];
-        // SAFETY: the kernel writes out[threadIdx.x] for threadIdx.x < 64 = out.len().
-        unsafe {
-            launch(
-                "selftest_dynamic_shared",
-                (1, 1, 1),
-                (64, 1, 1),
-                shared,
-                &args,
-            )
-        }
+        run_with_shared("selftest_dynamic_shared", 64, shared, out, &[])
     };
     let mut out = vec![0.0f32; 64];
     if std::env::var_os("MMOE_EMU_SHARED_CHILD").is_some() {
@@ -151,18 +158,11 @@ fn dynamic_shared_memory_is_checked_against_the_launch() {
     shared_launch(4 * 64, &mut out).unwrap();
     let expected: Vec<f32> = (0..64).map(|t| ((t + 1) % 64) as f32).collect();
     assert_eq!(out, expected);
-    let child = rerun_in_child(
+    assert_child_aborts(
         "dynamic_shared_memory_is_checked_against_the_launch",
         "MMOE_EMU_SHARED_CHILD",
-    );
-    let stderr = String::from_utf8_lossy(&child.stderr);
-    assert!(
-        !child.status.success(),
-        "252 bytes passed for 256: {stderr}"
-    );
-    assert!(
-        stderr.contains("uses 256 bytes of dynamic shared memory, its launch gave 252"),
-        "{stderr}"
+        "252 bytes for 256",
+        "uses 256 bytes of dynamic shared memory, its launch gave 252",
     );
 }
 

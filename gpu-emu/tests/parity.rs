@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use mmoe::format::writer;
 use mmoe::gpu::launch_plan::{bucket, Kernel, PlanOptions, Precision, Tiles};
+use mmoe::request::{OwnedFeature, OwnedRequest};
 use mmoe::{Config, DType, Model, OpenOptions, Scores, Session};
 use mmoe_gpu_emu::EmuModel;
 
@@ -88,10 +89,9 @@ fn variants() -> Vec<Variant> {
     ]
 }
 
-/// Max |Δlogit| of the emulated GPU path against the CPU exact path.
-fn emu_vs_cpu(model: &Arc<Model>, variant: &Variant, n: usize, seed: u64) -> f32 {
-    let request = mmoe::demo::synthetic_request(model.config(), n, seed);
-    let mut cpu = vec![0.0; n * model.num_tasks()];
+/// The CPU exact path's logits for `request`.
+fn cpu_logits(model: &Arc<Model>, request: &OwnedRequest) -> Vec<f32> {
+    let mut cpu = vec![0.0; request.candidates * model.num_tasks()];
     Session::new(model.clone())
         .score(
             &request.as_request(),
@@ -101,6 +101,21 @@ fn emu_vs_cpu(model: &Arc<Model>, variant: &Variant, n: usize, seed: u64) -> f32
             },
         )
         .expect("cpu scores");
+    cpu
+}
+
+/// Max |a − b| over two sets of logits.
+fn max_delta(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Max |Δlogit| of the emulated GPU path against the CPU exact path.
+fn emu_vs_cpu(model: &Arc<Model>, variant: &Variant, n: usize, seed: u64) -> f32 {
+    let request = mmoe::demo::synthetic_request(model.config(), n, seed);
+    let cpu = cpu_logits(model, &request);
     let scores = emu_scores(
         model,
         variant.precision,
@@ -111,10 +126,7 @@ fn emu_vs_cpu(model: &Arc<Model>, variant: &Variant, n: usize, seed: u64) -> f32
     );
     assert_eq!(scores.len(), cpu.len());
     assert!(scores.iter().all(|v| v.is_finite()), "{scores:?}");
-    cpu.iter()
-        .zip(&scores)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+    max_delta(&cpu, &scores)
 }
 
 /// The emulated GPU path's logits for `n` candidates; one of `uses` must
@@ -231,7 +243,7 @@ fn mixtures_of_many_experts_and_tasks_match_cpu() {
 /// Long bags: the feature kernels sum a bag four ids at a time and then the
 /// rest (a request bag split over a warp's 32 lanes, a candidate bag in one
 /// thread). A request bag of 301 ids, candidate bags of 0 to 13 (none, the
-/// rest only, exactly four, four and a rest), fp16 and f32 tables' models
+/// rest only, exactly four, four and a rest), f32 and f16 precision,
 /// against the CPU.
 #[test]
 fn long_bags_match_cpu() {
@@ -254,7 +266,7 @@ fn long_bags_match_cpu() {
             .map(|j| (j * 7919 + salt * 104_729) % 100_000)
             .collect()
     };
-    request.features[0] = mmoe::request::OwnedFeature::Sparse {
+    request.features[0] = OwnedFeature::Sparse {
         ids: ids(301, 1),
         offsets: vec![0, 301],
     };
@@ -262,28 +274,15 @@ fn long_bags_match_cpu() {
     for &n in &lengths {
         offsets.push(offsets.last().unwrap() + n as u32);
     }
-    request.features[1] = mmoe::request::OwnedFeature::Sparse {
+    request.features[1] = OwnedFeature::Sparse {
         ids: ids(lengths.iter().sum(), 2),
         offsets,
     };
-    let mut cpu = vec![0.0; lengths.len()];
-    Session::new(model.clone())
-        .score(
-            &request.as_request(),
-            &mut Scores {
-                logits: Some(&mut cpu),
-                probabilities: None,
-            },
-        )
-        .expect("cpu scores");
+    let cpu = cpu_logits(&model, &request);
     for (precision, bound) in [(Precision::F32, 1e-4), (Precision::F16, 2e-2)] {
         let emu = EmuModel::new(model.clone(), precision, PlanOptions::default());
         let scores = emu.score(&request.as_request()).expect("emulated scores");
-        let delta = cpu
-            .iter()
-            .zip(&scores)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let delta = max_delta(&cpu, &scores);
         println!("long bags, {precision:?}: max |Δlogit| {delta:e}");
         assert!(delta < bound, "{precision:?}: {cpu:?} against {scores:?}");
     }
