@@ -1003,17 +1003,11 @@ __device__ void task_heads(const u64* table, int num_experts, int h, float* logi
     if (tid < HEAD_ROWS) {
         int r = row0 + tid;
         if ((gate || gate_linear[0]) && r < rows) {
-            // Softmax in place when the logits are in mix already.
+            // Softmax in place when the logits are in mix already (weight i
+            // reads only z[i]).
             const float* z = gate_linear[0] ? mix[tid] : row_of(gate, ldg, r);
-            float zmax = z[0];
-            for (int i = 1; i < num_experts; ++i) zmax = fmaxf(zmax, z[i]);
-            float total = 0.0f;
-            for (int i = 0; i < num_experts; ++i) {
-                float e = expf(z[i] - zmax);
-                mix[tid][i] = e;
-                total += e;
-            }
-            for (int i = 0; i < num_experts; ++i) mix[tid][i] /= total;
+            SoftmaxTerms s = softmax_terms(z, num_experts);
+            for (int i = 0; i < num_experts; ++i) mix[tid][i] = softmax_weight(z, s, i);
         } else {
             for (int i = 0; i < num_experts; ++i) mix[tid][i] = i == 0 ? 1.0f : 0.0f;
         }
