@@ -233,23 +233,32 @@ timeout 90 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1
   --json "$out/torch.json" 2>&1 | tee "$out/torch.txt"
 fi
 
+# Nsight Compute at the GPU's own clocks (--clock-control none: the clocks
+# the benchmark runs at, not base) over the fourth graph of the demo model
+# at $2 candidates, kernel by kernel (speed of light, occupancy, warp
+# stalls), with the tile choice $1 (MMOE_GPU_TUNE's value); the report in
+# $out/ncu-$3.txt, a line per kernel in $out/ncu-summary-$3.txt.
+ncu_graph() {
+  local report="$out/ncu-$3.txt"
+  MMOE_GPU_TUNE=$1 timeout 100 ncu --cache-control none --clock-control none --section SpeedOfLight \
+    --section Occupancy --section WarpStateStats --section LaunchStats --launch-skip 30 --launch-count 10 ./bin/mmoe bench \
+    --model models/demo.mmoe --device cuda --precision f16 --batch "$2" --iters 5 --max-seconds 1 > "$report" 2>&1
+  awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
+       /Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued Instruction/ {
+         gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$report" | tee "$out/ncu-summary-$3.txt"
+}
+
 if want ncu; then
 log "5. per-kernel times (Nsight Compute at the GPU's own clocks, one graph of 1024 and one of 1 candidate, f16)"
 # The default plan of the benchmark model is 10 kernels per graph (task heads
 # as separate launches, the towers' last layers writing the logits;
-# launch_plan.rs tests it): skip 3 graphs, profile the 4th, kernel by kernel
-# (speed of light, occupancy, warp stalls), at 1024 candidates and at one
-# (the 32-row bucket, where the graph's time is latency). The plan's tiles
-# (MMOE_GPU_TUNE=0): tuning's own launches would come first.
-# --clock-control none: the clocks the benchmark runs at, not base.
+# launch_plan.rs tests it): skip 3 graphs, profile the 4th, at 1024
+# candidates and at one (the 32-row bucket, where the graph's time is
+# latency). The plan's tiles (MMOE_GPU_TUNE=0): tuning's own launches would
+# come first.
 if command -v ncu >/dev/null; then
   for batch in 1024 1; do
-    MMOE_GPU_TUNE=0 timeout 100 ncu --cache-control none --clock-control none --section SpeedOfLight --section Occupancy \
-      --section WarpStateStats --section LaunchStats --launch-skip 30 --launch-count 10 ./bin/mmoe bench \
-      --model models/demo.mmoe --device cuda --precision f16 --batch $batch --iters 5 --max-seconds 1 > "$out/ncu-$batch.txt" 2>&1
-    awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
-         /Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued Instruction/ {
-           gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-$batch.txt" | tee "$out/ncu-summary-$batch.txt"
+    ncu_graph 0 $batch $batch
     echo "ncu, $batch candidates: $(grep -c Duration "$out/ncu-$batch.txt") kernels profiled, \
 $(awk '/Duration/ {v = $NF; gsub(/,/, "", v); u = $(NF-1); if (u ~ /^ns/) v /= 1000; if (u ~ /^ms/) v *= 1000; s += v}
          END {printf "%.1f", s}' "$out/ncu-$batch.txt") µs in all" | tee -a "$out/check.log"
@@ -261,18 +270,10 @@ fi
 
 if want ncu-deep && command -v ncu >/dev/null; then
 log "5b. the deep-pipeline tiles under Nsight Compute: every GEMM forced to 128×128 of 4 warps (choice 10) at 1024 candidates, to 32×32 with 16 stages (choice 12) at 1"
-# The tuning log (bench-f16.txt) times every choice; this says why: the
-# same sections as step 5, over the ten launches of one graph.
+# The tuning log (bench-f16.txt) times every choice; this says why.
 for spec in 1024:10 1:12; do
   batch=${spec%:*} choice=${spec#*:}
-  MMOE_GPU_TUNE=choice=$choice timeout 100 ncu --cache-control none --clock-control none --section SpeedOfLight \
-    --section Occupancy --section WarpStateStats --section LaunchStats --launch-skip 30 --launch-count 10 ./bin/mmoe bench \
-    --model models/demo.mmoe --device cuda --precision f16 --batch $batch --iters 5 --max-seconds 1 \
-    > "$out/ncu-$batch-choice$choice.txt" 2>&1
-  awk '/^  [a-z_0-9]+ \(/ {sub(/, Context.*/, ""); printf "\n%s", $0}
-       /Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Warp Cycles Per Issued Instruction/ {
-         gsub(/ +/, " "); printf " |%s", $0} END {print ""}' "$out/ncu-$batch-choice$choice.txt" \
-    | tee "$out/ncu-summary-$batch-choice$choice.txt"
+  ncu_graph choice=$choice $batch $batch-choice$choice
 done
 fi
 
