@@ -224,8 +224,10 @@ impl Session {
 
     /// Prepares the session for requests of up to `max_candidates`
     /// candidates (at most [`MAX_WARM_UP_CANDIDATES`]), so that the first
-    /// real ones do not pay for it: it scores requests of zero features
-    /// (dense inputs zero, bags empty) and throws the scores away. On the
+    /// real ones do not pay for it: it reads every page of the model file
+    /// (once per model, [`Model::touch_pages`]), then scores requests of
+    /// zero features (dense inputs zero, bags empty) and throws the scores
+    /// away. On the
     /// CPU, where scratch is per tile of candidates, one request of up to a
     /// tile per thread sizes the scratch of every thread and touches the
     /// model's weights, and the output buffer is reserved for
@@ -250,6 +252,8 @@ impl Session {
                 model.name()
             ))
         };
+        // The zero request's bags are empty: it gathers no embedding rows.
+        model.touch_pages();
         let zeros = ZeroFeatures::new(config, largest).map_err(|e| context(e, largest))?;
         let mut logits = Vec::new();
         for candidates in sizes {

@@ -184,3 +184,54 @@ fn after_a_warmed_reload_the_first_calls_allocate_nothing() {
         }
     }
 }
+
+/// Page faults this thread has taken so far (Linux: `getrusage`).
+#[cfg(target_os = "linux")]
+fn page_faults() -> i64 {
+    // SAFETY: getrusage writes the struct it is given; a zeroed rusage is a
+    // valid value of that plain C struct.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
+        usage
+    };
+    usage.ru_minflt + usage.ru_majflt
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn after_warm_up_the_first_call_faults_in_no_page() {
+    // Each model is mapped afresh, so its pages are not yet in this
+    // process's page tables; the requests' bags gather embedding rows,
+    // which the warm-up's empty bags do not.
+    let dir = tempfile::tempdir().unwrap();
+    let (config, path) = bench_model_file(dir.path(), 7);
+    let owned = mmoe::demo::synthetic_request(&config, 40, 3);
+    let request = owned.as_request();
+    let faults_of_call = |session: &mut Session| {
+        let mut logits = vec![1.0; 40 * 3];
+        let before = page_faults();
+        session
+            .score(
+                &request,
+                &mut Scores {
+                    logits: Some(&mut logits),
+                    probabilities: None,
+                },
+            )
+            .unwrap();
+        page_faults() - before
+    };
+    // The counter counts: a cold session on a fresh map faults pages in.
+    let cold = Model::open(&path, &OpenOptions::default()).unwrap();
+    let cold_faults = faults_of_call(&mut Session::new(cold));
+    assert!(cold_faults > 0, "a cold first call took no page fault");
+    let model = Model::open(&path, &OpenOptions::default()).unwrap();
+    let mut warm = Session::new(model);
+    warm.warm_up(64).unwrap();
+    let warm_faults = faults_of_call(&mut warm);
+    assert_eq!(
+        warm_faults, 0,
+        "the first call after warm_up(64) took {warm_faults} page faults (cold: {cold_faults})"
+    );
+}
