@@ -26,7 +26,7 @@ typedef struct {
     const mmoe_feature *features;
     size_t inputs, tasks;
     const float *expect_a, *expect_b;
-    volatile int *stop;
+    int *stop; /* read and written with __atomic builtins */
     long calls, failures, mismatches, saw_a, saw_b;
 } worker;
 
@@ -39,7 +39,7 @@ static void *run(void *arg) {
     }
     float *logits = malloc(CANDIDATES * w->tasks * sizeof(float));
     size_t bytes = CANDIDATES * w->tasks * sizeof(float);
-    while (!*w->stop) {
+    while (!__atomic_load_n(w->stop, __ATOMIC_ACQUIRE)) {
         mmoe_status status = mmoe_session_score(session, CANDIDATES, w->features, w->inputs, logits,
                                                 CANDIDATES * w->tasks, NULL, 0);
         w->calls++;
@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    volatile int stop = 0;
+    int stop = 0;
     worker *workers = calloc((size_t)threads, sizeof *workers);
     pthread_t *ids = calloc((size_t)threads, sizeof *ids);
     for (int t = 0; t < threads; ++t) {
@@ -147,7 +147,7 @@ int main(int argc, char **argv) {
     /* A reload to a missing file fails and leaves the engine serving. */
     int refused = mmoe_engine_reload(engine, "/nonexistent/model.mmoe") == MMOE_STATUS_IO;
     nanosleep(&pause, NULL);
-    stop = 1;
+    __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
     long calls = 0, failures = 0, mismatches = 0, saw_a = 0, saw_b = 0;
     for (int t = 0; t < threads; ++t) {
         pthread_join(ids[t], NULL);

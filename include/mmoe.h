@@ -23,29 +23,6 @@
 #define MMOE_ABI_VERSION 1 /* compare with mmoe_abi_version() */
 
 
-// Status codes. Values are fixed and never reused.
-typedef enum mmoe_status {
-  MMOE_STATUS_OK = 0,
-  // A file could not be read.
-  MMOE_STATUS_IO = 1,
-  // The model's config breaks the model contract.
-  MMOE_STATUS_CONFIG = 2,
-  // A tensor is missing, extra, misshaped or out of range.
-  MMOE_STATUS_TENSOR = 3,
-  // The model file is malformed, truncated or of another version.
-  MMOE_STATUS_FORMAT = 4,
-  // A checksum does not match (corrupt file).
-  MMOE_STATUS_CHECKSUM = 5,
-  // The request is invalid (lengths, CSR offsets, NaN where not allowed).
-  MMOE_STATUS_REQUEST = 6,
-  // An argument is invalid (NULL pointer, wrong output length, index).
-  MMOE_STATUS_ARGUMENT = 7,
-  // The GPU path is unavailable or failed.
-  MMOE_STATUS_DEVICE = 8,
-  // A bug in mmoe was caught at the boundary; the process is intact.
-  MMOE_STATUS_INTERNAL = 9,
-} mmoe_status;
-
 // Where a model runs.
 typedef enum mmoe_device {
   MMOE_DEVICE_CPU = 0,
@@ -68,6 +45,29 @@ typedef enum mmoe_gpu_precision {
   MMOE_GPU_F16 = 0,
   MMOE_GPU_F32 = 1,
 } mmoe_gpu_precision;
+
+// Status codes. Values are fixed and never reused.
+typedef enum mmoe_status {
+  MMOE_STATUS_OK = 0,
+  // A file could not be read.
+  MMOE_STATUS_IO = 1,
+  // The model's config breaks the model contract.
+  MMOE_STATUS_CONFIG = 2,
+  // A tensor is missing, extra, misshaped or out of range.
+  MMOE_STATUS_TENSOR = 3,
+  // The model file is malformed, truncated or of another version.
+  MMOE_STATUS_FORMAT = 4,
+  // A checksum does not match (corrupt file).
+  MMOE_STATUS_CHECKSUM = 5,
+  // The request is invalid (lengths, CSR offsets, NaN where not allowed).
+  MMOE_STATUS_REQUEST = 6,
+  // An argument is invalid (NULL pointer, wrong output length, index).
+  MMOE_STATUS_ARGUMENT = 7,
+  // The GPU path is unavailable or failed.
+  MMOE_STATUS_DEVICE = 8,
+  // A bug in mmoe was caught at the boundary; the process is intact.
+  MMOE_STATUS_INTERNAL = 9,
+} mmoe_status;
 
 // An input's kind.
 typedef enum mmoe_input_kind {
@@ -95,7 +95,8 @@ typedef struct mmoe_open_options {
   uint32_t device_ordinal;
   enum mmoe_compute_mode compute_mode;
   enum mmoe_gpu_precision gpu_precision;
-  // Threads each session splits a request's candidates over (CPU); 0 or 1: none.
+  // Threads each session splits a request's candidates over (CPU); 0 or 1:
+  // none; at most 256.
   uint32_t threads;
   // Nonzero: check every tensor checksum at open and reload.
   uint32_t verify_checksums;
@@ -140,8 +141,9 @@ const char *mmoe_version(void);
 // policy in README.md). Compare with `MMOE_ABI_VERSION`.
 uint32_t mmoe_abi_version(void);
 
-// A short, static description of a status code.
-const char *mmoe_status_str(enum mmoe_status status);
+// A short, static description of a status code (an `mmoe_status`; any
+// other value gives "unknown status").
+const char *mmoe_status_str(uint32_t status);
 
 // Copies the message of this thread's last failed call into `buf` (up to
 // `buf_len - 1` bytes and a NUL; `buf` may be NULL when `buf_len` is 0) and
@@ -241,8 +243,10 @@ enum mmoe_status mmoe_session_warm_up(struct mmoe_session *session, size_t max_c
 // them, in any order). `logits` and `probabilities` each receive
 // `candidates × tasks` floats, row-major (candidate, task); either may be
 // NULL with length 0 when not wanted, and a given one must have exactly that
-// length. All arrays are borrowed for the duration of the call only. Nothing
-// is written unless the call succeeds. Not thread-safe per session.
+// length; they may overlap neither each other nor any input array. At most
+// 16777216 candidates. All arrays are borrowed for the duration of the call
+// only. Nothing is written unless the call succeeds. Not thread-safe per
+// session.
 enum mmoe_status mmoe_session_score(struct mmoe_session *session,
                                     size_t candidates,
                                     const struct mmoe_feature *features,

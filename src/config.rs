@@ -188,7 +188,7 @@ pub struct Task {
 
 /// Largest width of any layer, and largest embedding table, that a config may
 /// declare: far above any real model, low enough that sizes cannot overflow.
-const MAX_WIDTH: usize = 1 << 20;
+pub(crate) const MAX_WIDTH: usize = 1 << 20;
 const MAX_ROWS: u64 = 1 << 40;
 
 impl Config {

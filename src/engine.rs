@@ -94,15 +94,18 @@ impl Engine {
         // both locks are released.
         let mut prepared = lock(&self.prepared);
         let stale = std::mem::replace(&mut *prepared, sessions);
-        {
+        let old = {
             let mut guard = match self.current.write() {
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            *guard = model;
             self.generation.fetch_add(1, Ordering::Release);
-        }
+            std::mem::replace(&mut *guard, model)
+        };
         drop(prepared);
+        // The old model may be its last reference (no session scored on it):
+        // its unmapping and GPU frees run here, with no lock held.
+        drop(old);
         drop(stale);
         Ok(())
     }
@@ -188,7 +191,7 @@ impl EngineSession {
 
     /// Intra-request threads, as [`Session::set_threads`].
     pub fn set_threads(&mut self, threads: usize) {
-        self.threads = threads.max(1);
+        self.threads = threads.clamp(1, crate::session::MAX_THREADS);
         self.engine
             .threads
             .fetch_max(self.threads, Ordering::AcqRel);

@@ -151,10 +151,11 @@ pub fn score_parallel(
             .collect();
         handles
             .into_iter()
+            // A scoring thread's panic is a bug: it goes on in this thread,
+            // where the C boundary reports it as such (INTERNAL).
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(crate::error::Error::argument("a scoring thread panicked"))
-                })
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect()
     });

@@ -53,5 +53,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use format::DType;
 pub use gpu::Device;
 pub use model::{GpuPrecision, InputInfo, Model, OpenOptions};
-pub use request::{Feature, Request};
-pub use session::{Backend, Scores, Session, MAX_WARM_UP_CANDIDATES};
+pub use request::{Feature, Request, MAX_INPUTS};
+pub use session::{Backend, Scores, Session, MAX_CANDIDATES, MAX_THREADS, MAX_WARM_UP_CANDIDATES};

@@ -31,7 +31,14 @@ pub enum Feature<'a> {
 pub struct Request<'a> {
     candidates: usize,
     features: Vec<Feature<'a>>,
+    /// The first input index set beyond any model's inputs (kept out of
+    /// `features`, so that a stray index does not size that vector).
+    out_of_range: Option<usize>,
 }
+
+/// No model has more inputs than this: each input adds at least one column
+/// to x0, whose width the config bounds.
+pub const MAX_INPUTS: usize = crate::config::MAX_WIDTH;
 
 impl<'a> Request<'a> {
     /// An empty request for `candidates` candidates.
@@ -39,6 +46,7 @@ impl<'a> Request<'a> {
         Request {
             candidates,
             features: Vec::new(),
+            out_of_range: None,
         }
     }
 
@@ -46,6 +54,19 @@ impl<'a> Request<'a> {
     pub fn reset(&mut self, candidates: usize) {
         self.candidates = candidates;
         self.features.clear();
+        self.out_of_range = None;
+    }
+
+    /// This request emptied, its storage kept for a next request that
+    /// borrows for another lifetime (no allocation: the empty vector's
+    /// buffer is reused in place).
+    pub fn recycle(mut self) -> Request<'static> {
+        self.features.clear();
+        Request {
+            candidates: 0,
+            features: self.features.into_iter().map(|_| Feature::Unset).collect(),
+            out_of_range: None,
+        }
     }
 
     pub fn candidates(&self) -> usize {
@@ -61,6 +82,10 @@ impl<'a> Request<'a> {
     }
 
     fn set(&mut self, input: usize, feature: Feature<'a>) -> &mut Self {
+        if input >= MAX_INPUTS {
+            self.out_of_range.get_or_insert(input);
+            return self;
+        }
         if self.features.len() <= input {
             self.features.resize(input + 1, Feature::Unset);
         }
@@ -77,10 +102,12 @@ impl<'a> Request<'a> {
     /// policy) are checked while features are assembled.
     pub fn validate(&self, config: &Config) -> Result<()> {
         let n = self.candidates;
-        if self.features.len() > config.inputs.len() {
+        let highest = self
+            .out_of_range
+            .or_else(|| self.features.len().checked_sub(1));
+        if let Some(index) = highest.filter(|&index| index >= config.inputs.len()) {
             return Err(Error::request(format!(
-                "input index {} is set, but model `{}` has {} inputs",
-                self.features.len() - 1,
+                "input index {index} is set, but model `{}` has {} inputs",
                 config.name,
                 config.inputs.len()
             )));
@@ -131,11 +158,12 @@ impl<'a> Request<'a> {
 }
 
 fn check_csr(name: &str, bags: usize, ids: &[u64], offsets: &[u32]) -> Result<()> {
-    if offsets.len() != bags + 1 {
+    // `bags` is the caller's candidate count: usize::MAX has no `+ 1`.
+    if bags.checked_add(1) != Some(offsets.len()) {
         return Err(Error::request(format!(
             "input `{name}`: {} offsets, expected {} ({bags} bag(s) + 1)",
             offsets.len(),
-            bags + 1
+            bags as u128 + 1
         )));
     }
     if offsets[0] != 0 {

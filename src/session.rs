@@ -87,7 +87,17 @@ impl Session {
     #[cfg(feature = "cuda")]
     fn score_gpu(&mut self, request: &Request<'_>) -> Result<()> {
         let model = self.model.clone();
-        Self::gpu_session(&mut self.gpu, &model)?.score(&model, request, &mut self.logits)
+        let scored =
+            Self::gpu_session(&mut self.gpu, &model)?.score(&model, request, &mut self.logits);
+        if scored
+            .as_ref()
+            .is_err_and(|e| e.kind() == crate::ErrorKind::Device)
+        {
+            // A device error may leave the stream mid-capture or a buffer
+            // half-grown: the next call starts from a new GPU session.
+            self.gpu = None;
+        }
+        scored
     }
 
     /// Benchmarks only (`mmoe bench --phases`): records where the time of
@@ -157,11 +167,12 @@ impl Session {
     }
 
     /// Splits the candidates of each request across `threads` threads (1,
-    /// the default, scores on the caller's thread only). Each call then
+    /// the default, scores on the caller's thread only; at most
+    /// [`MAX_THREADS`], a larger number counts as that). Each call then
     /// starts `threads - 1` threads: worth it for large requests only.
     pub fn set_threads(&mut self, threads: usize) {
         self.scratches
-            .resize_with(threads.max(1), exec::Scratch::default);
+            .resize_with(threads.clamp(1, MAX_THREADS), exec::Scratch::default);
     }
 
     pub fn threads(&self) -> usize {
@@ -224,8 +235,8 @@ impl Session {
 
     /// Prepares the session for requests of up to `max_candidates`
     /// candidates (at most [`MAX_WARM_UP_CANDIDATES`]), so that the first
-    /// real ones do not pay for it: it reads every page of the model file
-    /// (once per model, [`Model::touch_pages`]), then scores requests of
+    /// real ones do not pay for it: off the GPU it reads every page of the
+    /// model file (once per model, [`Model::touch_pages`]), then scores requests of
     /// zero features (dense inputs zero, bags empty) and throws the scores
     /// away. On the
     /// CPU, where scratch is per tile of candidates, one request of up to a
@@ -253,7 +264,10 @@ impl Session {
             ))
         };
         // The zero request's bags are empty: it gathers no embedding rows.
-        model.touch_pages();
+        // (On a GPU the tables are on the device; the host's pages idle.)
+        if self.backend != Backend::Cuda {
+            model.touch_pages();
+        }
         let zeros = ZeroFeatures::new(config, largest).map_err(|e| context(e, largest))?;
         let mut logits = Vec::new();
         for candidates in sizes {
@@ -285,6 +299,11 @@ impl Session {
         let model = &*model;
         let tasks = model.num_tasks();
         let n = request.candidates();
+        if n > MAX_CANDIDATES {
+            return Err(Error::request(format!(
+                "{n} candidates, above the limit of {MAX_CANDIDATES} per request"
+            )));
+        }
         let want = n
             .checked_mul(tasks)
             .ok_or_else(|| Error::argument("candidate count overflows"))?;
@@ -302,6 +321,13 @@ impl Session {
             }
         }
         request.validate(model.config())?;
+        if want > self.logits.capacity() {
+            self.logits
+                .try_reserve_exact(want - self.logits.len())
+                .map_err(|e| {
+                    Error::argument(format!("no memory for the logits of {n} candidates: {e}"))
+                })?;
+        }
         self.logits.resize(want, 0.0);
         match self.backend {
             Backend::Reference => reference::score(model, request, &mut self.logits)?,
@@ -326,6 +352,15 @@ impl Session {
         Ok(())
     }
 }
+
+/// The most candidates a request may have: far above what a ranking call
+/// scores, low enough that no size computed from it overflows (tasks and
+/// widths are bounded by the config) and that GPU row counts fit an `i32`.
+pub const MAX_CANDIDATES: usize = 1 << 24;
+
+/// The most threads a session splits a request over
+/// ([`Session::set_threads`]).
+pub const MAX_THREADS: usize = 256;
 
 /// The largest `max_candidates` a warm-up ([`Session::warm_up`],
 /// [`crate::Engine::set_warm_up`]) accepts. Larger requests are scored all

@@ -309,9 +309,195 @@ fn errors_through_the_c_abi() {
     mmoe_engine_free(null_mut());
     // SAFETY: static strings.
     assert_eq!(
-        unsafe { CStr::from_ptr(mmoe_status_str(mmoe_status::MMOE_STATUS_CHECKSUM)) }
+        unsafe { CStr::from_ptr(mmoe_status_str(mmoe_status::MMOE_STATUS_CHECKSUM as u32)) }
             .to_str()
             .unwrap(),
         "checksum mismatch"
     );
+}
+
+/// What a careless or stale C caller can pass (an enum value out of range, a
+/// `-1` count, a length that wrapped, outputs that alias inputs) is an error
+/// with a message, never undefined behaviour or an abort of the host.
+#[test]
+fn hostile_arguments_are_errors() {
+    let (_, _, packed) = small(DType::F16);
+    let path = CString::new(packed.path.to_str().unwrap()).unwrap();
+    // Options as C fills them: device, ordinal, compute mode, precision,
+    // threads, verify (a plain array, so that no Rust enum holds a bad value).
+    let open_with = |raw: [u32; 6]| {
+        let mut engine = null_mut();
+        let status = mmoe_engine_open(
+            path.as_ptr(),
+            raw.as_ptr() as *const mmoe_open_options,
+            &mut engine,
+        );
+        mmoe_engine_free(engine);
+        (status, last_error())
+    };
+    let (status, message) = open_with([7, 0, 0, 0, 1, 0]);
+    assert_eq!(status, mmoe_status::MMOE_STATUS_ARGUMENT);
+    assert!(
+        message.contains("options.device 7 is not an mmoe_device"),
+        "{message}"
+    );
+    let (status, message) = open_with([0, 0, 9, 0, 1, 0]);
+    assert_eq!(status, mmoe_status::MMOE_STATUS_ARGUMENT);
+    assert!(message.contains("options.compute_mode 9"), "{message}");
+    let (status, message) = open_with([0, 0, 0, 5, 1, 0]);
+    assert_eq!(status, mmoe_status::MMOE_STATUS_ARGUMENT);
+    assert!(message.contains("options.gpu_precision 5"), "{message}");
+    let (status, message) = open_with([0, 0, 0, 0, u32::MAX, 0]);
+    assert_eq!(status, mmoe_status::MMOE_STATUS_ARGUMENT);
+    assert!(
+        message.contains("options.threads 4294967295 is above the limit of 256"),
+        "{message}"
+    );
+    assert_eq!(
+        open_with([0, 0, 1, 1, 256, 1]).0,
+        mmoe_status::MMOE_STATUS_OK
+    );
+    // SAFETY: static strings.
+    let status_text = |status| {
+        unsafe { CStr::from_ptr(mmoe_status_str(status)) }
+            .to_str()
+            .unwrap()
+    };
+    assert_eq!(status_text(42), "unknown status");
+    assert_eq!(status_text(u32::MAX), "unknown status");
+
+    // A text query with a NULL buffer of nonzero length writes nothing.
+    let engine = open(&packed.path);
+    let mut len = 99usize;
+    assert_eq!(
+        mmoe_engine_model_name(engine.0, null_mut(), 8, &mut len),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    assert_eq!(len, 99, "out_len written by a failed call");
+
+    let mut session = null_mut();
+    assert_eq!(
+        mmoe_session_new(engine.0, &mut session),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    let u = [0.5f32, 1.0, -1.0, 2.0];
+    let mut a = [0.1f32; 16];
+    let ids = [1u64, 2, 3];
+    let us_offsets = [0u32, 3];
+    let as_offsets = [0u32, 1, 3];
+    let features = [
+        mmoe_feature {
+            input: 0,
+            dense: u.as_ptr(),
+            dense_len: 4,
+            ids: null(),
+            ids_len: 0,
+            offsets: null(),
+            offsets_len: 0,
+        },
+        mmoe_feature {
+            input: 1,
+            dense: a.as_ptr(),
+            dense_len: 12,
+            ids: null(),
+            ids_len: 0,
+            offsets: null(),
+            offsets_len: 0,
+        },
+        mmoe_feature {
+            input: 2,
+            dense: null(),
+            dense_len: 0,
+            ids: ids.as_ptr(),
+            ids_len: 3,
+            offsets: us_offsets.as_ptr(),
+            offsets_len: 2,
+        },
+        mmoe_feature {
+            input: 3,
+            dense: null(),
+            dense_len: 0,
+            ids: ids.as_ptr(),
+            ids_len: 3,
+            offsets: as_offsets.as_ptr(),
+            offsets_len: 3,
+        },
+    ];
+    let score = |candidates: usize,
+                 features: &[mmoe_feature],
+                 logits: (*mut f32, usize),
+                 probabilities: (*mut f32, usize)| {
+        let status = mmoe_session_score(
+            session,
+            candidates,
+            features.as_ptr(),
+            features.len(),
+            logits.0,
+            logits.1,
+            probabilities.0,
+            probabilities.1,
+        );
+        (status, last_error())
+    };
+    let mut logits = [7.0f32; 4];
+    let mut probabilities = [7.0f32; 4];
+    let out = (logits.as_mut_ptr(), 4);
+    let none = (null_mut(), 0);
+    assert_eq!(
+        score(2, &features, out, none).0,
+        mmoe_status::MMOE_STATUS_OK
+    );
+
+    // An input index of -1 (4294967295 as a uint32_t).
+    let mut bad = features;
+    bad[0].input = u32::MAX;
+    let (status, message) = score(2, &bad, out, none);
+    assert_eq!(status, mmoe_status::MMOE_STATUS_REQUEST);
+    assert!(
+        message.contains("features[0].input is 4294967295, but model `small` has 4 inputs"),
+        "{message}"
+    );
+    // A length of `0 - 1`.
+    let mut bad = features;
+    bad[2].ids_len = usize::MAX;
+    let (status, message) = score(2, &bad, out, none);
+    assert_eq!(status, mmoe_status::MMOE_STATUS_ARGUMENT);
+    assert!(
+        message
+            .contains("features[2].ids has length 18446744073709551615, more than memory can hold"),
+        "{message}"
+    );
+    // A candidate count of -1, with no output to size it.
+    let (status, message) = score(usize::MAX, &features, none, none);
+    assert_eq!(status, mmoe_status::MMOE_STATUS_REQUEST);
+    assert!(
+        message.contains("above the limit of 16777216 per request"),
+        "{message}"
+    );
+    // Outputs that alias each other or an input.
+    let (status, message) = score(2, &features, out, out);
+    assert_eq!(status, mmoe_status::MMOE_STATUS_ARGUMENT);
+    assert!(
+        message.contains("logits and probabilities overlap"),
+        "{message}"
+    );
+    let inside_a = (a[2..].as_mut_ptr(), 4);
+    let (status, message) = score(2, &features, out, inside_a);
+    assert_eq!(status, mmoe_status::MMOE_STATUS_ARGUMENT);
+    assert!(
+        message.contains("features[1].dense overlaps probabilities"),
+        "{message}"
+    );
+    // Right beside an input is not inside it.
+    let after_a = (a[12..].as_mut_ptr(), 4);
+    assert_eq!(
+        score(2, &features, out, after_a).0,
+        mmoe_status::MMOE_STATUS_OK
+    );
+    let probabilities_out = (probabilities.as_mut_ptr(), 4);
+    assert_eq!(
+        score(2, &features, out, probabilities_out).0,
+        mmoe_status::MMOE_STATUS_OK
+    );
+    mmoe_session_free(session);
 }

@@ -235,3 +235,73 @@ fn after_warm_up_the_first_call_faults_in_no_page() {
         "the first call after warm_up(64) took {warm_faults} page faults (cold: {cold_faults})"
     );
 }
+
+/// The C ABI's scoring call (what C, C++ and Java hosts call) allocates
+/// nothing either once warm: its request storage is kept in the session
+/// handle and its error names are formatted only on errors.
+#[test]
+fn a_c_abi_call_allocates_nothing_once_warm() {
+    use mmoe::ffi::*;
+    use std::ptr::{null, null_mut};
+    let dir = tempfile::tempdir().unwrap();
+    let (config, path) = bench_model_file(dir.path(), 7);
+    let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut engine = null_mut();
+    assert_eq!(
+        mmoe_engine_open(path.as_ptr(), null(), &mut engine),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    let mut session = null_mut();
+    assert_eq!(
+        mmoe_session_new(engine, &mut session),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    let owned = mmoe::demo::synthetic_request(&config, 40, 3);
+    let features: Vec<mmoe_feature> = owned
+        .features
+        .iter()
+        .enumerate()
+        .map(|(input, feature)| {
+            let mut f = mmoe_feature {
+                input: input as u32,
+                dense: null(),
+                dense_len: 0,
+                ids: null(),
+                ids_len: 0,
+                offsets: null(),
+                offsets_len: 0,
+            };
+            match feature {
+                mmoe::request::OwnedFeature::Dense(values) => {
+                    (f.dense, f.dense_len) = (values.as_ptr(), values.len());
+                }
+                mmoe::request::OwnedFeature::Sparse { ids, offsets } => {
+                    (f.ids, f.ids_len) = (ids.as_ptr(), ids.len());
+                    (f.offsets, f.offsets_len) = (offsets.as_ptr(), offsets.len());
+                }
+            }
+            f
+        })
+        .collect();
+    let mut logits = vec![0.0f32; 40 * 3];
+    let mut call = || {
+        mmoe_session_score(
+            session,
+            40,
+            features.as_ptr(),
+            features.len(),
+            logits.as_mut_ptr(),
+            logits.len(),
+            null_mut(),
+            0,
+        )
+    };
+    assert_eq!(call(), mmoe_status::MMOE_STATUS_OK);
+    for _ in 0..3 {
+        let before = allocations();
+        assert_eq!(call(), mmoe_status::MMOE_STATUS_OK);
+        assert_eq!(allocations() - before, 0, "a warm C ABI call allocated");
+    }
+    mmoe_session_free(session);
+    mmoe_engine_free(engine);
+}

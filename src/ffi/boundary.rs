@@ -13,16 +13,32 @@ thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// Keeps `message` as this thread's last error. A call made while the
+/// thread exits (a C++ `thread_local` destructor) may come after the slot is
+/// gone: the message is then dropped, where `with` would panic outside any
+/// `catch_unwind`.
 pub(crate) fn set_last_error(message: &str) {
-    LAST_ERROR.with(|m| {
+    let _ = LAST_ERROR.try_with(|m| {
         let mut m = m.borrow_mut();
         m.clear();
         m.push_str(message);
     });
 }
 
+/// `f` of this thread's last error message (empty once the slot is gone).
 pub(crate) fn with_last_error<T>(f: impl FnOnce(&str) -> T) -> T {
-    LAST_ERROR.with(|m| f(&m.borrow()))
+    let mut f = Some(f);
+    let mut result = None;
+    let _ = LAST_ERROR.try_with(|m| {
+        if let Some(f) = f.take() {
+            result = Some(f(&m.borrow()));
+        }
+    });
+    match (result, f) {
+        (Some(result), _) => result,
+        (None, Some(f)) => f(""),
+        (None, None) => unreachable!("f runs once, in try_with or after it"),
+    }
 }
 
 /// An error of the boundary itself (null pointer, bad length, …).

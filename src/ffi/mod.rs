@@ -110,10 +110,99 @@ pub struct mmoe_open_options {
     pub device_ordinal: u32,
     pub compute_mode: mmoe_compute_mode,
     pub gpu_precision: mmoe_gpu_precision,
-    /// Threads each session splits a request's candidates over (CPU); 0 or 1: none.
+    /// Threads each session splits a request's candidates over (CPU); 0 or 1:
+    /// none; at most 256.
     pub threads: u32,
     /// Nonzero: check every tensor checksum at open and reload.
     pub verify_checksums: u32,
+}
+
+/// `mmoe_open_options` as C fills it, its enum fields read as integers: a
+/// value outside an enum (an uninitialised field, a newer header) is then an
+/// error, where reading it as a Rust enum would be undefined behaviour.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawOpenOptions {
+    device: u32,
+    device_ordinal: u32,
+    compute_mode: u32,
+    gpu_precision: u32,
+    threads: u32,
+    verify_checksums: u32,
+}
+
+// The two structs must have one layout (a C enum is an int here).
+const _: () = assert!(
+    std::mem::size_of::<RawOpenOptions>() == std::mem::size_of::<mmoe_open_options>()
+        && std::mem::align_of::<RawOpenOptions>() == std::mem::align_of::<mmoe_open_options>()
+        && std::mem::size_of::<mmoe_device>() == 4
+        && std::mem::size_of::<mmoe_compute_mode>() == 4
+        && std::mem::size_of::<mmoe_gpu_precision>() == 4
+);
+
+impl From<mmoe_open_options> for RawOpenOptions {
+    fn from(options: mmoe_open_options) -> RawOpenOptions {
+        RawOpenOptions {
+            device: options.device as u32,
+            device_ordinal: options.device_ordinal,
+            compute_mode: options.compute_mode as u32,
+            gpu_precision: options.gpu_precision as u32,
+            threads: options.threads,
+            verify_checksums: options.verify_checksums,
+        }
+    }
+}
+
+impl RawOpenOptions {
+    /// The engine's options, each enum field checked.
+    fn open_options(&self) -> Result<OpenOptions> {
+        let device = match self.device {
+            0 => Device::Cpu,
+            1 => Device::Cuda(self.device_ordinal as usize),
+            2 => Device::Auto,
+            other => {
+                return Err(invalid(format!(
+                    "options.device {other} is not an mmoe_device (0 CPU, 1 CUDA, 2 AUTO)"
+                )))
+            }
+        };
+        let gpu_precision = match self.gpu_precision {
+            0 => GpuPrecision::F16,
+            1 => GpuPrecision::F32,
+            other => {
+                return Err(invalid(format!(
+                    "options.gpu_precision {other} is not an mmoe_gpu_precision (0 F16, 1 F32)"
+                )))
+            }
+        };
+        let cpu_mode = match self.compute_mode {
+            0 => CpuMode::Exact,
+            1 => CpuMode::Bf16,
+            other => {
+                return Err(invalid(format!(
+                    "options.compute_mode {other} is not an mmoe_compute_mode (0 EXACT, 1 BF16)"
+                )))
+            }
+        };
+        Ok(OpenOptions {
+            verify_checksums: self.verify_checksums != 0,
+            device,
+            gpu_precision,
+            cpu_mode,
+        })
+    }
+
+    /// Intra-request threads per session, at most [`crate::MAX_THREADS`].
+    fn threads(&self) -> Result<usize> {
+        let threads = self.threads as usize;
+        if threads > crate::MAX_THREADS {
+            return Err(invalid(format!(
+                "options.threads {threads} is above the limit of {} threads per session",
+                crate::MAX_THREADS
+            )));
+        }
+        Ok(threads.max(1))
+    }
 }
 
 /// One input's features in a request. Set `dense`/`dense_len` for a dense
@@ -161,7 +250,21 @@ struct EngineHandle {
     /// Intra-request threads of the sessions it creates.
     threads: usize,
 }
-struct SessionHandle(EngineSession);
+struct SessionHandle {
+    session: EngineSession,
+    /// The storage of the last request's features, reused by the next call
+    /// (emptied: it borrows nothing between calls).
+    request: Request<'static>,
+}
+
+// The header promises an engine to any thread at once and a session to one
+// thread at a time, whichever it is.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_and_sync::<EngineHandle>();
+    send::<SessionHandle>();
+};
 
 fn engine_ref<'a>(engine: *const mmoe_engine) -> Result<&'a EngineHandle> {
     // SAFETY: non-null engine pointers come from mmoe_engine_open (a Box of
@@ -177,8 +280,33 @@ fn session_mut<'a>(session: *mut mmoe_session) -> Result<&'a mut SessionHandle> 
     unsafe { (session as *mut SessionHandle).as_mut() }.ok_or_else(|| invalid("session is NULL"))
 }
 
+/// A length no array can have (over `isize::MAX` bytes, e.g. a `n - 1` that
+/// wrapped) is an error: a slice of it would be undefined behaviour.
+fn check_length<T>(len: usize, what: &impl std::fmt::Display) -> Result<()> {
+    if len > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(invalid(format!(
+            "{what} has length {len}, more than memory can hold"
+        )));
+    }
+    Ok(())
+}
+
+/// The bytes `[ptr, ptr + len elements)`, to check that arrays do not
+/// overlap; empty for NULL or a length of 0.
+fn byte_range<T>(ptr: *const T, len: usize) -> std::ops::Range<usize> {
+    let start = ptr as usize;
+    match ptr.is_null() || len == 0 {
+        true => start..start,
+        false => start..start.saturating_add(len.saturating_mul(std::mem::size_of::<T>())),
+    }
+}
+
+fn overlap(a: &std::ops::Range<usize>, b: &std::ops::Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
 /// A slice from a C pointer and length; `(NULL, 0)` is empty.
-fn slice<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [T]> {
+fn slice<'a, T>(ptr: *const T, len: usize, what: impl std::fmt::Display) -> Result<&'a [T]> {
     if len == 0 {
         return Ok(&[]);
     }
@@ -190,12 +318,17 @@ fn slice<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [T]> {
             "{what} is not aligned for its element type"
         )));
     }
-    // SAFETY: non-null, aligned, and the caller promises `len` readable
+    check_length::<T>(len, &what)?;
+    // SAFETY: non-null, aligned, at most isize::MAX bytes, and the caller promises `len` readable
     // elements that outlive the call (header contract).
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
-fn slice_mut<'a, T>(ptr: *mut T, len: usize, what: &str) -> Result<Option<&'a mut [T]>> {
+fn slice_mut<'a, T>(
+    ptr: *mut T,
+    len: usize,
+    what: impl std::fmt::Display,
+) -> Result<Option<&'a mut [T]>> {
     if ptr.is_null() {
         return if len == 0 {
             Ok(None)
@@ -208,7 +341,8 @@ fn slice_mut<'a, T>(ptr: *mut T, len: usize, what: &str) -> Result<Option<&'a mu
             "{what} is not aligned for its element type"
         )));
     }
-    // SAFETY: non-null, aligned, and the caller promises `len` writable
+    check_length::<T>(len, &what)?;
+    // SAFETY: non-null, aligned, at most isize::MAX bytes, and the caller promises `len` writable
     // elements, not aliased during the call (header contract).
     Ok(Some(unsafe { std::slice::from_raw_parts_mut(ptr, len) }))
 }
@@ -228,14 +362,14 @@ fn path(text: *const c_char) -> Result<PathBuf> {
 /// Copies `text` and a NUL into `buf` (when `buf_len` > 0, truncating) and
 /// stores the full length (without NUL) in `out_len` when not NULL.
 fn copy_text(text: &str, buf: *mut c_char, buf_len: usize, out_len: *mut usize) -> Result<()> {
+    if buf_len > 0 && buf.is_null() {
+        return Err(invalid("buffer is NULL with a nonzero length"));
+    }
     if !out_len.is_null() {
         // SAFETY: non-null, the caller passes a writable size_t.
         unsafe { *out_len = text.len() };
     }
     if buf_len > 0 {
-        if buf.is_null() {
-            return Err(invalid("buffer is NULL with a nonzero length"));
-        }
         let n = text.len().min(buf_len - 1);
         // SAFETY: `buf` holds `buf_len` bytes (caller contract); n + 1 ≤ buf_len.
         unsafe {
@@ -284,20 +418,24 @@ pub extern "C" fn mmoe_abi_version() -> u32 {
 
 pub(crate) const ABI_VERSION: u32 = 1;
 
-/// A short, static description of a status code.
+/// A short, static description of a status code (an `mmoe_status`; any
+/// other value gives "unknown status").
 #[no_mangle]
-pub extern "C" fn mmoe_status_str(status: mmoe_status) -> *const c_char {
+pub extern "C" fn mmoe_status_str(status: u32) -> *const c_char {
+    // An integer, not the enum: C may pass any value, and a Rust enum
+    // outside its variants is undefined behaviour.
     let text: &'static str = match status {
-        mmoe_status::MMOE_STATUS_OK => "ok\0",
-        mmoe_status::MMOE_STATUS_IO => "i/o error\0",
-        mmoe_status::MMOE_STATUS_CONFIG => "invalid model config\0",
-        mmoe_status::MMOE_STATUS_TENSOR => "invalid tensor\0",
-        mmoe_status::MMOE_STATUS_FORMAT => "invalid model file\0",
-        mmoe_status::MMOE_STATUS_CHECKSUM => "checksum mismatch\0",
-        mmoe_status::MMOE_STATUS_REQUEST => "invalid request\0",
-        mmoe_status::MMOE_STATUS_ARGUMENT => "invalid argument\0",
-        mmoe_status::MMOE_STATUS_DEVICE => "device error\0",
-        mmoe_status::MMOE_STATUS_INTERNAL => "internal error\0",
+        0 => "ok\0",
+        1 => "i/o error\0",
+        2 => "invalid model config\0",
+        3 => "invalid tensor\0",
+        4 => "invalid model file\0",
+        5 => "checksum mismatch\0",
+        6 => "invalid request\0",
+        7 => "invalid argument\0",
+        8 => "device error\0",
+        9 => "internal error\0",
+        _ => "unknown status\0",
     };
     text.as_ptr() as *const c_char
 }
@@ -340,30 +478,19 @@ pub extern "C" fn mmoe_engine_open(
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
-        // SAFETY: NULL or a valid options struct (caller contract).
-        let options = unsafe { options.as_ref() }
+        if !(options as usize).is_multiple_of(std::mem::align_of::<RawOpenOptions>()) {
+            return Err(invalid("options is not aligned for mmoe_open_options"));
+        }
+        // SAFETY: NULL or a valid options struct (caller contract), read
+        // through a struct of the same layout whose fields are integers.
+        let options = unsafe { (options as *const RawOpenOptions).as_ref() }
             .copied()
-            .unwrap_or_else(|| mmoe_open_options_default());
-        let open = OpenOptions {
-            verify_checksums: options.verify_checksums != 0,
-            device: match options.device {
-                mmoe_device::MMOE_DEVICE_CPU => Device::Cpu,
-                mmoe_device::MMOE_DEVICE_CUDA => Device::Cuda(options.device_ordinal as usize),
-                mmoe_device::MMOE_DEVICE_AUTO => Device::Auto,
-            },
-            gpu_precision: match options.gpu_precision {
-                mmoe_gpu_precision::MMOE_GPU_F16 => GpuPrecision::F16,
-                mmoe_gpu_precision::MMOE_GPU_F32 => GpuPrecision::F32,
-            },
-            cpu_mode: match options.compute_mode {
-                mmoe_compute_mode::MMOE_COMPUTE_EXACT => CpuMode::Exact,
-                mmoe_compute_mode::MMOE_COMPUTE_BF16 => CpuMode::Bf16,
-            },
-        };
-        let engine = Engine::open(path(path_utf8)?, open)?;
+            .unwrap_or_else(|| mmoe_open_options_default().into());
+        let threads = options.threads()?;
+        let engine = Engine::open(path(path_utf8)?, options.open_options()?)?;
         let handle = Box::new(EngineHandle {
             engine: Arc::new(engine),
-            threads: options.threads.max(1) as usize,
+            threads,
         });
         write_out(out, Box::into_raw(handle) as *mut mmoe_engine, "out")
     })
@@ -581,7 +708,10 @@ pub extern "C" fn mmoe_session_new(
         let handle = engine_ref(engine)?;
         let mut session = handle.engine.session();
         session.set_threads(handle.threads);
-        let handle = Box::new(SessionHandle(session));
+        let handle = Box::new(SessionHandle {
+            session,
+            request: Request::default(),
+        });
         write_out(out, Box::into_raw(handle) as *mut mmoe_session, "out")
     })
 }
@@ -610,7 +740,7 @@ pub extern "C" fn mmoe_session_warm_up(
     session: *mut mmoe_session,
     max_candidates: usize,
 ) -> mmoe_status {
-    call(|| session_mut(session)?.0.warm_up(max_candidates))
+    call(|| session_mut(session)?.session.warm_up(max_candidates))
 }
 
 /// Scores a request of `candidates` candidates on the engine's current model.
@@ -619,8 +749,10 @@ pub extern "C" fn mmoe_session_warm_up(
 /// them, in any order). `logits` and `probabilities` each receive
 /// `candidates × tasks` floats, row-major (candidate, task); either may be
 /// NULL with length 0 when not wanted, and a given one must have exactly that
-/// length. All arrays are borrowed for the duration of the call only. Nothing
-/// is written unless the call succeeds. Not thread-safe per session.
+/// length; they may overlap neither each other nor any input array. At most
+/// 16777216 candidates. All arrays are borrowed for the duration of the call
+/// only. Nothing is written unless the call succeeds. Not thread-safe per
+/// session.
 #[no_mangle]
 pub extern "C" fn mmoe_session_score(
     session: *mut mmoe_session,
@@ -634,14 +766,49 @@ pub extern "C" fn mmoe_session_score(
 ) -> mmoe_status {
     call(|| {
         let session = session_mut(session)?;
+        // The outputs are written through `&mut` slices, which may alias
+        // nothing else of the call: check before making any of them.
+        let outputs = [
+            ("logits", byte_range(logits, logits_len)),
+            (
+                "probabilities",
+                byte_range(probabilities, probabilities_len),
+            ),
+        ];
+        if overlap(&outputs[0].1, &outputs[1].1) {
+            return Err(invalid("logits and probabilities overlap"));
+        }
+        let not_in_outputs =
+            |range: std::ops::Range<usize>, what: &dyn std::fmt::Display| match outputs
+                .iter()
+                .find(|(_, output)| overlap(output, &range))
+            {
+                Some((output, _)) => Err(invalid(format!("{what} overlaps {output}"))),
+                None => Ok(()),
+            };
+        not_in_outputs(byte_range(features, num_features), &"features")?;
         let features = slice(features, num_features, "features")?;
-        let mut request = Request::new(candidates);
+        let model = session.session.engine().model();
+        let inputs = model.config().inputs.len();
+        // Covariance lends the kept storage this call's lifetime.
+        let mut request: Request<'_> = std::mem::take(&mut session.request);
+        request.reset(candidates);
         for (i, f) in features.iter().enumerate() {
-            let at = |what: &str| format!("features[{i}].{what}");
-            let dense = slice(f.dense, f.dense_len, &at("dense"))?;
-            let ids = slice(f.ids, f.ids_len, &at("ids"))?;
-            let offsets = slice(f.offsets, f.offsets_len, &at("offsets"))?;
+            // Names for error messages, formatted only when one is made.
+            let at = |field: &'static str| FeatureField(i, field);
             let index = f.input as usize;
+            if index >= inputs {
+                return Err(Error::request(format!(
+                    "features[{i}].input is {index}, but model `{}` has {inputs} inputs",
+                    model.name()
+                )));
+            }
+            not_in_outputs(byte_range(f.dense, f.dense_len), &at("dense"))?;
+            not_in_outputs(byte_range(f.ids, f.ids_len), &at("ids"))?;
+            not_in_outputs(byte_range(f.offsets, f.offsets_len), &at("offsets"))?;
+            let dense = slice(f.dense, f.dense_len, at("dense"))?;
+            let ids = slice(f.ids, f.ids_len, at("ids"))?;
+            let offsets = slice(f.offsets, f.offsets_len, at("offsets"))?;
             if !matches!(request.feature(index), crate::request::Feature::Unset) {
                 return Err(Error::request(format!(
                     "features[{i}]: input {index} is given twice"
@@ -662,6 +829,17 @@ pub extern "C" fn mmoe_session_score(
             logits: slice_mut(logits, logits_len, "logits")?,
             probabilities: slice_mut(probabilities, probabilities_len, "probabilities")?,
         };
-        session.0.score(&request, &mut scores).map(|_| ())
+        let scored = session.session.score(&request, &mut scores).map(|_| ());
+        session.request = request.recycle();
+        scored
     })
+}
+
+/// `features[i].field`, for error messages.
+struct FeatureField(usize, &'static str);
+
+impl std::fmt::Display for FeatureField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "features[{}].{}", self.0, self.1)
+    }
 }

@@ -371,6 +371,11 @@ impl Drop for GpuSession {
     fn drop(&mut self) {
         let _ = self.gpu.ctx.bind_to_thread();
         let _ = self.stream.synchronize();
+        // The graphs launch the model's kernels: destroy them before `gpu`,
+        // the first field, may drop the last reference to the model and
+        // unload its module.
+        self.buckets.clear();
+        self.side_streams.clear();
     }
 }
 
@@ -570,11 +575,8 @@ impl GpuSession {
             return Ok(());
         }
         let bytes = staging_bytes.next_power_of_two().max(1 << 16);
-        // Nothing is in flight (every call ends synchronized), so the old
-        // buffers can go; a failure below leaves the session without
-        // staging, and the next call allocates again.
-        self.pinned_staging = None;
-        self.device_staging = None;
+        // The new buffers first: a failure leaves the old ones and the cell
+        // as they were. (Nothing is in flight: every call ends synchronized.)
         // Cached unless the options ask for write-combined memory (see
         // `PlanOptions::staging_write_combined`).
         let flags = if self.gpu.options.staging_write_combined {
