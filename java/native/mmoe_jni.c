@@ -2,34 +2,64 @@
  * Every entry point turns a failed status into an io.mmoe.MmoeException
  * carrying the status code and mmoe_last_error's message. Handles are jlong
  * pointers owned by the Java objects (Engine, Session), which guarantee that
- * close never races a call. Direct buffers are used in place (no copy);
- * primitive arrays are pinned for the duration of the call. */
+ * close never races a call and that a session serves one call at a time.
+ * Direct buffers are used in place (no copy); primitive arrays are copied in
+ * (and outputs copied back on success), not pinned: a scoring call can take
+ * milliseconds, too long to hold the collector off with a critical region. */
 #include <jni.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mmoe.h"
 
+/* io.mmoe.MmoeException and its (int, String) constructor, resolved once in
+ * JNI_OnLoad: a lookup that fails there fails the library's loading, not a
+ * later call with a NULL method id. */
+static jclass exception_class;
+static jmethodID exception_ctor;
+
+JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved) {
+    (void)reserved;
+    JNIEnv *env = NULL;
+    if ((*vm)->GetEnv(vm, (void **)&env, JNI_VERSION_1_8) != JNI_OK) return JNI_ERR;
+    jclass local = (*env)->FindClass(env, "io/mmoe/MmoeException");
+    if (!local) return JNI_ERR;
+    exception_class = (jclass)(*env)->NewGlobalRef(env, local);
+    (*env)->DeleteLocalRef(env, local);
+    if (!exception_class) return JNI_ERR;
+    exception_ctor = (*env)->GetMethodID(env, exception_class, "<init>", "(ILjava/lang/String;)V");
+    if (!exception_ctor) return JNI_ERR;
+    return JNI_VERSION_1_8;
+}
+
+static void throw_exception(JNIEnv *env, jint status, const char *message) {
+    if ((*env)->ExceptionCheck(env)) return; /* the first one stands */
+    jstring text = (*env)->NewStringUTF(env, message);
+    if (!text) return; /* OutOfMemoryError is pending */
+    jthrowable error = (jthrowable)(*env)->NewObject(env, exception_class, exception_ctor, status, text);
+    if (error) (*env)->Throw(env, error);
+}
+
+static void throw_out_of_memory(JNIEnv *env, const char *what) {
+    if ((*env)->ExceptionCheck(env)) return;
+    jclass cls = (*env)->FindClass(env, "java/lang/OutOfMemoryError");
+    if (cls) (*env)->ThrowNew(env, cls, what);
+}
+
 static void throw_status(JNIEnv *env, mmoe_status status) {
     size_t needed = mmoe_last_error(NULL, 0);
     char *message = malloc(needed + 1);
-    if (message) mmoe_last_error(message, needed + 1);
-    jclass cls = (*env)->FindClass(env, "io/mmoe/MmoeException");
-    if (!cls) return; /* NoClassDefFoundError is pending */
-    jmethodID ctor = (*env)->GetMethodID(env, cls, "<init>", "(ILjava/lang/String;)V");
-    jstring text = (*env)->NewStringUTF(env, message ? message : "out of memory");
-    jthrowable error = (jthrowable)(*env)->NewObject(env, cls, ctor, (jint)status, text);
-    if (error) (*env)->Throw(env, error);
+    if (!message) {
+        throw_out_of_memory(env, "mmoe: no memory for an error message");
+        return;
+    }
+    mmoe_last_error(message, needed + 1);
+    throw_exception(env, (jint)status, message);
     free(message);
 }
 
 static void throw_argument(JNIEnv *env, const char *message) {
-    jclass cls = (*env)->FindClass(env, "io/mmoe/MmoeException");
-    if (!cls) return;
-    jmethodID ctor = (*env)->GetMethodID(env, cls, "<init>", "(ILjava/lang/String;)V");
-    jstring text = (*env)->NewStringUTF(env, message);
-    jthrowable error = (jthrowable)(*env)->NewObject(env, cls, ctor, (jint)MMOE_STATUS_ARGUMENT, text);
-    if (error) (*env)->Throw(env, error);
+    throw_exception(env, (jint)MMOE_STATUS_ARGUMENT, message);
 }
 
 /* Returns 1 on success; otherwise an exception is pending. */
@@ -123,7 +153,10 @@ static jstring query_text(JNIEnv *env, jlong engine, jint index, text_query quer
     size_t len = 0;
     if (!check(env, query(engine_of(engine), (size_t)index, NULL, 0, &len))) return NULL;
     char *buf = malloc(len + 1);
-    if (!buf) return NULL;
+    if (!buf) {
+        throw_out_of_memory(env, "mmoe: no memory for a name");
+        return NULL;
+    }
     jstring result = NULL;
     if (check(env, query(engine_of(engine), (size_t)index, buf, len + 1, NULL))) result = (*env)->NewStringUTF(env, buf);
     free(buf);
@@ -179,42 +212,62 @@ JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionWarmUp(JNIEnv *env, jclass cls
 }
 
 /* An array argument: a direct buffer (used in place) or a primitive array
- * (pinned until release). */
+ * (copied into native memory; an output is copied back on success). */
+typedef enum { FLOATS, LONGS, INTS } element_type;
+
 typedef struct {
     jobject object;
+    element_type type;
     void *data;
     size_t len;
-    int pinned;
+    int copied; /* data is ours (malloc), not a direct buffer's */
 } view;
 
-/* Pass 1 (JNI calls allowed): a direct buffer's address and element count,
- * or a primitive array's length. */
-static void inspect_view(JNIEnv *env, jobject object, size_t element, view *v) {
+static size_t element_size(element_type type) {
+    return type == FLOATS ? sizeof(jfloat) : type == LONGS ? sizeof(jlong) : sizeof(jint);
+}
+
+/* Fills `v` for `object` (NULL: an empty view); an input array is copied in.
+ * Returns 0 with an exception pending on failure. */
+static int open_view(JNIEnv *env, jobject object, element_type type, int input, view *v) {
     v->object = object;
+    v->type = type;
     v->data = NULL;
     v->len = 0;
-    v->pinned = 0;
-    if (!object) return;
+    v->copied = 0;
+    if (!object) return 1;
     void *address = (*env)->GetDirectBufferAddress(env, object);
     if (address) {
+        jlong capacity = (*env)->GetDirectBufferCapacity(env, object); /* elements */
         v->data = address;
-        v->len = (size_t)(*env)->GetDirectBufferCapacity(env, object); /* elements */
-        (void)element;
-    } else {
-        v->len = (size_t)(*env)->GetArrayLength(env, (jarray)object);
-        v->pinned = 1;
+        v->len = capacity > 0 ? (size_t)capacity : 0;
+        return 1;
     }
+    jsize len = (*env)->GetArrayLength(env, (jarray)object);
+    if ((*env)->ExceptionCheck(env)) return 0;
+    v->len = (size_t)len;
+    if (len == 0) return 1;
+    v->data = malloc(v->len * element_size(type));
+    if (!v->data) {
+        throw_out_of_memory(env, "mmoe: no memory to copy a feature array");
+        return 0;
+    }
+    v->copied = 1;
+    if (input) {
+        if (type == FLOATS) (*env)->GetFloatArrayRegion(env, (jfloatArray)object, 0, len, v->data);
+        else if (type == LONGS) (*env)->GetLongArrayRegion(env, (jlongArray)object, 0, len, v->data);
+        else (*env)->GetIntArrayRegion(env, (jintArray)object, 0, len, v->data);
+    }
+    return !(*env)->ExceptionCheck(env);
 }
 
-/* Pass 2 (no other JNI calls until release): pin an array. */
-static int pin_view(JNIEnv *env, view *v) {
-    if (!v->pinned) return 1;
-    v->data = (*env)->GetPrimitiveArrayCritical(env, (jarray)v->object, NULL);
-    return v->data != NULL;
-}
-
+/* Copies an output array back (when `write_back`) and frees the copy. */
 static void close_view(JNIEnv *env, view *v, int write_back) {
-    if (v->pinned && v->data) (*env)->ReleasePrimitiveArrayCritical(env, (jarray)v->object, v->data, write_back ? 0 : JNI_ABORT);
+    if (!v->copied) return;
+    if (write_back) (*env)->SetFloatArrayRegion(env, (jfloatArray)v->object, 0, (jsize)v->len, v->data);
+    free(v->data);
+    v->data = NULL;
+    v->copied = 0;
 }
 
 /* inputs[i] names the model input of dense[i] (float[] / direct FloatBuffer)
@@ -228,30 +281,37 @@ JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionScore(JNIEnv *env, jclass cls,
         throw_argument(env, "feature arrays are null");
         return;
     }
+    if (candidates < 0) {
+        throw_argument(env, "candidates is negative");
+        return;
+    }
     jsize count = (*env)->GetArrayLength(env, inputs);
+    size_t views_len = 3 * (size_t)count + 2;
     jint *input_index = malloc(sizeof(jint) * (size_t)(count > 0 ? count : 1));
     mmoe_feature *features = calloc((size_t)(count > 0 ? count : 1), sizeof *features);
-    view *views = calloc((size_t)(3 * count + 2), sizeof *views);
-    jobject *objects = calloc((size_t)(3 * count + 2), sizeof *objects);
-    if (!input_index || !features || !views || !objects) {
-        free(input_index), free(features), free(views), free(objects);
-        throw_argument(env, "out of memory");
+    view *views = calloc(views_len, sizeof *views);
+    if (!input_index || !features || !views) {
+        free(input_index), free(features), free(views);
+        throw_out_of_memory(env, "mmoe: no memory for a request");
         return;
     }
     (*env)->GetIntArrayRegion(env, inputs, 0, count, input_index);
-    /* Fetch every object first: no JNI calls are allowed while arrays are pinned. */
-    for (jsize i = 0; i < count; ++i) {
-        objects[3 * i] = (*env)->GetObjectArrayElement(env, dense, i);
-        objects[3 * i + 1] = (*env)->GetObjectArrayElement(env, ids, i);
-        objects[3 * i + 2] = (*env)->GetObjectArrayElement(env, offsets, i);
+    int ok = !(*env)->ExceptionCheck(env);
+    size_t opened = 0;
+    static const element_type types[3] = {FLOATS, LONGS, INTS};
+    jobjectArray columns[3] = {dense, ids, offsets};
+    for (jsize i = 0; i < count && ok; ++i) {
+        for (int c = 0; c < 3 && ok; ++c) {
+            jobject object = (*env)->GetObjectArrayElement(env, columns[c], i);
+            ok = !(*env)->ExceptionCheck(env) && open_view(env, object, types[c], 1, &views[opened]);
+            ++opened;
+            /* A copy made, or a direct buffer's address taken: the local
+             * reference is not needed (a buffer outlives the call in Java). */
+            if (object) (*env)->DeleteLocalRef(env, object);
+        }
     }
-    objects[3 * count] = logits;
-    objects[3 * count + 1] = probabilities;
-    /* Inspect everything first (JNI calls), then pin the arrays. */
-    size_t sizes[3] = {sizeof(float), sizeof(uint64_t), sizeof(uint32_t)};
-    for (jsize k = 0; k < 3 * count + 2; ++k) inspect_view(env, objects[k], k >= 3 * count ? sizeof(float) : sizes[k % 3], &views[k]);
-    int ok = 1;
-    for (jsize k = 0; k < 3 * count + 2 && ok; ++k) ok = pin_view(env, &views[k]);
+    if (ok) ok = open_view(env, logits, FLOATS, 0, &views[opened++]);
+    if (ok) ok = open_view(env, probabilities, FLOATS, 0, &views[opened++]);
     mmoe_status status = MMOE_STATUS_ARGUMENT;
     if (ok) {
         for (jsize i = 0; i < count; ++i) {
@@ -263,16 +323,12 @@ JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionScore(JNIEnv *env, jclass cls,
             features[i].offsets = views[3 * i + 2].data;
             features[i].offsets_len = views[3 * i + 2].len;
         }
-        view *out_logits = &views[3 * count], *out_probabilities = &views[3 * count + 1];
+        view *out_logits = &views[3 * (size_t)count], *out_probabilities = &views[3 * (size_t)count + 1];
         status = mmoe_session_score(session_of(session), (size_t)candidates, features, (size_t)count,
                                     out_logits->data, out_logits->len, out_probabilities->data,
                                     out_probabilities->len);
     }
-    for (jsize k = 3 * count + 2; k-- > 0;) close_view(env, &views[k], k >= 3 * count && status == MMOE_STATUS_OK);
-    free(input_index), free(features), free(views), free(objects);
-    if (!ok) {
-        throw_argument(env, "could not access a feature array");
-        return;
-    }
-    check(env, status);
+    for (size_t k = 0; k < opened; ++k) close_view(env, &views[k], ok && status == MMOE_STATUS_OK && k >= 3 * (size_t)count);
+    free(input_index), free(features), free(views);
+    if (ok) check(env, status);
 }

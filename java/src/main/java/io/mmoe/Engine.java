@@ -12,7 +12,7 @@ public final class Engine implements AutoCloseable {
     private final Handle handle;
 
     private Engine(long handle) {
-        this.handle = new Handle(handle, Native::engineFree, "engine");
+        this.handle = new Handle(handle, Native::engineFree, "engine", false);
     }
 
     public static Engine open(String path) {

@@ -30,9 +30,14 @@ final class Native {
         try (InputStream in = Native.class.getResourceAsStream(resource)) {
             if (in != null) {
                 Path file = Files.createTempFile("libmmoe_jni", ".so");
-                file.toFile().deleteOnExit();
-                Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
-                System.load(file.toAbsolutePath().toString());
+                try {
+                    Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
+                    System.load(file.toAbsolutePath().toString());
+                } finally {
+                    // Once loaded the library needs no file: nothing is left
+                    // in the temp directory, even if the JVM is killed.
+                    Files.deleteIfExists(file);
+                }
                 return;
             }
         } catch (IOException e) {

@@ -13,13 +13,16 @@ public final class Options {
     boolean verifyChecksums = false;
 
     public Options device(Device device, int ordinal) {
-        this.device = device;
+        if (ordinal < 0) {
+            throw new IllegalArgumentException("device ordinal is negative: " + ordinal);
+        }
+        this.device = java.util.Objects.requireNonNull(device, "device");
         this.deviceOrdinal = ordinal;
         return this;
     }
 
     public Options mode(Mode mode) {
-        this.mode = mode;
+        this.mode = java.util.Objects.requireNonNull(mode, "mode");
         return this;
     }
 
@@ -28,8 +31,14 @@ public final class Options {
         return this;
     }
 
-    /** Threads each session splits a request's candidates over. */
+    /** The most threads a session splits a request over. */
+    public static final int MAX_THREADS = 256;
+
+    /** Threads each session splits a request's candidates over (1 to {@link #MAX_THREADS}). */
     public Options threads(int threads) {
+        if (threads < 1 || threads > MAX_THREADS) {
+            throw new IllegalArgumentException("threads must be 1 to " + MAX_THREADS + ", got " + threads);
+        }
         this.threads = threads;
         return this;
     }

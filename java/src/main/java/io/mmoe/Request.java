@@ -51,6 +51,9 @@ public final class Request {
     }
 
     private Request add(int input, Object d, Object i, Object o) {
+        if (input < 0) {
+            throw new IllegalArgumentException("input index is negative: " + input);
+        }
         inputs.add(input);
         dense.add(d);
         ids.add(i);

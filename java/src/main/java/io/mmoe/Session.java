@@ -4,15 +4,18 @@ import java.nio.ByteOrder;
 import java.nio.FloatBuffer;
 
 /**
- * Scratch for scoring on one thread at a time. Scores go to caller-provided
- * arrays or direct, native-order FloatBuffers ({@code candidates × tasks},
- * row-major); nothing is written unless scoring succeeds.
+ * Scratch for scoring on one thread at a time: a call while another thread's
+ * call on the same session is in flight throws {@link IllegalStateException}
+ * (create one session per thread). Scores go to caller-provided arrays or
+ * direct, native-order FloatBuffers ({@code candidates × tasks}, row-major);
+ * nothing is written unless scoring succeeds. A session dropped without
+ * {@link #close()} is freed once the collector finds it.
  */
 public final class Session implements AutoCloseable {
     private final Handle handle;
 
     Session(long handle) {
-        this.handle = new Handle(handle, Native::sessionFree, "session");
+        this.handle = new Handle(handle, Native::sessionFree, "session", true);
     }
 
     /**
@@ -39,12 +42,20 @@ public final class Session implements AutoCloseable {
 
     /** Scores into direct, native-order buffers (used in place, no copy; either may be null). */
     public void score(Request request, FloatBuffer logits, FloatBuffer probabilities) {
+        for (FloatBuffer out : new FloatBuffer[] {logits, probabilities}) {
+            if (out != null && out.isReadOnly()) {
+                throw new IllegalArgumentException((out == logits ? "logits" : "probabilities") + ": buffer is read-only");
+            }
+        }
         scoreInto(request, Request.direct(logits, "logits"), Request.direct(probabilities, "probabilities"));
     }
 
     /** Convenience: scores and returns the logits. */
     public float[] logits(Request request, int tasks) {
-        float[] out = new float[request.candidates() * tasks];
+        if (tasks < 0) {
+            throw new IllegalArgumentException("tasks is negative: " + tasks);
+        }
+        float[] out = new float[Math.multiplyExact(request.candidates(), tasks)];
         scoreInto(request, out, null);
         return out;
     }

@@ -267,6 +267,89 @@ public final class EngineTest {
         }
     }
 
+    /**
+     * One session used by two threads at once is refused (the native session
+     * is one thread's scratch), never a crash; calls that do not overlap
+     * score correctly.
+     */
+    public void aSessionSharedByTwoThreadsIsRefused() throws Exception {
+        try (Engine engine = Engine.open(modelA); Session shared = engine.newSession()) {
+            int n = 256, tasks = engine.numTasks();
+            Request big = request(engine, n);
+            float[] want = shared.logits(big, tasks);
+            AtomicBoolean stop = new AtomicBoolean();
+            AtomicLong wrong = new AtomicLong();
+            List<Throwable> unexpected = java.util.Collections.synchronizedList(new ArrayList<>());
+            Thread other = new Thread(() -> {
+                while (!stop.get()) {
+                    try {
+                        if (!Arrays.equals(shared.logits(big, tasks), want)) {
+                            wrong.incrementAndGet();
+                        }
+                    } catch (IllegalStateException busy) {
+                        // the main thread's call was in flight
+                    } catch (Throwable e) {
+                        unexpected.add(e);
+                    }
+                }
+            });
+            other.start();
+            long refused = 0, scored = 0, deadline = System.nanoTime() + 5_000_000_000L;
+            while ((refused == 0 || scored == 0) && System.nanoTime() < deadline) {
+                try {
+                    check(Arrays.equals(shared.logits(big, tasks), want), "scores of a call that did not overlap");
+                    scored++;
+                } catch (IllegalStateException busy) {
+                    check(busy.getMessage().contains("session is in use by another thread"), busy.getMessage());
+                    refused++;
+                }
+            }
+            stop.set(true);
+            other.join();
+            check(unexpected.isEmpty(), "unexpected: " + unexpected);
+            check(wrong.get() == 0, wrong.get() + " wrong scores");
+            check(refused > 0, "no overlapping call was refused in 5 s (" + scored + " scored)");
+            System.out.println("  " + refused + " overlapping calls refused, " + scored + " scored");
+        }
+    }
+
+    static void refusedWith(String message, Body body) {
+        try {
+            body.run();
+        } catch (IllegalArgumentException e) {
+            check(e.getMessage().contains(message), e.getMessage());
+            return;
+        } catch (Exception e) {
+            throw new AssertionError("expected IllegalArgumentException (" + message + "), got " + e);
+        }
+        throw new AssertionError("expected IllegalArgumentException (" + message + "), nothing was thrown");
+    }
+
+    /** Arguments a careless caller can pass: refused with a message, never a crash. */
+    public void badArgumentsAreRefused() {
+        refusedWith("threads must be 1 to 256, got -1", () -> new Options().threads(-1));
+        refusedWith("threads must be 1 to 256, got 257", () -> new Options().threads(257));
+        refusedWith("device ordinal is negative", () -> new Options().device(Options.Device.CUDA, -1));
+        refusedWith("input index is negative: -1", () -> new Request(1).dense(-1, new float[4]));
+        try (Engine engine = Engine.open(modelA); Session session = engine.newSession()) {
+            int n = 2, tasks = engine.numTasks();
+            refusedWith("logits: buffer is read-only", () -> session.score(request(engine, n),
+                    ByteBuffer.allocateDirect(4 * n * tasks).order(ByteOrder.nativeOrder()).asFloatBuffer().asReadOnlyBuffer(), null));
+            refusedWith("tasks is negative", () -> session.logits(request(engine, n), -1));
+            MmoeException e = expect(Status.REQUEST, () -> session.logits(request(engine, n).dense(1000, new float[1]), tasks));
+            check(e.getMessage().contains("input is 1000, but model `bench-mmoe` has"), e.getMessage());
+            FloatBuffer out = ByteBuffer.allocateDirect(4 * n * tasks).order(ByteOrder.nativeOrder()).asFloatBuffer();
+            e = expect(Status.ARGUMENT, () -> session.score(request(engine, n), out, out));
+            check(e.getMessage().contains("logits and probabilities overlap"), e.getMessage());
+            // The same array for both outputs: two copies, allowed; the
+            // probabilities are copied back last.
+            float[] both = new float[n * tasks], probabilities = new float[n * tasks];
+            session.score(request(engine, n), both, both);
+            session.score(request(engine, n), null, probabilities);
+            check(Arrays.equals(both, probabilities), "one array for both outputs holds the probabilities");
+        }
+    }
+
     interface Body {
         void run() throws Exception;
     }
