@@ -277,7 +277,8 @@ impl Session {
                 logits: Some(&mut logits),
                 probabilities: None,
             };
-            self.score(&request, &mut scores)
+            // The context names the model already.
+            self.score_unnamed(&request, &mut scores)
                 .map_err(|e| context(e, candidates))?;
         }
         // The session's own logits, for requests of up to max_candidates.
@@ -294,7 +295,14 @@ impl Session {
     }
 
     /// Scores a request. Output slices must hold `candidates × tasks` floats.
+    /// An error names the model (after a reload, which one refused).
     pub fn score(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<()> {
+        self.score_unnamed(request, scores)
+            .map_err(|e| e.context(format_args!("model `{}`", self.model.name())))
+    }
+
+    /// [`Session::score`] without the model's name in errors.
+    fn score_unnamed(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<()> {
         let model = self.model.clone();
         let model = &*model;
         let tasks = model.num_tasks();

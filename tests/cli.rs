@@ -116,7 +116,9 @@ fn pack_inspect_verify_score() {
         "{err}"
     );
     assert!(
-        err.contains("line 4: input `u` candidate 0 element 1: value NaN is not finite"),
+        err.contains(
+            "line 4: model `small`: input `u` candidate 0 element 1: value NaN is not finite"
+        ),
         "{err}"
     );
     assert!(
