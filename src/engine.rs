@@ -9,12 +9,18 @@
 //! session, and each engine session that scored on the old model takes one
 //! at its first call on the new model, so no call on the serving threads
 //! pays for the new model's first touch (page faults of the mapped weights;
-//! on a GPU, the graphs and the tile timing). That first call still drops
-//! the session's old-model session on its own thread.
+//! on a GPU, the graphs and the tile timing).
+//!
+//! After the swap the reloading thread also visits every engine session not
+//! scoring at that moment: it takes the session's old-model session (to drop
+//! it there, not on a serving thread) and gives it a prepared one. An idle
+//! engine session so holds no old model, whose memory (on a GPU, weights
+//! and graphs) would otherwise stay until its next call. A session busy
+//! during the visit switches at its next call, as before.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use crate::error::Result;
 use crate::model::{Model, OpenOptions};
@@ -37,6 +43,43 @@ pub struct Engine {
     /// Sessions a reload prepared, for engine sessions to take at their
     /// first call on its model.
     prepared: Mutex<Vec<Session>>,
+    /// Every engine session's slot, for a reload to visit (dropped
+    /// sessions' entries are pruned when sessions are made).
+    slots: Mutex<Vec<Weak<Mutex<Slot>>>>,
+}
+
+/// What an engine session scores with, shared with its engine so that a
+/// reload can swap it while the session is idle.
+struct Slot {
+    /// The session on the model of the last call (or prepared by a reload).
+    session: Option<Session>,
+    /// Whether it has scored: only a session that served the old model
+    /// takes a prepared one (a session's first session is its own).
+    served: bool,
+    /// Intra-request threads ([`EngineSession::set_threads`]).
+    threads: usize,
+}
+
+impl Slot {
+    /// The session on `model` (taking a prepared one, or a new one, when the
+    /// model changed); the replaced session is dropped here.
+    fn current(&mut self, engine: &Engine, model: &Arc<Model>) -> &mut Session {
+        let session = match self.session.take() {
+            Some(session) if Arc::ptr_eq(session.model(), model) => session,
+            old => {
+                let prepared = match self.served {
+                    true => engine.take_prepared(model),
+                    false => None,
+                };
+                drop(old);
+                let mut session = prepared.unwrap_or_else(|| Session::new(model.clone()));
+                session.set_threads(self.threads);
+                session
+            }
+        };
+        self.served = true;
+        self.session.insert(session)
+    }
 }
 
 impl Engine {
@@ -51,6 +94,7 @@ impl Engine {
             live_sessions: AtomicUsize::new(0),
             threads: AtomicUsize::new(1),
             prepared: Mutex::new(Vec::new()),
+            slots: Mutex::new(Vec::new()),
         })
     }
 
@@ -100,14 +144,42 @@ impl Engine {
                 Err(poisoned) => poisoned.into_inner(),
             };
             self.generation.fetch_add(1, Ordering::Release);
-            std::mem::replace(&mut *guard, model)
+            std::mem::replace(&mut *guard, model.clone())
         };
         drop(prepared);
-        // The old model may be its last reference (no session scored on it):
-        // its unmapping and GPU frees run here, with no lock held.
+        let released = self.switch_idle_sessions(&model);
+        // The old model may be its last reference: its unmapping and GPU
+        // frees run here, on this thread, with no lock held.
+        drop(released);
         drop(old);
         drop(stale);
         Ok(())
+    }
+
+    /// Moves every engine session not scoring now onto `model`: its old
+    /// session is returned (for the caller to drop outside the locks) and a
+    /// prepared one, if any is left, takes its place. A session busy now
+    /// switches at its next call.
+    fn switch_idle_sessions(&self, model: &Arc<Model>) -> Vec<Session> {
+        let slots: Vec<Arc<Mutex<Slot>>> =
+            lock(&self.slots).iter().filter_map(Weak::upgrade).collect();
+        let mut released = Vec::new();
+        for slot in slots {
+            // Busy (or poisoned by a panic mid-call): left to its next call.
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            let old = match &slot.session {
+                Some(session) if !Arc::ptr_eq(session.model(), model) => slot.session.take(),
+                _ => continue,
+            };
+            released.extend(old);
+            if let Some(mut prepared) = self.take_prepared(model) {
+                prepared.set_threads(slot.threads);
+                slot.session = Some(prepared);
+            }
+        }
+        released
     }
 
     /// Makes every later reload warm up the new model for requests of up to
@@ -155,10 +227,19 @@ impl Engine {
     /// A session that follows the engine's current model.
     pub fn session(self: &Arc<Self>) -> EngineSession {
         self.live_sessions.fetch_add(1, Ordering::AcqRel);
+        let slot = Arc::new(Mutex::new(Slot {
+            session: None,
+            served: false,
+            threads: 1,
+        }));
+        {
+            let mut slots = lock(&self.slots);
+            slots.retain(|slot| slot.strong_count() > 0);
+            slots.push(Arc::downgrade(&slot));
+        }
         EngineSession {
             engine: self.clone(),
-            session: None,
-            threads: 1,
+            slot,
         }
     }
 }
@@ -180,8 +261,8 @@ impl std::fmt::Debug for Engine {
 /// when it starts. The scratch is rebuilt only when the model changed.
 pub struct EngineSession {
     engine: Arc<Engine>,
-    session: Option<Session>,
-    threads: usize,
+    /// Locked for each call (uncontended, but by a reload's visit).
+    slot: Arc<Mutex<Slot>>,
 }
 
 impl EngineSession {
@@ -191,19 +272,22 @@ impl EngineSession {
 
     /// Intra-request threads, as [`Session::set_threads`].
     pub fn set_threads(&mut self, threads: usize) {
-        self.threads = threads.clamp(1, crate::session::MAX_THREADS);
-        self.engine
-            .threads
-            .fetch_max(self.threads, Ordering::AcqRel);
-        if let Some(session) = self.session.as_mut() {
-            session.set_threads(self.threads);
+        let threads = threads.clamp(1, crate::session::MAX_THREADS);
+        self.engine.threads.fetch_max(threads, Ordering::AcqRel);
+        let mut slot = lock(&self.slot);
+        slot.threads = threads;
+        if let Some(session) = slot.session.as_mut() {
+            session.set_threads(threads);
         }
     }
 
     /// Scores on the current model; returns the model that scored.
     pub fn score(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<Arc<Model>> {
-        let (session, model) = self.current();
-        session.score(request, scores).map(|()| model)
+        let model = self.engine.model();
+        let mut slot = lock(&self.slot);
+        slot.current(&self.engine, &model)
+            .score(request, scores)
+            .map(|()| model)
     }
 
     /// Prepares this session on the current model for requests of up to
@@ -212,31 +296,20 @@ impl EngineSession {
     /// ([`Engine::set_warm_up`]), or prepares the new model at its first
     /// calls.
     pub fn warm_up(&mut self, max_candidates: usize) -> Result<()> {
-        let (session, _) = self.current();
-        session.warm_up(max_candidates)
+        let model = self.engine.model();
+        let mut slot = lock(&self.slot);
+        slot.current(&self.engine, &model).warm_up(max_candidates)
     }
 
-    /// The session on the engine's current model (a new one if the model
-    /// changed since the last call) and that model. A session that served
-    /// the old model takes one the reload prepared, if any; a session's
-    /// first session is its own, so that it does not take one meant for a
-    /// session that served before the reload.
-    fn current(&mut self) -> (&mut Session, Arc<Model>) {
+    /// Whether this session holds a session on a model other than the
+    /// engine's current one (for tests: a reload releases idle sessions').
+    #[doc(hidden)]
+    pub fn holds_an_old_model(&self) -> bool {
         let model = self.engine.model();
-        let session = match self.session.take() {
-            Some(session) if Arc::ptr_eq(session.model(), &model) => session,
-            old => {
-                let prepared = match old {
-                    Some(_) => self.engine.take_prepared(&model),
-                    None => None,
-                };
-                drop(old);
-                let mut session = prepared.unwrap_or_else(|| Session::new(model.clone()));
-                session.set_threads(self.threads);
-                session
-            }
-        };
-        (self.session.insert(session), model)
+        let slot = lock(&self.slot);
+        slot.session
+            .as_ref()
+            .is_some_and(|session| !Arc::ptr_eq(session.model(), &model))
     }
 }
 

@@ -115,24 +115,28 @@ fn warmed_reloads_prepare_a_session_for_each_session_that_served() {
     assert_eq!(engine.prepared_sessions(), 0);
     let mut first = engine.session();
     let mut second = engine.session();
+    let mut not_yet = engine.session();
     first.set_threads(2);
     first.warm_up(64).unwrap();
     let (hash_a, on_a) = score(&mut first);
     score(&mut second);
-    // One prepared session per live engine session, taken one by one.
+    // One prepared session per live engine session; the reload gives one to
+    // each idle session that served (here both), which so let go of model A
+    // on the reloading thread; the one left waits for a session that serves
+    // later.
     engine.reload(&b.path).unwrap();
-    assert_eq!(engine.prepared_sessions(), 2);
+    assert_eq!(engine.prepared_sessions(), 1);
+    assert!(!first.holds_an_old_model() && !second.holds_an_old_model());
     let (hash_b, on_b) = score(&mut first);
     assert_eq!(engine.prepared_sessions(), 1);
     assert_ne!(hash_a, hash_b);
     assert_ne!(on_a, on_b, "the prepared session scores on the new model");
     assert_eq!(hash_b, engine.model().content_hash());
     // A session that had not scored yet makes its own session...
-    let mut third = engine.session();
-    assert_eq!(score(&mut third), (hash_b, on_b.clone()));
+    assert_eq!(score(&mut not_yet), (hash_b, on_b.clone()));
     assert_eq!(engine.prepared_sessions(), 1);
     // ...and prepared sessions beyond the live ones are dropped with them.
-    drop(third);
+    drop(not_yet);
     assert_eq!(engine.prepared_sessions(), 1);
     drop(second);
     assert_eq!(engine.prepared_sessions(), 1);
@@ -140,6 +144,7 @@ fn warmed_reloads_prepare_a_session_for_each_session_that_served() {
     assert_eq!(engine.prepared_sessions(), 0);
     // Reloads without warm-up prepare nothing; set_warm_up(0) drops any.
     let mut session = engine.session();
+    let _spare = engine.session();
     score(&mut session);
     engine.reload(&a.path).unwrap();
     assert_eq!(engine.prepared_sessions(), 1);
@@ -148,6 +153,39 @@ fn warmed_reloads_prepare_a_session_for_each_session_that_served() {
     engine.reload(&b.path).unwrap();
     assert_eq!(engine.prepared_sessions(), 0);
     assert_eq!(score(&mut session), (hash_b, on_b));
+}
+
+/// A session idle during a reload keeps nothing of the old model: the
+/// reloading thread takes its old session, so the old model (its mapping,
+/// on a GPU its weights and graphs) is freed by the reload itself, not at
+/// the session's next call, which may never come.
+#[test]
+fn an_idle_session_lets_go_of_the_old_model_at_the_reload() {
+    let config = mmoe::Config::parse(common::SMALL_CONFIG).unwrap();
+    let a = pack(
+        &config,
+        &mmoe::demo::synthetic_tensors(&config, 1).unwrap(),
+        DType::F16,
+    );
+    let b = pack(
+        &config,
+        &mmoe::demo::synthetic_tensors(&config, 2).unwrap(),
+        DType::F16,
+    );
+    let engine = Arc::new(Engine::open(&a.path, OpenOptions::default()).unwrap());
+    let request = mmoe::demo::synthetic_request(&config, 6, 3);
+    let mut idle = engine.session();
+    let (_, on_a) = common::engine_session_logits(&mut idle, &request);
+    let model_a = Arc::downgrade(&engine.model());
+    engine.reload(&b.path).unwrap();
+    assert!(!idle.holds_an_old_model());
+    assert!(
+        model_a.upgrade().is_none(),
+        "model A is still alive after the reload"
+    );
+    let (model, on_b) = common::engine_session_logits(&mut idle, &request);
+    assert_eq!(model.content_hash(), engine.model().content_hash());
+    assert_ne!(on_a, on_b);
 }
 
 #[test]
