@@ -175,9 +175,11 @@ enum mmoe_status mmoe_engine_reload(const struct mmoe_engine *engine, const char
 // requests of up to `max_candidates` candidates (at most 65536) before it
 // serves (0, the default: no warm-up). The reloading thread prepares one
 // session per live session (scratch; on a GPU, every batch bucket's graph
-// and the tile timing); each session that scored on the old model takes
-// one at its first call on the new model, so no scoring thread pays for
-// it. A warm-up that fails fails the reload. Thread-safe.
+// and the tile timing). After the swap it hands one to each session that
+// scored and is idle, and frees that session's old-model session itself;
+// a session busy then takes one at its first call on the new model. So no
+// scoring thread pays for the new model's first calls. A warm-up that
+// fails fails the reload. Thread-safe.
 enum mmoe_status mmoe_engine_set_warm_up(const struct mmoe_engine *engine, size_t max_candidates);
 
 // The number of successful reloads so far.
@@ -192,7 +194,10 @@ enum mmoe_status mmoe_engine_model_name(const struct mmoe_engine *engine,
                                         size_t buf_len,
                                         size_t *out_len);
 
-// The number of tasks (scores per candidate) of the serving model.
+// The number of tasks (scores per candidate) of the serving model. A
+// reload may change it: size outputs again when `mmoe_engine_generation`
+// changes (a call whose outputs have the old size fails with ARGUMENT and
+// writes nothing).
 enum mmoe_status mmoe_engine_num_tasks(const struct mmoe_engine *engine, size_t *out);
 
 // The name of task `index`.

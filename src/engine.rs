@@ -46,6 +46,9 @@ pub struct Engine {
     /// Every engine session's slot, for a reload to visit (dropped
     /// sessions' entries are pruned when sessions are made).
     slots: Mutex<Vec<Weak<Mutex<Slot>>>>,
+    /// Held through a reload: two at once would each hand out sessions for
+    /// its own model, the later visit taking the other's.
+    reloading: Mutex<()>,
 }
 
 /// What an engine session scores with, shared with its engine so that a
@@ -95,6 +98,7 @@ impl Engine {
             threads: AtomicUsize::new(1),
             prepared: Mutex::new(Vec::new()),
             slots: Mutex::new(Vec::new()),
+            reloading: Mutex::new(()),
         })
     }
 
@@ -113,6 +117,7 @@ impl Engine {
     /// [`Engine::set_warm_up`], the new model is warmed up first, in this
     /// thread; a warm-up that fails fails the reload.
     pub fn reload(&self, path: impl AsRef<Path>) -> Result<()> {
+        let _one_at_a_time = lock(&self.reloading);
         let path = path.as_ref();
         let model = Model::open(path, &self.options)?;
         let warm_up = self.warm_up.load(Ordering::Acquire);
@@ -157,23 +162,29 @@ impl Engine {
     }
 
     /// Moves every engine session not scoring now onto `model`: its old
-    /// session is returned (for the caller to drop outside the locks) and a
-    /// prepared one, if any is left, takes its place. A session busy now
-    /// switches at its next call.
+    /// session, if any, is returned (for the caller to drop outside the
+    /// locks) and a prepared one, if any is left, takes its place. A session
+    /// busy now switches at its next call.
     fn switch_idle_sessions(&self, model: &Arc<Model>) -> Vec<Session> {
         let slots: Vec<Arc<Mutex<Slot>>> =
             lock(&self.slots).iter().filter_map(Weak::upgrade).collect();
         let mut released = Vec::new();
         for slot in slots {
-            // Busy (or poisoned by a panic mid-call): left to its next call.
-            let Ok(mut slot) = slot.try_lock() else {
-                continue;
+            // Busy: left to its next call. (A panic in an earlier call, which
+            // the C boundary survives, leaves it poisoned but whole.)
+            let mut slot = match slot.try_lock() {
+                Ok(slot) => slot,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
             };
-            let old = match &slot.session {
-                Some(session) if !Arc::ptr_eq(session.model(), model) => slot.session.take(),
-                _ => continue,
-            };
-            released.extend(old);
+            // A session on an old model, or none yet (a session made before
+            // the reload counts among those it prepared for).
+            if let Some(session) = &slot.session {
+                if Arc::ptr_eq(session.model(), model) {
+                    continue;
+                }
+            }
+            released.extend(slot.session.take());
             if let Some(mut prepared) = self.take_prepared(model) {
                 prepared.set_threads(slot.threads);
                 slot.session = Some(prepared);
@@ -283,8 +294,10 @@ impl EngineSession {
 
     /// Scores on the current model; returns the model that scored.
     pub fn score(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<Arc<Model>> {
-        let model = self.engine.model();
+        // The slot first, then the model: a model read before the lock
+        // could predate a reload's visit and undo the session it installed.
         let mut slot = lock(&self.slot);
+        let model = self.engine.model();
         slot.current(&self.engine, &model)
             .score(request, scores)
             .map(|()| model)
@@ -296,8 +309,8 @@ impl EngineSession {
     /// ([`Engine::set_warm_up`]), or prepares the new model at its first
     /// calls.
     pub fn warm_up(&mut self, max_candidates: usize) -> Result<()> {
-        let model = self.engine.model();
         let mut slot = lock(&self.slot);
+        let model = self.engine.model();
         slot.current(&self.engine, &model).warm_up(max_candidates)
     }
 

@@ -89,12 +89,12 @@ impl Session {
         let model = self.model.clone();
         let scored =
             Self::gpu_session(&mut self.gpu, &model)?.score(&model, request, &mut self.logits);
-        if scored
-            .as_ref()
-            .is_err_and(|e| e.kind() == crate::ErrorKind::Device)
-        {
-            // A device error may leave the stream mid-capture or a buffer
-            // half-grown: the next call starts from a new GPU session.
+        let stuck = scored.is_err() && self.gpu.as_ref().is_some_and(|gpu| gpu.stuck_in_capture());
+        if stuck {
+            // A capture that failed half-way leaves the session's stream in
+            // capture mode, where every later call would fail: the next
+            // call starts from a new GPU session. (Other errors leave the
+            // session whole: a failed staging growth keeps the old buffers.)
             self.gpu = None;
         }
         scored

@@ -382,6 +382,8 @@ fn hostile_arguments_are_errors() {
     );
     let u = [0.5f32, 1.0, -1.0, 2.0];
     let mut a = [0.1f32; 16];
+    // Every pointer into `a` from one raw base, as C would hold them.
+    let a_base = a.as_mut_ptr();
     let ids = [1u64, 2, 3];
     let us_offsets = [0u32, 3];
     let as_offsets = [0u32, 1, 3];
@@ -397,7 +399,7 @@ fn hostile_arguments_are_errors() {
         },
         mmoe_feature {
             input: 1,
-            dense: a.as_ptr(),
+            dense: a_base,
             dense_len: 12,
             ids: null(),
             ids_len: 0,
@@ -481,7 +483,8 @@ fn hostile_arguments_are_errors() {
         message.contains("logits and probabilities overlap"),
         "{message}"
     );
-    let inside_a = (a[2..].as_mut_ptr(), 4);
+    // SAFETY: in bounds of `a` (16 floats).
+    let inside_a = (unsafe { a_base.add(2) }, 4);
     let (status, message) = score(2, &features, out, inside_a);
     assert_eq!(status, mmoe_status::MMOE_STATUS_ARGUMENT);
     assert!(
@@ -489,9 +492,17 @@ fn hostile_arguments_are_errors() {
         "{message}"
     );
     // Right beside an input is not inside it.
-    let after_a = (a[12..].as_mut_ptr(), 4);
+    // SAFETY: in bounds of `a` (16 floats).
+    let after_a = (unsafe { a_base.add(12) }, 4);
     assert_eq!(
         score(2, &features, out, after_a).0,
+        mmoe_status::MMOE_STATUS_OK
+    );
+    // An empty array pointing inside an output shares no byte with it.
+    let mut empty_inside = features;
+    empty_inside[0].ids = out.0 as *const u64;
+    assert_eq!(
+        score(2, &empty_inside, out, none).0,
         mmoe_status::MMOE_STATUS_OK
     );
     let probabilities_out = (probabilities.as_mut_ptr(), 4);

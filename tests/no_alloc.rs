@@ -302,6 +302,28 @@ fn a_c_abi_call_allocates_nothing_once_warm() {
         assert_eq!(call(), mmoe_status::MMOE_STATUS_OK);
         assert_eq!(allocations() - before, 0, "a warm C ABI call allocated");
     }
+    // A refused call (its message allocates) keeps the storage: the next
+    // good call allocates nothing either.
+    let mut bad = features.clone();
+    bad[0].input = 999;
+    let refused = mmoe_session_score(
+        session,
+        40,
+        bad.as_ptr(),
+        bad.len(),
+        null_mut(),
+        0,
+        null_mut(),
+        0,
+    );
+    assert_eq!(refused, mmoe_status::MMOE_STATUS_REQUEST);
+    let before = allocations();
+    assert_eq!(call(), mmoe_status::MMOE_STATUS_OK);
+    assert_eq!(
+        allocations() - before,
+        0,
+        "a call after a refused one allocated"
+    );
     mmoe_session_free(session);
     mmoe_engine_free(engine);
 }

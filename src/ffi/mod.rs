@@ -302,7 +302,8 @@ fn byte_range<T>(ptr: *const T, len: usize) -> std::ops::Range<usize> {
 }
 
 fn overlap(a: &std::ops::Range<usize>, b: &std::ops::Range<usize>) -> bool {
-    a.start < b.end && b.start < a.end
+    // An empty array shares no byte with anything, wherever it points.
+    !a.is_empty() && !b.is_empty() && a.start < b.end && b.start < a.end
 }
 
 /// A slice from a C pointer and length; `(NULL, 0)` is empty.
@@ -526,9 +527,11 @@ pub extern "C" fn mmoe_engine_reload(
 /// requests of up to `max_candidates` candidates (at most 65536) before it
 /// serves (0, the default: no warm-up). The reloading thread prepares one
 /// session per live session (scratch; on a GPU, every batch bucket's graph
-/// and the tile timing); each session that scored on the old model takes
-/// one at its first call on the new model, so no scoring thread pays for
-/// it. A warm-up that fails fails the reload. Thread-safe.
+/// and the tile timing). After the swap it hands one to each session that
+/// scored and is idle, and frees that session's old-model session itself;
+/// a session busy then takes one at its first call on the new model. So no
+/// scoring thread pays for the new model's first calls. A warm-up that
+/// fails fails the reload. Thread-safe.
 #[no_mangle]
 pub extern "C" fn mmoe_engine_set_warm_up(
     engine: *const mmoe_engine,
@@ -576,7 +579,10 @@ pub extern "C" fn mmoe_engine_model_name(
     })
 }
 
-/// The number of tasks (scores per candidate) of the serving model.
+/// The number of tasks (scores per candidate) of the serving model. A
+/// reload may change it: size outputs again when `mmoe_engine_generation`
+/// changes (a call whose outputs have the old size fails with ARGUMENT and
+/// writes nothing).
 #[no_mangle]
 pub extern "C" fn mmoe_engine_num_tasks(
     engine: *const mmoe_engine,
@@ -793,43 +799,46 @@ pub extern "C" fn mmoe_session_score(
         // Covariance lends the kept storage this call's lifetime.
         let mut request: Request<'_> = std::mem::take(&mut session.request);
         request.reset(candidates);
-        for (i, f) in features.iter().enumerate() {
-            // Names for error messages, formatted only when one is made.
-            let at = |field: &'static str| FeatureField(i, field);
-            let index = f.input as usize;
-            if index >= inputs {
-                return Err(Error::request(format!(
-                    "features[{i}].input is {index}, but model `{}` has {inputs} inputs",
-                    model.name()
-                )));
-            }
-            not_in_outputs(byte_range(f.dense, f.dense_len), &at("dense"))?;
-            not_in_outputs(byte_range(f.ids, f.ids_len), &at("ids"))?;
-            not_in_outputs(byte_range(f.offsets, f.offsets_len), &at("offsets"))?;
-            let dense = slice(f.dense, f.dense_len, at("dense"))?;
-            let ids = slice(f.ids, f.ids_len, at("ids"))?;
-            let offsets = slice(f.offsets, f.offsets_len, at("offsets"))?;
-            if !matches!(request.feature(index), crate::request::Feature::Unset) {
-                return Err(Error::request(format!(
-                    "features[{i}]: input {index} is given twice"
-                )));
-            }
-            if f.offsets_len > 0 || f.ids_len > 0 {
-                if f.dense_len > 0 {
+        // Every path, failed ones too, puts the storage back for the next call.
+        let scored = (|| -> Result<()> {
+            for (i, f) in features.iter().enumerate() {
+                // Names for error messages, formatted only when one is made.
+                let at = |field: &'static str| FeatureField(i, field);
+                let index = f.input as usize;
+                if index >= inputs {
                     return Err(Error::request(format!(
-                        "features[{i}]: both dense values and sparse ids are set"
+                        "features[{i}].input is {index}, but model `{}` has {inputs} inputs",
+                        model.name()
                     )));
                 }
-                request.set_sparse(index, ids, offsets);
-            } else {
-                request.set_dense(index, dense);
+                not_in_outputs(byte_range(f.dense, f.dense_len), &at("dense"))?;
+                not_in_outputs(byte_range(f.ids, f.ids_len), &at("ids"))?;
+                not_in_outputs(byte_range(f.offsets, f.offsets_len), &at("offsets"))?;
+                let dense = slice(f.dense, f.dense_len, at("dense"))?;
+                let ids = slice(f.ids, f.ids_len, at("ids"))?;
+                let offsets = slice(f.offsets, f.offsets_len, at("offsets"))?;
+                if !matches!(request.feature(index), crate::request::Feature::Unset) {
+                    return Err(Error::request(format!(
+                        "features[{i}]: input {index} is given twice"
+                    )));
+                }
+                if f.offsets_len > 0 || f.ids_len > 0 {
+                    if f.dense_len > 0 {
+                        return Err(Error::request(format!(
+                            "features[{i}]: both dense values and sparse ids are set"
+                        )));
+                    }
+                    request.set_sparse(index, ids, offsets);
+                } else {
+                    request.set_dense(index, dense);
+                }
             }
-        }
-        let mut scores = Scores {
-            logits: slice_mut(logits, logits_len, "logits")?,
-            probabilities: slice_mut(probabilities, probabilities_len, "probabilities")?,
-        };
-        let scored = session.session.score(&request, &mut scores).map(|_| ());
+            let mut scores = Scores {
+                logits: slice_mut(logits, logits_len, "logits")?,
+                probabilities: slice_mut(probabilities, probabilities_len, "probabilities")?,
+            };
+            session.session.score(&request, &mut scores).map(|_| ())
+        })();
         session.request = request.recycle();
         scored
     })

@@ -424,6 +424,15 @@ impl GpuSession {
         self.phases.as_ref().map_or(&[], |p| &p.calls)
     }
 
+    /// Whether the session's stream is (or may be) still capturing a graph,
+    /// as after a capture that failed half-way: then no call on it can work.
+    pub fn stuck_in_capture(&self) -> bool {
+        !matches!(
+            self.stream.capture_status(),
+            Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        )
+    }
+
     /// Scores a validated request into `logits` (`[candidates × tasks]`).
     pub fn score(
         &mut self,

@@ -37,8 +37,9 @@ public final class Engine implements AutoCloseable {
      * Makes every later {@link #reload} warm up the new model for requests of
      * up to {@code maxCandidates} candidates (at most 65536) before it serves
      * (0, the default: no warm-up): the reloading thread prepares a session
-     * for each open session, which takes it at its first call on the new
-     * model if it scored on the old one.
+     * for each open session and, after the swap, hands one to each session
+     * that scored on the old model and is idle (a session busy then takes
+     * one at its first call on the new model).
      */
     public void setWarmUp(int maxCandidates) {
         if (maxCandidates < 0) {
