@@ -229,7 +229,10 @@ fn bench_session(model: &Arc<Model>, settings: &Settings) -> Result<mmoe::Sessio
 /// first call of that size in the process (at the first size, the model's
 /// first; on a GPU also the tile timing of its bucket), then over 5 more
 /// rounds (medians): a new session's first call, a new session's
-/// `warm_up(batch)`, and that session's first call after it. Printed, and
+/// `warm_up(batch)`, and that session's first call after it; off the GPU
+/// also the model opened afresh (as by a reload), a session's warm-up on it,
+/// and that session's first call with the page faults it took (the mapped
+/// file's pages not yet in this process's page tables). Printed, and
 /// returned for the JSON report.
 fn first_call_table(
     model: &Arc<Model>,
@@ -240,19 +243,29 @@ fn first_call_table(
     let mut sizes = batches.to_vec();
     sizes.sort_unstable();
     sizes.dedup();
+    // A fresh model per round costs a GPU upload and tile timing each: CPU only.
+    let fresh_models = mmoe::Session::new(model.clone()).backend() != mmoe::Backend::Cuda;
     println!(
         "first calls (µs; medians of {ROUNDS} new sessions, after the first call of each size):"
     );
     println!(
-        "{:>7} {:>16} {:>16} {:>12} {:>16}",
-        "batch", "first in process", "cold first", "warm_up", "first after it"
+        "{:>7} {:>16} {:>16} {:>12} {:>16} {:>13} {:>16} {:>7}",
+        "batch",
+        "first in process",
+        "cold first",
+        "warm_up",
+        "first after it",
+        "fresh warm_up",
+        "first after it",
+        "faults"
     );
     let mut entries = Vec::new();
     for batch in sizes {
         let owned = mmoe::demo::synthetic_request(model.config(), batch, 77);
         let request = owned.as_request();
         let mut logits = vec![0.0; batch * model.num_tasks()];
-        let mut timed_call = |session: &mut mmoe::Session| -> Result<f64, String> {
+        let mut timed_call = |session: &mut mmoe::Session| -> Result<(f64, i64), String> {
+            let faults = page_faults();
             let t0 = Instant::now();
             session
                 .score(
@@ -263,34 +276,70 @@ fn first_call_table(
                     },
                 )
                 .map_err(|e| e.to_string())?;
-            Ok(t0.elapsed().as_secs_f64() * 1e6)
+            Ok((t0.elapsed().as_secs_f64() * 1e6, page_faults() - faults))
         };
         let new_session = || bench_session(model, settings);
-        let first_in_process = timed_call(&mut new_session()?)?;
+        let first_in_process = timed_call(&mut new_session()?)?.0;
         let (mut cold, mut warm_up, mut after) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fresh_warm_up, mut fresh, mut fresh_faults) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            cold.push(timed_call(&mut new_session()?)?);
+            cold.push(timed_call(&mut new_session()?)?.0);
             let mut warm = new_session()?;
             let t0 = Instant::now();
             warm.warm_up(batch).map_err(|e| e.to_string())?;
             warm_up.push(t0.elapsed().as_secs_f64() * 1e6);
-            after.push(timed_call(&mut warm)?);
+            after.push(timed_call(&mut warm)?.0);
+            if fresh_models {
+                let reloaded = open_on(&settings.model, false, &settings.device)?;
+                let mut session = bench_session(&reloaded, settings)?;
+                let t0 = Instant::now();
+                session.warm_up(batch).map_err(|e| e.to_string())?;
+                fresh_warm_up.push(t0.elapsed().as_secs_f64() * 1e6);
+                let (us, faults) = timed_call(&mut session)?;
+                fresh.push(us);
+                fresh_faults.push(faults as f64);
+            }
         }
         let median = |mut v: Vec<f64>| {
+            if v.is_empty() {
+                return f64::NAN;
+            }
             v.sort_by(f64::total_cmp);
             percentile(&v, 0.5)
         };
         let (cold, warm_up, after) = (median(cold), median(warm_up), median(after));
-        println!("{batch:>7} {first_in_process:>16.1} {cold:>16.1} {warm_up:>12.1} {after:>16.1}");
+        let (fresh_warm_up, fresh, fresh_faults) =
+            (median(fresh_warm_up), median(fresh), median(fresh_faults));
+        println!(
+            "{batch:>7} {first_in_process:>16.1} {cold:>16.1} {warm_up:>12.1} {after:>16.1} {fresh_warm_up:>13.1} {fresh:>16.1} {fresh_faults:>7.0}"
+        );
         entries.push(serde_json::json!({
             "batch": batch,
             "first_in_process_us": first_in_process,
             "cold_first_us": cold,
             "warm_up_us": warm_up,
             "first_after_warm_up_us": after,
+            "fresh_model_warm_up_us": fresh_warm_up.is_finite().then_some(fresh_warm_up),
+            "fresh_model_first_after_warm_up_us": fresh.is_finite().then_some(fresh),
+            "fresh_model_first_after_warm_up_page_faults": fresh_faults.is_finite().then_some(fresh_faults),
         }));
     }
     Ok(serde_json::Value::Array(entries))
+}
+
+/// Page faults this thread has taken (minor and major, from
+/// `/proc/thread-self/stat`; 0 where there is no such file).
+fn page_faults() -> i64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return 0;
+    };
+    // After the command name's closing parenthesis: state is field 3, minflt
+    // field 10 and majflt field 12 (proc(5)).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<i64>().ok());
+    field(10).unwrap_or(0) + field(12).unwrap_or(0)
 }
 
 /// One phase of a traced GPU call.
