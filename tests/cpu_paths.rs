@@ -14,7 +14,10 @@ fn max_delta(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+        .fold(
+            0.0,
+            |most: f32, d| if d.is_nan() || d > most { d } else { most },
+        )
 }
 
 /// Models of every expert type and mode: the small model, plus variants.

@@ -81,7 +81,10 @@ fn gpu_vs_cpu(path: &std::path::Path, config: &Config, precision: GpuPrecision, 
     cpu.iter()
         .zip(&gpu)
         .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+        .fold(
+            0.0,
+            |most: f32, d| if d.is_nan() || d > most { d } else { most },
+        )
 }
 
 /// The logits of a synthetic request of `n` candidates on `device`.

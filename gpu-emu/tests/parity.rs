@@ -109,7 +109,10 @@ fn max_delta(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+        .fold(
+            0.0,
+            |most: f32, d| if d.is_nan() || d > most { d } else { most },
+        )
 }
 
 /// Max |Δlogit| of the emulated GPU path against the CPU exact path.

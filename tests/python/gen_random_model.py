@@ -371,7 +371,9 @@ def generate(seed: int) -> tuple[dict, dict, list]:
     q0 = _slot_start(seed, TASK_COUNTS)
     for ti in range(n_tasks):
         q = q0 + ti  # gate_hidden x gate_inputs x (order) = 8 slots, tower length cycles slower
-        task = {"name": TASK_NAMES[ti], "gate_hidden": [_width(rng, 2, 16)] if q % 2 else []}
+        # Odd slots have a gate_hidden: one layer, or two in alternating runs of slots.
+        gate_layers = (1 + (q // 24) % 2) if q % 2 else 0
+        task = {"name": TASK_NAMES[ti], "gate_hidden": [_width(rng, 2, 16) for _ in range(gate_layers)]}
         gate_width = D
         if (q // 2) % 2 == 1:
             subset = _random_subset(rng, inputs)
@@ -433,7 +435,7 @@ REQUIRED_BRANCHES = (
     + [f"expert.finalmlp.heads={k}" for k in (1, 2, 3, 4)]
     + [f"experts={e}" for e in (1, 2, 3, 4)]
     + [f"tasks={t}" for t in (1, 2, 3)]
-    + ["gate_hidden=[]", "gate_hidden=nonempty", "gate_inputs=none", "gate_inputs=subset",
+    + ["gate_hidden=[]", "gate_hidden=nonempty", "gate_hidden=2 layers", "gate_inputs=none", "gate_inputs=subset",
        "gate_inputs=not_config_order", "gate_inputs=request_scope_only", "one_expert.gate_present", "one_expert.gate_absent",
        "tower=[]", "tower=nonempty", "request.n=1", "request.n>1"]
 )
@@ -523,6 +525,8 @@ def branches(config: dict, tensors: dict, requests: list) -> set:
     out.add(f"tasks={len(config['tasks'])}")
     for task in config["tasks"]:
         out.add("gate_hidden=" + ("nonempty" if task.get("gate_hidden") else "[]"))
+        if len(task.get("gate_hidden") or []) >= 2:
+            out.add("gate_hidden=2 layers")
         gate_inputs = task.get("gate_inputs")
         if gate_inputs is None:
             out.add("gate_inputs=none")
