@@ -4,8 +4,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use half::f16;
 use memmap2::Mmap;
@@ -120,8 +119,8 @@ pub struct Model {
     cpu_mode_note: String,
     /// bf16 mode: each Linear weight in the bf16 pair layout (by tensor id).
     bf16_weights: Vec<Option<Vec<u16>>>,
-    /// Whether [`Model::touch_pages`] has read every page of the map.
-    pages_touched: AtomicBool,
+    /// [`Model::touch_pages`]'s one pass over the map.
+    pages_touched: Once,
 }
 
 impl std::fmt::Debug for Model {
@@ -182,7 +181,7 @@ impl Model {
             cpu_mode: CpuMode::Exact,
             cpu_mode_note: "exact".into(),
             bf16_weights: Vec::new(),
-            pages_touched: AtomicBool::new(false),
+            pages_touched: Once::new(),
         };
         model.set_cpu_mode(options.cpu_mode);
         model
@@ -287,11 +286,13 @@ impl Model {
     /// that scoring calls do not fault pages in: the embedding rows a
     /// request gathers are spread over the tables, and a warm-up request
     /// (empty bags) reads none of them. A page not in the page cache is read
-    /// from disk here, on the warming thread, rather than in a call.
+    /// from disk here, on the warming thread, rather than in a call. A
+    /// second caller waits for the first one's pass.
     pub fn touch_pages(&self) {
-        if self.pages_touched.swap(true, Ordering::AcqRel) {
-            return;
-        }
+        self.pages_touched.call_once(|| self.read_every_page());
+    }
+
+    fn read_every_page(&self) {
         // Linux 5.14 and later fill the page tables in one call; one fault
         // per 16 pages (the kernel's fault-around) took 9 µs in a VM here.
         #[cfg(target_os = "linux")]

@@ -74,6 +74,19 @@ fn open(path: &std::path::Path) -> Engine {
     Engine(engine)
 }
 
+/// Input `input` with no array set.
+fn feature(input: u32) -> mmoe_feature {
+    mmoe_feature {
+        input,
+        dense: null(),
+        dense_len: 0,
+        ids: null(),
+        ids_len: 0,
+        offsets: null(),
+        offsets_len: 0,
+    }
+}
+
 #[test]
 fn errors_through_the_c_abi() {
     let (_, _, packed) = small(DType::F16);
@@ -199,15 +212,6 @@ fn errors_through_the_c_abi() {
     let ids = [1u64, 2, 3];
     let us_offsets = [0u32, 3];
     let as_offsets = [0u32, 1, 3];
-    let feature = |input: u32| mmoe_feature {
-        input,
-        dense: null(),
-        dense_len: 0,
-        ids: null(),
-        ids_len: 0,
-        offsets: null(),
-        offsets_len: 0,
-    };
     let mut features = [
         mmoe_feature {
             dense: u.as_ptr(),
@@ -389,40 +393,28 @@ fn hostile_arguments_are_errors() {
     let as_offsets = [0u32, 1, 3];
     let features = [
         mmoe_feature {
-            input: 0,
             dense: u.as_ptr(),
             dense_len: 4,
-            ids: null(),
-            ids_len: 0,
-            offsets: null(),
-            offsets_len: 0,
+            ..feature(0)
         },
         mmoe_feature {
-            input: 1,
             dense: a_base,
             dense_len: 12,
-            ids: null(),
-            ids_len: 0,
-            offsets: null(),
-            offsets_len: 0,
+            ..feature(1)
         },
         mmoe_feature {
-            input: 2,
-            dense: null(),
-            dense_len: 0,
             ids: ids.as_ptr(),
             ids_len: 3,
             offsets: us_offsets.as_ptr(),
             offsets_len: 2,
+            ..feature(2)
         },
         mmoe_feature {
-            input: 3,
-            dense: null(),
-            dense_len: 0,
             ids: ids.as_ptr(),
             ids_len: 3,
             offsets: as_offsets.as_ptr(),
             offsets_len: 3,
+            ..feature(3)
         },
     ];
     let score = |candidates: usize,

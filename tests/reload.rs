@@ -84,20 +84,25 @@ fn engines_live_side_by_side() {
     assert_eq!(e2.model().name(), "small");
 }
 
+/// The small model with weights of seeds 1 (A) and 2 (B), and an engine
+/// serving A.
+fn small_models_and_engine() -> (Config, common::Packed, common::Packed, Arc<Engine>) {
+    let config = Config::parse(common::SMALL_CONFIG).unwrap();
+    let packed = |seed| {
+        pack(
+            &config,
+            &mmoe::demo::synthetic_tensors(&config, seed).unwrap(),
+            DType::F16,
+        )
+    };
+    let (a, b) = (packed(1), packed(2));
+    let engine = Arc::new(Engine::open(&a.path, OpenOptions::default()).unwrap());
+    (config, a, b, engine)
+}
+
 #[test]
 fn warmed_reloads_prepare_a_session_for_each_session_that_served() {
-    let config = Config::parse(common::SMALL_CONFIG).unwrap();
-    let a = pack(
-        &config,
-        &mmoe::demo::synthetic_tensors(&config, 1).unwrap(),
-        DType::F16,
-    );
-    let b = pack(
-        &config,
-        &mmoe::demo::synthetic_tensors(&config, 2).unwrap(),
-        DType::F16,
-    );
-    let engine = Arc::new(Engine::open(&a.path, OpenOptions::default()).unwrap());
+    let (config, a, b, engine) = small_models_and_engine();
     let request = mmoe::demo::synthetic_request(&config, 6, 3);
     let score = |session: &mut mmoe::EngineSession| {
         let (model, logits) = common::engine_session_logits(session, &request);
@@ -150,18 +155,7 @@ fn warmed_reloads_prepare_a_session_for_each_session_that_served() {
 /// the session's next call, which may never come.
 #[test]
 fn an_idle_session_lets_go_of_the_old_model_at_the_reload() {
-    let config = mmoe::Config::parse(common::SMALL_CONFIG).unwrap();
-    let a = pack(
-        &config,
-        &mmoe::demo::synthetic_tensors(&config, 1).unwrap(),
-        DType::F16,
-    );
-    let b = pack(
-        &config,
-        &mmoe::demo::synthetic_tensors(&config, 2).unwrap(),
-        DType::F16,
-    );
-    let engine = Arc::new(Engine::open(&a.path, OpenOptions::default()).unwrap());
+    let (config, _a, b, engine) = small_models_and_engine();
     let request = mmoe::demo::synthetic_request(&config, 6, 3);
     let mut idle = engine.session();
     let (_, on_a) = common::engine_session_logits(&mut idle, &request);

@@ -217,7 +217,6 @@ typedef enum { FLOATS, LONGS, INTS } element_type;
 
 typedef struct {
     jobject object;
-    element_type type;
     void *data;
     size_t len;
     int copied; /* data is ours (malloc), not a direct buffer's */
@@ -231,7 +230,6 @@ static size_t element_size(element_type type) {
  * Returns 0 with an exception pending on failure. */
 static int open_view(JNIEnv *env, jobject object, element_type type, int input, view *v) {
     v->object = object;
-    v->type = type;
     v->data = NULL;
     v->len = 0;
     v->copied = 0;

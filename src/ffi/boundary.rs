@@ -27,18 +27,11 @@ pub(crate) fn set_last_error(message: &str) {
 
 /// `f` of this thread's last error message (empty once the slot is gone).
 pub(crate) fn with_last_error<T>(f: impl FnOnce(&str) -> T) -> T {
-    let mut f = Some(f);
-    let mut result = None;
-    let _ = LAST_ERROR.try_with(|m| {
-        if let Some(f) = f.take() {
-            result = Some(f(&m.borrow()));
-        }
-    });
-    match (result, f) {
-        (Some(result), _) => result,
-        (None, Some(f)) => f(""),
-        (None, None) => unreachable!("f runs once, in try_with or after it"),
-    }
+    // A copy (an error path only): `f` must run whether or not the slot is.
+    let message = LAST_ERROR
+        .try_with(|m| m.borrow().clone())
+        .unwrap_or_default();
+    f(&message)
 }
 
 /// An error of the boundary itself (null pointer, bad length, …).

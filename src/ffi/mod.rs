@@ -156,39 +156,25 @@ impl From<mmoe_open_options> for RawOpenOptions {
 impl RawOpenOptions {
     /// The engine's options, each enum field checked.
     fn open_options(&self) -> Result<OpenOptions> {
-        let device = match self.device {
-            0 => Device::Cpu,
-            1 => Device::Cuda(self.device_ordinal as usize),
-            2 => Device::Auto,
-            other => {
-                return Err(invalid(format!(
-                    "options.device {other} is not an mmoe_device (0 CPU, 1 CUDA, 2 AUTO)"
-                )))
-            }
-        };
-        let gpu_precision = match self.gpu_precision {
-            0 => GpuPrecision::F16,
-            1 => GpuPrecision::F32,
-            other => {
-                return Err(invalid(format!(
-                    "options.gpu_precision {other} is not an mmoe_gpu_precision (0 F16, 1 F32)"
-                )))
-            }
-        };
-        let cpu_mode = match self.compute_mode {
-            0 => CpuMode::Exact,
-            1 => CpuMode::Bf16,
-            other => {
-                return Err(invalid(format!(
-                    "options.compute_mode {other} is not an mmoe_compute_mode (0 EXACT, 1 BF16)"
-                )))
-            }
-        };
+        let cuda = Device::Cuda(self.device_ordinal as usize);
+        let devices = [("CPU", Device::Cpu), ("CUDA", cuda), ("AUTO", Device::Auto)];
+        let precisions = [("F16", GpuPrecision::F16), ("F32", GpuPrecision::F32)];
+        let modes = [("EXACT", CpuMode::Exact), ("BF16", CpuMode::Bf16)];
         Ok(OpenOptions {
             verify_checksums: self.verify_checksums != 0,
-            device,
-            gpu_precision,
-            cpu_mode,
+            device: enum_field("device", "mmoe_device", self.device, &devices)?,
+            gpu_precision: enum_field(
+                "gpu_precision",
+                "mmoe_gpu_precision",
+                self.gpu_precision,
+                &precisions,
+            )?,
+            cpu_mode: enum_field(
+                "compute_mode",
+                "mmoe_compute_mode",
+                self.compute_mode,
+                &modes,
+            )?,
         })
     }
 
@@ -203,6 +189,30 @@ impl RawOpenOptions {
         }
         Ok(threads.max(1))
     }
+}
+
+/// The value of C enum field `options.<field>` (of type `type_name`, whose
+/// values are the indices of `variants`), or an error listing them.
+fn enum_field<T: Copy>(
+    field: &str,
+    type_name: &str,
+    value: u32,
+    variants: &[(&str, T)],
+) -> Result<T> {
+    variants
+        .get(value as usize)
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            let listed: Vec<String> = variants
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| format!("{i} {name}"))
+                .collect();
+            invalid(format!(
+                "options.{field} {value} is not an {type_name} ({})",
+                listed.join(", ")
+            ))
+        })
 }
 
 /// One input's features in a request. Set `dense`/`dense_len` for a dense
