@@ -293,8 +293,8 @@ impl Model {
     }
 
     fn read_every_page(&self) {
-        // Linux 5.14 and later fill the page tables in one call; one fault
-        // per 16 pages (the kernel's fault-around) took 9 µs in a VM here.
+        // Linux 5.14 and later fill the page tables in one call, instead of
+        // a fault per 16 pages (the kernel's fault-around).
         #[cfg(target_os = "linux")]
         match self.map.advise(memmap2::Advice::PopulateRead) {
             Ok(()) => return,
