@@ -34,12 +34,12 @@ step "CUDA kernels compile with NVRTC 13.0 (PyPI wheels) and the checked-in PTX 
 
 step "format and lints"
 cargo fmt --all -- --check
-cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release --all-targets -p mmoe -p mmoe-test-support -- -D warnings
 cargo check --no-default-features --all-targets   # builds without the `cuda` feature too
 
 step "rust tests"
 cargo build --release
-cargo test --release
+cargo test --release -p mmoe -p mmoe-test-support
 
 step "the GPU path on the host: kernels/mmoe.cu compiled for the CPU (gpu-emu/) against the CPU exact path"
 cargo clippy --release --all-targets -p mmoe-gpu-emu -- -D warnings

@@ -20,7 +20,7 @@ fn mmoe(args: &[&str]) -> (bool, String, String) {
 }
 
 struct Files {
-    dir: tempfile::TempDir,
+    dir: test_support::TempDir,
 }
 
 impl Files {
@@ -45,7 +45,7 @@ impl Files {
 /// The small model's config and weights as files.
 fn small_files() -> Files {
     let files = Files {
-        dir: tempfile::tempdir().unwrap(),
+        dir: test_support::tempdir().unwrap(),
     };
     std::fs::write(files.path("model.json"), SMALL_CONFIG).unwrap();
     let source = mmoe::demo::synthetic_tensors(&config(SMALL_CONFIG), 3).unwrap();

@@ -56,7 +56,7 @@ fn bench_model_file(dir: &std::path::Path, seed: u64) -> (Config, std::path::Pat
 }
 
 fn bench_model() -> (Config, Arc<Model>) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let (config, path) = bench_model_file(dir.path(), 7);
     let model = Model::open(&path, &OpenOptions::default()).unwrap();
     (config, model)
@@ -142,7 +142,7 @@ fn after_warm_up_the_first_call_allocates_nothing() {
 
 #[test]
 fn after_a_warmed_reload_the_first_calls_allocate_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let (config, a) = bench_model_file(dir.path(), 7);
     let (_, b) = bench_model_file(dir.path(), 8);
     let owned = mmoe::demo::synthetic_request(&config, 40, 3);
@@ -204,7 +204,7 @@ fn after_warm_up_the_first_call_faults_in_no_page() {
     // Each model is mapped afresh, so its pages are not yet in this
     // process's page tables; the requests' bags gather embedding rows,
     // which the warm-up's empty bags do not.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let (config, path) = bench_model_file(dir.path(), 7);
     let owned = mmoe::demo::synthetic_request(&config, 40, 3);
     let request = owned.as_request();
@@ -243,7 +243,7 @@ fn after_warm_up_the_first_call_faults_in_no_page() {
 fn a_c_abi_call_allocates_nothing_once_warm() {
     use mmoe::ffi::*;
     use std::ptr::{null, null_mut};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let (config, path) = bench_model_file(dir.path(), 7);
     let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     let mut engine = null_mut();

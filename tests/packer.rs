@@ -15,7 +15,7 @@ fn pack_error(edit: impl FnOnce(&mut MemorySource), dtype: DType) -> mmoe::Error
     let config = config(SMALL_CONFIG);
     let mut source = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
     edit(&mut source);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let out = dir.path().join("m.mmoe");
     let err =
         writer::pack(&config, &source, dtype, &out, &mut |_, _| {}).expect_err("pack must fail");
@@ -161,7 +161,7 @@ fn safetensors_of_f32_f16_and_bf16_pack_to_the_same_model() {
             }
         }
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let mut hashes = HashMap::new();
     for (label, dtype_of) in [
         (
@@ -196,7 +196,7 @@ fn safetensors_of_f32_f16_and_bf16_pack_to_the_same_model() {
 
 #[test]
 fn safetensors_with_unsupported_dtype_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let path = dir.path().join("bad.safetensors");
     let header = br#"{"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#;
     let mut file = (header.len() as u64).to_le_bytes().to_vec();

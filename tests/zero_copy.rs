@@ -95,7 +95,7 @@ fn best_open_time(path: &std::path::Path) -> f64 {
 
 #[test]
 fn one_gib_model_opens_like_a_small_one_without_growing_memory() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let small = model_with_table(dir.path(), 1 << 15); // 1 MiB table
     let big = model_with_table(dir.path(), 1 << 25); // 1 GiB table
     let big_len = std::fs::metadata(&big).unwrap().len();

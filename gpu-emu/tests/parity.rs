@@ -16,9 +16,9 @@ const SMALL_CONFIG: &str = include_str!("../../tests/common/small_config.json");
 /// ranges, several K stages); three tasks.
 const MEDIUM_CONFIG: &str = include_str!("models/medium.json");
 
-fn packed(config: &Config, seed: u64) -> (tempfile::TempDir, Arc<Model>) {
+fn packed(config: &Config, seed: u64) -> (test_support::TempDir, Arc<Model>) {
     let tensors = mmoe::demo::synthetic_tensors(config, seed).expect("synthetic tensors");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = test_support::tempdir().expect("temp dir");
     let path = dir.path().join("model.mmoe");
     writer::pack(config, &tensors, DType::F16, &path, &mut |_, _| {}).expect("pack");
     let model = Model::open(&path, &OpenOptions::default()).expect("open");

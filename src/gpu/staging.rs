@@ -356,7 +356,7 @@ mod tests {
     fn chunks_cover_the_buffer_in_order_with_the_same_bytes() {
         let config = Config::parse(include_str!("../../tests/common/small_config.json")).unwrap();
         let source = crate::demo::synthetic_tensors(&config, 3).unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_support::tempdir().unwrap();
         let path = dir.path().join("model.mmoe");
         crate::format::writer::pack(&config, &source, DType::F16, &path, &mut |_, _| {}).unwrap();
         let model = Model::open(&path, &OpenOptions::default()).unwrap();

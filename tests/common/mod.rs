@@ -17,7 +17,7 @@ pub fn config(json: &str) -> Config {
 }
 
 pub struct Packed {
-    pub dir: tempfile::TempDir,
+    pub dir: test_support::TempDir,
     pub path: PathBuf,
 }
 
@@ -31,7 +31,7 @@ impl Packed {
 }
 
 pub fn pack(config: &Config, source: &MemorySource, dtype: DType) -> Packed {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = test_support::tempdir().expect("temp dir");
     let path = dir.path().join("model.mmoe");
     writer::pack(config, source, dtype, &path, &mut |_, _| {}).expect("pack");
     Packed { dir, path }

@@ -14,7 +14,7 @@ use mmoe_train::train::{predict, train, TrainOptions};
 /// Max |trainer − engine| over every row and task, for a model trained a
 /// little on a random table.
 fn parity(config_name: &str, dtype: DType) -> f32 {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let config = common::config(config_name);
     let table = common::random_table(&config, 120, 3, 11, dir.path());
     let data = dataset::load(&table, &config, None, None).unwrap();

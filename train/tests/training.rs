@@ -39,7 +39,7 @@ fn weights(net: &Network) -> Vec<Vec<f32>> {
 
 #[test]
 fn training_is_deterministic_by_seed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let config = common::config("all-experts");
     let table = common::random_table(&config, 80, 2, 4, dir.path());
     let data = dataset::load(&table, &config, None, None).unwrap();
@@ -62,7 +62,7 @@ fn teacher_file(
 
 #[test]
 fn teacher_logits_follow_the_training_rows_of_the_day_range() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let config = common::config("mmoe");
     let table = common::random_table(&config, 90, 3, 5, dir.path());
     let all = dataset::load(&table, &config, None, None).unwrap();
@@ -132,7 +132,7 @@ fn agreement(net: &Network, data: &dataset::Rows) -> (f64, f64) {
 
 #[test]
 fn distillation_pulls_the_student_toward_the_teacher() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let config = common::config("mmoe");
     let table = common::random_table(&config, 200, 2, 6, dir.path());
     let plain_rows = dataset::load(&table, &config, None, None).unwrap();
@@ -170,7 +170,7 @@ fn distillation_pulls_the_student_toward_the_teacher() {
 
 #[test]
 fn errors_name_what_is_wrong() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let config = common::config("mmoe");
     let table = common::random_table(&config, 20, 2, 8, dir.path());
     let err = |r: Result<dataset::Rows, mmoe_train::Error>| r.err().expect("an error").to_string();

@@ -17,14 +17,14 @@ const SMALL_CONFIG: &str = include_str!("../../../../tests/common/small_config.j
 
 /// The small model, packed in a temporary folder (kept while it lives).
 struct Packed {
-    _dir: tempfile::TempDir,
+    _dir: test_support::TempDir,
     path: std::path::PathBuf,
 }
 
 fn small_model() -> Packed {
     let config = small_config();
     let source = mmoe::demo::synthetic_tensors(&config, 3).expect("synthetic tensors");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = test_support::tempdir().expect("temp dir");
     let path = dir.path().join("model.mmoe");
     mmoe::format::writer::pack(&config, &source, DType::F16, &path, &mut |_, _| {}).expect("pack");
     Packed { _dir: dir, path }
@@ -85,7 +85,7 @@ fn same_chunks(a: &Chunk, b: &Chunk) -> bool {
 
 #[test]
 fn parquet_round_trip_keeps_every_value() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let config = small_config();
     let path = synth(dir.path(), &config, 5000);
     let first = read_all(&path, &config).unwrap();
@@ -206,7 +206,7 @@ fn requests(chunk: &Chunk) -> Vec<Vec<usize>> {
 
 #[test]
 fn scoring_a_table_equals_scoring_its_requests_through_the_api() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let config = small_config();
     let path = synth(dir.path(), &config, 3000);
     let packed = small_model();
@@ -242,7 +242,7 @@ fn scoring_a_table_equals_scoring_its_requests_through_the_api() {
 
 #[test]
 fn bad_rows_are_reported_by_row_and_field_and_the_rest_scored() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let config = small_config();
     let path = synth(dir.path(), &config, 600);
     let mut chunk = read_all(&path, &config).unwrap();
@@ -311,7 +311,7 @@ fn bad_rows_are_reported_by_row_and_field_and_the_rest_scored() {
 
 #[test]
 fn a_table_without_a_models_input_is_refused_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_support::tempdir().unwrap();
     let config = small_config();
     let path = synth(dir.path(), &config, 100);
     let bench = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
