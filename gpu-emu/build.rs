@@ -9,6 +9,7 @@ fn main() {
         .include("cpp")
         .file("cpp/launch.cpp")
         .file("cpp/scheduler.cpp")
+        .file("cpp/context.cpp")
         .flag_if_supported("-Wno-unknown-pragmas")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-fno-strict-aliasing")
@@ -24,6 +25,8 @@ fn main() {
         "cpp/cuda_emu.hpp",
         "cpp/scheduler.hpp",
         "cpp/scheduler.cpp",
+        "cpp/context.hpp",
+        "cpp/context.cpp",
         "cpp/launch.cpp",
         "cpp/selftest.cu",
     ] {

@@ -1,12 +1,10 @@
 // Runs a CUDA grid on the host: blocks one after another, the threads of a
-// block as fibers (ucontext) that switch only at barriers. Each warp runs as
+// block as fibers (context.cpp) that switch only at barriers. Each warp runs as
 // far as it can (through its warp operations, up to __syncthreads) before
 // the next warp starts, and the order of warps and of lanes flips every
 // round: a read of shared memory that lacks its barrier sees data not yet
 // written, or already overwritten. A barrier that can never complete (a
 // warp operation some lanes skip) is reported as an error, not a hang.
-#include <ucontext.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -15,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "context.hpp"
 #include "cuda_emu.hpp"
 #include "scheduler.hpp"
 
@@ -35,7 +34,7 @@ struct AsyncCopy {
 };
 
 struct Fiber {
-    ucontext_t context;
+    Context context;
     std::unique_ptr<char[]> stack;
     ThreadIds ids;
     State state = State::Runnable;
@@ -50,7 +49,7 @@ constexpr int MAX_WORDS = 8;  // words a lane posts in one warp exchange
 
 struct Executor {
     std::vector<Fiber> fibers;
-    ucontext_t scheduler;
+    Context scheduler;
     size_t current = 0;
     const std::function<void()>* body = nullptr;
     std::vector<uint64_t> slots;  // per warp: 32 lanes × MAX_WORDS
@@ -69,7 +68,7 @@ Fiber& me() { return executor->fibers[executor->current]; }
 void yield_as(State state) {
     Fiber& fiber = me();
     fiber.state = state;
-    swapcontext(&fiber.context, &executor->scheduler);
+    context_switch(fiber.context, executor->scheduler);
 }
 
 void fiber_main() {
@@ -88,7 +87,7 @@ bool run_warp(Executor& e, size_t w, bool reverse, std::string& why) {
             size_t i = reverse ? end - 1 - (k - begin) : k;
             if (e.fibers[i].state != State::Runnable) continue;
             e.current = i;
-            swapcontext(&e.scheduler, &e.fibers[i].context);
+            context_switch(e.scheduler, e.fibers[i].context);
         }
         size_t waiting = 0;
         for (size_t i = begin; i < end; ++i) waiting += e.fibers[i].state == State::WarpBarrier;
@@ -118,11 +117,7 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
         f.state = State::Runnable;
         f.uncommitted.clear();
         f.groups.clear();
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack.get();
-        f.context.uc_stack.ss_size = STACK_BYTES;
-        f.context.uc_link = nullptr;
-        makecontext(&f.context, fiber_main, 0);
+        context_start(f.context, f.stack.get(), STACK_BYTES, fiber_main);
     }
     // Each warp runs as far as it can before the next one starts (warps as
     // far apart as the barriers allow), in an order that flips every round.
