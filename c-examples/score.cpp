@@ -93,6 +93,8 @@ int run(const char* path, std::size_t candidates) {
 
   std::printf("model   %s (content hash %016" PRIx64 ", generation %" PRIu64 ")\n",
               engine.model_name().c_str(), engine.content_hash(), engine.generation());
+  std::printf("device  %s (%s)\n", engine.device() == MMOE_DEVICE_CUDA ? "CUDA" : "CPU",
+              engine.device_note().c_str());
   std::printf("tasks   %zu:", tasks.size());
   for (const std::string& t : tasks) std::printf(" %s", t.c_str());
   std::printf("\ninputs  %zu:\n", inputs.size());

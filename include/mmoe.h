@@ -182,7 +182,11 @@ enum mmoe_status mmoe_engine_reload(const struct mmoe_engine *engine, const char
 // fails fails the reload. Thread-safe.
 enum mmoe_status mmoe_engine_set_warm_up(const struct mmoe_engine *engine, size_t max_candidates);
 
-// The number of successful reloads so far.
+// The number of successful reloads so far. A reload changes it in the
+// same step as it swaps the model, so several calls that read the model
+// (`mmoe_engine_num_tasks`, then each `mmoe_engine_task_name`, ...) saw
+// one model when the generation read before them equals the one read after
+// them; otherwise read them again.
 enum mmoe_status mmoe_engine_generation(const struct mmoe_engine *engine, uint64_t *out);
 
 // The serving model's content hash (changes with any byte of the model).
@@ -193,6 +197,24 @@ enum mmoe_status mmoe_engine_model_name(const struct mmoe_engine *engine,
                                         char *buf,
                                         size_t buf_len,
                                         size_t *out_len);
+
+// Where the serving model scores: `MMOE_DEVICE_CPU` or `MMOE_DEVICE_CUDA`,
+// never AUTO, and the CUDA device's ordinal in `out_ordinal` (0 for the
+// CPU; NULL when not wanted). An engine opened with AUTO tells here which
+// it got, after each reload too: a reload whose GPU upload fails serves
+// from the CPU (`mmoe_engine_device_note` says why), which a server may
+// want to count or alert on.
+enum mmoe_status mmoe_engine_device(const struct mmoe_engine *engine,
+                                    enum mmoe_device *out_device,
+                                    uint32_t *out_ordinal);
+
+// Where the serving model scores, in words for a log: `cpu`,
+// `cuda:0 (device name, precision, kernels)`, or `cpu (auto: why)` when
+// AUTO found no usable GPU (copied as `mmoe_last_error` copies text).
+enum mmoe_status mmoe_engine_device_note(const struct mmoe_engine *engine,
+                                         char *buf,
+                                         size_t buf_len,
+                                         size_t *out_len);
 
 // The number of tasks (scores per candidate) of the serving model. A
 // reload may change it: size outputs again when `mmoe_engine_generation`

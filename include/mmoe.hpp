@@ -295,6 +295,21 @@ class Engine {
     });
   }
 
+  /// Where the serving model scores: MMOE_DEVICE_CPU or MMOE_DEVICE_CUDA,
+  /// never AUTO (an engine opened with AUTO tells here which it got, after
+  /// each reload too); device_note() says why, for a log.
+  mmoe_device device() const {
+    mmoe_device out = MMOE_DEVICE_CPU;
+    check(mmoe_engine_device(raw_, &out, nullptr));
+    return out;
+  }
+  /// "cpu", "cuda:0 (device, precision, kernels)" or "cpu (auto: why)".
+  std::string device_note() const {
+    return detail::text([this](char* buf, std::size_t len, std::size_t* out) {
+      return mmoe_engine_device_note(raw_, buf, len, out);
+    });
+  }
+
   std::size_t num_tasks() const {
     std::size_t out = 0;
     check(mmoe_engine_num_tasks(raw_, &out));
@@ -305,10 +320,14 @@ class Engine {
       return mmoe_engine_task_name(raw_, index, buf, len, out);
     });
   }
+  /// Every task name, in model order, all of one model even while reloads
+  /// land (see one_model()).
   std::vector<std::string> task_names() const {
-    std::vector<std::string> names(num_tasks());
-    for (std::size_t i = 0; i < names.size(); ++i) names[i] = task_name(i);
-    return names;
+    return one_model([this] {
+      std::vector<std::string> names(num_tasks());
+      for (std::size_t i = 0; i < names.size(); ++i) names[i] = task_name(i);
+      return names;
+    });
   }
 
   std::size_t num_inputs() const {
@@ -325,15 +344,35 @@ class Engine {
     return InputInfo{std::move(name), info.kind, info.scope, info.dim,
                      static_cast<std::uint32_t>(index)};
   }
-  /// Every input, in model order. (A concurrent reload between these calls
-  /// may mix two models; compare content_hash() around the call if that
-  /// matters.)
+  /// Every input, in model order, all of one model even while reloads land
+  /// (see one_model()).
   std::vector<InputInfo> inputs() const {
-    const std::size_t n = num_inputs();
-    std::vector<InputInfo> all;
-    all.reserve(n);
-    for (std::size_t i = 0; i < n; ++i) all.push_back(input(i));
-    return all;
+    return one_model([this] {
+      const std::size_t n = num_inputs();
+      std::vector<InputInfo> all;
+      all.reserve(n);
+      for (std::size_t i = 0; i < n; ++i) all.push_back(input(i));
+      return all;
+    });
+  }
+
+  /// Runs `read`, several C calls that each see the engine's model of the
+  /// moment, again until no reload landed while it ran, and returns its
+  /// result: all of one model. A reload bumps generation() in the same step
+  /// as it swaps the model, so an unchanged generation means one model
+  /// served every call. An error is rethrown unless a reload explains it (a
+  /// task index past a smaller new model).
+  template <class Read>
+  auto one_model(Read read) const -> decltype(read()) {
+    for (;;) {
+      const std::uint64_t before = generation();
+      try {
+        auto value = read();
+        if (generation() == before) return value;
+      } catch (const Error&) {
+        if (generation() == before) throw;
+      }
+    }
   }
   std::uint32_t input_index(const std::string& name) const {
     std::uint32_t out = 0;

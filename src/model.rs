@@ -112,6 +112,8 @@ pub struct Model {
     /// Weights uploaded to a CUDA device, when the model was opened on one.
     #[cfg(feature = "cuda")]
     gpu: Option<Arc<crate::gpu::GpuModel>>,
+    /// Where the model scores (`Cpu` or `Cuda`, never `Auto`).
+    device: Device,
     /// Where the model scores, and for `Device::Auto` why.
     device_note: String,
     /// The CPU mode in effect, and its note (why bf16 fell back).
@@ -177,6 +179,7 @@ impl Model {
             program,
             #[cfg(feature = "cuda")]
             gpu: None,
+            device: Device::Cpu,
             device_note: "cpu".into(),
             cpu_mode: CpuMode::Exact,
             cpu_mode_note: "exact".into(),
@@ -237,6 +240,7 @@ impl Model {
         };
         match self.upload(ordinal, options.gpu_precision) {
             Ok(note) => {
+                self.device = Device::Cuda(ordinal);
                 self.device_note = note;
                 Ok(())
             }
@@ -275,6 +279,12 @@ impl Model {
     #[cfg(feature = "cuda")]
     pub fn gpu(&self) -> Option<&Arc<crate::gpu::GpuModel>> {
         self.gpu.as_ref()
+    }
+
+    /// Where the model scores: `Cpu` or `Cuda(ordinal)`, never `Auto` (a
+    /// model opened with `Auto` says which it got; `device_note` says why).
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Where the model scores (`cpu`, `cuda:0 (…)`, or `cpu (auto: why)`).

@@ -323,6 +323,81 @@ fn errors_through_the_c_abi() {
 /// What a careless or stale C caller can pass (an enum value out of range, a
 /// `-1` count, a length that wrapped, outputs that alias inputs) is an error
 /// with a message, never undefined behaviour or an abort of the host.
+/// The engine tells where its model scores: CPU for a CPU open; for AUTO,
+/// CUDA where a GPU took the model, else the CPU with the reason in the note
+/// (this machine has no GPU unless the check runs on one).
+#[test]
+fn the_engine_tells_which_device_serves() {
+    let (_, _, packed) = small(DType::F16);
+    let path = CString::new(packed.path.to_str().unwrap()).unwrap();
+    let device_of = |engine: &Engine| {
+        let mut device = mmoe_device::MMOE_DEVICE_AUTO;
+        let mut ordinal = 7u32;
+        assert_eq!(
+            mmoe_engine_device(engine.0, &mut device, &mut ordinal),
+            mmoe_status::MMOE_STATUS_OK
+        );
+        let mut len = 0usize;
+        assert_eq!(
+            mmoe_engine_device_note(engine.0, null_mut(), 0, &mut len),
+            mmoe_status::MMOE_STATUS_OK
+        );
+        let mut buf = vec![0u8; len + 1];
+        assert_eq!(
+            mmoe_engine_device_note(engine.0, buf.as_mut_ptr() as *mut _, buf.len(), null_mut()),
+            mmoe_status::MMOE_STATUS_OK
+        );
+        let note = CStr::from_bytes_until_nul(&buf)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (device, ordinal, note)
+    };
+
+    let cpu = open(&packed.path);
+    assert_eq!(
+        device_of(&cpu),
+        (mmoe_device::MMOE_DEVICE_CPU, 0, "cpu".to_owned())
+    );
+    // The ordinal is optional; the device is not.
+    let mut device = mmoe_device::MMOE_DEVICE_AUTO;
+    assert_eq!(
+        mmoe_engine_device(cpu.0, &mut device, null_mut()),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    assert_eq!(device, mmoe_device::MMOE_DEVICE_CPU);
+    assert_eq!(
+        mmoe_engine_device(cpu.0, null_mut(), null_mut()),
+        mmoe_status::MMOE_STATUS_ARGUMENT
+    );
+    assert!(last_error().contains("out_device is NULL"));
+
+    let mut options = mmoe_open_options_default();
+    options.device = mmoe_device::MMOE_DEVICE_AUTO;
+    let mut raw = null_mut();
+    assert_eq!(
+        mmoe_engine_open(path.as_ptr(), &options, &mut raw),
+        mmoe_status::MMOE_STATUS_OK,
+        "{}",
+        last_error()
+    );
+    let auto = Engine(raw);
+    let (device, ordinal, note) = device_of(&auto);
+    if note.starts_with("cuda:0") {
+        assert_eq!((device, ordinal), (mmoe_device::MMOE_DEVICE_CUDA, 0));
+    } else {
+        assert_eq!((device, ordinal), (mmoe_device::MMOE_DEVICE_CPU, 0));
+        assert!(note.starts_with("cpu (auto: "), "{note}");
+    }
+    // A reload opens the model again with the engine's options: the same answer.
+    assert_eq!(
+        mmoe_engine_reload(auto.0, path.as_ptr()),
+        mmoe_status::MMOE_STATUS_OK
+    );
+    assert_eq!(device_of(&auto).0, device);
+}
+
 #[test]
 fn hostile_arguments_are_errors() {
     let (_, _, packed) = small(DType::F16);

@@ -5,14 +5,17 @@
  * close never races a call and that a session serves one call at a time.
  * Direct buffers are used in place (no copy); primitive arrays are copied in
  * (and outputs copied back on success), not pinned: a scoring call can take
- * milliseconds, too long to hold the collector off with a critical region. */
+ * milliseconds, too long to hold the collector off with a critical region.
+ * Text crosses as UTF-8 byte arrays both ways, not as jstring: JNI's
+ * GetStringUTFChars and NewStringUTF speak modified UTF-8, which differs
+ * from the library's UTF-8 for NUL and for characters beyond the BMP. */
 #include <jni.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mmoe.h"
 
-/* io.mmoe.MmoeException and its (int, String) constructor, resolved once in
+/* io.mmoe.MmoeException and its (int, byte[] UTF-8) constructor, resolved once in
  * JNI_OnLoad: a lookup that fails there fails the library's loading, not a
  * later call with a NULL method id. */
 static jclass exception_class;
@@ -27,14 +30,21 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved) {
     exception_class = (jclass)(*env)->NewGlobalRef(env, local);
     (*env)->DeleteLocalRef(env, local);
     if (!exception_class) return JNI_ERR;
-    exception_ctor = (*env)->GetMethodID(env, exception_class, "<init>", "(ILjava/lang/String;)V");
+    exception_ctor = (*env)->GetMethodID(env, exception_class, "<init>", "(I[B)V");
     if (!exception_ctor) return JNI_ERR;
     return JNI_VERSION_1_8;
 }
 
+/* `text` (UTF-8) as a new byte[]; NULL with OutOfMemoryError pending. */
+static jbyteArray utf8_bytes(JNIEnv *env, const char *text, size_t len) {
+    jbyteArray bytes = (*env)->NewByteArray(env, (jsize)len);
+    if (bytes) (*env)->SetByteArrayRegion(env, bytes, 0, (jsize)len, (const jbyte *)text);
+    return bytes;
+}
+
 static void throw_exception(JNIEnv *env, jint status, const char *message) {
     if ((*env)->ExceptionCheck(env)) return; /* the first one stands */
-    jstring text = (*env)->NewStringUTF(env, message);
+    jbyteArray text = utf8_bytes(env, message, strlen(message));
     if (!text) return; /* OutOfMemoryError is pending */
     jthrowable error = (jthrowable)(*env)->NewObject(env, exception_class, exception_ctor, status, text);
     if (error) (*env)->Throw(env, error);
@@ -69,17 +79,31 @@ static int check(JNIEnv *env, mmoe_status status) {
     return 0;
 }
 
+/* A NUL-terminated copy of the UTF-8 bytes of `path` (free it); NULL with an
+ * exception pending. */
+static char *path_text(JNIEnv *env, jbyteArray path) {
+    if (!path) {
+        throw_argument(env, "path is null");
+        return NULL;
+    }
+    jsize len = (*env)->GetArrayLength(env, path);
+    char *text = malloc((size_t)len + 1);
+    if (!text) {
+        throw_out_of_memory(env, "mmoe: no memory for a path");
+        return NULL;
+    }
+    (*env)->GetByteArrayRegion(env, path, 0, len, (jbyte *)text);
+    text[len] = '\0';
+    return text;
+}
+
 static mmoe_engine *engine_of(jlong handle) { return (mmoe_engine *)(intptr_t)handle; }
 static mmoe_session *session_of(jlong handle) { return (mmoe_session *)(intptr_t)handle; }
 
-JNIEXPORT jlong JNICALL Java_io_mmoe_Native_engineOpen(JNIEnv *env, jclass cls, jstring path, jint device,
+JNIEXPORT jlong JNICALL Java_io_mmoe_Native_engineOpen(JNIEnv *env, jclass cls, jbyteArray path, jint device,
                                                        jint ordinal, jint mode, jint precision, jint threads,
                                                        jboolean verify) {
     (void)cls;
-    if (!path) {
-        throw_argument(env, "path is null");
-        return 0;
-    }
     mmoe_open_options options = mmoe_open_options_default();
     options.device = (mmoe_device)device;
     options.device_ordinal = (uint32_t)ordinal;
@@ -87,11 +111,11 @@ JNIEXPORT jlong JNICALL Java_io_mmoe_Native_engineOpen(JNIEnv *env, jclass cls, 
     options.gpu_precision = (mmoe_gpu_precision)precision;
     options.threads = (uint32_t)threads;
     options.verify_checksums = verify ? 1 : 0;
-    const char *text = (*env)->GetStringUTFChars(env, path, NULL);
+    char *text = path_text(env, path);
     if (!text) return 0;
     mmoe_engine *engine = NULL;
     mmoe_status status = mmoe_engine_open(text, &options, &engine);
-    (*env)->ReleaseStringUTFChars(env, path, text);
+    free(text);
     return check(env, status) ? (jlong)(intptr_t)engine : 0;
 }
 
@@ -100,16 +124,12 @@ JNIEXPORT void JNICALL Java_io_mmoe_Native_engineFree(JNIEnv *env, jclass cls, j
     mmoe_engine_free(engine_of(engine));
 }
 
-JNIEXPORT void JNICALL Java_io_mmoe_Native_engineReload(JNIEnv *env, jclass cls, jlong engine, jstring path) {
+JNIEXPORT void JNICALL Java_io_mmoe_Native_engineReload(JNIEnv *env, jclass cls, jlong engine, jbyteArray path) {
     (void)cls;
-    if (!path) {
-        throw_argument(env, "path is null");
-        return;
-    }
-    const char *text = (*env)->GetStringUTFChars(env, path, NULL);
+    char *text = path_text(env, path);
     if (!text) return;
     mmoe_status status = mmoe_engine_reload(engine_of(engine), text);
-    (*env)->ReleaseStringUTFChars(env, path, text);
+    free(text);
     check(env, status);
 }
 
@@ -149,7 +169,8 @@ JNIEXPORT jint JNICALL Java_io_mmoe_Native_engineNumInputs(JNIEnv *env, jclass c
 
 typedef mmoe_status (*text_query)(const mmoe_engine *, size_t, char *, size_t, size_t *);
 
-static jstring query_text(JNIEnv *env, jlong engine, jint index, text_query query) {
+/* The UTF-8 bytes of a name. */
+static jbyteArray query_text(JNIEnv *env, jlong engine, jint index, text_query query) {
     size_t len = 0;
     if (!check(env, query(engine_of(engine), (size_t)index, NULL, 0, &len))) return NULL;
     char *buf = malloc(len + 1);
@@ -157,8 +178,8 @@ static jstring query_text(JNIEnv *env, jlong engine, jint index, text_query quer
         throw_out_of_memory(env, "mmoe: no memory for a name");
         return NULL;
     }
-    jstring result = NULL;
-    if (check(env, query(engine_of(engine), (size_t)index, buf, len + 1, NULL))) result = (*env)->NewStringUTF(env, buf);
+    jbyteArray result = NULL;
+    if (check(env, query(engine_of(engine), (size_t)index, buf, len + 1, NULL))) result = utf8_bytes(env, buf, len);
     free(buf);
     return result;
 }
@@ -168,19 +189,37 @@ static mmoe_status model_name(const mmoe_engine *e, size_t i, char *buf, size_t 
     return mmoe_engine_model_name(e, buf, len, out);
 }
 
-JNIEXPORT jstring JNICALL Java_io_mmoe_Native_engineModelName(JNIEnv *env, jclass cls, jlong engine) {
+JNIEXPORT jbyteArray JNICALL Java_io_mmoe_Native_engineModelName(JNIEnv *env, jclass cls, jlong engine) {
     (void)cls;
     return query_text(env, engine, 0, model_name);
 }
 
-JNIEXPORT jstring JNICALL Java_io_mmoe_Native_engineTaskName(JNIEnv *env, jclass cls, jlong engine, jint index) {
+JNIEXPORT jbyteArray JNICALL Java_io_mmoe_Native_engineTaskName(JNIEnv *env, jclass cls, jlong engine, jint index) {
     (void)cls;
     return query_text(env, engine, index, mmoe_engine_task_name);
 }
 
-JNIEXPORT jstring JNICALL Java_io_mmoe_Native_engineInputName(JNIEnv *env, jclass cls, jlong engine, jint index) {
+JNIEXPORT jbyteArray JNICALL Java_io_mmoe_Native_engineInputName(JNIEnv *env, jclass cls, jlong engine, jint index) {
     (void)cls;
     return query_text(env, engine, index, mmoe_engine_input_name);
+}
+
+static mmoe_status device_note(const mmoe_engine *e, size_t i, char *buf, size_t len, size_t *out) {
+    (void)i;
+    return mmoe_engine_device_note(e, buf, len, out);
+}
+
+JNIEXPORT jbyteArray JNICALL Java_io_mmoe_Native_engineDeviceNote(JNIEnv *env, jclass cls, jlong engine) {
+    (void)cls;
+    return query_text(env, engine, 0, device_note);
+}
+
+/* The C enum's value: MMOE_DEVICE_CPU or MMOE_DEVICE_CUDA. */
+JNIEXPORT jint JNICALL Java_io_mmoe_Native_engineDevice(JNIEnv *env, jclass cls, jlong engine) {
+    (void)cls;
+    mmoe_device device = MMOE_DEVICE_CPU;
+    check(env, mmoe_engine_device(engine_of(engine), &device, NULL));
+    return (jint)device;
 }
 
 /* {kind, scope, dim} */

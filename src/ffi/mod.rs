@@ -550,7 +550,11 @@ pub extern "C" fn mmoe_engine_set_warm_up(
     call(|| engine_ref(engine)?.engine.set_warm_up(max_candidates))
 }
 
-/// The number of successful reloads so far.
+/// The number of successful reloads so far. A reload changes it in the
+/// same step as it swaps the model, so several calls that read the model
+/// (`mmoe_engine_num_tasks`, then each `mmoe_engine_task_name`, ...) saw
+/// one model when the generation read before them equals the one read after
+/// them; otherwise read them again.
 #[no_mangle]
 pub extern "C" fn mmoe_engine_generation(engine: *const mmoe_engine, out: *mut u64) -> mmoe_status {
     call(|| write_out(out, engine_ref(engine)?.engine.generation(), "out"))
@@ -582,6 +586,55 @@ pub extern "C" fn mmoe_engine_model_name(
     call(|| {
         copy_text(
             engine_ref(engine)?.engine.model().name(),
+            buf,
+            buf_len,
+            out_len,
+        )
+    })
+}
+
+/// Where the serving model scores: `MMOE_DEVICE_CPU` or `MMOE_DEVICE_CUDA`,
+/// never AUTO, and the CUDA device's ordinal in `out_ordinal` (0 for the
+/// CPU; NULL when not wanted). An engine opened with AUTO tells here which
+/// it got, after each reload too: a reload whose GPU upload fails serves
+/// from the CPU (`mmoe_engine_device_note` says why), which a server may
+/// want to count or alert on.
+#[no_mangle]
+pub extern "C" fn mmoe_engine_device(
+    engine: *const mmoe_engine,
+    out_device: *mut mmoe_device,
+    out_ordinal: *mut u32,
+) -> mmoe_status {
+    call(|| {
+        let model = engine_ref(engine)?.engine.model();
+        let (device, ordinal) = match model.device() {
+            Device::Cuda(ordinal) => (
+                mmoe_device::MMOE_DEVICE_CUDA,
+                u32::try_from(ordinal).unwrap_or(u32::MAX),
+            ),
+            Device::Cpu | Device::Auto => (mmoe_device::MMOE_DEVICE_CPU, 0),
+        };
+        write_out(out_device, device, "out_device")?;
+        if !out_ordinal.is_null() {
+            write_out(out_ordinal, ordinal, "out_ordinal")?;
+        }
+        Ok(())
+    })
+}
+
+/// Where the serving model scores, in words for a log: `cpu`,
+/// `cuda:0 (device name, precision, kernels)`, or `cpu (auto: why)` when
+/// AUTO found no usable GPU (copied as `mmoe_last_error` copies text).
+#[no_mangle]
+pub extern "C" fn mmoe_engine_device_note(
+    engine: *const mmoe_engine,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> mmoe_status {
+    call(|| {
+        copy_text(
+            engine_ref(engine)?.engine.model().device_note(),
             buf,
             buf_len,
             out_len,

@@ -20,7 +20,7 @@ public final class Engine implements AutoCloseable {
     }
 
     public static Engine open(String path, Options options) {
-        long h = Native.engineOpen(path, options.device.ordinal(), options.deviceOrdinal, options.mode.ordinal(),
+        long h = Native.engineOpen(Native.utf8(path, "path"), options.device.ordinal(), options.deviceOrdinal, options.mode.ordinal(),
                 options.gpuFp32 ? 1 : 0, options.threads, options.verifyChecksums);
         return new Engine(h);
     }
@@ -28,7 +28,7 @@ public final class Engine implements AutoCloseable {
     /** Opens and validates {@code path}, then swaps it in; on failure the old model keeps serving. */
     public void reload(String path) {
         handle.with(h -> {
-            Native.engineReload(h, path);
+            Native.engineReload(h, Native.utf8(path, "path"));
             return null;
         });
     }
@@ -60,29 +60,47 @@ public final class Engine implements AutoCloseable {
     }
 
     public String modelName() {
-        return handle.with(Native::engineModelName);
+        return handle.with(h -> Native.string(Native.engineModelName(h)));
+    }
+
+    /**
+     * Where the serving model scores: {@code CPU} or {@code CUDA}, never
+     * {@code AUTO}. An engine opened with {@code AUTO} tells here which it
+     * got, after each reload too (a reload whose GPU upload fails serves
+     * from the CPU); {@link #deviceNote()} says why.
+     */
+    public Options.Device device() {
+        // The C enum's values are the Java enum's ordinals (CPU 0, CUDA 1).
+        return Options.Device.values()[handle.with(Native::engineDevice)];
+    }
+
+    /** Where the serving model scores, in words for a log: {@code cpu}, {@code cuda:0 (…)} or {@code cpu (auto: why)}. */
+    public String deviceNote() {
+        return handle.with(h -> Native.string(Native.engineDeviceNote(h)));
     }
 
     public int numTasks() {
         return handle.with(Native::engineNumTasks);
     }
 
+    /** Every task name, in model order; all of one model even while reloads land. */
     public List<String> taskNames() {
-        return handle.with(h -> {
+        return oneModel(h -> {
             List<String> names = new ArrayList<>();
             for (int i = 0, n = Native.engineNumTasks(h); i < n; i++) {
-                names.add(Native.engineTaskName(h, i));
+                names.add(Native.string(Native.engineTaskName(h, i)));
             }
             return names;
         });
     }
 
+    /** Every input, in model order; all of one model even while reloads land. */
     public List<InputInfo> inputs() {
-        return handle.with(h -> {
+        return oneModel(h -> {
             List<InputInfo> inputs = new ArrayList<>();
             for (int i = 0, n = Native.engineNumInputs(h); i < n; i++) {
                 int[] info = Native.engineInputInfo(h, i);
-                inputs.add(new InputInfo(i, Native.engineInputName(h, i), info[0] == 1, info[1] == 0, info[2]));
+                inputs.add(new InputInfo(i, Native.string(Native.engineInputName(h, i)), info[0] == 1, info[1] == 0, info[2]));
             }
             return inputs;
         });
@@ -90,12 +108,38 @@ public final class Engine implements AutoCloseable {
 
     /** The index of the input {@code name}; throws with the model's input names if unknown. */
     public int inputIndex(String name) {
-        for (InputInfo input : inputs()) {
+        List<InputInfo> inputs = inputs();
+        for (InputInfo input : inputs) {
             if (input.name.equals(name)) {
                 return input.index;
             }
         }
-        throw new MmoeException(Status.REQUEST, "unknown input `" + name + "`; the model has " + inputs());
+        throw new MmoeException(Status.REQUEST, "unknown input `" + name + "`; the model has " + inputs);
+    }
+
+    /**
+     * Runs {@code read} (several native calls, each answered by the engine's
+     * model of the moment) again until no reload landed while it ran, so
+     * that its result is all of one model: a reload bumps the generation in
+     * the same step as it swaps the model. An error is rethrown unless a
+     * reload explains it (an index past a smaller new model).
+     */
+    private <T> T oneModel(Handle.Call<T> read) {
+        return handle.with(h -> {
+            for (;;) {
+                long before = Native.engineGeneration(h);
+                try {
+                    T value = read.apply(h);
+                    if (Native.engineGeneration(h) == before) {
+                        return value;
+                    }
+                } catch (MmoeException e) {
+                    if (Native.engineGeneration(h) == before) {
+                        throw e;
+                    }
+                }
+            }
+        });
     }
 
     public Session newSession() {

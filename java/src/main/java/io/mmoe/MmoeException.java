@@ -5,10 +5,18 @@ public class MmoeException extends RuntimeException {
     private static final long serialVersionUID = 1L;
     private final Status status;
 
-    /** Called from native code with the C status code. */
     public MmoeException(int code, String message) {
         super(message);
         this.status = Status.of(code);
+    }
+
+    /**
+     * Called from native code with the C status code and the message as the
+     * library wrote it, UTF-8 (JNI's own strings are modified UTF-8, which
+     * differs for characters beyond the BMP and for NUL).
+     */
+    MmoeException(int code, byte[] utf8Message) {
+        this(code, new String(utf8Message, java.nio.charset.StandardCharsets.UTF_8));
     }
 
     public MmoeException(Status status, String message) {

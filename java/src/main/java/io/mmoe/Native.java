@@ -46,21 +46,43 @@ final class Native {
         System.loadLibrary("mmoe_jni");
     }
 
-    static native long engineOpen(String path, int device, int ordinal, int mode, int precision, int threads, boolean verify);
+    static native long engineOpen(byte[] path, int device, int ordinal, int mode, int precision, int threads, boolean verify);
     static native void engineFree(long engine);
-    static native void engineReload(long engine, String path);
+    static native void engineReload(long engine, byte[] path);
     static native void engineSetWarmUp(long engine, int maxCandidates);
     static native long engineGeneration(long engine);
     static native long engineContentHash(long engine);
     static native int engineNumTasks(long engine);
     static native int engineNumInputs(long engine);
-    static native String engineModelName(long engine);
-    static native String engineTaskName(long engine, int index);
-    static native String engineInputName(long engine, int index);
+    static native byte[] engineModelName(long engine);
+    static native int engineDevice(long engine);
+    static native byte[] engineDeviceNote(long engine);
+    static native byte[] engineTaskName(long engine, int index);
+    static native byte[] engineInputName(long engine, int index);
     static native int[] engineInputInfo(long engine, int index);
     static native long sessionNew(long engine);
     static native void sessionFree(long session);
     static native void sessionWarmUp(long session, int maxCandidates);
     static native void sessionScore(long session, int candidates, int[] inputs, Object[] dense, Object[] ids,
                                     Object[] offsets, Object logits, Object probabilities);
+
+    /**
+     * {@code text} as UTF-8 for the C API (null stays null: the native side
+     * reports it). JNI's {@code GetStringUTFChars} would give modified
+     * UTF-8, which the library refuses for characters beyond the BMP.
+     */
+    static byte[] utf8(String text, String what) {
+        if (text == null) {
+            return null;
+        }
+        if (text.indexOf('\0') >= 0) {
+            throw new IllegalArgumentException(what + " contains a NUL character: " + text.replace("\0", "\\0"));
+        }
+        return text.getBytes(java.nio.charset.StandardCharsets.UTF_8);
+    }
+
+    /** A name from the C API, which writes UTF-8. */
+    static String string(byte[] utf8) {
+        return new String(utf8, java.nio.charset.StandardCharsets.UTF_8);
+    }
 }

@@ -222,6 +222,122 @@ public final class EngineTest {
         expect(Status.CLOSED, engine::numTasks);
     }
 
+    /**
+     * Paths and messages beyond the BMP and the ASCII range: a model opened
+     * and reloaded through a link named with them, and a missing file's
+     * error naming it exactly (JNI's modified UTF-8 would garble both).
+     */
+    public void pathsAndMessagesAreUtf8() throws Exception {
+        java.nio.file.Path dir = java.nio.file.Files.createTempDirectory("mmoe-java-");
+        java.nio.file.Path link = dir.resolve("mod\u00e8le-\ud83d\ude80.mmoe");
+        try {
+            java.nio.file.Files.createSymbolicLink(link, java.nio.file.Paths.get(modelA).toAbsolutePath());
+            try (Engine engine = Engine.open(link.toString())) {
+                check(engine.modelName().equals("bench-mmoe"), "model name " + engine.modelName());
+                engine.reload(link.toString());
+                check(engine.generation() == 1, "reloaded through the link");
+            }
+            String missing = dir.resolve("\u00e9t\u00e9-\ud83d\udcc8.mmoe").toString();
+            MmoeException e = expect(Status.IO, () -> Engine.open(missing));
+            check(e.getMessage().contains(missing), "the message names the path exactly: " + e.getMessage());
+            try {
+                Engine.open("a\0b.mmoe");
+                throw new AssertionError("a path with a NUL character opened");
+            } catch (IllegalArgumentException expected) {
+                check(expected.getMessage().contains("path"), expected.getMessage());
+            }
+        } finally {
+            java.nio.file.Files.deleteIfExists(link);
+            java.nio.file.Files.deleteIfExists(dir);
+        }
+    }
+
+    /** CPU for a CPU open; AUTO gives CUDA or, without a GPU, the CPU with the reason. */
+    public void theEngineTellsWhichDeviceServes() {
+        try (Engine engine = Engine.open(modelA)) {
+            check(engine.device() == Options.Device.CPU && engine.deviceNote().equals("cpu"),
+                    engine.device() + " " + engine.deviceNote());
+        }
+        try (Engine engine = Engine.open(modelA, new Options().device(Options.Device.AUTO, 0))) {
+            String note = engine.deviceNote();
+            Options.Device want = note.startsWith("cuda:") ? Options.Device.CUDA : Options.Device.CPU;
+            check(engine.device() == want, engine.device() + " with note " + note);
+            check(want == Options.Device.CUDA || note.startsWith("cpu (auto: "), note);
+            System.out.println("  AUTO here: " + note);
+        }
+    }
+
+    /** The good model of the error-case manifest (a small model: 2 tasks, 4 inputs). */
+    static String smallModel() throws Exception {
+        check(errorCases != null, "no manifest given (4th argument)");
+        for (String line : java.nio.file.Files.readAllLines(java.nio.file.Paths.get(errorCases))) {
+            String[] f = line.split("\t");
+            if (f[0].equals("OK")) {
+                return f[1];
+            }
+        }
+        throw new AssertionError("no OK model in " + errorCases);
+    }
+
+    static List<String> names(List<InputInfo> inputs) {
+        List<String> names = new ArrayList<>();
+        for (InputInfo input : inputs) {
+            names.add(input.name + ":" + input.dim);
+        }
+        return names;
+    }
+
+    /**
+     * Task names and inputs, read while another thread reloads between two
+     * models of different shapes: each list is all of one model (before,
+     * the names of one and the count of the other mixed, or an index past
+     * the smaller model failed).
+     */
+    public void metadataIsOfOneModelWhileReloadsLand() throws Exception {
+        String small = smallModel();
+        List<List<String>> tasks = new ArrayList<>(), inputs = new ArrayList<>();
+        for (String path : new String[] {modelA, small}) {
+            try (Engine e = Engine.open(path)) {
+                tasks.add(e.taskNames());
+                inputs.add(names(e.inputs()));
+            }
+        }
+        check(!tasks.get(0).equals(tasks.get(1)) && !inputs.get(0).equals(inputs.get(1)), "the two models differ");
+        try (Engine engine = Engine.open(modelA)) {
+            AtomicBoolean stop = new AtomicBoolean();
+            AtomicLong reloads = new AtomicLong();
+            List<Throwable> failures = new ArrayList<>();
+            Thread reloader = new Thread(() -> {
+                try {
+                    for (int i = 0; !stop.get(); i++) {
+                        engine.reload(i % 2 == 0 ? small : modelA);
+                        reloads.incrementAndGet();
+                    }
+                } catch (RuntimeException e) {
+                    synchronized (failures) {
+                        failures.add(e);
+                    }
+                }
+            });
+            reloader.start();
+            long reads = 0;
+            try {
+                while (reloads.get() < 100 && failures.isEmpty()) {
+                    List<String> t = engine.taskNames();
+                    check(tasks.contains(t), "task names of no one model: " + t);
+                    List<String> in = names(engine.inputs());
+                    check(inputs.contains(in), "inputs of no one model: " + in);
+                    reads++;
+                }
+            } finally {
+                stop.set(true);
+                reloader.join();
+            }
+            check(failures.isEmpty(), "the reloader failed: " + failures);
+            System.out.println("  " + reads + " reads of task names and inputs over " + reloads.get() + " reloads, each of one model");
+        }
+    }
+
     public void threadsScoreWhileReloading() throws Exception {
         try (Engine engine = Engine.open(modelA)) {
             int n = 16, tasks = engine.numTasks();

@@ -1,0 +1,92 @@
+// metadata_reload: task_names() and inputs() read while another thread
+// reloads the engine between two models of different shapes (MODEL and
+// SMALL): each list must be all of one model, never the count of one and
+// the names of the other, and no read may fail. Runs until RELOADS reloads.
+//
+//   metadata_reload MODEL.mmoe SMALL.mmoe [RELOADS]
+
+#include "mmoe.hpp"
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+std::vector<std::string> input_names(const mmoe::Engine& engine) {
+  std::vector<std::string> names;
+  for (const mmoe::InputInfo& input : engine.inputs()) {
+    names.push_back(input.name + ":" + std::to_string(input.dim));
+  }
+  return names;
+}
+
+template <class T>
+bool one_of(const T& value, const T& a, const T& b) {
+  return value == a || value == b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: %s MODEL.mmoe SMALL.mmoe [RELOADS]\n", argv[0]);
+    return 2;
+  }
+  const std::string model = argv[1], small = argv[2];
+  const long reloads_wanted = argc > 3 ? std::strtol(argv[3], nullptr, 10) : 100;
+  try {
+    const mmoe::Engine a = mmoe::Engine::open(model), b = mmoe::Engine::open(small);
+    const auto tasks_a = a.task_names(), tasks_b = b.task_names();
+    const auto inputs_a = input_names(a), inputs_b = input_names(b);
+    if (tasks_a == tasks_b || inputs_a == inputs_b) {
+      std::fprintf(stderr, "the two models must differ in tasks and inputs\n");
+      return 2;
+    }
+
+    const mmoe::Engine engine = mmoe::Engine::open(model);
+    std::atomic<bool> stop{false};
+    std::atomic<long> reloads{0};
+    std::string reload_error;
+    std::thread reloader([&] {
+      try {
+        for (long i = 0; !stop.load(); ++i) {
+          engine.reload(i % 2 == 0 ? small : model);
+          reloads.fetch_add(1);
+        }
+      } catch (const std::exception& e) {
+        reload_error = e.what();
+        stop.store(true);
+      }
+    });
+    long reads = 0, mixed = 0;
+    std::string failure;
+    while (reloads.load() < reloads_wanted && !stop.load()) {
+      try {
+        mixed += !one_of(engine.task_names(), tasks_a, tasks_b);
+        mixed += !one_of(input_names(engine), inputs_a, inputs_b);
+        ++reads;
+      } catch (const std::exception& e) {
+        failure = e.what();
+        break;
+      }
+    }
+    stop.store(true);
+    reloader.join();
+    if (!reload_error.empty() || !failure.empty() || mixed != 0) {
+      std::fprintf(stderr, "FAIL: %ld of %ld reads mixed two models; read error: %s; reload error: %s\n", mixed,
+                   reads, failure.c_str(), reload_error.c_str());
+      return 1;
+    }
+    std::printf("metadata_reload: %ld reads of task names and inputs over %ld reloads, each of one model\n", reads,
+                reloads.load());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
