@@ -297,12 +297,18 @@ impl Model {
     /// request gathers are spread over the tables, and a warm-up request
     /// (empty bags) reads none of them. A page not in the page cache is read
     /// from disk here, on the warming thread, rather than in a call. A
-    /// second caller waits for the first one's pass.
+    /// second caller waits for the first one's pass. A file larger than
+    /// half the memory Linux reports available is not read: its pages would
+    /// evict one another (and others' pages) for minutes of disk reads, and
+    /// it is served from disk as calls need its pages (`worth_reading`).
     pub fn touch_pages(&self) {
         self.pages_touched.call_once(|| self.read_every_page());
     }
 
     fn read_every_page(&self) {
+        if !worth_reading(self.map.len() as u64, mem_available()) {
+            return;
+        }
         // Linux 5.14 and later fill the page tables in one call, instead of
         // a fault per 16 pages (the kernel's fault-around).
         #[cfg(target_os = "linux")]
@@ -425,5 +431,54 @@ impl Model {
     /// The layout tensor `id` is stored in.
     pub fn layout_of(&self, id: TensorId) -> Layout {
         self.layout.tensors[id].layout
+    }
+}
+
+/// Whether a warm-up reads a model file of `file_bytes` into memory: when it
+/// fits in half of `available` (Linux's `MemAvailable`, which counts page
+/// cache it can reclaim, such as an old model's pages during a reload), or
+/// when the available memory is unknown.
+fn worth_reading(file_bytes: u64, available: Option<u64>) -> bool {
+    available.is_none_or(|bytes| file_bytes <= bytes / 2)
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes; None elsewhere or unreadable.
+fn mem_available() -> Option<u64> {
+    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut words = line["MemAvailable:".len()..].split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod page_read_tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_read_when_it_fits_in_half_the_available_memory() {
+        const GIB: u64 = 1 << 30;
+        assert!(worth_reading(4 * GIB, Some(8 * GIB)));
+        assert!(!worth_reading(4 * GIB + 1, Some(8 * GIB)));
+        assert!(!worth_reading(100 * GIB, Some(64 * GIB)));
+        assert!(worth_reading(100 * GIB, None));
+        assert!(!worth_reading(1, Some(0)));
+    }
+
+    #[test]
+    fn mem_available_is_read_from_meminfo() {
+        let meminfo = "MemTotal:       24575188 kB\nMemFree:        22000000 kB\nMemAvailable:   23000000 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(23_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: x kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: 5 MB\n"), None);
+        #[cfg(target_os = "linux")]
+        assert!(mem_available().is_some_and(|bytes| bytes > 0));
     }
 }

@@ -236,7 +236,8 @@ impl Session {
     /// Prepares the session for requests of up to `max_candidates`
     /// candidates (at most [`MAX_WARM_UP_CANDIDATES`]), so that the first
     /// real ones do not pay for it: off the GPU it reads every page of the
-    /// model file (once per model, [`Model::touch_pages`]), then scores
+    /// model file when it fits in half the available memory (once per
+    /// model, [`Model::touch_pages`]), then scores
     /// requests of zero features (dense inputs zero, bags empty) and throws
     /// the scores away. On the CPU, where scratch is per tile of candidates,
     /// one request of up to a tile per thread sizes the scratch of every
