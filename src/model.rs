@@ -298,7 +298,8 @@ impl Model {
     /// (empty bags) reads none of them. A page not in the page cache is read
     /// from disk here, on the warming thread, rather than in a call. A
     /// second caller waits for the first one's pass. A file larger than
-    /// half the memory Linux reports available is not read: its pages would
+    /// half the memory available (to the host, and to a memory-limited
+    /// cgroup) is not read: its pages would
     /// evict one another (and others' pages) for minutes of disk reads, and
     /// it is served from disk as calls need its pages (`worth_reading`).
     pub fn touch_pages(&self) {
@@ -435,16 +436,84 @@ impl Model {
 }
 
 /// Whether a warm-up reads a model file of `file_bytes` into memory: when it
-/// fits in half of `available` (Linux's `MemAvailable`, which counts page
-/// cache it can reclaim, such as an old model's pages during a reload), or
-/// when the available memory is unknown.
+/// fits in half of `available` (`mem_available`: Linux's `MemAvailable`,
+/// which counts page cache it can reclaim, such as an old model's pages
+/// during a reload, and a container's own limit), or when the available
+/// memory is unknown.
 fn worth_reading(file_bytes: u64, available: Option<u64>) -> bool {
     available.is_none_or(|bytes| file_bytes <= bytes / 2)
 }
 
-/// `MemAvailable` of /proc/meminfo, in bytes; None elsewhere or unreadable.
+/// The memory this process may still fill, in bytes: the least of Linux's
+/// `MemAvailable` and, in a memory-limited cgroup (a container), the limit
+/// less the working set. None elsewhere or when neither is readable.
 fn mem_available() -> Option<u64> {
-    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+    let host = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_mem_available(&text));
+    match (host, cgroup_headroom()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The cgroup's limit less its working set (usage less inactive page
+/// cache, as the kubelet counts it), from cgroup v2 or v1's memory
+/// controller; None without a limit.
+fn cgroup_headroom() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    // The process's own folder, or the mount's root inside a cgroup namespace.
+    let folder = |mount: &str, path: &str| {
+        let own = Path::new(mount).join(path.trim_start_matches('/'));
+        if own.is_dir() {
+            own
+        } else {
+            PathBuf::from(mount)
+        }
+    };
+    for line in own.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (controllers, path) = match (fields.next(), fields.next(), fields.next()) {
+            (Some(_), Some(controllers), Some(path)) => (controllers, path),
+            _ => continue,
+        };
+        if controllers.is_empty() {
+            let dir = folder("/sys/fs/cgroup", path);
+            if let (Some(max), Some(current), Some(stat)) = (
+                read(&dir, "memory.max"),
+                read(&dir, "memory.current"),
+                read(&dir, "memory.stat"),
+            ) {
+                return headroom(&max, &current, &stat, "inactive_file");
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let dir = folder("/sys/fs/cgroup/memory", path);
+            return headroom(
+                &read(&dir, "memory.limit_in_bytes")?,
+                &read(&dir, "memory.usage_in_bytes")?,
+                &read(&dir, "memory.stat")?,
+                "total_inactive_file",
+            );
+        }
+    }
+    None
+}
+
+/// `limit` less (`usage` less the `inactive_key` line of `stat`); None for
+/// no limit (`max`, or v1's near-2^63 "unlimited").
+fn headroom(limit: &str, usage: &str, stat: &str, inactive_key: &str) -> Option<u64> {
+    let limit: u64 = limit.trim().parse().ok()?;
+    if limit >= 1 << 62 {
+        return None;
+    }
+    let usage: u64 = usage.trim().parse().ok()?;
+    let inactive = stat
+        .lines()
+        .find_map(|line| line.strip_prefix(inactive_key)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(limit.saturating_sub(usage.saturating_sub(inactive)))
 }
 
 fn parse_mem_available(meminfo: &str) -> Option<u64> {
@@ -480,5 +549,29 @@ mod page_read_tests {
         assert_eq!(parse_mem_available("MemAvailable: 5 MB\n"), None);
         #[cfg(target_os = "linux")]
         assert!(mem_available().is_some_and(|bytes| bytes > 0));
+    }
+
+    #[test]
+    fn a_cgroup_limit_counts_its_working_set() {
+        let stat = "anon 100\ninactive_file 300\nactive_file 50\n";
+        // 1000 − (700 − 300)
+        assert_eq!(
+            headroom("1000\n", "700\n", stat, "inactive_file"),
+            Some(600)
+        );
+        assert_eq!(headroom("max\n", "700\n", stat, "inactive_file"), None);
+        assert_eq!(
+            headroom("9223372036854771712\n", "700", "", "total_inactive_file"),
+            None
+        );
+        // No inactive line: all usage counts; usage over the limit: none left.
+        assert_eq!(headroom("1000", "700", "", "inactive_file"), Some(300));
+        assert_eq!(headroom("1000", "1700", "", "inactive_file"), Some(0));
+        // v1 names the line `total_inactive_file`; `inactive_file` is another.
+        let v1 = "inactive_file 1\ntotal_inactive_file 300\n";
+        assert_eq!(
+            headroom("1000", "700", v1, "total_inactive_file"),
+            Some(600)
+        );
     }
 }
