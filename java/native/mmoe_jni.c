@@ -169,19 +169,31 @@ JNIEXPORT jint JNICALL Java_io_mmoe_Native_engineNumInputs(JNIEnv *env, jclass c
 
 typedef mmoe_status (*text_query)(const mmoe_engine *, size_t, char *, size_t, size_t *);
 
-/* The UTF-8 bytes of a name. */
+/* The UTF-8 bytes of a name. A reload between the two calls may change the
+ * text (a device note of another length): the second call's full length
+ * says whether the buffer held all of it, else read again. */
 static jbyteArray query_text(JNIEnv *env, jlong engine, jint index, text_query query) {
     size_t len = 0;
     if (!check(env, query(engine_of(engine), (size_t)index, NULL, 0, &len))) return NULL;
-    char *buf = malloc(len + 1);
-    if (!buf) {
-        throw_out_of_memory(env, "mmoe: no memory for a name");
-        return NULL;
+    for (;;) {
+        char *buf = malloc(len + 1);
+        if (!buf) {
+            throw_out_of_memory(env, "mmoe: no memory for a name");
+            return NULL;
+        }
+        size_t now = 0;
+        if (!check(env, query(engine_of(engine), (size_t)index, buf, len + 1, &now))) {
+            free(buf);
+            return NULL;
+        }
+        if (now <= len) {
+            jbyteArray result = utf8_bytes(env, buf, now);
+            free(buf);
+            return result;
+        }
+        free(buf);
+        len = now;
     }
-    jbyteArray result = NULL;
-    if (check(env, query(engine_of(engine), (size_t)index, buf, len + 1, NULL))) result = utf8_bytes(env, buf, len);
-    free(buf);
-    return result;
 }
 
 static mmoe_status model_name(const mmoe_engine *e, size_t i, char *buf, size_t len, size_t *out) {

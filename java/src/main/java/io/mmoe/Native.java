@@ -78,7 +78,19 @@ final class Native {
         if (text.indexOf('\0') >= 0) {
             throw new IllegalArgumentException(what + " contains a NUL character: " + text.replace("\0", "\\0"));
         }
-        return text.getBytes(java.nio.charset.StandardCharsets.UTF_8);
+        // An encoder that refuses an unpaired surrogate: getBytes would
+        // write '?' for it, and so name another file.
+        try {
+            java.nio.ByteBuffer bytes = java.nio.charset.StandardCharsets.UTF_8.newEncoder()
+                    .onMalformedInput(java.nio.charset.CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(java.nio.charset.CodingErrorAction.REPORT)
+                    .encode(java.nio.CharBuffer.wrap(text));
+            byte[] out = new byte[bytes.remaining()];
+            bytes.get(out);
+            return out;
+        } catch (java.nio.charset.CharacterCodingException e) {
+            throw new IllegalArgumentException(what + " is not valid Unicode (an unpaired surrogate): " + e.getMessage());
+        }
     }
 
     /** A name from the C API, which writes UTF-8. */

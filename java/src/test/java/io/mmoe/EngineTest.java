@@ -240,11 +240,13 @@ public final class EngineTest {
             String missing = dir.resolve("\u00e9t\u00e9-\ud83d\udcc8.mmoe").toString();
             MmoeException e = expect(Status.IO, () -> Engine.open(missing));
             check(e.getMessage().contains(missing), "the message names the path exactly: " + e.getMessage());
-            try {
-                Engine.open("a\0b.mmoe");
-                throw new AssertionError("a path with a NUL character opened");
-            } catch (IllegalArgumentException expected) {
-                check(expected.getMessage().contains("path"), expected.getMessage());
+            for (String bad : new String[] {"a\0b.mmoe", "m\ud800.mmoe"}) {
+                try {
+                    Engine.open(bad);
+                    throw new AssertionError("the path " + bad + " was accepted");
+                } catch (IllegalArgumentException expected) {
+                    check(expected.getMessage().contains("path"), expected.getMessage());
+                }
             }
         } finally {
             java.nio.file.Files.deleteIfExists(link);
