@@ -3,8 +3,9 @@
 
 #include <cstddef>
 
-// -DEMU_UCONTEXT takes the portable path on x86-64 too (to check it builds).
-#if defined(__x86_64__) && !defined(EMU_UCONTEXT)
+// The routine is System V x86-64 in ELF assembly; -DEMU_UCONTEXT takes the
+// portable path there too (to check it builds).
+#if defined(__x86_64__) && defined(__ELF__) && !defined(EMU_UCONTEXT)
 #define EMU_OWN_SWITCH 1
 #else
 #include <ucontext.h>

@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 // ---------------------------------------------------------------- qualifiers
 
@@ -68,9 +67,10 @@ namespace emu {
 // Every binary16 value as a float, each from the compiler's own conversion:
 // the same results, by a lookup instead of libgcc's software
 // __extendhfsf2, which took a quarter of the emulator's time.
+// Never freed, so that a thread still emulating at exit reads valid memory.
 inline const float* half_to_float_table() {
-    static const std::vector<float> table = [] {
-        std::vector<float> values(65536);
+    static const float* const table = [] {
+        float* values = new float[65536];
         for (uint32_t bits = 0; bits < 65536; ++bits) {
             uint16_t b = (uint16_t)bits;
             _Float16 v;
@@ -79,7 +79,7 @@ inline const float* half_to_float_table() {
         }
         return values;
     }();
-    return table.data();
+    return table;
 }
 }  // namespace emu
 inline float __half2float(__half h) { return emu::half_to_float_table()[h.bits]; }

@@ -37,12 +37,21 @@ pub fn tempdir() -> io::Result<TempDir> {
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = base.join(format!("mmoe-test-{}-{nanos:x}-{n}", std::process::id()));
-        match std::fs::create_dir(&path) {
+        match create_private_dir(&path) {
             Ok(()) => return Ok(TempDir { path }),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A folder only its owner may read (0700 on Unix, as `tempfile` made them):
+/// test models in a shared /tmp stay private.
+fn create_private_dir(path: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
 }
 
 #[cfg(test)]
@@ -59,5 +68,11 @@ mod tests {
         drop(a);
         assert!(!kept.exists());
         assert!(b.path().is_dir());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(b.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
     }
 }
