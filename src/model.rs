@@ -297,11 +297,11 @@ impl Model {
     /// request gathers are spread over the tables, and a warm-up request
     /// (empty bags) reads none of them. A page not in the page cache is read
     /// from disk here, on the warming thread, rather than in a call. A
-    /// second caller waits for the first one's pass. A file larger than
-    /// half the memory available (to the host, and to a memory-limited
-    /// cgroup) is not read: its pages would
-    /// evict one another (and others' pages) for minutes of disk reads, and
-    /// it is served from disk as calls need its pages (`worth_reading`).
+    /// second caller waits for the first one's pass. A file larger than half
+    /// the memory available (to the host, and to a memory-limited cgroup) is
+    /// not read: its pages would evict one another (and others' pages) for
+    /// minutes of disk reads, and it is served from disk as calls need its
+    /// pages (`worth_reading`).
     pub fn touch_pages(&self) {
         self.pages_touched.call_once(|| self.read_every_page());
     }
@@ -451,10 +451,7 @@ fn mem_available() -> Option<u64> {
     let host = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| parse_mem_available(&text));
-    match (host, cgroup_headroom()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    host.into_iter().chain(cgroup_headroom()).min()
 }
 
 /// The cgroup's limit less its working set (usage less inactive page

@@ -237,12 +237,11 @@ impl Session {
     /// candidates (at most [`MAX_WARM_UP_CANDIDATES`]), so that the first
     /// real ones do not pay for it: off the GPU it reads every page of the
     /// model file when it fits in half the available memory (once per
-    /// model, [`Model::touch_pages`]), then scores
-    /// requests of zero features (dense inputs zero, bags empty) and throws
-    /// the scores away. On the CPU, where scratch is per tile of candidates,
-    /// one request of up to a tile per thread sizes the scratch of every
-    /// thread and touches the model's weights, and the output buffer is
-    /// reserved for
+    /// model, [`Model::touch_pages`]), then scores requests of zero features
+    /// (dense inputs zero, bags empty) and throws the scores away. On the
+    /// CPU, where scratch is per tile of candidates, one request of up to a
+    /// tile per thread sizes the scratch of every thread and touches the
+    /// model's weights, and the output buffer is reserved for
     /// `max_candidates`. On a GPU, one request per batch bucket up to
     /// `max_candidates`'s captures each bucket's graph (and times its tile
     /// sizes, once per model); a later request whose ids need more staging

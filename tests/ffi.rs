@@ -7,7 +7,7 @@ mod common;
 use std::ffi::{CStr, CString};
 use std::ptr::{null, null_mut};
 
-use common::small;
+use common::{c_feature as feature, small};
 use mmoe::ffi::*;
 use mmoe::DType;
 
@@ -72,19 +72,6 @@ fn open(path: &std::path::Path) -> Engine {
         last_error()
     );
     Engine(engine)
-}
-
-/// Input `input` with no array set.
-fn feature(input: u32) -> mmoe_feature {
-    mmoe_feature {
-        input,
-        dense: null(),
-        dense_len: 0,
-        ids: null(),
-        ids_len: 0,
-        offsets: null(),
-        offsets_len: 0,
-    }
 }
 
 #[test]

@@ -6,6 +6,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
+mod common;
+
 use mmoe::{Config, DType, Engine, Model, OpenOptions, Scores, Session};
 
 struct Counting;
@@ -262,15 +264,7 @@ fn a_c_abi_call_allocates_nothing_once_warm() {
         .iter()
         .enumerate()
         .map(|(input, feature)| {
-            let mut f = mmoe_feature {
-                input: input as u32,
-                dense: null(),
-                dense_len: 0,
-                ids: null(),
-                ids_len: 0,
-                offsets: null(),
-                offsets_len: 0,
-            };
+            let mut f = common::c_feature(input as u32);
             match feature {
                 mmoe::request::OwnedFeature::Dense(values) => {
                     (f.dense, f.dense_len) = (values.as_ptr(), values.len());

@@ -26,7 +26,7 @@ use crate::cpu::CpuMode;
 use crate::engine::{Engine, EngineSession};
 use crate::error::{Error, Result};
 use crate::gpu::Device;
-use crate::model::{GpuPrecision, OpenOptions};
+use crate::model::{GpuPrecision, Model, OpenOptions};
 use crate::request::Request;
 use crate::session::Scores;
 
@@ -391,6 +391,24 @@ fn copy_text(text: &str, buf: *mut c_char, buf_len: usize, out_len: *mut usize) 
     Ok(())
 }
 
+/// A text of the serving model, copied as `copy_text` copies.
+fn model_text(
+    engine: *const mmoe_engine,
+    text: fn(&Model) -> &str,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> mmoe_status {
+    call(|| {
+        copy_text(
+            text(&engine_ref(engine)?.engine.model()),
+            buf,
+            buf_len,
+            out_len,
+        )
+    })
+}
+
 fn write_out<T>(out: *mut T, value: T, what: &str) -> Result<()> {
     if out.is_null() {
         return Err(invalid(format!("{what} is NULL")));
@@ -583,14 +601,7 @@ pub extern "C" fn mmoe_engine_model_name(
     buf_len: usize,
     out_len: *mut usize,
 ) -> mmoe_status {
-    call(|| {
-        copy_text(
-            engine_ref(engine)?.engine.model().name(),
-            buf,
-            buf_len,
-            out_len,
-        )
-    })
+    model_text(engine, Model::name, buf, buf_len, out_len)
 }
 
 /// Where the serving model scores: `MMOE_DEVICE_CPU` or `MMOE_DEVICE_CUDA`,
@@ -632,14 +643,7 @@ pub extern "C" fn mmoe_engine_device_note(
     buf_len: usize,
     out_len: *mut usize,
 ) -> mmoe_status {
-    call(|| {
-        copy_text(
-            engine_ref(engine)?.engine.model().device_note(),
-            buf,
-            buf_len,
-            out_len,
-        )
-    })
+    model_text(engine, Model::device_note, buf, buf_len, out_len)
 }
 
 /// The number of tasks (scores per candidate) of the serving model. A

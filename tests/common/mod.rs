@@ -9,6 +9,19 @@ use mmoe::format::writer::{self, MemorySource, TensorSource};
 use mmoe::request::OwnedRequest;
 use mmoe::{Config, DType, Model, OpenOptions, Scores, Session};
 
+/// Input `input` for the C ABI, with no array set.
+pub fn c_feature(input: u32) -> mmoe::ffi::mmoe_feature {
+    mmoe::ffi::mmoe_feature {
+        input,
+        dense: std::ptr::null(),
+        dense_len: 0,
+        ids: std::ptr::null(),
+        ids_len: 0,
+        offsets: std::ptr::null(),
+        offsets_len: 0,
+    }
+}
+
 /// A small model with every expert type and a gate reading a subset.
 pub const SMALL_CONFIG: &str = include_str!("small_config.json");
 
