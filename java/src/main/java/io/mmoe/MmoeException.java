@@ -16,7 +16,7 @@ public class MmoeException extends RuntimeException {
      * differs for characters beyond the BMP and for NUL).
      */
     MmoeException(int code, byte[] utf8Message) {
-        this(code, new String(utf8Message, java.nio.charset.StandardCharsets.UTF_8));
+        this(code, Native.string(utf8Message));
     }
 
     public MmoeException(Status status, String message) {
