@@ -84,6 +84,14 @@ SMOKE=1 SECONDS_PER_TARGET=10 bash fuzz/campaign.sh
 step "parity: mmoe pack + score (reference and cpu backends) against the numpy reference on 200 random models"
 .venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200 --backends reference,cpu
 
+step "parity with PyTorch: a torch module of MODEL.md trained a few steps, its state_dict exported, packed and scored, on 200 random models"
+# Debian's torch (CPU, about 190 MB), for Debian's Python: PyPI has only the
+# CUDA build of torch, gigabytes with its libraries.
+if ! /usr/bin/python3 -c "import torch" 2> /dev/null; then
+  apt-get update -qq && apt-get install -y -qq python3-torch > /dev/null
+fi
+/usr/bin/python3 tests/python/test_torch_parity.py --mmoe target/release/mmoe --seeds 200
+
 step "parity: the GPU path on the host (gpu-emu: f32, f32 with fused task heads, f16 (cp.async over fp16 inputs), f16 with 128×128 tiles) against the numpy reference on 200 random models"
 cargo build --release -p mmoe-gpu-emu --bin mmoe-gpu-emu
 .venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --emu target/release/mmoe-gpu-emu --seeds 200 \
