@@ -169,12 +169,18 @@ impl Engine {
         let slots: Vec<Arc<Mutex<Slot>>> =
             lock(&self.slots).iter().filter_map(Weak::upgrade).collect();
         let mut released = Vec::new();
-        for slot in slots {
-            // Busy: left to its next call. (A panic in an earlier call, which
-            // the C boundary survives, leaves it poisoned but whole.)
-            let mut slot = match slot.try_lock() {
+        for shared in slots {
+            // Busy: left to its next call. A slot poisoned by a panic in a
+            // call (which the C boundary survives) loses that call's
+            // session, as at its own next lock (`lock_slot`).
+            let mut slot = match shared.try_lock() {
                 Ok(slot) => slot,
-                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    let mut slot = poisoned.into_inner();
+                    released.extend(slot.session.take());
+                    shared.clear_poison();
+                    slot
+                }
                 Err(std::sync::TryLockError::WouldBlock) => continue,
             };
             // A session on an old model, or none yet (a session made before
@@ -285,7 +291,7 @@ impl EngineSession {
     pub fn set_threads(&mut self, threads: usize) {
         let threads = threads.clamp(1, crate::session::MAX_THREADS);
         self.engine.threads.fetch_max(threads, Ordering::AcqRel);
-        let mut slot = lock(&self.slot);
+        let mut slot = lock_slot(&self.slot);
         slot.threads = threads;
         if let Some(session) = slot.session.as_mut() {
             session.set_threads(threads);
@@ -296,7 +302,7 @@ impl EngineSession {
     pub fn score(&mut self, request: &Request<'_>, scores: &mut Scores<'_>) -> Result<Arc<Model>> {
         // The slot first, then the model: a model read before the lock
         // could predate a reload's visit and undo the session it installed.
-        let mut slot = lock(&self.slot);
+        let mut slot = lock_slot(&self.slot);
         let model = self.engine.model();
         slot.current(&self.engine, &model)
             .score(request, scores)
@@ -309,7 +315,7 @@ impl EngineSession {
     /// ([`Engine::set_warm_up`]), or prepares the new model at its first
     /// calls.
     pub fn warm_up(&mut self, max_candidates: usize) -> Result<()> {
-        let mut slot = lock(&self.slot);
+        let mut slot = lock_slot(&self.slot);
         let model = self.engine.model();
         slot.current(&self.engine, &model).warm_up(max_candidates)
     }
@@ -319,7 +325,7 @@ impl EngineSession {
     #[doc(hidden)]
     pub fn holds_an_old_model(&self) -> bool {
         let model = self.engine.model();
-        let slot = lock(&self.slot);
+        let slot = lock_slot(&self.slot);
         slot.session
             .as_ref()
             .is_some_and(|session| !Arc::ptr_eq(session.model(), &model))
@@ -342,10 +348,109 @@ impl Drop for EngineSession {
     }
 }
 
+/// Locks an engine session's slot. After a panic in a call of that session
+/// (the C boundary survives it), the call's session is dropped, not reused:
+/// its scratch, staging or stream may be half-way through the call. The
+/// next call makes a new one (or takes one a reload prepared).
+fn lock_slot(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    match slot.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => {
+            let mut guard = poisoned.into_inner();
+            guard.session = None;
+            slot.clear_poison();
+            guard
+        }
+    }
+}
+
 /// Locks `mutex`, also after a panic of another holder (a `Vec` of
 /// complete sessions is never left half-changed).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+    use crate::format::writer;
+    use crate::{Config, DType};
+
+    const CONFIG: &str = include_str!("../tests/common/small_config.json");
+
+    /// The small test model with weights of `seed`, packed into `dir`.
+    fn packed(dir: &Path, seed: u64) -> std::path::PathBuf {
+        let config = Config::parse(CONFIG).expect("test config is valid");
+        let source = crate::demo::synthetic_tensors(&config, seed).expect("synthetic tensors");
+        let path = dir.join(format!("model-{seed}.mmoe"));
+        writer::pack(&config, &source, DType::F16, &path, &mut |_, _| {}).expect("pack");
+        path
+    }
+
+    fn logits(session: &mut EngineSession) -> Vec<f32> {
+        let config = Config::parse(CONFIG).expect("test config is valid");
+        let request = crate::demo::synthetic_request(&config, 5, 7);
+        let mut out = vec![0.0; 5 * config.tasks.len()];
+        let scores = &mut Scores {
+            logits: Some(&mut out),
+            probabilities: None,
+        };
+        session
+            .score(&request.as_request(), scores)
+            .expect("scoring succeeds");
+        out
+    }
+
+    /// What a panic inside a call does to the slot (as a bug in a kernel
+    /// would, caught by the C boundary's catch_unwind).
+    fn panic_inside_a_call(session: &EngineSession) {
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = session.slot.lock();
+            panic!("injected: a panic while the slot is held");
+        }));
+        assert!(panicked.is_err());
+        assert!(session.slot.is_poisoned());
+    }
+
+    #[test]
+    fn a_call_after_a_panic_gets_a_new_session() {
+        let dir = test_support::tempdir().expect("temp dir");
+        let engine =
+            Arc::new(Engine::open(packed(dir.path(), 1), OpenOptions::default()).expect("opens"));
+        let mut session = engine.session();
+        let before = logits(&mut session);
+        panic_inside_a_call(&session);
+        // The panicked call's session is not reused...
+        assert!(lock_slot(&session.slot).session.is_none());
+        assert!(!session.slot.is_poisoned());
+        // ...and the next call scores on a new one, as before.
+        assert_eq!(logits(&mut session), before);
+        assert!(lock_slot(&session.slot).session.is_some());
+    }
+
+    #[test]
+    fn a_reload_replaces_the_session_of_a_panicked_call() {
+        let dir = test_support::tempdir().expect("temp dir");
+        let (a, b) = (packed(dir.path(), 1), packed(dir.path(), 2));
+        let engine = Arc::new(Engine::open(&b, OpenOptions::default()).expect("opens"));
+        let want_b = logits(&mut engine.session());
+        engine.reload(&a).expect("reload to A");
+        engine.set_warm_up(8).expect("warm-up size");
+        let mut session = engine.session();
+        let want_a = logits(&mut session);
+        assert_ne!(want_a, want_b);
+        panic_inside_a_call(&session);
+        // The reload visits the poisoned slot: the panicked call's session
+        // goes, a session prepared on B takes its place.
+        engine.reload(&b).expect("reload to B");
+        assert!(!session.slot.is_poisoned());
+        assert_eq!(engine.prepared_sessions(), 0);
+        assert!(lock_slot(&session.slot)
+            .session
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s.model(), &engine.model())));
+        assert_eq!(logits(&mut session), want_b);
+    }
 }
