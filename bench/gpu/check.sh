@@ -231,6 +231,14 @@ if want torch; then
 log "4. PyTorch baseline on the same weights (x0 in, scores out)"
 timeout 90 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 \
   --json "$out/torch.json" 2>&1 | tee "$out/torch.txt"
+log "4b. parity with PyTorch on the GPU path: a torch module of MODEL.md trained and exported, scored by CUDA (f32 and f16 compute), 8 random models"
+for precision in f32 f16; do
+  bounds=$([ $precision = f32 ] && echo "--logit-rtol 1e-3 --prob-atol 1e-4" || echo "--logit-rtol 2e-2 --prob-atol 5e-3")
+  timeout 120 python3 torch_parity/test_torch_parity.py --mmoe ./bin/mmoe --seeds 8 \
+    --score-args "--device cuda --precision $precision" $bounds > "$out/torch-parity-$precision.txt" 2>&1
+  echo "torch parity, cuda $precision: exit $?; $(grep -E 'max \|dlogit\||passed' "$out/torch-parity-$precision.txt" | tr '\n' ' ')" \
+    | tee -a "$out/check.log"
+done
 fi
 
 # Nsight Compute at the GPU's own clocks (--clock-control none: the clocks
@@ -331,6 +339,7 @@ for suffix in [""] + [f"-{n}" for n in names]:
         print(f"8 threads x 256 candidates (f16{suffix.replace('-', ' ')}): "
               f"{eight['results']['256']['candidates_per_s']:.0f} candidates/s")
 PY
+grep -h "^torch parity" "$out/check.log" | tee -a "$out/summary.txt"
 echo "gpu tests exit status: $tests_rc" | tee -a "$out/summary.txt"
 cp "$out/summary.txt" "$out/check.log" "$root_out/"
 tar czf "$root_out/logs.tgz" -C "$root_out" logs && rm -rf "$out"

@@ -27,6 +27,9 @@ mkdir -p .gpu/bin .gpu/models .gpu/parity
 cp target/release/mmoe .gpu/bin/mmoe
 cp "$test_exe" .gpu/bin/gpu-tests
 cp bench/gpu/check.sh bench/gpu/torch_baseline.py bench/gpu/compare_scores.py bench/gpu/mmoe_file.py .gpu/
+# Parity with PyTorch on the GPU path (step 4b): the torch module and its test.
+mkdir -p .gpu/torch_parity
+cp tests/python/{test_torch_parity,mmoe_torch,gen_random_model,mmoe_ref}.py .gpu/torch_parity/
 
 # The demo model (45 MiB) is built on the GPU machine by the binary itself,
 # keeping .gpu under the 64 MiB a run can carry; debug info is stripped too.

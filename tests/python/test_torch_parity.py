@@ -15,6 +15,10 @@ way exports without renaming.
 
     python3 tests/python/test_torch_parity.py --mmoe target/release/mmoe --seeds 40
 
+The GPU check runs it on the GPU path too (``--score-args "--device cuda
+--precision f16" --logit-rtol 2e-2 --prob-atol 5e-3``: the bounds of fp16
+compute).
+
 Needs torch and numpy (Debian: ``apt-get install python3-torch``; run it with
 that Python, ``/usr/bin/python3``).
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import math
 import shutil
 import subprocess
@@ -150,7 +155,7 @@ def compare(scores: Path, want: list, config: dict) -> tuple[list, float]:
     return problems, worst
 
 
-def check_seed(binary: Path, seed: int, directory: Path) -> tuple[list, dict]:
+def check_seed(binary: Path, seed: int, directory: Path, score_args: list) -> tuple[list, dict]:
     config, tensors, requests = gen.generate(seed)
     model = build_and_train(seed, config, tensors, requests)
     problems = name_problems(model, tensors)
@@ -164,8 +169,8 @@ def check_seed(binary: Path, seed: int, directory: Path) -> tuple[list, dict]:
         packed, scores = directory / f"{dtype}.mmoe", directory / f"{dtype}.jsonl"
         failure = run([str(binary), "pack", "--config", str(directory / "model.json"), "--weights",
                        str(directory / "model.safetensors"), "--out", str(packed), "--dtype", dtype]) or \
-            run([str(binary), "score", "--model", str(packed), "--backend", "cpu",
-                 "--requests", str(directory / "requests.jsonl"), "--out", str(scores)])
+            run([str(binary), "score", "--model", str(packed), "--requests", str(directory / "requests.jsonl"),
+                 "--out", str(scores)] + score_args)
         if failure:
             problems.append(f"[{dtype}] {failure}")
             deltas[dtype] = math.inf
@@ -176,22 +181,30 @@ def check_seed(binary: Path, seed: int, directory: Path) -> tuple[list, dict]:
 
 
 def main(argv=None) -> int:
+    global LOGIT_RTOL, PROB_ATOL
     ap = argparse.ArgumentParser(description="mmoe engine vs a PyTorch module of MODEL.md, trained and exported")
     ap.add_argument("--mmoe", required=True, help="path to the mmoe binary")
     ap.add_argument("--seeds", type=int, default=40)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep every seed's files (failing ones are always kept)")
+    ap.add_argument("--score-args", default="--backend cpu",
+                    help="arguments of `mmoe score` after the files (default: %(default)s)")
+    ap.add_argument("--logit-rtol", type=float, default=LOGIT_RTOL)
+    ap.add_argument("--prob-atol", type=float, default=PROB_ATOL)
     args = ap.parse_args(argv)
+    LOGIT_RTOL, PROB_ATOL = args.logit_rtol, args.prob_atol
+    score_args = shlex.split(args.score_args)
     torch.set_num_threads(1)
     workdir = Path(tempfile.mkdtemp(prefix="mmoe-torch-"))
-    print(f"torch {torch.__version__}; binary {args.mmoe}; work dir {workdir}")
+    print(f"torch {torch.__version__}; binary {args.mmoe} score {' '.join(score_args)}; "
+          f"bounds |dlogit| <= {LOGIT_RTOL:g}(1 + |logit|), |dprob| <= {PROB_ATOL:g}; work dir {workdir}")
     worst = {"f32": (0.0, None), "f16": (0.0, None)}
     passed = failed = 0
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         directory = workdir / f"seed-{seed:04d}"
         directory.mkdir()
         try:
-            problems, deltas = check_seed(Path(args.mmoe), seed, directory)
+            problems, deltas = check_seed(Path(args.mmoe), seed, directory, score_args)
         except Exception as err:  # a harness or torch error fails the seed, said plainly
             problems, deltas = [f"harness error: {type(err).__name__}: {err}"], {}
         for dtype, delta in deltas.items():
