@@ -15,7 +15,9 @@ way exports without renaming.
 
     python3 tests/python/test_torch_parity.py --mmoe target/release/mmoe --seeds 40
 
-The GPU check runs it on the GPU path too (``--score-args "--device cuda
+The test command also runs it on the GPU path run on the host
+(``--scorer target/release/mmoe-gpu-emu --score-args "--precision f16"``),
+and the GPU check on the GPU path (``--score-args "--device cuda
 --precision f16" --logit-rtol 2e-2 --prob-atol 5e-3``: the bounds of fp16
 compute).
 
@@ -126,21 +128,26 @@ def run(cmd: list) -> str | None:
     return None
 
 
-def compare(scores: Path, want: list, config: dict) -> tuple[list, float]:
+def compare(scores: Path, want: list, config: dict) -> tuple[list, tuple]:
+    """(problems, (max |dlogit|, max |dlogit| / (1 + |logit_torch|)))."""
     lines = [line for line in scores.read_text().splitlines() if line.strip()]
     if len(lines) != len(want):
-        return [f"{len(lines)} output lines for {len(want)} requests"], math.inf
-    problems, worst = [], 0.0
+        return [f"{len(lines)} output lines for {len(want)} requests"], (math.inf, math.inf)
+    problems, worst, worst_rel = [], 0.0, 0.0
     for r, (line, logits) in enumerate(zip(lines, want)):
         got = json.loads(line)
         got_logits = np.array(got["logits"], dtype=np.float64)
         got_probs = np.array(got["probabilities"], dtype=np.float64)
         if got_logits.shape != logits.shape:
             problems.append(f"request {r}: logits of shape {got_logits.shape}, torch {logits.shape}")
-            worst = math.inf
+            worst = worst_rel = math.inf
             continue
         delta = np.abs(got_logits - logits)
-        worst = max(worst, float(delta.max())) if np.all(np.isfinite(delta)) else math.inf
+        if np.all(np.isfinite(delta)):
+            worst = max(worst, float(delta.max()))
+            worst_rel = max(worst_rel, float((delta / (1.0 + np.abs(logits))).max()))
+        else:
+            worst = worst_rel = math.inf
         bad = ~(delta <= LOGIT_RTOL * (1.0 + np.abs(logits)))
         if bad.any():
             i, t = np.argwhere(bad)[0]
@@ -152,10 +159,10 @@ def compare(scores: Path, want: list, config: dict) -> tuple[list, float]:
             i, t = np.argwhere(bad_p)[0]
             problems.append(f"request {r} candidate {i} task {config['tasks'][t]['name']}: "
                             f"probability {got_probs[i, t]!r} vs torch {probs[i, t]!r}")
-    return problems, worst
+    return problems, (worst, worst_rel)
 
 
-def check_seed(binary: Path, seed: int, directory: Path, score_args: list) -> tuple[list, dict]:
+def check_seed(binary: Path, scorer: Path, seed: int, directory: Path, score_args: list) -> tuple[list, dict]:
     config, tensors, requests = gen.generate(seed)
     model = build_and_train(seed, config, tensors, requests)
     problems = name_problems(model, tensors)
@@ -169,11 +176,11 @@ def check_seed(binary: Path, seed: int, directory: Path, score_args: list) -> tu
         packed, scores = directory / f"{dtype}.mmoe", directory / f"{dtype}.jsonl"
         failure = run([str(binary), "pack", "--config", str(directory / "model.json"), "--weights",
                        str(directory / "model.safetensors"), "--out", str(packed), "--dtype", dtype]) or \
-            run([str(binary), "score", "--model", str(packed), "--requests", str(directory / "requests.jsonl"),
+            run([str(scorer), "score", "--model", str(packed), "--requests", str(directory / "requests.jsonl"),
                  "--out", str(scores)] + score_args)
         if failure:
             problems.append(f"[{dtype}] {failure}")
-            deltas[dtype] = math.inf
+            deltas[dtype] = (math.inf, math.inf)
             continue
         found, deltas[dtype] = compare(scores, torch_logits(model, config, requests, dtype == "f16"), config)
         problems += [f"[{dtype}] {p}" for p in found]
@@ -187,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=40)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep every seed's files (failing ones are always kept)")
+    ap.add_argument("--scorer", help="the binary whose `score` runs (default: --mmoe; e.g. mmoe-gpu-emu, the GPU "
+                    "path on the host)")
     ap.add_argument("--score-args", default="--backend cpu",
                     help="arguments of `mmoe score` after the files (default: %(default)s)")
     ap.add_argument("--logit-rtol", type=float, default=LOGIT_RTOL)
@@ -196,20 +205,21 @@ def main(argv=None) -> int:
     score_args = shlex.split(args.score_args)
     torch.set_num_threads(1)
     workdir = Path(tempfile.mkdtemp(prefix="mmoe-torch-"))
-    print(f"torch {torch.__version__}; binary {args.mmoe} score {' '.join(score_args)}; "
+    print(f"torch {torch.__version__}; {args.scorer or args.mmoe} score {' '.join(score_args)}; "
           f"bounds |dlogit| <= {LOGIT_RTOL:g}(1 + |logit|), |dprob| <= {PROB_ATOL:g}; work dir {workdir}")
-    worst = {"f32": (0.0, None), "f16": (0.0, None)}
+    worst = {(dtype, kind): (0.0, None) for dtype in ("f32", "f16") for kind in (0, 1)}
     passed = failed = 0
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         directory = workdir / f"seed-{seed:04d}"
         directory.mkdir()
         try:
-            problems, deltas = check_seed(Path(args.mmoe), seed, directory, score_args)
+            problems, deltas = check_seed(Path(args.mmoe), Path(args.scorer or args.mmoe), seed, directory, score_args)
         except Exception as err:  # a harness or torch error fails the seed, said plainly
             problems, deltas = [f"harness error: {type(err).__name__}: {err}"], {}
-        for dtype, delta in deltas.items():
-            if delta > worst[dtype][0]:
-                worst[dtype] = (delta, seed)
+        for dtype, pair in deltas.items():
+            for kind, delta in enumerate(pair):
+                if delta > worst[dtype, kind][0]:
+                    worst[dtype, kind] = (delta, seed)
         if problems:
             failed += 1
             print(f"seed {seed} FAILED: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
@@ -219,8 +229,9 @@ def main(argv=None) -> int:
             passed += 1
             if not args.keep:
                 shutil.rmtree(directory, ignore_errors=True)
-    for dtype, (delta, seed) in worst.items():
-        print(f"max |dlogit| {dtype}: {delta:.3e}" + (f" (seed {seed})" if seed is not None else ""))
+    for (dtype, kind), (delta, seed) in worst.items():
+        what = "max |dlogit|" if kind == 0 else "max |dlogit|/(1+|logit|)"
+        print(f"{what} {dtype} file: {delta:.3e}" + (f" (seed {seed})" if seed is not None else ""))
     print(f"{passed} passed, {failed} failed")
     if failed == 0 and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
