@@ -22,7 +22,17 @@ log() { echo "== [${SECONDS}s] $*" | tee -a "$out/check.log"; }
 # default, for a second call: ncu-deep (5b, the deep-pipeline tiles under
 # Nsight Compute).
 steps=,${STEPS:-load,tests,sanitizer,parity,bench,variants,torch,ncu},
-want() { [[ $steps == *",$1,"* ]]; }
+# A step that would start past BUDGET_S seconds (default 480) is skipped,
+# so that a run's time limit (give `run` about 540 s) does not kill the
+# check before its summary and archive: a killed check returns no logs.
+budget=${BUDGET_S:-480}
+want() {
+  [[ $steps == *",$1,"* ]] || return 1
+  if (( SECONDS >= budget )); then
+    echo "skipped $1: ${SECONDS}s, past the ${budget}s budget (BUDGET_S)" | tee -a "$out/check.log"
+    return 1
+  fi
+}
 echo "steps: $steps" | tee -a "$out/check.log"
 
 log "machine"
@@ -220,6 +230,7 @@ if want variants; then
 # 2026-11-26.
 for v in "${variants[@]}"; do
   name=${v%%:*}; vars=${v#*:}
+  (( SECONDS < budget )) || { echo "skipped variant $name: ${SECONDS}s, past the budget" | tee -a "$out/check.log"; continue; }
   env $vars timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
     --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 --json "$out/bench-f16-$name.json" 2>&1 | tee "$out/bench-f16-$name.txt"
   env $vars timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
