@@ -81,8 +81,8 @@ step "fuzz smoke: every fuzz target for 10 s on its corpus (nightly toolchain, c
 command -v cargo-fuzz > /dev/null || cargo install --locked --quiet cargo-fuzz
 SMOKE=1 SECONDS_PER_TARGET=10 bash fuzz/campaign.sh
 
-step "parity: mmoe pack + score (reference and cpu backends) against the numpy reference on 200 random models"
-.venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200 --backends reference,cpu
+step "parity: mmoe pack + score (reference, cpu and cpu bf16 mode) against the numpy reference on 200 random models"
+.venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --seeds 200 --backends reference,cpu,cpu-bf16
 
 step "parity with PyTorch: a torch module of MODEL.md trained a few steps, its state_dict exported, packed and scored, on 200 random models"
 # Debian's torch (CPU, about 190 MB), for Debian's Python: PyPI has only the
