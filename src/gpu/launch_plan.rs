@@ -90,6 +90,13 @@ impl Kernel {
         Kernel::TaskHeadsF32,
         Kernel::OutputLogit,
     ];
+
+    /// Its place in [`Kernel::ALL`] (declaration order; tested), where the
+    /// runtime keeps its loaded function.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn entry(self) -> &'static str {
         match self {
             Kernel::FeaturesRequest => "features_request",
@@ -1739,6 +1746,15 @@ mod tests {
         let config = Config::parse(crate::demo::BENCH_MODEL_JSON).unwrap();
         let plan = Plan::build(&config, &|_| None).unwrap();
         Program::lower(&config, &plan)
+    }
+
+    /// The runtime finds a kernel's function at `index()`: ALL must be in
+    /// declaration order, every kernel once.
+    #[test]
+    fn kernel_index_is_its_place_in_all() {
+        for (place, kernel) in Kernel::ALL.iter().enumerate() {
+            assert_eq!(kernel.index(), place, "{kernel:?}");
+        }
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl GpuModel {
     }
 
     fn function_index(kernel: Kernel) -> usize {
-        Kernel::ALL.iter().position(|k| *k == kernel).unwrap_or(0)
+        kernel.index()
     }
 
     /// Whether `kernel` can launch on this device (see `launchable`).
