@@ -358,6 +358,9 @@ fn lock_slot(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
         Err(poisoned) => {
             let mut guard = poisoned.into_inner();
             guard.session = None;
+            // Its next session is its own to build: a session a reload
+            // prepared is another engine session's.
+            guard.served = false;
             slot.clear_poison();
             guard
         }

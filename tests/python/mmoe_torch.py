@@ -65,7 +65,7 @@ class DenseInput(nn.Module):
             x = torch.sign(x) * torch.log1p(torch.abs(x))
         if "standardize" in self.transform:
             x = (x - self.mean) / self.std
-        if "clip" in self.spec:
+        if self.spec.get("clip") is not None:
             c = float(self.spec["clip"])
             x = torch.clamp(x, -c, c)
         if self.spec.get("missing") == "zero":
