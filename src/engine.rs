@@ -351,7 +351,8 @@ impl Drop for EngineSession {
 /// Locks an engine session's slot. After a panic in a call of that session
 /// (the C boundary survives it), the call's session is dropped, not reused:
 /// its scratch, staging or stream may be half-way through the call. The
-/// next call makes a new one (or takes one a reload prepared).
+/// next call makes a new one (a reload visiting the slot first puts a
+/// prepared one in its place: `switch_idle_sessions`).
 fn lock_slot(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
     match slot.lock() {
         Ok(guard) => guard,

@@ -552,7 +552,7 @@ def storage_tensors(seed: int, tensors: dict, f32_only: bool) -> tuple[dict, set
     return stored, labels
 
 
-def _run(cmd: list, timeout: float = 300) -> tuple[bool, str]:
+def run_command(cmd: list, timeout: float = 300) -> tuple[bool, str]:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -566,41 +566,52 @@ def _run(cmd: list, timeout: float = 300) -> tuple[bool, str]:
 def compare(engine_path: Path, config: dict, tensors: dict, requests: list,
             logit_rtol: float = LOGIT_RTOL, prob_atol: float = PROB_ATOL) -> tuple[list, float]:
     """(problems, max |dlogit|) of an engine output file against the reference."""
+    wants = [ref.forward(config, tensors, req) for req in requests]
+    problems, max_delta, _ = compare_outputs(engine_path, wants, [t["name"] for t in config["tasks"]],
+                                             logit_rtol, prob_atol)
+    return problems, max_delta
+
+
+def compare_outputs(engine_path: Path, wants: list, task_names: list, logit_rtol: float, prob_atol: float,
+                    source: str = "reference") -> tuple[list, float, float]:
+    """(problems, max |dlogit|, max |dlogit| / (1 + |logit|)) of an engine
+    output file against `wants`, one (logits, probabilities) per request,
+    computed by `source` (named in the problems)."""
     problems: list[str] = []
-    max_delta = 0.0
+    max_delta = max_relative = 0.0
     lines = [line for line in engine_path.read_text().splitlines() if line.strip()]
-    if len(lines) != len(requests):
-        return [f"{len(lines)} output lines for {len(requests)} requests"], math.inf
-    for r, (line, req) in enumerate(zip(lines, requests)):
-        want_logits, want_probs = ref.forward(config, tensors, req)
+    if len(lines) != len(wants):
+        return [f"{len(lines)} output lines for {len(wants)} requests"], math.inf, math.inf
+    for r, (line, (want_logits, want_probs)) in enumerate(zip(lines, wants)):
         try:
             got = json.loads(line)
             got_logits = np.array(got["logits"], dtype=np.float64)
             got_probs = np.array(got["probabilities"], dtype=np.float64)
         except (ValueError, KeyError, TypeError) as err:
             problems.append(f"request {r}: unreadable output line ({err})")
-            max_delta = math.inf
+            max_delta = max_relative = math.inf
             continue
         if got_logits.shape != want_logits.shape or got_probs.shape != want_probs.shape:
             problems.append(f"request {r}: shapes {got_logits.shape}/{got_probs.shape}, expected {want_logits.shape}")
-            max_delta = math.inf
+            max_delta = max_relative = math.inf
             continue
         delta = np.abs(got_logits - want_logits)
         if not np.all(np.isfinite(delta)):
-            max_delta = math.inf
+            max_delta = max_relative = math.inf
         elif delta.size:
             max_delta = max(max_delta, float(delta.max()))
+            max_relative = max(max_relative, float((delta / (1.0 + np.abs(want_logits))).max()))
         bad = ~(delta <= logit_rtol * (1.0 + np.abs(want_logits)))
         if bad.any():
             i, t = np.argwhere(bad)[0]
-            problems.append(f"request {r} candidate {i} task {config['tasks'][t]['name']}: "
-                            f"logit {float(got_logits[i, t])!r} vs reference {float(want_logits[i, t])!r} ({int(bad.sum())} bad)")
+            problems.append(f"request {r} candidate {i} task {task_names[t]}: logit {float(got_logits[i, t])!r} "
+                            f"vs {source} {float(want_logits[i, t])!r} ({int(bad.sum())} bad)")
         bad_p = ~(np.abs(got_probs - want_probs) <= prob_atol)
         if bad_p.any():
             i, t = np.argwhere(bad_p)[0]
-            problems.append(f"request {r} candidate {i} task {config['tasks'][t]['name']}: "
-                            f"probability {float(got_probs[i, t])!r} vs reference {float(want_probs[i, t])!r}")
-    return problems, max_delta
+            problems.append(f"request {r} candidate {i} task {task_names[t]}: "
+                            f"probability {float(got_probs[i, t])!r} vs {source} {float(want_probs[i, t])!r}")
+    return problems, max_delta, max_relative
 
 
 BACKENDS = ("reference", "cpu")
@@ -657,7 +668,7 @@ def check_seed(binary: Path, seed: int, directory: Path, f32_only: bool,
     for dtype in ("f32", "f16"):
         packed = directory / f"m{dtype[1:]}.mmoe"
         scores = directory / f"s{dtype[1:]}.jsonl"
-        ok, msg = _run([str(binary), "pack", "--config", str(directory / "model.json"),
+        ok, msg = run_command([str(binary), "pack", "--config", str(directory / "model.json"),
                         "--weights", str(directory / "model.safetensors"), "--out", str(packed), "--dtype", dtype])
         if not ok:
             problems.append(f"[{dtype}] {msg}")
@@ -667,7 +678,7 @@ def check_seed(binary: Path, seed: int, directory: Path, f32_only: bool,
         # Every engine backend is compared with the reference on the same file.
         for backend in backends:
             cmd, logit_rtol, prob_atol = score_command(binary, backend, packed, directory / "requests.jsonl", scores)
-            ok, msg = _run(cmd)
+            ok, msg = run_command(cmd)
             if not ok:
                 problems.append(f"[{dtype} {backend}] {msg}")
                 deltas[f"{dtype} {backend}"] = math.inf

@@ -33,7 +33,6 @@ import json
 import shlex
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -50,6 +49,7 @@ except ImportError as err:  # pragma: no cover - environment problem, said plain
 
 import gen_random_model as gen  # noqa: E402  (configs and requests; numpy only)
 import mmoe_ref  # noqa: E402  (only its safetensors writer)
+import test_parity  # noqa: E402  (running commands and comparing outputs)
 import mmoe_torch  # noqa: E402
 
 LOGIT_RTOL = 1e-4
@@ -111,55 +111,16 @@ def export(model: torch.nn.Module, path: Path) -> None:
                                            for k, v in model.state_dict().items()})
 
 
-def torch_logits(model: mmoe_torch.MmoeModel, config: dict, requests: list, round_f16: bool) -> list:
+def torch_scores(model: mmoe_torch.MmoeModel, config: dict, requests: list, round_f16: bool) -> list:
+    """(logits, probabilities) per request, from the module in float64."""
     reference = copy.deepcopy(model).double()
     if round_f16:
         with torch.no_grad():
             for t in list(reference.parameters()) + list(reference.buffers()):
                 t.copy_(t.half().double())
     with torch.no_grad():
-        return [reference(*mmoe_torch.batch(config, r, torch.float64)).numpy() for r in requests]
-
-
-def run(cmd: list) -> str | None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        return f"exit {proc.returncode}: {' '.join(cmd)}: " + " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-    return None
-
-
-def compare(scores: Path, want: list, config: dict) -> tuple[list, tuple]:
-    """(problems, (max |dlogit|, max |dlogit| / (1 + |logit_torch|)))."""
-    lines = [line for line in scores.read_text().splitlines() if line.strip()]
-    if len(lines) != len(want):
-        return [f"{len(lines)} output lines for {len(want)} requests"], (math.inf, math.inf)
-    problems, worst, worst_rel = [], 0.0, 0.0
-    for r, (line, logits) in enumerate(zip(lines, want)):
-        got = json.loads(line)
-        got_logits = np.array(got["logits"], dtype=np.float64)
-        got_probs = np.array(got["probabilities"], dtype=np.float64)
-        if got_logits.shape != logits.shape:
-            problems.append(f"request {r}: logits of shape {got_logits.shape}, torch {logits.shape}")
-            worst = worst_rel = math.inf
-            continue
-        delta = np.abs(got_logits - logits)
-        if np.all(np.isfinite(delta)):
-            worst = max(worst, float(delta.max()))
-            worst_rel = max(worst_rel, float((delta / (1.0 + np.abs(logits))).max()))
-        else:
-            worst = worst_rel = math.inf
-        bad = ~(delta <= LOGIT_RTOL * (1.0 + np.abs(logits)))
-        if bad.any():
-            i, t = np.argwhere(bad)[0]
-            problems.append(f"request {r} candidate {i} task {config['tasks'][t]['name']}: "
-                            f"logit {got_logits[i, t]!r} vs torch {logits[i, t]!r} ({int(bad.sum())} bad)")
-        probs = 1.0 / (1.0 + np.exp(-logits))
-        bad_p = ~(np.abs(got_probs - probs) <= PROB_ATOL)
-        if bad_p.any():
-            i, t = np.argwhere(bad_p)[0]
-            problems.append(f"request {r} candidate {i} task {config['tasks'][t]['name']}: "
-                            f"probability {got_probs[i, t]!r} vs torch {probs[i, t]!r}")
-    return problems, (worst, worst_rel)
+        logits = [reference(*mmoe_torch.batch(config, r, torch.float64)).numpy() for r in requests]
+    return [(x, 1.0 / (1.0 + np.exp(-x))) for x in logits]
 
 
 def check_seed(binary: Path, scorer: Path, seed: int, directory: Path, score_args: list) -> tuple[list, dict]:
@@ -174,15 +135,21 @@ def check_seed(binary: Path, scorer: Path, seed: int, directory: Path, score_arg
     deltas = {}
     for dtype in ("f32", "f16"):
         packed, scores = directory / f"{dtype}.mmoe", directory / f"{dtype}.jsonl"
-        failure = run([str(binary), "pack", "--config", str(directory / "model.json"), "--weights",
-                       str(directory / "model.safetensors"), "--out", str(packed), "--dtype", dtype]) or \
-            run([str(scorer), "score", "--model", str(packed), "--requests", str(directory / "requests.jsonl"),
-                 "--out", str(scores)] + score_args)
-        if failure:
+        ok, failure = test_parity.run_command([str(binary), "pack", "--config", str(directory / "model.json"),
+                                               "--weights", str(directory / "model.safetensors"),
+                                               "--out", str(packed), "--dtype", dtype])
+        if ok:
+            ok, failure = test_parity.run_command([str(scorer), "score", "--model", str(packed), "--requests",
+                                                   str(directory / "requests.jsonl"), "--out", str(scores)]
+                                                  + score_args)
+        if not ok:
             problems.append(f"[{dtype}] {failure}")
             deltas[dtype] = (math.inf, math.inf)
             continue
-        found, deltas[dtype] = compare(scores, torch_logits(model, config, requests, dtype == "f16"), config)
+        wants = torch_scores(model, config, requests, dtype == "f16")
+        found, worst, worst_relative = test_parity.compare_outputs(
+            scores, wants, [t["name"] for t in config["tasks"]], LOGIT_RTOL, PROB_ATOL, source="torch")
+        deltas[dtype] = (worst, worst_relative)
         problems += [f"[{dtype}] {p}" for p in found]
     return problems, deltas
 
