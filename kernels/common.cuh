@@ -22,7 +22,7 @@ struct InputDesc {
     u32 x0_offset;  // column of x0 where the input starts
     u32 flags;      // FLAG_*
     float clip;
-    u32 values;     // dense: index of its first value in the float region;
+    u32 values;     // dense: index of its first value (4-byte slot) in the float region;
                     // sparse: index of its first offset in the offset region
     u32 ids;        // sparse: index of its first id in the id region
 };
@@ -33,12 +33,13 @@ struct InputDesc {
 #define FLAG_MISSING_ZERO 8u
 #define FLAG_MEAN 16u
 #define FLAG_TABLE_F16 32u  // the embedding table is fp16 (as in an fp16 file)
+#define FLAG_VALUES_F16 64u  // dense values are fp16, two to a slot of the f32 region
 
 // The staging buffer starts with this header; byte offsets are from its start.
 struct StagingHeader {
     u64 candidates;
     u64 num_inputs;
-    u64 floats_at;   // f32 dense values
+    u64 floats_at;   // dense values: f32, or fp16 (FLAG_VALUES_F16)
     u64 offsets_at;  // u32 CSR offsets
     u64 ids_at;      // u64 ids
     u64 descs_at;    // InputDesc[num_inputs]

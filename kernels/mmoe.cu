@@ -24,8 +24,19 @@ __device__ __forceinline__ void wait_for_inputs() {
 
 // ---------------------------------------------------------------- features
 
+// Value k of row `row` of a dense input, transformed. fp16 values
+// (FLAG_VALUES_F16, src/cpu/to_f16.rs) hold NaN for a missing value and
+// ±inf for a finite one beyond fp16's range, which a clip bounds as it
+// bounds the f32 value.
 __device__ float dense_value(const InputDesc& d, const float* values, int row, int k) {
-    float v = values[d.values + (u64)row * d.dim + k];
+    u64 at = (u64)row * d.dim + k;
+    if (d.flags & FLAG_VALUES_F16) {
+        float v = __half2float(((const __half*)(values + d.values))[at]);
+        if (isnan(v)) return 0.0f;
+        if (d.flags & FLAG_CLIP) v = fminf(fmaxf(v, -d.clip), d.clip);
+        return v;  // the host sends fp16 only without log1p and standardize
+    }
+    float v = values[d.values + at];
     if (!isfinite(v)) {
         // The host refused non-finite values of inputs without missing=zero.
         return 0.0f;

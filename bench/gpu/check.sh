@@ -130,12 +130,12 @@ fi
 
 all_variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
   "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "wc:MMOE_GPU_STAGING_WC=1"
-  "pdl:MMOE_GPU_PDL=1"
+  "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0"
   "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0 MMOE_GPU_STAGING_WC=1")
 # VARIANTS (comma-separated names; default `all`): the ones timed and
-# compared with the CPU, e.g. VARIANTS=wc,pdl,277801c for the open
-# questions (write-combined staging, PDL) and the path of the first GPU
-# run; the others were timed twice on an H200 on 2026-11-27 and set the
+# compared with the CPU, e.g. VARIANTS=wc,pdl,f32v,277801c for the open
+# questions (write-combined staging, PDL, candidate values uploaded as f32
+# rather than fp16) and the path of the first GPU run; the others were timed twice on an H200 on 2026-11-27 and set the
 # defaults (the GPU tests still check their scores).
 chosen=,${VARIANTS:-all},
 variants=()
@@ -172,7 +172,8 @@ for dir in parity/seed-*; do
   for v in "${variants[@]}"; do
     name=${v%%:*}; vars=${v#*:}
     # One upload instead of pieces, or write-combined staging, changes no
-    # kernel: timed only.
+    # kernel: timed only. f32 values (f32v) change the features kernels'
+    # input: compared on the 600-candidate requests.
     [ "$name" = upload1 ] || [ "$name" = wc ] && continue
     # Wide tiles change only buckets of 512 rows and more.
     # PDL changes every launch; the small requests (32-row bucket) are
@@ -218,10 +219,13 @@ timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f
 # 1 MiB piece's copy may come to limit the upload; 256 KiB pieces slowed
 # the packing into write-combined memory); and programmatic dependent
 # launch (off by default until timed) against the default, one after the
-# other, on the small batches, where the graph is a chain of short kernels.
+# other, on the small batches, where the graph is a chain of short kernels;
+# and candidate values uploaded as f32 against fp16 (the default since
+# 2026-11-28, not yet timed on a GPU: 704 rather than 1,216 bytes a
+# candidate of the benchmark model), one after the other.
 for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024" \
     "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0" "chunk256k:MMOE_GPU_UPLOAD_CHUNK=256" \
-    "pdl0:MMOE_GPU_PDL=0" "pdl:MMOE_GPU_PDL=1"; do
+    "pdl0:MMOE_GPU_PDL=0" "pdl:MMOE_GPU_PDL=1" "values-f32:MMOE_GPU_HALF_VALUES=0" "values-f16:MMOE_GPU_HALF_VALUES=1"; do
   env ${v#*:} timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
     --batch $([[ ${v%%:*} == pdl* ]] && echo 1,64,256,1024 || echo 1024,4096) \
     --iters 200 --max-seconds 1 --phases --json "$out/phases-${v%%:*}.json" > "$out/phases-${v%%:*}.txt" 2>&1
@@ -313,7 +317,7 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "277801c"]
+names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "f32v", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
@@ -345,7 +349,9 @@ for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (
                       (" cached staging", load("phases-staging-cached.json")),
                       (" cached staging, 256 KiB pieces", load("phases-chunk256k.json")),
                       (" stream order (PDL's baseline)", load("phases-pdl0.json")),
-                      (" programmatic dependent launch", load("phases-pdl.json"))]:
+                      (" programmatic dependent launch", load("phases-pdl.json")),
+                      (" f32 candidate values", load("phases-values-f32.json")),
+                      (" fp16 candidate values (the default)", load("phases-values-f16.json"))]:
     if report and report.get("phases"):
         print(f"phases, f16{label} (µs, medians): batch: total = host pack / launch / wait; device: upload span, graph")
         for b, r in report["phases"].items():

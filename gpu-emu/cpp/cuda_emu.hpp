@@ -88,6 +88,7 @@ inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(l
 // ---------------------------------------------------------------- math
 
 using std::isfinite;
+using std::isnan;
 using std::min;
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 

@@ -157,9 +157,13 @@ impl EmuModel {
         let capacity = bucket(n);
         let mut plan = self.plan(capacity);
         plan.choose_all_tiles(pick);
-        let layout = staging_layout(model, request).map_err(|e| e.to_string())?;
+        let inputs = input_tensors(
+            model,
+            &self.addresses,
+            self.options.values_go_as_f16(self.precision),
+        );
+        let layout = staging_layout(model, &inputs, request).map_err(|e| e.to_string())?;
         let mut staging = DeviceMemory::zeroed(layout.total);
-        let inputs = input_tensors(model, &self.addresses);
         write_staging(model, &inputs, request, &layout, staging.bytes_mut())
             .map_err(|e| e.to_string())?;
         // The kernels read the staging buffer's address from a cell, as on

@@ -3,14 +3,16 @@
 //! harness (`tests/python/test_parity.py --emu`).
 //!
 //!     mmoe-gpu-emu score --model M.mmoe --requests R.jsonl --out O.jsonl
-//!         [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs]
+//!         [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values]
 //!
 //! `--fused-heads`: gates, mixture, towers and logits of every task in one
 //! launch (the engine's `MMOE_GPU_FUSED_HEADS=1`; separate launches by default). `--wide-tiles`: the 128×128-tile
 //! kernel at every bucket (the engine's `MMOE_GPU_TILES=wide` uses it from
 //! 512 rows), so small requests exercise it too. `--f32-inputs`: GEMMs that
 //! convert the f32 activations instead of reading fp16 copies
-//! (`MMOE_GPU_HALF_X=0`).
+//! (`MMOE_GPU_HALF_X=0`). `--f32-values`: the request's values uploaded as
+//! f32 (`MMOE_GPU_HALF_VALUES=0`; with fp16 compute, those of candidate
+//! inputs without log1p or standardize go as fp16 by default).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -29,7 +31,7 @@ struct Args {
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if args.next().as_deref() != Some("score") {
-        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs]".into());
+        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values]".into());
     }
     let (mut model, mut requests, mut out) = (None, None, None);
     let mut precision = Precision::F16;
@@ -50,6 +52,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--fused-heads" => options.fused_heads = true,
             "--wide-tiles" => options.tiles = Tiles::Wide { from_rows: 0 },
             "--f32-inputs" => options.half_x = false,
+            "--f32-values" => options.half_values = false,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }

@@ -63,6 +63,16 @@ fn variants() -> Vec<Variant> {
             bound: 2e-2,
         },
         Variant {
+            name: "f16 f32 values",
+            precision: Precision::F16,
+            options: PlanOptions {
+                half_values: false,
+                ..plain
+            },
+            uses: &[Kernel::LinearMma32H, Kernel::LinearMma64H],
+            bound: 2e-2,
+        },
+        Variant {
             name: "f16 wide tiles",
             precision: Precision::F16,
             options: PlanOptions {
@@ -289,6 +299,92 @@ fn long_bags_match_cpu() {
         println!("long bags, {precision:?}: max |Δlogit| {delta:e}");
         assert!(delta < bound, "{precision:?}: {cpu:?} against {scores:?}");
     }
+}
+
+/// Candidate values uploaded as fp16 (`PlanOptions::half_values`, the
+/// default with fp16 compute) give the logits of f32 values bit for bit
+/// where every value is exact in fp16: among them finite values beyond
+/// fp16's range under a clip (±inf on the device, clipped to the same
+/// bound) and missing values (NaN, ±inf: zero), with a DCN expert (x0 in
+/// the cross combine) and MaskNet (x0's LayerNorm). Values not exact in
+/// fp16 change the logits: the option is really in effect.
+#[test]
+fn half_values_give_the_logits_of_f32_values_when_exact_in_fp16() {
+    let config = Config::parse(
+        r#"{"name": "values", "expert_dim": 8,
+        "inputs": [
+            {"name": "u", "kind": "dense", "scope": "request", "dim": 3, "transform": ["standardize"]},
+            {"name": "a", "kind": "dense", "scope": "candidate", "dim": 7, "clip": 2.5, "missing": "zero"},
+            {"name": "b", "kind": "dense", "scope": "candidate", "dim": 9, "missing": "zero"},
+            {"name": "l", "kind": "dense", "scope": "candidate", "dim": 2, "transform": ["log1p"]},
+            {"name": "s", "kind": "sparse", "scope": "candidate", "rows": 50, "dim": 4, "pooling": "sum"}
+        ],
+        "experts": [
+            {"name": "d", "type": "dcnv2", "cross_layers": 2, "rank": 4, "structure": "stacked", "deep": [16, 8]},
+            {"name": "k", "type": "masknet", "mode": "serial", "blocks": [16], "mask_hidden": 8, "head": [8]},
+            {"name": "m", "type": "mlp", "hidden": [16, 8]}
+        ],
+        "tasks": [{"name": "click", "tower": [8]}, {"name": "save"}]}"#,
+    )
+    .unwrap();
+    let (_dir, model) = packed(&config, 17);
+    let n = 37;
+    let raw = mmoe::demo::synthetic_request(model.config(), n, 4);
+    let mut exact = raw.clone();
+    let to_f16 = |v: f32| half::f16::from_bits(mmoe::cpu::to_f16::value_to_f16(v)).to_f32();
+    for input in [1, 2] {
+        let OwnedFeature::Dense(values) = &mut exact.features[input] else {
+            panic!("input {input} is dense");
+        };
+        for v in values.iter_mut() {
+            *v = to_f16(*v);
+        }
+        values[3] = f32::NAN;
+        values[10] = f32::INFINITY;
+        values[11] = f32::NEG_INFINITY;
+        if input == 1 {
+            values[5] = 1e5;
+            values[12] = -3e7;
+            values[20] = 70000.0;
+        }
+    }
+    let options = PlanOptions::default();
+    assert!(options.half_values);
+    let f32_values = PlanOptions {
+        half_values: false,
+        ..options
+    };
+    let uses = [Kernel::LinearMma64H];
+    let half = emu_scores_of(&model, options, &uses, &exact);
+    let f32 = emu_scores_of(&model, f32_values, &uses, &exact);
+    assert!(half.iter().all(|v| v.is_finite()), "{half:?}");
+    assert_eq!(half, f32, "fp16 against f32 values, exact in fp16");
+    let cpu = cpu_logits(&model, &exact);
+    let delta = max_delta(&cpu, &half);
+    println!("values exact in fp16: identical logits; against the CPU max |Δlogit| {delta:e}");
+    assert!(delta < 2e-2, "{cpu:?} against {half:?}");
+    let half = emu_scores_of(&model, options, &uses, &raw);
+    let f32 = emu_scores_of(&model, f32_values, &uses, &raw);
+    assert_ne!(half, f32, "values not exact in fp16 gave identical logits");
+    let cpu = cpu_logits(&model, &raw);
+    let (d_half, d_f32) = (max_delta(&cpu, &half), max_delta(&cpu, &f32));
+    println!("values not exact in fp16: max |Δlogit| against the CPU {d_half:e} (fp16 values), {d_f32:e} (f32)");
+    assert!(d_half < 2e-2 && d_f32 < 2e-2, "{d_half} {d_f32}");
+}
+
+/// The emulated fp16 GPU path's logits for `request`; one of `uses` must be
+/// in the plan.
+fn emu_scores_of(
+    model: &Arc<Model>,
+    options: PlanOptions,
+    uses: &[Kernel],
+    request: &OwnedRequest,
+) -> Vec<f32> {
+    let emu = EmuModel::new(model.clone(), Precision::F16, options);
+    let plan = emu.plan(bucket(request.candidates));
+    assert!(plan.launches.iter().any(|l| uses.contains(&l.kernel)));
+    emu.score(&request.as_request())
+        .expect("emulated GPU scores")
 }
 
 /// The fp16 copies of x (the `…h` kernels: cp.async pipelines) give exactly

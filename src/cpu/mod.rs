@@ -9,6 +9,7 @@
 pub mod bf16;
 pub mod generic;
 pub mod peak;
+pub mod to_f16;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;

@@ -252,19 +252,23 @@ fn linear_args(l: &LinearLaunch, regions: &Regions<'_>) -> LinearArgs {
 }
 
 /// The addresses of each input's tensors (embedding table, mean, std) for
-/// the staging descriptors, given every tensor's address, and whether its
-/// table is fp16 (`tensor_image`).
-pub fn input_tensors(model: &Model, tensors: &[u64]) -> Vec<InputTensors> {
+/// the staging descriptors, given every tensor's address, whether its
+/// table is fp16 (`tensor_image`), and whether its values go as fp16:
+/// with `half_values` (fp16 compute and `PlanOptions::half_values`), those
+/// of the inputs `staging::values_as_f16` allows.
+pub fn input_tensors(model: &Model, tensors: &[u64], half_values: bool) -> Vec<InputTensors> {
     let at = |id: Option<usize>| id.map_or(0, |id| tensors[id]);
     model
         .plan()
         .inputs
         .iter()
-        .map(|i| InputTensors {
+        .zip(&model.config().inputs)
+        .map(|(i, input)| InputTensors {
             table: at(i.embedding),
             table_f16: i.embedding.is_some_and(|id| table_is_f16(model, id)),
             mean: at(i.mean),
             std: at(i.std),
+            values_f16: half_values && super::staging::values_as_f16(input),
         })
         .collect()
 }

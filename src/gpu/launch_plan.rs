@@ -314,6 +314,14 @@ pub fn bucket(n: usize) -> usize {
     n.max(32).next_power_of_two()
 }
 
+impl PlanOptions {
+    /// Whether the inputs `staging::values_as_f16` allows go as fp16 with
+    /// this precision.
+    pub fn values_go_as_f16(&self, precision: Precision) -> bool {
+        self.half_values && precision == Precision::F16
+    }
+}
+
 /// The GPU path's choices besides precision (kernels of the launch plan,
 /// graph branches, tile tuning, request upload), each with an environment
 /// variable (`PlanOptions::from_env`) so the GPU check can compare the
@@ -367,6 +375,16 @@ pub struct PlanOptions {
     /// (`staging::COPY_PIECE`), which helps only with cached memory. Not yet
     /// timed on a GPU: the GPU check compares both.
     pub staging_write_combined: bool,
+    /// With fp16 compute, the values of candidate-scope dense inputs whose
+    /// transform is at most a clip are rounded to fp16 on the host and
+    /// uploaded so (`staging::values_as_f16`; on by default;
+    /// `MMOE_GPU_HALF_VALUES=0`: f32). The GEMMs read them as fp16 either
+    /// way; the f32 copy of the features (the DCN cross combine's x0,
+    /// MaskNet's LayerNorm input) then holds the rounded value. The
+    /// benchmark model's request shrinks from 1,216 to 704 bytes a
+    /// candidate, which is what the host writes into pinned memory and the
+    /// device reads. Ignored with fp32 compute.
+    pub half_values: bool,
     /// Programmatic dependent launch (`MMOE_GPU_PDL=1`; compute capability
     /// 9.0 with the sm_90 cubin loaded, ignored otherwise): every kernel is
     /// launched so that it may start while the one before it on its
@@ -405,6 +423,7 @@ impl Default for PlanOptions {
             tune: Tune::On,
             upload_chunk: 1 << 20,
             staging_write_combined: false,
+            half_values: true,
             pdl: false,
             kernels: super::kernel_image::KernelForm::Auto,
         }
@@ -413,8 +432,8 @@ impl Default for PlanOptions {
 
 impl PlanOptions {
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
-    /// `MMOE_GPU_FUSED_HEADS`, `MMOE_GPU_HALF_X`, `MMOE_GPU_STAGING_WC` and
-    /// `MMOE_GPU_PDL` (`0`, `1`),
+    /// `MMOE_GPU_FUSED_HEADS`, `MMOE_GPU_HALF_X`, `MMOE_GPU_STAGING_WC`,
+    /// `MMOE_GPU_HALF_VALUES` and `MMOE_GPU_PDL` (`0`, `1`),
     /// `MMOE_GPU_STREAMS` (1 to 8), `MMOE_GPU_TUNE` (`0`, `1`, `log`,
     /// `choice=K`), `MMOE_GPU_UPLOAD_CHUNK` (KiB) and `MMOE_GPU_KERNELS`
     /// (`auto`, `ptx`); an unknown value is an error.
@@ -438,6 +457,9 @@ impl PlanOptions {
         }
         if let Ok(value) = std::env::var("MMOE_GPU_STAGING_WC") {
             options.staging_write_combined = switch("MMOE_GPU_STAGING_WC", value)?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_HALF_VALUES") {
+            options.half_values = switch("MMOE_GPU_HALF_VALUES", value)?;
         }
         if let Ok(value) = std::env::var("MMOE_GPU_PDL") {
             options.pdl = switch("MMOE_GPU_PDL", value)?;
@@ -2412,7 +2434,11 @@ mod tests {
         std::env::set_var("MMOE_GPU_KERNELS", "ptx");
         std::env::set_var("MMOE_GPU_STAGING_WC", "1");
         std::env::set_var("MMOE_GPU_PDL", "1");
+        std::env::set_var("MMOE_GPU_HALF_VALUES", "0");
         let options = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_HALF_VALUES", "2");
+        let bad_inputs = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_HALF_VALUES");
         std::env::set_var("MMOE_GPU_PDL", "on");
         let bad_pdl = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_PDL");
@@ -2455,10 +2481,14 @@ mod tests {
                 tune: Tune::Log,
                 upload_chunk: 0,
                 staging_write_combined: true,
+                half_values: false,
                 pdl: true,
                 kernels: crate::gpu::kernel_image::KernelForm::Ptx,
             })
         );
+        let default = PlanOptions::default();
+        assert!(default.values_go_as_f16(Precision::F16));
+        assert!(!default.values_go_as_f16(Precision::F32));
         for (result, expected) in [
             (bad_chunk, "MMOE_GPU_UPLOAD_CHUNK is `-1`"),
             (bad_kernels, "MMOE_GPU_KERNELS is `cubin`"),
@@ -2469,6 +2499,7 @@ mod tests {
             (bad_half, "MMOE_GPU_HALF_X is `true`"),
             (bad_staging, "MMOE_GPU_STAGING_WC is `yes`"),
             (bad_pdl, "MMOE_GPU_PDL is `on`"),
+            (bad_inputs, "MMOE_GPU_HALF_VALUES is `2`"),
         ] {
             let err = result.unwrap_err();
             assert!(err.contains(expected), "{err}");

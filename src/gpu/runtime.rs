@@ -385,7 +385,11 @@ impl GpuSession {
             .bind_to_thread()
             .map_err(|e| cuda_error("bind context", e))?;
         let stream = gpu.ctx.new_stream().map_err(|e| cuda_error("stream", e))?;
-        let input_tensors = input_tensors(model, &gpu.pointers);
+        let input_tensors = input_tensors(
+            model,
+            &gpu.pointers,
+            gpu.options.values_go_as_f16(gpu.precision),
+        );
         let staging_cell = stream
             .alloc_zeros::<u64>(1)
             .map_err(|e| cuda_error("staging cell", e))?;
@@ -445,7 +449,7 @@ impl GpuSession {
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| cuda_error("bind context", e))?;
-        let layout = staging_layout(model, request)?;
+        let layout = staging_layout(model, &self.input_tensors, request)?;
         let n = request.candidates();
         if n == 0 {
             return Ok(());

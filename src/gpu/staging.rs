@@ -5,7 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::config::{InputKind, Pooling, Scope};
+use crate::config::{Input, InputKind, Pooling, Scope};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::request::{Feature, Request};
@@ -16,6 +16,7 @@ pub const FLAG_CLIP: u32 = 4;
 pub const FLAG_MISSING_ZERO: u32 = 8;
 pub const FLAG_MEAN: u32 = 16;
 pub const FLAG_TABLE_F16: u32 = 32;
+pub const FLAG_VALUES_F16: u32 = 64;
 
 /// The largest single copy into the staging buffer. glibc's memcpy uses
 /// non-temporal (cache-bypassing) stores for copies above a threshold set
@@ -58,7 +59,8 @@ pub struct StagingHeader {
 const _: () = assert!(std::mem::size_of::<InputDesc>() == 64);
 const _: () = assert!(std::mem::size_of::<StagingHeader>() == 48);
 
-/// Device addresses of an input's tensors (0 where it has none).
+/// Device addresses of an input's tensors (0 where it has none), and how
+/// its values are uploaded.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InputTensors {
     pub table: u64,
@@ -66,6 +68,33 @@ pub struct InputTensors {
     pub table_f16: bool,
     pub mean: u64,
     pub std: u64,
+    /// The input's dense values go to the device as fp16 (see
+    /// [`values_as_f16`]), two to a 4-byte slot of the value region.
+    pub values_f16: bool,
+}
+
+/// Whether a dense input's values may be uploaded as fp16 when the GPU
+/// computes in fp16 (`PlanOptions::half_values`): one of candidate scope
+/// whose transform is at most a clip. Its value reaches the GEMMs as fp16
+/// anyway; rounding it on the host instead halves the bytes the host
+/// writes and the device reads (the benchmark model's 256 candidate values
+/// are 80% of a request). Values that log1p or standardize read stay f32:
+/// their raw range (counts, prices) may exceed fp16's. Request-scope
+/// inputs stay f32: a few hundred bytes a request.
+pub fn values_as_f16(input: &Input) -> bool {
+    input.kind == InputKind::Dense
+        && input.scope == Scope::Candidate
+        && !input.log1p()
+        && !input.standardize()
+}
+
+/// The 4-byte slots of the value region an input's `len` values take.
+fn value_slots(tensors: &InputTensors, len: usize) -> usize {
+    if tensors.values_f16 {
+        len.div_ceil(2)
+    } else {
+        len
+    }
 }
 
 /// Packs a validated request into `out` (cleared first, capacity reused).
@@ -75,7 +104,7 @@ pub fn pack_request(
     request: &Request<'_>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let layout = staging_layout(model, request)?;
+    let layout = staging_layout(model, tensors, request)?;
     out.clear();
     out.resize(layout.total, 0);
     write_staging(model, tensors, request, &layout, out)
@@ -91,10 +120,15 @@ pub struct StagingLayout {
     pub total: usize,
 }
 
-/// The staging layout of a validated request. Non-finite values of inputs
-/// that do not allow missing values are refused here, on the host, with the
-/// input and candidate named.
-pub fn staging_layout(model: &Model, request: &Request<'_>) -> Result<StagingLayout> {
+/// The staging layout of a validated request, with each input's values
+/// uploaded as `tensors` says. Non-finite values of inputs that do not allow
+/// missing values are refused here, on the host, with the input and
+/// candidate named.
+pub fn staging_layout(
+    model: &Model,
+    tensors: &[InputTensors],
+    request: &Request<'_>,
+) -> Result<StagingLayout> {
     let config = model.config();
     let inputs = &config.inputs;
     let (mut floats, mut offsets, mut ids) = (0usize, 0usize, 0usize);
@@ -116,7 +150,7 @@ pub fn staging_layout(model: &Model, request: &Request<'_>) -> Result<StagingLay
                         )));
                     }
                 }
-                floats += values.len();
+                floats += value_slots(&tensors[index], values.len());
             }
             Feature::Sparse {
                 ids: bag_ids,
@@ -252,10 +286,13 @@ pub fn write_staging_in_chunks(
         if tensors[index].table_f16 {
             desc.flags |= FLAG_TABLE_F16;
         }
+        if tensors[index].values_f16 {
+            desc.flags |= FLAG_VALUES_F16;
+        }
         match request.feature(index) {
             Feature::Dense(values) => {
                 desc.values = to_u32(f)?;
-                f += values.len();
+                f += value_slots(&tensors[index], values.len());
             }
             Feature::Sparse {
                 ids: bag_ids,
@@ -275,10 +312,16 @@ pub fn write_staging_in_chunks(
     }
     let features = || (0..inputs.len()).map(|index| request.feature(index));
     let mut at = floats_at;
-    for feature in features() {
+    for (feature, tensors) in features().zip(tensors) {
         if let Feature::Dense(values) = feature {
-            writer.put(at, bytemuck::cast_slice(values))?;
-            at += values.len() * 4;
+            if tensors.values_f16 {
+                writer.put_f16(at, values)?;
+                // The next write zeroes an odd count's last half slot.
+                at = (at + 2 * values.len()).next_multiple_of(4);
+            } else {
+                writer.put(at, bytemuck::cast_slice(values))?;
+                at += values.len() * 4;
+            }
         }
     }
     let mut at = offsets_at;
@@ -325,6 +368,23 @@ impl FrontToBack<'_, '_> {
         Ok(())
     }
 
+    /// As `put`, the values rounded to fp16 on the way
+    /// (`cpu::to_f16::values_to_f16`: read once, written once, straight
+    /// into the buffer).
+    fn put_f16(&mut self, at: usize, values: &[f32]) -> Result<()> {
+        self.out[self.written..at].fill(0);
+        self.written = at;
+        for piece in values.chunks((self.chunk.min(COPY_PIECE) / 2).max(1)) {
+            let to = &mut self.out[self.written..self.written + 2 * piece.len()];
+            crate::cpu::to_f16::values_to_f16(piece, to);
+            self.written += 2 * piece.len();
+            if self.written - self.sent >= self.chunk {
+                self.hand_over()?;
+            }
+        }
+        Ok(())
+    }
+
     fn hand_over(&mut self) -> Result<()> {
         let (from, to) = (self.sent, self.written);
         self.sent = to;
@@ -354,69 +414,127 @@ mod tests {
     /// the last at least `chunk` bytes, and nothing past the end is touched.
     #[test]
     fn chunks_cover_the_buffer_in_order_with_the_same_bytes() {
-        let config = Config::parse(include_str!("../../tests/common/small_config.json")).unwrap();
+        // Input `a` (candidate dense, may go as fp16) with 5 values a
+        // candidate: an odd count leaves half a slot for the next write.
+        let text = include_str!("../../tests/common/small_config.json")
+            .replace(r#""dim": 6, "missing""#, r#""dim": 5, "missing""#);
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(config.inputs[1].dim, 5);
         let source = crate::demo::synthetic_tensors(&config, 3).unwrap();
         let dir = test_support::tempdir().unwrap();
         let path = dir.path().join("model.mmoe");
         crate::format::writer::pack(&config, &source, DType::F16, &path, &mut |_, _| {}).unwrap();
         let model = Model::open(&path, &OpenOptions::default()).unwrap();
-        let tensors = vec![
-            InputTensors {
-                table: 0x1000,
-                table_f16: true,
-                mean: 0x2000,
-                std: 0x3000,
-            };
-            config.inputs.len()
-        ];
-        // Odd and even counts: with an even one the ids' 8-byte alignment
-        // leaves a gap after the CSR offsets. 6001 candidates: the dense
-        // values span several copies of COPY_PIECE bytes.
-        let mut gaps = 0;
-        for n in [1, 2, 36, 37, 6001] {
-            let owned = crate::demo::synthetic_request(&config, n, 5);
-            let request = owned.as_request();
-            let layout = staging_layout(&model, &request).unwrap();
-            let total = layout.total;
-            let mut whole = vec![0xaa; total + 16];
-            write_staging(&model, &tensors, &request, &layout, &mut whole).unwrap();
-            decode_and_compare(&whole[..total], &config, &request, &tensors);
-            let gap = layout.ids_at - gap_start(&request, config.inputs.len(), &layout);
-            gaps += gap;
-            assert!(whole[layout.ids_at - gap..layout.ids_at]
+        // f32 values, and those of the inputs that may go as fp16 as fp16.
+        let mut halves = 0;
+        for half in [false, true] {
+            let tensors: Vec<InputTensors> = config
+                .inputs
                 .iter()
-                .all(|&b| b == 0));
-            if n == 6001 {
-                assert!(layout.offsets_at - layout.floats_at > 2 * COPY_PIECE);
-            }
-            for chunk in [1, 7, 64, 1000, COPY_PIECE + 3, total, usize::MAX] {
-                let mut out = vec![0x55; total + 16];
-                let mut pieces: Vec<(usize, Vec<u8>)> = Vec::new();
-                let mut keep = |bytes: &[u8], at: usize| {
-                    pieces.push((at, bytes.to_vec()));
-                    Ok(())
-                };
-                write_staging_in_chunks(
-                    &model, &tensors, &request, &layout, &mut out, chunk, &mut keep,
-                )
-                .unwrap();
-                let mut next = 0;
-                for (k, (at, bytes)) in pieces.iter().enumerate() {
-                    assert_eq!(*at, next, "chunk {chunk}: piece {k}");
-                    assert!(k + 1 == pieces.len() || bytes.len() >= chunk);
-                    next += bytes.len();
+                .map(|input| InputTensors {
+                    table: 0x1000,
+                    table_f16: true,
+                    mean: 0x2000,
+                    std: 0x3000,
+                    values_f16: half && values_as_f16(input),
+                })
+                .collect();
+            halves += tensors.iter().filter(|t| t.values_f16).count();
+            // Odd and even counts: with an even one the ids' 8-byte alignment
+            // leaves a gap after the CSR offsets. 16001 candidates: the dense
+            // values span several copies of COPY_PIECE bytes.
+            let mut gaps = 0;
+            for n in [1, 2, 36, 37, 16001] {
+                let owned = crate::demo::synthetic_request(&config, n, 5);
+                let request = owned.as_request();
+                let layout = staging_layout(&model, &tensors, &request).unwrap();
+                let total = layout.total;
+                let mut whole = vec![0xaa; total + 16];
+                write_staging(&model, &tensors, &request, &layout, &mut whole).unwrap();
+                decode_and_compare(&whole[..total], &config, &request, &tensors);
+                let gap = layout.ids_at - gap_start(&request, config.inputs.len(), &layout);
+                gaps += gap;
+                assert!(whole[layout.ids_at - gap..layout.ids_at]
+                    .iter()
+                    .all(|&b| b == 0));
+                if n == 16001 {
+                    assert!(layout.offsets_at - layout.floats_at > 2 * COPY_PIECE);
                 }
-                assert_eq!(next, total, "chunk {chunk}");
-                if chunk <= 64 {
-                    assert!(pieces.len() > 2);
+                for chunk in [1, 7, 64, 1000, COPY_PIECE + 3, total, usize::MAX] {
+                    let mut out = vec![0x55; total + 16];
+                    let mut pieces: Vec<(usize, Vec<u8>)> = Vec::new();
+                    let mut keep = |bytes: &[u8], at: usize| {
+                        pieces.push((at, bytes.to_vec()));
+                        Ok(())
+                    };
+                    write_staging_in_chunks(
+                        &model, &tensors, &request, &layout, &mut out, chunk, &mut keep,
+                    )
+                    .unwrap();
+                    let mut next = 0;
+                    for (k, (at, bytes)) in pieces.iter().enumerate() {
+                        assert_eq!(*at, next, "chunk {chunk}: piece {k}");
+                        assert!(k + 1 == pieces.len() || bytes.len() >= chunk);
+                        next += bytes.len();
+                    }
+                    assert_eq!(next, total, "chunk {chunk}");
+                    if chunk <= 64 {
+                        assert!(pieces.len() > 2);
+                    }
+                    let joined: Vec<u8> = pieces.into_iter().flat_map(|(_, b)| b).collect();
+                    assert_eq!(joined, whole[..total]);
+                    assert_eq!(out[..total], whole[..total]);
+                    assert!(out[total..].iter().all(|&b| b == 0x55));
                 }
-                let joined: Vec<u8> = pieces.into_iter().flat_map(|(_, b)| b).collect();
-                assert_eq!(joined, whole[..total]);
-                assert_eq!(out[..total], whole[..total]);
-                assert!(out[total..].iter().all(|&b| b == 0x55));
             }
+            assert!(gaps > 0, "no request left a gap before the ids");
         }
-        assert!(gaps > 0, "no request left a gap before the ids");
+        assert!(halves > 0, "no input of the test model went as fp16");
+    }
+
+    /// The flags are those `kernels/common.cuh` defines, value for value.
+    #[test]
+    fn flags_match_the_kernels_header() {
+        let header = include_str!("../../kernels/common.cuh");
+        let flags = [
+            ("FLAG_LOG1P", FLAG_LOG1P),
+            ("FLAG_STANDARDIZE", FLAG_STANDARDIZE),
+            ("FLAG_CLIP", FLAG_CLIP),
+            ("FLAG_MISSING_ZERO", FLAG_MISSING_ZERO),
+            ("FLAG_MEAN", FLAG_MEAN),
+            ("FLAG_TABLE_F16", FLAG_TABLE_F16),
+            ("FLAG_VALUES_F16", FLAG_VALUES_F16),
+        ];
+        let defined: Vec<(&str, u32)> = header
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.strip_prefix("#define FLAG_")?.split_whitespace();
+                let name = words.next()?;
+                let value = words.next()?.trim_end_matches('u').parse().ok()?;
+                Some((&line[8..8 + 5 + name.len()], value))
+            })
+            .collect();
+        assert_eq!(defined, flags);
+    }
+
+    /// Which inputs may go as fp16: dense, candidate scope, no log1p or
+    /// standardize (a clip is fine).
+    #[test]
+    fn values_as_f16_takes_candidate_dense_inputs_without_log1p_or_standardize() {
+        let config = Config::parse(
+            r#"{"name": "t", "expert_dim": 4,
+            "inputs": [{"name": "u", "kind": "dense", "scope": "request", "dim": 3},
+                       {"name": "a", "kind": "dense", "scope": "candidate", "dim": 5},
+                       {"name": "c", "kind": "dense", "scope": "candidate", "dim": 2, "clip": 4.0},
+                       {"name": "l", "kind": "dense", "scope": "candidate", "dim": 2, "transform": ["log1p"]},
+                       {"name": "s", "kind": "dense", "scope": "candidate", "dim": 2, "transform": ["standardize"]},
+                       {"name": "b", "kind": "sparse", "scope": "candidate", "rows": 5, "dim": 2, "pooling": "sum"}],
+            "experts": [{"name": "m", "type": "mlp", "hidden": [4]}],
+            "tasks": [{"name": "click"}]}"#,
+        )
+        .unwrap();
+        let chosen: Vec<bool> = config.inputs.iter().map(values_as_f16).collect();
+        assert_eq!(chosen, [false, true, true, false, false, false]);
     }
 
     /// Where the CSR offsets end (the ids start at the next multiple of 8).
@@ -453,7 +571,24 @@ mod tests {
             assert_eq!(desc.dim as usize, input.dim);
             assert_eq!(desc.table, tensors[index].table);
             assert_eq!(desc.kind, (input.kind == InputKind::Sparse) as u32);
+            assert_eq!(
+                desc.flags & FLAG_VALUES_F16 != 0,
+                tensors[index].values_f16,
+                "input {index}"
+            );
             match request.feature(index) {
+                Feature::Dense(values) if tensors[index].values_f16 => {
+                    let bytes = read(floats + 4 * desc.values as usize, 2 * values.len());
+                    let expected: Vec<u16> = values
+                        .iter()
+                        .map(|&v| crate::cpu::to_f16::value_to_f16(v))
+                        .collect();
+                    assert_eq!(
+                        bytes,
+                        bytemuck::cast_slice::<u16, u8>(&expected),
+                        "input {index}"
+                    );
+                }
                 Feature::Dense(values) => {
                     let bytes = read(floats + 4 * desc.values as usize, 4 * values.len());
                     assert_eq!(

@@ -617,10 +617,10 @@ def compare_outputs(engine_path: Path, wants: list, task_names: list, logit_rtol
 BACKENDS = ("reference", "cpu")
 
 # The GPU path run on the host (gpu-emu/, `--emu PATH`): backends named
-# emu-<f32|f16>[-fused][-wide][-f32x] (task heads fused in one launch;
-# 128×128 tiles at every bucket; GEMMs converting f32 activations instead of
-# reading fp16 copies). fp16 compute rounds activations: the GPU check's
-# bound.
+# emu-<f32|f16>[-fused][-wide][-f32x][-f32v] (task heads fused in one
+# launch; 128×128 tiles at every bucket; GEMMs converting f32 activations
+# instead of reading fp16 copies; candidate values uploaded as f32 instead
+# of fp16). fp16 compute rounds activations: the GPU check's bound.
 EMU_BINARY: Path | None = None
 # The CPU's bf16 mode (`--mode bf16`: x and W rounded to bf16, products
 # summed in fp32; exact where the CPU lacks AVX512-BF16).
@@ -648,6 +648,7 @@ def score_command(binary: Path, backend: str, packed: Path, requests: Path, out:
     cmd += ["--fused-heads"] if "fused" in parts else []
     cmd += ["--wide-tiles"] if "wide" in parts else []
     cmd += ["--f32-inputs"] if "f32x" in parts else []
+    cmd += ["--f32-values"] if "f32v" in parts else []
     if parts[0] == "f16":
         return cmd, EMU_F16_LOGIT_RTOL, EMU_F16_PROB_ATOL
     return cmd, LOGIT_RTOL, PROB_ATOL

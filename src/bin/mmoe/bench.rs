@@ -74,21 +74,37 @@ fn median_us(f: &mut dyn FnMut()) -> f64 {
 /// packed into the staging buffer, whole and in pieces of the runtime's
 /// upload size (the copies to the device left out), against a memcpy of
 /// as many bytes, in one call and in copies of `COPY_PIECE` bytes (as the
-/// packing copies: one call may bypass the caches, see `COPY_PIECE`).
+/// packing copies: one call may bypass the caches, see `COPY_PIECE`); then
+/// the same with the values fp16 compute uploads as fp16
+/// (`PlanOptions::half_values`, the default with `--precision f16`).
 /// Plain memory stands for the pinned buffer. Printed, and returned for the
 /// JSON report.
 fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, String> {
     use mmoe::gpu::staging::{
-        staging_layout, write_staging, write_staging_in_chunks, InputTensors, COPY_PIECE,
+        staging_layout, values_as_f16, write_staging, write_staging_in_chunks, InputTensors,
+        COPY_PIECE,
     };
     let chunk = mmoe::gpu::launch_plan::PlanOptions::default().upload_chunk;
-    let tensors = vec![InputTensors::default(); model.config().inputs.len()];
+    let formats = [("f32", false), ("f16", true)].map(|(name, half)| {
+        let tensors: Vec<InputTensors> = model
+            .config()
+            .inputs
+            .iter()
+            .map(|input| InputTensors {
+                values_f16: half && values_as_f16(input),
+                ..InputTensors::default()
+            })
+            .collect();
+        (name, tensors)
+    });
     println!(
-        "staging   the GPU path's request packing on this CPU (median µs; plain memory for pinned):"
+        "staging   the GPU path's request packing on this CPU (median µs; plain memory for pinned;"
     );
+    println!("          values: f32, or fp16 where fp16 compute uploads them so):");
     println!(
-        "{:>9} {:>10} {:>10} {:>18} {:>9} {:>16} {:>7}",
+        "{:>9} {:>7} {:>10} {:>10} {:>18} {:>9} {:>16} {:>7}",
         "batch",
+        "values",
         "bytes",
         "memcpy",
         format!("memcpy, {} KiB", COPY_PIECE >> 10),
@@ -100,58 +116,64 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
     for &batch in batches {
         let owned = mmoe::demo::synthetic_request(model.config(), batch, 1);
         let request = owned.as_request();
-        let layout = staging_layout(model, &request).map_err(|e| e.to_string())?;
-        let source = vec![1u8; layout.total];
-        let mut out = vec![0u8; layout.total];
-        let memcpy = median_us(&mut || out.copy_from_slice(std::hint::black_box(&source)));
-        let memcpy_pieces = median_us(&mut || {
-            for (to, from) in out
-                .chunks_mut(COPY_PIECE)
-                .zip(std::hint::black_box(&source).chunks(COPY_PIECE))
-            {
-                to.copy_from_slice(from);
+        for (name, tensors) in &formats {
+            let layout = staging_layout(model, tensors, &request).map_err(|e| e.to_string())?;
+            let source = vec![1u8; layout.total];
+            let mut out = vec![0u8; layout.total];
+            let memcpy = median_us(&mut || out.copy_from_slice(std::hint::black_box(&source)));
+            let memcpy_pieces = median_us(&mut || {
+                for (to, from) in out
+                    .chunks_mut(COPY_PIECE)
+                    .zip(std::hint::black_box(&source).chunks(COPY_PIECE))
+                {
+                    to.copy_from_slice(from);
+                }
+            });
+            let mut failed = None;
+            let whole = median_us(&mut || {
+                if let Err(e) = write_staging(model, tensors, &request, &layout, &mut out) {
+                    failed = Some(e);
+                }
+            });
+            let mut pieces = 0usize;
+            let in_pieces = median_us(&mut || {
+                let mut count = 0;
+                let mut hand_over = |_: &[u8], _: usize| {
+                    count += 1;
+                    Ok(())
+                };
+                let written = write_staging_in_chunks(
+                    model,
+                    tensors,
+                    &request,
+                    &layout,
+                    &mut out,
+                    chunk,
+                    &mut hand_over,
+                );
+                pieces = count;
+                if let Err(e) = written {
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e.to_string());
             }
-        });
-        let mut failed = None;
-        let whole = median_us(&mut || {
-            if let Err(e) = write_staging(model, &tensors, &request, &layout, &mut out) {
-                failed = Some(e);
-            }
-        });
-        let mut pieces = 0usize;
-        let in_pieces = median_us(&mut || {
-            let mut count = 0;
-            let mut hand_over = |_: &[u8], _: usize| {
-                count += 1;
-                Ok(())
-            };
-            let written = write_staging_in_chunks(
-                model,
-                &tensors,
-                &request,
-                &layout,
-                &mut out,
-                chunk,
-                &mut hand_over,
+            println!(
+                "{:>9} {:>7} {:>10} {:>10.1} {:>18.1} {:>9.1} {:>16.1} {:>7}",
+                batch, name, layout.total, memcpy, memcpy_pieces, whole, in_pieces, pieces
             );
-            pieces = count;
-            if let Err(e) = written {
-                failed = Some(e);
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e.to_string());
+            let key = match *name {
+                "f32" => batch.to_string(),
+                _ => format!("{batch}-{name}"),
+            };
+            rows.insert(
+                key,
+                serde_json::json!({"values": name, "bytes": layout.total, "memcpy_us": memcpy,
+                    "memcpy_in_pieces_us": memcpy_pieces, "copy_piece_bytes": COPY_PIECE, "pack_us": whole,
+                    "pack_in_pieces_us": in_pieces, "pieces": pieces, "piece_bytes": chunk}),
+            );
         }
-        println!(
-            "{:>9} {:>10} {:>10.1} {:>18.1} {:>9.1} {:>16.1} {:>7}",
-            batch, layout.total, memcpy, memcpy_pieces, whole, in_pieces, pieces
-        );
-        rows.insert(
-            batch.to_string(),
-            serde_json::json!({"bytes": layout.total, "memcpy_us": memcpy,
-                "memcpy_in_pieces_us": memcpy_pieces, "copy_piece_bytes": COPY_PIECE, "pack_us": whole,
-                "pack_in_pieces_us": in_pieces, "pieces": pieces, "piece_bytes": chunk}),
-        );
     }
     Ok(serde_json::Value::Object(rows))
 }
