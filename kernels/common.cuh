@@ -24,7 +24,7 @@ struct InputDesc {
     float clip;
     u32 values;     // dense: index of its first value (4-byte slot) in the float region;
                     // sparse: index of its first offset in the offset region
-    u32 ids;        // sparse: index of its first id in the id region
+    u32 ids;        // sparse: index of its first id (4-byte slot) in the id region
 };
 
 #define FLAG_LOG1P 1u
@@ -34,6 +34,7 @@ struct InputDesc {
 #define FLAG_MEAN 16u
 #define FLAG_TABLE_F16 32u  // the embedding table is fp16 (as in an fp16 file)
 #define FLAG_VALUES_F16 64u  // dense values are fp16, two to a slot of the f32 region
+#define FLAG_IDS_U32 128u    // ids are u32, reduced mod rows by the host (else u64)
 
 // The staging buffer starts with this header; byte offsets are from its start.
 struct StagingHeader {
@@ -41,7 +42,7 @@ struct StagingHeader {
     u64 num_inputs;
     u64 floats_at;   // dense values: f32, or fp16 (FLAG_VALUES_F16)
     u64 offsets_at;  // u32 CSR offsets
-    u64 ids_at;      // u64 ids
+    u64 ids_at;      // ids: u32 (FLAG_IDS_U32) or u64 (at an even 4-byte slot)
     u64 descs_at;    // InputDesc[num_inputs]
 };
 

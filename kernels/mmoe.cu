@@ -59,12 +59,14 @@ __device__ __forceinline__ float table_at(const __half* table, u64 index) { retu
 // end, added in that order. Four ids at a time: their loads are
 // independent, so four ids, then their four table values, are in flight
 // together, where a bag was a chain of two dependent loads per id.
-template <typename T>
-__device__ float bag_sum_of(const T* table, const u64* ids, u64 rows, u64 dim, u32 first, u32 end, u32 step, int k) {
+// `I`: u32 ids (FLAG_IDS_U32: the host reduced them, so the 32-bit modulo
+// only guards the table's bounds) or u64.
+template <typename T, typename I>
+__device__ float bag_sum_of(const T* table, const I* ids, I rows, u64 dim, u32 first, u32 end, u32 step, int k) {
     float sum = 0.0f;
     u32 j = first;
     for (; j < end && end - j > 3 * step; j += 4 * step) {
-        u64 i0 = ids[j], i1 = ids[j + step], i2 = ids[j + 2 * step], i3 = ids[j + 3 * step];
+        I i0 = ids[j], i1 = ids[j + step], i2 = ids[j + 2 * step], i3 = ids[j + 3 * step];
         float v0 = table_at(table, (i0 % rows) * dim + k), v1 = table_at(table, (i1 % rows) * dim + k);
         float v2 = table_at(table, (i2 % rows) * dim + k), v3 = table_at(table, (i3 % rows) * dim + k);
         sum += v0;
@@ -76,14 +78,20 @@ __device__ float bag_sum_of(const T* table, const u64* ids, u64 rows, u64 dim, u
     return sum;
 }
 
-// Column k of the sum of an input's bag ids[d.ids + first], … (every
-// `step`-th id before `end`).
-__device__ __forceinline__ float bag_sum(const InputDesc& d, const u64* ids, u32 first, u32 end, u32 step, int k) {
-    if (d.flags & FLAG_TABLE_F16) return bag_sum_of((const __half*)d.table, ids + d.ids, d.rows, d.dim, first, end, step, k);
-    return bag_sum_of((const float*)d.table, ids + d.ids, d.rows, d.dim, first, end, step, k);
+template <typename T>
+__device__ __forceinline__ float bag_sum_in(const InputDesc& d, const u32* ids, u32 first, u32 end, u32 step, int k) {
+    if (d.flags & FLAG_IDS_U32) return bag_sum_of((const T*)d.table, ids + d.ids, (u32)d.rows, d.dim, first, end, step, k);
+    return bag_sum_of((const T*)d.table, (const u64*)(ids + d.ids), d.rows, d.dim, first, end, step, k);
 }
 
-__device__ float pooled_value(const InputDesc& d, const u32* offsets, const u64* ids, int bag, int k) {
+// Column k of the sum of an input's bag: its ids (from 4-byte slot d.ids
+// of the id region `ids`) first, …, every `step`-th before `end`.
+__device__ __forceinline__ float bag_sum(const InputDesc& d, const u32* ids, u32 first, u32 end, u32 step, int k) {
+    if (d.flags & FLAG_TABLE_F16) return bag_sum_in<__half>(d, ids, first, end, step, k);
+    return bag_sum_in<float>(d, ids, first, end, step, k);
+}
+
+__device__ float pooled_value(const InputDesc& d, const u32* offsets, const u32* ids, int bag, int k) {
     u32 start = offsets[d.values + bag], end = offsets[d.values + bag + 1];
     float sum = bag_sum(d, ids, start, end, 1, k);
     if ((d.flags & FLAG_MEAN) && end > start) sum /= (float)(end - start);
@@ -94,7 +102,7 @@ __device__ float feature(const InputDesc& d, const unsigned char* staging, int r
     const StagingHeader* h = (const StagingHeader*)staging;
     int r = d.scope == 0 ? 0 : row;
     if (d.kind == 0) return dense_value(d, (const float*)(staging + h->floats_at), r, k);
-    return pooled_value(d, (const u32*)(staging + h->offsets_at), (const u64*)(staging + h->ids_at), r, k);
+    return pooled_value(d, (const u32*)(staging + h->offsets_at), (const u32*)(staging + h->ids_at), r, k);
 }
 
 // The input that owns x0 column `c` (num_inputs when none does).
@@ -128,7 +136,7 @@ extern "C" __global__ void features_request(const unsigned char* const* staging_
                 v = dense_value(d, (const float*)(staging + h->floats_at), 0, k);
             } else {
                 const u32* offsets = (const u32*)(staging + h->offsets_at);
-                const u64* ids = (const u64*)(staging + h->ids_at);
+                const u32* ids = (const u32*)(staging + h->ids_at);
                 u32 start = offsets[d.values], end = offsets[d.values + 1];
                 v = bag_sum(d, ids, start + lane, end, 32, k);
                 for (int s = 16; s > 0; s /= 2) v += __shfl_xor_sync(0xffffffffu, v, s);

@@ -256,8 +256,8 @@ fn mixtures_of_many_experts_and_tasks_match_cpu() {
 /// Long bags: the feature kernels sum a bag four ids at a time and then the
 /// rest (a request bag split over a warp's 32 lanes, a candidate bag in one
 /// thread). A request bag of 301 ids, candidate bags of 0 to 13 (none, the
-/// rest only, exactly four, four and a rest), f32 and f16 precision,
-/// against the CPU.
+/// rest only, exactly four, four and a rest), ids below and far past the
+/// rows, f32 and f16 precision, against the CPU.
 #[test]
 fn long_bags_match_cpu() {
     let config = Config::parse(
@@ -274,9 +274,11 @@ fn long_bags_match_cpu() {
     let (_dir, model) = packed(&config, 21);
     let lengths = [0usize, 1, 4, 7, 13];
     let mut request = mmoe::demo::synthetic_request(model.config(), lengths.len(), 3);
+    // Every third id past 2³²: the host reduces ids modulo the rows before
+    // it narrows them to u32 (`staging::ids_as_u32`).
     let ids = |count: usize, salt: u64| -> Vec<u64> {
         (0..count as u64)
-            .map(|j| (j * 7919 + salt * 104_729) % 100_000)
+            .map(|j| (j * 7919 + salt * 104_729) % 100_000 + if j % 3 == 0 { 5 << 32 } else { 0 })
             .collect()
     };
     request.features[0] = OwnedFeature::Sparse {

@@ -8,6 +8,7 @@
 
 pub mod bf16;
 pub mod generic;
+pub mod ids_u32;
 pub mod peak;
 pub mod to_f16;
 

@@ -255,7 +255,8 @@ fn linear_args(l: &LinearLaunch, regions: &Regions<'_>) -> LinearArgs {
 /// the staging descriptors, given every tensor's address, whether its
 /// table is fp16 (`tensor_image`), and whether its values go as fp16:
 /// with `half_values` (fp16 compute and `PlanOptions::half_values`), those
-/// of the inputs `staging::values_as_f16` allows.
+/// of the inputs `staging::values_as_f16` allows; and whether its ids go
+/// as u32 (`staging::ids_as_u32`, exact: always where the rows allow).
 pub fn input_tensors(model: &Model, tensors: &[u64], half_values: bool) -> Vec<InputTensors> {
     let at = |id: Option<usize>| id.map_or(0, |id| tensors[id]);
     model
@@ -269,6 +270,7 @@ pub fn input_tensors(model: &Model, tensors: &[u64], half_values: bool) -> Vec<I
             mean: at(i.mean),
             std: at(i.std),
             values_f16: half_values && super::staging::values_as_f16(input),
+            ids_u32: super::staging::ids_as_u32(input),
         })
         .collect()
 }

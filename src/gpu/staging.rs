@@ -17,6 +17,7 @@ pub const FLAG_MISSING_ZERO: u32 = 8;
 pub const FLAG_MEAN: u32 = 16;
 pub const FLAG_TABLE_F16: u32 = 32;
 pub const FLAG_VALUES_F16: u32 = 64;
+pub const FLAG_IDS_U32: u32 = 128;
 
 /// The largest single copy into the staging buffer. glibc's memcpy uses
 /// non-temporal (cache-bypassing) stores for copies above a threshold set
@@ -71,6 +72,20 @@ pub struct InputTensors {
     /// The input's dense values go to the device as fp16 (see
     /// [`values_as_f16`]), two to a 4-byte slot of the value region.
     pub values_f16: bool,
+    /// The input's ids go to the device as u32, reduced modulo its rows by
+    /// the host (see [`ids_as_u32`]); else as u64 (reduced by the device).
+    pub ids_u32: bool,
+}
+
+/// Whether a sparse input's ids go to the device as u32: its table has
+/// fewer than 2³² rows (every table but the largest the format allows), so
+/// each id modulo the rows (the contract's lookup) and the rows themselves
+/// fit. The host reduces them
+/// (mostly a compare: ids are usually below the rows already) and the
+/// request's ids take half the bytes (the benchmark model: 80 of 704 bytes
+/// a candidate).
+pub fn ids_as_u32(input: &Input) -> bool {
+    input.kind == InputKind::Sparse && input.rows.is_some_and(|rows| rows <= u64::from(u32::MAX))
 }
 
 /// Whether a dense input's values may be uploaded as fp16 when the GPU
@@ -86,6 +101,25 @@ pub fn values_as_f16(input: &Input) -> bool {
         && input.scope == Scope::Candidate
         && !input.log1p()
         && !input.standardize()
+}
+
+/// Where an input's ids start in the id region (4-byte slots, from `at`):
+/// u64 ids at an even slot (the region starts at a multiple of 8 bytes).
+fn ids_slot(tensors: &InputTensors, at: usize) -> usize {
+    if tensors.ids_u32 {
+        at
+    } else {
+        at.next_multiple_of(2)
+    }
+}
+
+/// The 4-byte slots of the id region an input's `len` ids take.
+fn id_slots(tensors: &InputTensors, len: usize) -> usize {
+    if tensors.ids_u32 {
+        len
+    } else {
+        2 * len
+    }
 }
 
 /// The 4-byte slots of the value region an input's `len` values take.
@@ -157,7 +191,7 @@ pub fn staging_layout(
                 offsets: bag_offsets,
             } => {
                 offsets += bag_offsets.len();
-                ids += bag_ids.len();
+                ids = ids_slot(&tensors[index], ids) + id_slots(&tensors[index], bag_ids.len());
             }
             Feature::Unset => {
                 return Err(Error::request(format!("input `{}` is not set", input.name)))
@@ -169,7 +203,7 @@ pub fn staging_layout(
     let floats_at = descs_at + inputs.len() * std::mem::size_of::<InputDesc>();
     let offsets_at = floats_at + floats * 4;
     let ids_at = (offsets_at + offsets * 4).div_ceil(8) * 8;
-    let total = ids_at + ids * 8;
+    let total = ids_at + ids * 4;
     Ok(StagingLayout {
         descs_at,
         floats_at,
@@ -289,6 +323,9 @@ pub fn write_staging_in_chunks(
         if tensors[index].values_f16 {
             desc.flags |= FLAG_VALUES_F16;
         }
+        if tensors[index].ids_u32 {
+            desc.flags |= FLAG_IDS_U32;
+        }
         match request.feature(index) {
             Feature::Dense(values) => {
                 desc.values = to_u32(f)?;
@@ -299,9 +336,10 @@ pub fn write_staging_in_chunks(
                 offsets: bag_offsets,
             } => {
                 desc.values = to_u32(o)?;
+                i = ids_slot(&tensors[index], i);
                 desc.ids = to_u32(i)?;
                 o += bag_offsets.len();
-                i += bag_ids.len();
+                i += id_slots(&tensors[index], bag_ids.len());
             }
             Feature::Unset => {
                 return Err(Error::request(format!("input `{}` is not set", input.name)))
@@ -332,10 +370,17 @@ pub fn write_staging_in_chunks(
         }
     }
     let mut at = ids_at;
-    for feature in features() {
+    for ((feature, tensors), input) in features().zip(tensors).zip(inputs) {
         if let Feature::Sparse { ids, .. } = feature {
-            writer.put(at, bytemuck::cast_slice(ids))?;
-            at += ids.len() * 8;
+            if tensors.ids_u32 {
+                writer.put_ids_u32(at, ids, input.rows.unwrap_or(1).max(1))?;
+                at += ids.len() * 4;
+            } else {
+                // Zeroes the half slot an odd count of u32 ids left.
+                at = at.next_multiple_of(8);
+                writer.put(at, bytemuck::cast_slice(ids))?;
+                at += ids.len() * 8;
+            }
         }
     }
     writer.finish()
@@ -385,6 +430,22 @@ impl FrontToBack<'_, '_> {
         Ok(())
     }
 
+    /// As `put`, each id reduced modulo `rows` (below 2³²) and written as a
+    /// u32 (`cpu::ids_u32::ids_to_u32`).
+    fn put_ids_u32(&mut self, at: usize, ids: &[u64], rows: u64) -> Result<()> {
+        self.out[self.written..at].fill(0);
+        self.written = at;
+        for piece in ids.chunks((self.chunk.min(COPY_PIECE) / 4).max(1)) {
+            let to = &mut self.out[self.written..self.written + 4 * piece.len()];
+            crate::cpu::ids_u32::ids_to_u32(piece, rows, to);
+            self.written += 4 * piece.len();
+            if self.written - self.sent >= self.chunk {
+                self.hand_over()?;
+            }
+        }
+        Ok(())
+    }
+
     fn hand_over(&mut self) -> Result<()> {
         let (from, to) = (self.sent, self.written);
         self.sent = to;
@@ -425,27 +486,43 @@ mod tests {
         let path = dir.path().join("model.mmoe");
         crate::format::writer::pack(&config, &source, DType::F16, &path, &mut |_, _| {}).unwrap();
         let model = Model::open(&path, &OpenOptions::default()).unwrap();
-        // f32 values, and those of the inputs that may go as fp16 as fp16.
-        let mut halves = 0;
-        for half in [false, true] {
+        // f32 values and u64 ids; the values that may go as fp16 as fp16
+        // with u32 ids for `us` and u64 ids for `as` (as for a table of
+        // more than 2³² rows; an odd count of u32 ids leaves half a slot
+        // before them); and every id as u32.
+        let (mut halves, mut narrow) = (0, 0);
+        for (half, u32_ids) in [
+            (false, [false; 2]),
+            (true, [true, false]),
+            (true, [true; 2]),
+        ] {
             let tensors: Vec<InputTensors> = config
                 .inputs
                 .iter()
-                .map(|input| InputTensors {
+                .enumerate()
+                .map(|(index, input)| InputTensors {
                     table: 0x1000,
                     table_f16: true,
                     mean: 0x2000,
                     std: 0x3000,
                     values_f16: half && values_as_f16(input),
+                    ids_u32: ids_as_u32(input) && u32_ids[index - 2],
                 })
                 .collect();
             halves += tensors.iter().filter(|t| t.values_f16).count();
+            narrow += tensors.iter().filter(|t| t.ids_u32).count();
             // Odd and even counts: with an even one the ids' 8-byte alignment
             // leaves a gap after the CSR offsets. 16001 candidates: the dense
             // values span several copies of COPY_PIECE bytes.
             let mut gaps = 0;
             for n in [1, 2, 36, 37, 16001] {
-                let owned = crate::demo::synthetic_request(&config, n, 5);
+                let mut owned = crate::demo::synthetic_request(&config, n, 5);
+                // Ids at and past the rows: u32 ids are reduced by the host.
+                if let crate::request::OwnedFeature::Sparse { ids, .. } = &mut owned.features[3] {
+                    for (j, id) in ids.iter_mut().enumerate() {
+                        *id += (j as u64 % 3) * 20 * 1_000_000_007;
+                    }
+                }
                 let request = owned.as_request();
                 let layout = staging_layout(&model, &tensors, &request).unwrap();
                 let total = layout.total;
@@ -490,6 +567,7 @@ mod tests {
             assert!(gaps > 0, "no request left a gap before the ids");
         }
         assert!(halves > 0, "no input of the test model went as fp16");
+        assert_eq!(narrow, 3);
     }
 
     /// The flags are those `kernels/common.cuh` defines, value for value.
@@ -504,6 +582,7 @@ mod tests {
             ("FLAG_MEAN", FLAG_MEAN),
             ("FLAG_TABLE_F16", FLAG_TABLE_F16),
             ("FLAG_VALUES_F16", FLAG_VALUES_F16),
+            ("FLAG_IDS_U32", FLAG_IDS_U32),
         ];
         let defined: Vec<(&str, u32)> = header
             .lines()
@@ -518,9 +597,10 @@ mod tests {
     }
 
     /// Which inputs may go as fp16: dense, candidate scope, no log1p or
-    /// standardize (a clip is fine).
+    /// standardize (a clip is fine); whose ids may go as u32: sparse, with
+    /// fewer than 2³² rows.
     #[test]
-    fn values_as_f16_takes_candidate_dense_inputs_without_log1p_or_standardize() {
+    fn values_as_f16_and_ids_as_u32_take_the_inputs_they_may() {
         let config = Config::parse(
             r#"{"name": "t", "expert_dim": 4,
             "inputs": [{"name": "u", "kind": "dense", "scope": "request", "dim": 3},
@@ -535,6 +615,14 @@ mod tests {
         .unwrap();
         let chosen: Vec<bool> = config.inputs.iter().map(values_as_f16).collect();
         assert_eq!(chosen, [false, true, true, false, false, false]);
+        let chosen: Vec<bool> = config.inputs.iter().map(ids_as_u32).collect();
+        assert_eq!(chosen, [false, false, false, false, false, true]);
+        // Ids go as u32 while the rows fit a u32 (the device reduces by them).
+        let mut sparse = config.inputs[5].clone();
+        sparse.rows = Some(u64::from(u32::MAX));
+        assert!(ids_as_u32(&sparse));
+        sparse.rows = Some(1 << 32);
+        assert!(!ids_as_u32(&sparse));
     }
 
     /// Where the CSR offsets end (the ids start at the next multiple of 8).
@@ -607,12 +695,31 @@ mod tests {
                         bytemuck::cast_slice::<u32, u8>(bag_offsets),
                         "input {index}"
                     );
-                    let bytes = read(ids + 8 * desc.ids as usize, 8 * bag_ids.len());
                     assert_eq!(
-                        bytes,
-                        bytemuck::cast_slice::<u64, u8>(bag_ids),
+                        desc.flags & FLAG_IDS_U32 != 0,
+                        tensors[index].ids_u32,
                         "input {index}"
                     );
+                    let at = ids + 4 * desc.ids as usize;
+                    if tensors[index].ids_u32 {
+                        let rows = config.inputs[index].rows.unwrap();
+                        let expected: Vec<u32> =
+                            bag_ids.iter().map(|&id| (id % rows) as u32).collect();
+                        let bytes = read(at, 4 * bag_ids.len());
+                        assert_eq!(
+                            bytes,
+                            bytemuck::cast_slice::<u32, u8>(&expected),
+                            "input {index}"
+                        );
+                    } else {
+                        assert_eq!(at % 8, 0, "input {index}: u64 ids at {at}");
+                        let bytes = read(at, 8 * bag_ids.len());
+                        assert_eq!(
+                            bytes,
+                            bytemuck::cast_slice::<u64, u8>(bag_ids),
+                            "input {index}"
+                        );
+                    }
                 }
                 Feature::Unset => panic!("input {index} unset"),
             }

@@ -74,24 +74,26 @@ fn median_us(f: &mut dyn FnMut()) -> f64 {
 /// packed into the staging buffer, whole and in pieces of the runtime's
 /// upload size (the copies to the device left out), against a memcpy of
 /// as many bytes, in one call and in copies of `COPY_PIECE` bytes (as the
-/// packing copies: one call may bypass the caches, see `COPY_PIECE`); then
-/// the same with the values fp16 compute uploads as fp16
-/// (`PlanOptions::half_values`, the default with `--precision f16`).
+/// packing copies: one call may bypass the caches, see `COPY_PIECE`), with
+/// f32 values and u64 ids (the upload until 2026-11-28), and as fp16
+/// compute uploads them now: fp16 values where `PlanOptions::half_values`
+/// allows, u32 ids.
 /// Plain memory stands for the pinned buffer. Printed, and returned for the
 /// JSON report.
 fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, String> {
     use mmoe::gpu::staging::{
-        staging_layout, values_as_f16, write_staging, write_staging_in_chunks, InputTensors,
-        COPY_PIECE,
+        ids_as_u32, staging_layout, values_as_f16, write_staging, write_staging_in_chunks,
+        InputTensors, COPY_PIECE,
     };
     let chunk = mmoe::gpu::launch_plan::PlanOptions::default().upload_chunk;
-    let formats = [("f32", false), ("f16", true)].map(|(name, half)| {
+    let formats = [("f32,u64", false), ("f16,u32", true)].map(|(name, half)| {
         let tensors: Vec<InputTensors> = model
             .config()
             .inputs
             .iter()
             .map(|input| InputTensors {
                 values_f16: half && values_as_f16(input),
+                ids_u32: half && ids_as_u32(input),
                 ..InputTensors::default()
             })
             .collect();
@@ -100,11 +102,11 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
     println!(
         "staging   the GPU path's request packing on this CPU (median µs; plain memory for pinned;"
     );
-    println!("          values: f32, or fp16 where fp16 compute uploads them so):");
+    println!("          values and ids: f32 and u64, or as fp16 compute uploads them):");
     println!(
-        "{:>9} {:>7} {:>10} {:>10} {:>18} {:>9} {:>16} {:>7}",
+        "{:>9} {:>8} {:>10} {:>10} {:>18} {:>9} {:>16} {:>7}",
         "batch",
-        "values",
+        "format",
         "bytes",
         "memcpy",
         format!("memcpy, {} KiB", COPY_PIECE >> 10),
@@ -160,16 +162,16 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
                 return Err(e.to_string());
             }
             println!(
-                "{:>9} {:>7} {:>10} {:>10.1} {:>18.1} {:>9.1} {:>16.1} {:>7}",
+                "{:>9} {:>8} {:>10} {:>10.1} {:>18.1} {:>9.1} {:>16.1} {:>7}",
                 batch, name, layout.total, memcpy, memcpy_pieces, whole, in_pieces, pieces
             );
             let key = match *name {
-                "f32" => batch.to_string(),
-                _ => format!("{batch}-{name}"),
+                "f32,u64" => batch.to_string(),
+                _ => format!("{batch}-compact"),
             };
             rows.insert(
                 key,
-                serde_json::json!({"values": name, "bytes": layout.total, "memcpy_us": memcpy,
+                serde_json::json!({"format": name, "bytes": layout.total, "memcpy_us": memcpy,
                     "memcpy_in_pieces_us": memcpy_pieces, "copy_piece_bytes": COPY_PIECE, "pack_us": whole,
                     "pack_in_pieces_us": in_pieces, "pieces": pieces, "piece_bytes": chunk}),
             );
