@@ -221,8 +221,9 @@ timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f
 # launch (off by default until timed) against the default, one after the
 # other, on the small batches, where the graph is a chain of short kernels;
 # and candidate values uploaded as f32 against fp16 (the default since
-# 2026-11-28, not yet timed on a GPU: 704 rather than 1,216 bytes a
-# candidate of the benchmark model), one after the other.
+# 2026-11-28, not yet timed on a GPU: 625 rather than 1,136 bytes a
+# candidate of the benchmark model, ids as u32 in both), one after the
+# other.
 for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024" \
     "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0" "chunk256k:MMOE_GPU_UPLOAD_CHUNK=256" \
     "pdl0:MMOE_GPU_PDL=0" "pdl:MMOE_GPU_PDL=1" "values-f32:MMOE_GPU_HALF_VALUES=0" "values-f16:MMOE_GPU_HALF_VALUES=1"; do

@@ -95,6 +95,9 @@ pub struct EmuModel {
     _images: Vec<DeviceMemory>,
     addresses: Vec<u64>,
     weights: Vec<DeviceWeight>,
+    /// Inputs whose ids go as u64 although their tables would allow u32
+    /// (`with_u64_ids`).
+    u64_ids: Vec<usize>,
 }
 
 impl EmuModel {
@@ -117,7 +120,16 @@ impl EmuModel {
             _images: images,
             addresses,
             weights,
+            u64_ids: Vec::new(),
         }
+    }
+
+    /// The same, with the ids of `inputs` uploaded as u64, as the runtime
+    /// uploads those of a table of 2³² rows or more (no test table is that
+    /// large), so the kernels' u64 id path runs.
+    pub fn with_u64_ids(mut self, inputs: &[usize]) -> EmuModel {
+        self.u64_ids = inputs.to_vec();
+        self
     }
 
     /// The launch plan the CUDA runtime would capture for `capacity` rows.
@@ -157,11 +169,16 @@ impl EmuModel {
         let capacity = bucket(n);
         let mut plan = self.plan(capacity);
         plan.choose_all_tiles(pick);
-        let inputs = input_tensors(
+        let mut inputs = input_tensors(
             model,
             &self.addresses,
             self.options.values_go_as_f16(self.precision),
         );
+        for &index in &self.u64_ids {
+            if let Some(input) = inputs.get_mut(index) {
+                input.ids_u32 = false;
+            }
+        }
         let layout = staging_layout(model, &inputs, request).map_err(|e| e.to_string())?;
         let mut staging = DeviceMemory::zeroed(layout.total);
         write_staging(model, &inputs, request, &layout, staging.bytes_mut())

@@ -300,6 +300,16 @@ fn long_bags_match_cpu() {
         let delta = max_delta(&cpu, &scores);
         println!("long bags, {precision:?}: max |Δlogit| {delta:e}");
         assert!(delta < bound, "{precision:?}: {cpu:?} against {scores:?}");
+        // The candidate bags' ids as u64 (a table of 2³² rows or more),
+        // after the request bag's 301 u32 ids (an odd count: the u64 ids
+        // start at the next 8-byte boundary): the same sums.
+        let wide =
+            EmuModel::new(model.clone(), precision, PlanOptions::default()).with_u64_ids(&[1]);
+        let wide_scores = wide.score(&request.as_request()).expect("emulated scores");
+        assert_eq!(
+            wide_scores, scores,
+            "{precision:?}: u64 ids against u32 ids"
+        );
     }
 }
 

@@ -378,12 +378,15 @@ pub struct PlanOptions {
     /// With fp16 compute, the values of candidate-scope dense inputs whose
     /// transform is at most a clip are rounded to fp16 on the host and
     /// uploaded so (`staging::values_as_f16`; on by default;
-    /// `MMOE_GPU_HALF_VALUES=0`: f32). The GEMMs read them as fp16 either
-    /// way; the f32 copy of the features (the DCN cross combine's x0,
-    /// MaskNet's LayerNorm input) then holds the rounded value. The
-    /// benchmark model's request shrinks from 1,216 to 704 bytes a
-    /// candidate, which is what the host writes into pinned memory and the
-    /// device reads. Ignored with fp32 compute.
+    /// `MMOE_GPU_HALF_VALUES=0`: f32). The tensor-core GEMMs read them as
+    /// fp16 either way; the kernels that read x0 in f32 (the SIMT GEMM of
+    /// columns not aligned to 16, the DCN cross combine, MaskNet's
+    /// LayerNorm, FinalMLP's feature gate) now see the rounded value, and a
+    /// value beyond ±65504 without a clip is ±inf for them too, as it
+    /// always was for the tensor cores. The benchmark model's request
+    /// shrinks from 1,136 to 625 bytes a candidate (ids as u32 either way),
+    /// which is what the host writes into pinned memory and the device
+    /// reads. Ignored with fp32 compute.
     pub half_values: bool,
     /// Programmatic dependent launch (`MMOE_GPU_PDL=1`; compute capability
     /// 9.0 with the sm_90 cubin loaded, ignored otherwise): every kernel is

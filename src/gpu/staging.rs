@@ -80,22 +80,22 @@ pub struct InputTensors {
 /// Whether a sparse input's ids go to the device as u32: its table has
 /// fewer than 2³² rows (every table but the largest the format allows), so
 /// each id modulo the rows (the contract's lookup) and the rows themselves
-/// fit. The host reduces them
-/// (mostly a compare: ids are usually below the rows already) and the
-/// request's ids take half the bytes (the benchmark model: 80 of 704 bytes
-/// a candidate).
+/// fit. The host reduces them (mostly a compare: ids are usually below the
+/// rows already) and the request's ids take half the bytes (the benchmark
+/// model: 80 instead of 160 bytes a candidate).
 pub fn ids_as_u32(input: &Input) -> bool {
     input.kind == InputKind::Sparse && input.rows.is_some_and(|rows| rows <= u64::from(u32::MAX))
 }
 
 /// Whether a dense input's values may be uploaded as fp16 when the GPU
 /// computes in fp16 (`PlanOptions::half_values`): one of candidate scope
-/// whose transform is at most a clip. Its value reaches the GEMMs as fp16
-/// anyway; rounding it on the host instead halves the bytes the host
-/// writes and the device reads (the benchmark model's 256 candidate values
-/// are 80% of a request). Values that log1p or standardize read stay f32:
-/// their raw range (counts, prices) may exceed fp16's. Request-scope
-/// inputs stay f32: a few hundred bytes a request.
+/// whose transform is at most a clip. Its value reaches the tensor-core
+/// GEMMs as fp16 anyway; rounding it on the host instead halves the bytes
+/// the host writes and the device reads (the benchmark model's 256
+/// candidate values are 80% of a request). The f32 readers of x0 see the
+/// rounded value (`PlanOptions::half_values`). Values that log1p or
+/// standardize read stay f32: their raw range (counts, prices) may exceed
+/// fp16's. Request-scope inputs stay f32: a few hundred bytes a request.
 pub fn values_as_f16(input: &Input) -> bool {
     input.kind == InputKind::Dense
         && input.scope == Scope::Candidate
@@ -490,7 +490,7 @@ mod tests {
         // with u32 ids for `us` and u64 ids for `as` (as for a table of
         // more than 2³² rows; an odd count of u32 ids leaves half a slot
         // before them); and every id as u32.
-        let (mut halves, mut narrow) = (0, 0);
+        let (mut halves, mut narrow, mut odd_before_u64) = (0, 0, 0);
         for (half, u32_ids) in [
             (false, [false; 2]),
             (true, [true, false]),
@@ -506,7 +506,7 @@ mod tests {
                     mean: 0x2000,
                     std: 0x3000,
                     values_f16: half && values_as_f16(input),
-                    ids_u32: ids_as_u32(input) && u32_ids[index - 2],
+                    ids_u32: ids_as_u32(input) && u32_ids[index.saturating_sub(2).min(1)],
                 })
                 .collect();
             halves += tensors.iter().filter(|t| t.values_f16).count();
@@ -524,6 +524,9 @@ mod tests {
                     }
                 }
                 let request = owned.as_request();
+                if let Feature::Sparse { ids, .. } = request.feature(2) {
+                    odd_before_u64 += usize::from(u32_ids == [true, false] && ids.len() % 2 == 1);
+                }
                 let layout = staging_layout(&model, &tensors, &request).unwrap();
                 let total = layout.total;
                 let mut whole = vec![0xaa; total + 16];
@@ -568,6 +571,10 @@ mod tests {
         }
         assert!(halves > 0, "no input of the test model went as fp16");
         assert_eq!(narrow, 3);
+        assert!(
+            odd_before_u64 > 0,
+            "no odd count of u32 ids before u64 ones"
+        );
     }
 
     /// The flags are those `kernels/common.cuh` defines, value for value.

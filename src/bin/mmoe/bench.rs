@@ -75,9 +75,9 @@ fn median_us(f: &mut dyn FnMut()) -> f64 {
 /// upload size (the copies to the device left out), against a memcpy of
 /// as many bytes, in one call and in copies of `COPY_PIECE` bytes (as the
 /// packing copies: one call may bypass the caches, see `COPY_PIECE`), with
-/// f32 values and u64 ids (the upload until 2026-11-28), and as fp16
-/// compute uploads them now: fp16 values where `PlanOptions::half_values`
-/// allows, u32 ids.
+/// f32 values and u64 ids (the upload until 2026-11-28), f32 values and
+/// u32 ids (fp32 compute's upload now) and fp16 values where
+/// `PlanOptions::half_values` allows with u32 ids (fp16 compute's).
 /// Plain memory stands for the pinned buffer. Printed, and returned for the
 /// JSON report.
 fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, String> {
@@ -86,14 +86,19 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
         InputTensors, COPY_PIECE,
     };
     let chunk = mmoe::gpu::launch_plan::PlanOptions::default().upload_chunk;
-    let formats = [("f32,u64", false), ("f16,u32", true)].map(|(name, half)| {
+    let formats = [
+        ("f32,u64", false, false),
+        ("f32,u32", false, true),
+        ("f16,u32", true, true),
+    ]
+    .map(|(name, half, narrow)| {
         let tensors: Vec<InputTensors> = model
             .config()
             .inputs
             .iter()
             .map(|input| InputTensors {
                 values_f16: half && values_as_f16(input),
-                ids_u32: half && ids_as_u32(input),
+                ids_u32: narrow && ids_as_u32(input),
                 ..InputTensors::default()
             })
             .collect();
@@ -102,7 +107,7 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
     println!(
         "staging   the GPU path's request packing on this CPU (median µs; plain memory for pinned;"
     );
-    println!("          values and ids: f32 and u64, or as fp16 compute uploads them):");
+    println!("          values,ids: f32,u64 until 2026-11-28; f32,u32 fp32 compute; f16,u32 fp16 compute):");
     println!(
         "{:>9} {:>8} {:>10} {:>10} {:>18} {:>9} {:>16} {:>7}",
         "batch",
@@ -167,6 +172,7 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
             );
             let key = match *name {
                 "f32,u64" => batch.to_string(),
+                "f32,u32" => format!("{batch}-f32-u32"),
                 _ => format!("{batch}-compact"),
             };
             rows.insert(
