@@ -55,11 +55,13 @@ pub fn values_to_f16_with(isa: Isa, src: &[f32], dst: &mut [u8]) {
             // stores.
             unsafe { values_to_f16_avx2(src, dst) }
         }
-        _ => {
-            for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
-                d.copy_from_slice(&value_to_f16(s).to_le_bytes());
-            }
-        }
+        _ => scalar(src, dst),
+    }
+}
+
+fn scalar(src: &[f32], dst: &mut [u8]) {
+    for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
+        d.copy_from_slice(&value_to_f16(s).to_le_bytes());
     }
 }
 
@@ -81,11 +83,7 @@ unsafe fn values_to_f16_avx512(src: &[f32], dst: &mut [u8]) {
         _mm256_storeu_si256(dst.as_mut_ptr().add(2 * i) as *mut __m256i, h);
         i += 16;
     }
-    for j in i..n {
-        let bytes = value_to_f16(*src.get_unchecked(j)).to_le_bytes();
-        *dst.get_unchecked_mut(2 * j) = bytes[0];
-        *dst.get_unchecked_mut(2 * j + 1) = bytes[1];
-    }
+    scalar(&src[i..], &mut dst[2 * i..]);
 }
 
 /// 8 values per step: |v| < inf selects finite lanes (NaN compares false),
@@ -106,11 +104,7 @@ unsafe fn values_to_f16_avx2(src: &[f32], dst: &mut [u8]) {
         _mm_storeu_si128(dst.as_mut_ptr().add(2 * i) as *mut __m128i, h);
         i += 8;
     }
-    for j in i..n {
-        let bytes = value_to_f16(*src.get_unchecked(j)).to_le_bytes();
-        *dst.get_unchecked_mut(2 * j) = bytes[0];
-        *dst.get_unchecked_mut(2 * j + 1) = bytes[1];
-    }
+    scalar(&src[i..], &mut dst[2 * i..]);
 }
 
 #[cfg(test)]
