@@ -126,6 +126,21 @@ impl CpuMode {
     }
 }
 
+/// The ISAs this CPU can run, in `Isa::ALL`'s order; each one it cannot is
+/// named on stderr as skipped (the SIMD paths' tests).
+#[cfg(test)]
+pub(crate) fn isas_to_test() -> Vec<Isa> {
+    Isa::ALL
+        .into_iter()
+        .filter(|isa| {
+            if !isa.supported() {
+                eprintln!("skipped: this CPU has no {}", isa.name());
+            }
+            isa.supported()
+        })
+        .collect()
+}
+
 /// Calls per ISA, and (last slot) of the bf16 kernel.
 static CALLS: [AtomicU64; 4] = [
     AtomicU64::new(0),

@@ -314,14 +314,6 @@ pub fn bucket(n: usize) -> usize {
     n.max(32).next_power_of_two()
 }
 
-impl PlanOptions {
-    /// Whether the inputs `staging::values_as_f16` allows go as fp16 with
-    /// this precision.
-    pub fn values_go_as_f16(&self, precision: Precision) -> bool {
-        self.half_values && precision == Precision::F16
-    }
-}
-
 /// The GPU path's choices besides precision (kernels of the launch plan,
 /// graph branches, tile tuning, request upload), each with an environment
 /// variable (`PlanOptions::from_env`) so the GPU check can compare the
@@ -434,6 +426,12 @@ impl Default for PlanOptions {
 }
 
 impl PlanOptions {
+    /// Whether the inputs `staging::values_as_f16` allows go as fp16 with
+    /// this precision.
+    pub fn values_go_as_f16(&self, precision: Precision) -> bool {
+        self.half_values && precision == Precision::F16
+    }
+
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
     /// `MMOE_GPU_FUSED_HEADS`, `MMOE_GPU_HALF_X`, `MMOE_GPU_STAGING_WC`,
     /// `MMOE_GPU_HALF_VALUES` and `MMOE_GPU_PDL` (`0`, `1`),

@@ -353,7 +353,7 @@ pub fn write_staging_in_chunks(
     for (feature, tensors) in features().zip(tensors) {
         if let Feature::Dense(values) = feature {
             if tensors.values_f16 {
-                writer.put_f16(at, values)?;
+                writer.put_as(at, values, 2, crate::cpu::to_f16::values_to_f16)?;
                 // The next write zeroes an odd count's last half slot.
                 at = (at + 2 * values.len()).next_multiple_of(4);
             } else {
@@ -373,7 +373,10 @@ pub fn write_staging_in_chunks(
     for ((feature, tensors), input) in features().zip(tensors).zip(inputs) {
         if let Feature::Sparse { ids, .. } = feature {
             if tensors.ids_u32 {
-                writer.put_ids_u32(at, ids, input.rows.unwrap_or(1).max(1))?;
+                let rows = input.rows.unwrap_or(1).max(1);
+                writer.put_as(at, ids, 4, |ids, to| {
+                    crate::cpu::ids_u32::ids_to_u32(ids, rows, to)
+                })?;
                 at += ids.len() * 4;
             } else {
                 // Zeroes the half slot an odd count of u32 ids left.
@@ -401,44 +404,25 @@ impl FrontToBack<'_, '_> {
     /// alignment, is zeroed), handing over a piece each `chunk` bytes, in
     /// copies of at most `COPY_PIECE` bytes.
     fn put(&mut self, at: usize, bytes: &[u8]) -> Result<()> {
-        self.out[self.written..at].fill(0);
-        self.written = at;
-        for piece in bytes.chunks(self.chunk.min(COPY_PIECE)) {
-            self.out[self.written..self.written + piece.len()].copy_from_slice(piece);
-            self.written += piece.len();
-            if self.written - self.sent >= self.chunk {
-                self.hand_over()?;
-            }
-        }
-        Ok(())
+        self.put_as(at, bytes, 1, |from, to| to.copy_from_slice(from))
     }
 
-    /// As `put`, the values rounded to fp16 on the way
-    /// (`cpu::to_f16::values_to_f16`: read once, written once, straight
-    /// into the buffer).
-    fn put_f16(&mut self, at: usize, values: &[f32]) -> Result<()> {
+    /// As `put`, each item written as `width` bytes by `write(items, to)`
+    /// (`to`: `width` bytes an item), straight into the buffer: the items
+    /// are read once and their bytes written once.
+    fn put_as<T>(
+        &mut self,
+        at: usize,
+        items: &[T],
+        width: usize,
+        write: impl Fn(&[T], &mut [u8]),
+    ) -> Result<()> {
         self.out[self.written..at].fill(0);
         self.written = at;
-        for piece in values.chunks((self.chunk.min(COPY_PIECE) / 2).max(1)) {
-            let to = &mut self.out[self.written..self.written + 2 * piece.len()];
-            crate::cpu::to_f16::values_to_f16(piece, to);
-            self.written += 2 * piece.len();
-            if self.written - self.sent >= self.chunk {
-                self.hand_over()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// As `put`, each id reduced modulo `rows` (below 2³²) and written as a
-    /// u32 (`cpu::ids_u32::ids_to_u32`).
-    fn put_ids_u32(&mut self, at: usize, ids: &[u64], rows: u64) -> Result<()> {
-        self.out[self.written..at].fill(0);
-        self.written = at;
-        for piece in ids.chunks((self.chunk.min(COPY_PIECE) / 4).max(1)) {
-            let to = &mut self.out[self.written..self.written + 4 * piece.len()];
-            crate::cpu::ids_u32::ids_to_u32(piece, rows, to);
-            self.written += 4 * piece.len();
+        for piece in items.chunks((self.chunk.min(COPY_PIECE) / width).max(1)) {
+            let end = self.written + width * piece.len();
+            write(piece, &mut self.out[self.written..end]);
+            self.written = end;
             if self.written - self.sent >= self.chunk {
                 self.hand_over()?;
             }
