@@ -848,6 +848,18 @@ extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, cons
         store_with_half(out, ldo, out16, ldo16, r, out_off + c, activate((x[c] - mean) * inv * gamma[c] + beta[c], act));
 }
 
+// FinalMLP: z[r, j·hy + b] = o1[r, j] · o2[r, (j / hx)·hy + b], each head's
+// outer product, in the order of the bilinear weight's rows: the bilinear
+// sum is then a Linear layer over z on the tensor cores (layout version 2).
+extern "C" __global__ void outer_heads(const float* o1, int ld1, const float* o2, int ld2, float* out, int ldo,
+                                       int width, int rows, __half* out16, int ldo16, int hx, int hy) {
+    wait_for_inputs();
+    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows || c >= width) return;
+    int j = c / hy, b = c - j * hy;
+    store_with_half(out, ldo, out16, ldo16, r, c, row_of(o1, ld1, r)[j] * row_of(o2, ld2, r)[(j / hx) * hy + b]);
+}
+
 // FinalMLP: out = wx + wy + Σ_h Σ_a Σ_b o1[h·hx+a] · Wxy[(h·hx+a)·(hy·H) + o·hy + b] · o2[h·hy+b]
 extern "C" __global__ void bilinear(const float* o1, int ld1, const float* o2, int ld2, const float* wx, int ldx,
                                     const float* wy, int ldy, const float* wxy, int heads, int hx, int hy, float* out,

@@ -67,7 +67,7 @@ pub fn synthetic_tensors(config: &Config, seed: u64) -> Result<MemorySource> {
                 (0..n).map(|_| rng.symmetric(a)).collect()
             }
             TensorRole::Embedding => (0..n).map(|_| rng.symmetric(0.5)).collect(),
-            TensorRole::Flat => (0..n).map(|_| rng.symmetric(0.05)).collect(),
+            TensorRole::Bilinear { .. } => (0..n).map(|_| rng.symmetric(0.05)).collect(),
             TensorRole::Vector if name.ends_with(".std") => {
                 (0..n).map(|_| 0.5 + rng.unit() * 1.5).collect()
             }

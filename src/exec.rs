@@ -10,6 +10,7 @@ use crate::config::Scope;
 use crate::cpu::{self, Isa, KernelScratch, LinearJob};
 use crate::error::Result;
 use crate::features::{input_vector, prefetch_bags};
+use crate::format::{bilinear_index, Layout};
 use crate::model::{Model, Values};
 use crate::program::{BufId, Program, Step};
 use crate::request::Request;
@@ -251,6 +252,7 @@ impl<'a> Tile<'a> {
             | Step::FeatureGate { out, .. }
             | Step::Gather { out, .. }
             | Step::Constant { out, .. }
+            | Step::OuterHeads { out, .. }
             | Step::Bilinear { out, .. }
             | Step::Mixture { out, .. } => *out,
             Step::Linear { out, .. } | Step::LayerNorm { out, .. } | Step::Copy { out, .. } => {
@@ -407,6 +409,20 @@ impl<'a> Tile<'a> {
             Step::Constant { tensor, .. } => {
                 model.values(*tensor).read_into(0, out);
             }
+            Step::OuterHeads {
+                o1,
+                o2,
+                heads,
+                out: z,
+            } => {
+                let width = self.width(*z);
+                let (hx, hy) = (self.width(*o1) / heads, self.width(*o2) / heads);
+                for r in 0..self.rows {
+                    let (a, b) = (self.row(bufs, *o1, r), self.row(bufs, *o2, r));
+                    let row = &mut out[r * width..(r + 1) * width];
+                    outer_heads_row(a, b, hx, hy, row);
+                }
+            }
             Step::Bilinear {
                 o1,
                 o2,
@@ -419,6 +435,7 @@ impl<'a> Tile<'a> {
                 let h_out = self.width(*o);
                 let (hx, hy) = (self.width(*o1) / heads, self.width(*o2) / heads);
                 let w = model.values(*w_xy);
+                let layout = model.layout_of(*w_xy);
                 for r in 0..self.rows_of(*o) {
                     let (a, b) = (self.row(bufs, *o1, r), self.row(bufs, *o2, r));
                     let (px, py) = (self.row(bufs, *wx, r), self.row(bufs, *wy, r));
@@ -426,7 +443,7 @@ impl<'a> Tile<'a> {
                     for (i, ei) in e.iter_mut().enumerate() {
                         *ei = px[i] + py[i];
                     }
-                    bilinear_row(&w, *heads, hx, hy, a, b, e);
+                    bilinear_row(&w, layout, *heads, hx, hy, a, b, e);
                 }
             }
             Step::Mixture {
@@ -485,9 +502,23 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// `e_o += Σ_h Σ_a Σ_b o1[h·hx + a] · Wxy[(h·hx + a)·(hy·H) + o·hy + b] · o2[h·hy + b]`.
+/// `z[j·hy + b] = o1[j] · o2[(j / hx)·hy + b]`: each head's outer product,
+/// in the order of the bilinear weight's rows.
+fn outer_heads_row(o1: &[f32], o2: &[f32], hx: usize, hy: usize, z: &mut [f32]) {
+    for (j, (&x, zj)) in o1.iter().zip(z.chunks_exact_mut(hy)).enumerate() {
+        let head = &o2[(j / hx) * hy..(j / hx + 1) * hy];
+        for (zb, &y) in zj.iter_mut().zip(head) {
+            *zb = x * y;
+        }
+    }
+}
+
+/// `e_o += Σ_h Σ_a Σ_b o1[h·hx + a] · Wxy[(h·hx + a)·(hy·H) + o·hy + b] · o2[h·hy + b]`,
+/// `Wxy` read through its layout.
+#[allow(clippy::too_many_arguments)]
 fn bilinear_row(
     w: &Values<'_>,
+    layout: Layout,
     heads: usize,
     hx: usize,
     hy: usize,
@@ -496,6 +527,7 @@ fn bilinear_row(
     e: &mut [f32],
 ) {
     let h_out = e.len();
+    let k_total = o1.len() * hy;
     for (o, eo) in e.iter_mut().enumerate() {
         let mut sum = 0.0;
         for h in 0..heads {
@@ -503,7 +535,8 @@ fn bilinear_row(
                 let base = (h * hx + a) * (hy * h_out) + o * hy;
                 let mut inner = 0.0;
                 for b in 0..hy {
-                    inner += w.get(base + b) * o2[h * hy + b];
+                    let at = bilinear_index(layout, base + b, hy, h_out, k_total);
+                    inner += w.get(at) * o2[h * hy + b];
                 }
                 sum += o1[h * hx + a] * inner;
             }

@@ -171,7 +171,8 @@ impl Model {
         if options.verify_checksums {
             reader::verify_checksums(&map, &layout).map_err(|e| e.context(path.display()))?;
         }
-        let program = Program::lower(&layout.config, &layout.plan);
+        let program =
+            Program::lower_for_layout(&layout.config, &layout.plan, layout.header.layout_version);
         let mut model = Model {
             path: path.to_path_buf(),
             map,
@@ -205,10 +206,8 @@ impl Model {
         }
         self.bf16_weights = (0..self.layout.plan.tensors.len())
             .map(|id| {
-                let spec = &self.layout.plan.tensors[id];
-                (spec.role == crate::plan::TensorRole::LinearWeight).then(|| {
-                    crate::cpu::bf16::convert_weight(&self.values(id), spec.shape[0], spec.shape[1])
-                })
+                self.linear_shape(id)
+                    .map(|(n, k)| crate::cpu::bf16::convert_weight(&self.values(id), n, k))
             })
             .collect();
         self.cpu_mode = CpuMode::Bf16;
@@ -432,6 +431,25 @@ impl Model {
     /// The layout tensor `id` is stored in.
     pub fn layout_of(&self, id: TensorId) -> Layout {
         self.layout.tensors[id].layout
+    }
+
+    /// `(n, k)` of a tensor the program reads as a Linear weight `[n, k]` in
+    /// the panel layout: every Linear weight, and FinalMLP's `w_xy` where
+    /// its bilinear sum is a Linear layer ([`crate::program::Step::OuterHeads`]).
+    pub fn linear_shape(&self, id: TensorId) -> Option<(usize, usize)> {
+        let spec = &self.layout.plan.tensors[id];
+        match spec.role {
+            crate::plan::TensorRole::LinearWeight => Some((spec.shape[0], spec.shape[1])),
+            crate::plan::TensorRole::Bilinear { .. }
+                if crate::program::bilinear_is_linear(
+                    self.layout.header.layout_version,
+                    spec.shape[0],
+                ) =>
+            {
+                Some((spec.shape[1], spec.shape[0]))
+            }
+            _ => None,
+        }
     }
 }
 

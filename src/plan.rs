@@ -26,8 +26,9 @@ pub enum TensorRole {
     Embedding,
     /// A vector (bias, LayerNorm γ/β, statistics, learned context), row-major.
     Vector,
-    /// A tensor read as a flat row-major array (FinalMLP's `agg.w_xy`).
-    Flat,
+    /// FinalMLP's `agg.w_xy` `[d1·hy, H]`, which MODEL.md reads as a flat
+    /// array; `hy` is `d2 / heads` (the layout is in `format::Layout::Bilinear`).
+    Bilinear { hy: usize },
 }
 
 /// One tensor the model must have.
@@ -350,7 +351,11 @@ impl Plan {
                     let w_x = b.linear(&format!("{p}.agg.w_x"), d1, h, true);
                     let w_y = b.linear(&format!("{p}.agg.w_y"), d2, h, true);
                     let rows = heads * (d1 / heads) * (d2 / heads);
-                    let w_xy = b.add(format!("{p}.agg.w_xy"), vec![rows, h], TensorRole::Flat);
+                    let w_xy = b.add(
+                        format!("{p}.agg.w_xy"),
+                        vec![rows, h],
+                        TensorRole::Bilinear { hy: d2 / heads },
+                    );
                     ExpertPlan::FinalMlp {
                         selection,
                         mlp1,

@@ -124,7 +124,20 @@ pub enum Step {
     Copy { input: BufId, out: View },
     /// `out` (one row) = the vector tensor.
     Constant { tensor: TensorId, out: BufId },
-    /// FinalMLP aggregation: `out = wx + wy + bilinear(o1, o2)`.
+    /// The heads' outer products of FinalMLP's two streams, the input of
+    /// the bilinear sum as a Linear layer (`w_xy` in the bilinear layout):
+    /// `out[j·hy + b] = o1[j] · o2[(j / hx)·hy + b]`, with `hx = |o1| / heads`
+    /// and `hy = |o2| / heads`.
+    OuterHeads {
+        o1: BufId,
+        o2: BufId,
+        heads: usize,
+        out: BufId,
+    },
+    /// FinalMLP aggregation: `out = wx + wy + bilinear(o1, o2)`, summed as
+    /// MODEL.md writes it (files of layout version 1, whose `w_xy` is flat,
+    /// and sums whose outer products would be wider than
+    /// [`BILINEAR_LINEAR_MAX_K`]).
     Bilinear {
         o1: BufId,
         o2: BufId,
@@ -175,6 +188,7 @@ impl Step {
             Step::Gather { .. } => "gather".into(),
             Step::Copy { .. } => "copy".into(),
             Step::Constant { tensor, .. } => format!("constant {}", name(*tensor)),
+            Step::OuterHeads { heads, .. } => format!("outer products of {heads} heads"),
             Step::Bilinear { w_xy, .. } => format!("bilinear {}", name(*w_xy)),
             Step::Mixture { experts, .. } => format!("mixture of {} experts", experts.len()),
             Step::Output { task, .. } => format!("output of task {task}"),
@@ -192,9 +206,27 @@ pub struct Program {
     pub tasks: usize,
 }
 
+/// The widest FinalMLP outer-product buffer (`d1·hy` columns) for which the
+/// bilinear sum runs as a Linear layer; wider ones (a CPU tile of them
+/// would pass 8 MiB) take the direct sum.
+pub const BILINEAR_LINEAR_MAX_K: usize = 1 << 16;
+
+/// Whether a bilinear weight of `k_total = d1·hy` rows, in a file of
+/// `layout_version`, is read as a Linear weight (see [`Step::OuterHeads`]).
+pub fn bilinear_is_linear(layout_version: u32, k_total: usize) -> bool {
+    layout_version >= 2 && k_total <= BILINEAR_LINEAR_MAX_K
+}
+
 impl Program {
-    /// Lowers a plan. `config` gives the scopes of the inputs.
+    /// Lowers a plan for a file of the newest layout version. `config` gives
+    /// the scopes of the inputs.
     pub fn lower(config: &Config, plan: &Plan) -> Program {
+        Program::lower_for_layout(config, plan, crate::format::LAYOUT_VERSION)
+    }
+
+    /// Lowers a plan for a file of `layout_version` (which decides how
+    /// FinalMLP's bilinear sum can read its weight).
+    pub fn lower_for_layout(config: &Config, plan: &Plan, layout_version: u32) -> Program {
         let request_cols: Vec<Range<usize>> = plan
             .inputs
             .iter()
@@ -203,6 +235,7 @@ impl Program {
             .map(|(p, _)| p.offset..p.offset + p.dim)
             .collect();
         let mut l = Lowering {
+            layout_version,
             buffers: Vec::new(),
             request_steps: Vec::new(),
             candidate_steps: Vec::new(),
@@ -291,6 +324,7 @@ impl Program {
 }
 
 struct Lowering {
+    layout_version: u32,
     buffers: Vec<Buffer>,
     request_steps: Vec<Step>,
     candidate_steps: Vec<Step>,
@@ -609,6 +643,27 @@ impl Lowering {
                 let o1 = self.mlp(mlp1, f1);
                 let o2 = self.mlp(mlp2, f2);
                 let wx = self.linear(w_x, o1, Act::None);
+                let (d1, d2) = (self.buffers[o1].width, self.buffers[o2].width);
+                let k_total = d1 * (d2 / heads);
+                if bilinear_is_linear(self.layout_version, k_total) {
+                    // e = W' z + (w_y o2 + b_y + wx): the sum is a Linear
+                    // layer over the outer products z, wx + wy its shift.
+                    let base = self.linear_fused(w_y, o2, Act::None, None, Some(wx));
+                    let z = self.buffer(k_total, false, Vec::new(), None);
+                    self.candidate_steps.push(Step::OuterHeads {
+                        o1,
+                        o2,
+                        heads: *heads,
+                        out: z,
+                    });
+                    let sum = Linear {
+                        weight: *w_xy,
+                        bias: None,
+                        n_in: k_total,
+                        n_out: w_x.n_out,
+                    };
+                    return self.linear_fused(&sum, z, Act::None, None, Some(base));
+                }
                 let wy = self.linear(w_y, o2, Act::None);
                 let out = self.buffer(w_x.n_out, false, Vec::new(), None);
                 self.candidate_steps.push(Step::Bilinear {

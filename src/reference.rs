@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::features::assemble_x0;
-use crate::format::{Layout, PANEL};
+use crate::format::{bilinear_index, Layout, PANEL};
 use crate::model::Model;
 use crate::plan::{
     CrossLayer, ExpertPlan, FeatureGate, GateContext, LayerNorm, Linear, Mlp, TaskPlan,
@@ -142,9 +142,12 @@ fn expert(model: &Model, plan: &ExpertPlan, x0: &[f32]) -> Vec<f32> {
                 *ei += yi;
             }
             // e_o += Σ_h Σ_a Σ_b o1[h·hx + a] · Wxy[(h·hx + a)·(hy·H) + o·hy + b] · o2[h·hy + b]
+            // (read through the file's layout of w_xy: flat, or bilinear panels).
             let wxy = model.values(*w_xy);
+            let layout = model.layout_of(*w_xy);
             let k = *heads;
             let (hx, hy, h_out) = (o1.len() / k, o2.len() / k, e.len());
+            let k_total = o1.len() * hy;
             for (o, eo) in e.iter_mut().enumerate() {
                 let mut sum = 0.0;
                 for h in 0..k {
@@ -152,7 +155,8 @@ fn expert(model: &Model, plan: &ExpertPlan, x0: &[f32]) -> Vec<f32> {
                         let row = (h * hx + a) * (hy * h_out) + o * hy;
                         let mut inner = 0.0;
                         for b in 0..hy {
-                            inner += wxy.get(row + b) * o2[h * hy + b];
+                            let at = bilinear_index(layout, row + b, hy, h_out, k_total);
+                            inner += wxy.get(at) * o2[h * hy + b];
                         }
                         sum += o1[h * hx + a] * inner;
                     }
@@ -209,7 +213,7 @@ fn linear(model: &Model, layer: &Linear, x: &[f32]) -> Vec<f32> {
                 *yi = row.iter().zip(x).map(|(w, x)| w * x).sum();
             }
         }
-        Layout::Panel => {
+        Layout::Panel | Layout::Bilinear => {
             // Panel p holds, for each k, W[p·PANEL + j, k] for j < PANEL.
             let mut column = [0.0; PANEL];
             for (p, y_panel) in y.chunks_mut(PANEL).enumerate() {

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{config, pack, small, write_safetensors, SMALL_CONFIG};
+use common::{config, pack, session_logits, small, write_safetensors, SMALL_CONFIG};
 use mmoe::format::safetensors_source::SafetensorsSource;
 use mmoe::format::writer::{self, MemorySource};
 use mmoe::format::{Layout, PANEL};
@@ -237,4 +237,105 @@ fn fp16_packing_scores_close_to_f32_packing() {
         );
     assert!(max > 0.0, "fp16 rounding changes something");
     assert!(max < 2e-2, "fp16 packing moved a logit by {max}");
+}
+
+/// Layout version 2 stores FinalMLP's `agg.w_xy` as the panels of the
+/// Linear layer its bilinear sum becomes; version 1 (still read, and written
+/// on request for older engines) stored it row-major. Each element lands
+/// where `bilinear_index` says, and both files score alike, on the CPU path
+/// (a Linear layer over the heads' outer products against the direct sum)
+/// and on the reference.
+#[test]
+fn bilinear_weights_of_both_layout_versions_score_alike() {
+    use mmoe::format::{bilinear_index, LAYOUT_VERSION};
+    use mmoe::program::Step;
+    use mmoe::Backend;
+
+    let config = config(SMALL_CONFIG);
+    let source = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
+    let name = "experts.f.agg.w_xy"; // heads 2, d1 = 8, d2 = 6: [8·3, 8], hy = 3
+    let (k_total, h, hy) = (24, 8, 3);
+    let mut flat = vec![0.0; k_total * h];
+    writer::TensorSource::read(&source, name, 0, &mut flat).unwrap();
+    let request = mmoe::demo::synthetic_request(&config, 37, 5);
+    for dtype in [DType::F32, DType::F16] {
+        let dir = test_support::tempdir().unwrap();
+        let old = dir.path().join("v1.mmoe");
+        writer::pack_for_layout(&config, &source, dtype, &old, &mut |_, _| {}, 1).unwrap();
+        let old = Model::open(&old, &OpenOptions::default()).unwrap();
+        let new = pack(&config, &source, dtype).open();
+        assert_eq!(LAYOUT_VERSION, 2);
+        let id = new.plan().tensor_id(name).unwrap();
+        assert_eq!(old.layout_of(id), Layout::RowMajor);
+        assert_eq!(new.layout_of(id), Layout::Bilinear);
+        assert_eq!(
+            new.values(id).len(),
+            PANEL * k_total,
+            "8 outputs padded to a panel"
+        );
+        let rounded = |v: f32| match dtype {
+            DType::F16 => half::f16::from_f32(v).to_f32(),
+            DType::F32 => v,
+        };
+        for (f, &v) in flat.iter().enumerate() {
+            let at = bilinear_index(Layout::Bilinear, f, hy, h, k_total);
+            assert_eq!(new.values(id).get(at), rounded(v), "flat element {f}");
+            assert_eq!(old.values(id).get(f), rounded(v), "flat element {f}");
+        }
+        let steps = |m: &Model, outer: bool| {
+            m.program().candidate_steps.iter().any(|s| match s {
+                Step::OuterHeads { .. } => outer,
+                Step::Bilinear { .. } => !outer,
+                _ => false,
+            })
+        };
+        assert!(
+            steps(&new, true) && !steps(&new, false),
+            "version 2: a Linear layer"
+        );
+        assert!(
+            steps(&old, false) && !steps(&old, true),
+            "version 1: the direct sum"
+        );
+
+        for backend in [Backend::Cpu, Backend::Reference] {
+            let a = session_logits(&mut Session::with_backend(old.clone(), backend), &request);
+            let b = session_logits(&mut Session::with_backend(new.clone(), backend), &request);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                    "{dtype:?} {backend:?} logit {i}: {x} (v1) against {y} (v2)"
+                );
+            }
+        }
+    }
+}
+
+/// Layout versions outside those the engine knows are refused by name.
+#[test]
+fn unknown_layout_versions_are_refused() {
+    let config = config(SMALL_CONFIG);
+    let source = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
+    let dir = test_support::tempdir().unwrap();
+    for version in [0, 3] {
+        let out = dir.path().join("m.mmoe");
+        let e =
+            writer::pack_for_layout(&config, &source, DType::F16, &out, &mut |_, _| {}, version)
+                .expect_err("no such layout version");
+        assert!(
+            e.message().contains(&format!("layout version {version}")),
+            "{e}"
+        );
+    }
+    // A file claiming version 3 is refused at open.
+    let packed = pack(&config, &source, DType::F16);
+    let mut bytes = packed.bytes();
+    bytes[16..20].copy_from_slice(&3u32.to_le_bytes());
+    let path = dir.path().join("v3.mmoe");
+    std::fs::write(&path, bytes).unwrap();
+    let e = Model::open(&path, &OpenOptions::default()).expect_err("version 3");
+    assert!(
+        e.message().contains("layout version 3 is not supported"),
+        "{e}"
+    );
 }

@@ -18,9 +18,10 @@ def read_mmoe(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     (magic, version, endian, layout_version, dtype, count, flags,
      config_off, config_len, table_off, table_len, names_off, names_len,
      data_off, data_len, file_len, checksum, _r0, _r1) = HEADER.unpack_from(data, 0)
-    if magic != b"MMOEPACK" or version != 1 or layout_version != 1:
-        raise ValueError(f"{path}: not a version-1 mmoe file")
+    if magic != b"MMOEPACK" or version != 1 or layout_version not in (1, 2):
+        raise ValueError(f"{path}: not an mmoe file of format version 1, layout version 1 or 2")
     config = json.loads(data[config_off:config_off + config_len])
+    hy_of = bilinear_hy(config)
     element = {1: np.float32, 2: np.float16}[dtype]
     tensors = {}
     for i in range(count):
@@ -33,5 +34,22 @@ def read_mmoe(path: str) -> tuple[dict, dict[str, np.ndarray]]:
             n, k = shape
             panels = values.reshape(-1, k, PANEL).transpose(0, 2, 1).reshape(-1, k)
             values = panels[:n]
+        if layout == 3:  # bilinear32: the panels of W'[o, j*hy + b] = flat[j*hy*H + o*hy + b]
+            k, h = shape
+            hy = hy_of[name]
+            w = values.reshape(-1, k, PANEL).transpose(0, 2, 1).reshape(-1, k)[:h]
+            values = w.reshape(h, k // hy, hy).transpose(1, 0, 2)
         tensors[name] = values.reshape(shape).astype(np.float32)
     return config, tensors
+
+
+def bilinear_hy(config: dict) -> dict[str, int]:
+    """hy = d2 / heads of each FinalMLP expert's agg.w_xy (d2: mlp2's last
+    width, or x0's width when mlp2 is empty)."""
+    d = sum(i["dim"] for i in config["inputs"])
+    out = {}
+    for e in config["experts"]:
+        if e["type"] == "finalmlp":
+            d2 = e["mlp2"][-1] if e["mlp2"] else d
+            out[f"experts.{e['name']}.agg.w_xy"] = d2 // e["heads"]
+    return out

@@ -70,6 +70,7 @@ const std::vector<Entry>& entries() {
         entry("feature_gate", feature_gate),
         entry("gather", gather),
         entry("layer_norm", layer_norm),
+        entry("outer_heads", outer_heads),
         entry("bilinear", bilinear),
         entry("mixture", mixture),
         entry("task_heads_f16", task_heads_f16),

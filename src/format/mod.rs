@@ -18,7 +18,11 @@ pub const MAGIC: [u8; 8] = *b"MMOEPACK";
 pub const FORMAT_VERSION: u32 = 1;
 /// Version of the tensor layouts (panel width and order); bumped when the
 /// kernels' layout changes, so an old engine never misreads a new file.
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: FinalMLP's `agg.w_xy` in [`Layout::Bilinear`]; version 1 stored it
+/// row-major. Both are read; files are written in the newest unless asked.
+pub const LAYOUT_VERSION: u32 = 2;
+/// The oldest layout version this engine reads (and can write).
+pub const OLDEST_LAYOUT_VERSION: u32 = 1;
 /// Written as a native u32; reads back as this value only on a little-endian
 /// host.
 pub const ENDIAN_TAG: u32 = 0x0102_0304;
@@ -84,6 +88,12 @@ pub enum Layout {
     /// (zero where `p·PANEL + j ≥ n`). Element `(i, k)` is at
     /// `(i / PANEL)·k_total·PANEL + k·PANEL + i % PANEL`.
     Panel = 2,
+    /// FinalMLP's `agg.w_xy` (`[d1·hy, H]`, read by MODEL.md as a flat
+    /// array) as the Linear weight `W'[o, j·hy + b] = flat[j·hy·H + o·hy + b]`
+    /// (`[H, d1·hy]`) in the panel layout: the bilinear sum is then
+    /// `W' z` over the heads' outer products `z[j·hy + b] = o1[j]·o2[(j / hx)·hy + b]`,
+    /// a Linear layer (layout version 2).
+    Bilinear = 3,
 }
 
 impl Layout {
@@ -91,6 +101,7 @@ impl Layout {
         match v {
             1 => Some(Layout::RowMajor),
             2 => Some(Layout::Panel),
+            3 => Some(Layout::Bilinear),
             _ => None,
         }
     }
@@ -98,14 +109,21 @@ impl Layout {
         match self {
             Layout::RowMajor => "row-major",
             Layout::Panel => "panel32",
+            Layout::Bilinear => "bilinear32",
         }
     }
-    /// The layout of a tensor of this role.
-    pub fn for_role(role: TensorRole) -> Layout {
+    /// The layout of a tensor of this role in files of `layout_version`.
+    pub fn for_role(role: TensorRole, layout_version: u32) -> Layout {
         match role {
             TensorRole::LinearWeight => Layout::Panel,
+            TensorRole::Bilinear { .. } if layout_version >= 2 => Layout::Bilinear,
             _ => Layout::RowMajor,
         }
+    }
+    /// Whether the kernels read a tensor in this layout as panels of a
+    /// Linear weight.
+    pub fn is_panels(self) -> bool {
+        matches!(self, Layout::Panel | Layout::Bilinear)
     }
 }
 
@@ -117,6 +135,24 @@ pub fn stored_elements(shape: &[usize], layout: Layout) -> Option<usize> {
             [n, k] => n.div_ceil(PANEL).checked_mul(PANEL)?.checked_mul(*k),
             _ => None,
         },
+        // The panels of `[H, d1·hy]` for the logical `[d1·hy, H]`.
+        Layout::Bilinear => match shape {
+            [k, n] => n.div_ceil(PANEL).checked_mul(PANEL)?.checked_mul(*k),
+            _ => None,
+        },
+    }
+}
+
+/// Where element `flat` of a bilinear tensor (`[d1·hy, H]`, MODEL.md's flat
+/// index `j·hy·H + o·hy + b`) is stored in `layout`.
+pub fn bilinear_index(layout: Layout, flat: usize, hy: usize, h: usize, k_total: usize) -> usize {
+    match layout {
+        Layout::Bilinear => {
+            let (j, rest) = (flat / (hy * h), flat % (hy * h));
+            let (o, b) = (rest / hy, rest % hy);
+            (o / PANEL) * k_total * PANEL + (j * hy + b) * PANEL + o % PANEL
+        }
+        _ => flat,
     }
 }
 
@@ -139,8 +175,8 @@ pub struct Placement {
     pub align: usize,
 }
 
-pub fn placement(spec: &TensorSpec, dtype: DType) -> Option<Placement> {
-    let layout = Layout::for_role(spec.role);
+pub fn placement(spec: &TensorSpec, dtype: DType, layout_version: u32) -> Option<Placement> {
+    let layout = Layout::for_role(spec.role, layout_version);
     let elements = stored_elements(&spec.shape, layout)?;
     let nbytes = elements.checked_mul(dtype.size())?;
     Some(Placement {

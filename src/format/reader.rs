@@ -10,7 +10,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::{
     align_up, meta_checksum, placement, DType, FileHeader, Layout, TensorRecord, ENDIAN_TAG,
-    FORMAT_VERSION, HEADER_LEN, LAYOUT_VERSION, MAGIC, PAGE_ALIGN, RECORD_LEN, TENSOR_ALIGN,
+    FORMAT_VERSION, HEADER_LEN, LAYOUT_VERSION, MAGIC, OLDEST_LAYOUT_VERSION, PAGE_ALIGN,
+    RECORD_LEN, TENSOR_ALIGN,
 };
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
@@ -72,9 +73,9 @@ pub fn parse(bytes: &[u8]) -> Result<PackedLayout> {
             header.format_version
         )));
     }
-    if header.layout_version != LAYOUT_VERSION {
+    if !(OLDEST_LAYOUT_VERSION..=LAYOUT_VERSION).contains(&header.layout_version) {
         return Err(bad(format!(
-            "layout version {} is not supported (this engine reads version {LAYOUT_VERSION}); repack the model",
+            "layout version {} is not supported (this engine reads versions {OLDEST_LAYOUT_VERSION} to {LAYOUT_VERSION}); repack the model",
             header.layout_version
         )));
     }
@@ -193,7 +194,7 @@ pub fn parse(bytes: &[u8]) -> Result<PackedLayout> {
                 entry.name, entry.shape, spec.name, spec.shape
             )));
         }
-        let place = placement(spec, dtype)
+        let place = placement(spec, dtype, header.layout_version)
             .ok_or_else(|| bad(format!("tensor `{}` is too large", spec.name)))?;
         if place.layout != entry.layout
             || place.nbytes != entry.bytes.len()

@@ -15,12 +15,12 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::{
     align_up, meta_checksum, placement, DType, FileHeader, Layout, Placement, TensorRecord,
-    ENDIAN_TAG, FORMAT_VERSION, HEADER_LEN, LAYOUT_VERSION, MAGIC, PAGE_ALIGN, PANEL, RECORD_LEN,
-    TENSOR_ALIGN,
+    ENDIAN_TAG, FORMAT_VERSION, HEADER_LEN, LAYOUT_VERSION, MAGIC, OLDEST_LAYOUT_VERSION,
+    PAGE_ALIGN, PANEL, RECORD_LEN, TENSOR_ALIGN,
 };
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::plan::{Plan, TensorSpec};
+use crate::plan::{Plan, TensorRole, TensorSpec};
 
 /// Largest fp16 value.
 const F16_MAX: f32 = 65504.0;
@@ -94,7 +94,8 @@ fn shape_matches(spec: &TensorSpec, shape: &[usize]) -> bool {
     shape == spec.shape.as_slice() || (spec.shape.len() == 1 && shape == [1, spec.shape[0]])
 }
 
-/// Packs `config` and the tensors of `source` into `out`.
+/// Packs `config` and the tensors of `source` into `out`, in the newest
+/// layout version.
 pub fn pack(
     config: &Config,
     source: &dyn TensorSource,
@@ -102,6 +103,26 @@ pub fn pack(
     out: &Path,
     progress: Progress<'_>,
 ) -> Result<PackSummary> {
+    pack_for_layout(config, source, dtype, out, progress, LAYOUT_VERSION)
+}
+
+/// [`pack`] in a given layout version: an older one writes a file that
+/// engines of that version read too (during a rolling upgrade), at the cost
+/// of what the newer layouts bring (version 1: FinalMLP's bilinear sum is
+/// not a Linear layer, and much slower).
+pub fn pack_for_layout(
+    config: &Config,
+    source: &dyn TensorSource,
+    dtype: DType,
+    out: &Path,
+    progress: Progress<'_>,
+    layout_version: u32,
+) -> Result<PackSummary> {
+    if !(OLDEST_LAYOUT_VERSION..=LAYOUT_VERSION).contains(&layout_version) {
+        return Err(Error::config(format!(
+            "layout version {layout_version} cannot be written (this engine writes versions {OLDEST_LAYOUT_VERSION} to {LAYOUT_VERSION})"
+        )));
+    }
     config.validate()?;
     let plan = Plan::build(config, &|name| source.shape(name))?;
     check_tensor_set(&plan, source)?;
@@ -116,7 +137,7 @@ pub fn pack(
     let mut records = Vec::with_capacity(count);
     let mut placements = Vec::with_capacity(count);
     for spec in &plan.tensors {
-        let place = placement(spec, dtype)
+        let place = placement(spec, dtype, layout_version)
             .ok_or_else(|| Error::tensor(format!("tensor `{}` is too large", spec.name)))?;
         let mut shape = [0u64; 4];
         for (slot, &d) in shape.iter_mut().zip(&spec.shape) {
@@ -200,7 +221,7 @@ pub fn pack(
             magic: MAGIC,
             format_version: FORMAT_VERSION,
             endian_tag: ENDIAN_TAG,
-            layout_version: LAYOUT_VERSION,
+            layout_version,
             dtype: dtype as u32,
             tensor_count: count as u32,
             flags: 0,
@@ -283,6 +304,44 @@ fn write_tensor(
                 }
                 encode(&panel, dtype, out_bytes);
                 sink(out_bytes)?;
+            }
+        }
+        Layout::Bilinear => {
+            let TensorRole::Bilinear { hy } = spec.role else {
+                return Err(Error::tensor(format!(
+                    "tensor `{}` is not a bilinear weight",
+                    spec.name
+                )));
+            };
+            // W'[o, j·hy + b] = flat[j·hy·H + o·hy + b] in panels of 32 o's:
+            // for panel p and each j, the 32 × hy values flat[j·hy·H + 32p·hy …]
+            // become hy lines of 32 (zero past H). Several j at a time.
+            let (k_total, h) = (spec.shape[0], spec.shape[1]);
+            let d1 = k_total / hy.max(1);
+            let per_write = (CHUNK / (hy * PANEL).max(1)).max(1);
+            let mut lines = Vec::new();
+            for p in 0..h.div_ceil(PANEL) {
+                let outputs = PANEL.min(h - p * PANEL);
+                let mut j = 0;
+                while j < d1 {
+                    let count = per_write.min(d1 - j);
+                    lines.clear();
+                    lines.resize(count * hy * PANEL, 0.0f32);
+                    scratch.resize(outputs * hy, 0.0);
+                    for (jj, block) in lines.chunks_exact_mut(hy * PANEL).enumerate() {
+                        let start = (j + jj) * hy * h + p * PANEL * hy;
+                        source.read(&spec.name, start, scratch)?;
+                        check_values(spec, start, scratch, dtype)?;
+                        for (o, weights) in scratch.chunks_exact(hy).enumerate() {
+                            for (b, &v) in weights.iter().enumerate() {
+                                block[b * PANEL + o] = v;
+                            }
+                        }
+                    }
+                    encode(&lines, dtype, out_bytes);
+                    sink(out_bytes)?;
+                    j += count;
+                }
             }
         }
     }

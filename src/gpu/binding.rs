@@ -11,7 +11,7 @@ use super::launch_plan::{
     f16_ldw, f16_rows, Arg, DeviceWeight, LaunchPlan, LinearLaunch, Loc, PointerEntry, Precision,
 };
 use super::staging::InputTensors;
-use crate::format::PANEL;
+use crate::format::{bilinear_index, Layout, PANEL};
 use crate::model::{Model, Values};
 use crate::plan::{TensorId, TensorRole};
 
@@ -70,8 +70,7 @@ pub fn tensor_image(
 ) -> (TensorImage, DeviceWeight) {
     let spec = &model.plan().tensors[id];
     let values = model.values(id);
-    if spec.role == TensorRole::LinearWeight {
-        let (n, k) = (spec.shape[0], spec.shape[1]);
+    if let Some((n, k)) = model.linear_shape(id) {
         return match precision {
             Precision::F16 => {
                 let ldw = f16_ldw(k);
@@ -83,6 +82,14 @@ pub fn tensor_image(
                 (TensorImage::F32(image), DeviceWeight { ldw: k })
             }
         };
+    }
+    if let (TensorRole::Bilinear { hy }, Layout::Bilinear) = (spec.role, model.layout_of(id)) {
+        // The direct sum (`bilinear`) reads MODEL.md's flat array.
+        let (k_total, h) = (spec.shape[0], spec.shape[1]);
+        let image = (0..values.len().min(k_total * h).max(1))
+            .map(|flat| values.get(bilinear_index(Layout::Bilinear, flat, hy, h, k_total)))
+            .collect();
+        return (TensorImage::F32(image), DeviceWeight { ldw: 0 });
     }
     if let (true, Values::F16(table)) = (table_is_f16(model, id), &values) {
         return (TensorImage::F16(table.to_vec()), DeviceWeight { ldw: 0 });

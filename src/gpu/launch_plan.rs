@@ -50,6 +50,7 @@ pub enum Kernel {
     FeatureGate,
     Gather,
     LayerNorm,
+    OuterHeads,
     Bilinear,
     Mixture,
     TaskHeadsF16,
@@ -58,7 +59,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 30] = [
+    pub const ALL: [Kernel; 31] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
@@ -84,6 +85,7 @@ impl Kernel {
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
+        Kernel::OuterHeads,
         Kernel::Bilinear,
         Kernel::Mixture,
         Kernel::TaskHeadsF16,
@@ -124,6 +126,7 @@ impl Kernel {
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
+            Kernel::OuterHeads => "outer_heads",
             Kernel::Bilinear => "bilinear",
             Kernel::Mixture => "mixture",
             Kernel::TaskHeadsF16 => "task_heads_f16",
@@ -720,6 +723,7 @@ fn read(step: &Step) -> Vec<BufId> {
         Step::LayerNorm { input, .. } => vec![input.buf],
         Step::FeatureGate { g, x0, .. } => vec![*g, *x0],
         Step::Gather { input, .. } | Step::Copy { input, .. } => vec![*input],
+        Step::OuterHeads { o1, o2, .. } => vec![*o1, *o2],
         Step::Bilinear { o1, o2, wx, wy, .. } => vec![*o1, *o2, *wx, *wy],
         Step::Mixture { gate, experts, .. } => gate.iter().chain(experts).copied().collect(),
         Step::Output { input, .. } => vec![*input],
@@ -767,6 +771,7 @@ fn written(step: &Step) -> Option<BufId> {
         Step::FeatureGate { out, .. }
         | Step::Gather { out, .. }
         | Step::Constant { out, .. }
+        | Step::OuterHeads { out, .. }
         | Step::Bilinear { out, .. }
         | Step::Mixture { out, .. } => Some(*out),
         Step::Output { .. } => None,
@@ -1473,7 +1478,17 @@ impl LaunchPlan {
         );
     }
 
-    fn elementwise(&mut self, program: &Program, kernel: Kernel, inputs: &[BufId], out: BufId) {
+    /// A kernel over `out`'s elements, a thread each: its arguments are
+    /// (pointer, ld) of each input and of `out`, width, rows, the fp16 copy
+    /// of `out` (pointer, ld), then `extra`.
+    fn elementwise(
+        &mut self,
+        program: &Program,
+        kernel: Kernel,
+        inputs: &[BufId],
+        out: BufId,
+        extra: &[Arg],
+    ) {
         let width = program.buffers[out].width;
         let rows = self.rows(out);
         let mut args = Vec::new();
@@ -1488,6 +1503,7 @@ impl LaunchPlan {
         let (half, ldh) = self.half(out);
         args.push(Arg::Ptr(half));
         args.push(Arg::I32(ldh));
+        args.extend_from_slice(extra);
         self.push(
             kernel,
             (blocks(width, BLOCK as usize), rows as u32, 1),
@@ -1635,7 +1651,15 @@ impl LaunchPlan {
                 }
             }
             Step::FeatureGate { g, x0, out } => {
-                self.elementwise(program, Kernel::FeatureGate, &[*g, *x0], *out)
+                self.elementwise(program, Kernel::FeatureGate, &[*g, *x0], *out, &[])
+            }
+            Step::OuterHeads { o1, o2, heads, out } => {
+                let (hx, hy) = (
+                    program.buffers[*o1].width / heads,
+                    program.buffers[*o2].width / heads,
+                );
+                let extra = [Arg::I32(hx as i32), Arg::I32(hy as i32)];
+                self.elementwise(program, Kernel::OuterHeads, &[*o1, *o2], *out, &extra);
             }
             Step::LayerNorm {
                 input,

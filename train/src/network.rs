@@ -54,7 +54,7 @@ impl Network {
                     (0..n).map(|_| rng.symmetric(a)).collect()
                 }
                 TensorRole::Embedding => (0..n).map(|_| 0.1 * rng.normal()).collect(),
-                TensorRole::Flat => {
+                TensorRole::Bilinear { .. } => {
                     let a = (3.0 * spec.shape[1] as f32 / n as f32).sqrt();
                     (0..n).map(|_| rng.symmetric(a)).collect()
                 }

@@ -45,6 +45,10 @@ enum Command {
         /// Stored dtype: f16 (default) or f32 (for precision comparisons).
         #[arg(long, default_value = "f16")]
         dtype: String,
+        /// Tensor layout version to write: the newest by default; 1 for
+        /// engines that read only version 1 (docs/FORMAT.md).
+        #[arg(long, default_value_t = mmoe::format::LAYOUT_VERSION)]
+        layout_version: u32,
     },
     /// Print a packed model's config, tensors, sizes and dtypes, and the
     /// device and compute mode it opens with.
@@ -145,6 +149,13 @@ enum Command {
         /// the same shape).
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// A config (JSON) to build instead of the bundled benchmark shape,
+        /// with the same kind of deterministic synthetic weights.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Tensor layout version of the packed demo model.
+        #[arg(long, default_value_t = mmoe::format::LAYOUT_VERSION)]
+        layout_version: u32,
     },
     /// Generate synthetic ads-engagement impression logs (Parquet) for a
     /// model's inputs and tasks (docs/SYNTHETIC.md).
@@ -181,7 +192,8 @@ fn main() -> ExitCode {
             weights,
             out,
             dtype,
-        } => pack(&config, &weights, &out, &dtype),
+            layout_version,
+        } => pack(&config, &weights, &out, &dtype, layout_version),
         Command::Inspect {
             model,
             config,
@@ -233,7 +245,16 @@ fn main() -> ExitCode {
             out,
             top,
             seed,
-        } => demo(candidates, out, top, seed),
+            config,
+            layout_version,
+        } => demo(
+            candidates,
+            out,
+            top,
+            seed,
+            config.as_deref(),
+            layout_version,
+        ),
         #[cfg(feature = "datasets")]
         Command::Synth(args) => data::synth(&args),
         #[cfg(feature = "datasets")]
@@ -273,19 +294,20 @@ fn pack_with_progress(
     dtype: DType,
     out: &Path,
     hint: u64,
+    layout_version: u32,
 ) -> Result<u64, String> {
     let bar = progress_bar(hint);
     let mut report = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let summary =
-        writer::pack(config, source, dtype, out, &mut report).map_err(|e| e.to_string())?;
+    let summary = writer::pack_for_layout(config, source, dtype, out, &mut report, layout_version)
+        .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
     Ok(summary.file_len)
 }
 
-fn pack(config: &Path, weights: &Path, out: &Path, dtype: &str) -> CliResult {
+fn pack(config: &Path, weights: &Path, out: &Path, dtype: &str, layout_version: u32) -> CliResult {
     let dtype =
         DType::parse(dtype).ok_or_else(|| format!("--dtype {dtype}: expected f16 or f32"))?;
     let text = std::fs::read_to_string(config)
@@ -293,7 +315,14 @@ fn pack(config: &Path, weights: &Path, out: &Path, dtype: &str) -> CliResult {
     let config = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
     let source = SafetensorsSource::open(weights).map_err(|e| e.to_string())?;
     let start = Instant::now();
-    let len = pack_with_progress(&config, &source, dtype, out, source.data_bytes())?;
+    let len = pack_with_progress(
+        &config,
+        &source,
+        dtype,
+        out,
+        source.data_bytes(),
+        layout_version,
+    )?;
     eprintln!(
         "packed `{}` into {} ({}, {}, {:.2} s)",
         config.name,
@@ -513,8 +542,22 @@ fn score(
     })
 }
 
-fn demo(candidates: usize, out: Option<PathBuf>, top: usize, seed: u64) -> CliResult {
-    let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).map_err(|e| e.to_string())?;
+fn demo(
+    candidates: usize,
+    out: Option<PathBuf>,
+    top: usize,
+    seed: u64,
+    config: Option<&Path>,
+    layout_version: u32,
+) -> CliResult {
+    let config = match config {
+        None => Config::parse(mmoe::demo::BENCH_MODEL_JSON).map_err(|e| e.to_string())?,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
     let out = out.unwrap_or_else(|| std::env::temp_dir().join("mmoe-demo.mmoe"));
     println!(
         "mmoe demo: model `{}` ({} inputs, {} experts, {} tasks, x0 width {})",
@@ -527,7 +570,7 @@ fn demo(candidates: usize, out: Option<PathBuf>, top: usize, seed: u64) -> CliRe
 
     let start = Instant::now();
     let tensors = mmoe::demo::synthetic_tensors(&config, seed).map_err(|e| e.to_string())?;
-    let len = pack_with_progress(&config, &tensors, DType::F16, &out, 0)?;
+    let len = pack_with_progress(&config, &tensors, DType::F16, &out, 0, layout_version)?;
     println!(
         "packed     {} ({}, fp16) in {:.2} s",
         out.display(),
