@@ -339,3 +339,36 @@ fn unknown_layout_versions_are_refused() {
         "{e}"
     );
 }
+
+/// A bilinear sum whose outer products would be wider than
+/// `BILINEAR_LINEAR_MAX_K` (d1·hy = 520·129) stays a direct sum, reading the
+/// version 2 layout through `bilinear_index`: the same sums in the same
+/// order as over version 1's flat array, so the same logits bit for bit.
+#[test]
+fn wide_bilinear_sums_stay_direct_in_both_layout_versions() {
+    use mmoe::program::{Step, BILINEAR_LINEAR_MAX_K};
+    use mmoe::Backend;
+
+    let config = config(include_str!("common/wide_bilinear_config.json"));
+    const { assert!(520 * 129 > BILINEAR_LINEAR_MAX_K) };
+    let source = mmoe::demo::synthetic_tensors(&config, 4).unwrap();
+    let dir = test_support::tempdir().unwrap();
+    let old = dir.path().join("v1.mmoe");
+    writer::pack_for_layout(&config, &source, DType::F16, &old, &mut |_, _| {}, 1).unwrap();
+    let old = Model::open(&old, &OpenOptions::default()).unwrap();
+    let new = pack(&config, &source, DType::F16).open();
+    let id = new.plan().tensor_id("experts.f.agg.w_xy").unwrap();
+    assert_eq!(new.layout_of(id), Layout::Bilinear);
+    for model in [&old, &new] {
+        let direct = model.program().candidate_steps.iter();
+        assert!(direct.clone().any(|s| matches!(s, Step::Bilinear { .. })));
+        assert!(!direct.clone().any(|s| matches!(s, Step::OuterHeads { .. })));
+    }
+    let request = mmoe::demo::synthetic_request(&config, 5, 6);
+    for backend in [Backend::Cpu, Backend::Reference] {
+        let a = session_logits(&mut Session::with_backend(old.clone(), backend), &request);
+        let b = session_logits(&mut Session::with_backend(new.clone(), backend), &request);
+        assert_eq!(a, b, "{backend:?}");
+        assert!(a.iter().any(|&v| v != a[0]), "the candidates differ: {a:?}");
+    }
+}

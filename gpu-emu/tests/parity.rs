@@ -17,10 +17,21 @@ const SMALL_CONFIG: &str = include_str!("../../tests/common/small_config.json");
 const MEDIUM_CONFIG: &str = include_str!("models/medium.json");
 
 fn packed(config: &Config, seed: u64) -> (test_support::TempDir, Arc<Model>) {
+    packed_for_layout(config, seed, mmoe::format::LAYOUT_VERSION)
+}
+
+/// [`packed`] in a given tensor layout version.
+fn packed_for_layout(
+    config: &Config,
+    seed: u64,
+    layout_version: u32,
+) -> (test_support::TempDir, Arc<Model>) {
     let tensors = mmoe::demo::synthetic_tensors(config, seed).expect("synthetic tensors");
     let dir = test_support::tempdir().expect("temp dir");
     let path = dir.path().join("model.mmoe");
-    writer::pack(config, &tensors, DType::F16, &path, &mut |_, _| {}).expect("pack");
+    let f16 = DType::F16;
+    writer::pack_for_layout(config, &tensors, f16, &path, &mut |_, _| {}, layout_version)
+        .expect("pack");
     let model = Model::open(&path, &OpenOptions::default()).expect("open");
     (dir, model)
 }
@@ -185,6 +196,36 @@ fn small_model_matches_cpu() {
     let config = Config::parse(SMALL_CONFIG).unwrap();
     let (_dir, model) = packed(&config, 3);
     check("small model", &model, &variants(), &[1, 33], 5);
+}
+
+/// FinalMLP's bilinear sum three ways on the GPU path, each against the CPU
+/// path of the same file: a tensor-core Linear layer over `outer_heads`
+/// (layout version 2), the direct `bilinear` kernel over version 1's flat
+/// array, and the direct kernel over version 2's layout where the outer
+/// products would be too wide (the upload turns it back into the flat
+/// array).
+#[test]
+fn bilinear_sums_of_both_layout_versions_match_cpu() {
+    let wide = include_str!("../../tests/common/wide_bilinear_config.json");
+    for (config, layout_version, kernel) in [
+        (SMALL_CONFIG, 2, Kernel::OuterHeads),
+        (SMALL_CONFIG, 1, Kernel::Bilinear),
+        (wide, 2, Kernel::Bilinear),
+    ] {
+        let config = Config::parse(config).unwrap();
+        let (_dir, model) = packed_for_layout(&config, 3, layout_version);
+        for (precision, bound) in [(Precision::F32, 1e-4), (Precision::F16, 2e-2)] {
+            let n = 9;
+            let request = mmoe::demo::synthetic_request(model.config(), n, 4);
+            let cpu = cpu_logits(&model, &request);
+            let options = PlanOptions::default();
+            let scores = emu_scores(&model, precision, options, &[kernel], n, 4);
+            let delta = max_delta(&cpu, &scores);
+            let label = format!("{}, version {layout_version}, {precision:?}", config.name);
+            println!("{label}: max |Δlogit| {delta:e}");
+            assert!(delta < bound, "{label}: off by {delta}");
+        }
+    }
 }
 
 /// 1 candidate → the 32-row tile kernel; 40 and 70 → the 64-row kernel over
