@@ -526,8 +526,31 @@ fn bilinear_row(
     o2: &[f32],
     e: &mut [f32],
 ) {
+    let (h_out, k_total) = (e.len(), o1.len() * hy);
+    // One loop per layout, so the flat array's pays no index mapping.
+    match layout {
+        Layout::RowMajor => bilinear_sum(w, |f| f, heads, hx, hy, o1, o2, e),
+        _ => {
+            let at = |f| bilinear_index(layout, f, hy, h_out, k_total);
+            bilinear_sum(w, at, heads, hx, hy, o1, o2, e)
+        }
+    }
+}
+
+/// [`bilinear_row`] with element `f` of the flat array at `at(f)`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bilinear_sum(
+    w: &Values<'_>,
+    at: impl Fn(usize) -> usize,
+    heads: usize,
+    hx: usize,
+    hy: usize,
+    o1: &[f32],
+    o2: &[f32],
+    e: &mut [f32],
+) {
     let h_out = e.len();
-    let k_total = o1.len() * hy;
     for (o, eo) in e.iter_mut().enumerate() {
         let mut sum = 0.0;
         for h in 0..heads {
@@ -535,8 +558,7 @@ fn bilinear_row(
                 let base = (h * hx + a) * (hy * h_out) + o * hy;
                 let mut inner = 0.0;
                 for b in 0..hy {
-                    let at = bilinear_index(layout, base + b, hy, h_out, k_total);
-                    inner += w.get(at) * o2[h * hy + b];
+                    inner += w.get(at(base + b)) * o2[h * hy + b];
                 }
                 sum += o1[h * hx + a] * inner;
             }

@@ -145,6 +145,7 @@ pub fn stored_elements(shape: &[usize], layout: Layout) -> Option<usize> {
 
 /// Where element `flat` of a bilinear tensor (`[d1·hy, H]`, MODEL.md's flat
 /// index `j·hy·H + o·hy + b`) is stored in `layout`.
+#[inline]
 pub fn bilinear_index(layout: Layout, flat: usize, hy: usize, h: usize, k_total: usize) -> usize {
     match layout {
         Layout::Bilinear => {
