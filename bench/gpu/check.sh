@@ -17,11 +17,11 @@ export LD_LIBRARY_PATH=$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 log() { echo "== [${SECONDS}s] $*" | tee -a "$out/check.log"; }
 # STEPS (comma-separated) picks steps for a shorter second visit; all by
 # default: load (0b), tests (1), sanitizer (1b; sanitizer-k64 alone: its
-# last part, the 64-column-stage tiles), parity (2), bench (3),
+# last part, the 64-column-stage tiles), parity (2), bench (3), bilinear (3b),
 # variants (3, the A/B of the kernel choices), torch (4), ncu (5). Not by
 # default, for a second call: ncu-deep (5b, the deep-pipeline tiles under
 # Nsight Compute).
-steps=,${STEPS:-load,tests,sanitizer,parity,bench,variants,torch,ncu},
+steps=,${STEPS:-load,tests,sanitizer,parity,bench,bilinear,variants,torch,ncu},
 # A step, or a part of one (a variant, a tile choice, a precision, an ncu
 # batch), that would start past BUDGET_S seconds (default 480) is skipped,
 # so that a run's time limit (give `run` about 540 s) is unlikely to kill
@@ -232,6 +232,20 @@ for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024" 
     --iters 200 --max-seconds 1 --phases --json "$out/phases-${v%%:*}.json" > "$out/phases-${v%%:*}.txt" 2>&1
 done
 fi
+if want bilinear; then
+log "3b. FinalMLP's bilinear sum on MODEL.md's example model (one expert of each type), two layouts one after the other"
+# Layout version 2 (the default since 2026-11-28, not yet timed on a GPU):
+# the sum as a tensor-core Linear layer over the heads' outer products
+# (outer_heads, then a grouped GEMM); version 1: the direct `bilinear`
+# kernel, a thread per output, over the flat weight.
+for v in 1 2; do
+  timeout 60 ./bin/mmoe demo --config models/example.json --layout-version $v --candidates 8 \
+    --out models/example-v$v.mmoe > "$out/example-v$v-demo.txt" 2>&1
+  timeout 40 ./bin/mmoe bench --model models/example-v$v.mmoe --device cuda --precision f16 --batch 1,256,1024 \
+    --iters 200 --max-seconds 2 --json "$out/bench-bilinear-v$v.json" > "$out/bench-bilinear-v$v.txt" 2>&1
+  echo "example model, layout version $v: exit $?" | tee -a "$out/check.log"
+done
+fi
 if want variants; then
 # The same for each variant: the A/B that sets the defaults (fused heads
 # lost it on an H200 on 2026-11-27); 277801c is the path timed on
@@ -358,6 +372,14 @@ for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (
         for b, r in report["phases"].items():
             print(f"  {b}: {r['total_us']:.1f} = {r['pack_us']:.1f} / {r['launch_us']:.1f} / {r['wait_us']:.1f};"
                   f" device {r['device_upload_us']:.1f}, {r['device_graph_us']:.1f}")
+bilinear = [load(f"bench-bilinear-v{v}.json") for v in (1, 2)]
+if all(bilinear):
+    print("MODEL.md's example model, f16, p50 µs: batch: bilinear sum direct (layout 1) / as a Linear layer (layout 2)")
+    for b in ["1", "256", "1024"]:
+        try:
+            print(f"  {b}: {bilinear[0]['results'][b]['p50_us']:.1f} / {bilinear[1]['results'][b]['p50_us']:.1f}")
+        except Exception:
+            pass
 for suffix in [""] + [f"-{n}" for n in names]:
     eight = load(f"bench-f16-8threads{suffix}.json")
     if eight:

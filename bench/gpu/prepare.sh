@@ -27,6 +27,8 @@ mkdir -p .gpu/bin .gpu/models .gpu/parity
 cp target/release/mmoe .gpu/bin/mmoe
 cp "$test_exe" .gpu/bin/gpu-tests
 cp bench/gpu/check.sh bench/gpu/torch_baseline.py bench/gpu/compare_scores.py bench/gpu/mmoe_file.py .gpu/
+# MODEL.md's example config (every expert type; its packed files are built there).
+cp models/example.json .gpu/models/
 # Parity with PyTorch on the GPU path (step 4b): the torch module and its test.
 mkdir -p .gpu/torch_parity
 cp tests/python/{test_torch_parity,mmoe_torch,gen_random_model,mmoe_ref}.py .gpu/torch_parity/
