@@ -375,6 +375,10 @@ impl Model {
     pub fn content_hash(&self) -> u64 {
         self.layout.header.meta_checksum
     }
+    /// The file's tensor layout version (`docs/FORMAT.md`).
+    pub fn layout_version(&self) -> u32 {
+        self.layout.header.layout_version
+    }
     pub fn tensors(&self) -> &[TensorEntry] {
         &self.layout.tensors
     }

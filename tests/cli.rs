@@ -72,11 +72,34 @@ fn pack_inspect_verify_score() {
     assert!(
         out.contains("experts.f.agg.w_xy")
             && out.contains("panel32")
+            && out.contains("bilinear32")
+            && out.contains("f16, layout version 2")
             && out.contains("tasks      click, save"),
         "{out}"
     );
     let (ok, out, _) = mmoe(&["inspect", "--config", &f.path("m.mmoe")]);
     assert!(ok && out.contains("\"finalmlp\""), "{out}");
+
+    // For engines that read only version 1: w_xy row-major.
+    let (ok, _, err) = mmoe(&[
+        "pack",
+        "--config",
+        &f.path("model.json"),
+        "--weights",
+        &f.path("model.safetensors"),
+        "--out",
+        &f.path("v1.mmoe"),
+        "--layout-version",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = mmoe(&["inspect", &f.path("v1.mmoe")]);
+    let w_xy = out.lines().find(|l| l.contains("experts.f.agg.w_xy"));
+    assert!(
+        ok && out.contains("f16, layout version 1")
+            && w_xy.is_some_and(|l| l.contains("row-major")),
+        "{out}"
+    );
 
     let (ok, out, _) = mmoe(&["verify", &f.path("m.mmoe")]);
     assert!(ok && out.starts_with("ok:"), "{out}");

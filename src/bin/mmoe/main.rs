@@ -410,7 +410,11 @@ fn inspect(path: &Path, print_config: bool, device: &DeviceArgs) -> CliResult {
         path.display(),
         human_bytes(model.file_len())
     );
-    println!("dtype      {}", model.dtype().name());
+    println!(
+        "dtype      {}, layout version {}",
+        model.dtype().name(),
+        model.layout_version()
+    );
     println!("device     {}", model.device_note());
     println!(
         "cpu        mode {}, kernels {}",
