@@ -38,8 +38,9 @@ from mmoe_file import read_mmoe  # noqa: E402
 
 
 def build_onnx(config: dict, tensors: dict) -> onnx.ModelProto:
-    """The model of MODEL.md as an ONNX graph on x0 (mlp and dcnv2 experts,
-    gates over all of x0)."""
+    """The model of MODEL.md as an ONNX graph on x0: every expert type
+    (FinalMLP's bilinear sum the common PyTorch way: two batched MatMuls
+    per head), gates over x0 or a subset of its inputs."""
     nodes, inits = [], []
     counter = [0]
 
@@ -49,6 +50,11 @@ def build_onnx(config: dict, tensors: dict) -> onnx.ModelProto:
 
     def init(tname, array=None):
         inits.append(numpy_helper.from_array((tensors[tname] if array is None else array).astype(np.float32), tname))
+        return tname
+
+    def _int_init(array):
+        tname = name("ints")
+        inits.append(numpy_helper.from_array(np.asarray(array, dtype=np.int64), tname))
         return tname
 
     def gemm(x, prefix, bias=True):
@@ -68,6 +74,19 @@ def build_onnx(config: dict, tensors: dict) -> onnx.ModelProto:
             if j + 1 < layers or relu_last:
                 x = op("Relu", [x])
         return x
+
+    def layer_norm(x, prefix):
+        return op("LayerNormalization", [x, init(prefix + ".weight"), init(prefix + ".bias")], axis=-1, epsilon=1e-5)
+
+    offsets, at = {}, 0
+    for i in config["inputs"]:
+        offsets[i["name"]] = (at, at + i["dim"])
+        at += i["dim"]
+
+    def subset(x, names):
+        """The named inputs' columns of x0, in config order."""
+        columns = [c for i in config["inputs"] if i["name"] in names for c in range(*offsets[i["name"]])]
+        return op("Gather", [x, _int_init(columns)], axis=1)
 
     x0 = "x0"
     experts = []
@@ -89,17 +108,54 @@ def build_onnx(config: dict, tensors: dict) -> onnx.ModelProto:
             else:
                 d = mlp(p + ".deep", x0, len(e["deep"]), True)
                 experts.append(op("Relu", [gemm(op("Concat", [x, d], axis=1), p + ".proj")]))
+        elif e["type"] == "masknet":
+            v = layer_norm(x0, p + ".emb_ln")
+            outs = []
+            for b in range(len(e["blocks"])):
+                q = f"{p}.blocks.{b}"
+                z = v if e["mode"] == "parallel" or b == 0 else outs[-1]
+                mask = gemm(op("Relu", [gemm(x0, q + ".mask.0")]), q + ".mask.1")
+                hidden = gemm(op("Mul", [mask, z]), q + ".hidden", bias=False)
+                outs.append(op("Relu", [layer_norm(hidden, q + ".ln")]))
+            result = op("Concat", outs, axis=1) if e["mode"] == "parallel" else outs[-1]
+            head = e.get("head") or []
+            experts.append(mlp(p + ".head", result, len(head), True) if head else result)
+        elif e["type"] == "finalmlp":
+            streams = []
+            for s in (1, 2):
+                if not e.get("feature_selection"):
+                    streams.append(x0)
+                    continue
+                names = e.get(f"fs{s}_context") or []
+                if names:
+                    context = subset(x0, names)
+                else:
+                    context = init(f"{p}.fs{s}.ctx_bias", tensors[f"{p}.fs{s}.ctx_bias"].reshape(1, -1))
+                g = mlp(f"{p}.fs{s}.gate", context, len(e.get("fs_hidden") or []) + 1, False)
+                two = init(name("two"), np.array(2.0, dtype=np.float32))
+                streams.append(op("Mul", [x0, op("Mul", [two, op("Sigmoid", [g])])]))
+            o1 = mlp(p + ".mlp1", streams[0], len(e["mlp1"]), True)
+            o2 = mlp(p + ".mlp2", streams[1], len(e["mlp2"]), True)
+            k, h = e["heads"], config["expert_dim"]
+            hx = tensors[f"{p}.agg.w_x.weight"].shape[1] // k
+            hy = tensors[f"{p}.agg.w_y.weight"].shape[1] // k
+            w = init(f"{p}.agg.w_xy", tensors[f"{p}.agg.w_xy"].reshape(-1).reshape(k, hx, hy * h))
+            head_x = op("Reshape", [o1, _int_init([-1, k, 1, hx])])
+            t = op("Reshape", [op("MatMul", [head_x, w]), _int_init([-1, k, h, hy])])
+            head_y = op("Reshape", [o2, _int_init([-1, k, hy, 1])])
+            bil = op("Reshape", [op("ReduceSum", [op("MatMul", [t, head_y]), _int_init([1])], keepdims=0),
+                                 _int_init([-1, h])])
+            experts.append(op("Add", [op("Add", [gemm(o1, p + ".agg.w_x"), gemm(o2, p + ".agg.w_y")]), bil]))
         else:
-            raise SystemExit(f"the ONNX baseline covers mlp and dcnv2 experts, not {e['type']}")
+            raise SystemExit(f"the ONNX baseline does not cover {e['type']} experts")
     axes_name = "axes_one"
     inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), axes_name))
     stacked = op("Concat", [op("Unsqueeze", [e, axes_name]) for e in experts], axis=1)  # [B, E, H]
     logits = []
     for task in config["tasks"]:
         p = f"tasks.{task['name']}"
-        if task.get("gate_inputs"):
-            raise SystemExit("the ONNX baseline covers gates over all of x0")
-        w = op("Softmax", [mlp(p + ".gate", x0, len(task.get("gate_hidden", [])) + 1, False)], axis=1)
+        g = subset(x0, task["gate_inputs"]) if task.get("gate_inputs") else x0
+        w = op("Softmax", [mlp(p + ".gate", g, len(task.get("gate_hidden", [])) + 1, False)], axis=1)
         m = op("ReduceSum", [op("Mul", [op("Unsqueeze", [w, "axes_two"]), stacked]), axes_name], keepdims=0)
         logits.append(mlp(p + ".tower", m, len(task.get("tower", [])) + 1, False))
     inits.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "axes_two"))
@@ -116,32 +172,39 @@ def build_onnx(config: dict, tensors: dict) -> onnx.ModelProto:
     return model
 
 
-def model_flops(config: dict) -> int:
-    """Multiply-add FLOPs of every Linear layer per candidate (no dedup)."""
-    d = sum(i["dim"] for i in config["inputs"])
-    h = config["expert_dim"]
+def model_flops(config: dict, tensors: dict) -> int:
+    """Multiply-add FLOPs per candidate of every Linear layer and of
+    FinalMLP's bilinear sums, without dedup: 2 per weight, but for the
+    feature gates of a learned context, run once per request."""
+    learned = {f"experts.{e['name']}.fs{s}.gate" for e in config["experts"] for s in (1, 2)
+               if e["type"] == "finalmlp" and e.get("feature_selection") and not e.get(f"fs{s}_context")}
     total = 0
-
-    def mlp(width, widths):
-        nonlocal total
-        for w in widths:
-            total += 2 * width * w
-            width = w
-        return width
-
-    for e in config["experts"]:
-        if e["type"] == "mlp":
-            mlp(d, e["hidden"])
-        else:
-            for _ in range(e["cross_layers"]):
-                total += 2 * d * d if e.get("rank") is None else 4 * d * e["rank"]
-            last = mlp(d, e["deep"])
-            if e["structure"] == "parallel":
-                total += 2 * (d + last) * h
-    for t in config["tasks"]:
-        mlp(d, t.get("gate_hidden", []) + [len(config["experts"])])
-        mlp(h, t.get("tower", []) + [1])
+    for tname, value in tensors.items():
+        linear = tname.endswith(".weight") and value.ndim == 2 and not tname.startswith("inputs.")
+        if (linear and not any(tname.startswith(g + ".") for g in learned)) or tname.endswith(".agg.w_xy"):
+            total += 2 * value.size
     return total
+
+
+def check_onnx(session, config: dict, tensors: dict) -> float:
+    """The ONNX graph's logits on random x0 against the numpy reference of
+    MODEL.md (tests/python/mmoe_ref.py, float64) on the same weights: the
+    worst |Δlogit| / (1 + |logit|). The baseline must compute the model."""
+    sys.path.insert(0, str(ROOT / "tests" / "python"))
+    import mmoe_ref
+
+    d = sum(i["dim"] for i in config["inputs"])
+    x0 = np.random.default_rng(1).standard_normal((17, d))
+    t = {k: v.astype(np.float64) for k, v in tensors.items()}
+    experts = [mmoe_ref.expert_output(e, t, x0, config) for e in config["experts"]]
+    want = np.zeros((17, len(config["tasks"])))
+    for i, task in enumerate(config["tasks"]):
+        w = mmoe_ref.gate_weights(task, t, x0, config)
+        mixture = sum(w[:, j:j + 1] * e for j, e in enumerate(experts))
+        layers = len(task.get("tower") or []) + 1
+        want[:, i] = mmoe_ref.mlp(mixture, t, f"tasks.{task['name']}.tower", layers, relu_last=False)[:, 0]
+    got = session.run(["logits"], {"x0": x0.astype(np.float32)})[0]
+    return float(np.max(np.abs(got - want) / (1 + np.abs(want))))
 
 
 def time_ort(session, d, batch, iters, max_seconds):
@@ -182,14 +245,19 @@ def main() -> int:
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     print(f"machine: {cpu}, {os.cpu_count()} CPUs; Python {platform.python_version()}, onnxruntime {ort.__version__}")
-    print(f"model: {config['name']} ({model_path}), x0 width {d}, {model_flops(config) / 1e6:.2f} MFLOP per candidate")
+    print(f"model: {config['name']} ({model_path}), x0 width {d}, "
+          f"{model_flops(config, tensors) / 1e6:.2f} MFLOP per candidate")
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(build_onnx(config, tensors).SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    ort_flops = model_flops(config)
+    ort_flops = model_flops(config, tensors)
+    worst = check_onnx(session, config, tensors)
+    print(f"ONNX graph against the numpy reference on random x0: worst |dlogit|/(1+|logit|) {worst:.1e}")
+    if not worst < 1e-3:
+        raise SystemExit("the ONNX baseline does not compute the model")
 
     # This machine is shared: measurements drift. Each round measures every
     # batch size of ORT and of each mmoe mode back to back; the best round of

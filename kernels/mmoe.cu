@@ -202,7 +202,11 @@ struct LinearArgs {
     const float* scale; int ldscale;
     const float* shift; int ldshift;
     __half* y16; int ldy16;
-    const __half* x16; int ldx16;
+    // x16 holds x·2^x16_exp (0 but for the outer products of a bilinear
+    // sum, which could pass fp16's range): the tensor-core kernels round
+    // x·2^x16_exp to fp16 and scale their sums back by 2^-x16_exp, exact
+    // powers of two; the SIMT kernels read x in f32 and ignore it.
+    const __half* x16; int ldx16; int x16_exp;
 };
 
 // The epilogue of output `col` of row `row`.
@@ -394,6 +398,7 @@ struct MmaTile {
                                                  int warp, int lane) {
         const int wr = warp / WARPS_N, wc = warp % WARPS_N, g = lane / 4, t = lane % 4;
         const bool pairs = ((a.ldy | a.out_off | a.ldscale | a.ldshift | a.ldy16) & 1) == 0;
+        const float unscale = ldexpf(1.0f, -a.x16_exp);  // 1 but for scaled inputs: exact
         #pragma unroll
         for (int m = 0; m < MT; ++m)
             #pragma unroll
@@ -403,7 +408,8 @@ struct MmaTile {
                     int row = row0 + wr * WM + m * 16 + g + 8 * half;
                     int col = col0 + wc * WN + 8 * j + 2 * t;
                     if (row < a.rows && col < a.n)
-                        store_pair(a, pairs, row, col, acc[m][j][2 * half], acc[m][j][2 * half + 1]);
+                        store_pair(a, pairs, row, col, acc[m][j][2 * half] * unscale,
+                                   acc[m][j][2 * half + 1] * unscale);
                 }
     }
 };
@@ -499,12 +505,15 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
             wv[j] = k < e ? *(const uint4*)(w + (long long)row * ldw + k) : make_uint4(0, 0, 0, 0);
         }
     };
+    // x rounded to fp16 as the x16 copy holds it (scaled by 2^x16_exp).
+    const float x_scale = ldexpf(1.0f, a.x16_exp);
     auto store = [&](int buf) {
         #pragma unroll
         for (int j = 0; j < XV; ++j) {
             int i = tid + THREADS * j;
-            *(uint2*)&xs[buf][i / 8][4 * (i % 8)] =
-                make_uint2(pack_half2(xr[j].x, xr[j].y), pack_half2(xr[j].z, xr[j].w));
+            float4 v = xr[j];
+            *(uint2*)&xs[buf][i / 8][4 * (i % 8)] = make_uint2(pack_half2(v.x * x_scale, v.y * x_scale),
+                                                               pack_half2(v.z * x_scale, v.w * x_scale));
         }
         #pragma unroll
         for (int j = 0; j < WV; ++j) {
@@ -851,13 +860,17 @@ extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, cons
 // FinalMLP: z[r, j·hy + b] = o1[r, j] · o2[r, (j / hx)·hy + b], each head's
 // outer product, in the order of the bilinear weight's rows: the bilinear
 // sum is then a Linear layer over z on the tensor cores (layout version 2).
+// A product of two activations may pass fp16's range where they do not:
+// its fp16 copy holds z·2^exp16 (the Linear layer's x16_exp).
 extern "C" __global__ void outer_heads(const float* o1, int ld1, const float* o2, int ld2, float* out, int ldo,
-                                       int width, int rows, __half* out16, int ldo16, int hx, int hy) {
+                                       int width, int rows, __half* out16, int ldo16, int hx, int hy, int exp16) {
     wait_for_inputs();
     int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows || c >= width) return;
     int j = c / hy, b = c - j * hy;
-    store_with_half(out, ldo, out16, ldo16, r, c, row_of(o1, ld1, r)[j] * row_of(o2, ld2, r)[(j / hx) * hy + b]);
+    float z = row_of(o1, ld1, r)[j] * row_of(o2, ld2, r)[(j / hx) * hy + b];
+    out[(long long)ldo * r + c] = z;
+    if (out16) out16[(long long)ldo16 * r + c] = __float2half_rn(ldexpf(z, exp16));
 }
 
 // FinalMLP: out = wx + wy + Σ_h Σ_a Σ_b o1[h·hx+a] · Wxy[(h·hx+a)·(hy·H) + o·hy + b] · o2[h·hy+b]

@@ -527,7 +527,7 @@ fn bilinear_row(
     e: &mut [f32],
 ) {
     let (h_out, k_total) = (e.len(), o1.len() * hy);
-    // One loop per layout, so the flat array's pays no index mapping.
+    // One loop per layout, so that reading the flat array pays no index mapping.
     match layout {
         Layout::RowMajor => bilinear_sum(w, |f| f, heads, hx, hy, o1, o2, e),
         _ => {

@@ -244,68 +244,89 @@ fn fp16_packing_scores_close_to_f32_packing() {
 /// on request for older engines) stored it row-major. Each element lands
 /// where `bilinear_index` says, and both files score alike, on the CPU path
 /// (a Linear layer over the heads' outer products against the direct sum)
-/// and on the reference.
+/// and on the reference. The small model's H = 8 fills part of one panel;
+/// the medium one's H = 40 two.
 #[test]
 fn bilinear_weights_of_both_layout_versions_score_alike() {
     use mmoe::format::{bilinear_index, LAYOUT_VERSION};
+    use mmoe::plan::TensorRole;
     use mmoe::program::Step;
     use mmoe::Backend;
 
-    let config = config(SMALL_CONFIG);
-    let source = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
-    let name = "experts.f.agg.w_xy"; // heads 2, d1 = 8, d2 = 6: [8·3, 8], hy = 3
-    let (k_total, h, hy) = (24, 8, 3);
-    let mut flat = vec![0.0; k_total * h];
-    writer::TensorSource::read(&source, name, 0, &mut flat).unwrap();
-    let request = mmoe::demo::synthetic_request(&config, 37, 5);
-    for dtype in [DType::F32, DType::F16] {
-        let dir = test_support::tempdir().unwrap();
-        let old = dir.path().join("v1.mmoe");
-        writer::pack_for_layout(&config, &source, dtype, &old, &mut |_, _| {}, 1).unwrap();
-        let old = Model::open(&old, &OpenOptions::default()).unwrap();
-        let new = pack(&config, &source, dtype).open();
-        assert_eq!(LAYOUT_VERSION, 2);
-        let id = new.plan().tensor_id(name).unwrap();
-        assert_eq!(old.layout_of(id), Layout::RowMajor);
-        assert_eq!(new.layout_of(id), Layout::Bilinear);
-        assert_eq!(
-            new.values(id).len(),
-            PANEL * k_total,
-            "8 outputs padded to a panel"
-        );
-        let rounded = |v: f32| match dtype {
-            DType::F16 => half::f16::from_f32(v).to_f32(),
-            DType::F32 => v,
-        };
-        for (f, &v) in flat.iter().enumerate() {
-            let at = bilinear_index(Layout::Bilinear, f, hy, h, k_total);
-            assert_eq!(new.values(id).get(at), rounded(v), "flat element {f}");
-            assert_eq!(old.values(id).get(f), rounded(v), "flat element {f}");
-        }
-        let steps = |m: &Model, outer: bool| {
-            m.program().candidate_steps.iter().any(|s| match s {
-                Step::OuterHeads { .. } => outer,
-                Step::Bilinear { .. } => !outer,
-                _ => false,
-            })
-        };
-        assert!(
-            steps(&new, true) && !steps(&new, false),
-            "version 2: a Linear layer"
-        );
-        assert!(
-            steps(&old, false) && !steps(&old, true),
-            "version 1: the direct sum"
-        );
-
-        for backend in [Backend::Cpu, Backend::Reference] {
-            let a = session_logits(&mut Session::with_backend(old.clone(), backend), &request);
-            let b = session_logits(&mut Session::with_backend(new.clone(), backend), &request);
-            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+    assert_eq!(LAYOUT_VERSION, 2);
+    let medium = include_str!("../gpu-emu/tests/models/medium.json");
+    for text in [SMALL_CONFIG, medium] {
+        let config = config(text);
+        let source = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
+        let name = "experts.f.agg.w_xy";
+        let request = mmoe::demo::synthetic_request(&config, 37, 5);
+        for dtype in [DType::F32, DType::F16] {
+            let dir = test_support::tempdir().unwrap();
+            let old = dir.path().join("v1.mmoe");
+            writer::pack_for_layout(&config, &source, dtype, &old, &mut |_, _| {}, 1).unwrap();
+            let old = Model::open(&old, &OpenOptions::default()).unwrap();
+            let new = pack(&config, &source, dtype).open();
+            let id = new.plan().tensor_id(name).unwrap();
+            let spec = &new.plan().tensors[id];
+            let TensorRole::Bilinear { hy } = spec.role else {
+                panic!("{name} is a bilinear weight");
+            };
+            let (k_total, h) = (spec.shape[0], spec.shape[1]);
+            let mut flat = vec![0.0; k_total * h];
+            writer::TensorSource::read(&source, name, 0, &mut flat).unwrap();
+            assert_eq!(old.layout_of(id), Layout::RowMajor);
+            assert_eq!(new.layout_of(id), Layout::Bilinear);
+            let panels = h.div_ceil(PANEL);
+            assert_eq!(
+                new.values(id).len(),
+                panels * PANEL * k_total,
+                "{} outputs in panels",
+                h
+            );
+            let rounded = |v: f32| match dtype {
+                DType::F16 => half::f16::from_f32(v).to_f32(),
+                DType::F32 => v,
+            };
+            let mut seen = vec![false; new.values(id).len()];
+            for (f, &v) in flat.iter().enumerate() {
+                let at = bilinear_index(Layout::Bilinear, f, hy, h, k_total);
+                assert!(!seen[at], "flat element {f} shares its place");
+                seen[at] = true;
+                assert_eq!(new.values(id).get(at), rounded(v), "flat element {f}");
+                assert_eq!(old.values(id).get(f), rounded(v), "flat element {f}");
+            }
+            for (at, used) in seen.iter().enumerate() {
                 assert!(
-                    (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
-                    "{dtype:?} {backend:?} logit {i}: {x} (v1) against {y} (v2)"
+                    *used || new.values(id).get(at) == 0.0,
+                    "padding at {at} is zero"
                 );
+            }
+            let steps = |m: &Model, outer: bool| {
+                m.program().candidate_steps.iter().any(|s| match s {
+                    Step::OuterHeads { .. } => outer,
+                    Step::Bilinear { .. } => !outer,
+                    _ => false,
+                })
+            };
+            assert!(
+                steps(&new, true) && !steps(&new, false),
+                "version 2: a Linear layer"
+            );
+            assert!(
+                steps(&old, false) && !steps(&old, true),
+                "version 1: the direct sum"
+            );
+
+            for backend in [Backend::Cpu, Backend::Reference] {
+                let a = session_logits(&mut Session::with_backend(old.clone(), backend), &request);
+                let b = session_logits(&mut Session::with_backend(new.clone(), backend), &request);
+                for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                        "{} {dtype:?} {backend:?} logit {i}: {x} (v1) against {y} (v2)",
+                        config.name
+                    );
+                }
             }
         }
     }

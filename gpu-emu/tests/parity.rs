@@ -228,6 +228,57 @@ fn bilinear_sums_of_both_layout_versions_match_cpu() {
     }
 }
 
+/// The outer products of a bilinear sum are products of two activations:
+/// with activations in the hundreds they pass fp16's range (65504) where
+/// the activations do not. Their fp16 copy is scaled by 2^-6
+/// (`OUTER_HEADS_X16_EXP`) and the GEMM's sums scaled back, so fp16 compute
+/// scores such a model like the CPU (unscaled, the products were inf).
+#[test]
+fn outer_products_past_fp16_range_are_scaled() {
+    let config = Config::parse(SMALL_CONFIG).unwrap();
+    let mut tensors = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
+    let scaled = [
+        ("experts.f.mlp1.0.weight", 400.0),
+        ("experts.f.mlp1.0.bias", 400.0),
+        ("experts.f.mlp2.0.weight", 400.0),
+        ("experts.f.mlp2.0.bias", 400.0),
+        ("experts.f.agg.w_xy", 2e-3),
+    ];
+    for (name, factor) in scaled {
+        for v in tensors.get_mut(name).unwrap().iter_mut() {
+            *v *= factor;
+        }
+    }
+    let dir = test_support::tempdir().unwrap();
+    let path = dir.path().join("model.mmoe");
+    writer::pack(&config, &tensors, DType::F16, &path, &mut |_, _| {}).unwrap();
+    let model = Model::open(&path, &OpenOptions::default()).unwrap();
+    let request = mmoe::demo::synthetic_request(model.config(), 33, 4);
+    let cpu = cpu_logits(&model, &request);
+    // 33 candidates: the 64-row bucket; x from the fp16 copies or from f32.
+    for (tiles, half_x, uses) in [
+        (Tiles::Standard, true, Kernel::LinearMma64H),
+        (Tiles::Standard, false, Kernel::LinearMma64),
+        (WIDE, true, Kernel::LinearMma128H),
+        (WIDE, false, Kernel::LinearMma128),
+    ] {
+        {
+            let options = PlanOptions {
+                tiles,
+                half_x,
+                ..PlanOptions::default()
+            };
+            let scores = emu_scores(&model, Precision::F16, options, &[uses], 33, 4);
+            for (i, (c, g)) in cpu.iter().zip(&scores).enumerate() {
+                assert!(
+                    (c - g).abs() <= 2e-2 * (1.0 + c.abs()),
+                    "{tiles:?}, fp16 x copies {half_x}, logit {i}: {g} against the CPU's {c}"
+                );
+            }
+        }
+    }
+}
+
 /// 1 candidate → the 32-row tile kernel; 40 and 70 → the 64-row kernel over
 /// buckets of 64 and 128 rows (and the 128×128 one), the last tile partly
 /// past the request.

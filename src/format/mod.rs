@@ -120,11 +120,6 @@ impl Layout {
             _ => Layout::RowMajor,
         }
     }
-    /// Whether the kernels read a tensor in this layout as panels of a
-    /// Linear weight.
-    pub fn is_panels(self) -> bool {
-        matches!(self, Layout::Panel | Layout::Bilinear)
-    }
 }
 
 /// Elements stored for a tensor of `shape` in `layout` (panels are padded).

@@ -48,7 +48,7 @@ pub struct LinearArgs {
     pub _pad5: i32,
     pub x16: u64,
     pub ldx16: i32,
-    pub _pad6: i32,
+    pub x16_exp: i32,
 }
 const _: () = assert!(std::mem::size_of::<LinearArgs>() == 160);
 
@@ -254,6 +254,7 @@ fn linear_args(l: &LinearLaunch, regions: &Regions<'_>) -> LinearArgs {
         ldy16: l.ldy16,
         x16: at(l.x16),
         ldx16: l.ldx16,
+        x16_exp: l.x16_exp,
         ..LinearArgs::default()
     }
 }

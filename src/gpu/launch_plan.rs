@@ -186,6 +186,31 @@ pub struct LinearLaunch {
     /// The fp16 copy of x that the `…H` kernels read, row stride in halves.
     pub x16: Loc,
     pub ldx16: i32,
+    /// The tensor-core kernels read x as fp16 of x·2^x16_exp and scale
+    /// their sums back ([`half_exponent`]).
+    pub x16_exp: i32,
+}
+
+/// The power of two at which the outer products of a bilinear sum go to
+/// fp16: 2^-6. They are products of two activations, so they may pass
+/// fp16's range where the activations do not; scaled, every value from
+/// 2^-8 to 2^22 (about 4·10^6) keeps fp16's full precision, and the
+/// scaling and its undoing are exact.
+pub const OUTER_HEADS_X16_EXP: i32 = -6;
+
+/// The exponent of the scale `buf`'s fp16 copy (and the tensor cores'
+/// view of it) holds its values at: [`OUTER_HEADS_X16_EXP`] for the outer
+/// products of a bilinear sum, else 0.
+fn half_exponent(program: &Program, buf: BufId) -> i32 {
+    let outer = program
+        .candidate_steps
+        .iter()
+        .any(|s| matches!(s, Step::OuterHeads { out, .. } if *out == buf));
+    if outer {
+        OUTER_HEADS_X16_EXP
+    } else {
+        0
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -637,8 +662,8 @@ pub fn reads_half_x(kernel: Kernel) -> bool {
 /// `steps` reads as x (ranges at multiples of 16, columns from a multiple
 /// of 8: 16-byte rows for `cp.async`) and that only steps able to write the
 /// copy write (features, Linear epilogues, LayerNorm, gathers and copies,
-/// FinalMLP feature gates, mixtures; a bilinear output is f32 only, and
-/// its readers convert as before).
+/// FinalMLP feature gates and outer products, mixtures; a bilinear
+/// output is f32 only, and its readers convert as before).
 fn half_copies<'a>(buffers: usize, steps: impl Iterator<Item = &'a Step>) -> Vec<bool> {
     let mut read_as_x = vec![false; buffers];
     let mut other_writer = vec![false; buffers];
@@ -1631,6 +1656,7 @@ impl LaunchPlan {
                     ldy16,
                     x16,
                     ldx16,
+                    x16_exp: half_exponent(program, input.buf),
                 };
                 self.pending.push(Pending {
                     launch: Launch {
@@ -1658,7 +1684,8 @@ impl LaunchPlan {
                     program.buffers[*o1].width / heads,
                     program.buffers[*o2].width / heads,
                 );
-                let extra = [Arg::I32(hx as i32), Arg::I32(hy as i32)];
+                let exp16 = Arg::I32(OUTER_HEADS_X16_EXP);
+                let extra = [Arg::I32(hx as i32), Arg::I32(hy as i32), exp16];
                 self.elementwise(program, Kernel::OuterHeads, &[*o1, *o2], *out, &extra);
             }
             Step::LayerNorm {
@@ -2241,15 +2268,20 @@ mod tests {
                             half_x,
                             ..PlanOptions::default()
                         },
-                        &|id| DeviceWeight {
-                            ldw: match precision {
-                                Precision::F16 => {
-                                    f16_ldw(plan.tensors[id].shape.get(1).copied().unwrap_or(0))
-                                }
-                                Precision::F32 => {
-                                    plan.tensors[id].shape.get(1).copied().unwrap_or(0)
-                                }
-                            },
+                        &|id| {
+                            // k of the weight as a Linear layer reads it
+                            // (a bilinear weight `[k, n]`: `Model::linear_shape`).
+                            let spec = &plan.tensors[id];
+                            let k = match spec.role {
+                                crate::plan::TensorRole::Bilinear { .. } => spec.shape[0],
+                                _ => spec.shape.get(1).copied().unwrap_or(0),
+                            };
+                            DeviceWeight {
+                                ldw: match precision {
+                                    Precision::F16 => f16_ldw(k),
+                                    Precision::F32 => k,
+                                },
+                            }
                         },
                     );
                     let arena = launch_plan.arena_len;
