@@ -284,7 +284,9 @@ impl Program {
 
 impl Program {
     /// Multiply-add FLOPs (2 per weight use) of the Linear steps a candidate
-    /// runs; request steps, run once per request, are not counted.
+    /// runs; request steps, run once per request, are not counted. (A
+    /// FinalMLP bilinear sum counts where it is a Linear step, in files of
+    /// layout version 2, and not as a direct sum.)
     pub fn flops_per_candidate(&self) -> u64 {
         self.candidate_steps
             .iter()
