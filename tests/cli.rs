@@ -30,15 +30,26 @@ impl Files {
 
     /// `mmoe pack` of the small model's config and weights into `out`.
     fn pack(&self, out: &str) -> (bool, String, String) {
-        mmoe(&[
+        self.pack_with(out, &[])
+    }
+
+    /// [`Files::pack`] with more arguments.
+    fn pack_with(&self, out: &str, extra: &[&str]) -> (bool, String, String) {
+        let (config, weights, out) = (
+            self.path("model.json"),
+            self.path("model.safetensors"),
+            self.path(out),
+        );
+        let args = [
             "pack",
             "--config",
-            &self.path("model.json"),
+            &config,
             "--weights",
-            &self.path("model.safetensors"),
+            &weights,
             "--out",
-            &self.path(out),
-        ])
+            &out,
+        ];
+        mmoe(&[&args[..], extra].concat())
     }
 }
 
@@ -81,17 +92,7 @@ fn pack_inspect_verify_score() {
     assert!(ok && out.contains("\"finalmlp\""), "{out}");
 
     // For engines that read only version 1: w_xy row-major.
-    let (ok, _, err) = mmoe(&[
-        "pack",
-        "--config",
-        &f.path("model.json"),
-        "--weights",
-        &f.path("model.safetensors"),
-        "--out",
-        &f.path("v1.mmoe"),
-        "--layout-version",
-        "1",
-    ]);
+    let (ok, _, err) = f.pack_with("v1.mmoe", &["--layout-version", "1"]);
     assert!(ok, "{err}");
     let (ok, out, _) = mmoe(&["inspect", &f.path("v1.mmoe")]);
     let w_xy = out.lines().find(|l| l.contains("experts.f.agg.w_xy"));
@@ -196,17 +197,7 @@ fn cli_errors_name_the_file_and_tensor() {
         &f.path("x.mmoe"),
     ]);
     assert!(!ok && err.contains("nope"), "{err}");
-    let (ok, _, err) = mmoe(&[
-        "pack",
-        "--config",
-        &f.path("model.json"),
-        "--weights",
-        &f.path("model.safetensors"),
-        "--out",
-        &f.path("x.mmoe"),
-        "--dtype",
-        "int8",
-    ]);
+    let (ok, _, err) = f.pack_with("x.mmoe", &["--dtype", "int8"]);
     assert!(!ok && err.contains("--dtype int8"), "{err}");
 
     // Corrupt tensor data: open works, verify names the tensor.
