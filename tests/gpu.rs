@@ -155,6 +155,71 @@ fn gpu_matches_cpu_on_the_small_model() {
     }
 }
 
+/// FinalMLP's bilinear sum on the device, against the CPU path of the same
+/// file (the small model above has it as a Linear layer over `outer_heads`):
+/// the direct kernel over a layout-version-1 file; the direct kernel over a
+/// version-2 file too wide for the Linear form; and outer products past
+/// fp16's range (activations around 400), whose fp16 copy is scaled.
+#[test]
+fn gpu_bilinear_sums_match_cpu_in_both_layout_versions() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let wide = include_str!("common/wide_bilinear_config.json");
+    for (text, version, large) in [
+        (common::SMALL_CONFIG, 1, false),
+        (wide, 2, false),
+        (common::SMALL_CONFIG, 2, true),
+    ] {
+        let config = common::config(text);
+        let mut tensors = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
+        if large {
+            for (name, factor) in [
+                ("experts.f.mlp1.0.weight", 400.0),
+                ("experts.f.mlp1.0.bias", 400.0),
+                ("experts.f.mlp2.0.weight", 400.0),
+                ("experts.f.mlp2.0.bias", 400.0),
+                ("experts.f.agg.w_xy", 2e-3),
+            ] {
+                for v in tensors.get_mut(name).unwrap().iter_mut() {
+                    *v *= factor;
+                }
+            }
+        }
+        let dir = test_support::tempdir().unwrap();
+        let path = dir.path().join("model.mmoe");
+        let f16 = DType::F16;
+        mmoe::format::writer::pack_for_layout(
+            &config,
+            &tensors,
+            f16,
+            &path,
+            &mut |_, _| {},
+            version,
+        )
+        .unwrap();
+        for (precision, bound) in [(GpuPrecision::F32, 1e-3), (GpuPrecision::F16, 2e-2)] {
+            let cpu = logits(&path, &config, Device::Cpu, precision, 33);
+            let gpu = logits(&path, &config, Device::Cuda(0), precision, 33);
+            let worst = cpu
+                .iter()
+                .zip(&gpu)
+                .map(|(c, g)| (c - g).abs() / (1.0 + c.abs()))
+                .fold(
+                    0.0f32,
+                    |most, d| if d.is_nan() || d > most { d } else { most },
+                );
+            let label = format!(
+                "{}, layout {version}, large {large}, {precision:?}",
+                config.name
+            );
+            println!("{label}: max |Δlogit|/(1 + |logit|) {worst:e}");
+            assert!(worst <= bound, "{label}: off by {worst}");
+        }
+    }
+}
+
 #[test]
 fn gpu_matches_cpu_on_the_demo_model() {
     if !has_gpu() {
