@@ -245,6 +245,11 @@ for v in 1 2; do
     --iters 200 --max-seconds 2 --json "$out/bench-bilinear-v$v.json" > "$out/bench-bilinear-v$v.txt" 2>&1
   echo "example model, layout version $v: exit $?" | tee -a "$out/check.log"
 done
+# PyTorch on the same model (every expert type; checked against the numpy
+# reference first), fp32 and fp16, eager and with CUDA graphs.
+timeout 90 python3 torch_baseline.py --model models/example-v2.mmoe --reference torch_parity --batch 1,256,1024 \
+  --iters 200 --max-seconds 1 --json "$out/torch-example.json" > "$out/torch-example.txt" 2>&1
+echo "example model, PyTorch: exit $?; $(grep -m1 'numpy reference' "$out/torch-example.txt")" | tee -a "$out/check.log"
 fi
 if want variants; then
 # The same for each variant: the A/B that sets the defaults (fused heads
@@ -262,7 +267,7 @@ fi
 
 if want torch; then
 log "4. PyTorch baseline on the same weights (x0 in, scores out)"
-timeout 90 python3 torch_baseline.py --model models/demo.mmoe --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 \
+timeout 90 python3 torch_baseline.py --model models/demo.mmoe --reference torch_parity --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 \
   --json "$out/torch.json" 2>&1 | tee "$out/torch.txt"
 log "4b. parity with PyTorch on the GPU path: a torch module of MODEL.md trained and exported, scored by CUDA (f32 and f16 compute), 8 random models"
 for precision in f32 f16; do
@@ -373,11 +378,19 @@ for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (
             print(f"  {b}: {r['total_us']:.1f} = {r['pack_us']:.1f} / {r['launch_us']:.1f} / {r['wait_us']:.1f};"
                   f" device {r['device_upload_us']:.1f}, {r['device_graph_us']:.1f}")
 bilinear = [load(f"bench-bilinear-v{v}.json") for v in (1, 2)]
+torch_example = load("torch-example.json") or {"results": {}}
 if all(bilinear):
-    print("MODEL.md's example model, f16, p50 µs: batch: bilinear sum direct (layout 1) / as a Linear layer (layout 2)")
+    print("MODEL.md's example model, p50 µs: batch: mmoe f16 with the bilinear sum direct (layout 1) / as a Linear"
+          " layer (layout 2); torch fp16 eager / graph")
     for b in ["1", "256", "1024"]:
+        def torch_p50(variant):
+            try:
+                return f"{torch_example['results'][variant][b]['p50_us']:.1f}"
+            except Exception:
+                return "-"
         try:
-            print(f"  {b}: {bilinear[0]['results'][b]['p50_us']:.1f} / {bilinear[1]['results'][b]['p50_us']:.1f}")
+            print(f"  {b}: {bilinear[0]['results'][b]['p50_us']:.1f} / {bilinear[1]['results'][b]['p50_us']:.1f};"
+                  f" {torch_p50('fp16 eager')} / {torch_p50('fp16 graph')}")
         except Exception:
             pass
 for suffix in [""] + [f"-{n}" for n in names]:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch baseline for the GPU check: the same model (read from the packed
 .mmoe file, so the very same fp16-rounded weights) in PyTorch, fp32 and fp16,
-eager and with CUDA graphs. Covers MLP and DCNv2 experts with light or MLP
-gates (the benchmark model's shape). Timed end to end like `mmoe bench`:
+eager and with CUDA graphs. Covers every expert type, gates over x0 or a
+subset of its inputs (`--reference DIR` checks the model against the numpy
+reference first). Timed end to end like `mmoe bench`:
 host x0 in, host scores out. Feature assembly (embedding pooling, transforms)
 is not included, which favours PyTorch.
 
@@ -27,9 +28,34 @@ class Model(torch.nn.Module):
         self.params = torch.nn.ParameterDict()
         for name, value in tensors.items():
             self.params[name.replace(".", "__")] = torch.nn.Parameter(torch.from_numpy(value.copy()), requires_grad=False)
-        for expert in config["experts"]:
-            if expert["type"] not in ("mlp", "dcnv2"):
-                raise SystemExit(f"baseline covers mlp and dcnv2 experts, not {expert['type']}")
+        # Column indices of x0 for gates and feature-selection contexts over
+        # a subset of the inputs (config order), as buffers that move with .to().
+        offsets, at = {}, 0
+        for i in config["inputs"]:
+            offsets[i["name"]] = range(at, at + i["dim"])
+            at += i["dim"]
+        self.subsets = {}
+        for k, names in self._subset_names(config):
+            columns = [c for i in config["inputs"] if i["name"] in names for c in offsets[i["name"]]]
+            self.register_buffer(f"subset_{len(self.subsets)}", torch.tensor(columns, dtype=torch.long))
+            self.subsets[k] = f"subset_{len(self.subsets)}"
+
+    @staticmethod
+    def _subset_names(config):
+        for task in config["tasks"]:
+            if task.get("gate_inputs"):
+                yield f"task {task['name']}", task["gate_inputs"]
+        for e in config["experts"]:
+            for s in (1, 2):
+                if e["type"] == "finalmlp" and e.get("feature_selection") and e.get(f"fs{s}_context"):
+                    yield f"{e['name']} fs{s}", e[f"fs{s}_context"]
+
+    def subset(self, key, x0):
+        return x0.index_select(1, getattr(self, self.subsets[key]))
+
+    def layer_norm(self, prefix, x):
+        return torch.nn.functional.layer_norm(x, (x.shape[1],), self.t(prefix + ".weight"), self.t(prefix + ".bias"),
+                                              eps=1e-5)
 
     def t(self, name):
         return self.params[name.replace(".", "__")]
@@ -53,6 +79,12 @@ class Model(torch.nn.Module):
             if e["type"] == "mlp":
                 experts.append(self.mlp(p + ".mlp", x0, len(e["hidden"]), True))
                 continue
+            if e["type"] == "masknet":
+                experts.append(self.masknet(e, p, x0))
+                continue
+            if e["type"] == "finalmlp":
+                experts.append(self.finalmlp(e, p, x0))
+                continue
             x = x0
             for l in range(e["cross_layers"]):
                 q = f"{p}.cross.{l}"
@@ -71,12 +103,73 @@ class Model(torch.nn.Module):
         logits = []
         for task in self.config["tasks"]:
             p = f"tasks.{task['name']}"
-            if task.get("gate_inputs"):
-                raise SystemExit("baseline covers gates over all of x0")
-            w = torch.softmax(self.mlp(p + ".gate", x0, len(task.get("gate_hidden", [])) + 1, False), dim=1)
+            if (p + ".gate.0.weight").replace(".", "__") not in self.params:
+                w = torch.ones_like(x0[:, :1])  # one expert, no gate
+            else:
+                g = self.subset(f"task {task['name']}", x0) if task.get("gate_inputs") else x0
+                w = torch.softmax(self.mlp(p + ".gate", g, len(task.get("gate_hidden", [])) + 1, False), dim=1)
             m = (w.unsqueeze(2) * stacked).sum(dim=1)
             logits.append(self.mlp(p + ".tower", m, len(task.get("tower", [])) + 1, False))
         return torch.cat(logits, dim=1)
+
+    def masknet(self, e, p, x0):
+        v = self.layer_norm(p + ".emb_ln", x0)
+        outs = []
+        for b in range(len(e["blocks"])):
+            q = f"{p}.blocks.{b}"
+            z = v if e["mode"] == "parallel" or b == 0 else outs[-1]
+            mask = self.linear(q + ".mask.1", torch.relu(self.linear(q + ".mask.0", x0)))
+            hidden = torch.nn.functional.linear(mask * z, self.t(q + ".hidden.weight"))
+            outs.append(torch.relu(self.layer_norm(q + ".ln", hidden)))
+        result = torch.cat(outs, dim=1) if e["mode"] == "parallel" else outs[-1]
+        head = e.get("head") or []
+        return self.mlp(p + ".head", result, len(head), True) if head else result
+
+    def finalmlp(self, e, p, x0):
+        streams = []
+        for s in (1, 2):
+            if not e.get("feature_selection"):
+                streams.append(x0)
+                continue
+            if e.get(f"fs{s}_context"):
+                context = self.subset(f"{e['name']} fs{s}", x0)
+            else:
+                context = self.t(f"{p}.fs{s}.ctx_bias").reshape(1, -1)
+            g = self.mlp(f"{p}.fs{s}.gate", context, len(e.get("fs_hidden") or []) + 1, False)
+            streams.append(x0 * (2.0 * torch.sigmoid(g)))
+        o1 = self.mlp(p + ".mlp1", streams[0], len(e["mlp1"]), True)
+        o2 = self.mlp(p + ".mlp2", streams[1], len(e["mlp2"]), True)
+        # The multi-head bilinear fusion the common PyTorch way: w_xy viewed
+        # as [k, hx, hy*H], the product as [k, H, hy].
+        k, h, n = e["heads"], self.config["expert_dim"], x0.shape[0]
+        hx, hy = o1.shape[1] // k, o2.shape[1] // k
+        t = torch.matmul(o1.reshape(n, k, 1, hx), self.t(p + ".agg.w_xy").reshape(k, hx, hy * h))
+        bilinear = torch.matmul(t.reshape(n, k, h, hy), o2.reshape(n, k, hy, 1)).sum(dim=1).reshape(n, h)
+        return self.linear(p + ".agg.w_x", o1) + self.linear(p + ".agg.w_y", o2) + bilinear
+
+
+def check_against_reference(config, tensors, reference_dir):
+    """The baseline's logits on random x0 (CPU, float64) against the numpy
+    reference of MODEL.md on the same weights: the worst
+    |Δlogit| / (1 + |logit|). The baseline must compute the model."""
+    import sys
+    sys.path.insert(0, reference_dir)
+    import mmoe_ref
+
+    d = sum(i["dim"] for i in config["inputs"])
+    x0 = np.random.default_rng(1).standard_normal((17, d))
+    t = {k: v.astype(np.float64) for k, v in tensors.items()}
+    experts = [mmoe_ref.expert_output(e, t, x0, config) for e in config["experts"]]
+    want = np.zeros((17, len(config["tasks"])))
+    for i, task in enumerate(config["tasks"]):
+        w = mmoe_ref.gate_weights(task, t, x0, config)
+        mixture = sum(w[:, j:j + 1] * e for j, e in enumerate(experts))
+        layers = len(task.get("tower") or []) + 1
+        want[:, i] = mmoe_ref.mlp(mixture, t, f"tasks.{task['name']}.tower", layers, relu_last=False)[:, 0]
+    model = Model(config, tensors).to(dtype=torch.float64).eval()
+    with torch.inference_mode():
+        got = model(torch.from_numpy(x0)).numpy()
+    return float(np.max(np.abs(got - want) / (1 + np.abs(want))))
 
 
 def time_calls(fn, iters, max_seconds):
@@ -100,8 +193,17 @@ def main():
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--max-seconds", type=float, default=3.0)
     ap.add_argument("--json")
+    ap.add_argument("--reference", help="folder of mmoe_ref.py: check the model against it first")
+    ap.add_argument("--check-only", action="store_true", help="only the check (on the CPU), no timing")
     args = ap.parse_args()
     config, tensors = read_mmoe(args.model)
+    if args.reference:
+        worst = check_against_reference(config, tensors, args.reference)
+        print(f"baseline against the numpy reference on random x0: worst |dlogit|/(1+|logit|) {worst:.1e}")
+        if not worst < 1e-6:
+            raise SystemExit("the PyTorch baseline does not compute the model")
+    if args.check_only:
+        return
     d = sum(i["dim"] for i in config["inputs"])
     device = torch.device("cuda")
     results = {}
