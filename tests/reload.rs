@@ -188,3 +188,61 @@ fn warmed_reloads_under_load_are_atomic() {
     // threads' sessions are gone, and so are those.
     assert_eq!(run.engine.prepared_sessions(), 0);
 }
+
+/// A rolling upgrade of the file format: an engine serving a model packed
+/// in layout version 1 reloads the same model packed in version 2 (its
+/// FinalMLP bilinear sum now a Linear layer) and back, while a session
+/// keeps scoring; the scores stay those of the model.
+#[test]
+fn a_reload_across_layout_versions_keeps_the_scores() {
+    let config = Config::parse(include_str!("common/small_config.json")).unwrap();
+    let tensors = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
+    let dir = test_support::tempdir().unwrap();
+    let paths = [1, 2].map(|version| {
+        let path = dir.path().join(format!("v{version}.mmoe"));
+        mmoe::format::writer::pack_for_layout(
+            &config,
+            &tensors,
+            DType::F16,
+            &path,
+            &mut |_, _| {},
+            version,
+        )
+        .unwrap();
+        path
+    });
+    let request = mmoe::demo::synthetic_request(&config, 40, 2);
+    let engine = Arc::new(Engine::open(&paths[0], OpenOptions::default()).unwrap());
+    let mut session = engine.session();
+    let mut score = || {
+        let mut out = vec![0.0; 40 * config.tasks.len()];
+        let model = session
+            .score(
+                &request.as_request(),
+                &mut Scores {
+                    logits: Some(&mut out),
+                    probabilities: None,
+                },
+            )
+            .unwrap();
+        (model.layout_version(), out)
+    };
+    let (version, first) = score();
+    assert_eq!(version, 1);
+    for (path, expected) in [(&paths[1], 2), (&paths[0], 1), (&paths[1], 2)] {
+        engine.reload(path).unwrap();
+        let (version, logits) = score();
+        assert_eq!(
+            version, expected,
+            "the session scored with the reloaded model"
+        );
+        assert_eq!(engine.model().layout_version(), version);
+        for (i, (a, b)) in first.iter().zip(&logits).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                "layout {version}, logit {i}: {b} against {a}"
+            );
+        }
+    }
+    assert_eq!(engine.generation(), 3);
+}
