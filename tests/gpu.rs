@@ -187,21 +187,11 @@ fn gpu_bilinear_sums_match_cpu_in_both_layout_versions() {
                 }
             }
         }
-        let dir = test_support::tempdir().unwrap();
-        let path = dir.path().join("model.mmoe");
-        let f16 = DType::F16;
-        mmoe::format::writer::pack_for_layout(
-            &config,
-            &tensors,
-            f16,
-            &path,
-            &mut |_, _| {},
-            version,
-        )
-        .unwrap();
+        let packed = common::pack_for_layout(&config, &tensors, DType::F16, version);
+        let path = &packed.path;
         for (precision, bound) in [(GpuPrecision::F32, 1e-3), (GpuPrecision::F16, 2e-2)] {
-            let cpu = logits(&path, &config, Device::Cpu, precision, 33);
-            let gpu = logits(&path, &config, Device::Cuda(0), precision, 33);
+            let cpu = logits(path, &config, Device::Cpu, precision, 33);
+            let gpu = logits(path, &config, Device::Cuda(0), precision, 33);
             let worst = cpu
                 .iter()
                 .zip(&gpu)

@@ -5,7 +5,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{config, pack, session_logits, small, write_safetensors, SMALL_CONFIG};
+use common::{
+    config, pack, pack_for_layout, session_logits, small, write_safetensors, SMALL_CONFIG,
+};
 use mmoe::format::safetensors_source::SafetensorsSource;
 use mmoe::format::writer::{self, MemorySource};
 use mmoe::format::{Layout, PANEL};
@@ -261,11 +263,11 @@ fn bilinear_weights_of_both_layout_versions_score_alike() {
         let name = "experts.f.agg.w_xy";
         let request = mmoe::demo::synthetic_request(&config, 37, 5);
         for dtype in [DType::F32, DType::F16] {
-            let dir = test_support::tempdir().unwrap();
-            let old = dir.path().join("v1.mmoe");
-            writer::pack_for_layout(&config, &source, dtype, &old, &mut |_, _| {}, 1).unwrap();
-            let old = Model::open(&old, &OpenOptions::default()).unwrap();
-            let new = pack(&config, &source, dtype).open();
+            let (old, new) = (
+                pack_for_layout(&config, &source, dtype, 1),
+                pack(&config, &source, dtype),
+            );
+            let (old, new) = (old.open(), new.open());
             let id = new.plan().tensor_id(name).unwrap();
             let spec = &new.plan().tensors[id];
             let TensorRole::Bilinear { hy } = spec.role else {
@@ -373,10 +375,7 @@ fn wide_bilinear_sums_stay_direct_in_both_layout_versions() {
     let config = config(include_str!("common/wide_bilinear_config.json"));
     const { assert!(520 * 129 > BILINEAR_LINEAR_MAX_K) };
     let source = mmoe::demo::synthetic_tensors(&config, 4).unwrap();
-    let dir = test_support::tempdir().unwrap();
-    let old = dir.path().join("v1.mmoe");
-    writer::pack_for_layout(&config, &source, DType::F16, &old, &mut |_, _| {}, 1).unwrap();
-    let old = Model::open(&old, &OpenOptions::default()).unwrap();
+    let old = pack_for_layout(&config, &source, DType::F16, 1).open();
     let new = pack(&config, &source, DType::F16).open();
     let id = new.plan().tensor_id("experts.f.agg.w_xy").unwrap();
     assert_eq!(new.layout_of(id), Layout::Bilinear);

@@ -197,39 +197,19 @@ fn warmed_reloads_under_load_are_atomic() {
 fn a_reload_across_layout_versions_keeps_the_scores() {
     let config = Config::parse(include_str!("common/small_config.json")).unwrap();
     let tensors = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
-    let dir = test_support::tempdir().unwrap();
-    let paths = [1, 2].map(|version| {
-        let path = dir.path().join(format!("v{version}.mmoe"));
-        mmoe::format::writer::pack_for_layout(
-            &config,
-            &tensors,
-            DType::F16,
-            &path,
-            &mut |_, _| {},
-            version,
-        )
-        .unwrap();
-        path
-    });
+    let files =
+        [1, 2].map(|version| common::pack_for_layout(&config, &tensors, DType::F16, version));
+    let paths = [&files[0].path, &files[1].path];
     let request = mmoe::demo::synthetic_request(&config, 40, 2);
-    let engine = Arc::new(Engine::open(&paths[0], OpenOptions::default()).unwrap());
+    let engine = Arc::new(Engine::open(paths[0], OpenOptions::default()).unwrap());
     let mut session = engine.session();
     let mut score = || {
-        let mut out = vec![0.0; 40 * config.tasks.len()];
-        let model = session
-            .score(
-                &request.as_request(),
-                &mut Scores {
-                    logits: Some(&mut out),
-                    probabilities: None,
-                },
-            )
-            .unwrap();
-        (model.layout_version(), out)
+        let (model, logits) = common::engine_session_logits(&mut session, &request);
+        (model.layout_version(), logits)
     };
     let (version, first) = score();
     assert_eq!(version, 1);
-    for (path, expected) in [(&paths[1], 2), (&paths[0], 1), (&paths[1], 2)] {
+    for (path, expected) in [(paths[1], 2), (paths[0], 1), (paths[1], 2)] {
         engine.reload(path).unwrap();
         let (version, logits) = score();
         assert_eq!(

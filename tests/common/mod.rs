@@ -44,9 +44,20 @@ impl Packed {
 }
 
 pub fn pack(config: &Config, source: &MemorySource, dtype: DType) -> Packed {
+    pack_for_layout(config, source, dtype, mmoe::format::LAYOUT_VERSION)
+}
+
+/// [`pack`] in a given tensor layout version.
+pub fn pack_for_layout(
+    config: &Config,
+    source: &MemorySource,
+    dtype: DType,
+    layout_version: u32,
+) -> Packed {
     let dir = test_support::tempdir().expect("temp dir");
     let path = dir.path().join("model.mmoe");
-    writer::pack(config, source, dtype, &path, &mut |_, _| {}).expect("pack");
+    writer::pack_for_layout(config, source, dtype, &path, &mut |_, _| {}, layout_version)
+        .expect("pack");
     Packed { dir, path }
 }
 
