@@ -437,23 +437,10 @@ impl Model {
         self.layout.tensors[id].layout
     }
 
-    /// `(n, k)` of a tensor the program reads as a Linear weight `[n, k]` in
-    /// the panel layout: every Linear weight, and FinalMLP's `w_xy` where
-    /// its bilinear sum is a Linear layer ([`crate::program::Step::OuterHeads`]).
+    /// `(n, k)` of a tensor the program reads as a Linear weight `[n, k]`
+    /// ([`crate::plan::TensorSpec::linear_shape`] in this file's layout version).
     pub fn linear_shape(&self, id: TensorId) -> Option<(usize, usize)> {
-        let spec = &self.layout.plan.tensors[id];
-        match spec.role {
-            crate::plan::TensorRole::LinearWeight => Some((spec.shape[0], spec.shape[1])),
-            crate::plan::TensorRole::Bilinear { .. }
-                if crate::program::bilinear_is_linear(
-                    self.layout.header.layout_version,
-                    spec.shape[0],
-                ) =>
-            {
-                Some((spec.shape[1], spec.shape[0]))
-            }
-            _ => None,
-        }
+        self.layout.plan.tensors[id].linear_shape(self.layout.header.layout_version)
     }
 }
 

@@ -44,6 +44,22 @@ impl TensorSpec {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// `(n, k)` when the program reads this tensor as a Linear weight
+    /// `[n, k]` in the panel layout, in a file of `layout_version`: every
+    /// Linear weight, and FinalMLP's `w_xy` where its bilinear sum is a
+    /// Linear layer ([`crate::program::Step::OuterHeads`]).
+    pub fn linear_shape(&self, layout_version: u32) -> Option<(usize, usize)> {
+        match self.role {
+            TensorRole::LinearWeight => Some((self.shape[0], self.shape[1])),
+            TensorRole::Bilinear { .. }
+                if crate::program::bilinear_is_linear(layout_version, self.shape[0]) =>
+            {
+                Some((self.shape[1], self.shape[0]))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// `y = W x + b`, `W` of shape `[n_out, n_in]`.

@@ -2269,13 +2269,8 @@ mod tests {
                             ..PlanOptions::default()
                         },
                         &|id| {
-                            // k of the weight as a Linear layer reads it
-                            // (a bilinear weight `[k, n]`: `Model::linear_shape`).
-                            let spec = &plan.tensors[id];
-                            let k = match spec.role {
-                                crate::plan::TensorRole::Bilinear { .. } => spec.shape[0],
-                                _ => spec.shape.get(1).copied().unwrap_or(0),
-                            };
+                            let version = crate::format::LAYOUT_VERSION;
+                            let k = plan.tensors[id].linear_shape(version).map_or(0, |(_, k)| k);
                             DeviceWeight {
                                 ldw: match precision {
                                     Precision::F16 => f16_ldw(k),
