@@ -109,11 +109,7 @@ fn rows_bar(total: usize, what: &str) -> ProgressBar {
 
 pub fn synth(args: &SynthArgs) -> CliResult {
     let config = match (&args.config, &args.model) {
-        (Some(path), _) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        (Some(path), _) => crate::read_config(path)?,
         (None, Some(path)) => mmoe::Model::open(path, &Default::default())
             .map_err(|e| e.to_string())?
             .config()

@@ -310,9 +310,7 @@ fn pack_with_progress(
 fn pack(config: &Path, weights: &Path, out: &Path, dtype: &str, layout_version: u32) -> CliResult {
     let dtype =
         DType::parse(dtype).ok_or_else(|| format!("--dtype {dtype}: expected f16 or f32"))?;
-    let text = std::fs::read_to_string(config)
-        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
-    let config = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let config = read_config(config)?;
     let source = SafetensorsSource::open(weights).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let len = pack_with_progress(
@@ -332,6 +330,13 @@ fn pack(config: &Path, weights: &Path, out: &Path, dtype: &str, layout_version: 
         start.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A config file, parsed and checked; errors name the file.
+fn read_config(path: &Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn open(path: &Path, verify: bool) -> Result<std::sync::Arc<Model>, String> {
@@ -556,11 +561,7 @@ fn demo(
 ) -> CliResult {
     let config = match config {
         None => Config::parse(mmoe::demo::BENCH_MODEL_JSON).map_err(|e| e.to_string())?,
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        Some(path) => read_config(path)?,
     };
     let out = out.unwrap_or_else(|| std::env::temp_dir().join("mmoe-demo.mmoe"));
     println!(
