@@ -187,24 +187,14 @@ def model_flops(config: dict, tensors: dict) -> int:
 
 
 def check_onnx(session, config: dict, tensors: dict) -> float:
-    """The ONNX graph's logits on random x0 against the numpy reference of
-    MODEL.md (tests/python/mmoe_ref.py, float64) on the same weights: the
-    worst |Δlogit| / (1 + |logit|). The baseline must compute the model."""
+    """The ONNX graph against the numpy reference of MODEL.md
+    (tests/python/mmoe_ref.py) on random x0: the worst
+    |Δlogit| / (1 + |logit|). The baseline must compute the model."""
     sys.path.insert(0, str(ROOT / "tests" / "python"))
     import mmoe_ref
 
-    d = sum(i["dim"] for i in config["inputs"])
-    x0 = np.random.default_rng(1).standard_normal((17, d))
-    t = {k: v.astype(np.float64) for k, v in tensors.items()}
-    experts = [mmoe_ref.expert_output(e, t, x0, config) for e in config["experts"]]
-    want = np.zeros((17, len(config["tasks"])))
-    for i, task in enumerate(config["tasks"]):
-        w = mmoe_ref.gate_weights(task, t, x0, config)
-        mixture = sum(w[:, j:j + 1] * e for j, e in enumerate(experts))
-        layers = len(task.get("tower") or []) + 1
-        want[:, i] = mmoe_ref.mlp(mixture, t, f"tasks.{task['name']}.tower", layers, relu_last=False)[:, 0]
-    got = session.run(["logits"], {"x0": x0.astype(np.float32)})[0]
-    return float(np.max(np.abs(got - want) / (1 + np.abs(want))))
+    run = lambda x0: session.run(["logits"], {"x0": x0.astype(np.float32)})[0]
+    return mmoe_ref.gap_on_random_x0(config, tensors, run)
 
 
 def time_ort(session, d, batch, iters, max_seconds):

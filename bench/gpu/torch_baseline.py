@@ -149,27 +149,20 @@ class Model(torch.nn.Module):
 
 
 def check_against_reference(config, tensors, reference_dir):
-    """The baseline's logits on random x0 (CPU, float64) against the numpy
-    reference of MODEL.md on the same weights: the worst
+    """The baseline (CPU, float64) against the numpy reference of MODEL.md
+    (mmoe_ref.py in `reference_dir`) on random x0: the worst
     |Δlogit| / (1 + |logit|). The baseline must compute the model."""
     import sys
     sys.path.insert(0, reference_dir)
     import mmoe_ref
 
-    d = sum(i["dim"] for i in config["inputs"])
-    x0 = np.random.default_rng(1).standard_normal((17, d))
-    t = {k: v.astype(np.float64) for k, v in tensors.items()}
-    experts = [mmoe_ref.expert_output(e, t, x0, config) for e in config["experts"]]
-    want = np.zeros((17, len(config["tasks"])))
-    for i, task in enumerate(config["tasks"]):
-        w = mmoe_ref.gate_weights(task, t, x0, config)
-        mixture = sum(w[:, j:j + 1] * e for j, e in enumerate(experts))
-        layers = len(task.get("tower") or []) + 1
-        want[:, i] = mmoe_ref.mlp(mixture, t, f"tasks.{task['name']}.tower", layers, relu_last=False)[:, 0]
     model = Model(config, tensors).to(dtype=torch.float64).eval()
-    with torch.inference_mode():
-        got = model(torch.from_numpy(x0)).numpy()
-    return float(np.max(np.abs(got - want) / (1 + np.abs(want))))
+
+    def run(x0):
+        with torch.inference_mode():
+            return model(torch.from_numpy(x0)).numpy()
+
+    return mmoe_ref.gap_on_random_x0(config, tensors, run)
 
 
 def time_calls(fn, iters, max_seconds):

@@ -666,11 +666,9 @@ def gate_weights(task: dict, tensors: dict, x0: np.ndarray, config: dict) -> np.
     return softmax(mlp(g, tensors, p, n_layers, relu_last=False))
 
 
-def forward(config: dict, tensors: dict, request: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Score one request: (logits [N, T], probabilities [N, T]), float64."""
-    tensors = {name: np.asarray(v, dtype=np.float64) for name, v in tensors.items()}
-    validate_tensors(config, tensors)
-    x0 = build_x0(config, tensors, request)
+def logits_of_x0(config: dict, tensors: dict, x0: np.ndarray) -> np.ndarray:
+    """The logits [N, T] of the candidates whose x0 rows are given (float64
+    tensors): experts, gates, mixtures and towers."""
     experts = [expert_output(ex, tensors, x0, config) for ex in config["experts"]]
     logits = np.zeros((x0.shape[0], len(config["tasks"])))
     for ti, task in enumerate(config["tasks"]):
@@ -678,6 +676,25 @@ def forward(config: dict, tensors: dict, request: dict) -> tuple[np.ndarray, np.
         mixture = sum(w[:, i : i + 1] * e for i, e in enumerate(experts))
         n_layers = len(task.get("tower") or []) + 1
         logits[:, ti] = mlp(mixture, tensors, f"tasks.{task['name']}.tower", n_layers, relu_last=False)[:, 0]
+    return logits
+
+
+def gap_on_random_x0(config: dict, tensors: dict, logits_of) -> float:
+    """How far another implementation of the model is from this reference on
+    the same weights: `logits_of(x0)` (x0 float64 [17, D], random) against
+    `logits_of_x0`, the worst |Δlogit| / (1 + |logit|). The benchmarks'
+    baselines check themselves with it before they are timed."""
+    x0 = np.random.default_rng(1).standard_normal((17, feature_dim(config)))
+    want = logits_of_x0(config, {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}, x0)
+    got = np.asarray(logits_of(x0), dtype=np.float64)
+    return float(np.max(np.abs(got - want) / (1 + np.abs(want))))
+
+
+def forward(config: dict, tensors: dict, request: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Score one request: (logits [N, T], probabilities [N, T]), float64."""
+    tensors = {name: np.asarray(v, dtype=np.float64) for name, v in tensors.items()}
+    validate_tensors(config, tensors)
+    logits = logits_of_x0(config, tensors, build_x0(config, tensors, request))
     return logits, sigmoid(logits)
 
 
