@@ -97,11 +97,12 @@ void set_error(char* out, size_t len, const std::string& message) {
 }  // namespace
 
 // Runs kernel `name` over `grid` blocks of `block` threads with
-// `shared_bytes` of dynamic shared memory. Returns 0, or 1 with a message in
+// `shared_bytes` of dynamic shared memory, the blocks in ascending order (in
+// descending order if `reverse_blocks`). Returns 0, or 1 with a message in
 // `error` (an unknown kernel, a wrong argument count, a block that cannot
 // complete).
 extern "C" int mmoe_emu_launch(const char* name, const uint32_t* grid, const uint32_t* block, uint32_t shared_bytes,
-                               const uint64_t* args, int nargs, char* error, size_t error_len) {
+                               int reverse_blocks, const uint64_t* args, int nargs, char* error, size_t error_len) {
     for (const Entry& e : entries()) {
         if (std::strcmp(e.name, name) != 0) continue;
         if (e.arity != nargs) {
@@ -112,8 +113,8 @@ extern "C" int mmoe_emu_launch(const char* name, const uint32_t* grid, const uin
         }
         std::string message;
         std::function<void()> body = [&]() { e.run(args); };
-        if (!emu::run_grid(uint3{grid[0], grid[1], grid[2]}, uint3{block[0], block[1], block[2]}, shared_bytes, body,
-                           message)) {
+        if (!emu::run_grid(uint3{grid[0], grid[1], grid[2]}, uint3{block[0], block[1], block[2]}, shared_bytes,
+                           reverse_blocks != 0, body, message)) {
             set_error(error, error_len, std::string(name) + ": " + message);
             return 1;
         }

@@ -1,4 +1,5 @@
-// Runs a CUDA grid on the host: blocks one after another, the threads of a
+// Runs a CUDA grid on the host: blocks one after another (in ascending
+// order, or descending as the caller asks), the threads of a
 // block as fibers (context.cpp) that switch only at barriers. Each warp runs as
 // far as it can (through its warp operations, up to __syncthreads) before
 // the next warp starts, and the order of warps and of lanes flips every
@@ -201,8 +202,8 @@ void* dynamic_shared(int bytes) {
     return executor->dynamic_shared.data();
 }
 
-bool run_grid(const uint3& grid, const uint3& block, size_t shared_bytes, const std::function<void()>& body,
-              std::string& error) {
+bool run_grid(const uint3& grid, const uint3& block, size_t shared_bytes, bool reverse_blocks,
+              const std::function<void()>& body, std::string& error) {
     thread_local Executor local;
     Executor* outer = executor;
     executor = &local;
@@ -214,16 +215,19 @@ bool run_grid(const uint3& grid, const uint3& block, size_t shared_bytes, const 
     ThreadIds ids{};
     ids.grid_dim = grid;
     ids.block_dim = block;
-    for (unsigned z = 0; ok && z < grid.z; ++z)
-        for (unsigned y = 0; ok && y < grid.y; ++y)
-            for (unsigned x = 0; ok && x < grid.x; ++x) {
-                ids.block_idx = {x, y, z};
-                if (!run_block(local, ids, error)) {
-                    error = "block (" + std::to_string(x) + "," + std::to_string(y) + "," + std::to_string(z) +
-                            "): " + error;
-                    ok = false;
-                }
-            }
+    // Blocks in ascending order, or descending: a kernel that relies on the
+    // order of its blocks (the last block of a group to finish doing the
+    // group's remaining work, say) meets both.
+    const uint64_t blocks = (uint64_t)grid.x * grid.y * grid.z;
+    for (uint64_t i = 0; ok && i < blocks; ++i) {
+        uint64_t b = reverse_blocks ? blocks - 1 - i : i;
+        unsigned x = (unsigned)(b % grid.x), y = (unsigned)(b / grid.x % grid.y), z = (unsigned)(b / grid.x / grid.y);
+        ids.block_idx = {x, y, z};
+        if (!run_block(local, ids, error)) {
+            error = "block (" + std::to_string(x) + "," + std::to_string(y) + "," + std::to_string(z) + "): " + error;
+            ok = false;
+        }
+    }
     executor = outer;
     return ok;
 }

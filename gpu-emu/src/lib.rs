@@ -20,7 +20,7 @@ use mmoe::gpu::binding::{
     TensorImage,
 };
 use mmoe::gpu::launch_plan::{
-    bucket, dynamic_shared_bytes, DeviceWeight, LaunchPlan, PlanOptions, Precision,
+    bucket, dynamic_shared_bytes, is_linear, DeviceWeight, LaunchPlan, PlanOptions, Precision,
 };
 use mmoe::gpu::staging::{staging_layout, write_staging};
 use mmoe::{Model, Request};
@@ -35,6 +35,7 @@ mod ffi {
             grid: *const u32,
             block: *const u32,
             shared_bytes: u32,
+            reverse_blocks: i32,
             args: *const u64,
             nargs: i32,
             error: *mut std::ffi::c_char,
@@ -44,7 +45,8 @@ mod ffi {
 }
 
 /// Runs kernel `name` (an entry of `kernels/mmoe.cu`) on the host, with
-/// `shared_bytes` of dynamic shared memory.
+/// `shared_bytes` of dynamic shared memory, its blocks one after another in
+/// ascending order, or descending with `reverse_blocks`.
 ///
 /// # Safety
 /// `args` must be the kernel's arguments (pointers as addresses, ints
@@ -55,6 +57,7 @@ pub unsafe fn launch(
     grid: (u32, u32, u32),
     block: (u32, u32, u32),
     shared_bytes: u32,
+    reverse_blocks: bool,
     args: &[u64],
 ) -> Result<(), String> {
     let name_c = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
@@ -69,6 +72,7 @@ pub unsafe fn launch(
             grid.as_ptr(),
             block.as_ptr(),
             shared_bytes,
+            i32::from(reverse_blocks),
             args.as_ptr(),
             args.len() as i32,
             error.as_mut_ptr(),
@@ -86,6 +90,14 @@ pub unsafe fn launch(
 /// Calls of [`EmuModel::score`] so far (the launch order flips with each).
 static CALLS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// This thread's calls of [`EmuModel::score`] so far: the blocks of a
+    /// call's launch `i` run in descending order when `i` plus this is odd,
+    /// so two calls in a row (a test's own thread) run each launch's
+    /// blocks both ways.
+    static THREAD_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A model's tensors as the device would hold them, in host memory.
 pub struct EmuModel {
     model: Arc<Model>,
@@ -98,6 +110,8 @@ pub struct EmuModel {
     /// Inputs whose ids go as u64 although their tables would allow u32
     /// (`with_u64_ids`).
     u64_ids: Vec<usize>,
+    /// Every grouped GEMM launched twice in a row (`with_repeated_gemms`).
+    repeat_gemms: bool,
 }
 
 impl EmuModel {
@@ -121,7 +135,17 @@ impl EmuModel {
             addresses,
             weights,
             u64_ids: Vec::new(),
+            repeat_gemms: false,
         }
+    }
+
+    /// The same, with every Linear launch run twice in a row, as the
+    /// runtime's tile timing runs them on the device between captures: a
+    /// GEMM must leave what it reads, and its own scratch (the fused
+    /// LayerNorm's counters), as it found them.
+    pub fn with_repeated_gemms(mut self) -> EmuModel {
+        self.repeat_gemms = true;
+        self
     }
 
     /// The same, with the ids of `inputs` uploaded as u64, as the runtime
@@ -216,15 +240,33 @@ impl EmuModel {
                 plan.launches.len()
             ));
         }
-        for at in order {
+        let flip = THREAD_CALLS.with(|calls| calls.replace(calls.get() + 1));
+        for (position, at) in order.into_iter().enumerate() {
             let (step, values) = (&plan.launches[at], &values[at]);
+            let reverse_blocks = (position + flip) % 2 == 1;
             let words: Vec<u64> = values.iter().map(|v| v.word()).collect();
-            // SAFETY: the plan's arguments for its kernels, resolved into
-            // memory owned here (arena, tables, staging, logits) or by this
-            // model (tensor images), sized by the plan for `capacity` rows,
-            // exactly as the CUDA runtime binds them.
             let shared = dynamic_shared_bytes(step.kernel);
-            unsafe { launch(step.kernel.entry(), step.grid, step.block, shared, &words) }?;
+            let runs = if self.repeat_gemms && is_linear(step.kernel) {
+                2
+            } else {
+                1
+            };
+            for run in 0..runs {
+                // SAFETY: the plan's arguments for its kernels, resolved
+                // into memory owned here (arena, tables, staging, logits) or
+                // by this model (tensor images), sized by the plan for
+                // `capacity` rows, exactly as the CUDA runtime binds them.
+                unsafe {
+                    launch(
+                        step.kernel.entry(),
+                        step.grid,
+                        step.block,
+                        shared,
+                        reverse_blocks != (run == 1),
+                        &words,
+                    )
+                }?;
+            }
         }
         Ok(logits.read(n * tasks))
     }

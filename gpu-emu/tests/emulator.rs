@@ -19,7 +19,7 @@ fn run_with_shared(
     let mut args = vec![out.as_mut_ptr() as u64];
     args.extend_from_slice(extra);
     // SAFETY: the self-test kernels write out[threadIdx.x] for threadIdx.x < block ≤ out.len().
-    unsafe { launch(name, (1, 1, 1), (block, 1, 1), shared, &args) }
+    unsafe { launch(name, (1, 1, 1), (block, 1, 1), shared, false, &args) }
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn cp_async_lands_by_its_wait_and_not_before() {
         let mut out = DeviceMemory::zeroed(256 * 4);
         let args = [out.address(), input.address(), wait];
         // SAFETY: the kernel reads in[0..256] and writes out[0..256], both allocated.
-        unsafe { launch("selftest_cp_async", (2, 1, 1), (32, 1, 1), 0, &args) }.unwrap();
+        unsafe { launch("selftest_cp_async", (2, 1, 1), (32, 1, 1), 0, false, &args) }.unwrap();
         let got: Vec<f32> = out.read(256);
         let right = (0..2)
             .filter(|&b| got[128 * b..128 * (b + 1)] == expected[128 * b..128 * (b + 1)])
