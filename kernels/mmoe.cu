@@ -197,7 +197,7 @@ struct LinearArgs {
     const float* x; int ldx; int in_off;
     const void* w; int ldw; int n;
     const u32* ranges; int nranges;
-    const float* bias; const float* add; int act;
+    const float* bias; const float* add; int act; int norm_act;
     float* y; int ldy; int out_off; int rows;
     const float* scale; int ldscale;
     const float* shift; int ldshift;
@@ -207,6 +207,10 @@ struct LinearArgs {
     // x·2^x16_exp to fp16 and scale their sums back by 2^-x16_exp, exact
     // powers of two; the SIMT kernels read x in f32 and ignore it.
     const __half* x16; int ldx16; int x16_exp;
+    // A LayerNorm fused into the epilogue (MaskNet blocks; `gamma` null:
+    // none): y = norm_act(LN(row)) over the row's n outputs, γ = gamma, β =
+    // beta (`finish_norm`: `stats` and `done` are its scratch in the arena).
+    const float* gamma; const float* beta; u32* done; float* stats;
 };
 
 // The epilogue of output `col` of row `row`.
@@ -218,7 +222,7 @@ __device__ __forceinline__ void store_output(const LinearArgs& a, int row, int c
     if (a.scale) v *= row_of(a.scale, a.ldscale, row)[col];
     if (a.shift) v += row_of(a.shift, a.ldshift, row)[col];
     a.y[(long long)a.ldy * row + a.out_off + col] = v;
-    if (a.y16) a.y16[(long long)a.ldy16 * row + a.out_off + col] = __float2half_rn(v);
+    if (a.y16 && !a.gamma) a.y16[(long long)a.ldy16 * row + a.out_off + col] = __float2half_rn(v);
 }
 
 // Outputs `col` and `col + 1` (col even) of one row with 8-byte accesses;
@@ -253,7 +257,96 @@ __device__ __forceinline__ void store_pair(const LinearArgs& a, bool pairs, int 
         v.y += m.y;
     }
     *(float2*)(a.y + (long long)a.ldy * row + a.out_off + col) = v;
-    if (a.y16) *(__half2*)(a.y16 + (long long)a.ldy16 * row + a.out_off + col) = __floats2half2_rn(v.x, v.y);
+    if (a.y16 && !a.gamma) *(__half2*)(a.y16 + (long long)a.ldy16 * row + a.out_off + col) = __floats2half2_rn(v.x, v.y);
+}
+
+// ---------------------------------------------------------------- fused LayerNorm
+
+// The LayerNorm fused into a Linear layer's epilogue (`LinearArgs::gamma`),
+// for tiles of BM rows, in three parts, so that no block normalizes a row
+// alone and the result is the same whichever tile size ran:
+// 1. every tile, once stored, sums each 16-column chunk of its rows (a
+//    half-warp per chunk, shuffles in a fixed order): the chunk's sum and
+//    its sum of squared deviations from the chunk's mean, into `stats`
+//    (float2 [rows, ceil(n / 16)]). Every tile width is a multiple of 16.
+// 2. the tile counts itself done in its band's counter (`done`, one u32
+//    per 16 rows, indexed by the band's first row / 16).
+// 3. the band's last tile to finish (whichever block that is) merges each
+//    row's chunks in column order (the parallel-variance formula about
+//    the row's mean), then normalizes the band's rows, every column, a
+//    thread per element: y = norm_act(γ·(y − mean)·rsqrt(var + 1e-5) + β),
+//    and writes y16. The counter goes back to zero for the next launch.
+#define NORM_CHUNK 16
+
+template <int BM, int THREADS>
+__device__ __forceinline__ void finish_norm(const LinearArgs& a, int row0, int col0, int bn, int tiles_n, int tid) {
+    static_assert(THREADS % 32 == 0 && BM <= THREADS, "whole warps, a thread per row of the band");
+    if (!a.gamma) return;
+    __shared__ float row_stats[BM][2];
+    __shared__ int last;
+    const int chunks = (a.n + NORM_CHUNK - 1) / NORM_CHUNK, warp = tid / 32, lane = tid % 32;
+    const int half = lane / 16, col_in = lane % 16;
+    float2* stats = (float2*)a.stats;
+    // The tile's own values, written by this block: visible after a barrier.
+    __syncthreads();
+    const int tile_chunks = bn / NORM_CHUNK, pairs = BM * tile_chunks;
+    // Four chunks a warp in flight (their loads overlap), not unrolled
+    // further: the loop is in every GEMM kernel.
+    #pragma unroll 4
+    for (int base = 2 * warp; base < pairs; base += 2 * (THREADS / 32)) {
+        int pair = base + half;
+        int r = row0 + pair / tile_chunks, chunk = col0 / NORM_CHUNK + pair % tile_chunks;
+        int c = chunk * NORM_CHUNK + col_in;
+        bool in = pair < pairs && r < a.rows && c < a.n;
+        float v = in ? a.y[(long long)a.ldy * r + a.out_off + c] : 0.0f;
+        float sum = v;
+        for (int s = 8; s > 0; s /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, s);
+        int count = min(NORM_CHUNK, a.n - chunk * NORM_CHUNK);
+        float d = in ? v - sum / (float)count : 0.0f;
+        float sq = d * d;
+        for (int s = 8; s > 0; s /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, s);
+        if (col_in == 0 && pair < pairs && r < a.rows && chunk < chunks)
+            stats[(long long)r * chunks + chunk] = make_float2(sum, sq);
+    }
+    // Every thread's stores are visible device-wide before the tile counts
+    // itself done (the pattern of the CUDA programming guide's
+    // __threadfence example).
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        u32* done = a.done + row0 / 16;
+        last = atomicAdd(done, 1u) == (u32)(tiles_n - 1);
+        if (last) *done = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int rows = min(BM, a.rows - row0);
+    if (tid < rows) {
+        const float2* s = stats + (long long)(row0 + tid) * chunks;
+        float total = 0.0f;
+        #pragma unroll 1
+        for (int q = 0; q < chunks; ++q) total += __ldcg(&s[q].x);
+        float mean = total / (float)a.n, m2 = 0.0f;
+        #pragma unroll 1
+        for (int q = 0; q < chunks; ++q) {
+            float2 cs = __ldcg(&s[q]);
+            float count = (float)min(NORM_CHUNK, a.n - q * NORM_CHUNK), d = cs.x / count - mean;
+            m2 += cs.y + count * d * d;
+        }
+        row_stats[tid][0] = mean;
+        row_stats[tid][1] = rsqrtf(m2 / (float)a.n + 1e-5f);
+    }
+    __syncthreads();
+    #pragma unroll 1
+    for (int i = tid; i < rows * a.n; i += THREADS) {
+        int r = i / a.n, c = i - r * a.n;
+        long long at = (long long)a.ldy * (row0 + r) + a.out_off + c;
+        float v = (__ldcg(a.y + at) - row_stats[r][0]) * row_stats[r][1];
+        v = activate(fmaf(v, a.gamma[c], a.beta[c]), a.norm_act);
+        a.y[at] = v;
+        if (a.y16) a.y16[(long long)a.ldy16 * (row0 + r) + a.out_off + c] = __float2half_rn(v);
+    }
 }
 
 template <typename W>
@@ -300,6 +393,7 @@ __device__ void linear_simt(const LinearArgs* problems, const u32* tiles, int co
         }
     }
     if (r < a.rows && j < a.n) store_output(a, r, j, acc);
+    finish_norm<16, 256>(a, tile_r * 16, tile_c * 16, 16, tiles_n, ty * 16 + tx);
 }
 
 extern "C" __global__ void linear_simt_f32(const LinearArgs* problems, const u32* tiles, int count) {
@@ -541,6 +635,7 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
         buf ^= 1;
     }
     Tile::store(a, acc, row0, col0, warp, lane);
+    finish_norm<BM, THREADS>(a, row0, col0, BN, tiles_n, tid);
 }
 
 // `cp.async` (sm_80+): 16 bytes from global to shared memory without
@@ -640,6 +735,7 @@ __device__ void linear_mma_h_stages(const LinearArgs* problems, const u32* tiles
         Tile::multiply(acc, xs[i % STAGES], ws[i % STAGES], warp, lane);
     }
     Tile::store(a, acc, row0, col0, warp, lane);
+    finish_norm<BM, THREADS>(a, row0, col0, BN, tiles_n, tid);
 }
 
 // Stages in static shared memory (at most 48 KB).

@@ -252,8 +252,10 @@ fn small_and_demo_models() -> ((Config, common::Packed), (Config, common::Packed
 /// gates, mixture, towers and logits of every task in one launch; `MMOE_GPU_TILES=wide`:
 /// 128×128 tiles from 512-row buckets; `MMOE_GPU_HALF_X=0`: GEMMs that
 /// convert f32 activations; `MMOE_GPU_STREAMS=1`: no graph branches;
-/// `MMOE_GPU_TUNE=0`: the plan's tiles, not timed), with the default's
-/// parity bounds.
+/// `MMOE_GPU_TUNE=0`: the plan's tiles, not timed; `MMOE_GPU_FUSED_NORM=1`:
+/// MaskNet's LayerNorm in the GEMM epilogue, whose tile timing runs each
+/// GEMM many times, so a band counter left set would show), with the
+/// default's parity bounds.
 /// The variables are read when a model opens; the check runs these tests on
 /// one thread, and the other tests pass with any choice.
 #[test]
@@ -263,8 +265,9 @@ fn gpu_kernel_variants_match_cpu() {
         return;
     }
     let ((small_config, small), (demo_config, demo)) = small_and_demo_models();
-    let variants: [(&str, Vars); 5] = [
+    let variants: [(&str, Vars); 6] = [
         ("fused heads", &[("MMOE_GPU_FUSED_HEADS", "1")]),
+        ("fused LayerNorm", &[("MMOE_GPU_FUSED_NORM", "1")]),
         (
             "wide tiles, untuned",
             &[("MMOE_GPU_TILES", "wide"), ("MMOE_GPU_TUNE", "0")],
@@ -419,6 +422,23 @@ fn gpu_equivalent_choices_give_identical_logits() {
     for (choice, vars) in choices {
         let label = format!("each GEMM's tile choice {choice} = the plan's tiles");
         pairs.push((label, vars, untuned));
+    }
+    // The fused LayerNorm sums its statistics in 16-column chunks, the
+    // same at every tile size, whichever tile of a band finishes last.
+    let fused_norm: Vars = &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_FUSED_NORM", "1")];
+    let fused_norm_choices: [(&str, Vars); 2] = [
+        (
+            "7 (32×32)",
+            &[("MMOE_GPU_TUNE", "choice=7"), ("MMOE_GPU_FUSED_NORM", "1")],
+        ),
+        (
+            "9 (128×128)",
+            &[("MMOE_GPU_TUNE", "choice=9"), ("MMOE_GPU_FUSED_NORM", "1")],
+        ),
+    ];
+    for (choice, vars) in fused_norm_choices {
+        let label = format!("fused LayerNorm: each GEMM's tile choice {choice} = the plan's tiles");
+        pairs.push((label, vars, fused_norm));
     }
     // With the sm_90 cubin (an H100 or H200), the launches are dependent
     // ones indeed; on other devices the option does nothing.

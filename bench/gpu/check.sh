@@ -91,6 +91,12 @@ if want sanitizer && command -v compute-sanitizer >/dev/null; then
     --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl --out "$out/sanitizer-pdl.jsonl" \
     --device cuda --precision f16 > "$out/sanitizer-pdl.log" 2>&1
   echo "memcheck f16 with PDL: exit $? ($(grep -c 'Invalid' "$out/sanitizer-pdl.log") invalid accesses)" | tee -a "$out/check.log"
+  # MaskNet's LayerNorm fused into the GEMM epilogue (MMOE_GPU_FUSED_NORM=1,
+  # off until checked here): its band counters and statistics, 600 candidates.
+  MMOE_GPU_FUSED_NORM=1 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score \
+    --model parity/seed-0/model.mmoe --requests parity/seed-0/requests-600.jsonl --out "$out/sanitizer-fnorm.jsonl" \
+    --device cuda --precision f16 > "$out/sanitizer-fnorm.log" 2>&1
+  echo "memcheck f16 with the fused LayerNorm, 600 candidates: exit $? ($(grep -c 'Invalid' "$out/sanitizer-fnorm.log") invalid accesses)" | tee -a "$out/check.log"
   # Shared-memory hazards on the device (the host emulator's barrier checks
   # are by construction, this is the hardware's view): fused heads, MMA tiles
   # (the plan's: racecheck is slow, and the tile tuning's runs are many).
@@ -130,7 +136,7 @@ fi
 
 all_variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
   "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "wc:MMOE_GPU_STAGING_WC=1"
-  "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0"
+  "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0" "fnorm:MMOE_GPU_FUSED_NORM=1"
   "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0 MMOE_GPU_STAGING_WC=1")
 # VARIANTS (comma-separated names; default `all`): the ones timed and
 # compared with the CPU, e.g. VARIANTS=wc,pdl,f32v,277801c for the open
@@ -178,7 +184,8 @@ for dir in parity/seed-*; do
     # Wide tiles change only buckets of 512 rows and more.
     # PDL changes every launch; the small requests (32-row bucket) are
     # where it should matter.
-    for req in $([ "$name" = fused ] || [ "$name" = f32x ] || [ "$name" = pdl ] && echo requests) requests-600; do
+    # The fused LayerNorm: both sizes (one band and several).
+    for req in $([ "$name" = fused ] || [ "$name" = f32x ] || [ "$name" = pdl ] || [ "$name" = fnorm ] && echo requests) requests-600; do
       base=$([ $req = requests ] && echo cpu || echo cpu-600)
       env $vars timeout 20 ./bin/mmoe score --model "$m" --requests "$dir/$req.jsonl" --out "$dir/$name-$req.jsonl" \
         --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
@@ -250,6 +257,14 @@ done
 timeout 90 python3 torch_baseline.py --model models/example-v2.mmoe --reference torch_parity --batch 1,256,1024 \
   --iters 200 --max-seconds 1 --json "$out/torch-example.json" > "$out/torch-example.txt" 2>&1
 echo "example model, PyTorch: exit $?; $(grep -m1 'numpy reference' "$out/torch-example.txt")" | tee -a "$out/check.log"
+# Its serial MaskNet's two LayerNorms as separate launches (the default)
+# and fused into the GEMM epilogue (MMOE_GPU_FUSED_NORM=1, since
+# 2026-11-28, not yet timed on a GPU), one after the other.
+for v in 0 1; do
+  MMOE_GPU_FUSED_NORM=$v timeout 40 ./bin/mmoe bench --model models/example-v2.mmoe --device cuda --precision f16 \
+    --batch 1,256,1024 --iters 200 --max-seconds 2 --json "$out/bench-example-fnorm$v.json" > "$out/bench-example-fnorm$v.txt" 2>&1
+  echo "example model, MMOE_GPU_FUSED_NORM=$v: exit $?" | tee -a "$out/check.log"
+done
 fi
 if want variants; then
 # The same for each variant: the A/B that sets the defaults (fused heads
@@ -257,6 +272,8 @@ if want variants; then
 # 2026-11-26.
 for v in "${variants[@]}"; do
   name=${v%%:*}; vars=${v#*:}
+  # The benchmark model has no LayerNorm: the fused one is timed in 3b.
+  [ "$name" = fnorm ] && continue
   in_budget "variant $name" || break
   env $vars timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
     --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 --json "$out/bench-f16-$name.json" 2>&1 | tee "$out/bench-f16-$name.txt"
@@ -339,6 +356,7 @@ def load(name):
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
 names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "f32v", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
+parity_names = names + ["fnorm"]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
 for b in ["1", "64", "256", "1024", "4096"]:
@@ -350,7 +368,7 @@ for b in ["1", "64", "256", "1024", "4096"]:
             return "-"
     print(f"{b:>6} {get(e16):>13} " + " ".join(f"{get(v):>15}" for v in variants)
           + f" {get(e32):>13} {get(t, 'fp16 eager'):>14} {get(t, 'fp16 graph'):>14}")
-for name in ["parity-f32.json", "parity-f16.json"] + [f"parity-f16-{n}.json" for n in names]:
+for name in ["parity-f32.json", "parity-f16.json"] + [f"parity-f16-{n}.json" for n in parity_names]:
     p = load(name)
     if p:
         print(f"{p['label']}: max {p['max']:.2e} (bound {p['bound']:g})")
@@ -391,6 +409,14 @@ if all(bilinear):
         try:
             print(f"  {b}: {bilinear[0]['results'][b]['p50_us']:.1f} / {bilinear[1]['results'][b]['p50_us']:.1f};"
                   f" {torch_p50('fp16 eager')} / {torch_p50('fp16 graph')}")
+        except Exception:
+            pass
+fnorm = [load(f"bench-example-fnorm{v}.json") for v in (0, 1)]
+if all(fnorm):
+    print("MODEL.md's example model, p50 µs: batch: MaskNet's LayerNorms as separate launches / fused into the GEMM epilogue")
+    for b in ["1", "256", "1024"]:
+        try:
+            print(f"  {b}: {fnorm[0]['results'][b]['p50_us']:.1f} / {fnorm[1]['results'][b]['p50_us']:.1f}")
         except Exception:
             pass
 for suffix in [""] + [f"-{n}" for n in names]:

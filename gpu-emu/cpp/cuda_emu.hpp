@@ -127,6 +127,21 @@ void* dynamic_shared(int bytes);
 
 inline void __syncthreads() { emu::sync_block(); }
 
+// ---------------------------------------------------------------- global memory
+
+// One OS thread runs a grid's blocks, and its fibers switch only at
+// barriers: a read-modify-write is atomic and every store is visible to
+// the blocks after it, so the fence orders nothing more here.
+inline unsigned atomicAdd(unsigned* address, unsigned value) {
+    unsigned old = *address;
+    *address = old + value;
+    return old;
+}
+inline void __threadfence() {}
+// Loads cached in L2 only (another block's stores of the same launch).
+inline float __ldcg(const float* p) { return *p; }
+inline float2 __ldcg(const float2* p) { return *p; }
+
 inline float __shfl_xor_sync(unsigned /*mask: the kernels use all lanes*/, float v, int lane_mask) {
     uint32_t bits;
     std::memcpy(&bits, &v, 4);

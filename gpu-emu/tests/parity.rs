@@ -58,6 +58,10 @@ fn variants() -> Vec<Variant> {
         fused_heads: true,
         ..plain
     };
+    let fused_norm = PlanOptions {
+        fused_norm: true,
+        ..plain
+    };
     vec![
         Variant {
             name: "f32 fused heads",
@@ -105,6 +109,20 @@ fn variants() -> Vec<Variant> {
             precision: Precision::F32,
             options: plain,
             uses: &[Kernel::Mixture],
+            bound: 1e-4,
+        },
+        Variant {
+            name: "f16 fused norm",
+            precision: Precision::F16,
+            options: fused_norm,
+            uses: &[Kernel::LinearMma32H, Kernel::LinearMma64H],
+            bound: 2e-2,
+        },
+        Variant {
+            name: "f32 fused norm",
+            precision: Precision::F32,
+            options: fused_norm,
+            uses: &[Kernel::LinearSimtF32],
             bound: 1e-4,
         },
     ]
@@ -295,9 +313,10 @@ fn medium_model_matches_cpu() {
 fn demo_model_matches_cpu() {
     let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
     let (_dir, model) = packed(&config, 7);
+    // Without the fused LayerNorm: the model has no MaskNet expert.
     let f16: Vec<Variant> = variants()
         .into_iter()
-        .filter(|v| v.precision == Precision::F16)
+        .filter(|v| v.precision == Precision::F16 && !v.options.fused_norm)
         .collect();
     check("demo model", &model, &f16[..1], &[1], 8);
     check("demo model", &model, &f16, &[33], 8);
@@ -610,6 +629,95 @@ fn every_tile_choice_gives_the_same_logits() {
                 options.half_x,
                 (1..most).step_by(step).collect::<Vec<_>>()
             );
+        }
+    }
+}
+
+/// MaskNet's LayerNorm fused into the GEMM epilogue (`fused_norm`): no
+/// `layer_norm` launch is left but those of `v = LN(x0)`, and the logits
+/// are those of the separate launches but for the order of the statistics'
+/// sums; the same at every tile size, whichever tile of a band of rows
+/// finishes last (two calls: the emulator runs each launch's blocks
+/// ascending in one and descending in the other), and with every GEMM run
+/// twice in a row, as the tile timing does on the device (the band
+/// counters go back to zero). Widths below, at and past one 16-column
+/// chunk, ending mid-chunk; f16 and f32 (the SIMT kernel's 16×16 tiles).
+#[test]
+fn fused_layer_norms_match_separate_ones_at_every_tile_size() {
+    let small = Config::parse(SMALL_CONFIG).unwrap();
+    let medium = Config::parse(MEDIUM_CONFIG).unwrap();
+    // A serial MaskNet with a head, whose first layer reads the last
+    // block's output through the fp16 copy the fused LayerNorm writes.
+    let mut headed: serde_json::Value = serde_json::from_str(SMALL_CONFIG).unwrap();
+    headed["experts"] = serde_json::json!([
+        {"name": "k", "type": "masknet", "mode": "serial", "blocks": [24, 40],
+         "mask_hidden": 16, "head": [32, 8]},
+        {"name": "m", "type": "mlp", "hidden": [8]}
+    ]);
+    let headed = Config::parse(&headed.to_string()).unwrap();
+    let (_small_dir, small) = packed(&small, 3);
+    let (_medium_dir, medium) = packed(&medium, 11);
+    let (_headed_dir, headed) = packed(&headed, 5);
+    let separate = PlanOptions::default();
+    let fused = PlanOptions {
+        fused_norm: true,
+        ..separate
+    };
+    let models = [
+        ("small", &small, 33),
+        ("medium", &medium, 40),
+        ("serial MaskNet with a head", &headed, 20),
+    ];
+    for (label, model, n) in models {
+        let block_counts = model.config().experts.iter().filter_map(|e| match &e.kind {
+            mmoe::config::ExpertKind::Masknet { blocks, .. } => Some(blocks.len()),
+            _ => None,
+        });
+        let (masknets, blocks) = (block_counts.clone().count(), block_counts.sum::<usize>());
+        assert!(
+            masknets > 0 && blocks > masknets,
+            "{label}: {masknets} MaskNets"
+        );
+        let request = mmoe::demo::synthetic_request(model.config(), n, 9);
+        let cpu = cpu_logits(model, &request);
+        for (precision, bound) in [(Precision::F16, 2e-3), (Precision::F32, 1e-5)] {
+            let norms = |options: PlanOptions| {
+                let emu = EmuModel::new(model.clone(), precision, options);
+                let plan = emu.plan(bucket(n));
+                let launches = plan.launches.iter();
+                launches.filter(|l| l.kernel == Kernel::LayerNorm).count()
+            };
+            assert_eq!(norms(separate), masknets + blocks, "{label}");
+            assert_eq!(norms(fused), masknets, "{label}");
+            let emu = EmuModel::new(model.clone(), precision, fused);
+            let one = emu.score(&request.as_request()).expect("scores");
+            let other = emu.score(&request.as_request()).expect("scores");
+            assert_eq!(one, other, "{label} {precision:?}: block orders");
+            let repeated = EmuModel::new(model.clone(), precision, fused).with_repeated_gemms();
+            let twice = repeated.score(&request.as_request()).expect("scores");
+            assert_eq!(one, twice, "{label} {precision:?}: GEMMs run twice");
+            let plan = emu.plan(bucket(n));
+            let most = plan.tile_choices.iter().map(Vec::len).max().unwrap_or(0);
+            for shift in 1..most {
+                let pick = move |i: usize, _: usize| i + shift;
+                let tiles = emu
+                    .score_with_tiles(&request.as_request(), &pick)
+                    .expect("scores");
+                assert_eq!(
+                    one, tiles,
+                    "{label} {precision:?}: choices shifted by {shift}"
+                );
+            }
+            let apart = EmuModel::new(model.clone(), precision, separate)
+                .score(&request.as_request())
+                .expect("scores");
+            let (to_separate, to_cpu) = (max_delta(&one, &apart), max_delta(&one, &cpu));
+            println!(
+                "{label} model, {n} candidates, {precision:?}: fused against separate LayerNorm \
+                 {to_separate:e}, against the CPU {to_cpu:e}; identical at {} tile choices",
+                most.max(1)
+            );
+            assert!(to_separate < bound, "{label} {precision:?}: {to_separate}");
         }
     }
 }

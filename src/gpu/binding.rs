@@ -31,7 +31,7 @@ pub struct LinearArgs {
     pub bias: u64,
     pub add: u64,
     pub act: i32,
-    pub _pad1: i32,
+    pub norm_act: i32,
     pub y: u64,
     pub ldy: i32,
     pub out_off: i32,
@@ -49,8 +49,12 @@ pub struct LinearArgs {
     pub x16: u64,
     pub ldx16: i32,
     pub x16_exp: i32,
+    pub gamma: u64,
+    pub beta: u64,
+    pub done: u64,
+    pub stats: u64,
 }
-const _: () = assert!(std::mem::size_of::<LinearArgs>() == 160);
+const _: () = assert!(std::mem::size_of::<LinearArgs>() == 192);
 
 /// A model tensor as the kernels read it.
 pub enum TensorImage {
@@ -255,6 +259,11 @@ fn linear_args(l: &LinearLaunch, regions: &Regions<'_>) -> LinearArgs {
         x16: at(l.x16),
         ldx16: l.ldx16,
         x16_exp: l.x16_exp,
+        norm_act: l.norm_act,
+        gamma: at(l.gamma),
+        beta: at(l.beta),
+        done: at(l.done),
+        stats: at(l.stats),
         ..LinearArgs::default()
     }
 }

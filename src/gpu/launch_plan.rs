@@ -189,6 +189,15 @@ pub struct LinearLaunch {
     /// The tensor-core kernels read x as fp16 of x·2^x16_exp and scale
     /// their sums back ([`half_exponent`]).
     pub x16_exp: i32,
+    /// A LayerNorm fused into the epilogue (`PlanOptions::fused_norm`):
+    /// γ and β (`Loc::Null`: none), the activation after it, and its
+    /// scratch in the arena: a u32 counter per 16 rows (`done`, zero
+    /// between launches) and a float2 per row and 16 columns (`stats`).
+    pub gamma: Loc,
+    pub beta: Loc,
+    pub norm_act: i32,
+    pub done: Loc,
+    pub stats: Loc,
 }
 
 /// The power of two at which the outer products of a bilinear sum go to
@@ -247,7 +256,7 @@ struct Pending {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Group {
     /// A Linear problem and its number of blocks.
-    Linear(LinearLaunch, u32),
+    Linear(Box<LinearLaunch>, u32),
     /// One task's mixture: tasks over the same experts run as one launch
     /// that reads each expert value once.
     Mixture(MixtureTask),
@@ -328,6 +337,8 @@ pub struct LaunchPlan {
     /// launches. The runtime times them on the device (`choose_tiles`).
     pub tile_choices: Vec<Vec<TileChoice>>,
     tiles: Tiles,
+    /// `PlanOptions::fused_norm`.
+    fused_norm: bool,
     pending: Vec<Pending>,
     /// Per buffer, the task whose logit column its one writer (a Linear of
     /// one output) writes straight into (`logit_writers`): no copy launch.
@@ -418,6 +429,16 @@ pub struct PlanOptions {
     /// kernels (at 32 rows on an H200 a GEMM's SMs were busy for 3,000 of
     /// its 14,000 cycles). Off until timed on a GPU: the check compares.
     pub pdl: bool,
+    /// MaskNet's LayerNorm after a Linear layer fused into the GEMM's
+    /// epilogue (`MMOE_GPU_FUSED_NORM=1`; off until checked and timed on a
+    /// GPU): every tile sums its rows' 16-column chunks, and the last tile
+    /// of a band of rows to finish normalizes the band (`finish_norm` in
+    /// `kernels/mmoe.cu`), where a separate `layer_norm` launch (a block
+    /// per row) followed the GEMM: one dependent launch fewer per MaskNet
+    /// block. The statistics are summed in another order than the
+    /// separate kernel's (the logits differ in the last bits; the same at
+    /// every tile size).
+    pub fused_norm: bool,
     /// Which compiled kernels the driver loads: the cubin made for the
     /// device when there is one (default), else the PTX it compiles.
     /// `MMOE_GPU_KERNELS=ptx`: always the PTX.
@@ -448,6 +469,7 @@ impl Default for PlanOptions {
             staging_write_combined: false,
             half_values: true,
             pdl: false,
+            fused_norm: false,
             kernels: super::kernel_image::KernelForm::Auto,
         }
     }
@@ -462,7 +484,8 @@ impl PlanOptions {
 
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
     /// `MMOE_GPU_FUSED_HEADS`, `MMOE_GPU_HALF_X`, `MMOE_GPU_STAGING_WC`,
-    /// `MMOE_GPU_HALF_VALUES` and `MMOE_GPU_PDL` (`0`, `1`),
+    /// `MMOE_GPU_HALF_VALUES`, `MMOE_GPU_PDL` and `MMOE_GPU_FUSED_NORM`
+    /// (`0`, `1`),
     /// `MMOE_GPU_STREAMS` (1 to 8), `MMOE_GPU_TUNE` (`0`, `1`, `log`,
     /// `choice=K`), `MMOE_GPU_UPLOAD_CHUNK` (KiB) and `MMOE_GPU_KERNELS`
     /// (`auto`, `ptx`); an unknown value is an error.
@@ -492,6 +515,9 @@ impl PlanOptions {
         }
         if let Ok(value) = std::env::var("MMOE_GPU_PDL") {
             options.pdl = switch("MMOE_GPU_PDL", value)?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_FUSED_NORM") {
+            options.fused_norm = switch("MMOE_GPU_FUSED_NORM", value)?;
         }
         if let Ok(value) = std::env::var("MMOE_GPU_TUNE") {
             options.tune = match value.as_str() {
@@ -1026,6 +1052,7 @@ impl LaunchPlan {
             streams: StreamSchedule::default(),
             tile_choices: Vec::new(),
             tiles: options.tiles,
+            fused_norm: options.fused_norm,
             pending: Vec::new(),
             logit_columns,
             #[cfg(test)]
@@ -1109,7 +1136,7 @@ impl LaunchPlan {
             for p in level {
                 match p.group {
                     Some(Group::Linear(problem, blocks)) => {
-                        let member = (problem, blocks, p.launch);
+                        let member = (*problem, blocks, p.launch);
                         match groups.iter_mut().find(|(k, _)| *k == member.2.kernel) {
                             Some((_, members)) => members.push(member),
                             None => groups.push((member.2.kernel, vec![member])),
@@ -1467,6 +1494,14 @@ impl LaunchPlan {
         );
     }
 
+    /// `len` f32 (or u32) elements of scratch at the end of the arena,
+    /// zeroed with it.
+    fn scratch(&mut self, len: usize) -> Loc {
+        let at = self.arena_len;
+        self.arena_len += len.div_ceil(64) * 64;
+        Loc::Arena(at)
+    }
+
     fn layer_norm(
         &mut self,
         program: &Program,
@@ -1615,8 +1650,10 @@ impl LaunchPlan {
                 } else {
                     (Loc::Null, 0)
                 };
-                // With a LayerNorm after it, the LayerNorm writes the copy.
-                let (y16, ldy16) = if norm.is_some() {
+                // With a separate LayerNorm after it, the LayerNorm writes
+                // the copy (a fused one writes it at the end of the epilogue).
+                let fused_norm = norm.filter(|_| self.fused_norm);
+                let (y16, ldy16) = if norm.is_some() && fused_norm.is_none() {
                     (Loc::Null, 0)
                 } else {
                     self.half(out.buf)
@@ -1632,6 +1669,13 @@ impl LaunchPlan {
                 };
                 let (table, count) = self.ranges(ranges);
                 let rows = self.rows(out.buf);
+                let (done, stats) = match fused_norm {
+                    Some(_) => (
+                        self.scratch(rows.div_ceil(16)),
+                        self.scratch(rows * 2 * n.div_ceil(16)),
+                    ),
+                    None => (Loc::Null, Loc::Null),
+                };
                 let args = LinearLaunch {
                     x: self.at(input.buf),
                     ldx: self.stride(program, input.buf),
@@ -1657,6 +1701,11 @@ impl LaunchPlan {
                     x16,
                     ldx16,
                     x16_exp: half_exponent(program, input.buf),
+                    gamma: fused_norm.map_or(Loc::Null, |f| Loc::Tensor(f.gamma)),
+                    beta: fused_norm.map_or(Loc::Null, |f| Loc::Tensor(f.beta)),
+                    norm_act: fused_norm.map_or(0, |f| f.act.code()),
+                    done,
+                    stats,
                 };
                 self.pending.push(Pending {
                     launch: Launch {
@@ -1669,9 +1718,12 @@ impl LaunchPlan {
                         problems: 0..0,
                         origin: Vec::new(),
                     },
-                    group: Some(Group::Linear(args, linear_blocks(kernel, rows, *n))),
+                    group: Some(Group::Linear(
+                        Box::new(args),
+                        linear_blocks(kernel, rows, *n),
+                    )),
                 });
-                if let Some(norm) = norm {
+                if let (Some(norm), None) = (norm, fused_norm) {
                     // LayerNorm of the output rows, in place.
                     self.layer_norm(program, *out, *out, norm.gamma, norm.beta, norm.act);
                 }
@@ -2000,10 +2052,16 @@ mod tests {
                 fused_heads: false,
                 ..PlanOptions::default()
             };
+            let fused_norm = PlanOptions {
+                fused_norm: true,
+                ..plain
+            };
             for (precision, options) in [
                 (Precision::F16, plain),
                 (Precision::F32, plain),
                 (Precision::F16, PlanOptions::default()),
+                (Precision::F16, fused_norm),
+                (Precision::F32, fused_norm),
             ] {
                 let lp = LaunchPlan::new(&program, 64, precision, options, &|_| DeviceWeight {
                     ldw: 1024,
@@ -2045,6 +2103,57 @@ mod tests {
                     assert!(schedule.streams <= streams);
                 }
                 check_schedule(&lp.launches, &lp.streams);
+            }
+        }
+    }
+
+    /// With the LayerNorm fused (`PlanOptions::fused_norm`), each MaskNet
+    /// block's hidden layer carries γ, β and its activation, writes its
+    /// fp16 copy itself, and has its own scratch past the buffers: a
+    /// counter per 16 rows and a float2 per row and 16 columns, apart from
+    /// every other problem's, inside the (zeroed) arena.
+    #[test]
+    fn fused_layer_norms_get_their_own_scratch() {
+        let config = Config::parse(include_str!("../../tests/common/small_config.json")).unwrap();
+        let plan =
+            Plan::build(&config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
+        let program = Program::lower(&config, &plan);
+        let weight = |_| DeviceWeight { ldw: 1024 };
+        let separate = PlanOptions::default();
+        let fused = PlanOptions {
+            fused_norm: true,
+            ..separate
+        };
+        for precision in [Precision::F16, Precision::F32] {
+            for capacity in [32, 256] {
+                let apart = LaunchPlan::new(&program, capacity, precision, separate, &weight);
+                let lp = LaunchPlan::new(&program, capacity, precision, fused, &weight);
+                assert!(apart.problems.iter().all(|p| p.gamma == Loc::Null));
+                let normed: Vec<&LinearLaunch> = lp
+                    .problems
+                    .iter()
+                    .filter(|p| p.gamma != Loc::Null)
+                    .collect();
+                // The small config's MaskNet has two blocks.
+                assert_eq!(normed.len(), 2);
+                let mut spans = Vec::new();
+                for p in normed {
+                    assert_ne!(p.beta, Loc::Null);
+                    assert_eq!(p.norm_act, Act::Relu.code());
+                    // The buffer's fp16 copy, if a GEMM reads one.
+                    let buf = (0..lp.placements.len()).find(|&b| lp.at(b) == p.y).unwrap();
+                    assert_eq!(p.y16, lp.half(buf).0);
+                    let (Loc::Arena(done), Loc::Arena(stats)) = (p.done, p.stats) else {
+                        panic!("scratch outside the arena: {p:?}");
+                    };
+                    let chunks = (p.n as usize).div_ceil(16);
+                    spans.push((done, done + capacity.div_ceil(16)));
+                    spans.push((stats, stats + capacity * 2 * chunks));
+                }
+                spans.sort_unstable();
+                assert!(spans[0].0 >= apart.arena_len, "{spans:?}");
+                assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{spans:?}");
+                assert!(spans[spans.len() - 1].1 <= lp.arena_len);
             }
         }
     }
@@ -2487,7 +2596,11 @@ mod tests {
         std::env::set_var("MMOE_GPU_STAGING_WC", "1");
         std::env::set_var("MMOE_GPU_PDL", "1");
         std::env::set_var("MMOE_GPU_HALF_VALUES", "0");
+        std::env::set_var("MMOE_GPU_FUSED_NORM", "1");
         let options = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_FUSED_NORM", "yes");
+        let bad_norm = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_FUSED_NORM");
         std::env::set_var("MMOE_GPU_HALF_VALUES", "2");
         let bad_inputs = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_HALF_VALUES");
@@ -2535,6 +2648,7 @@ mod tests {
                 staging_write_combined: true,
                 half_values: false,
                 pdl: true,
+                fused_norm: true,
                 kernels: crate::gpu::kernel_image::KernelForm::Ptx,
             })
         );
@@ -2552,6 +2666,7 @@ mod tests {
             (bad_staging, "MMOE_GPU_STAGING_WC is `yes`"),
             (bad_pdl, "MMOE_GPU_PDL is `on`"),
             (bad_inputs, "MMOE_GPU_HALF_VALUES is `2`"),
+            (bad_norm, "MMOE_GPU_FUSED_NORM is `yes`"),
         ] {
             let err = result.unwrap_err();
             assert!(err.contains(expected), "{err}");
