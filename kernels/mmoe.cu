@@ -192,7 +192,8 @@ extern "C" __global__ void features_candidate(const unsigned char* const* stagin
 // `y16` (optional, row stride `ldy16`, a multiple of 8) receives y as fp16
 // too, for the GEMMs that read y next: `linear_mma*h` read x from `x16`
 // (row stride `ldx16`) instead of `x`. Rounded as the f32 kernels round x,
-// so both give the same sums.
+// so both give the same sums. `y` is null where nothing reads y in f32
+// (`f32_unread` in src/gpu/launch_plan.rs): then only y16 is written.
 struct LinearArgs {
     const float* x; int ldx; int in_off;
     const void* w; int ldw; int n;
@@ -221,7 +222,7 @@ __device__ __forceinline__ void store_output(const LinearArgs& a, int row, int c
     v = activate(v, a.act);
     if (a.scale) v *= row_of(a.scale, a.ldscale, row)[col];
     if (a.shift) v += row_of(a.shift, a.ldshift, row)[col];
-    a.y[(long long)a.ldy * row + a.out_off + col] = v;
+    if (a.y) a.y[(long long)a.ldy * row + a.out_off + col] = v;
     if (a.y16 && !a.gamma) a.y16[(long long)a.ldy16 * row + a.out_off + col] = __float2half_rn(v);
 }
 
@@ -256,7 +257,7 @@ __device__ __forceinline__ void store_pair(const LinearArgs& a, bool pairs, int 
         v.x += m.x;
         v.y += m.y;
     }
-    *(float2*)(a.y + (long long)a.ldy * row + a.out_off + col) = v;
+    if (a.y) *(float2*)(a.y + (long long)a.ldy * row + a.out_off + col) = v;
     if (a.y16 && !a.gamma) *(__half2*)(a.y16 + (long long)a.ldy16 * row + a.out_off + col) = __floats2half2_rn(v.x, v.y);
 }
 
@@ -278,8 +279,10 @@ __device__ __forceinline__ void store_pair(const LinearArgs& a, bool pairs, int 
 //    and writes y16. The counter goes back to zero for the next launch.
 #define NORM_CHUNK 16
 
+// Not inlined: one copy per (BM, THREADS) rather than one in each of the
+// GEMM kernels, whose compile time and registers it would add to.
 template <int BM, int THREADS>
-__device__ __forceinline__ void finish_norm(const LinearArgs& a, int row0, int col0, int bn, int tiles_n, int tid) {
+__device__ __noinline__ void finish_norm(const LinearArgs& a, int row0, int col0, int bn, int tiles_n, int tid) {
     static_assert(THREADS % 32 == 0 && BM <= THREADS, "whole warps, a thread per row of the band");
     if (!a.gamma) return;
     __shared__ float row_stats[BM][2];
@@ -957,7 +960,8 @@ extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, cons
 // outer product, in the order of the bilinear weight's rows: the bilinear
 // sum is then a Linear layer over z on the tensor cores (layout version 2).
 // A product of two activations may pass fp16's range where they do not:
-// its fp16 copy holds z·2^exp16 (the Linear layer's x16_exp).
+// its fp16 copy holds z·2^exp16 (the Linear layer's x16_exp). `out` is
+// null when the GEMM reads only the copy (fp16 compute).
 extern "C" __global__ void outer_heads(const float* o1, int ld1, const float* o2, int ld2, float* out, int ldo,
                                        int width, int rows, __half* out16, int ldo16, int hx, int hy, int exp16) {
     wait_for_inputs();
@@ -965,7 +969,7 @@ extern "C" __global__ void outer_heads(const float* o1, int ld1, const float* o2
     if (r >= rows || c >= width) return;
     int j = c / hy, b = c - j * hy;
     float z = row_of(o1, ld1, r)[j] * row_of(o2, ld2, r)[(j / hx) * hy + b];
-    out[(long long)ldo * r + c] = z;
+    if (out) out[(long long)ldo * r + c] = z;
     if (out16) out16[(long long)ldo16 * r + c] = __float2half_rn(ldexpf(z, exp16));
 }
 

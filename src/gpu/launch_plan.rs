@@ -321,6 +321,10 @@ pub struct LaunchPlan {
     /// Candidate rows every launch computes (the batch bucket).
     pub capacity: usize,
     pub placements: Vec<Placement>,
+    /// Per buffer, whether it has no f32 values in the arena (only its
+    /// fp16 copy: [`f32_unread`]); its placement then holds no memory and
+    /// its address is `Loc::Null`.
+    pub f32_unread: Vec<bool>,
     /// Per buffer, its fp16 copy for the GEMMs that read it, if it has one
     /// (`offset` in f32 elements of the arena, `ld` in halves).
     pub halves: Vec<Option<Placement>>,
@@ -716,6 +720,64 @@ fn half_copies<'a>(buffers: usize, steps: impl Iterator<Item = &'a Step>) -> Vec
         .collect()
 }
 
+/// Per buffer, whether its f32 values go unread, so that it needs only
+/// its fp16 copy (`wanted`: the buffers given one). That is a candidate
+/// buffer that only Linear layers without a LayerNorm after them, or
+/// FinalMLP's outer products, write (their kernels skip a null f32
+/// output), and that only tensor-core GEMMs read, as x, through the copy
+/// (the condition of [`half_copies`]): an MLP's hidden layers, the last
+/// cross layer of a stacked DCN, the towers' hidden layers, the outer
+/// products. A Linear that reads it as `add`, `scale` or `shift`, and
+/// every other step, reads f32, and so do the steps fused into the task
+/// heads (`fused`: indices of candidate steps). Writing only the copy
+/// saves the f32 stores (4 of the 6 bytes an element) and their memory.
+fn f32_unread(program: &Program, wanted: &[bool], fused: &dyn Fn(usize) -> bool) -> Vec<bool> {
+    let buffers = &program.buffers;
+    let mut unread: Vec<bool> = (0..buffers.len())
+        .map(|b| wanted[b] && !buffers[b].per_request)
+        .collect();
+    let request = program.request_steps.iter().map(|s| (false, s));
+    let candidate = program.candidate_steps.iter().enumerate();
+    let steps = request.chain(candidate.map(|(i, s)| (fused(i), s)));
+    for (in_head, step) in steps {
+        if let Some(out) = written(step) {
+            let plain = matches!(
+                step,
+                Step::Linear { norm: None, .. } | Step::OuterHeads { .. }
+            );
+            if !plain || in_head {
+                unread[out] = false;
+            }
+        }
+        match step {
+            Step::Linear {
+                input,
+                k_ranges,
+                add,
+                scale,
+                shift,
+                ..
+            } => {
+                let aligned = k_ranges
+                    .as_deref()
+                    .is_none_or(|r| r.iter().all(|r| r.start % 16 == 0));
+                if in_head || !aligned || input.offset % 8 != 0 {
+                    unread[input.buf] = false;
+                }
+                for b in [add, scale, shift].into_iter().flatten() {
+                    unread[*b] = false;
+                }
+            }
+            _ => {
+                for b in read(step) {
+                    unread[b] = false;
+                }
+            }
+        }
+    }
+    unread
+}
+
 const BLOCK: u32 = 128;
 
 fn blocks(n: usize, per: usize) -> u32 {
@@ -1008,23 +1070,31 @@ impl LaunchPlan {
             let candidate = candidate.filter(move |(i, _)| !fused(*i)).map(|(_, s)| s);
             program.request_steps.iter().chain(candidate)
         };
+        let wanted = if precision == Precision::F16 && options.half_x {
+            half_copies(program.buffers.len(), lowered())
+        } else {
+            vec![false; program.buffers.len()]
+        };
+        let f32_unread = f32_unread(program, &wanted, &fused);
         let mut placements = Vec::with_capacity(program.buffers.len());
         let mut offset = 0;
-        for buffer in &program.buffers {
+        for (buf, buffer) in program.buffers.iter().enumerate() {
             let rows = if buffer.per_request { 1 } else { capacity };
             placements.push(Placement {
                 offset,
                 ld: if buffer.per_request { 0 } else { buffer.width },
                 rows,
             });
-            // 64-element (256-byte) alignment for every buffer.
-            offset += (rows * buffer.width).div_ceil(64) * 64;
+            // 64-element (256-byte) alignment for every buffer; none for
+            // f32 values nothing reads.
+            if !f32_unread[buf] {
+                offset += (rows * buffer.width).div_ceil(64) * 64;
+            }
         }
         // The fp16 copies, after the f32 buffers: rows of a multiple of 8
         // halves (16 bytes), 256-byte aligned.
         let mut halves = vec![None; program.buffers.len()];
         if precision == Precision::F16 && options.half_x {
-            let wanted = half_copies(program.buffers.len(), lowered());
             for (buf, buffer) in program.buffers.iter().enumerate() {
                 if !wanted[buf] {
                     continue;
@@ -1043,6 +1113,7 @@ impl LaunchPlan {
         let mut plan = LaunchPlan {
             capacity,
             placements,
+            f32_unread,
             halves,
             arena_len: offset.max(64),
             ranges: Vec::new(),
@@ -1403,6 +1474,9 @@ impl LaunchPlan {
     }
 
     fn at(&self, buf: BufId) -> Loc {
+        if self.f32_unread[buf] {
+            return Loc::Null;
+        }
         Loc::Arena(self.placements[buf].offset)
     }
 
@@ -2021,12 +2095,15 @@ mod tests {
                     (1, 3, task as i32, Loc::Null)
                 );
             }
-            // Buffers never overlap and are 256-byte aligned.
+            // Buffers never overlap and are 256-byte aligned (those without
+            // f32 values hold no memory).
             let mut spans: Vec<(usize, usize)> = plan
                 .placements
                 .iter()
                 .zip(&program.buffers)
-                .map(|(p, b)| (p.offset, p.offset + p.rows * b.width))
+                .zip(&plan.f32_unread)
+                .filter(|(_, &unread)| !unread)
+                .map(|((p, b), _)| (p.offset, p.offset + p.rows * b.width))
                 .collect();
             spans.sort();
             for w in spans.windows(2) {
@@ -2103,6 +2180,61 @@ mod tests {
                     assert!(schedule.streams <= streams);
                 }
                 check_schedule(&lp.launches, &lp.streams);
+            }
+        }
+    }
+
+    /// With fp16 GEMM inputs, the buffers that only Linear layers write and
+    /// only tensor-core GEMMs read as x keep only their fp16 copy: in the
+    /// benchmark model each stacked DCN's last cross layer and first deep
+    /// layer, each MLP's hidden layer and each tower's hidden layer (13
+    /// buffers, 5,504 f32 a row). Each is read only by launches of
+    /// half-input kernels, as x: never as add, scale or shift, nor by a
+    /// step fused into the task heads (which keeps the towers' layers). With
+    /// f32 inputs or fp32 compute, every buffer keeps its f32 values.
+    #[test]
+    fn buffers_only_gemms_read_keep_only_their_fp16_copy() {
+        let program = bench_program();
+        let weight = |_| DeviceWeight { ldw: 512 };
+        let plain = PlanOptions::default();
+        let fused_heads = PlanOptions {
+            fused_heads: true,
+            ..plain
+        };
+        let f32_inputs = PlanOptions {
+            half_x: false,
+            ..plain
+        };
+        for capacity in [32, 1024] {
+            for (precision, options, buffers, floats) in [
+                (Precision::F16, plain, 13, 5504),
+                (Precision::F16, fused_heads, 10, 5120),
+                (Precision::F16, f32_inputs, 0, 0),
+                (Precision::F32, plain, 0, 0),
+            ] {
+                let lp = LaunchPlan::new(&program, capacity, precision, options, &weight);
+                let unread: Vec<BufId> = (0..program.buffers.len())
+                    .filter(|&b| lp.f32_unread[b])
+                    .collect();
+                let width: usize = unread.iter().map(|&b| program.buffers[b].width).sum();
+                assert_eq!((unread.len(), width), (buffers, floats), "{options:?}");
+                for &b in &unread {
+                    assert!(lp.halves[b].is_some());
+                    assert_eq!(lp.at(b), Loc::Null);
+                    for launch in lp.launches.iter().filter(|l| l.reads.contains(&b)) {
+                        assert!(reads_half_x(launch.kernel), "{:?}", launch.kernel);
+                    }
+                    for step in program.request_steps.iter().chain(&program.candidate_steps) {
+                        if let Step::Linear {
+                            add, scale, shift, ..
+                        } = step
+                        {
+                            assert!(![add, scale, shift].contains(&&Some(b)));
+                        } else {
+                            assert!(!read(step).contains(&b), "{step:?}");
+                        }
+                    }
+                }
             }
         }
     }
@@ -2396,7 +2528,9 @@ mod tests {
                         .placements
                         .iter()
                         .zip(&program.buffers)
-                        .map(|(p, b)| p.offset + p.rows * b.width)
+                        .zip(&launch_plan.f32_unread)
+                        .filter(|(_, &unread)| !unread)
+                        .map(|((p, b), _)| p.offset + p.rows * b.width)
                         .max()
                         .unwrap_or(0);
                     let mut half_end = f32_end;
