@@ -388,6 +388,11 @@ fn gpu_equivalent_choices_give_identical_logits() {
             ],
         ),
         (
+            "buffers with only their fp16 copy = every f32 buffer kept".into(),
+            untuned,
+            &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_HALF_ONLY", "0")],
+        ),
+        (
             "graph branches = one stream".into(),
             untuned,
             &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_STREAMS", "1")],

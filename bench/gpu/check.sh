@@ -136,7 +136,7 @@ fi
 
 all_variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
   "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "wc:MMOE_GPU_STAGING_WC=1"
-  "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0" "fnorm:MMOE_GPU_FUSED_NORM=1"
+  "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0" "f32kept:MMOE_GPU_HALF_ONLY=0" "fnorm:MMOE_GPU_FUSED_NORM=1"
   "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0 MMOE_GPU_STAGING_WC=1")
 # VARIANTS (comma-separated names; default `all`): the ones timed and
 # compared with the CPU, e.g. VARIANTS=wc,pdl,f32v,277801c for the open
@@ -178,9 +178,10 @@ for dir in parity/seed-*; do
   for v in "${variants[@]}"; do
     name=${v%%:*}; vars=${v#*:}
     # One upload instead of pieces, or write-combined staging, changes no
-    # kernel: timed only. f32 values (f32v) change the features kernels'
-    # input: compared on the 600-candidate requests.
-    [ "$name" = upload1 ] || [ "$name" = wc ] && continue
+    # kernel: timed only; nor do kept f32 buffers (f32kept) change a logit
+    # (the GPU tests compare them bit for bit). f32 values (f32v) change
+    # the features kernels' input: compared on the 600-candidate requests.
+    [ "$name" = upload1 ] || [ "$name" = wc ] || [ "$name" = f32kept ] && continue
     # Wide tiles change only buckets of 512 rows and more.
     # PDL changes every launch; the small requests (32-row bucket) are
     # where it should matter.
@@ -354,7 +355,7 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "f32v", "277801c"]
+names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "f32v", "f32kept", "277801c"]
 variants = [load(f"bench-f16-{n}.json") for n in names]
 parity_names = names + ["fnorm"]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)

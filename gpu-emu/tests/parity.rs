@@ -579,6 +579,43 @@ fn half_inputs_give_the_same_logits_as_f32_inputs() {
     }
 }
 
+/// Buffers that only tensor-core GEMMs read keep only their fp16 copy
+/// (`PlanOptions::half_only`, the default): the logits of the plan that
+/// keeps every f32 buffer, bit for bit, with some buffers dropped indeed.
+#[test]
+fn fp16_only_buffers_give_the_logits_of_kept_f32_buffers() {
+    let small = Config::parse(SMALL_CONFIG).unwrap();
+    let medium = Config::parse(MEDIUM_CONFIG).unwrap();
+    let (_small_dir, small) = packed(&small, 3);
+    let (_medium_dir, medium) = packed(&medium, 11);
+    let half_only = PlanOptions::default();
+    let kept = PlanOptions {
+        half_only: false,
+        ..half_only
+    };
+    for (label, model, n) in [("small", &small, 33), ("medium", &medium, 40)] {
+        let request = mmoe::demo::synthetic_request(model.config(), n, 9);
+        let only = EmuModel::new(model.clone(), Precision::F16, half_only);
+        let dropped = only
+            .plan(bucket(n))
+            .f32_unread
+            .iter()
+            .filter(|&&u| u)
+            .count();
+        assert!(dropped > 0, "{label}: no buffer without f32 values");
+        let all = EmuModel::new(model.clone(), Precision::F16, kept);
+        assert!(all.plan(bucket(n)).f32_unread.iter().all(|&u| !u));
+        let (a, b) = (
+            only.score(&request.as_request()).expect("scores"),
+            all.score(&request.as_request()).expect("scores"),
+        );
+        assert_eq!(a, b, "{label} model");
+        println!(
+            "{label} model, {n} candidates: {dropped} buffers without f32 values, identical logits"
+        );
+    }
+}
+
 /// The runtime may run each grouped GEMM with any of its tile sizes
 /// (`LaunchPlan::tile_choices`, timed on the device): every choice gives
 /// exactly the plan's own logits, since the order of the sums over K is the

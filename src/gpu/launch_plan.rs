@@ -378,6 +378,11 @@ pub struct PlanOptions {
     /// results. `MMOE_GPU_HALF_X=0`: every GEMM converts the f32
     /// activations itself (the kernels timed on an H200).
     pub half_x: bool,
+    /// With fp16 GEMM inputs, a buffer whose f32 values nothing reads
+    /// keeps only its fp16 copy ([`f32_unread`]; on by default;
+    /// `MMOE_GPU_HALF_ONLY=0`: every buffer keeps its f32 values, as timed
+    /// on an H200 on 2026-11-27). The same logits either way.
+    pub half_only: bool,
     /// Graph branches: the launches are captured on up to this many streams
     /// (`streams::stream_schedule`), so independent ones run concurrently
     /// (default 4). `MMOE_GPU_STREAMS=1`: one stream, the launches in order
@@ -467,6 +472,7 @@ impl Default for PlanOptions {
             tiles: Tiles::Standard,
             fused_heads: false,
             half_x: true,
+            half_only: true,
             streams: 4,
             tune: Tune::On,
             upload_chunk: 1 << 20,
@@ -487,7 +493,8 @@ impl PlanOptions {
     }
 
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
-    /// `MMOE_GPU_FUSED_HEADS`, `MMOE_GPU_HALF_X`, `MMOE_GPU_STAGING_WC`,
+    /// `MMOE_GPU_FUSED_HEADS`, `MMOE_GPU_HALF_X`, `MMOE_GPU_HALF_ONLY`,
+    /// `MMOE_GPU_STAGING_WC`,
     /// `MMOE_GPU_HALF_VALUES`, `MMOE_GPU_PDL` and `MMOE_GPU_FUSED_NORM`
     /// (`0`, `1`),
     /// `MMOE_GPU_STREAMS` (1 to 8), `MMOE_GPU_TUNE` (`0`, `1`, `log`,
@@ -510,6 +517,9 @@ impl PlanOptions {
         }
         if let Ok(value) = std::env::var("MMOE_GPU_HALF_X") {
             options.half_x = switch("MMOE_GPU_HALF_X", value)?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_HALF_ONLY") {
+            options.half_only = switch("MMOE_GPU_HALF_ONLY", value)?;
         }
         if let Ok(value) = std::env::var("MMOE_GPU_STAGING_WC") {
             options.staging_write_combined = switch("MMOE_GPU_STAGING_WC", value)?;
@@ -1075,7 +1085,11 @@ impl LaunchPlan {
         } else {
             vec![false; program.buffers.len()]
         };
-        let f32_unread = f32_unread(program, &wanted, &fused);
+        let f32_unread = if options.half_only {
+            f32_unread(program, &wanted, &fused)
+        } else {
+            vec![false; program.buffers.len()]
+        };
         let mut placements = Vec::with_capacity(program.buffers.len());
         let mut offset = 0;
         for (buf, buffer) in program.buffers.iter().enumerate() {
@@ -2205,11 +2219,16 @@ mod tests {
             half_x: false,
             ..plain
         };
+        let f32_kept = PlanOptions {
+            half_only: false,
+            ..plain
+        };
         for capacity in [32, 1024] {
             for (precision, options, buffers, floats) in [
                 (Precision::F16, plain, 13, 5504),
                 (Precision::F16, fused_heads, 10, 5120),
                 (Precision::F16, f32_inputs, 0, 0),
+                (Precision::F16, f32_kept, 0, 0),
                 (Precision::F32, plain, 0, 0),
             ] {
                 let lp = LaunchPlan::new(&program, capacity, precision, options, &weight);
@@ -2731,7 +2750,11 @@ mod tests {
         std::env::set_var("MMOE_GPU_PDL", "1");
         std::env::set_var("MMOE_GPU_HALF_VALUES", "0");
         std::env::set_var("MMOE_GPU_FUSED_NORM", "1");
+        std::env::set_var("MMOE_GPU_HALF_ONLY", "0");
         let options = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_HALF_ONLY", "no");
+        let bad_half_only = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_HALF_ONLY");
         std::env::set_var("MMOE_GPU_FUSED_NORM", "yes");
         let bad_norm = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_FUSED_NORM");
@@ -2776,6 +2799,7 @@ mod tests {
                 tiles: Tiles::Wide { from_rows: 512 },
                 fused_heads: true,
                 half_x: false,
+                half_only: false,
                 streams: 1,
                 tune: Tune::Log,
                 upload_chunk: 0,
@@ -2801,6 +2825,7 @@ mod tests {
             (bad_pdl, "MMOE_GPU_PDL is `on`"),
             (bad_inputs, "MMOE_GPU_HALF_VALUES is `2`"),
             (bad_norm, "MMOE_GPU_FUSED_NORM is `yes`"),
+            (bad_half_only, "MMOE_GPU_HALF_ONLY is `no`"),
         ] {
             let err = result.unwrap_err();
             assert!(err.contains(expected), "{err}");
