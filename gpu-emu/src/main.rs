@@ -3,7 +3,7 @@
 //! harness (`tests/python/test_parity.py --emu`).
 //!
 //!     mmoe-gpu-emu score --model M.mmoe --requests R.jsonl --out O.jsonl
-//!         [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values]
+//!         [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values] [--fused-norm]
 //!
 //! `--fused-heads`: gates, mixture, towers and logits of every task in one
 //! launch (the engine's `MMOE_GPU_FUSED_HEADS=1`; separate launches by default). `--wide-tiles`: the 128×128-tile
@@ -13,6 +13,8 @@
 //! (`MMOE_GPU_HALF_X=0`). `--f32-values`: the request's values uploaded as
 //! f32 (`MMOE_GPU_HALF_VALUES=0`; with fp16 compute, those of candidate
 //! inputs without log1p or standardize go as fp16 by default).
+//! `--fused-norm`: MaskNet's LayerNorm in the GEMM epilogue
+//! (`MMOE_GPU_FUSED_NORM=1`).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -31,7 +33,7 @@ struct Args {
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if args.next().as_deref() != Some("score") {
-        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values]".into());
+        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values] [--fused-norm]".into());
     }
     let (mut model, mut requests, mut out) = (None, None, None);
     let mut precision = Precision::F16;
@@ -53,6 +55,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--wide-tiles" => options.tiles = Tiles::Wide { from_rows: 0 },
             "--f32-inputs" => options.half_x = false,
             "--f32-values" => options.half_values = false,
+            "--fused-norm" => options.fused_norm = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
