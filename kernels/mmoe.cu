@@ -1021,8 +1021,10 @@ __device__ __forceinline__ float softmax_weight(const float* z, SoftmaxTerms s, 
     return expf(z[i] - s.zmax) / s.total;
 }
 // One task's output at (r, c); `entry` is its table entry.
+// The f32 output is null where only its fp16 copy is read (`f32_unread`).
 __device__ __forceinline__ void mixture_store(const u64* entry, int r, int c, float m) {
-    ((float*)entry[2])[(long long)entry[3] * r + c] = m;
+    float* out = (float*)entry[2];
+    if (out) out[(long long)entry[3] * r + c] = m;
     __half* out16 = (__half*)entry[4];
     if (out16) out16[(long long)entry[5] * r + c] = __float2half_rn(m);
 }

@@ -732,12 +732,12 @@ fn half_copies<'a>(buffers: usize, steps: impl Iterator<Item = &'a Step>) -> Vec
 
 /// Per buffer, whether its f32 values go unread, so that it needs only
 /// its fp16 copy (`wanted`: the buffers given one). That is a candidate
-/// buffer that only Linear layers without a LayerNorm after them, or
-/// FinalMLP's outer products, write (their kernels skip a null f32
-/// output), and that only tensor-core GEMMs read, as x, through the copy
-/// (the condition of [`half_copies`]): an MLP's hidden layers, the last
-/// cross layer of a stacked DCN, the towers' hidden layers, the outer
-/// products. A Linear that reads it as `add`, `scale` or `shift`, and
+/// buffer that only Linear layers without a LayerNorm after them,
+/// FinalMLP's outer products or the mixtures write (their kernels skip a
+/// null f32 output), and that only tensor-core GEMMs read, as x, through
+/// the copy (the condition of [`half_copies`]): an MLP's hidden layers,
+/// the last cross layer of a stacked DCN, the towers' inputs and hidden
+/// layers, the outer products. A Linear that reads it as `add`, `scale` or `shift`, and
 /// every other step, reads f32, and so do the steps fused into the task
 /// heads (`fused`: indices of candidate steps). Writing only the copy
 /// saves the f32 stores (4 of the 6 bytes an element) and their memory.
@@ -753,7 +753,7 @@ fn f32_unread(program: &Program, wanted: &[bool], fused: &dyn Fn(usize) -> bool)
         if let Some(out) = written(step) {
             let plain = matches!(
                 step,
-                Step::Linear { norm: None, .. } | Step::OuterHeads { .. }
+                Step::Linear { norm: None, .. } | Step::OuterHeads { .. } | Step::Mixture { .. }
             );
             if !plain || in_head {
                 unread[out] = false;
@@ -1276,8 +1276,11 @@ impl LaunchPlan {
         let mut rows = 1;
         for (task, _) in &members {
             self.push_buffer_entry(task.gate);
-            self.pointers
-                .push(PointerEntry::Arena(self.placements[task.out].offset));
+            // Null where only the fp16 copy is read (`f32_unread`).
+            self.pointers.push(match self.at(task.out) {
+                Loc::Arena(offset) => PointerEntry::Arena(offset),
+                _ => PointerEntry::Value(0),
+            });
             self.pointers.push(PointerEntry::Value(task.ldo as u64));
             match self.halves[task.out] {
                 Some(half) => self.pointers.extend([
@@ -2198,11 +2201,12 @@ mod tests {
         }
     }
 
-    /// With fp16 GEMM inputs, the buffers that only Linear layers write and
-    /// only tensor-core GEMMs read as x keep only their fp16 copy: in the
-    /// benchmark model each stacked DCN's last cross layer and first deep
-    /// layer, each MLP's hidden layer and each tower's hidden layer (13
-    /// buffers, 5,504 f32 a row). Each is read only by launches of
+    /// With fp16 GEMM inputs, the buffers that only Linear layers or the
+    /// mixtures write and only tensor-core GEMMs read as x keep only their
+    /// fp16 copy: in the benchmark model each stacked DCN's last cross
+    /// layer and first deep layer, each MLP's hidden layer, each task's
+    /// mixture and each tower's hidden layer (16 buffers, 6,272 f32 a
+    /// row). Each is read only by launches of
     /// half-input kernels, as x: never as add, scale or shift, nor by a
     /// step fused into the task heads (which keeps the towers' layers). With
     /// f32 inputs or fp32 compute, every buffer keeps its f32 values.
@@ -2225,7 +2229,7 @@ mod tests {
         };
         for capacity in [32, 1024] {
             for (precision, options, buffers, floats) in [
-                (Precision::F16, plain, 13, 5504),
+                (Precision::F16, plain, 16, 6272),
                 (Precision::F16, fused_heads, 10, 5120),
                 (Precision::F16, f32_inputs, 0, 0),
                 (Precision::F16, f32_kept, 0, 0),
