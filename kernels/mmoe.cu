@@ -341,14 +341,21 @@ __device__ __noinline__ void finish_norm(const LinearArgs& a, int row0, int col0
         row_stats[tid][1] = rsqrtf(m2 / (float)a.n + 1e-5f);
     }
     __syncthreads();
+    // Whole warps per row, as many as its columns need (up to the block),
+    // and as many rows at a time as that leaves warps for.
+    const int per_row = min(THREADS, (a.n + 31) / 32 * 32), together = THREADS / per_row;
+    if (tid >= together * per_row) return;
     #pragma unroll 1
-    for (int i = tid; i < rows * a.n; i += THREADS) {
-        int r = i / a.n, c = i - r * a.n;
-        long long at = (long long)a.ldy * (row0 + r) + a.out_off + c;
-        float v = (__ldcg(a.y + at) - row_stats[r][0]) * row_stats[r][1];
-        v = activate(fmaf(v, a.gamma[c], a.beta[c]), a.norm_act);
-        a.y[at] = v;
-        if (a.y16) a.y16[(long long)a.ldy16 * (row0 + r) + a.out_off + c] = __float2half_rn(v);
+    for (int r = tid / per_row; r < rows; r += together) {
+        const float mean = row_stats[r][0], inv = row_stats[r][1];
+        float* y = a.y + (long long)a.ldy * (row0 + r) + a.out_off;
+        __half* y16 = a.y16 ? a.y16 + (long long)a.ldy16 * (row0 + r) + a.out_off : nullptr;
+        #pragma unroll 1
+        for (int c = tid % per_row; c < a.n; c += per_row) {
+            float v = activate(fmaf((__ldcg(y + c) - mean) * inv, a.gamma[c], a.beta[c]), a.norm_act);
+            y[c] = v;
+            if (y16) y16[c] = __float2half_rn(v);
+        }
     }
 }
 
