@@ -6,6 +6,15 @@
 #include <cuda_fp16.h>
 #endif
 
+// A device function compiled once rather than inlined into each caller
+// (the emulator's host compiler spells it its own way; libstdc++ uses the
+// name `__noinline__` itself).
+#ifdef MMOE_EMULATE
+#define MMOE_NOINLINE __attribute__((noinline))
+#else
+#define MMOE_NOINLINE __noinline__
+#endif
+
 typedef unsigned long long u64;
 typedef unsigned int u32;
 

@@ -282,7 +282,7 @@ __device__ __forceinline__ void store_pair(const LinearArgs& a, bool pairs, int 
 // Not inlined: one copy per (BM, THREADS) rather than one in each of the
 // GEMM kernels, whose compile time and registers it would add to.
 template <int BM, int THREADS>
-__device__ __noinline__ void finish_norm(const LinearArgs& a, int row0, int col0, int bn, int tiles_n, int tid) {
+__device__ MMOE_NOINLINE void finish_norm(const LinearArgs& a, int row0, int col0, int bn, int tiles_n, int tid) {
     static_assert(THREADS % 32 == 0 && BM <= THREADS, "whole warps, a thread per row of the band");
     if (!a.gamma) return;
     __shared__ float row_stats[BM][2];

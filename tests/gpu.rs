@@ -131,6 +131,56 @@ fn logits(
     run(&model, backend)
 }
 
+/// MaskNet's LayerNorm fused into the GEMM epilogue
+/// (`MMOE_GPU_FUSED_NORM=1`) on MODEL.md's example model, whose serial
+/// MaskNet blocks are 256 wide: several column tiles per band of rows, so
+/// each band's last tile to finish reads the other tiles' stores and
+/// statistics, the ordering between blocks that the host emulator (one
+/// block at a time) cannot check. Against the CPU at 1, 300 and 1024
+/// candidates (f16 and f32), against the separate LayerNorm launches
+/// (another order of the statistics' sums: close, not identical), and at
+/// three tile choices, 32 to 128 columns wide (identical).
+#[test]
+fn gpu_fused_layer_norms_match_cpu_across_column_tiles() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let config = Config::parse(include_str!("../models/example.json")).unwrap();
+    let tensors = mmoe::demo::synthetic_tensors(&config, 5).unwrap();
+    let packed = pack(&config, &tensors, DType::F16);
+    let fused: Vars = &[("MMOE_GPU_FUSED_NORM", "1")];
+    for n in [1, 300, 1024] {
+        for (precision, bound) in [(GpuPrecision::F16, 2e-2), (GpuPrecision::F32, 1e-3)] {
+            let delta = with_vars(fused, || gpu_vs_cpu(&packed.path, &config, precision, n));
+            println!("fused LayerNorm, example model, {n} candidates, {precision:?}: max |Δlogit| {delta:e}");
+            assert!(
+                delta < bound,
+                "{n} candidates, {precision:?}: off by {delta}"
+            );
+        }
+        let run = |vars: Vars| {
+            with_vars(vars, || {
+                logits(&packed.path, &config, Device::Cuda(0), GpuPrecision::F16, n)
+            })
+        };
+        let separate = run(&[("MMOE_GPU_TUNE", "0")]);
+        let own = run(&[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_FUSED_NORM", "1")]);
+        let apart = separate
+            .iter()
+            .zip(&own)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        println!("fused against separate LayerNorm, {n} candidates: max |Δlogit| {apart:e}");
+        assert!(apart < 2e-3, "{n} candidates: {apart}");
+        // Tile choices 1, 7 (32×32) and 9 (128×128 in 8 warps).
+        for choice in ["choice=1", "choice=7", "choice=9"] {
+            let tiles = run(&[("MMOE_GPU_TUNE", choice), ("MMOE_GPU_FUSED_NORM", "1")]);
+            assert_eq!(own, tiles, "{n} candidates, tile {choice}");
+        }
+    }
+}
+
 /// The benchmark model with the demo's weights, packed as fp16.
 fn demo_model() -> (Config, common::Packed) {
     let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();

@@ -18,7 +18,6 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 // One OS thread runs one block at a time: per-thread statics are the block's
 // shared memory.

@@ -1253,12 +1253,22 @@ impl LaunchPlan {
     fn push_buffer_entry(&mut self, buf: Option<BufId>) {
         match buf {
             Some(b) => {
-                self.pointers
-                    .push(PointerEntry::Arena(self.placements[b].offset));
+                self.pointers.push(self.pointer_entry(b, 0));
                 self.pointers
                     .push(PointerEntry::Value(self.placements[b].ld as u64));
             }
             None => self.pointers.extend([PointerEntry::Value(0); 2]),
+        }
+    }
+
+    /// The pointer-table entry of column `column` of buffer `b`'s f32
+    /// values: null for a buffer without them (`f32_unread` keeps those of
+    /// every reader of a pointer table; a null read faults, where an
+    /// offset past it would read another buffer).
+    fn pointer_entry(&self, b: BufId, column: usize) -> PointerEntry {
+        match self.at(b) {
+            Loc::Arena(offset) => PointerEntry::Arena(offset + column),
+            _ => PointerEntry::Value(0),
         }
     }
 
@@ -1277,10 +1287,7 @@ impl LaunchPlan {
         for (task, _) in &members {
             self.push_buffer_entry(task.gate);
             // Null where only the fp16 copy is read (`f32_unread`).
-            self.pointers.push(match self.at(task.out) {
-                Loc::Arena(offset) => PointerEntry::Arena(offset),
-                _ => PointerEntry::Value(0),
-            });
+            self.pointers.push(self.pointer_entry(task.out, 0));
             self.pointers.push(PointerEntry::Value(task.ldo as u64));
             match self.halves[task.out] {
                 Some(half) => self.pointers.extend([
@@ -1351,7 +1358,7 @@ impl LaunchPlan {
             self.push_buffer_entry(g.add);
             let x = self.placements[g.input.buf];
             self.pointers
-                .push(PointerEntry::Arena(x.offset + g.input.offset));
+                .push(self.pointer_entry(g.input.buf, g.input.offset));
             self.pointers.push(PointerEntry::Value(x.ld as u64));
             self.pointers
                 .push(PointerEntry::Value(g.ranges.len() as u64));
@@ -2244,8 +2251,15 @@ mod tests {
                 for &b in &unread {
                     assert!(lp.halves[b].is_some());
                     assert_eq!(lp.at(b), Loc::Null);
-                    for launch in lp.launches.iter().filter(|l| l.reads.contains(&b)) {
+                    for (i, launch) in lp.launches.iter().enumerate() {
+                        if !launch.reads.contains(&b) {
+                            continue;
+                        }
                         assert!(reads_half_x(launch.kernel), "{:?}", launch.kernel);
+                        // Every tile size the runtime may pick reads fp16 too.
+                        for choice in &lp.tile_choices[i] {
+                            assert!(reads_half_x(choice.kernel), "{choice:?}");
+                        }
                     }
                     for step in program.request_steps.iter().chain(&program.candidate_steps) {
                         if let Step::Linear {
