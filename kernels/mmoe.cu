@@ -274,8 +274,8 @@ __device__ __forceinline__ void store_pair(const LinearArgs& a, bool pairs, int 
 //    per 16 rows, indexed by the band's first row / 16).
 // 3. the band's last tile to finish (whichever block that is) merges each
 //    row's chunks in column order (the parallel-variance formula about
-//    the row's mean), then normalizes the band's rows, every column, a
-//    thread per element: y = norm_act(γ·(y − mean)·rsqrt(var + 1e-5) + β),
+//    the row's mean), then normalizes the band's rows, every column, by
+//    whole warps per row: y = norm_act(γ·(y − mean)·rsqrt(var + 1e-5) + β),
 //    and writes y16. The counter goes back to zero for the next launch.
 #define NORM_CHUNK 16
 
