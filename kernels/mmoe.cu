@@ -264,8 +264,8 @@ __device__ __forceinline__ void store_pair(const LinearArgs& a, bool pairs, int 
 // ---------------------------------------------------------------- fused LayerNorm
 
 // The LayerNorm fused into a Linear layer's epilogue (`LinearArgs::gamma`),
-// for tiles of BM rows, in three parts, so that no block normalizes a row
-// alone and the result is the same whichever tile size ran:
+// for tiles of BM rows, in three parts, so that no block waits for another
+// and the result is the same whichever tile size ran:
 // 1. every tile, once stored, sums each 16-column chunk of its rows (a
 //    half-warp per chunk, shuffles in a fixed order): the chunk's sum and
 //    its sum of squared deviations from the chunk's mean, into `stats`

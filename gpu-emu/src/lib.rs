@@ -12,7 +12,6 @@
 //! It is slow (every thread is a fiber; a warp operation is two switches per
 //! lane): small models and a few dozen candidates per call.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mmoe::gpu::binding::{
@@ -87,15 +86,13 @@ pub unsafe fn launch(
     Err(message.to_string_lossy().into_owned())
 }
 
-/// Calls of [`EmuModel::score`] so far (the launch order flips with each).
-static CALLS: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
-    /// This thread's calls of [`EmuModel::score`] so far: the blocks of a
-    /// call's launch `i` run in descending order when `i` plus this is odd,
-    /// so two calls in a row (a test's own thread) run each launch's
-    /// blocks both ways.
-    static THREAD_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// This thread's calls of [`EmuModel::score`] so far. The launch order
+    /// flips with each, and the blocks of a call's launch `i` run in
+    /// descending order when `i` plus this is odd: two calls in a row (a
+    /// test's own thread) run both launch orders and each launch's blocks
+    /// both ways.
+    static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A model's tensors as the device would hold them, in host memory.
@@ -231,7 +228,8 @@ impl EmuModel {
         // The launches in an order the graph branches allow (streams.rs):
         // the plan's order, or side streams first, flipped every call, so a
         // dependency the branches miss changes the logits.
-        let from_last = CALLS.fetch_add(1, Ordering::Relaxed) % 2 == 1;
+        let calls = CALLS.with(|calls| calls.replace(calls.get() + 1));
+        let from_last = calls % 2 == 1;
         let order = plan.streams.execution_order(from_last);
         if order.len() != plan.launches.len() {
             return Err(format!(
@@ -240,10 +238,9 @@ impl EmuModel {
                 plan.launches.len()
             ));
         }
-        let flip = THREAD_CALLS.with(|calls| calls.replace(calls.get() + 1));
         for (position, at) in order.into_iter().enumerate() {
             let (step, values) = (&plan.launches[at], &values[at]);
-            let reverse_blocks = (position + flip) % 2 == 1;
+            let reverse_blocks = (position + calls) % 2 == 1;
             let words: Vec<u64> = values.iter().map(|v| v.word()).collect();
             let shared = dynamic_shared_bytes(step.kernel);
             let runs = if self.repeat_gemms && is_linear(step.kernel) {

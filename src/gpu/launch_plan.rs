@@ -1752,7 +1752,8 @@ impl LaunchPlan {
                 // With a separate LayerNorm after it, the LayerNorm writes
                 // the copy (a fused one writes it at the end of the epilogue).
                 let fused_norm = norm.filter(|_| self.fused_norm);
-                let (y16, ldy16) = if norm.is_some() && fused_norm.is_none() {
+                let separate_norm = norm.filter(|_| !self.fused_norm);
+                let (y16, ldy16) = if separate_norm.is_some() {
                     (Loc::Null, 0)
                 } else {
                     self.half(out.buf)
@@ -1822,7 +1823,7 @@ impl LaunchPlan {
                         linear_blocks(kernel, rows, *n),
                     )),
                 });
-                if let (Some(norm), None) = (norm, fused_norm) {
+                if let Some(norm) = separate_norm {
                     // LayerNorm of the output rows, in place.
                     self.layer_norm(program, *out, *out, norm.gamma, norm.beta, norm.act);
                 }
@@ -1971,6 +1972,13 @@ mod tests {
         let config = Config::parse(crate::demo::BENCH_MODEL_JSON).unwrap();
         let plan = Plan::build(&config, &|_| None).unwrap();
         Program::lower(&config, &plan)
+    }
+
+    /// The program of `config`, its learned FinalMLP contexts 4 wide.
+    fn program_of(config: &Config) -> Program {
+        let plan =
+            Plan::build(config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
+        Program::lower(config, &plan)
     }
 
     /// The runtime finds a kernel's function at `index()`: ALL must be in
@@ -2147,9 +2155,7 @@ mod tests {
         let small = include_str!("../../tests/common/small_config.json");
         for json in [small, crate::demo::BENCH_MODEL_JSON] {
             let config = Config::parse(json).unwrap();
-            let plan =
-                Plan::build(&config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
-            let program = Program::lower(&config, &plan);
+            let program = program_of(&config);
             let plain = PlanOptions {
                 fused_heads: false,
                 ..PlanOptions::default()
@@ -2214,10 +2220,10 @@ mod tests {
     /// fp16 copy: in the benchmark model each stacked DCN's last cross
     /// layer and first deep layer, each MLP's hidden layer, each task's
     /// mixture and each tower's hidden layer (16 buffers, 6,272 f32 a
-    /// row). Each is read only by launches of
-    /// half-input kernels, as x: never as add, scale or shift, nor by a
-    /// step fused into the task heads (which keeps the towers' layers). With
-    /// f32 inputs or fp32 compute, every buffer keeps its f32 values.
+    /// row). Each is read only by launches of half-input kernels, as x:
+    /// never as add, scale or shift, nor by a step fused into the task
+    /// heads (which keeps the towers' layers). With f32 inputs, fp32
+    /// compute or `half_only` off, every buffer keeps its f32 values.
     #[test]
     fn buffers_only_gemms_read_keep_only_their_fp16_copy() {
         let program = bench_program();
@@ -2285,9 +2291,7 @@ mod tests {
     #[test]
     fn fused_layer_norms_get_their_own_scratch() {
         let config = Config::parse(include_str!("../../tests/common/small_config.json")).unwrap();
-        let plan =
-            Plan::build(&config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
-        let program = Program::lower(&config, &plan);
+        let program = program_of(&config);
         let weight = |_| DeviceWeight { ldw: 1024 };
         let separate = PlanOptions::default();
         let fused = PlanOptions {
