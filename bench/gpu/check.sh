@@ -35,6 +35,12 @@ in_budget() {
   return 1
 }
 want() { [[ $steps == *",$1,"* ]] && in_budget "$1"; }
+# MODEL.md's example model (one expert of each type) packed at layout
+# version $1 into models/example-v$1.mmoe, once per check.
+example_model() {
+  [ -f models/example-v$1.mmoe ] || timeout 60 ./bin/mmoe demo --config models/example.json --layout-version $1 \
+    --candidates 8 --out models/example-v$1.mmoe > "$out/example-v$1-demo.txt" 2>&1
+}
 echo "steps: $steps" | tee -a "$out/check.log"
 
 log "machine"
@@ -95,11 +101,10 @@ if want sanitizer && command -v compute-sanitizer >/dev/null; then
   # off until checked here): its band counters and statistics, on MODEL.md's
   # example model (256-wide MaskNet blocks: several column tiles a band; the
   # random models' blocks fit one tile), 1 and 600 candidates, f16 and f32.
-  timeout 60 ./bin/mmoe demo --config models/example.json --candidates 8 --out models/example-sanitizer.mmoe \
-    > "$out/example-sanitizer-demo.txt" 2>&1
+  example_model 2
   for precision in f16 f32; do
     MMOE_GPU_FUSED_NORM=1 MMOE_GPU_TUNE=0 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe bench \
-      --model models/example-sanitizer.mmoe --device cuda --precision $precision --batch 1,600 --iters 2 --max-seconds 1 \
+      --model models/example-v2.mmoe --device cuda --precision $precision --batch 1,600 --iters 2 --max-seconds 1 \
       > "$out/sanitizer-fnorm-$precision.log" 2>&1
     echo "memcheck $precision with the fused LayerNorm, example model: exit $? ($(grep -c 'Invalid' "$out/sanitizer-fnorm-$precision.log") invalid accesses)" | tee -a "$out/check.log"
   done
@@ -253,8 +258,7 @@ log "3b. FinalMLP's bilinear sum on MODEL.md's example model (one expert of each
 # (outer_heads, then a grouped GEMM); version 1: the direct `bilinear`
 # kernel, a thread per output, over the flat weight.
 for v in 1 2; do
-  timeout 60 ./bin/mmoe demo --config models/example.json --layout-version $v --candidates 8 \
-    --out models/example-v$v.mmoe > "$out/example-v$v-demo.txt" 2>&1
+  example_model $v
   timeout 40 ./bin/mmoe bench --model models/example-v$v.mmoe --device cuda --precision f16 --batch 1,256,1024 \
     --iters 200 --max-seconds 2 --json "$out/bench-bilinear-v$v.json" > "$out/bench-bilinear-v$v.txt" 2>&1
   echo "example model, layout version $v: exit $?" | tee -a "$out/check.log"
