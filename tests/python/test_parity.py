@@ -23,6 +23,9 @@ What it does:
    very file the packer reads.
 3. Prints failing seeds with a branch summary, the largest |dlogit| per packed
    dtype and backend, branch coverage counts, and finally ``N passed, M failed``.
+
+Seeds run in worker processes, as many as ``--jobs`` (default: every core);
+the report is in seed order and the same whatever the count.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
@@ -690,33 +695,49 @@ def check_seed(binary: Path, seed: int, directory: Path, f32_only: bool,
     return problems, deltas, covered, description
 
 
+def run_seed(run: tuple) -> tuple[list, dict, set, str]:
+    """One seed of `run_parity` (a worker's task): its problems, worst
+    |dlogit| per key, covered branches and model description."""
+    binary, seed, directory, f32_only, backends = run
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return check_seed(binary, seed, directory, f32_only, backends)
+    except Exception as err:  # a reference or harness crash is a failure of this seed, said plainly
+        return [f"harness error: {type(err).__name__}: {err}"], {}, set(), "?"
+
+
+def report_seed(seed: int, directory: Path, result: tuple, keep: bool, coverage: Counter, worst: dict,
+                failed: int, passed: int) -> tuple[int, int]:
+    """Folds one seed's result into the counts; prints it if it failed."""
+    problems, deltas, covered, description = result
+    coverage.update(covered)
+    for key, delta in deltas.items():
+        if delta > worst[key][0] or (math.isinf(delta) and worst[key][1] is None):
+            worst[key] = (delta, seed)
+    if problems:
+        print(f"seed {seed} FAILED: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+        for extra in problems[1:4]:
+            print(f"    also: {extra}")
+        print(f"    model: {description}")
+        print(f"    files: {directory}")
+        return failed + 1, passed
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    return failed, passed + 1
+
+
 def run_parity(binary: Path, seeds: list, workdir: Path, keep: bool, f32_only: bool,
-               backends=BACKENDS) -> bool:
+               backends=BACKENDS, jobs: int = 1) -> bool:
     coverage: Counter = Counter()
     worst = {f"{dtype} {backend}": (0.0, None) for dtype in ("f32", "f16") for backend in backends}
     passed, failed = 0, 0
-    for seed in seeds:
-        directory = workdir / f"seed-{seed:04d}"
-        directory.mkdir(parents=True, exist_ok=True)
-        try:
-            problems, deltas, covered, description = check_seed(binary, seed, directory, f32_only, backends)
-        except Exception as err:  # a reference or harness crash is a failure of this seed, said plainly
-            problems, deltas, covered, description = [f"harness error: {type(err).__name__}: {err}"], {}, set(), "?"
-        coverage.update(covered)
-        for key, delta in deltas.items():
-            if delta > worst[key][0] or (math.isinf(delta) and worst[key][1] is None):
-                worst[key] = (delta, seed)
-        if problems:
-            failed += 1
-            print(f"seed {seed} FAILED: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
-            for extra in problems[1:4]:
-                print(f"    also: {extra}")
-            print(f"    model: {description}")
-            print(f"    files: {directory}")
-        else:
-            passed += 1
-            if not keep:
-                shutil.rmtree(directory, ignore_errors=True)
+    runs = [(binary, seed, workdir / f"seed-{seed:04d}", f32_only, backends) for seed in seeds]
+    # Seeds are independent: with several jobs they run in worker processes
+    # (forked, so they see this module's settings), reported in seed order.
+    with ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else nullcontext() as pool:
+        results = pool.map(run_seed, runs) if pool else map(run_seed, runs)
+        for (_, seed, directory, _, _), result in zip(runs, results):
+            failed, passed = report_seed(seed, directory, result, keep, coverage, worst, failed, passed)
 
     for key, (delta, seed) in worst.items():
         print(f"max |dlogit| {key}: {delta:.3e}" + (f" (seed {seed})" if seed is not None else ""))
@@ -761,6 +782,8 @@ def main(argv=None) -> int:
                     help="engine backends to compare, comma-separated (default: %(default)s)")
     ap.add_argument("--selfcheck-only", action="store_true", help="run only the reference self-checks")
     ap.add_argument("--emu", help="path to mmoe-gpu-emu, for the emu-* backends (the GPU path on the host)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="seeds checked at once, in worker processes (default: every core, %(default)s)")
     args = ap.parse_args(argv)
     global EMU_BINARY
     EMU_BINARY = Path(args.emu) if args.emu else None
@@ -782,7 +805,8 @@ def main(argv=None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     backends = tuple(b for b in args.backends.split(",") if b)
     print(f"backends: {', '.join(backends)}")
-    return 0 if run_parity(binary, seeds, workdir, args.keep, args.f32_only, backends) else 1
+    jobs = max(1, args.jobs)
+    return 0 if run_parity(binary, seeds, workdir, args.keep, args.f32_only, backends, jobs) else 1
 
 
 if __name__ == "__main__":
