@@ -12,6 +12,8 @@
 //! It is slow (every thread is a fiber; a warp operation is two switches per
 //! lane): small models and a few dozen candidates per call.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use mmoe::gpu::binding::{
@@ -109,6 +111,11 @@ pub struct EmuModel {
     u64_ids: Vec<usize>,
     /// Every grouped GEMM launched twice in a row (`with_repeated_gemms`).
     repeat_gemms: bool,
+    /// Each bucket's arena, kept from call to call as a session keeps it on
+    /// the device (zeroed once, when allocated): what a call leaves there
+    /// (the fused epilogues' counters, say) is what the next one finds.
+    /// (Keyed by rows and length.)
+    arenas: RefCell<HashMap<(usize, usize), DeviceMemory>>,
 }
 
 impl EmuModel {
@@ -133,6 +140,7 @@ impl EmuModel {
             weights,
             u64_ids: Vec::new(),
             repeat_gemms: false,
+            arenas: RefCell::new(HashMap::new()),
         }
     }
 
@@ -207,7 +215,10 @@ impl EmuModel {
         // The kernels read the staging buffer's address from a cell, as on
         // the device, where the session's buffer can grow under its graphs.
         let mut staging_cell = DeviceMemory::from_slice(&[staging.address()]);
-        let mut arena = DeviceMemory::zeroed(4 * plan.arena_len);
+        let mut arenas = self.arenas.borrow_mut();
+        let arena = arenas
+            .entry((capacity, plan.arena_len))
+            .or_insert_with(|| DeviceMemory::zeroed(4 * plan.arena_len));
         let mut logits = DeviceMemory::zeroed(4 * capacity * tasks);
         let mut ranges = DeviceMemory::from_slice(&range_table(&plan));
         let arena_at = arena.address();
