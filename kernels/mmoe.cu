@@ -212,6 +212,12 @@ struct LinearArgs {
     // none): y = norm_act(LN(row)) over the row's n outputs, γ = gamma, β =
     // beta (`finish_norm`: `stats` and `done` are its scratch in the arena).
     const float* gamma; const float* beta; u32* done; float* stats;
+    // A task's logit fused into its tower's last hidden layer (`logits`
+    // null: none): logits[row · ldlogits + logit_col] = logit_b + the dot
+    // product of the row's n outputs (y, f32) with logit_w (the logit
+    // layer's weight row, of the layer's own type) (`finish_logit`; `done`
+    // and `stats` are its scratch, as for the LayerNorm: never both).
+    const void* logit_w; const float* logit_b; float* logits; int ldlogits; int logit_col;
 };
 
 // The epilogue of output `col` of row `row`.
@@ -279,6 +285,27 @@ __device__ __forceinline__ void store_pair(const LinearArgs& a, bool pairs, int 
 //    and writes y16. The counter goes back to zero for the next launch.
 #define NORM_CHUNK 16
 
+// Whether this tile is the last of its band of rows to finish (`done`: a
+// counter per 16 rows, indexed by the band's first row / 16): every
+// thread's stores are visible device-wide before the tile counts itself
+// done (the pattern of the CUDA programming guide's __threadfence
+// example); the last tile sets the counter back to zero for the next
+// launch. Every thread gets the answer.
+__device__ __forceinline__ bool last_of_band(const LinearArgs& a, int row0, int tiles_n, int tid) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        u32* done = a.done + row0 / 16;
+        last = atomicAdd(done, 1u) == (u32)(tiles_n - 1);
+        if (last) *done = 0;
+    }
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    return true;
+}
+
 // Not inlined: one copy per (BM, THREADS) rather than one in each of the
 // GEMM kernels, whose compile time and registers it would add to.
 template <int BM, int THREADS>
@@ -286,7 +313,6 @@ __device__ MMOE_NOINLINE void finish_norm(const LinearArgs& a, int row0, int col
     static_assert(THREADS % 32 == 0 && BM <= THREADS, "whole warps, a thread per row of the band");
     if (!a.gamma) return;
     __shared__ float row_stats[BM][2];
-    __shared__ int last;
     const int chunks = (a.n + NORM_CHUNK - 1) / NORM_CHUNK, warp = tid / 32, lane = tid % 32;
     const int half = lane / 16, col_in = lane % 16;
     float2* stats = (float2*)a.stats;
@@ -311,19 +337,7 @@ __device__ MMOE_NOINLINE void finish_norm(const LinearArgs& a, int row0, int col
         if (col_in == 0 && pair < pairs && r < a.rows && chunk < chunks)
             stats[(long long)r * chunks + chunk] = make_float2(sum, sq);
     }
-    // Every thread's stores are visible device-wide before the tile counts
-    // itself done (the pattern of the CUDA programming guide's
-    // __threadfence example).
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-        u32* done = a.done + row0 / 16;
-        last = atomicAdd(done, 1u) == (u32)(tiles_n - 1);
-        if (last) *done = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!last_of_band(a, row0, tiles_n, tid)) return;
     const int rows = min(BM, a.rows - row0);
     if (tid < rows) {
         const float2* s = stats + (long long)(row0 + tid) * chunks;
@@ -366,6 +380,46 @@ __device__ __forceinline__ float weight_at<float>(const float* w, long long i) {
 template <>
 __device__ __forceinline__ float weight_at<__half>(const __half* w, long long i) { return __half2float(w[i]); }
 
+// A task's logit fused into its tower's last hidden layer
+// (`LinearArgs::logits`), for tiles of BM rows, by `finish_norm`'s scheme:
+// every tile, once stored, takes the dot product of each 16-column chunk
+// of its rows with the logit weights (a half-warp per chunk, shuffles in a
+// fixed order) into `stats` (float [rows, ceil(n / 16)]); the band's last
+// tile to finish adds each row's chunks in column order, then the bias,
+// and writes the row's logit. The same sum at every tile size; where a
+// separate logit layer followed, one dependent launch fewer per call.
+template <int BM, int THREADS, typename W>
+__device__ MMOE_NOINLINE void finish_logit(const LinearArgs& a, int row0, int col0, int bn, int tiles_n, int tid) {
+    static_assert(THREADS % 32 == 0 && BM <= THREADS, "whole warps, a thread per row of the band");
+    if (!a.logits) return;
+    const int chunks = (a.n + NORM_CHUNK - 1) / NORM_CHUNK, warp = tid / 32, lane = tid % 32;
+    const int half = lane / 16, col_in = lane % 16;
+    const W* lw = (const W*)a.logit_w;
+    // The tile's own values, written by this block: visible after a barrier.
+    __syncthreads();
+    const int tile_chunks = bn / NORM_CHUNK, pairs = BM * tile_chunks;
+    #pragma unroll 4
+    for (int base = 2 * warp; base < pairs; base += 2 * (THREADS / 32)) {
+        int pair = base + half;
+        int r = row0 + pair / tile_chunks, chunk = col0 / NORM_CHUNK + pair % tile_chunks;
+        int c = chunk * NORM_CHUNK + col_in;
+        bool in = pair < pairs && r < a.rows && c < a.n;
+        float v = in ? a.y[(long long)a.ldy * r + a.out_off + c] * weight_at<W>(lw, c) : 0.0f;
+        for (int s = 8; s > 0; s /= 2) v += __shfl_xor_sync(0xffffffffu, v, s);
+        if (col_in == 0 && pair < pairs && r < a.rows && chunk < chunks) a.stats[(long long)r * chunks + chunk] = v;
+    }
+    if (!last_of_band(a, row0, tiles_n, tid)) return;
+    const int rows = min(BM, a.rows - row0);
+    if (tid < rows) {
+        const float* s = a.stats + (long long)(row0 + tid) * chunks;
+        float total = 0.0f;
+        #pragma unroll 1
+        for (int q = 0; q < chunks; ++q) total += __ldcg(&s[q]);
+        if (a.logit_b) total += a.logit_b[0];
+        a.logits[(long long)(row0 + tid) * a.ldlogits + a.logit_col] = total;
+    }
+}
+
 // Grouped launches: one launch runs several independent Linear problems (the
 // same layer of every expert, say). `tiles[p]` is the first block of problem
 // p, ascending; `tiles[count]` is the grid size.
@@ -404,6 +458,7 @@ __device__ void linear_simt(const LinearArgs* problems, const u32* tiles, int co
     }
     if (r < a.rows && j < a.n) store_output(a, r, j, acc);
     finish_norm<16, 256>(a, tile_r * 16, tile_c * 16, 16, tiles_n, ty * 16 + tx);
+    finish_logit<16, 256, W>(a, tile_r * 16, tile_c * 16, 16, tiles_n, ty * 16 + tx);
 }
 
 extern "C" __global__ void linear_simt_f32(const LinearArgs* problems, const u32* tiles, int count) {
@@ -646,6 +701,7 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
     }
     Tile::store(a, acc, row0, col0, warp, lane);
     finish_norm<BM, THREADS>(a, row0, col0, BN, tiles_n, tid);
+    finish_logit<BM, THREADS, __half>(a, row0, col0, BN, tiles_n, tid);
 }
 
 // `cp.async` (sm_80+): 16 bytes from global to shared memory without
@@ -746,6 +802,7 @@ __device__ void linear_mma_h_stages(const LinearArgs* problems, const u32* tiles
     }
     Tile::store(a, acc, row0, col0, warp, lane);
     finish_norm<BM, THREADS>(a, row0, col0, BN, tiles_n, tid);
+    finish_logit<BM, THREADS, __half>(a, row0, col0, BN, tiles_n, tid);
 }
 
 // Stages in static shared memory (at most 48 KB).

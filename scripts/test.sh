@@ -92,10 +92,10 @@ if ! /usr/bin/python3 -c "import torch" 2> /dev/null; then
 fi
 /usr/bin/python3 tests/python/test_torch_parity.py --mmoe target/release/mmoe --seeds 200
 
-step "parity: the GPU path on the host (gpu-emu: f32, f32 with fused task heads and LayerNorm, f16 (cp.async over fp16 inputs), f16 with 128×128 tiles and fused LayerNorm) against the numpy reference on 200 random models; f16 against PyTorch on 200 more"
+step "parity: the GPU path on the host (gpu-emu: f32, f32 with fused task heads and LayerNorm, f16 (cp.async over fp16 inputs), f16 with 128×128 tiles, fused LayerNorm and fused logits) against the numpy reference on 200 random models; f16 against PyTorch on 200 more"
 cargo build --release -p mmoe-gpu-emu --bin mmoe-gpu-emu
 .venv/bin/python tests/python/test_parity.py --mmoe target/release/mmoe --emu target/release/mmoe-gpu-emu --seeds 200 \
-  --backends emu-f32,emu-f32-fused-fnorm,emu-f16,emu-f16-wide-fnorm
+  --backends emu-f32,emu-f32-fused-fnorm,emu-f16,emu-f16-wide-fnorm-flogit
 /usr/bin/python3 tests/python/test_torch_parity.py --mmoe target/release/mmoe --scorer target/release/mmoe-gpu-emu \
   --score-args "--precision f16" --logit-rtol 2e-2 --prob-atol 5e-3 --seeds 200   # and against PyTorch, fp16 compute
 

@@ -305,8 +305,9 @@ fn small_and_demo_models() -> ((Config, common::Packed), (Config, common::Packed
 /// convert f32 activations; `MMOE_GPU_STREAMS=1`: no graph branches;
 /// `MMOE_GPU_TUNE=0`: the plan's tiles, not timed; `MMOE_GPU_FUSED_NORM=1`:
 /// MaskNet's LayerNorm in the GEMM epilogue, whose tile timing runs each
-/// GEMM many times, so a band counter left set would show), with the
-/// default's parity bounds.
+/// GEMM many times, so a band counter left set would show;
+/// `MMOE_GPU_FUSED_LOGIT=1`: each task's logit in its tower's last hidden
+/// layer, by the same scheme), with the default's parity bounds.
 /// The variables are read when a model opens; the check runs these tests on
 /// one thread, and the other tests pass with any choice.
 #[test]
@@ -316,9 +317,10 @@ fn gpu_kernel_variants_match_cpu() {
         return;
     }
     let ((small_config, small), (demo_config, demo)) = small_and_demo_models();
-    let variants: [(&str, Vars); 6] = [
+    let variants: [(&str, Vars); 7] = [
         ("fused heads", &[("MMOE_GPU_FUSED_HEADS", "1")]),
         ("fused LayerNorm", &[("MMOE_GPU_FUSED_NORM", "1")]),
+        ("fused logits", &[("MMOE_GPU_FUSED_LOGIT", "1")]),
         (
             "wide tiles, untuned",
             &[("MMOE_GPU_TILES", "wide"), ("MMOE_GPU_TUNE", "0")],
@@ -495,6 +497,22 @@ fn gpu_equivalent_choices_give_identical_logits() {
     for (choice, vars) in fused_norm_choices {
         let label = format!("fused LayerNorm: each GEMM's tile choice {choice} = the plan's tiles");
         pairs.push((label, vars, fused_norm));
+    }
+    // So do the fused logits' dot products.
+    let fused_logit: Vars = &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_FUSED_LOGIT", "1")];
+    let fused_logit_choices: [(&str, Vars); 2] = [
+        (
+            "7 (32×32)",
+            &[("MMOE_GPU_TUNE", "choice=7"), ("MMOE_GPU_FUSED_LOGIT", "1")],
+        ),
+        (
+            "9 (128×128)",
+            &[("MMOE_GPU_TUNE", "choice=9"), ("MMOE_GPU_FUSED_LOGIT", "1")],
+        ),
+    ];
+    for (choice, vars) in fused_logit_choices {
+        let label = format!("fused logits: each GEMM's tile choice {choice} = the plan's tiles");
+        pairs.push((label, vars, fused_logit));
     }
     // With the sm_90 cubin (an H100 or H200), the launches are dependent
     // ones indeed; on other devices the option does nothing.

@@ -54,7 +54,7 @@ timeout 60 ./bin/mmoe demo --candidates 300 --out models/demo.mmoe 2>&1 | tee "$
 ./bin/mmoe inspect models/demo.mmoe | head -5 | tee -a "$out/check.log"
 
 # The driver loads the embedded cubin made for the GPU (sm_90 on an H100
-# or H200) as it is; the PTX (4.9 MB, 30 kernels, MMOE_GPU_KERNELS=ptx) it
+# or H200) as it is; the PTX (5.4 MB, 31 kernels, MMOE_GPU_KERNELS=ptx) it
 # JIT-compiles at the first load and caches on disk. Timed: a load with the
 # cubin, then the PTX twice (its JIT, then the cache) in a fresh cache.
 export CUDA_CACHE_MAXSIZE=${CUDA_CACHE_MAXSIZE:-4294967296}
@@ -108,6 +108,15 @@ if want sanitizer && command -v compute-sanitizer >/dev/null; then
       > "$out/sanitizer-fnorm-$precision.log" 2>&1
     echo "memcheck $precision with the fused LayerNorm, example model: exit $? ($(grep -c 'Invalid' "$out/sanitizer-fnorm-$precision.log") invalid accesses)" | tee -a "$out/check.log"
   done
+  # Each task's logit fused into its tower's last hidden layer
+  # (MMOE_GPU_FUSED_LOGIT=1, off until checked here): the benchmark model's
+  # 128-wide towers, 1 and 600 candidates, f16 and f32.
+  for precision in f16 f32; do
+    MMOE_GPU_FUSED_LOGIT=1 MMOE_GPU_TUNE=0 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe bench \
+      --model models/demo.mmoe --device cuda --precision $precision --batch 1,600 --iters 2 --max-seconds 1 \
+      > "$out/sanitizer-flogit-$precision.log" 2>&1
+    echo "memcheck $precision with the fused logits, benchmark model: exit $? ($(grep -c 'Invalid' "$out/sanitizer-flogit-$precision.log") invalid accesses)" | tee -a "$out/check.log"
+  done
   # Shared-memory hazards on the device (the host emulator's barrier checks
   # are by construction, this is the hardware's view): fused heads, MMA tiles
   # (the plan's: racecheck is slow, and the tile tuning's runs are many).
@@ -148,6 +157,7 @@ fi
 all_variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
   "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "wc:MMOE_GPU_STAGING_WC=1"
   "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0" "f32kept:MMOE_GPU_HALF_ONLY=0" "fnorm:MMOE_GPU_FUSED_NORM=1"
+  "flogit:MMOE_GPU_FUSED_LOGIT=1"
   "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0 MMOE_GPU_STAGING_WC=1")
 # VARIANTS (comma-separated names; default `all`): the ones timed and
 # compared with the CPU, e.g. VARIANTS=wc,pdl,f32v,277801c for the open
@@ -196,8 +206,8 @@ for dir in parity/seed-*; do
     # Wide tiles change only buckets of 512 rows and more.
     # PDL changes every launch; the small requests (32-row bucket) are
     # where it should matter.
-    # The fused LayerNorm: both sizes (one band and several).
-    for req in $([ "$name" = fused ] || [ "$name" = f32x ] || [ "$name" = pdl ] || [ "$name" = fnorm ] && echo requests) requests-600; do
+    # The fused LayerNorm and logits: both sizes (one band and several).
+    for req in $([ "$name" = fused ] || [ "$name" = f32x ] || [ "$name" = pdl ] || [ "$name" = fnorm ] || [ "$name" = flogit ] && echo requests) requests-600; do
       base=$([ $req = requests ] && echo cpu || echo cpu-600)
       env $vars timeout 20 ./bin/mmoe score --model "$m" --requests "$dir/$req.jsonl" --out "$dir/$name-$req.jsonl" \
         --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))

@@ -3,7 +3,7 @@
 //! harness (`tests/python/test_parity.py --emu`).
 //!
 //!     mmoe-gpu-emu score --model M.mmoe --requests R.jsonl --out O.jsonl
-//!         [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values] [--fused-norm]
+//!         [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values] [--fused-norm] [--fused-logit]
 //!
 //! `--fused-heads`: gates, mixture, towers and logits of every task in one
 //! launch (the engine's `MMOE_GPU_FUSED_HEADS=1`; separate launches by default). `--wide-tiles`: the 128×128-tile
@@ -14,7 +14,8 @@
 //! f32 (`MMOE_GPU_HALF_VALUES=0`; with fp16 compute, those of candidate
 //! inputs without log1p or standardize go as fp16 by default).
 //! `--fused-norm`: MaskNet's LayerNorm in the GEMM epilogue
-//! (`MMOE_GPU_FUSED_NORM=1`).
+//! (`MMOE_GPU_FUSED_NORM=1`). `--fused-logit`: each task's logit in the
+//! epilogue of its tower's last hidden layer (`MMOE_GPU_FUSED_LOGIT=1`).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ struct Args {
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if args.next().as_deref() != Some("score") {
-        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values] [--fused-norm]".into());
+        return Err("usage: mmoe-gpu-emu score --model M --requests R --out O [--precision f16|f32] [--fused-heads] [--wide-tiles] [--f32-inputs] [--f32-values] [--fused-norm] [--fused-logit]".into());
     }
     let (mut model, mut requests, mut out) = (None, None, None);
     let mut precision = Precision::F16;
@@ -56,6 +57,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--f32-inputs" => options.half_x = false,
             "--f32-values" => options.half_values = false,
             "--fused-norm" => options.fused_norm = true,
+            "--fused-logit" => options.fused_logit = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }

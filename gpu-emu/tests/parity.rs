@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use mmoe::format::writer;
-use mmoe::gpu::launch_plan::{bucket, Kernel, PlanOptions, Precision, Tiles};
+use mmoe::gpu::launch_plan::{bucket, Kernel, Loc, PlanOptions, Precision, Tiles};
 use mmoe::request::{OwnedFeature, OwnedRequest};
 use mmoe::{Config, DType, Model, OpenOptions, Scores, Session};
 use mmoe_gpu_emu::EmuModel;
@@ -60,6 +60,10 @@ fn variants() -> Vec<Variant> {
     };
     let fused_norm = PlanOptions {
         fused_norm: true,
+        ..plain
+    };
+    let fused_logit = PlanOptions {
+        fused_logit: true,
         ..plain
     };
     vec![
@@ -122,6 +126,20 @@ fn variants() -> Vec<Variant> {
             name: "f32 fused norm",
             precision: Precision::F32,
             options: fused_norm,
+            uses: &[Kernel::LinearSimtF32],
+            bound: 1e-4,
+        },
+        Variant {
+            name: "f16 fused logit",
+            precision: Precision::F16,
+            options: fused_logit,
+            uses: &[Kernel::LinearMma32H, Kernel::LinearMma64H],
+            bound: 2e-2,
+        },
+        Variant {
+            name: "f32 fused logit",
+            precision: Precision::F32,
+            options: fused_logit,
             uses: &[Kernel::LinearSimtF32],
             bound: 1e-4,
         },
@@ -666,6 +684,96 @@ fn every_tile_choice_gives_the_same_logits() {
                 options.half_x,
                 (1..most).step_by(step).collect::<Vec<_>>()
             );
+        }
+    }
+}
+
+/// Each task's logit fused into its tower's last hidden layer
+/// (`fused_logit`): no logit layer is left but those of towers without
+/// hidden layers (they read the mixture), and the logits are those of the
+/// separate layers but for the order of the sums (and, in f16, for the
+/// hidden values, which the epilogue reads in f32 where the logit layer
+/// read their fp16 copy); the same at every tile size, whichever tile of a
+/// band of rows finishes last (two calls, the blocks run ascending and
+/// descending), and with every GEMM run twice in a row, as the tile timing
+/// does. Last hidden layers below, at and past one 16-column chunk, ending
+/// mid-chunk, and one of 130 columns over several column tiles; a tower of
+/// two hidden layers (the first stays as it is); f16 and f32 (the SIMT
+/// kernel).
+#[test]
+fn fused_logits_match_separate_logit_layers_at_every_tile_size() {
+    let small = Config::parse(SMALL_CONFIG).unwrap();
+    let medium = Config::parse(MEDIUM_CONFIG).unwrap();
+    let mut wide: serde_json::Value = serde_json::from_str(SMALL_CONFIG).unwrap();
+    wide["tasks"][0]["tower"] = serde_json::json!([130]);
+    let wide = Config::parse(&wide.to_string()).unwrap();
+    let (_small_dir, small) = packed(&small, 3);
+    let (_medium_dir, medium) = packed(&medium, 11);
+    let (_wide_dir, wide) = packed(&wide, 7);
+    let separate = PlanOptions::default();
+    let fused = PlanOptions {
+        fused_logit: true,
+        ..separate
+    };
+    let models = [
+        ("small", &small, 33),
+        ("medium", &medium, 40),
+        ("wide tower", &wide, 20),
+    ];
+    for (label, model, n) in models {
+        let tasks = model.num_tasks();
+        let towers = model.config().tasks.iter();
+        let towers = towers.filter(|t| !t.tower.is_empty()).count();
+        assert!(towers > 0 && towers < tasks, "{label}: {towers} towers");
+        let request = mmoe::demo::synthetic_request(model.config(), n, 9);
+        let cpu = cpu_logits(model, &request);
+        for (precision, bound) in [(Precision::F16, 2e-3), (Precision::F32, 1e-5)] {
+            // (logit layers writing the logits, epilogues writing them)
+            let writers = |options: PlanOptions| {
+                let plan = EmuModel::new(model.clone(), precision, options).plan(bucket(n));
+                let problems = plan.problems.iter();
+                let layers = problems.clone().filter(|p| p.y == Loc::Logits).count();
+                (layers, problems.filter(|p| p.logits == Loc::Logits).count())
+            };
+            assert_eq!(writers(separate), (tasks, 0), "{label}");
+            assert_eq!(writers(fused), (tasks - towers, towers), "{label}");
+            let emu = EmuModel::new(model.clone(), precision, fused);
+            let one = emu.score(&request.as_request()).expect("scores");
+            let other = emu.score(&request.as_request()).expect("scores");
+            assert_eq!(one, other, "{label} {precision:?}: block orders");
+            // A logit left from the call before would pass for the same
+            // request: another one, against a new session's logits.
+            let next = mmoe::demo::synthetic_request(model.config(), n, 10);
+            let next_logits = emu.score(&next.as_request()).expect("scores");
+            let first = EmuModel::new(model.clone(), precision, fused);
+            let first = first.score(&next.as_request()).expect("scores");
+            assert_eq!(next_logits, first, "{label} {precision:?}: another request");
+            let repeated = EmuModel::new(model.clone(), precision, fused).with_repeated_gemms();
+            let twice = repeated.score(&request.as_request()).expect("scores");
+            assert_eq!(one, twice, "{label} {precision:?}: GEMMs run twice");
+            let plan = emu.plan(bucket(n));
+            let most = plan.tile_choices.iter().map(Vec::len).max().unwrap_or(0);
+            for shift in 1..most {
+                let pick = move |i: usize, _: usize| i + shift;
+                let tiles = emu
+                    .score_with_tiles(&request.as_request(), &pick)
+                    .expect("scores");
+                assert_eq!(
+                    one, tiles,
+                    "{label} {precision:?}: choices shifted by {shift}"
+                );
+            }
+            let apart = EmuModel::new(model.clone(), precision, separate)
+                .score(&request.as_request())
+                .expect("scores");
+            let (to_separate, to_cpu) = (max_delta(&one, &apart), max_delta(&one, &cpu));
+            println!(
+                "{label} model, {n} candidates, {precision:?}: fused against separate logit layers \
+                 {to_separate:e}, against the CPU {to_cpu:e}; identical at {} tile choices",
+                most.max(1)
+            );
+            assert!(to_separate < bound, "{label} {precision:?}: {to_separate}");
+            assert!(to_cpu < bound, "{label} {precision:?}: {to_cpu}");
         }
     }
 }

@@ -53,8 +53,13 @@ pub struct LinearArgs {
     pub beta: u64,
     pub done: u64,
     pub stats: u64,
+    pub logit_w: u64,
+    pub logit_b: u64,
+    pub logits: u64,
+    pub ldlogits: i32,
+    pub logit_col: i32,
 }
-const _: () = assert!(std::mem::size_of::<LinearArgs>() == 192);
+const _: () = assert!(std::mem::size_of::<LinearArgs>() == 224);
 
 /// A model tensor as the kernels read it.
 pub enum TensorImage {
@@ -264,6 +269,11 @@ fn linear_args(l: &LinearLaunch, regions: &Regions<'_>) -> LinearArgs {
         beta: at(l.beta),
         done: at(l.done),
         stats: at(l.stats),
+        logit_w: at(l.logit_w),
+        logit_b: at(l.logit_b),
+        logits: at(l.logits),
+        ldlogits: l.ldlogits,
+        logit_col: l.logit_col,
         ..LinearArgs::default()
     }
 }

@@ -198,6 +198,16 @@ pub struct LinearLaunch {
     pub norm_act: i32,
     pub done: Loc,
     pub stats: Loc,
+    /// A task's logit fused into the epilogue (`PlanOptions::fused_logit`):
+    /// the logit layer's weight row and bias, and where the logit goes
+    /// (`Loc::Logits`, `ldlogits` = tasks, column `logit_col`; `logits`
+    /// `Loc::Null`: none). Its scratch is `done` and `stats` (a float per
+    /// row and 16 columns), never used by a fused LayerNorm as well.
+    pub logit_w: Loc,
+    pub logit_b: Loc,
+    pub logits: Loc,
+    pub ldlogits: i32,
+    pub logit_col: i32,
 }
 
 /// The power of two at which the outer products of a bilinear sum go to
@@ -343,6 +353,9 @@ pub struct LaunchPlan {
     tiles: Tiles,
     /// `PlanOptions::fused_norm`.
     fused_norm: bool,
+    /// The logit layers fused into their towers' last hidden layers
+    /// (`PlanOptions::fused_logit`).
+    fused_logits: Vec<LogitFusion>,
     pending: Vec<Pending>,
     /// Per buffer, the task whose logit column its one writer (a Linear of
     /// one output) writes straight into (`logit_writers`): no copy launch.
@@ -448,6 +461,16 @@ pub struct PlanOptions {
     /// separate kernel's (the logits differ in the last bits; the same at
     /// every tile size).
     pub fused_norm: bool,
+    /// Each task's logit fused into the epilogue of its tower's last hidden
+    /// layer (`MMOE_GPU_FUSED_LOGIT=1`; off until checked and timed on a
+    /// GPU): every tile takes the dot products of its rows' 16-column
+    /// chunks with the logit weights, and the last tile of a band of rows
+    /// to finish adds them up (`finish_logit` in `kernels/mmoe.cu`), where
+    /// a logit layer (a GEMM of one output column) followed: the last
+    /// dependent launch of a call. The logit is summed from the hidden
+    /// layer's f32 values, where the logit layer read their fp16 copy (the
+    /// logits differ in the last bits; the same at every tile size).
+    pub fused_logit: bool,
     /// Which compiled kernels the driver loads: the cubin made for the
     /// device when there is one (default), else the PTX it compiles.
     /// `MMOE_GPU_KERNELS=ptx`: always the PTX.
@@ -480,6 +503,7 @@ impl Default for PlanOptions {
             half_values: true,
             pdl: false,
             fused_norm: false,
+            fused_logit: false,
             kernels: super::kernel_image::KernelForm::Auto,
         }
     }
@@ -495,8 +519,8 @@ impl PlanOptions {
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
     /// `MMOE_GPU_FUSED_HEADS`, `MMOE_GPU_HALF_X`, `MMOE_GPU_HALF_ONLY`,
     /// `MMOE_GPU_STAGING_WC`,
-    /// `MMOE_GPU_HALF_VALUES`, `MMOE_GPU_PDL` and `MMOE_GPU_FUSED_NORM`
-    /// (`0`, `1`),
+    /// `MMOE_GPU_HALF_VALUES`, `MMOE_GPU_PDL`, `MMOE_GPU_FUSED_NORM` and
+    /// `MMOE_GPU_FUSED_LOGIT` (`0`, `1`),
     /// `MMOE_GPU_STREAMS` (1 to 8), `MMOE_GPU_TUNE` (`0`, `1`, `log`,
     /// `choice=K`), `MMOE_GPU_UPLOAD_CHUNK` (KiB) and `MMOE_GPU_KERNELS`
     /// (`auto`, `ptx`); an unknown value is an error.
@@ -532,6 +556,9 @@ impl PlanOptions {
         }
         if let Ok(value) = std::env::var("MMOE_GPU_FUSED_NORM") {
             options.fused_norm = switch("MMOE_GPU_FUSED_NORM", value)?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_FUSED_LOGIT") {
+            options.fused_logit = switch("MMOE_GPU_FUSED_LOGIT", value)?;
         }
         if let Ok(value) = std::env::var("MMOE_GPU_TUNE") {
             options.tune = match value.as_str() {
@@ -885,6 +912,97 @@ fn logit_writers<'a>(
     columns
 }
 
+/// A task's logit layer fused into the epilogue of its tower's last hidden
+/// layer (`PlanOptions::fused_logit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LogitFusion {
+    /// Candidate steps: the logit layer and the output of its logit.
+    logit: usize,
+    output: usize,
+    /// The hidden layer's output, which its epilogue turns into the logit.
+    hidden_buf: BufId,
+    task: usize,
+    weight: TensorId,
+    bias: Option<TensorId>,
+}
+
+/// The logit layers that can be fused into the layer before them: a task's
+/// output written by a Linear layer of one column and nothing else (no
+/// activation, shift or LayerNorm), over the whole of a candidate buffer
+/// that one Linear layer without a LayerNorm writes whole and that only
+/// the logit layer reads. Towers without hidden layers (the logit layer
+/// reads the mixture) keep their logit layers.
+fn logit_fusions(program: &Program) -> Vec<LogitFusion> {
+    let steps = &program.candidate_steps;
+    let all = || program.request_steps.iter().chain(steps);
+    let readers = |b: BufId| all().filter(|s| read(s).contains(&b)).count();
+    let writers = |b: BufId| all().filter(|s| written(s) == Some(b)).count();
+    let writer = |b: BufId| steps.iter().position(|s| written(s) == Some(b));
+    let mut fusions = Vec::new();
+    for (output, step) in steps.iter().enumerate() {
+        let Step::Output {
+            input: logit_buf,
+            task,
+        } = step
+        else {
+            continue;
+        };
+        let Some(logit) = writer(*logit_buf) else {
+            continue;
+        };
+        let Step::Linear {
+            input,
+            k_ranges: None,
+            weight,
+            n: 1,
+            bias,
+            add: None,
+            act: Act::None,
+            scale: None,
+            shift: None,
+            norm: None,
+            out,
+        } = &steps[logit]
+        else {
+            continue;
+        };
+        let Some(hidden) = writer(input.buf) else {
+            continue;
+        };
+        let Step::Linear {
+            n,
+            norm: None,
+            out: hidden_out,
+            ..
+        } = &steps[hidden]
+        else {
+            continue;
+        };
+        let buffer = &program.buffers[input.buf];
+        let whole = input.offset == 0
+            && input.width == buffer.width
+            && hidden_out.offset == 0
+            && *n == buffer.width
+            && out.offset == 0;
+        let alone = readers(*logit_buf) == 1
+            && writers(*logit_buf) == 1
+            && readers(input.buf) == 1
+            && writers(input.buf) == 1;
+        let per_candidate = !buffer.per_request && !program.buffers[*logit_buf].per_request;
+        if whole && alone && per_candidate {
+            fusions.push(LogitFusion {
+                logit,
+                output,
+                hidden_buf: input.buf,
+                task: *task,
+                weight: *weight,
+                bias: *bias,
+            });
+        }
+    }
+    fusions
+}
+
 /// The buffer a step writes.
 fn written(step: &Step) -> Option<BufId> {
     match step {
@@ -1075,7 +1193,18 @@ impl LaunchPlan {
         } else {
             Vec::new()
         };
-        let fused = |i: usize| heads.iter().any(|h| h.steps.contains(&i));
+        let fused_logits = if options.fused_logit && heads.is_empty() {
+            logit_fusions(program)
+        } else {
+            Vec::new()
+        };
+        // Candidate steps that do not run as launches of their own: those of
+        // the task heads, and the logit layers fused into an epilogue (with
+        // their outputs).
+        let fused = |i: usize| {
+            heads.iter().any(|h| h.steps.contains(&i))
+                || fused_logits.iter().any(|f| f.logit == i || f.output == i)
+        };
         let lowered = || {
             let candidate = program.candidate_steps.iter().enumerate();
             let candidate = candidate.filter(move |(i, _)| !fused(*i)).map(|(_, s)| s);
@@ -1139,6 +1268,7 @@ impl LaunchPlan {
             tile_choices: Vec::new(),
             tiles: options.tiles,
             fused_norm: options.fused_norm,
+            fused_logits: fused_logits.clone(),
             pending: Vec::new(),
             logit_columns,
             #[cfg(test)]
@@ -1769,12 +1899,25 @@ impl LaunchPlan {
                 };
                 let (table, count) = self.ranges(ranges);
                 let rows = self.rows(out.buf);
-                let (done, stats) = match fused_norm {
-                    Some(_) => (
+                let fused_logit = self
+                    .fused_logits
+                    .iter()
+                    .find(|f| f.hidden_buf == out.buf)
+                    .copied();
+                // Scratch of a fused LayerNorm (a float2 per row and 16
+                // columns) or a fused logit (a float): never both (a
+                // LayerNorm's layer is no tower's last hidden layer).
+                let per_chunk = match (fused_norm, fused_logit) {
+                    (Some(_), _) => 2,
+                    (None, Some(_)) => 1,
+                    (None, None) => 0,
+                };
+                let (done, stats) = match per_chunk {
+                    0 => (Loc::Null, Loc::Null),
+                    floats => (
                         self.scratch(rows.div_ceil(16)),
-                        self.scratch(rows * 2 * n.div_ceil(16)),
+                        self.scratch(rows * floats * n.div_ceil(16)),
                     ),
-                    None => (Loc::Null, Loc::Null),
                 };
                 let args = LinearLaunch {
                     x: self.at(input.buf),
@@ -1806,6 +1949,13 @@ impl LaunchPlan {
                     norm_act: fused_norm.map_or(0, |f| f.act.code()),
                     done,
                     stats,
+                    logit_w: fused_logit.map_or(Loc::Null, |f| Loc::Tensor(f.weight)),
+                    logit_b: fused_logit
+                        .and_then(|f| f.bias)
+                        .map_or(Loc::Null, Loc::Tensor),
+                    logits: fused_logit.map_or(Loc::Null, |_| Loc::Logits),
+                    ldlogits: program.tasks as i32,
+                    logit_col: fused_logit.map_or(0, |f| f.task as i32),
                 };
                 self.pending.push(Pending {
                     launch: Launch {
@@ -2332,6 +2482,80 @@ mod tests {
         }
     }
 
+    /// With the logits fused (`PlanOptions::fused_logit`), the benchmark
+    /// model's three towers' hidden layers write the logits (columns 0, 1,
+    /// 2, from each task's logit weight and bias), no logit layer or copy
+    /// is left, the hidden layers keep their f32 values (the epilogue
+    /// reads them) and no fp16 copy (nothing else reads them), and each has
+    /// its own scratch past every buffer: a counter per 16 rows and a float
+    /// per row and 16 columns.
+    #[test]
+    fn fused_logits_replace_the_logit_layers_with_their_own_scratch() {
+        let config = Config::parse(crate::demo::BENCH_MODEL_JSON).unwrap();
+        let plan = Plan::build(&config, &|_| None).unwrap();
+        let program = Program::lower(&config, &plan);
+        let name = |id: TensorId| plan.tensors[id].name.as_str();
+        let weight = |_| DeviceWeight { ldw: 1024 };
+        let fused = PlanOptions {
+            fused_logit: true,
+            ..PlanOptions::default()
+        };
+        for precision in [Precision::F16, Precision::F32] {
+            for capacity in [32, 256] {
+                let lp = LaunchPlan::new(&program, capacity, precision, fused, &weight);
+                assert!(lp.problems.iter().all(|p| p.y != Loc::Logits));
+                assert!(lp.launches.iter().all(|l| l.kernel != Kernel::OutputLogit));
+                let fused: Vec<&LinearLaunch> = lp
+                    .problems
+                    .iter()
+                    .filter(|p| p.logits != Loc::Null)
+                    .collect();
+                let columns: Vec<i32> = fused.iter().map(|p| p.logit_col).collect();
+                assert_eq!(columns, [0, 1, 2]);
+                let mut ends = Vec::new();
+                for (buf, buffer) in program.buffers.iter().enumerate() {
+                    let place = &lp.placements[buf];
+                    if !lp.f32_unread[buf] {
+                        ends.push(place.offset + place.rows * buffer.width);
+                    }
+                    if let Some(half) = &lp.halves[buf] {
+                        ends.push(half.offset + (half.rows * half.ld.max(8)).div_ceil(2));
+                    }
+                }
+                let buffers_end = ends.into_iter().max().unwrap();
+                let mut spans = Vec::new();
+                for p in fused {
+                    assert_eq!(p.logits, Loc::Logits);
+                    assert_eq!(p.ldlogits, 3);
+                    assert_eq!((p.n, p.gamma), (128, Loc::Null));
+                    let Loc::Tensor(w) = p.logit_w else {
+                        panic!("logit weight {:?}", p.logit_w);
+                    };
+                    // The tower's second Linear layer: its logit layer.
+                    let task = &config.tasks[p.logit_col as usize].name;
+                    assert_eq!(name(w), format!("tasks.{task}.tower.1.weight"));
+                    let Loc::Tensor(b) = p.logit_b else {
+                        panic!("logit bias {:?}", p.logit_b);
+                    };
+                    assert_eq!(name(b), name(w).replace(".weight", ".bias"));
+                    let buf = (0..lp.placements.len()).find(|&b| lp.at(b) == p.y).unwrap();
+                    assert!(!lp.f32_unread[buf]);
+                    assert_eq!(lp.half(buf).0, Loc::Null);
+                    assert_eq!(p.y16, Loc::Null);
+                    let (Loc::Arena(done), Loc::Arena(stats)) = (p.done, p.stats) else {
+                        panic!("scratch outside the arena: {p:?}");
+                    };
+                    spans.push((done, done + capacity.div_ceil(16)));
+                    spans.push((stats, stats + capacity * 128 / 16));
+                }
+                spans.sort_unstable();
+                assert!(spans[0].0 >= buffers_end, "{spans:?}");
+                assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{spans:?}");
+                assert!(spans[spans.len() - 1].1 <= lp.arena_len);
+            }
+        }
+    }
+
     /// The benchmark model's graph with fused task heads has one branch:
     /// the request part of the first layers (one row) beside the candidate
     /// features, joined before the first candidate GEMM; with one stream,
@@ -2773,8 +2997,12 @@ mod tests {
         std::env::set_var("MMOE_GPU_PDL", "1");
         std::env::set_var("MMOE_GPU_HALF_VALUES", "0");
         std::env::set_var("MMOE_GPU_FUSED_NORM", "1");
+        std::env::set_var("MMOE_GPU_FUSED_LOGIT", "1");
         std::env::set_var("MMOE_GPU_HALF_ONLY", "0");
         let options = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_FUSED_LOGIT", "2");
+        let bad_logit = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_FUSED_LOGIT");
         std::env::set_var("MMOE_GPU_HALF_ONLY", "no");
         let bad_half_only = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_HALF_ONLY");
@@ -2830,6 +3058,7 @@ mod tests {
                 half_values: false,
                 pdl: true,
                 fused_norm: true,
+                fused_logit: true,
                 kernels: crate::gpu::kernel_image::KernelForm::Ptx,
             })
         );
@@ -2848,6 +3077,7 @@ mod tests {
             (bad_pdl, "MMOE_GPU_PDL is `on`"),
             (bad_inputs, "MMOE_GPU_HALF_VALUES is `2`"),
             (bad_norm, "MMOE_GPU_FUSED_NORM is `yes`"),
+            (bad_logit, "MMOE_GPU_FUSED_LOGIT is `2`"),
             (bad_half_only, "MMOE_GPU_HALF_ONLY is `no`"),
         ] {
             let err = result.unwrap_err();

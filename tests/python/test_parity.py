@@ -655,6 +655,7 @@ def score_command(binary: Path, backend: str, packed: Path, requests: Path, out:
     cmd += ["--f32-inputs"] if "f32x" in parts else []
     cmd += ["--f32-values"] if "f32v" in parts else []
     cmd += ["--fused-norm"] if "fnorm" in parts else []
+    cmd += ["--fused-logit"] if "flogit" in parts else []
     if parts[0] == "f16":
         return cmd, EMU_F16_LOGIT_RTOL, EMU_F16_PROB_ATOL
     return cmd, LOGIT_RTOL, PROB_ATOL
