@@ -983,7 +983,8 @@ fn logit_fusions(program: &Program) -> Vec<LogitFusion> {
             && input.width == buffer.width
             && hidden_out.offset == 0
             && *n == buffer.width
-            && out.offset == 0;
+            && out.offset == 0
+            && program.buffers[*logit_buf].width == 1;
         let alone = readers(*logit_buf) == 1
             && writers(*logit_buf) == 1
             && readers(input.buf) == 1
@@ -2117,6 +2118,7 @@ mod tests {
     use crate::config::Config;
     use crate::gpu::streams::{check_schedule, depends};
     use crate::plan::Plan;
+    use crate::program::{Buffer, Norm};
 
     fn bench_program() -> Program {
         let config = Config::parse(crate::demo::BENCH_MODEL_JSON).unwrap();
@@ -2553,6 +2555,110 @@ mod tests {
                 assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{spans:?}");
                 assert!(spans[spans.len() - 1].1 <= lp.arena_len);
             }
+        }
+    }
+
+    /// `logit_fusions` fuses the benchmark model's three logit layers, and
+    /// refuses the first task's once its logit layer or hidden layer is
+    /// anything else than a whole Linear of one column after a whole
+    /// hidden layer that only it reads: an activation, column ranges or an
+    /// offset on the logit layer, a LayerNorm on the hidden layer, another
+    /// reader or writer of the hidden buffer, a per-request logit buffer.
+    #[test]
+    fn logit_fusions_refuse_what_they_cannot_fuse() {
+        let program = bench_program();
+        let fusions = logit_fusions(&program);
+        assert_eq!(
+            fusions.iter().map(|f| f.task).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        let first = fusions[0];
+        let hidden = program
+            .candidate_steps
+            .iter()
+            .position(|s| written(s) == Some(first.hidden_buf))
+            .unwrap();
+        let logit_buf = written(&program.candidate_steps[first.logit]).unwrap();
+        let width = program.buffers[first.hidden_buf].width;
+        let mutations: Vec<(&str, Box<dyn Fn(&mut Program)>)> = vec![
+            (
+                "an activation on the logit layer",
+                Box::new(|p| {
+                    if let Step::Linear { act, .. } = &mut p.candidate_steps[first.logit] {
+                        *act = Act::Relu;
+                    }
+                }),
+            ),
+            (
+                "column ranges on the logit layer",
+                Box::new(move |p| {
+                    if let Step::Linear { k_ranges, .. } = &mut p.candidate_steps[first.logit] {
+                        *k_ranges = Some(vec![0..width]);
+                    }
+                }),
+            ),
+            (
+                "an offset on the logit layer's input",
+                Box::new(|p| {
+                    if let Step::Linear { input, .. } = &mut p.candidate_steps[first.logit] {
+                        input.offset = 16;
+                        input.width -= 16;
+                    }
+                }),
+            ),
+            (
+                "a LayerNorm on the hidden layer",
+                Box::new(move |p| {
+                    if let Step::Linear { norm, weight, .. } = &mut p.candidate_steps[hidden] {
+                        *norm = Some(Norm {
+                            gamma: *weight,
+                            beta: *weight,
+                            act: Act::None,
+                        });
+                    }
+                }),
+            ),
+            (
+                "another reader of the hidden buffer",
+                Box::new(move |p| {
+                    p.buffers.push(Buffer {
+                        width,
+                        per_request: false,
+                    });
+                    let out = View {
+                        buf: p.buffers.len() - 1,
+                        offset: 0,
+                        width,
+                    };
+                    let input = first.hidden_buf;
+                    p.candidate_steps.push(Step::Copy { input, out });
+                }),
+            ),
+            (
+                "another writer of the hidden buffer",
+                Box::new(move |p| {
+                    let out = View {
+                        buf: first.hidden_buf,
+                        offset: 0,
+                        width,
+                    };
+                    p.candidate_steps
+                        .insert(hidden, Step::Copy { input: 0, out });
+                }),
+            ),
+            (
+                "a per-request logit buffer",
+                Box::new(move |p| p.buffers[logit_buf].per_request = true),
+            ),
+        ];
+        for (what, mutate) in mutations {
+            let mut changed = program.clone();
+            mutate(&mut changed);
+            let same = (changed.candidate_steps == program.candidate_steps)
+                && (changed.buffers == program.buffers);
+            assert!(!same, "{what}: nothing changed");
+            let tasks: Vec<usize> = logit_fusions(&changed).iter().map(|f| f.task).collect();
+            assert_eq!(tasks, [1, 2], "{what}");
         }
     }
 
