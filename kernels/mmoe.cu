@@ -319,6 +319,10 @@ __device__ MMOE_NOINLINE void finish_norm(const LinearArgs& a, int row0, int col
     // The tile's own values, written by this block: visible after a barrier.
     __syncthreads();
     const int tile_chunks = bn / NORM_CHUNK, pairs = BM * tile_chunks;
+    // The arguments the loop reads, in registers: its stores to `stats`
+    // could alias `a` for all the compiler knows, which would reload them.
+    const float* ys = a.y + a.out_off;
+    const int ldy = a.ldy, n = a.n, all_rows = a.rows;
     // Four chunks a warp in flight (their loads overlap), not unrolled
     // further: the loop is in every GEMM kernel.
     #pragma unroll 4
@@ -326,15 +330,15 @@ __device__ MMOE_NOINLINE void finish_norm(const LinearArgs& a, int row0, int col
         int pair = base + half;
         int r = row0 + pair / tile_chunks, chunk = col0 / NORM_CHUNK + pair % tile_chunks;
         int c = chunk * NORM_CHUNK + col_in;
-        bool in = pair < pairs && r < a.rows && c < a.n;
-        float v = in ? a.y[(long long)a.ldy * r + a.out_off + c] : 0.0f;
+        bool in = pair < pairs && r < all_rows && c < n;
+        float v = in ? ys[(long long)ldy * r + c] : 0.0f;
         float sum = v;
         for (int s = 8; s > 0; s /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, s);
-        int count = min(NORM_CHUNK, a.n - chunk * NORM_CHUNK);
+        int count = min(NORM_CHUNK, n - chunk * NORM_CHUNK);
         float d = in ? v - sum / (float)count : 0.0f;
         float sq = d * d;
         for (int s = 8; s > 0; s /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, s);
-        if (col_in == 0 && pair < pairs && r < a.rows && chunk < chunks)
+        if (col_in == 0 && pair < pairs && r < all_rows && chunk < chunks)
             stats[(long long)r * chunks + chunk] = make_float2(sum, sq);
     }
     if (!last_of_band(a, row0, tiles_n, tid)) return;
@@ -398,15 +402,19 @@ __device__ MMOE_NOINLINE void finish_logit(const LinearArgs& a, int row0, int co
     // The tile's own values, written by this block: visible after a barrier.
     __syncthreads();
     const int tile_chunks = bn / NORM_CHUNK, pairs = BM * tile_chunks;
+    // In registers, as in finish_norm.
+    const float* ys = a.y + a.out_off;
+    float* stats = a.stats;
+    const int ldy = a.ldy, n = a.n, all_rows = a.rows;
     #pragma unroll 4
     for (int base = 2 * warp; base < pairs; base += 2 * (THREADS / 32)) {
         int pair = base + half;
         int r = row0 + pair / tile_chunks, chunk = col0 / NORM_CHUNK + pair % tile_chunks;
         int c = chunk * NORM_CHUNK + col_in;
-        bool in = pair < pairs && r < a.rows && c < a.n;
-        float v = in ? a.y[(long long)a.ldy * r + a.out_off + c] * weight_at<W>(lw, c) : 0.0f;
+        bool in = pair < pairs && r < all_rows && c < n;
+        float v = in ? ys[(long long)ldy * r + c] * weight_at<W>(lw, c) : 0.0f;
         for (int s = 8; s > 0; s /= 2) v += __shfl_xor_sync(0xffffffffu, v, s);
-        if (col_in == 0 && pair < pairs && r < a.rows && chunk < chunks) a.stats[(long long)r * chunks + chunk] = v;
+        if (col_in == 0 && pair < pairs && r < all_rows && chunk < chunks) stats[(long long)r * chunks + chunk] = v;
     }
     if (!last_of_band(a, row0, tiles_n, tid)) return;
     const int rows = min(BM, a.rows - row0);
