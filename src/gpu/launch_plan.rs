@@ -2580,10 +2580,11 @@ mod tests {
             .unwrap();
         let logit_buf = written(&program.candidate_steps[first.logit]).unwrap();
         let width = program.buffers[first.hidden_buf].width;
-        let mutations: Vec<(&str, Box<dyn Fn(&mut Program)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Program)>;
+        let mutations: Vec<(&str, Mutation)> = vec![
             (
                 "an activation on the logit layer",
-                Box::new(|p| {
+                Box::new(move |p| {
                     if let Step::Linear { act, .. } = &mut p.candidate_steps[first.logit] {
                         *act = Act::Relu;
                     }
@@ -2599,7 +2600,7 @@ mod tests {
             ),
             (
                 "an offset on the logit layer's input",
-                Box::new(|p| {
+                Box::new(move |p| {
                     if let Step::Linear { input, .. } = &mut p.candidate_steps[first.logit] {
                         input.offset = 16;
                         input.width -= 16;
