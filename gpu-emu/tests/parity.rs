@@ -688,6 +688,48 @@ fn every_tile_choice_gives_the_same_logits() {
     }
 }
 
+/// The logits of `options` with an epilogue left to the last tile of each
+/// band of rows (`fused_norm`, `fused_logit`), checked to be the same
+/// whichever end of a launch's blocks runs first (two calls: the emulator
+/// runs them ascending in one and descending in the other), for another
+/// request on the same arena as on a new one (a counter left set would
+/// show), with every GEMM run twice in a row (as the device's tile timing
+/// runs them), and at every tile choice. Returns them and the most tile
+/// choices of a launch.
+fn band_epilogue_logits(
+    label: &str,
+    model: &Arc<Model>,
+    precision: Precision,
+    options: PlanOptions,
+    request: &OwnedRequest,
+) -> (Vec<f32>, usize) {
+    let emu = EmuModel::new(model.clone(), precision, options);
+    let one = emu.score(&request.as_request()).expect("scores");
+    let other = emu.score(&request.as_request()).expect("scores");
+    assert_eq!(one, other, "{label} {precision:?}: block orders");
+    let next = mmoe::demo::synthetic_request(model.config(), request.candidates, 10);
+    let next_logits = emu.score(&next.as_request()).expect("scores");
+    let first = EmuModel::new(model.clone(), precision, options);
+    let first = first.score(&next.as_request()).expect("scores");
+    assert_eq!(next_logits, first, "{label} {precision:?}: another request");
+    let repeated = EmuModel::new(model.clone(), precision, options).with_repeated_gemms();
+    let twice = repeated.score(&request.as_request()).expect("scores");
+    assert_eq!(one, twice, "{label} {precision:?}: GEMMs run twice");
+    let plan = emu.plan(bucket(request.candidates));
+    let most = plan.tile_choices.iter().map(Vec::len).max().unwrap_or(0);
+    for shift in 1..most {
+        let pick = move |i: usize, _: usize| i + shift;
+        let tiles = emu
+            .score_with_tiles(&request.as_request(), &pick)
+            .expect("scores");
+        assert_eq!(
+            one, tiles,
+            "{label} {precision:?}: choices shifted by {shift}"
+        );
+    }
+    (one, most)
+}
+
 /// Each task's logit fused into its tower's last hidden layer
 /// (`fused_logit`): no logit layer is left but those of towers without
 /// hidden layers (they read the mixture), and the logits are those of the
@@ -737,32 +779,7 @@ fn fused_logits_match_separate_logit_layers_at_every_tile_size() {
             };
             assert_eq!(writers(separate), (tasks, 0), "{label}");
             assert_eq!(writers(fused), (tasks - towers, towers), "{label}");
-            let emu = EmuModel::new(model.clone(), precision, fused);
-            let one = emu.score(&request.as_request()).expect("scores");
-            let other = emu.score(&request.as_request()).expect("scores");
-            assert_eq!(one, other, "{label} {precision:?}: block orders");
-            // A logit left from the call before would pass for the same
-            // request: another one, against a new session's logits.
-            let next = mmoe::demo::synthetic_request(model.config(), n, 10);
-            let next_logits = emu.score(&next.as_request()).expect("scores");
-            let first = EmuModel::new(model.clone(), precision, fused);
-            let first = first.score(&next.as_request()).expect("scores");
-            assert_eq!(next_logits, first, "{label} {precision:?}: another request");
-            let repeated = EmuModel::new(model.clone(), precision, fused).with_repeated_gemms();
-            let twice = repeated.score(&request.as_request()).expect("scores");
-            assert_eq!(one, twice, "{label} {precision:?}: GEMMs run twice");
-            let plan = emu.plan(bucket(n));
-            let most = plan.tile_choices.iter().map(Vec::len).max().unwrap_or(0);
-            for shift in 1..most {
-                let pick = move |i: usize, _: usize| i + shift;
-                let tiles = emu
-                    .score_with_tiles(&request.as_request(), &pick)
-                    .expect("scores");
-                assert_eq!(
-                    one, tiles,
-                    "{label} {precision:?}: choices shifted by {shift}"
-                );
-            }
+            let (one, most) = band_epilogue_logits(label, model, precision, fused, &request);
             let apart = EmuModel::new(model.clone(), precision, separate)
                 .score(&request.as_request())
                 .expect("scores");
@@ -834,25 +851,7 @@ fn fused_layer_norms_match_separate_ones_at_every_tile_size() {
             };
             assert_eq!(norms(separate), masknets + blocks, "{label}");
             assert_eq!(norms(fused), masknets, "{label}");
-            let emu = EmuModel::new(model.clone(), precision, fused);
-            let one = emu.score(&request.as_request()).expect("scores");
-            let other = emu.score(&request.as_request()).expect("scores");
-            assert_eq!(one, other, "{label} {precision:?}: block orders");
-            let repeated = EmuModel::new(model.clone(), precision, fused).with_repeated_gemms();
-            let twice = repeated.score(&request.as_request()).expect("scores");
-            assert_eq!(one, twice, "{label} {precision:?}: GEMMs run twice");
-            let plan = emu.plan(bucket(n));
-            let most = plan.tile_choices.iter().map(Vec::len).max().unwrap_or(0);
-            for shift in 1..most {
-                let pick = move |i: usize, _: usize| i + shift;
-                let tiles = emu
-                    .score_with_tiles(&request.as_request(), &pick)
-                    .expect("scores");
-                assert_eq!(
-                    one, tiles,
-                    "{label} {precision:?}: choices shifted by {shift}"
-                );
-            }
+            let (one, most) = band_epilogue_logits(label, model, precision, fused, &request);
             let apart = EmuModel::new(model.clone(), precision, separate)
                 .score(&request.as_request())
                 .expect("scores");
