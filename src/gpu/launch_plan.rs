@@ -766,9 +766,10 @@ fn half_copies<'a>(buffers: usize, steps: impl Iterator<Item = &'a Step>) -> Vec
 /// the last cross layer of a stacked DCN, the towers' inputs and hidden
 /// layers, the outer products. A Linear that reads it as `add`, `scale`
 /// or `shift`, and every other step, reads f32, and so do the steps fused
-/// into the task heads (`fused`: indices of candidate steps). Writing only
-/// the copy saves the f32 stores (4 of the 6 bytes an element) and their
-/// memory.
+/// into the task heads or into an epilogue (`fused`: indices of candidate
+/// steps; a fused logit layer's epilogue reads the hidden layer's f32
+/// values). Writing only the copy saves the f32 stores (4 of the 6 bytes
+/// an element) and their memory.
 fn f32_unread(program: &Program, wanted: &[bool], fused: &dyn Fn(usize) -> bool) -> Vec<bool> {
     let buffers = &program.buffers;
     let mut unread: Vec<bool> = (0..buffers.len())
