@@ -38,6 +38,7 @@ pub mod features;
 pub mod ffi;
 pub mod format;
 pub mod gpu;
+pub mod helper_threads;
 pub mod jsonl;
 pub mod model;
 pub mod plan;

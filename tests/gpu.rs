@@ -450,6 +450,17 @@ fn gpu_equivalent_choices_give_identical_logits() {
             untuned,
             &[("MMOE_GPU_TUNE", "0"), ("MMOE_GPU_STREAMS", "1")],
         ),
+        // The demo model's 1,024 candidates are past the size the packing
+        // shares (its parts written by the helpers, one upload after).
+        (
+            "packing shared with 3 helper threads = packing alone".into(),
+            &[
+                ("MMOE_GPU_TUNE", "0"),
+                ("MMOE_GPU_PACK_THREADS", "3"),
+                ("MMOE_GPU_PACK_SPIN_US", "50"),
+            ],
+            untuned,
+        ),
         (
             "the embedded cubin = the PTX compiled by the driver".into(),
             untuned,

@@ -252,10 +252,14 @@ timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f
 # and candidate values uploaded as f32 against fp16 (the default since
 # 2026-11-28, not yet timed on a GPU: 625 rather than 1,136 bytes a
 # candidate of the benchmark model, ids as u32 in both), one after the
-# other.
+# other; and the packing alone against 3 helper threads (2026-11-28, off by
+# default, not yet timed on a GPU), parked between calls (an idle server)
+# and spinning 200 µs after each (these calls follow each other at once).
 for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024" \
     "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0" "chunk256k:MMOE_GPU_UPLOAD_CHUNK=256" \
-    "pdl0:MMOE_GPU_PDL=0" "pdl:MMOE_GPU_PDL=1" "values-f32:MMOE_GPU_HALF_VALUES=0" "values-f16:MMOE_GPU_HALF_VALUES=1"; do
+    "pdl0:MMOE_GPU_PDL=0" "pdl:MMOE_GPU_PDL=1" "values-f32:MMOE_GPU_HALF_VALUES=0" "values-f16:MMOE_GPU_HALF_VALUES=1" \
+    "pack0:MMOE_GPU_PACK_THREADS=0" "pack3:MMOE_GPU_PACK_THREADS=3" \
+    "pack3-spin:MMOE_GPU_PACK_THREADS=3 MMOE_GPU_PACK_SPIN_US=200"; do
   env ${v#*:} timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
     --batch $([[ ${v%%:*} == pdl* ]] && echo 1,64,256,1024 || echo 1024,4096) \
     --iters 200 --max-seconds 1 --phases --json "$out/phases-${v%%:*}.json" > "$out/phases-${v%%:*}.txt" 2>&1
@@ -410,7 +414,10 @@ for label, report in [("", e16), (" one upload", load("phases-upload1.json")), (
                       (" stream order (PDL's baseline)", load("phases-pdl0.json")),
                       (" programmatic dependent launch", load("phases-pdl.json")),
                       (" f32 candidate values", load("phases-values-f32.json")),
-                      (" fp16 candidate values (the default)", load("phases-values-f16.json"))]:
+                      (" fp16 candidate values (the default)", load("phases-values-f16.json")),
+                      (" packing alone (the default)", load("phases-pack0.json")),
+                      (" packing with 3 parked helpers", load("phases-pack3.json")),
+                      (" packing with 3 helpers spinning 200 µs", load("phases-pack3-spin.json"))]:
     if report and report.get("phases"):
         print(f"phases, f16{label} (µs, medians): batch: total = host pack / launch / wait; device: upload span, graph")
         for b, r in report["phases"].items():

@@ -471,6 +471,24 @@ pub struct PlanOptions {
     /// layer's f32 values, where the logit layer read their fp16 copy (the
     /// logits differ in the last bits; the same at every tile size).
     pub fused_logit: bool,
+    /// Helper threads that pack large requests into the staging buffer
+    /// with the calling thread (`MMOE_GPU_PACK_THREADS`; default 0: the
+    /// calling thread alone). Started once per model on the device and
+    /// shared by its sessions ([`crate::helper_threads`]); a request of
+    /// [`super::staging::SHARED_MIN_BYTES`] or more past its descriptors is
+    /// written in parts of [`super::staging::SHARED_PART`] bytes by the
+    /// caller and whichever helpers join, then uploaded in one copy. Why:
+    /// on the H200 machine (2026-11-27) one thread packed 1,024 candidates
+    /// of the benchmark model in 97–139 µs, the target for a whole call
+    /// being 100. Off until timed there: on the development machine's two
+    /// vCPUs a parked helper woke 20–50 µs late, which cost more than it
+    /// saved at 1,024 candidates (`bench/RESULTS.md`).
+    pub pack_threads: usize,
+    /// How long a packing helper spins after each request, watching for
+    /// the next, before it parks (`MMOE_GPU_PACK_SPIN_US`; default 0). A
+    /// spinning helper joins the next request at once; the cost is a core
+    /// busy for that long after each call.
+    pub pack_spin_us: u64,
     /// Which compiled kernels the driver loads: the cubin made for the
     /// device when there is one (default), else the PTX it compiles.
     /// `MMOE_GPU_KERNELS=ptx`: always the PTX.
@@ -504,6 +522,8 @@ impl Default for PlanOptions {
             pdl: false,
             fused_norm: false,
             fused_logit: false,
+            pack_threads: 0,
+            pack_spin_us: 0,
             kernels: super::kernel_image::KernelForm::Auto,
         }
     }
@@ -522,7 +542,8 @@ impl PlanOptions {
     /// `MMOE_GPU_HALF_VALUES`, `MMOE_GPU_PDL`, `MMOE_GPU_FUSED_NORM` and
     /// `MMOE_GPU_FUSED_LOGIT` (`0`, `1`),
     /// `MMOE_GPU_STREAMS` (1 to 8), `MMOE_GPU_TUNE` (`0`, `1`, `log`,
-    /// `choice=K`), `MMOE_GPU_UPLOAD_CHUNK` (KiB) and `MMOE_GPU_KERNELS`
+    /// `choice=K`), `MMOE_GPU_UPLOAD_CHUNK` (KiB), `MMOE_GPU_PACK_THREADS`
+    /// (0 to 64), `MMOE_GPU_PACK_SPIN_US` (µs) and `MMOE_GPU_KERNELS`
     /// (`auto`, `ptx`); an unknown value is an error.
     pub fn from_env() -> Result<PlanOptions, String> {
         let mut options = PlanOptions::default();
@@ -588,6 +609,21 @@ impl PlanOptions {
             options.kernels = super::kernel_image::KernelForm::parse(&value).ok_or_else(|| {
                 format!("MMOE_GPU_KERNELS is `{value}`: expected `auto` or `ptx`")
             })?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_PACK_THREADS") {
+            options.pack_threads =
+                value.parse().ok().filter(|n| *n <= 64).ok_or_else(|| {
+                    format!("MMOE_GPU_PACK_THREADS is `{value}`: expected 0 to 64")
+                })?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_PACK_SPIN_US") {
+            options.pack_spin_us = value
+                .parse()
+                .ok()
+                .filter(|us| *us <= 1_000_000)
+                .ok_or_else(|| {
+                    format!("MMOE_GPU_PACK_SPIN_US is `{value}`: expected 0 to 1000000 (µs)")
+                })?;
         }
         if let Ok(value) = std::env::var("MMOE_GPU_STREAMS") {
             options.streams = value
@@ -3107,7 +3143,15 @@ mod tests {
         std::env::set_var("MMOE_GPU_FUSED_NORM", "1");
         std::env::set_var("MMOE_GPU_FUSED_LOGIT", "1");
         std::env::set_var("MMOE_GPU_HALF_ONLY", "0");
+        std::env::set_var("MMOE_GPU_PACK_THREADS", "3");
+        std::env::set_var("MMOE_GPU_PACK_SPIN_US", "150");
         let options = PlanOptions::from_env();
+        std::env::set_var("MMOE_GPU_PACK_THREADS", "65");
+        let bad_threads = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_PACK_THREADS");
+        std::env::set_var("MMOE_GPU_PACK_SPIN_US", "1ms");
+        let bad_spin = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_PACK_SPIN_US");
         std::env::set_var("MMOE_GPU_FUSED_LOGIT", "2");
         let bad_logit = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_FUSED_LOGIT");
@@ -3167,6 +3211,8 @@ mod tests {
                 pdl: true,
                 fused_norm: true,
                 fused_logit: true,
+                pack_threads: 3,
+                pack_spin_us: 150,
                 kernels: crate::gpu::kernel_image::KernelForm::Ptx,
             })
         );
@@ -3187,6 +3233,8 @@ mod tests {
             (bad_norm, "MMOE_GPU_FUSED_NORM is `yes`"),
             (bad_logit, "MMOE_GPU_FUSED_LOGIT is `2`"),
             (bad_half_only, "MMOE_GPU_HALF_ONLY is `no`"),
+            (bad_threads, "MMOE_GPU_PACK_THREADS is `65`"),
+            (bad_spin, "MMOE_GPU_PACK_SPIN_US is `1ms`"),
         ] {
             let err = result.unwrap_err();
             assert!(err.contains(expected), "{err}");

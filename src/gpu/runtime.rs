@@ -26,9 +26,13 @@ use super::launch_plan::{
     bucket, dynamic_shared_bytes, DeviceWeight, Kernel, Launch, LaunchPlan, PlanOptions, Precision,
     Tune,
 };
-use super::staging::{staging_layout, write_staging_in_chunks, InputTensors};
+use super::staging::{
+    staging_layout, write_staging_in_chunks, write_staging_shared, InputTensors, SHARED_MIN_BYTES,
+    SHARED_PART,
+};
 use super::streams::StreamOp;
 use crate::error::{Error, ErrorKind, Result};
+use crate::helper_threads::HelperThreads;
 use crate::model::Model;
 use crate::request::Request;
 
@@ -70,6 +74,9 @@ pub struct GpuModel {
     /// Per bucket, the tile choice `tune` kept for each launch: the first
     /// session to capture a bucket times them, the others reuse the result.
     tuned: Mutex<HashMap<usize, Vec<usize>>>,
+    /// Threads that help the sessions pack large requests
+    /// (`PlanOptions::pack_threads`; none by default).
+    packers: Option<HelperThreads>,
 }
 
 impl GpuModel {
@@ -147,6 +154,20 @@ impl GpuModel {
             weights.push(weight);
         }
         stream.synchronize().map_err(|e| cuda_error("upload", e))?;
+        let packers = match options.pack_threads {
+            0 => None,
+            count => {
+                let spin = std::time::Duration::from_micros(options.pack_spin_us);
+                Some(HelperThreads::new(count, "mmoe-pack", spin).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Device,
+                        format!(
+                            "cannot start {count} packing threads (MMOE_GPU_PACK_THREADS): {e}"
+                        ),
+                    )
+                })?)
+            }
+        };
         let pointers = tensors
             .iter()
             .map(|t| match t {
@@ -169,6 +190,7 @@ impl GpuModel {
             kernels,
             pdl,
             tuned: Mutex::new(HashMap::new()),
+            packers,
         })
     }
 
@@ -496,15 +518,28 @@ impl GpuSession {
             None => Ok(()),
         };
         record(self.phases.as_ref().map(|p| &p.started), &self.stream)?;
-        let written = write_staging_in_chunks(
-            model,
-            &self.input_tensors,
-            request,
-            &layout,
-            &mut host[..used],
-            chunk,
-            &mut upload,
-        );
+        let written = match &gpu.packers {
+            // Shared with the helpers, then uploaded in one copy.
+            Some(helpers) if used - layout.floats_at >= SHARED_MIN_BYTES => write_staging_shared(
+                model,
+                &self.input_tensors,
+                request,
+                &layout,
+                &mut host[..used],
+                helpers,
+                SHARED_PART,
+            )
+            .and_then(|()| upload(&host[..used], 0)),
+            _ => write_staging_in_chunks(
+                model,
+                &self.input_tensors,
+                request,
+                &layout,
+                &mut host[..used],
+                chunk,
+                &mut upload,
+            ),
+        };
         if let Err(e) = written {
             // Copies already issued read the pinned buffer: let them finish
             // before it can be written or freed again.

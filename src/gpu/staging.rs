@@ -248,6 +248,146 @@ pub fn write_staging_in_chunks(
     chunk: usize,
     send: &mut dyn FnMut(&[u8], usize) -> Result<()>,
 ) -> Result<()> {
+    check_room(layout, out)?;
+    let mut writer = FrontToBack {
+        out: &mut out[..layout.total],
+        written: 0,
+        sent: 0,
+        chunk: chunk.max(1),
+        send,
+    };
+    write_head(model, tensors, request, layout, &mut |at, bytes| {
+        writer.put(at, bytes)
+    })?;
+    let mut result = Ok(());
+    for_each_run(model, tensors, request, layout, &mut |at, run| {
+        if result.is_ok() {
+            result = match run {
+                Run::Bytes(bytes) => writer.put(at, bytes),
+                Run::Half(values) => {
+                    writer.put_as(at, values, 2, crate::cpu::to_f16::values_to_f16)
+                }
+                Run::Narrow { ids, rows } => writer.put_as(at, ids, 4, |ids, to| {
+                    crate::cpu::ids_u32::ids_to_u32(ids, rows, to)
+                }),
+            };
+        }
+    });
+    result?;
+    writer.finish()
+}
+
+/// The smallest request (bytes past the descriptors) that
+/// [`write_staging_shared`] splits; below it the helpers' wake-up would
+/// cost more than their share.
+pub const SHARED_MIN_BYTES: usize = 128 << 10;
+
+/// The bytes of one part of [`write_staging_shared`] (at most; a multiple
+/// of 8, so that no value or id straddles two parts): small enough that a
+/// helper that wakes late still finds parts left, and below any streaming
+/// threshold (see [`COPY_PIECE`]).
+pub const SHARED_PART: usize = 32 << 10;
+
+/// As [`write_staging`], the values, offsets and ids written in parts of
+/// at most `part` bytes by this thread and whichever of `helpers` join
+/// (requests of fewer than [`SHARED_MIN_BYTES`] by this thread alone). The
+/// same bytes as [`write_staging`]; with no copy handed over before the
+/// end, the runtime uploads the request in one copy after this.
+pub fn write_staging_shared(
+    model: &Model,
+    tensors: &[InputTensors],
+    request: &Request<'_>,
+    layout: &StagingLayout,
+    out: &mut [u8],
+    helpers: &crate::helper_threads::HelperThreads,
+    part: usize,
+) -> Result<()> {
+    write_staging_split(
+        model,
+        tensors,
+        request,
+        layout,
+        out,
+        helpers,
+        part,
+        SHARED_MIN_BYTES,
+    )
+}
+
+/// [`write_staging_shared`], split from `min_bytes` on.
+#[allow(clippy::too_many_arguments)]
+fn write_staging_split(
+    model: &Model,
+    tensors: &[InputTensors],
+    request: &Request<'_>,
+    layout: &StagingLayout,
+    out: &mut [u8],
+    helpers: &crate::helper_threads::HelperThreads,
+    part: usize,
+    min_bytes: usize,
+) -> Result<()> {
+    check_room(layout, out)?;
+    let (head, bulk) = out[..layout.total].split_at_mut(layout.floats_at);
+    write_head(model, tensors, request, layout, &mut |at, bytes| {
+        head[at..at + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    })?;
+    // Part boundaries at multiples of 8 from the buffer's start: every
+    // value and id starts at a multiple of its width (`for_each_run`).
+    debug_assert_eq!(layout.floats_at % 8, 0);
+    let part = part.next_multiple_of(8).max(8);
+    if bulk.len() < min_bytes.max(1) || helpers.count() == 0 {
+        write_bulk_part(model, tensors, request, layout, layout.floats_at, bulk);
+        return Ok(());
+    }
+    const MAX_PARTS: usize = 256;
+    let part = part.max(bulk.len().div_ceil(MAX_PARTS).next_multiple_of(8));
+    let count = bulk.len().div_ceil(part);
+    // Each part's bytes, taken once by whichever thread runs it.
+    let mut slots: [std::sync::Mutex<Option<&mut [u8]>>; MAX_PARTS] =
+        std::array::from_fn(|_| std::sync::Mutex::new(None));
+    for (slot, bytes) in slots.iter_mut().zip(bulk.chunks_mut(part)) {
+        *slot
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bytes);
+    }
+    helpers.run(count, &|index| {
+        let taken = slots[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(bytes) = taken {
+            let at = layout.floats_at + index * part;
+            write_bulk_part(model, tensors, request, layout, at, bytes);
+        }
+    });
+    Ok(())
+}
+
+/// Refuses an `out` shorter than the request.
+fn check_room(layout: &StagingLayout, out: &[u8]) -> Result<()> {
+    if out.len() < layout.total {
+        return Err(Error::new(
+            crate::error::ErrorKind::Device,
+            format!(
+                "GPU staging buffer of {} bytes is smaller than the request's {}",
+                out.len(),
+                layout.total
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the header and the input descriptors (everything before
+/// `layout.floats_at`), each by `put(at, bytes)`, in increasing `at`.
+fn write_head(
+    model: &Model,
+    tensors: &[InputTensors],
+    request: &Request<'_>,
+    layout: &StagingLayout,
+    put: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
     let inputs = &model.config().inputs;
     let to_u32 = |v: usize| {
         u32::try_from(v).map_err(|_| Error::request("request too large for the GPU staging buffer"))
@@ -257,24 +397,8 @@ pub fn write_staging_in_chunks(
         floats_at,
         offsets_at,
         ids_at,
-        total,
+        ..
     } = *layout;
-    if out.len() < total {
-        return Err(Error::new(
-            crate::error::ErrorKind::Device,
-            format!(
-                "GPU staging buffer of {} bytes is smaller than the request's {total}",
-                out.len()
-            ),
-        ));
-    }
-    let mut writer = FrontToBack {
-        out: &mut out[..total],
-        written: 0,
-        sent: 0,
-        chunk: chunk.max(1),
-        send,
-    };
     let header = StagingHeader {
         candidates: request.candidates() as u64,
         num_inputs: inputs.len() as u64,
@@ -283,9 +407,7 @@ pub fn write_staging_in_chunks(
         ids_at: ids_at as u64,
         descs_at: descs_at as u64,
     };
-    writer.put(0, bytemuck::bytes_of(&header))?;
-    // The descriptors, then the regions in order: dense values, CSR
-    // offsets, ids (each input's part in input order).
+    put(0, bytemuck::bytes_of(&header))?;
     let (mut f, mut o, mut i) = (0usize, 0usize, 0usize);
     for (index, (input, plan)) in inputs.iter().zip(&model.plan().inputs).enumerate() {
         let mut desc = InputDesc {
@@ -346,47 +468,127 @@ pub fn write_staging_in_chunks(
             }
         }
         let at = descs_at + index * std::mem::size_of::<InputDesc>();
-        writer.put(at, bytemuck::bytes_of(&desc))?;
+        put(at, bytemuck::bytes_of(&desc))?;
     }
+    Ok(())
+}
+
+/// What the regions after the descriptors hold, a run of items at a time:
+/// copied as they are, or converted as they are written.
+#[derive(Clone, Copy)]
+enum Run<'r> {
+    /// f32 values, CSR offsets or u64 ids.
+    Bytes(&'r [u8]),
+    /// f32 values written as fp16 (2 bytes each).
+    Half(&'r [f32]),
+    /// u64 ids written as u32 (4 bytes each), modulo `rows`.
+    Narrow { ids: &'r [u64], rows: u64 },
+}
+
+impl Run<'_> {
+    /// Bytes an item takes in the buffer.
+    fn width(&self) -> usize {
+        match self {
+            Run::Bytes(_) => 1,
+            Run::Half(_) => 2,
+            Run::Narrow { .. } => 4,
+        }
+    }
+
+    fn items(&self) -> usize {
+        match self {
+            Run::Bytes(bytes) => bytes.len(),
+            Run::Half(values) => values.len(),
+            Run::Narrow { ids, .. } => ids.len(),
+        }
+    }
+
+    /// Writes items `from..from + to.len() / width` into `to`.
+    fn write(&self, from: usize, to: &mut [u8]) {
+        let end = from + to.len() / self.width();
+        match *self {
+            Run::Bytes(bytes) => to.copy_from_slice(&bytes[from..end]),
+            Run::Half(values) => crate::cpu::to_f16::values_to_f16(&values[from..end], to),
+            Run::Narrow { ids, rows } => crate::cpu::ids_u32::ids_to_u32(&ids[from..end], rows, to),
+        }
+    }
+}
+
+/// Each run of the regions after the descriptors, as `visit(at, run)` in
+/// increasing `at` (bytes from the buffer's start): the dense values, the
+/// CSR offsets, the ids, each input's in input order. Every run starts at a
+/// multiple of its width; the bytes between runs (an odd count of fp16
+/// values' last half slot, the ids' alignment) are zeros.
+fn for_each_run<'r>(
+    model: &Model,
+    tensors: &[InputTensors],
+    request: &Request<'r>,
+    layout: &StagingLayout,
+    visit: &mut dyn FnMut(usize, Run<'r>),
+) {
+    let inputs = &model.config().inputs;
     let features = || (0..inputs.len()).map(|index| request.feature(index));
-    let mut at = floats_at;
+    let mut at = layout.floats_at;
     for (feature, tensors) in features().zip(tensors) {
         if let Feature::Dense(values) = feature {
             if tensors.values_f16 {
-                writer.put_as(at, values, 2, crate::cpu::to_f16::values_to_f16)?;
-                // The next write zeroes an odd count's last half slot.
+                visit(at, Run::Half(values));
                 at = (at + 2 * values.len()).next_multiple_of(4);
             } else {
-                writer.put(at, bytemuck::cast_slice(values))?;
+                visit(at, Run::Bytes(bytemuck::cast_slice(values)));
                 at += values.len() * 4;
             }
         }
     }
-    let mut at = offsets_at;
+    let mut at = layout.offsets_at;
     for feature in features() {
         if let Feature::Sparse { offsets, .. } = feature {
-            writer.put(at, bytemuck::cast_slice(offsets))?;
+            visit(at, Run::Bytes(bytemuck::cast_slice(offsets)));
             at += offsets.len() * 4;
         }
     }
-    let mut at = ids_at;
+    let mut at = layout.ids_at;
     for ((feature, tensors), input) in features().zip(tensors).zip(inputs) {
         if let Feature::Sparse { ids, .. } = feature {
             if tensors.ids_u32 {
                 let rows = input.rows.unwrap_or(1).max(1);
-                writer.put_as(at, ids, 4, |ids, to| {
-                    crate::cpu::ids_u32::ids_to_u32(ids, rows, to)
-                })?;
+                visit(at, Run::Narrow { ids, rows });
                 at += ids.len() * 4;
             } else {
-                // Zeroes the half slot an odd count of u32 ids left.
                 at = at.next_multiple_of(8);
-                writer.put(at, bytemuck::cast_slice(ids))?;
+                visit(at, Run::Bytes(bytemuck::cast_slice(ids)));
                 at += ids.len() * 8;
             }
         }
     }
-    writer.finish()
+}
+
+/// Writes the bytes `at..at + out.len()` of the regions after the
+/// descriptors into `out`: the parts of the runs that fall there, zeros
+/// between them. `at` and `at + out.len()` (unless the end of the request)
+/// are multiples of 8, so no item is cut.
+fn write_bulk_part(
+    model: &Model,
+    tensors: &[InputTensors],
+    request: &Request<'_>,
+    layout: &StagingLayout,
+    at: usize,
+    out: &mut [u8],
+) {
+    let end = at + out.len();
+    let mut written = at;
+    for_each_run(model, tensors, request, layout, &mut |start, run| {
+        let width = run.width();
+        let stop = start + width * run.items();
+        if stop <= at || start >= end {
+            return;
+        }
+        let (from, to) = (start.max(at), stop.min(end));
+        out[written - at..from - at].fill(0);
+        run.write((from - start) / width, &mut out[from - at..to - at]);
+        written = to;
+    });
+    out[written - at..].fill(0);
 }
 
 /// Writes a buffer front to back, handing over finished pieces.
@@ -457,6 +659,7 @@ mod tests {
     /// Written in pieces of any size, the staging buffer is the same bytes:
     /// the pieces follow each other from 0 to the request's end, each but
     /// the last at least `chunk` bytes, and nothing past the end is touched.
+    /// Written in parts by helper threads too.
     #[test]
     fn chunks_cover_the_buffer_in_order_with_the_same_bytes() {
         // Input `a` (candidate dense, may go as fp16) with 5 values a
@@ -475,6 +678,12 @@ mod tests {
         // more than 2³² rows; an odd count of u32 ids leaves half a slot
         // before them); and every id as u32.
         let (mut halves, mut narrow, mut odd_before_u64) = (0, 0, 0);
+        let pools = [0, 1, 3].map(|n| {
+            // The 3 helpers spin between calls: they join at once.
+            let spin = std::time::Duration::from_micros(if n == 3 { 50 } else { 0 });
+            crate::helper_threads::HelperThreads::new(n, "staging-test", spin).unwrap()
+        });
+        let parts = [1, 8, 16, 24, 1000, SHARED_PART];
         for (half, u32_ids) in [
             (false, [false; 2]),
             (true, [true, false]),
@@ -550,6 +759,35 @@ mod tests {
                     assert_eq!(out[..total], whole[..total]);
                     assert!(out[total..].iter().all(|&b| b == 0x55));
                 }
+                // Split between this thread and helpers at part sizes that
+                // cut runs anywhere (at multiples of 8), from every size on:
+                // the same bytes, nothing past the end touched.
+                for (pool, part) in pools.iter().flat_map(|p| parts.map(|part| (p, part))) {
+                    let mut out = vec![0x55; total + 16];
+                    write_staging_split(
+                        &model, &tensors, &request, &layout, &mut out, pool, part, 0,
+                    )
+                    .unwrap();
+                    let helpers = pool.count();
+                    assert_eq!(
+                        out[..total],
+                        whole[..total],
+                        "{helpers} helpers, part {part}"
+                    );
+                    assert!(out[total..].iter().all(|&b| b == 0x55));
+                }
+                let mut out = vec![0x55; total + 16];
+                write_staging_shared(
+                    &model,
+                    &tensors,
+                    &request,
+                    &layout,
+                    &mut out,
+                    &pools[1],
+                    SHARED_PART,
+                )
+                .unwrap();
+                assert_eq!(out[..total], whole[..total]);
             }
             assert!(gaps > 0, "no request left a gap before the ids");
         }

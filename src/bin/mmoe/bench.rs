@@ -83,8 +83,19 @@ fn median_us(f: &mut dyn FnMut()) -> f64 {
 fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, String> {
     use mmoe::gpu::staging::{
         ids_as_u32, staging_layout, values_as_f16, write_staging, write_staging_in_chunks,
-        InputTensors, COPY_PIECE,
+        write_staging_shared, InputTensors, COPY_PIECE, SHARED_PART,
     };
+    // Helper threads as the runtime starts them for `MMOE_GPU_PACK_THREADS`
+    // (this thread packs too): one less than the cores, at most 3; parked
+    // between calls, and spinning for `SPIN` after each (the calls here
+    // follow each other at once: the spinning helpers are always awake).
+    const SPIN: Duration = Duration::from_micros(100);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = |spin| {
+        mmoe::helper_threads::HelperThreads::new((cores - 1).min(3), "mmoe-pack", spin)
+            .map_err(|e| format!("cannot start packing helpers: {e}"))
+    };
+    let (parked, spinning) = (pool(Duration::ZERO)?, pool(SPIN)?);
     let chunk = mmoe::gpu::launch_plan::PlanOptions::default().upload_chunk;
     let formats = [
         ("f32,u64", false, false),
@@ -107,9 +118,15 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
     println!(
         "staging   the GPU path's request packing on this CPU (median µs; plain memory for pinned;"
     );
-    println!("          values,ids: f32,u64 until 2026-11-28; f32,u32 fp32 compute; f16,u32 fp16 compute):");
+    println!("          values,ids: f32,u64 until 2026-11-28; f32,u32 fp32 compute; f16,u32 fp16 compute;");
     println!(
-        "{:>9} {:>8} {:>10} {:>10} {:>18} {:>9} {:>16} {:>7}",
+        "          shared: this thread and {} helper thread(s) in parts of {} KiB, parked or spinning {} µs after a call):",
+        parked.count(),
+        SHARED_PART >> 10,
+        SPIN.as_micros()
+    );
+    println!(
+        "{:>9} {:>8} {:>10} {:>10} {:>18} {:>9} {:>16} {:>7} {:>9} {:>9}",
         "batch",
         "format",
         "bytes",
@@ -117,7 +134,9 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
         format!("memcpy, {} KiB", COPY_PIECE >> 10),
         "pack",
         format!("pack, {} KiB", chunk >> 10),
-        "pieces"
+        "pieces",
+        "parked",
+        "spinning"
     );
     let mut rows = serde_json::Map::new();
     for &batch in batches {
@@ -163,12 +182,38 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
                     failed = Some(e);
                 }
             });
+            let mut shared = |helpers| {
+                median_us(&mut || {
+                    let written = write_staging_shared(
+                        model,
+                        tensors,
+                        &request,
+                        &layout,
+                        &mut out,
+                        helpers,
+                        SHARED_PART,
+                    );
+                    if let Err(e) = written {
+                        failed = Some(e);
+                    }
+                })
+            };
+            let (shared_parked, shared_spinning) = (shared(&parked), shared(&spinning));
             if let Some(e) = failed {
                 return Err(e.to_string());
             }
             println!(
-                "{:>9} {:>8} {:>10} {:>10.1} {:>18.1} {:>9.1} {:>16.1} {:>7}",
-                batch, name, layout.total, memcpy, memcpy_pieces, whole, in_pieces, pieces
+                "{:>9} {:>8} {:>10} {:>10.1} {:>18.1} {:>9.1} {:>16.1} {:>7} {:>9.1} {:>9.1}",
+                batch,
+                name,
+                layout.total,
+                memcpy,
+                memcpy_pieces,
+                whole,
+                in_pieces,
+                pieces,
+                shared_parked,
+                shared_spinning
             );
             let key = match *name {
                 "f32,u64" => batch.to_string(),
@@ -179,7 +224,10 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
                 key,
                 serde_json::json!({"format": name, "bytes": layout.total, "memcpy_us": memcpy,
                     "memcpy_in_pieces_us": memcpy_pieces, "copy_piece_bytes": COPY_PIECE, "pack_us": whole,
-                    "pack_in_pieces_us": in_pieces, "pieces": pieces, "piece_bytes": chunk}),
+                    "pack_in_pieces_us": in_pieces, "pieces": pieces, "piece_bytes": chunk,
+                    "pack_shared_parked_us": shared_parked, "pack_shared_spinning_us": shared_spinning,
+                    "helper_threads": parked.count(), "helper_spin_us": SPIN.as_micros() as u64,
+                    "shared_part_bytes": SHARED_PART}),
             );
         }
     }
