@@ -399,8 +399,10 @@ for name in ["parity-f32.json", "parity-f16.json"] + [f"parity-f16-{n}.json" for
         print(f"{p['label']}: max {p['max']:.2e} (bound {p['bound']:g})")
 if e16 and e16.get("staging"):
     print("host packing of a request on this CPU into plain memory, median µs (memcpy of as many bytes"
-          " in one call; in 64 KiB copies): "
-          + ", ".join(f"{b}: {r['pack_us']:.1f} ({r['memcpy_us']:.1f}; {r.get('memcpy_in_pieces_us', float('nan')):.1f})"
+          " in one call; in 64 KiB copies; shared with helper threads parked / spinning): "
+          + ", ".join(f"{b}: {r['pack_us']:.1f} ({r['memcpy_us']:.1f}; {r.get('memcpy_in_pieces_us', float('nan')):.1f};"
+                      f" {r.get('helper_threads', 0)} helpers {r.get('pack_shared_parked_us', float('nan')):.1f}"
+                      f" / {r.get('pack_shared_spinning_us', float('nan')):.1f})"
                       for b, r in e16["staging"].items()))
 if e16 and e16.get("first_calls"):
     print("first calls, f16 (µs): batch: first of that size in the process / new session's first / warm_up / first after warm_up")
