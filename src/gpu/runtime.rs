@@ -27,8 +27,8 @@ use super::launch_plan::{
     Tune,
 };
 use super::staging::{
-    staging_layout, write_staging_in_chunks, write_staging_shared, InputTensors, SHARED_MIN_BYTES,
-    SHARED_PART,
+    staging_layout, write_staging_in_chunks, write_staging_shared, InputTensors, Split,
+    SHARED_MIN_BYTES,
 };
 use super::streams::StreamOp;
 use crate::error::{Error, ErrorKind, Result};
@@ -527,7 +527,7 @@ impl GpuSession {
                 &layout,
                 &mut host[..used],
                 helpers,
-                SHARED_PART,
+                Split::DEFAULT,
             )
             .and_then(|()| upload(&host[..used], 0)),
             _ => write_staging_in_chunks(

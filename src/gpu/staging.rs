@@ -288,11 +288,28 @@ pub const SHARED_MIN_BYTES: usize = 128 << 10;
 /// threshold (see [`COPY_PIECE`]).
 pub const SHARED_PART: usize = 32 << 10;
 
+/// How [`write_staging_shared`] splits a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// The bytes of a part, at most (rounded up to a multiple of 8).
+    pub part: usize,
+    /// Requests with fewer bytes past their descriptors go unsplit.
+    pub min_bytes: usize,
+}
+
+impl Split {
+    /// Parts of [`SHARED_PART`] bytes from [`SHARED_MIN_BYTES`] on.
+    pub const DEFAULT: Split = Split {
+        part: SHARED_PART,
+        min_bytes: SHARED_MIN_BYTES,
+    };
+}
+
 /// As [`write_staging`], the values, offsets and ids written in parts of
-/// at most `part` bytes by this thread and whichever of `helpers` join
-/// (requests of fewer than [`SHARED_MIN_BYTES`] by this thread alone). The
-/// same bytes as [`write_staging`]; with no copy handed over before the
-/// end, the runtime uploads the request in one copy after this.
+/// at most `split.part` bytes by this thread and whichever of `helpers`
+/// join (smaller requests than `split.min_bytes` by this thread alone).
+/// The same bytes as [`write_staging`]; with no copy handed over before
+/// the end, the runtime uploads the request in one copy after this.
 pub fn write_staging_shared(
     model: &Model,
     tensors: &[InputTensors],
@@ -300,31 +317,7 @@ pub fn write_staging_shared(
     layout: &StagingLayout,
     out: &mut [u8],
     helpers: &crate::helper_threads::HelperThreads,
-    part: usize,
-) -> Result<()> {
-    write_staging_split(
-        model,
-        tensors,
-        request,
-        layout,
-        out,
-        helpers,
-        part,
-        SHARED_MIN_BYTES,
-    )
-}
-
-/// [`write_staging_shared`], split from `min_bytes` on.
-#[allow(clippy::too_many_arguments)]
-fn write_staging_split(
-    model: &Model,
-    tensors: &[InputTensors],
-    request: &Request<'_>,
-    layout: &StagingLayout,
-    out: &mut [u8],
-    helpers: &crate::helper_threads::HelperThreads,
-    part: usize,
-    min_bytes: usize,
+    split: Split,
 ) -> Result<()> {
     check_room(layout, out)?;
     let (head, bulk) = out[..layout.total].split_at_mut(layout.floats_at);
@@ -335,8 +328,8 @@ fn write_staging_split(
     // Part boundaries at multiples of 8 from the buffer's start: every
     // value and id starts at a multiple of its width (`for_each_run`).
     debug_assert_eq!(layout.floats_at % 8, 0);
-    let part = part.next_multiple_of(8).max(8);
-    if bulk.len() < min_bytes.max(1) || helpers.count() == 0 {
+    let part = split.part.next_multiple_of(8).max(8);
+    if bulk.len() < split.min_bytes.max(1) || helpers.count() == 0 {
         write_bulk_part(model, tensors, request, layout, layout.floats_at, bulk);
         return Ok(());
     }
@@ -764,8 +757,9 @@ mod tests {
                 // the same bytes, nothing past the end touched.
                 for (pool, part) in pools.iter().flat_map(|p| parts.map(|part| (p, part))) {
                     let mut out = vec![0x55; total + 16];
-                    write_staging_split(
-                        &model, &tensors, &request, &layout, &mut out, pool, part, 0,
+                    let split = Split { part, min_bytes: 0 };
+                    write_staging_shared(
+                        &model, &tensors, &request, &layout, &mut out, pool, split,
                     )
                     .unwrap();
                     let helpers = pool.count();
@@ -784,7 +778,7 @@ mod tests {
                     &layout,
                     &mut out,
                     &pools[1],
-                    SHARED_PART,
+                    Split::DEFAULT,
                 )
                 .unwrap();
                 assert_eq!(out[..total], whole[..total]);

@@ -83,7 +83,7 @@ fn median_us(f: &mut dyn FnMut()) -> f64 {
 fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, String> {
     use mmoe::gpu::staging::{
         ids_as_u32, staging_layout, values_as_f16, write_staging, write_staging_in_chunks,
-        write_staging_shared, InputTensors, COPY_PIECE, SHARED_PART,
+        write_staging_shared, InputTensors, Split, COPY_PIECE, SHARED_PART,
     };
     // Helper threads as the runtime starts them for `MMOE_GPU_PACK_THREADS`
     // (this thread packs too): one less than the cores, at most 3; parked
@@ -191,7 +191,7 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
                         &layout,
                         &mut out,
                         helpers,
-                        SHARED_PART,
+                        Split::DEFAULT,
                     );
                     if let Err(e) = written {
                         failed = Some(e);
