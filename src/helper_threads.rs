@@ -28,8 +28,10 @@ pub struct HelperThreads {
 
 struct Shared {
     state: Mutex<State>,
-    /// `State::count`, read without the lock by helpers that spin.
+    /// `State::count` and `State::shutdown`, read without the lock by
+    /// helpers that spin.
     jobs: AtomicU64,
+    stopping: AtomicBool,
     /// Helpers wait here for a job, or for the shutdown.
     posted: Condvar,
     /// A caller waits here for the helpers still inside its job.
@@ -89,6 +91,7 @@ impl HelperThreads {
     pub fn new(count: usize, name: &str, spin: Duration) -> std::io::Result<HelperThreads> {
         let shared = Arc::new(Shared {
             jobs: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
             state: Mutex::new(State {
                 job: None,
                 count: 0,
@@ -151,7 +154,7 @@ impl HelperThreads {
             state.count += 1;
             self.shared.jobs.store(state.count, Ordering::Relaxed);
         }
-        let withdraw = Withdraw(&self.shared);
+        let withdraw = Withdraw(&self.shared, &job);
         for _ in 0..self.threads.len().min(parts - 1) {
             self.shared.posted.notify_one();
         }
@@ -165,11 +168,13 @@ impl HelperThreads {
     }
 }
 
-/// Takes the posted job down and waits for the helpers inside it.
-struct Withdraw<'a>(&'a Shared);
+/// Takes the posted job down and waits for the helpers inside it. Its
+/// parts left untaken (the caller's part panicked) are dropped first.
+struct Withdraw<'a, 'j>(&'a Shared, &'a Job<'j>);
 
-impl Drop for Withdraw<'_> {
+impl Drop for Withdraw<'_, '_> {
     fn drop(&mut self) {
+        self.1.next.store(self.1.parts, Ordering::Relaxed);
         let mut state = lock(&self.0.state);
         state.job = None;
         while state.inside > 0 {
@@ -194,12 +199,18 @@ fn help(shared: &Shared, spin: Duration) {
         match state.job {
             Some(job) if state.count != seen => {
                 seen = state.count;
+                // SAFETY: the job is posted and the lock held, so its caller
+                // is before `Withdraw`; from `inside += 1` below on, its
+                // caller does not return (nor unwind) past the job before
+                // `inside` drops back to zero.
+                let job = unsafe { &*job.0 };
+                if job.next.load(Ordering::Relaxed) >= job.parts {
+                    // Every part is taken: entering would only make the
+                    // caller wait for this helper to leave.
+                    continue;
+                }
                 state.inside += 1;
                 drop(state);
-                // SAFETY: the job was posted when this helper entered it
-                // (`inside` counts it), and its caller does not return (nor
-                // unwind) past the job before `inside` drops back to zero.
-                let job = unsafe { &*job.0 };
                 if catch_unwind(AssertUnwindSafe(|| job.take_parts())).is_err() {
                     job.panicked.store(true, Ordering::Relaxed);
                 }
@@ -211,7 +222,10 @@ fn help(shared: &Shared, spin: Duration) {
                 if !spin.is_zero() {
                     drop(state);
                     let start = Instant::now();
-                    while shared.jobs.load(Ordering::Relaxed) == seen && start.elapsed() < spin {
+                    while shared.jobs.load(Ordering::Relaxed) == seen
+                        && !shared.stopping.load(Ordering::Relaxed)
+                        && start.elapsed() < spin
+                    {
                         std::hint::spin_loop();
                     }
                     state = lock(&shared.state);
@@ -230,6 +244,7 @@ fn help(shared: &Shared, spin: Duration) {
 impl Drop for HelperThreads {
     fn drop(&mut self) {
         lock(&self.shared.state).shutdown = true;
+        self.shared.stopping.store(true, Ordering::Relaxed);
         self.shared.posted.notify_all();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -288,6 +303,23 @@ mod tests {
         assert!(on_helpers.load(Ordering::Relaxed) > 0);
     }
 
+    /// `run` returns only once every part that started has ended, on the
+    /// helpers too (their parts write into the caller's stack).
+    #[test]
+    fn run_returns_after_every_started_part_ended() {
+        let pool = HelperThreads::new(3, "test-helper", Duration::ZERO).unwrap();
+        for _ in 0..50 {
+            let (started, ended) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            pool.run(8, &|_| {
+                started.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(300));
+                ended.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(started.load(Ordering::Relaxed), 8);
+            assert_eq!(ended.load(Ordering::Relaxed), 8);
+        }
+    }
+
     /// Several callers at once on one pool: each call's parts all run, once,
     /// for that call (a caller that finds the helpers taken runs alone).
     #[test]
@@ -330,6 +362,14 @@ mod tests {
                 })
             }));
             assert!(caught.is_err(), "panic on helper: {panic_on_helper}");
+            // Nothing runs on after `run`; a panic on the caller drops the
+            // parts no one took (its first part panics: few others ran).
+            let after = ran.load(Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(2));
+            assert_eq!(ran.load(Ordering::Relaxed), after);
+            if !panic_on_helper {
+                assert!(after < 200, "{after} parts ran after the caller's panicked");
+            }
             let runs = AtomicUsize::new(0);
             pool.run(64, &|_| {
                 runs.fetch_add(1, Ordering::Relaxed);
