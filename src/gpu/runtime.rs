@@ -527,7 +527,7 @@ impl GpuSession {
                 &layout,
                 &mut host[..used],
                 helpers,
-                Split::DEFAULT,
+                Split::default(),
             )
             .and_then(|()| upload(&host[..used], 0)),
             _ => write_staging_in_chunks(

@@ -297,12 +297,15 @@ pub struct Split {
     pub min_bytes: usize,
 }
 
-impl Split {
-    /// Parts of [`SHARED_PART`] bytes from [`SHARED_MIN_BYTES`] on.
-    pub const DEFAULT: Split = Split {
-        part: SHARED_PART,
-        min_bytes: SHARED_MIN_BYTES,
-    };
+/// Parts of [`SHARED_PART`] bytes from [`SHARED_MIN_BYTES`] on. (Not an
+/// associated const: cbindgen would put the struct in the C header.)
+impl Default for Split {
+    fn default() -> Split {
+        Split {
+            part: SHARED_PART,
+            min_bytes: SHARED_MIN_BYTES,
+        }
+    }
 }
 
 /// As [`write_staging`], the values, offsets and ids written in parts of
@@ -778,7 +781,7 @@ mod tests {
                     &layout,
                     &mut out,
                     &pools[1],
-                    Split::DEFAULT,
+                    Split::default(),
                 )
                 .unwrap();
                 assert_eq!(out[..total], whole[..total]);

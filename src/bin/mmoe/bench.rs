@@ -191,7 +191,7 @@ fn staging_table(model: &Model, batches: &[usize]) -> Result<serde_json::Value, 
                         &layout,
                         &mut out,
                         helpers,
-                        Split::DEFAULT,
+                        Split::default(),
                     );
                     if let Err(e) = written {
                         failed = Some(e);
