@@ -28,9 +28,10 @@ pub struct HelperThreads {
 
 struct Shared {
     state: Mutex<State>,
-    /// `State::count` and `State::shutdown`, read without the lock by
-    /// helpers that spin.
+    /// The jobs posted so far: a helper joins each job at most once.
+    /// Changed under the lock; read without it by helpers that spin.
     jobs: AtomicU64,
+    /// Set under the lock when the pool is dropped.
     stopping: AtomicBool,
     /// Helpers wait here for a job, or for the shutdown.
     posted: Condvar,
@@ -40,11 +41,8 @@ struct Shared {
 
 struct State {
     job: Option<JobPtr>,
-    /// The jobs posted so far: a helper joins each job at most once.
-    count: u64,
     /// Helpers inside the posted job, or inside the one just withdrawn.
     inside: usize,
-    shutdown: bool,
 }
 
 /// A job on its caller's stack, its lifetime erased. It is valid while it
@@ -94,9 +92,7 @@ impl HelperThreads {
             stopping: AtomicBool::new(false),
             state: Mutex::new(State {
                 job: None,
-                count: 0,
                 inside: 0,
-                shutdown: false,
             }),
             posted: Condvar::new(),
             left: Condvar::new(),
@@ -151,8 +147,7 @@ impl HelperThreads {
             let erased =
                 unsafe { std::mem::transmute::<*const Job<'_>, *const Job<'static>>(&job) };
             state.job = Some(JobPtr(erased));
-            state.count += 1;
-            self.shared.jobs.store(state.count, Ordering::Relaxed);
+            self.shared.jobs.fetch_add(1, Ordering::Relaxed);
         }
         let withdraw = Withdraw(&self.shared, &job);
         for _ in 0..self.threads.len().min(parts - 1) {
@@ -193,12 +188,13 @@ fn help(shared: &Shared, spin: Duration) {
     let mut seen = 0;
     let mut state = lock(&shared.state);
     loop {
-        if state.shutdown {
+        if shared.stopping.load(Ordering::Relaxed) {
             return;
         }
+        let posted = shared.jobs.load(Ordering::Relaxed);
         match state.job {
-            Some(job) if state.count != seen => {
-                seen = state.count;
+            Some(job) if posted != seen => {
+                seen = posted;
                 // SAFETY: the job is posted and the lock held, so its caller
                 // is before `Withdraw`; from `inside += 1` below on, its
                 // caller does not return (nor unwind) past the job before
@@ -243,8 +239,11 @@ fn help(shared: &Shared, spin: Duration) {
 
 impl Drop for HelperThreads {
     fn drop(&mut self) {
-        lock(&self.shared.state).shutdown = true;
-        self.shared.stopping.store(true, Ordering::Relaxed);
+        {
+            // Under the lock: a helper about to wait sees it first.
+            let _state = lock(&self.shared.state);
+            self.shared.stopping.store(true, Ordering::Relaxed);
+        }
         self.shared.posted.notify_all();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -255,7 +254,6 @@ impl Drop for HelperThreads {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn on_helper() -> bool {
         std::thread::current()

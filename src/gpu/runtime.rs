@@ -28,7 +28,6 @@ use super::launch_plan::{
 };
 use super::staging::{
     staging_layout, write_staging_in_chunks, write_staging_shared, InputTensors, Split,
-    SHARED_MIN_BYTES,
 };
 use super::streams::StreamOp;
 use crate::error::{Error, ErrorKind, Result};
@@ -520,7 +519,7 @@ impl GpuSession {
         record(self.phases.as_ref().map(|p| &p.started), &self.stream)?;
         let written = match &gpu.packers {
             // Shared with the helpers, then uploaded in one copy.
-            Some(helpers) if used - layout.floats_at >= SHARED_MIN_BYTES => write_staging_shared(
+            Some(helpers) if Split::default().applies(&layout) => write_staging_shared(
                 model,
                 &self.input_tensors,
                 request,

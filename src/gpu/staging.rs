@@ -297,6 +297,13 @@ pub struct Split {
     pub min_bytes: usize,
 }
 
+impl Split {
+    /// Whether a request of this layout is split (else written whole).
+    pub fn applies(&self, layout: &StagingLayout) -> bool {
+        layout.total - layout.floats_at >= self.min_bytes.max(1)
+    }
+}
+
 /// Parts of [`SHARED_PART`] bytes from [`SHARED_MIN_BYTES`] on. (Not an
 /// associated const: cbindgen would put the struct in the C header.)
 impl Default for Split {
@@ -331,13 +338,15 @@ pub fn write_staging_shared(
     // Part boundaries at multiples of 8 from the buffer's start: every
     // value and id starts at a multiple of its width (`for_each_run`).
     debug_assert_eq!(layout.floats_at % 8, 0);
-    let part = split.part.next_multiple_of(8).max(8);
-    if bulk.len() < split.min_bytes.max(1) || helpers.count() == 0 {
+    if !split.applies(layout) || helpers.count() == 0 {
         write_bulk_part(model, tensors, request, layout, layout.floats_at, bulk);
         return Ok(());
     }
     const MAX_PARTS: usize = 256;
-    let part = part.max(bulk.len().div_ceil(MAX_PARTS).next_multiple_of(8));
+    let part = split
+        .part
+        .max(bulk.len().div_ceil(MAX_PARTS))
+        .next_multiple_of(8);
     let count = bulk.len().div_ceil(part);
     // Each part's bytes, taken once by whichever thread runs it.
     let mut slots: [std::sync::Mutex<Option<&mut [u8]>>; MAX_PARTS] =
