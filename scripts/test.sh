@@ -45,6 +45,9 @@ step "the GPU path on the host: kernels/mmoe.cu compiled for the CPU (gpu-emu/) 
 cargo clippy --release --all-targets -p mmoe-gpu-emu -- -D warnings
 cargo test --release -p mmoe-gpu-emu
 
+step "the GPU check's script, run here without a GPU (prepare.sh, then both visits of check.sh: no bash error, every step reached)"
+bash bench/gpu/dry_run.sh
+
 step "the checked-in C header is the one build.rs generates"
 if ! git diff --quiet -- include/mmoe.h; then
   git --no-pager diff --stat -- include/mmoe.h

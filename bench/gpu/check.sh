@@ -2,33 +2,41 @@
 # The GPU check, run on the GPU test machine from the repository root:
 #   bash .gpu/check.sh "$OUT"
 # Writes logs and JSON under $OUT as it goes and prints a short table last.
-# About 4 minutes on 2026-11-27, likely longer since the tile choices grew
-# from 9 to 15 (every step has its own time limit): give the run a
-# timeout_s of about 540, or split it with STEPS.
+# The default run (the first visit) keeps to about 5 minutes: what does
+# not start within BUDGET_S (240 s) is skipped, with a line saying so.
+# Give `run` a timeout_s of about 400. `STEPS=second` is the second visit.
 set -uo pipefail
 # Only a few files come back from the machine: logs go to $1/logs, archived
 # as $1/logs.tgz at the end, with the summary next to it.
 root_out=${1:-${OUT:-gpu-out}}
+mkdir -p "$root_out/logs"
+root_out=$(cd "$root_out" && pwd)  # the check works from its own folder
 out=$root_out/logs
-mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
 export LD_LIBRARY_PATH=$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 log() { echo "== [${SECONDS}s] $*" | tee -a "$out/check.log"; }
-# STEPS (comma-separated) picks steps for a shorter second visit; all by
-# default: load (0b), tests (1), sanitizer (1b; sanitizer-k64 alone: its
-# last part, the 64-column-stage tiles), parity (2), bench (3), bilinear (3b),
-# variants (3, the A/B of the kernel choices), torch (4), ncu (5). Not by
-# default, for a second call: ncu-deep (5b, the deep-pipeline tiles under
-# Nsight Compute).
-steps=,${STEPS:-load,tests,sanitizer,parity,bench,bilinear,variants,torch,ncu},
-# A step, or a part of one (a variant, a tile choice, a precision, an ncu
-# batch), that would start past BUDGET_S seconds (default 480) is skipped,
-# so that a run's time limit (give `run` about 540 s) is unlikely to kill
-# the check before its summary and archive: a killed check returns no logs.
-# A part started before the budget still runs to its own timeout (up to
-# 120 s): for a tight limit, lower BUDGET_S or split the visit with STEPS.
-budget=${BUDGET_S:-480}
+# STEPS (comma-separated) picks steps; the default is the first visit, in
+# the order of what its results decide: tests (1: the GPU tests), bench (3:
+# end to end, where a call's time goes, the A/B of the host-side choices),
+# torch (4: the baseline on the same weights), variants (3: the A/B of the
+# kernel choices still off by default), bilinear (3b), parity (2: random
+# models against the CPU), sanitizer (1b: memcheck and racecheck of the
+# default path), ncu (5). STEPS=second is a second visit: what the first
+# leaves out or its budget cuts, namely load (0b), sanitizer-extra (1b: the
+# opt-in choices and every tile choice forced under racecheck and memcheck),
+# parity-variants (2: each kernel choice's scores against the CPU),
+# torch-parity (4b), ncu-deep (5b).
+steps=,${STEPS:-tests,bench,torch,variants,bilinear,parity,sanitizer,ncu},
+[[ $steps == ,second, ]] && steps=,load,sanitizer-extra,parity-variants,torch-parity,ncu-deep,
+# A step, or a part of one (a run, a variant, a tile choice, a precision, an
+# ncu batch), that would start past BUDGET_S seconds (default 240) is
+# skipped with a line saying so, so that the check ends within about 5
+# minutes (a part started before the budget still runs to its own timeout,
+# at most 150 s for the GPU tests and 100 s for the rest) and the run's
+# time limit never kills it before its summary and archive: a killed check
+# returns no logs.
+budget=${BUDGET_S:-240}
 in_budget() {
   (( SECONDS < budget )) && return 0
   echo "skipped $1: ${SECONDS}s, past the ${budget}s budget (BUDGET_S)" | tee -a "$out/check.log"
@@ -75,154 +83,8 @@ fi
 tests_rc=not-run
 if want tests; then
 log "1. GPU tests (CUDA backend vs CPU exact path; small and demo models)"
-timeout 240 ./bin/gpu-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
+timeout 150 ./bin/gpu-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
-fi
-
-log "1b. compute-sanitizer: memcheck on one random model (f16, f32; wide tiles at 600 candidates), racecheck (f16, plan tiles and 128x64 tiles), and the 64-column-stage tiles"
-if want sanitizer && command -v compute-sanitizer >/dev/null; then
-  for precision in f16 f32; do
-    timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score --model parity/seed-0/model.mmoe \
-      --requests parity/seed-0/requests.jsonl --out "$out/sanitizer-$precision.jsonl" --device cuda --precision $precision \
-      > "$out/sanitizer-$precision.log" 2>&1
-    echo "memcheck $precision: exit $? ($(grep -c 'Invalid' "$out/sanitizer-$precision.log") invalid accesses)" | tee -a "$out/check.log"
-  done
-  MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score \
-    --model parity/seed-0/model.mmoe --requests parity/seed-0/requests-600.jsonl --out "$out/sanitizer-wide.jsonl" \
-    --device cuda --precision f16 > "$out/sanitizer-wide.log" 2>&1
-  echo "memcheck f16 wide tiles, 600 candidates: exit $? ($(grep -c 'Invalid' "$out/sanitizer-wide.log") invalid accesses)" | tee -a "$out/check.log"
-  # Programmatic dependent launch (MMOE_GPU_PDL=1): the same requests under
-  # memcheck, and (below, parity) the scores of 12 models against the CPU.
-  MMOE_GPU_PDL=1 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score \
-    --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl --out "$out/sanitizer-pdl.jsonl" \
-    --device cuda --precision f16 > "$out/sanitizer-pdl.log" 2>&1
-  echo "memcheck f16 with PDL: exit $? ($(grep -c 'Invalid' "$out/sanitizer-pdl.log") invalid accesses)" | tee -a "$out/check.log"
-  # MaskNet's LayerNorm fused into the GEMM epilogue (MMOE_GPU_FUSED_NORM=1,
-  # off until checked here): its band counters and statistics, on MODEL.md's
-  # example model (256-wide MaskNet blocks: several column tiles a band; the
-  # random models' blocks fit one tile), 1 and 600 candidates, f16 and f32.
-  example_model 2
-  for precision in f16 f32; do
-    MMOE_GPU_FUSED_NORM=1 MMOE_GPU_TUNE=0 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe bench \
-      --model models/example-v2.mmoe --device cuda --precision $precision --batch 1,600 --iters 2 --max-seconds 1 \
-      > "$out/sanitizer-fnorm-$precision.log" 2>&1
-    echo "memcheck $precision with the fused LayerNorm, example model: exit $? ($(grep -c 'Invalid' "$out/sanitizer-fnorm-$precision.log") invalid accesses)" | tee -a "$out/check.log"
-  done
-  # Each task's logit fused into its tower's last hidden layer
-  # (MMOE_GPU_FUSED_LOGIT=1, off until checked here): the benchmark model's
-  # 128-wide towers, 1 and 600 candidates, f16 and f32.
-  for precision in f16 f32; do
-    MMOE_GPU_FUSED_LOGIT=1 MMOE_GPU_TUNE=0 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe bench \
-      --model models/demo.mmoe --device cuda --precision $precision --batch 1,600 --iters 2 --max-seconds 1 \
-      > "$out/sanitizer-flogit-$precision.log" 2>&1
-    echo "memcheck $precision with the fused logits, benchmark model: exit $? ($(grep -c 'Invalid' "$out/sanitizer-flogit-$precision.log") invalid accesses)" | tee -a "$out/check.log"
-  done
-  # Shared-memory hazards on the device (the host emulator's barrier checks
-  # are by construction, this is the hardware's view): fused heads, MMA tiles
-  # (the plan's: racecheck is slow, and the tile tuning's runs are many).
-  MMOE_GPU_TUNE=0 timeout 90 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 ./bin/mmoe score \
-    --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl --out "$out/racecheck.jsonl" \
-    --device cuda --precision f16 > "$out/racecheck.log" 2>&1
-  echo "racecheck f16: exit $? ($(grep -m1 -o 'RACECHECK SUMMARY.*' "$out/racecheck.log"))" | tee -a "$out/check.log"
-  # The 128×64 tile (tile choice 3 of every GEMM; 64×128 shares its
-  # three-stage pipeline), which only timing ever picks otherwise.
-  MMOE_GPU_TUNE=choice=3 timeout 60 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 \
-    ./bin/mmoe score --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl \
-    --out "$out/racecheck-128x64.jsonl" --device cuda --precision f16 > "$out/racecheck-128x64.log" 2>&1
-  echo "racecheck f16, 128x64 tiles: exit $? ($(grep -m1 -o 'RACECHECK SUMMARY.*' "$out/racecheck-128x64.log"))" | tee -a "$out/check.log"
-  steps=$steps,sanitizer-k64,
-fi
-# The 64-column-stage tiles (choices 5 and 6 of the fp16 GEMMs: 32×64 with
-# three stages, 64×64 with two), the 32×32 tiles (7: six 32-column
-# stages, 8: four 64-column ones) and the deep pipelines in dynamic shared
-# memory (9: 128×128 of 8 warps, 10: of 4 warps, 11: 128×64 with six
-# stages; 12–14: 32×32, 32×64 and 64×64 with 16, 12 and 8 stages), forced
-# on every GEMM: racecheck, and memcheck at 600 candidates (partial tiles).
-if ! command -v compute-sanitizer >/dev/null; then
-  [[ $steps == *",sanitizer-k64,"* ]] && echo "compute-sanitizer not found" | tee -a "$out/check.log"
-elif want sanitizer-k64; then
-  for choice in 5 6 7 8 9 10 11 12 13 14; do
-    in_budget "sanitizer tile choice $choice" || break
-    MMOE_GPU_TUNE=choice=$choice timeout 60 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 \
-      ./bin/mmoe score --model parity/seed-0/model.mmoe --requests parity/seed-0/requests.jsonl \
-      --out "$out/racecheck-choice$choice.jsonl" --device cuda --precision f16 > "$out/racecheck-choice$choice.log" 2>&1
-    echo "racecheck f16, tile choice $choice: exit $? ($(grep -m1 -o 'RACECHECK SUMMARY.*' "$out/racecheck-choice$choice.log"))" | tee -a "$out/check.log"
-    MMOE_GPU_TUNE=choice=$choice timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 ./bin/mmoe score \
-      --model parity/seed-0/model.mmoe --requests parity/seed-0/requests-600.jsonl --out "$out/memcheck-choice$choice.jsonl" \
-      --device cuda --precision f16 > "$out/memcheck-choice$choice.log" 2>&1
-    echo "memcheck f16, tile choice $choice, 600 candidates: exit $? ($(grep -c 'Invalid' "$out/memcheck-choice$choice.log") invalid accesses)" | tee -a "$out/check.log"
-  done
-fi
-
-all_variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
-  "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "wc:MMOE_GPU_STAGING_WC=1"
-  "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0" "f32kept:MMOE_GPU_HALF_ONLY=0" "fnorm:MMOE_GPU_FUSED_NORM=1"
-  "flogit:MMOE_GPU_FUSED_LOGIT=1"
-  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0 MMOE_GPU_STAGING_WC=1")
-# VARIANTS (comma-separated names; default `all`): the ones timed and
-# compared with the CPU, e.g. VARIANTS=wc,pdl,f32v,277801c for the open
-# questions (write-combined staging, PDL, candidate values uploaded as f32
-# rather than fp16) and the path of the first GPU run; the others were timed twice on an H200 on 2026-11-27 and set the
-# defaults (the GPU tests still check their scores).
-chosen=,${VARIANTS:-all},
-variants=()
-for v in "${all_variants[@]}"; do
-  [[ $chosen == ,all, || $chosen == *",${v%%:*},"* ]] && variants+=("$v")
-done
-echo "variants: ${variants[*]%%:*}" | tee -a "$out/check.log"
-if want parity; then
-log "2. random models: cuda f32 and f16 vs cpu"
-f32_pairs=(); f16_pairs=(); failed_runs=0
-for dir in parity/seed-*; do
-  m=$dir/model.mmoe; r=$dir/requests.jsonl
-  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/cpu.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
-  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/f32.jsonl" --device cuda --precision f32 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
-  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/f16.jsonl" --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
-  f32_pairs+=("$dir/cpu.jsonl" "$dir/f32.jsonl"); f16_pairs+=("$dir/cpu.jsonl" "$dir/f16.jsonl")
-done
-# The kernel choices (src/gpu/launch_plan.rs, PlanOptions, `variants` above)
-# besides the defaults (task heads as separate launches, fp16 GEMM inputs,
-# graph branches on up to 4 streams, tile sizes timed per GEMM launch,
-# upload in pieces), selected by environment (`wide` untuned: 128x128 tiles
-# wherever a bucket has 512 rows or more): the first 12 random models with a
-# request of 600 candidates (512-row bucket; fused heads and f32 inputs also
-# their small requests), f16, against the CPU. `277801c` is the launches
-# timed on the H200 on 2026-11-26 (one stream, one upload).
-declare -A variant_pairs
-for dir in parity/seed-*; do
-  m=$dir/model.mmoe; r=$dir/requests-600.jsonl
-  [ -f "$r" ] || continue
-  # The first 12 models (all four expert types among them): each variant is a
-  # process start per request file, and the check has 5 minutes.
-  [ "${dir##*-}" -lt 12 ] || continue
-  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/cpu-600.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
-  for v in "${variants[@]}"; do
-    name=${v%%:*}; vars=${v#*:}
-    # One upload instead of pieces, or write-combined staging, changes no
-    # kernel: timed only; nor do kept f32 buffers (f32kept) change a logit
-    # (the GPU tests compare them bit for bit). f32 values (f32v) change
-    # the features kernels' input: compared on the 600-candidate requests.
-    [ "$name" = upload1 ] || [ "$name" = wc ] || [ "$name" = f32kept ] && continue
-    # Wide tiles change only buckets of 512 rows and more.
-    # PDL changes every launch; the small requests (32-row bucket) are
-    # where it should matter.
-    # The fused LayerNorm and logits: both sizes (one band and several).
-    for req in $([ "$name" = fused ] || [ "$name" = f32x ] || [ "$name" = pdl ] || [ "$name" = fnorm ] || [ "$name" = flogit ] && echo requests) requests-600; do
-      base=$([ $req = requests ] && echo cpu || echo cpu-600)
-      env $vars timeout 20 ./bin/mmoe score --model "$m" --requests "$dir/$req.jsonl" --out "$dir/$name-$req.jsonl" \
-        --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
-      variant_pairs[$name]+="$dir/$base.jsonl $dir/$name-$req.jsonl "
-    done
-  done
-done
-echo "failed score runs: $failed_runs" | tee -a "$out/check.log"
-python3 compare_scores.py --bound 1e-3 --label "random cuda-f32 vs cpu" --json "$out/parity-f32.json" "${f32_pairs[@]}" 2>&1 | tee -a "$out/check.log"
-python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 vs cpu" --json "$out/parity-f16.json" "${f16_pairs[@]}" 2>&1 | tee -a "$out/check.log"
-for v in "${variants[@]}"; do
-  name=${v%%:*}
-  [ -n "${variant_pairs[$name]:-}" ] && python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 $name vs cpu" \
-    --json "$out/parity-f16-$name.json" ${variant_pairs[$name]} 2>&1 | tee -a "$out/check.log"
-done
 fi
 
 if want bench; then
@@ -234,76 +96,39 @@ log "3. engine benchmark (end to end, host features in, host scores out)"
 # And --phases: where a call's time goes (host packing, launch, wait; the
 # upload and the graph on the device, by CUDA events).
 for precision in f16 f32; do
+  in_budget "bench $precision" || break
   MMOE_GPU_TUNE=log timeout 60 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision $precision \
-    --batch 1,64,256,1024,4096 --iters 300 --max-seconds 3 $([ $precision = f16 ] && echo --staging --first-call --phases) \
+    --batch 1,64,256,1024,4096 --iters 300 --max-seconds $([ $precision = f16 ] && echo 3 || echo 1) \
+    $([ $precision = f16 ] && echo --staging --first-call --phases) \
     --json "$out/bench-$precision.json" 2>&1 | tee "$out/bench-$precision.txt"
 done
 grep -h "GPU tiles" "$out/bench-f16.txt" | tee -a "$out/check.log"
-timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
-  --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 | tee "$out/bench-f16-8threads.txt"
-# The upload's phases with one copy after the packing, and in 1 MiB pieces;
-# then the packing into write-combined and into cached pinned memory (the
-# default since 2026-11-27, not yet timed on a GPU), one after the other,
-# and into cached memory in 256 KiB pieces (with faster packing the first
-# 1 MiB piece's copy may come to limit the upload; 256 KiB pieces slowed
-# the packing into write-combined memory); and programmatic dependent
-# launch (off by default until timed) against the default, one after the
-# other, on the small batches, where the graph is a chain of short kernels;
-# and candidate values uploaded as f32 against fp16 (the default since
-# 2026-11-28, not yet timed on a GPU: 625 rather than 1,136 bytes a
-# candidate of the benchmark model, ids as u32 in both), one after the
-# other; and the packing alone against 3 helper threads (2026-11-28, off by
-# default, not yet timed on a GPU), parked between calls (an idle server)
-# and spinning 200 µs after each (these calls follow each other at once).
-for v in "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024" \
-    "staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0" "chunk256k:MMOE_GPU_UPLOAD_CHUNK=256" \
-    "pdl0:MMOE_GPU_PDL=0" "pdl:MMOE_GPU_PDL=1" "values-f32:MMOE_GPU_HALF_VALUES=0" "values-f16:MMOE_GPU_HALF_VALUES=1" \
-    "pack0:MMOE_GPU_PACK_THREADS=0" "pack3:MMOE_GPU_PACK_THREADS=3" \
-    "pack3-spin:MMOE_GPU_PACK_THREADS=3 MMOE_GPU_PACK_SPIN_US=200"; do
+in_budget "bench 8 threads" && timeout 40 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
+  --batch 256 --threads 8 --iters 300 --max-seconds 3 --json "$out/bench-f16-8threads.json" 2>&1 \
+  | tee "$out/bench-f16-8threads.txt"
+# The host-side choices, each pair one process after the other (--phases):
+# write-combined against cached pinned staging (cached is the default
+# since 2026-11-27, never timed on a GPU); candidate values uploaded as f32
+# against fp16 (the default since 2026-11-28, never timed on a GPU: 625
+# rather than 1,136 bytes a candidate of the benchmark model, ids as u32
+# in both); the packing alone against 3 helper threads (2026-11-28, off by
+# default), parked between calls (an idle server) and spinning 200 µs after
+# each (these calls follow each other at once); programmatic dependent
+# launch (off by default) against stream order, on the batches where the
+# graph is a chain of short kernels. PHASES=all adds the upload's pieces
+# (one copy after the packing, 1 MiB, 256 KiB), settled on 2026-11-27 for
+# write-combined staging.
+phase_runs=("staging-wc:MMOE_GPU_STAGING_WC=1" "staging-cached:MMOE_GPU_STAGING_WC=0"
+  "values-f32:MMOE_GPU_HALF_VALUES=0" "values-f16:MMOE_GPU_HALF_VALUES=1"
+  "pack0:MMOE_GPU_PACK_THREADS=0" "pack3:MMOE_GPU_PACK_THREADS=3"
+  "pack3-spin:MMOE_GPU_PACK_THREADS=3 MMOE_GPU_PACK_SPIN_US=200" "pdl0:MMOE_GPU_PDL=0" "pdl:MMOE_GPU_PDL=1")
+[ "${PHASES:-}" = all ] && phase_runs+=("upload1:MMOE_GPU_UPLOAD_CHUNK=0" "chunk1m:MMOE_GPU_UPLOAD_CHUNK=1024"
+  "chunk256k:MMOE_GPU_UPLOAD_CHUNK=256")
+for v in "${phase_runs[@]}"; do
+  in_budget "phases ${v%%:*}" || break
   env ${v#*:} timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
     --batch $([[ ${v%%:*} == pdl* ]] && echo 1,64,256,1024 || echo 1024,4096) \
     --iters 200 --max-seconds 1 --phases --json "$out/phases-${v%%:*}.json" > "$out/phases-${v%%:*}.txt" 2>&1
-done
-fi
-if want bilinear; then
-log "3b. FinalMLP's bilinear sum on MODEL.md's example model (one expert of each type), two layouts one after the other"
-# Layout version 2 (the default since 2026-11-28, not yet timed on a GPU):
-# the sum as a tensor-core Linear layer over the heads' outer products
-# (outer_heads, then a grouped GEMM); version 1: the direct `bilinear`
-# kernel, a thread per output, over the flat weight.
-for v in 1 2; do
-  example_model $v
-  timeout 40 ./bin/mmoe bench --model models/example-v$v.mmoe --device cuda --precision f16 --batch 1,256,1024 \
-    --iters 200 --max-seconds 2 --json "$out/bench-bilinear-v$v.json" > "$out/bench-bilinear-v$v.txt" 2>&1
-  echo "example model, layout version $v: exit $?" | tee -a "$out/check.log"
-done
-# PyTorch on the same model (every expert type; checked against the numpy
-# reference first), fp32 and fp16, eager and with CUDA graphs.
-timeout 90 python3 torch_baseline.py --model models/example-v2.mmoe --reference torch_parity --batch 1,256,1024 \
-  --iters 200 --max-seconds 1 --json "$out/torch-example.json" > "$out/torch-example.txt" 2>&1
-echo "example model, PyTorch: exit $?; $(grep -m1 'numpy reference' "$out/torch-example.txt")" | tee -a "$out/check.log"
-# Its serial MaskNet's two LayerNorms as separate launches (the default)
-# and fused into the GEMM epilogue (MMOE_GPU_FUSED_NORM=1, since
-# 2026-11-28, not yet timed on a GPU), one after the other.
-for v in 0 1; do
-  MMOE_GPU_FUSED_NORM=$v timeout 40 ./bin/mmoe bench --model models/example-v2.mmoe --device cuda --precision f16 \
-    --batch 1,256,1024 --iters 200 --max-seconds 2 --json "$out/bench-example-fnorm$v.json" > "$out/bench-example-fnorm$v.txt" 2>&1
-  echo "example model, MMOE_GPU_FUSED_NORM=$v: exit $?" | tee -a "$out/check.log"
-done
-fi
-if want variants; then
-# The same for each variant: the A/B that sets the defaults (fused heads
-# lost it on an H200 on 2026-11-27); 277801c is the path timed on
-# 2026-11-26.
-for v in "${variants[@]}"; do
-  name=${v%%:*}; vars=${v#*:}
-  # The benchmark model has no LayerNorm: the fused one is timed in 3b.
-  [ "$name" = fnorm ] && continue
-  in_budget "variant $name" || break
-  env $vars timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
-    --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 --json "$out/bench-f16-$name.json" 2>&1 | tee "$out/bench-f16-$name.txt"
-  env $vars timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
-    --iters 200 --max-seconds 2 --json "$out/bench-f16-8threads-$name.json" > "$out/bench-f16-8threads-$name.txt" 2>&1
 done
 fi
 
@@ -311,13 +136,214 @@ if want torch; then
 log "4. PyTorch baseline on the same weights (x0 in, scores out)"
 timeout 90 python3 torch_baseline.py --model models/demo.mmoe --reference torch_parity --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 \
   --json "$out/torch.json" 2>&1 | tee "$out/torch.txt"
+fi
+
+all_variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
+  "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "wc:MMOE_GPU_STAGING_WC=1"
+  "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0" "f32kept:MMOE_GPU_HALF_ONLY=0" "fnorm:MMOE_GPU_FUSED_NORM=1"
+  "flogit:MMOE_GPU_FUSED_LOGIT=1"
+  "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0 MMOE_GPU_STAGING_WC=1")
+# VARIANTS (comma-separated names, or `all`): the kernel choices timed end
+# to end (step 3) and compared with the CPU (parity-variants). By default
+# the two whose kernels are new and whose answer the phases above do not
+# give: each task's logit fused into its tower (off by default) and the
+# f32 copies kept beside the fp16 ones (dropped by default since
+# 2026-11-28). PDL, write-combined staging and f32 values are timed by the
+# phases; the fused LayerNorm on the example model (3b). The others were
+# timed twice on an H200 on 2026-11-27 and set the defaults (the GPU tests
+# still check their scores); `277801c` is the path timed on 2026-11-26.
+chosen=,${VARIANTS:-flogit,f32kept},
+variants=()
+for v in "${all_variants[@]}"; do
+  [[ $chosen == ,all, || $chosen == *",${v%%:*},"* ]] && variants+=("$v")
+done
+echo "variants: ${variants[*]%%:*}" | tee -a "$out/check.log"
+if want variants; then
+log "3. the kernel choices, end to end: ${variants[*]%%:*}"
+for v in "${variants[@]}"; do
+  name=${v%%:*}; vars=${v#*:}
+  # The benchmark model has no LayerNorm: the fused one is timed in 3b.
+  [ "$name" = fnorm ] && continue
+  in_budget "variant $name" || break
+  env $vars timeout 50 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 \
+    --batch 1,64,256,1024,4096 --iters 300 --max-seconds 1 --json "$out/bench-f16-$name.json" 2>&1 | tee "$out/bench-f16-$name.txt"
+  in_budget "variant $name, 8 threads" || break
+  env $vars timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
+    --iters 200 --max-seconds 1 --json "$out/bench-f16-8threads-$name.json" > "$out/bench-f16-8threads-$name.txt" 2>&1
+done
+fi
+
+if want bilinear; then
+log "3b. FinalMLP's bilinear sum on MODEL.md's example model (one expert of each type), two layouts one after the other"
+# Layout version 2 (the default since 2026-11-28, not yet timed on a GPU):
+# the sum as a tensor-core Linear layer over the heads' outer products
+# (outer_heads, then a grouped GEMM); version 1: the direct `bilinear`
+# kernel, a thread per output, over the flat weight.
+for v in 1 2; do
+  in_budget "example model, layout version $v" || break
+  example_model $v
+  timeout 40 ./bin/mmoe bench --model models/example-v$v.mmoe --device cuda --precision f16 --batch 1,256,1024 \
+    --iters 200 --max-seconds 1 --json "$out/bench-bilinear-v$v.json" > "$out/bench-bilinear-v$v.txt" 2>&1
+  echo "example model, layout version $v: exit $?" | tee -a "$out/check.log"
+done
+# Its serial MaskNet's two LayerNorms as separate launches (the default)
+# and fused into the GEMM epilogue (MMOE_GPU_FUSED_NORM=1, since
+# 2026-11-28, not yet timed on a GPU), one after the other.
+for v in 0 1; do
+  in_budget "example model, MMOE_GPU_FUSED_NORM=$v" || break
+  example_model 2
+  MMOE_GPU_FUSED_NORM=$v timeout 40 ./bin/mmoe bench --model models/example-v2.mmoe --device cuda --precision f16 \
+    --batch 1,256,1024 --iters 200 --max-seconds 1 --json "$out/bench-example-fnorm$v.json" > "$out/bench-example-fnorm$v.txt" 2>&1
+  echo "example model, MMOE_GPU_FUSED_NORM=$v: exit $?" | tee -a "$out/check.log"
+done
+# PyTorch on the same model (every expert type; checked against the numpy
+# reference first), fp32 and fp16, eager and with CUDA graphs.
+if in_budget "example model, PyTorch"; then
+  example_model 2
+  timeout 90 python3 torch_baseline.py --model models/example-v2.mmoe --reference torch_parity --batch 1,256,1024 \
+    --iters 200 --max-seconds 1 --json "$out/torch-example.json" > "$out/torch-example.txt" 2>&1
+  echo "example model, PyTorch: exit $?; $(grep -m1 'numpy reference' "$out/torch-example.txt")" | tee -a "$out/check.log"
+fi
+fi
+
+if want parity; then
+log "2. random models: cuda f32 and f16 vs cpu"
+f32_pairs=(); f16_pairs=(); failed_runs=0
+for dir in parity/seed-*; do
+  in_budget "parity from $dir on" || break
+  m=$dir/model.mmoe; r=$dir/requests.jsonl
+  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/cpu.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/f32.jsonl" --device cuda --precision f32 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/f16.jsonl" --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  f32_pairs+=("$dir/cpu.jsonl" "$dir/f32.jsonl"); f16_pairs+=("$dir/cpu.jsonl" "$dir/f16.jsonl")
+done
+echo "failed score runs: $failed_runs" | tee -a "$out/check.log"
+python3 compare_scores.py --bound 1e-3 --label "random cuda-f32 vs cpu" --json "$out/parity-f32.json" "${f32_pairs[@]}" 2>&1 | tee -a "$out/check.log"
+python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 vs cpu" --json "$out/parity-f16.json" "${f16_pairs[@]}" 2>&1 | tee -a "$out/check.log"
+fi
+
+if want parity-variants; then
+# The kernel choices (src/gpu/launch_plan.rs, PlanOptions, `variants` above;
+# VARIANTS=all for every one) besides the defaults (task heads as separate
+# launches, fp16 GEMM inputs, graph branches on up to 4 streams, tile sizes
+# timed per GEMM launch, upload in pieces), selected by environment (`wide`
+# untuned: 128x128 tiles wherever a bucket has 512 rows or more): the first
+# 12 random models with a request of 600 candidates (512-row bucket; the
+# choices that change small buckets also their small requests), f16,
+# against the CPU. PDL, f32 values and the fused LayerNorm are always
+# among them here (off by default, or never compared on a GPU).
+log "2b. random models: each kernel choice (f16) vs cpu: ${variants[*]%%:*} pdl f32v fnorm"
+declare -A variant_pairs
+parity_variants=("${variants[@]}")
+for v in "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0" "fnorm:MMOE_GPU_FUSED_NORM=1"; do
+  [[ " ${parity_variants[*]%%:*} " == *" ${v%%:*} "* ]] || parity_variants+=("$v")
+done
+failed_runs=0
+for dir in parity/seed-*; do
+  m=$dir/model.mmoe; r=$dir/requests-600.jsonl
+  [ -f "$r" ] || continue
+  [ "${dir##*-}" -lt 12 ] || continue
+  in_budget "choice parity from $dir on" || break
+  timeout 20 ./bin/mmoe score --model "$m" --requests "$dir/requests.jsonl" --out "$dir/cpu.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  timeout 20 ./bin/mmoe score --model "$m" --requests "$r" --out "$dir/cpu-600.jsonl" >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+  for v in "${parity_variants[@]}"; do
+    name=${v%%:*}; vars=${v#*:}
+    # One upload instead of pieces, or write-combined staging, changes no
+    # kernel; nor do kept f32 buffers (f32kept) change a logit (the GPU
+    # tests compare them bit for bit). f32 values (f32v) change the
+    # features kernels' input: compared on the 600-candidate requests.
+    [ "$name" = upload1 ] || [ "$name" = wc ] || [ "$name" = f32kept ] && continue
+    # Wide tiles change only buckets of 512 rows and more. PDL changes
+    # every launch; the small requests (32-row bucket) are where it should
+    # matter. The fused LayerNorm and logits: both sizes (one band and several).
+    for req in $([ "$name" = fused ] || [ "$name" = f32x ] || [ "$name" = pdl ] || [ "$name" = fnorm ] || [ "$name" = flogit ] && echo requests) requests-600; do
+      base=$([ $req = requests ] && echo cpu || echo cpu-600)
+      env $vars timeout 20 ./bin/mmoe score --model "$m" --requests "$dir/$req.jsonl" --out "$dir/$name-$req.jsonl" \
+        --device cuda --precision f16 >> "$out/parity-runs.log" 2>&1 || failed_runs=$((failed_runs+1))
+      variant_pairs[$name]+="$dir/$base.jsonl $dir/$name-$req.jsonl "
+    done
+  done
+done
+echo "failed score runs: $failed_runs" | tee -a "$out/check.log"
+for v in "${parity_variants[@]}"; do
+  name=${v%%:*}
+  [ -n "${variant_pairs[$name]:-}" ] && python3 compare_scores.py --bound 2e-2 --label "random cuda-f16 $name vs cpu" \
+    --json "$out/parity-f16-$name.json" ${variant_pairs[$name]} 2>&1 | tee -a "$out/check.log"
+done
+fi
+
+# compute-sanitizer on one random model: $1 names the part (the log's
+# name), $2 the tool, $3 the environment, then the `mmoe` arguments.
+sanitize() {
+  local name=$1 tool=$2 vars=$3
+  shift 3
+  in_budget "compute-sanitizer $name" || return 1
+  local extra=()
+  [ "$tool" = racecheck ] && extra=(--racecheck-report all)
+  env $vars timeout 60 compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 9 ./bin/mmoe "$@" \
+    > "$out/$name.log" 2>&1
+  local rc=$?
+  if [ "$tool" = racecheck ]; then
+    echo "$name: exit $rc ($(grep -m1 -o 'RACECHECK SUMMARY.*' "$out/$name.log"))" | tee -a "$out/check.log"
+  else
+    echo "$name: exit $rc ($(grep -c 'Invalid' "$out/$name.log") invalid accesses)" | tee -a "$out/check.log"
+  fi
+}
+seed0=(--model parity/seed-0/model.mmoe --device cuda)
+if ! command -v compute-sanitizer >/dev/null; then
+  [[ $steps == *",sanitizer"* ]] && echo "compute-sanitizer not found" | tee -a "$out/check.log"
+else
+if want sanitizer; then
+log "1b. compute-sanitizer on the default path: memcheck (f16, f32), racecheck (f16; the plan's tiles: the tuning's runs are many)"
+for precision in f16 f32; do
+  sanitize "memcheck-$precision" memcheck "" score "${seed0[@]}" --requests parity/seed-0/requests.jsonl \
+    --out "$out/sanitizer-$precision.jsonl" --precision $precision || break
+done
+sanitize racecheck racecheck "MMOE_GPU_TUNE=0" score "${seed0[@]}" --requests parity/seed-0/requests.jsonl \
+  --out "$out/racecheck.jsonl" --precision f16
+fi
+if want sanitizer-extra; then
+log "1c. compute-sanitizer on the opt-in choices (wide tiles at 600 candidates, PDL, the fused LayerNorm and logits), and every tile choice forced on every GEMM"
+sanitize memcheck-wide memcheck "MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" score "${seed0[@]}" \
+  --requests parity/seed-0/requests-600.jsonl --out "$out/sanitizer-wide.jsonl" --precision f16
+sanitize memcheck-pdl memcheck "MMOE_GPU_PDL=1" score "${seed0[@]}" --requests parity/seed-0/requests.jsonl \
+  --out "$out/sanitizer-pdl.jsonl" --precision f16
+# MaskNet's LayerNorm fused into the GEMM epilogue: its band counters and
+# statistics, on MODEL.md's example model (256-wide MaskNet blocks: several
+# column tiles a band; the random models' blocks fit one tile), 1 and 600
+# candidates; each task's logit fused into its tower's last hidden layer
+# on the benchmark model's 128-wide towers. f16 and f32.
+example_model 2
+for precision in f16 f32; do
+  sanitize "memcheck-fnorm-$precision" memcheck "MMOE_GPU_FUSED_NORM=1 MMOE_GPU_TUNE=0" bench \
+    --model models/example-v2.mmoe --device cuda --precision $precision --batch 1,600 --iters 2 --max-seconds 1
+  sanitize "memcheck-flogit-$precision" memcheck "MMOE_GPU_FUSED_LOGIT=1 MMOE_GPU_TUNE=0" bench \
+    --model models/demo.mmoe --device cuda --precision $precision --batch 1,600 --iters 2 --max-seconds 1
+done
+# Every tile choice of the fp16 GEMMs forced on every GEMM (3: 128×64,
+# sharing its pipeline with 64×128; 5, 6: 64-column K stages; 7, 8: 32×32;
+# deep pipelines in dynamic shared memory: 9: 128×128 of 8 warps, 10: of
+# 4 warps, 11: 128×64 with six stages; 12–14: 32×32, 32×64 and 64×64 with
+# 16, 12 and 8 stages), which only timing picks otherwise: racecheck, and
+# memcheck at 600 candidates (partial tiles). The deep ones first: the
+# tuning takes them by default, and they were never run on a GPU.
+for choice in 9 10 11 12 13 14 3 5 6 7 8; do
+  sanitize "racecheck-choice$choice" racecheck "MMOE_GPU_TUNE=choice=$choice" score "${seed0[@]}" \
+    --requests parity/seed-0/requests.jsonl --out "$out/racecheck-choice$choice.jsonl" --precision f16 || break
+  sanitize "memcheck-choice$choice" memcheck "MMOE_GPU_TUNE=choice=$choice" score "${seed0[@]}" \
+    --requests parity/seed-0/requests-600.jsonl --out "$out/memcheck-choice$choice.jsonl" --precision f16 || break
+done
+fi
+fi
+
+if want torch-parity; then
 log "4b. parity with PyTorch on the GPU path: a torch module of MODEL.md trained and exported, scored by CUDA (f32 and f16 compute), 8 random models"
 for precision in f32 f16; do
   in_budget "torch parity $precision" || break
   bounds=$([ $precision = f32 ] && echo "--logit-rtol 1e-3 --prob-atol 1e-4" || echo "--logit-rtol 2e-2 --prob-atol 5e-3")
   # Failing seeds' files stay in the work dir: under $out, they come back.
   mkdir -p "$out/torch-parity-$precision"
-  TMPDIR="$out/torch-parity-$precision" timeout 120 python3 torch_parity/test_torch_parity.py --mmoe ./bin/mmoe --seeds 8 \
+  TMPDIR="$out/torch-parity-$precision" timeout 100 python3 torch_parity/test_torch_parity.py --mmoe ./bin/mmoe --seeds 8 \
     --score-args "--device cuda --precision $precision" $bounds > "$out/torch-parity-$precision.txt" 2>&1
   echo "torch parity, cuda $precision: exit $?; $(grep -E 'max \|dlogit\||passed' "$out/torch-parity-$precision.txt" | tr '\n' ' ')" \
     | tee -a "$out/check.log"
@@ -365,6 +391,7 @@ log "5b. the deep-pipeline tiles under Nsight Compute: every GEMM forced to 128�
 # The tuning log (bench-f16.txt) times every choice; this says why.
 for spec in 1024:10 1:12; do
   batch=${spec%:*} choice=${spec#*:}
+  in_budget "ncu-deep at $batch candidates" || break
   ncu_graph choice=$choice $batch $batch-choice$choice
 done
 fi
@@ -379,9 +406,11 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "f32v", "f32kept", "flogit", "277801c"]
+all_names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "f32v", "f32kept", "flogit", "277801c"]
+parity_names = all_names + ["fnorm"]
+# Columns only for the kernel choices this run timed.
+names = [n for n in all_names if load(f"bench-f16-{n}.json")]
 variants = [load(f"bench-f16-{n}.json") for n in names]
-parity_names = names + ["fnorm"]
 print(f"{'batch':>6} {'mmoe f16 p50':>13} " + " ".join(f"{'f16 ' + n:>15}" for n in names)
       + f" {'mmoe f32 p50':>13} {'torch16 eager':>14} {'torch16 graph':>14}")
 for b in ["1", "64", "256", "1024", "4096"]:
