@@ -960,6 +960,174 @@ extern "C" __global__ void __launch_bounds__(128, 2) linear_mma64x64s8h(const Li
     linear_mma_hd<64, 64, 2, 2, 8>(problems, tiles, count);
 }
 
+// ---------------------------------------------------------------- warpgroup MMA (sm_90a)
+
+// Hopper's warpgroup MMA (`wgmma.mma_async`, the sm_90a cubin only: the
+// other images keep these kernels as empty entries, which the runtime
+// never launches, `Kernel::needs_sm90a`). A warpgroup (4 warps) multiplies
+// a 64×16 x tile by a 16×128 W tile, both read from shared memory through
+// descriptors: a start address, LBO (the byte offset between 8×8 core
+// matrices along K) and SBO (between groups of 8 rows), no swizzle, each
+// core matrix 128 contiguous bytes (8 rows of 16). The accumulators are
+// laid out as mma.sync's C fragment, once per 8 columns: warp w of the
+// group holds rows 16w + g and 16w + g + 8, columns 8j + 2t and 8j + 2t + 1
+// (g = lane / 4, t = lane % 4) in d[j][0..3]. The PTX ISA's "asynchronous
+// warpgroup level matrix" sections; the emulator defines these from them.
+// fence.proxy.async makes the shared memory that cp.async wrote (the
+// generic proxy) visible to wgmma's reads (the async proxy).
+#if !defined(MMOE_EMULATE) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MMOE_WGMMA 1
+__device__ __forceinline__ u64 wgmma_desc(const __half* p, u32 lbo, u32 sbo) {
+    u32 address = (u32)__cvta_generic_to_shared(p);
+    return (u64)((address & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async_shared() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// d += x · Wᵀ over one k16 step: m64n128k16, f32 += f16 · f16.
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], u64 desc_x, u64 desc_w) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+        "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "
+        "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
+        "%62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+          "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+          "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),
+          "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]),
+          "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
+          "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]),
+          "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+        : "l"(desc_x), "l"(desc_w), "r"(1));
+}
+#elif defined(MMOE_EMULATE)
+#define MMOE_WGMMA 1
+#endif
+
+#ifdef MMOE_WGMMA
+// Tensor cores through wgmma: a block of WGS warpgroups computes a
+// (64·WGS)×128 output tile, warpgroup q its rows 64q…. x and W come
+// global → shared by cp.async through STAGES stages of 32 columns, as in
+// `linear_mma_h_stages` (the same ranges, zero fill and stage count), but
+// laid out as wgmma reads them: the 16-byte chunk c of a tile row r at
+// core matrix (r / 8, c), i.e. ((r / 8) · 4 + c) · 128 + (r % 8) · 16
+// bytes into the stage (LBO 128, SBO 512). A warp's 32 copies of a stage
+// fill 512 contiguous bytes: no bank conflicts. Each stage is two k16
+// steps in ascending K, as the mma.sync tiles take them; the stage's
+// MMAs are waited for before the next barrier, after which the slot they
+// read is copied into again. The epilogue is MmaTile's, whose fragment
+// layout wgmma's accumulators share.
+template <int WGS, int STAGES>
+__device__ void linear_wgmma(const LinearArgs* problems, const u32* tiles, int count) {
+    constexpr int BM = 64 * WGS, BN = 128, BK = 32, THREADS = 128 * WGS;
+    constexpr int CPR = BK / 8;                // 16-byte chunks per row of a stage
+    constexpr int XC = BM * CPR / THREADS;     // chunks of x each thread copies per stage
+    constexpr int WC = BN * CPR / THREADS;     // and of W
+    constexpr int STAGE_X = BM * BK, STAGE_W = BN * BK;  // halves
+    constexpr u32 LBO = 128, SBO = 16 * BK;   // bytes
+    static_assert(BM * CPR % THREADS == 0 && BN * CPR % THREADS == 0, "copies cover the tile");
+    static_assert(STAGES >= 2, "one stage in flight at least");
+    using Tile = MmaTile<BM, BN, 4 * WGS, 1>;
+    __half* xs = dynamic_shared_halves(STAGES * (STAGE_X + STAGE_W) * 2);
+    __half* ws = xs + STAGES * STAGE_X;
+    int p = problem_of(tiles, count, blockIdx.x);
+    const LinearArgs& a = problems[p];
+    const __half* x = a.x16;
+    const int ldx = a.ldx16, in_off = a.in_off, rows = a.rows, ldw = a.ldw;
+    const __half* w = (const __half*)a.w;
+    int local = blockIdx.x - (int)tiles[p];
+    int tiles_n = (a.n + BN - 1) / BN;
+    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
+    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+    int stages = 0;
+    for (int q = 0; q < a.nranges; ++q) {
+        int s = a.ranges[2 * q], e = a.ranges[2 * q + 1];
+        if (e > s) stages += (e - s + BK - 1) / BK;
+    }
+    StageCursor at(a.ranges, a.nranges, BK);
+    // A tile row's chunk, in halves from the stage's start.
+    auto chunk_at = [](int r, int c) { return ((r / 8) * CPR + c) * 64 + (r % 8) * 8; };
+    auto issue = [&](int slot) {
+        const int k0 = at.k0, e = at.e;
+        #pragma unroll
+        for (int j = 0; j < XC; ++j) {
+            int c = tid + THREADS * j;
+            int r = c / CPR, k = k0 + 8 * (c % CPR);
+            int bytes = row0 + r < rows && k < e ? 2 * min(8, e - k) : 0;
+            const __half* src = bytes ? x + (long long)ldx * (row0 + r) + in_off + k : x;
+            cp_async16(xs + slot * STAGE_X + chunk_at(r, c % CPR), src, bytes);
+        }
+        #pragma unroll
+        for (int j = 0; j < WC; ++j) {
+            int c = tid + THREADS * j;
+            int r = c / CPR, k = k0 + 8 * (c % CPR);
+            int bytes = k < e ? 16 : 0;
+            cp_async16(ws + slot * STAGE_W + chunk_at(r, c % CPR), bytes ? w + (long long)(col0 + r) * ldw + k : w,
+                       bytes);
+        }
+        at.advance();
+    };
+
+    float acc[1][BN / 8][4] = {};
+    #pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < stages) issue(s);
+        cp_async_commit();
+    }
+    const int group = warp / 4;
+    for (int i = 0; i < stages; ++i) {
+        cp_async_wait<STAGES - 2>();
+        fence_proxy_async_shared();
+        // Stage i is visible to every thread (and to wgmma), and every
+        // warpgroup is done with stage i - 1, whose slot the next copy reuses.
+        __syncthreads();
+        if (i + STAGES - 1 < stages) issue((i + STAGES - 1) % STAGES);
+        cp_async_commit();
+        const __half* xg = xs + (i % STAGES) * STAGE_X + group * 64 * BK;
+        const __half* wg = ws + (i % STAGES) * STAGE_W;
+        wgmma_fence();
+        #pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk)
+            wgmma_m64n128k16(acc[0], wgmma_desc(xg + 128 * kk, LBO, SBO), wgmma_desc(wg + 128 * kk, LBO, SBO));
+        wgmma_commit();
+        wgmma_wait<0>();
+    }
+    Tile::store(a, acc, row0, col0, warp, lane);
+    finish_norm<BM, THREADS>(a, row0, col0, BN, tiles_n, tid);
+    finish_logit<BM, THREADS, __half>(a, row0, col0, BN, tiles_n, tid);
+}
+#endif
+
+// 128×128 tiles of two warpgroups with four stages (64 KB), and 64×128
+// tiles of one with six (72 KB). Why: on an H200 the mma.sync tiles ran
+// the expert GEMMs at 21–31% of the SM's throughput at 1024 candidates;
+// wgmma issues a 64×128×16 product per instruction and reads its operands
+// from shared memory itself (no ldmatrix, no fragment registers).
+extern "C" __global__ void __launch_bounds__(256, 2) linear_wgmma128x128(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+#ifdef MMOE_WGMMA
+    linear_wgmma<2, 4>(problems, tiles, count);
+#endif
+}
+extern "C" __global__ void __launch_bounds__(128, 2) linear_wgmma64x128(const LinearArgs* problems, const u32* tiles, int count) {
+    wait_for_inputs();
+#ifdef MMOE_WGMMA
+    linear_wgmma<1, 6>(problems, tiles, count);
+#endif
+}
+
 // ---------------------------------------------------------------- element-wise
 
 // The element-wise kernels below take `out16` (optional, row stride `ldo16`

@@ -2,9 +2,9 @@
 """Compiles kernels/*.cu to PTX and cubins with NVRTC 13.0 (the PyPI wheels), no CUDA toolkit.
 
     python3 scripts/build_kernels.py            # writes kernels/ptx/<name>.ptx and
-                                                # kernels/cubin/<name>.sm_80.cubin, .sm_90.cubin
+                                                # kernels/cubin/<name>.sm_80.cubin, .sm_90a.cubin
     python3 scripts/build_kernels.py --check    # compiles; fails if a checked-in file is stale
-                                                # or a kernel spills registers on sm_90
+                                                # or a kernel spills registers on sm_90a
 
 The PTX and cubins are checked in and embedded in the library, so the engine
 needs only the driver (libcuda) at run time. PTX for compute_80 made by
@@ -12,7 +12,7 @@ NVRTC 13.0 is JIT-compiled by the driver for any GPU of compute capability
 8.0 or newer, and loads with driver 580 (CUDA 13.0) or newer: the NVRTC
 version is pinned to the GPU test machine's driver
 (tests/python/requirements-cuda.txt). The cubins spare that JIT on the GPUs
-they are made for (sm_80: compute capability 8.x; sm_90: 9.0, H100 and
+they are made for (sm_80: compute capability 8.x; sm_90a: 9.0, H100 and
 H200): a process that starts on a machine without the driver's JIT cache
 (a fresh container) loads them at once. NVRTC's output is deterministic,
 so `--check` compares bytes.
@@ -30,8 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"
 ARCH = "compute_80"
 # Cubins embedded beside the PTX (src/gpu/kernel_image.rs picks one by the
-# device's compute capability). sm_90's compile also gives ptxas' report.
-CUBIN_ARCHS = ["sm_80", "sm_90"]
+# device's compute capability). sm_90a's compile also gives ptxas' report.
+# sm_90a, not sm_90: the architecture-specific target, which has the
+# warpgroup MMA (wgmma) and loads only on compute capability 9.0, as an
+# sm_90 cubin would.
+CUBIN_ARCHS = ["sm_80", "sm_90a"]
 # linear_mma64 spills one word outside its K loop (measured fast on an H200).
 SPILL_BYTES_ALLOWED = 16
 
@@ -158,10 +161,10 @@ def main() -> int:
         for arch in CUBIN_ARCHS:
             cubin, report = compile_program(nvrtc, root, source, arch, report=True)
             emit(KERNELS / "cubin" / f"{source.stem}.{arch}.cubin", cubin, f"{len(cubin)} bytes")
-            if arch == "sm_90" and args.check:
+            if arch == "sm_90a" and args.check:
                 spills = spilling_kernels(report)
                 if spills:
-                    print(f"error: {source.name}: kernels spill registers on sm_90: {', '.join(spills)}")
+                    print(f"error: {source.name}: kernels spill registers on sm_90a: {', '.join(spills)}")
                     return 1
     if stale:
         print("error: stale kernels (run python3 scripts/build_kernels.py and commit): "

@@ -525,7 +525,7 @@ fn gpu_equivalent_choices_give_identical_logits() {
         let label = format!("fused logits: each GEMM's tile choice {choice} = the plan's tiles");
         pairs.push((label, vars, fused_logit));
     }
-    // With the sm_90 cubin (an H100 or H200), the launches are dependent
+    // With the sm_90a cubin (an H100 or H200), the launches are dependent
     // ones indeed; on other devices the option does nothing.
     let note = with_vars(&[("MMOE_GPU_PDL", "1")], || {
         open(&small.path, Device::Cuda(0), GpuPrecision::F16).map(|m| m.device_note().to_string())
@@ -533,7 +533,7 @@ fn gpu_equivalent_choices_give_identical_logits() {
     .expect("small model opens on the GPU");
     println!("with MMOE_GPU_PDL=1: {note}");
     assert_eq!(
-        note.contains("F16, sm_90 cubin"),
+        note.contains("F16, sm_90a cubin"),
         note.contains("programmatic dependent launch"),
         "{note}"
     );
@@ -565,6 +565,63 @@ fn gpu_equivalent_choices_give_identical_logits() {
             println!("{label}: {name} model, {n} candidates: identical logits");
         }
     }
+}
+
+/// Hopper's warpgroup MMA (`MMOE_GPU_WGMMA=1`, the sm_90a cubin: an H100 or
+/// H200; elsewhere the option does nothing): each of its two tile choices
+/// (15: 128×128, 16: 64×128) forced on every GEMM keeps the CPU parity
+/// bound, and the test prints whether its logits are exactly the mma.sync
+/// tiles' (the same k16 steps in the same order: whether the tensor cores
+/// add each step as mma.sync does decides whether the tuning may take these
+/// by default, as it takes the others, without a logit changing).
+#[test]
+fn gpu_wgmma_tiles_match_cpu() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let ((small_config, small), (demo_config, demo)) = small_and_demo_models();
+    let note = with_vars(&[("MMOE_GPU_WGMMA", "1")], || {
+        open(&small.path, Device::Cuda(0), GpuPrecision::F16).map(|m| m.device_note().to_string())
+    })
+    .expect("small model opens on the GPU");
+    if !note.contains("sm_90a cubin") {
+        println!("skipped: no sm_90a cubin on this device ({note})");
+        return;
+    }
+    let cases = [
+        ("small", &small.path, &small_config, 1),
+        ("small", &small.path, &small_config, 300),
+        ("demo", &demo.path, &demo_config, 32),
+        ("demo", &demo.path, &demo_config, 1024),
+    ];
+    let mut identical = true;
+    for (name, path, config, n) in cases {
+        let plan = with_vars(&[("MMOE_GPU_TUNE", "0")], || {
+            logits(path, config, Device::Cuda(0), GpuPrecision::F16, n)
+        });
+        let cpu = logits(path, config, Device::Cpu, GpuPrecision::F16, n);
+        for choice in ["15", "16"] {
+            let forced = format!("choice={choice}");
+            let vars: Vars = &[("MMOE_GPU_WGMMA", "1"), ("MMOE_GPU_TUNE", forced.as_str())];
+            let wgmma = with_vars(vars, || {
+                logits(path, config, Device::Cuda(0), GpuPrecision::F16, n)
+            });
+            let delta = max_delta(&wgmma, &cpu);
+            let same = wgmma == plan;
+            identical &= same;
+            println!(
+                "wgmma tile choice {choice}: {name} model, {n} candidates: max |Δlogit| against the CPU {delta:e}, \
+                 {} the mma.sync tiles' logits",
+                if same { "exactly" } else { "not exactly" }
+            );
+            assert!(
+                delta < 2e-2,
+                "wgmma choice {choice}: {name} model off by {delta}"
+            );
+        }
+    }
+    println!("wgmma tiles: logits identical to the mma.sync tiles' in every case: {identical}");
 }
 
 /// Hot reload on the GPU: 4 threads score through one CUDA engine while it

@@ -141,18 +141,19 @@ fi
 all_variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"
   "stream1:MMOE_GPU_STREAMS=1" "untuned:MMOE_GPU_TUNE=0" "upload1:MMOE_GPU_UPLOAD_CHUNK=0" "wc:MMOE_GPU_STAGING_WC=1"
   "pdl:MMOE_GPU_PDL=1" "f32v:MMOE_GPU_HALF_VALUES=0" "f32kept:MMOE_GPU_HALF_ONLY=0" "fnorm:MMOE_GPU_FUSED_NORM=1"
-  "flogit:MMOE_GPU_FUSED_LOGIT=1"
+  "flogit:MMOE_GPU_FUSED_LOGIT=1" "wgmma:MMOE_GPU_WGMMA=1 MMOE_GPU_TUNE=log"
   "277801c:MMOE_GPU_FUSED_HEADS=0 MMOE_GPU_HALF_X=0 MMOE_GPU_STREAMS=1 MMOE_GPU_TUNE=0 MMOE_GPU_UPLOAD_CHUNK=0 MMOE_GPU_STAGING_WC=1")
 # VARIANTS (comma-separated names, or `all`): the kernel choices timed end
 # to end (step 3) and compared with the CPU (parity-variants). By default
-# the two whose kernels are new and whose answer the phases above do not
-# give: each task's logit fused into its tower (off by default) and the
+# the three whose kernels are new and whose answer the phases above do
+# not give: each task's logit fused into its tower (off by default), the
 # f32 copies kept beside the fp16 ones (dropped by default since
-# 2026-11-28). PDL, write-combined staging and f32 values are timed by the
+# 2026-11-28), and Hopper's warpgroup MMA among the tile choices (off by
+# default; with the tuning's log: each GEMM's time at every choice). PDL, write-combined staging and f32 values are timed by the
 # phases; the fused LayerNorm on the example model (3b). The others were
 # timed twice on an H200 on 2026-11-27 and set the defaults (the GPU tests
 # still check their scores); `277801c` is the path timed on 2026-11-26.
-chosen=,${VARIANTS:-flogit,f32kept},
+chosen=,${VARIANTS:-flogit,f32kept,wgmma},
 variants=()
 for v in "${all_variants[@]}"; do
   [[ $chosen == ,all, || $chosen == *",${v%%:*},"* ]] && variants+=("$v")
@@ -301,6 +302,12 @@ for precision in f16 f32; do
 done
 sanitize racecheck racecheck "MMOE_GPU_TUNE=0" score "${seed0[@]}" --requests parity/seed-0/requests.jsonl \
   --out "$out/racecheck.jsonl" --precision f16
+# The warpgroup-MMA tiles (opt-in, never run on a GPU), forced on every
+# GEMM: memcheck at 600 candidates (partial tiles).
+for choice in 15 16; do
+  sanitize "memcheck-choice$choice" memcheck "MMOE_GPU_WGMMA=1 MMOE_GPU_TUNE=choice=$choice" score "${seed0[@]}" \
+    --requests parity/seed-0/requests-600.jsonl --out "$out/memcheck-choice$choice.jsonl" --precision f16 || break
+done
 fi
 if want sanitizer-extra; then
 log "1c. compute-sanitizer on the opt-in choices (wide tiles at 600 candidates, PDL, the fused LayerNorm and logits), and every tile choice forced on every GEMM"
@@ -324,13 +331,14 @@ done
 # sharing its pipeline with 64×128; 5, 6: 64-column K stages; 7, 8: 32×32;
 # deep pipelines in dynamic shared memory: 9: 128×128 of 8 warps, 10: of
 # 4 warps, 11: 128×64 with six stages; 12–14: 32×32, 32×64 and 64×64 with
-# 16, 12 and 8 stages), which only timing picks otherwise: racecheck, and
-# memcheck at 600 candidates (partial tiles). The deep ones first: the
+# 16, 12 and 8 stages; 15, 16: the warpgroup MMA, 128×128 and 64×128,
+# with MMOE_GPU_WGMMA=1), which only timing picks otherwise: racecheck,
+# and memcheck at 600 candidates (partial tiles). The deep ones first: the
 # tuning takes them by default, and they were never run on a GPU.
-for choice in 9 10 11 12 13 14 3 5 6 7 8; do
-  sanitize "racecheck-choice$choice" racecheck "MMOE_GPU_TUNE=choice=$choice" score "${seed0[@]}" \
+for choice in 9 10 11 12 13 14 15 16 3 5 6 7 8; do
+  sanitize "racecheck-choice$choice" racecheck "MMOE_GPU_WGMMA=1 MMOE_GPU_TUNE=choice=$choice" score "${seed0[@]}" \
     --requests parity/seed-0/requests.jsonl --out "$out/racecheck-choice$choice.jsonl" --precision f16 || break
-  sanitize "memcheck-choice$choice" memcheck "MMOE_GPU_TUNE=choice=$choice" score "${seed0[@]}" \
+  sanitize "memcheck-choice$choice" memcheck "MMOE_GPU_WGMMA=1 MMOE_GPU_TUNE=choice=$choice" score "${seed0[@]}" \
     --requests parity/seed-0/requests-600.jsonl --out "$out/memcheck-choice$choice.jsonl" --precision f16 || break
 done
 fi
@@ -387,12 +395,12 @@ fi
 fi
 
 if want ncu-deep && command -v ncu >/dev/null; then
-log "5b. the deep-pipeline tiles under Nsight Compute: every GEMM forced to 128×128 of 4 warps (choice 10) at 1024 candidates, to 32×32 with 16 stages (choice 12) at 1"
+log "5b. the deep-pipeline tiles under Nsight Compute: every GEMM forced to 128×128 of 4 warps (choice 10) and to the warpgroup MMA's 128×128 (choice 15) at 1024 candidates, to 32×32 with 16 stages (choice 12) at 1"
 # The tuning log (bench-f16.txt) times every choice; this says why.
-for spec in 1024:10 1:12; do
+for spec in 1024:10 1024:15 1:12; do
   batch=${spec%:*} choice=${spec#*:}
-  in_budget "ncu-deep at $batch candidates" || break
-  ncu_graph choice=$choice $batch $batch-choice$choice
+  in_budget "ncu-deep at $batch candidates, choice $choice" || break
+  MMOE_GPU_WGMMA=1 ncu_graph choice=$choice $batch $batch-choice$choice
 done
 fi
 
@@ -406,7 +414,8 @@ def load(name):
     except Exception:
         return None
 e16, e32, t = load("bench-f16.json"), load("bench-f32.json"), load("torch.json")
-all_names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "f32v", "f32kept", "flogit", "277801c"]
+all_names = ["fused", "wide", "f32x", "stream1", "untuned", "upload1", "wc", "pdl", "f32v", "f32kept", "flogit", "wgmma",
+             "277801c"]
 parity_names = all_names + ["fnorm"]
 # Columns only for the kernel choices this run timed.
 names = [n for n in all_names if load(f"bench-f16-{n}.json")]

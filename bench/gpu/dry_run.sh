@@ -37,7 +37,7 @@ got2=$(grep -a -o -E "^== \[[0-9]+s\] ($expected2)" target/gpu-dry-second.log | 
 listing=$(tar tzf target/gpu-dry-first/logs.tgz)
 for f in gpu-tests.log bench-f16.txt bench-f32.txt bench-f16-8threads.txt torch.txt \
     phases-{staging-wc,staging-cached,values-f32,values-f16,pack0,pack3,pack3-spin,pdl0,pdl}.txt \
-    bench-f16-{flogit,f32kept}.txt bench-f16-8threads-{flogit,f32kept}.txt bench-bilinear-v{1,2}.txt \
+    bench-f16-{flogit,f32kept,wgmma}.txt bench-f16-8threads-{flogit,f32kept,wgmma}.txt bench-bilinear-v{1,2}.txt \
     bench-example-fnorm{0,1}.txt torch-example.txt parity-runs.log; do
   grep -q "^logs/$f$" <<< "$listing" || { echo "the first visit ran nothing that wrote $f"; fail=1; }
 done

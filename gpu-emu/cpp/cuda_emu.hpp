@@ -118,6 +118,11 @@ void cp_async_wait(int newest_in_flight);
 // the results; aborts with a message when the launch gave fewer than
 // `bytes`.
 void* dynamic_shared(int bytes);
+// wgmma: see the definitions below and scheduler.cpp.
+uint32_t shared_offset(const void* p);
+void wgmma(float* d, int n, uint64_t desc_x, uint64_t desc_w);
+void wgmma_commit();
+void wgmma_wait(int newest_in_flight);
 }  // namespace emu
 
 #define threadIdx (::emu::ids().thread_idx)
@@ -227,4 +232,33 @@ inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>
 inline void cp_async_wait() {
     emu::cp_async_wait(N);
+}
+
+// ---------------------------------------------------------------- wgmma
+
+// Hopper's warpgroup MMA, m64nNk16 (f32 += f16 · f16), both operands in
+// shared memory through descriptors (PTX ISA, "matrix descriptor"): bits
+// 0–13 the start address, 16–29 LBO, 32–45 SBO, each in 16-byte units;
+// 49–51 the base offset and 62–63 the swizzle mode, both 0 here (no
+// swizzle: the emulator aborts on others). Element (row r, k) of an
+// operand lies at start + (r / 8)·SBO + (k / 8)·LBO + (r % 8)·16 + (k % 8)·2
+// bytes. Addresses are offsets into the launch's dynamic shared memory
+// (the only shared memory the wgmma kernels use). An MMA is asynchronous
+// until a wait_group covers it: the emulator performs it at that wait,
+// reading shared memory then, so a stage overwritten before the wait, or
+// accumulators read before it, give wrong results here too. The sums
+// take k in ascending order per k16 step, as mma_16816 above.
+inline uint64_t wgmma_desc(const __half* p, uint32_t lbo, uint32_t sbo) {
+    uint32_t address = emu::shared_offset(p);
+    return (uint64_t)((address & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
+}
+inline void wgmma_fence() {}
+inline void fence_proxy_async_shared() {}
+inline void wgmma_commit() { emu::wgmma_commit(); }
+template <int N>
+inline void wgmma_wait() {
+    emu::wgmma_wait(N);
+}
+inline void wgmma_m64n128k16(float (&d)[16][4], uint64_t desc_x, uint64_t desc_w) {
+    emu::wgmma(&d[0][0], 128, desc_x, desc_w);
 }

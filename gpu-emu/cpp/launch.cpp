@@ -67,6 +67,8 @@ const std::vector<Entry>& entries() {
         entry("linear_mma32x32s16h", linear_mma32x32s16h),
         entry("linear_mma32x64s12h", linear_mma32x64s12h),
         entry("linear_mma64x64s8h", linear_mma64x64s8h),
+        entry("linear_wgmma128x128", linear_wgmma128x128),
+        entry("linear_wgmma64x128", linear_wgmma64x128),
         entry("feature_gate", feature_gate),
         entry("gather", gather),
         entry("layer_norm", layer_norm),

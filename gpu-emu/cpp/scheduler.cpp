@@ -34,6 +34,13 @@ struct AsyncCopy {
     }
 };
 
+// One wgmma.mma_async of a thread: its accumulators and descriptors.
+struct AsyncMma {
+    float* d;
+    int n;
+    uint64_t desc_x, desc_w;
+};
+
 struct Fiber {
     Context context;
     std::unique_ptr<char[]> stack;
@@ -43,6 +50,9 @@ struct Fiber {
     // the committed groups, oldest first.
     std::vector<AsyncCopy> uncommitted;
     std::deque<std::vector<AsyncCopy>> groups;
+    // wgmma.mma_async operations not yet performed, the same way.
+    std::vector<AsyncMma> mma_uncommitted;
+    std::deque<std::vector<AsyncMma>> mma_groups;
 };
 
 constexpr size_t STACK_BYTES = 128 * 1024;
@@ -118,6 +128,8 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
         f.state = State::Runnable;
         f.uncommitted.clear();
         f.groups.clear();
+        f.mma_uncommitted.clear();
+        f.mma_groups.clear();
         context_start(f.context, f.stack.get(), STACK_BYTES, fiber_main);
     }
     // Each warp runs as far as it can before the next one starts (warps as
@@ -190,6 +202,79 @@ void cp_async_wait(int newest_in_flight) {
     while (f.groups.size() > (size_t)newest_in_flight) {
         for (const AsyncCopy& copy : f.groups.front()) copy.perform();
         f.groups.pop_front();
+    }
+}
+
+uint32_t shared_offset(const void* p) {
+    const char* base = (const char*)executor->dynamic_shared.data();
+    const char* at = (const char*)p;
+    if (at < base || at >= base + executor->dynamic_bytes || (at - base) % 16 != 0) {
+        std::fprintf(stderr, "gpu-emu: a wgmma operand at %p is not 16-byte aligned in the dynamic shared memory\n", p);
+        std::abort();
+    }
+    return (uint32_t)(at - base);
+}
+
+namespace {
+// The operand element (row r, k) of a no-swizzle descriptor, as a float.
+float operand(uint64_t desc, int r, int k) {
+    uint64_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
+    if ((desc >> 49) & 7 || desc >> 62) {
+        std::fprintf(stderr, "gpu-emu: a wgmma descriptor with a base offset or swizzle (%#llx)\n",
+                     (unsigned long long)desc);
+        std::abort();
+    }
+    uint64_t at = start + (uint64_t)(r / 8) * sbo + (uint64_t)(k / 8) * lbo + (uint64_t)(r % 8) * 16 + (uint64_t)(k % 8) * 2;
+    if (at + 2 > executor->dynamic_bytes) {
+        std::fprintf(stderr, "gpu-emu: a wgmma operand reads byte %llu of %zu of dynamic shared memory\n",
+                     (unsigned long long)at, executor->dynamic_bytes);
+        std::abort();
+    }
+    __half h;
+    std::memcpy(&h.bits, (const char*)executor->dynamic_shared.data() + at, 2);
+    return __half2float(h);
+}
+
+// m64nNk16 for the running thread: warp w of its warpgroup holds rows
+// 16w + g and 16w + g + 8 (g = lane / 4), columns 8j + 2t and 8j + 2t + 1
+// (t = lane % 4) in d[4j…4j+3].
+void perform_mma(const AsyncMma& mma) {
+    int thread = (int)executor->current, w = (thread / 32) % 4, l = thread % 32, g = l / 4, t = l % 4;
+    float x_rows[2][16];
+    for (int h = 0; h < 2; ++h)
+        for (int k = 0; k < 16; ++k) x_rows[h][k] = operand(mma.desc_x, 16 * w + g + 8 * h, k);
+    for (int j = 0; j < mma.n / 8; ++j) {
+        float w_cols[2][16];
+        for (int c = 0; c < 2; ++c)
+            for (int k = 0; k < 16; ++k) w_cols[c][k] = operand(mma.desc_w, 8 * j + 2 * t + c, k);
+        for (int i = 0; i < 4; ++i) {
+            float sum = mma.d[4 * j + i];
+            for (int k = 0; k < 16; ++k) sum += x_rows[i / 2][k] * w_cols[i % 2][k];
+            mma.d[4 * j + i] = sum;
+        }
+    }
+}
+}  // namespace
+
+void wgmma(float* d, int n, uint64_t desc_x, uint64_t desc_w) {
+    if (n % 8 != 0 || n < 8 || n > 256) {
+        std::fprintf(stderr, "gpu-emu: wgmma with N = %d\n", n);
+        std::abort();
+    }
+    me().mma_uncommitted.push_back(AsyncMma{d, n, desc_x, desc_w});
+}
+
+void wgmma_commit() {
+    Fiber& f = me();
+    f.mma_groups.push_back(std::move(f.mma_uncommitted));
+    f.mma_uncommitted.clear();
+}
+
+void wgmma_wait(int newest_in_flight) {
+    Fiber& f = me();
+    while (f.mma_groups.size() > (size_t)newest_in_flight) {
+        for (const AsyncMma& mma : f.mma_groups.front()) perform_mma(mma);
+        f.mma_groups.pop_front();
     }
 }
 

@@ -2,7 +2,7 @@
 //! loads. `scripts/build_kernels.py` makes them from `kernels/*.cu` with
 //! NVRTC 13.0: PTX for `compute_80`, which the driver JIT-compiles for any
 //! GPU of compute capability 8.0 or newer, and cubins for `sm_80` (runs on
-//! 8.x) and `sm_90` (9.0: H100, H200), which the driver loads as they are.
+//! 8.x) and `sm_90a` (9.0: H100, H200; the architecture-specific target, for the warpgroup MMA), which the driver loads as they are.
 //! A cubin spares a process the JIT of 4.9 MB of PTX at its first model
 //! load when the driver's JIT cache is empty (a fresh container).
 
@@ -10,7 +10,7 @@
 pub const PTX: &str = include_str!("../../kernels/ptx/mmoe.ptx");
 
 const CUBIN_SM80: &[u8] = include_bytes!("../../kernels/cubin/mmoe.sm_80.cubin");
-const CUBIN_SM90: &[u8] = include_bytes!("../../kernels/cubin/mmoe.sm_90.cubin");
+const CUBIN_SM90A: &[u8] = include_bytes!("../../kernels/cubin/mmoe.sm_90a.cubin");
 
 /// Which form of the kernels the runtime asks the driver to load.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl KernelForm {
 /// One embedded form of the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelImage {
-    /// A cubin for the named architecture (`sm_80`, `sm_90`).
+    /// A cubin for the named architecture (`sm_80`, `sm_90a`).
     Cubin(&'static str, &'static [u8]),
     Ptx,
 }
@@ -52,13 +52,13 @@ impl KernelImage {
 
 /// The image a device of compute capability `major.minor` loads first: the
 /// cubin of its architecture family when `form` allows it (a cubin runs on
-/// its major version's later minors, and `sm_90` code only on 9.0), else
+/// its major version's later minors, and `sm_90a` code only on 9.0), else
 /// the PTX. The runtime falls back to the PTX if a cubin does not load.
 pub fn kernel_image(major: i32, minor: i32, form: KernelForm) -> KernelImage {
     match (form, major, minor) {
         (KernelForm::Ptx, ..) => KernelImage::Ptx,
         (KernelForm::Auto, 8, _) => KernelImage::Cubin("sm_80", CUBIN_SM80),
-        (KernelForm::Auto, 9, 0) => KernelImage::Cubin("sm_90", CUBIN_SM90),
+        (KernelForm::Auto, 9, 0) => KernelImage::Cubin("sm_90a", CUBIN_SM90A),
         _ => KernelImage::Ptx,
     }
 }
@@ -78,7 +78,7 @@ mod tests {
             assert_eq!(arch(8, minor, KernelForm::Auto), "sm_80");
         }
         // H100, H200.
-        assert_eq!(arch(9, 0, KernelForm::Auto), "sm_90");
+        assert_eq!(arch(9, 0, KernelForm::Auto), "sm_90a");
         // Blackwell and later: the PTX, compiled by the driver.
         for (major, minor) in [(10, 0), (12, 0), (9, 1)] {
             assert_eq!(arch(major, minor, KernelForm::Auto), "ptx");
@@ -127,9 +127,9 @@ mod tests {
     /// kernel the launch plans use.
     #[test]
     fn the_embedded_kernels_are_cubins_and_ptx_with_every_entry() {
-        // EM_CUDA = 190; e_flags hold the SM version (0x50 = 80, 0x5a = 90)
+        // EM_CUDA = 190; e_flags hold the SM version (0x50 = 80, 0x5a = 90, also for sm_90a)
         // in bits 8 to 15.
-        for (bytes, sm) in [(CUBIN_SM80, 80u8), (CUBIN_SM90, 90u8)] {
+        for (bytes, sm) in [(CUBIN_SM80, 80u8), (CUBIN_SM90A, 90u8)] {
             assert_eq!(&bytes[..4], b"\x7fELF");
             assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 190, "e_machine");
             let flags = u32::from_le_bytes([bytes[48], bytes[49], bytes[50], bytes[51]]);

@@ -47,6 +47,8 @@ pub enum Kernel {
     LinearMma32x32S16H,
     LinearMma32x64S12H,
     LinearMma64x64S8H,
+    LinearWgmma128x128,
+    LinearWgmma64x128,
     FeatureGate,
     Gather,
     LayerNorm,
@@ -59,7 +61,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 31] = [
+    pub const ALL: [Kernel; 33] = [
         Kernel::FeaturesRequest,
         Kernel::FeaturesCandidate,
         Kernel::LinearSimtF32,
@@ -82,6 +84,8 @@ impl Kernel {
         Kernel::LinearMma32x32S16H,
         Kernel::LinearMma32x64S12H,
         Kernel::LinearMma64x64S8H,
+        Kernel::LinearWgmma128x128,
+        Kernel::LinearWgmma64x128,
         Kernel::FeatureGate,
         Kernel::Gather,
         Kernel::LayerNorm,
@@ -123,6 +127,8 @@ impl Kernel {
             Kernel::LinearMma32x32S16H => "linear_mma32x32s16h",
             Kernel::LinearMma32x64S12H => "linear_mma32x64s12h",
             Kernel::LinearMma64x64S8H => "linear_mma64x64s8h",
+            Kernel::LinearWgmma128x128 => "linear_wgmma128x128",
+            Kernel::LinearWgmma64x128 => "linear_wgmma64x128",
             Kernel::FeatureGate => "feature_gate",
             Kernel::Gather => "gather",
             Kernel::LayerNorm => "layer_norm",
@@ -442,7 +448,7 @@ pub struct PlanOptions {
     /// reads. Ignored with fp32 compute.
     pub half_values: bool,
     /// Programmatic dependent launch (`MMOE_GPU_PDL=1`; compute capability
-    /// 9.0 with the sm_90 cubin loaded, ignored otherwise): every kernel is
+    /// 9.0 with the sm_90a cubin loaded, ignored otherwise): every kernel is
     /// launched so that it may start while the one before it on its
     /// stream still runs, and waits in its first instruction
     /// (`griddepcontrol.wait`) for it to finish; it then lets the next one
@@ -451,6 +457,15 @@ pub struct PlanOptions {
     /// kernels (at 32 rows on an H200 a GEMM's SMs were busy for 3,000 of
     /// its 14,000 cycles). Off until timed on a GPU: the check compares.
     pub pdl: bool,
+    /// Hopper's warpgroup MMA among the tile choices (`MMOE_GPU_WGMMA=1`;
+    /// the sm_90a cubin only, ignored otherwise; off until checked and
+    /// timed on a GPU): `linear_wgmma128x128` and `linear_wgmma64x128`,
+    /// which the tuning times with the others and takes where faster.
+    /// Their sums over K go in the same k16 steps in the same order as the
+    /// mma.sync tiles'; whether the tensor cores add each step's 16
+    /// products as mma.sync does, for logits identical at every choice, is
+    /// for the GPU tests to show.
+    pub wgmma: bool,
     /// MaskNet's LayerNorm after a Linear layer fused into the GEMM's
     /// epilogue (`MMOE_GPU_FUSED_NORM=1`; off until checked and timed on a
     /// GPU): every tile sums its rows' 16-column chunks, and the last tile
@@ -520,6 +535,7 @@ impl Default for PlanOptions {
             staging_write_combined: false,
             half_values: true,
             pdl: false,
+            wgmma: false,
             fused_norm: false,
             fused_logit: false,
             pack_threads: 0,
@@ -539,7 +555,7 @@ impl PlanOptions {
     /// The defaults, changed by `MMOE_GPU_TILES` (`standard`, `wide`),
     /// `MMOE_GPU_FUSED_HEADS`, `MMOE_GPU_HALF_X`, `MMOE_GPU_HALF_ONLY`,
     /// `MMOE_GPU_STAGING_WC`,
-    /// `MMOE_GPU_HALF_VALUES`, `MMOE_GPU_PDL`, `MMOE_GPU_FUSED_NORM` and
+    /// `MMOE_GPU_HALF_VALUES`, `MMOE_GPU_PDL`, `MMOE_GPU_WGMMA`, `MMOE_GPU_FUSED_NORM` and
     /// `MMOE_GPU_FUSED_LOGIT` (`0`, `1`),
     /// `MMOE_GPU_STREAMS` (1 to 8), `MMOE_GPU_TUNE` (`0`, `1`, `log`,
     /// `choice=K`), `MMOE_GPU_UPLOAD_CHUNK` (KiB), `MMOE_GPU_PACK_THREADS`
@@ -574,6 +590,9 @@ impl PlanOptions {
         }
         if let Ok(value) = std::env::var("MMOE_GPU_PDL") {
             options.pdl = switch("MMOE_GPU_PDL", value)?;
+        }
+        if let Ok(value) = std::env::var("MMOE_GPU_WGMMA") {
+            options.wgmma = switch("MMOE_GPU_WGMMA", value)?;
         }
         if let Ok(value) = std::env::var("MMOE_GPU_FUSED_NORM") {
             options.fused_norm = switch("MMOE_GPU_FUSED_NORM", value)?;
@@ -687,6 +706,8 @@ pub fn mma_tile(kernel: Kernel) -> Option<(usize, usize, u32)> {
             Some((128, 128, 256))
         }
         Kernel::LinearMma128x128W4S4H => Some((128, 128, 128)),
+        Kernel::LinearWgmma128x128 => Some((128, 128, 256)),
+        Kernel::LinearWgmma64x128 => Some((64, 128, 128)),
         Kernel::LinearMma128x64H | Kernel::LinearMma128x64S6H => Some((128, 64, 128)),
         Kernel::LinearMma64x128H => Some((64, 128, 128)),
         Kernel::LinearMma32x32H | Kernel::LinearMma32x32K64H | Kernel::LinearMma32x32S16H => {
@@ -709,6 +730,9 @@ pub fn dynamic_shared_bytes(kernel: Kernel) -> u32 {
         Kernel::LinearMma32x32S16H => stages_of(16, 32, 32, 32),
         Kernel::LinearMma32x64S12H => stages_of(12, 32, 64, 32),
         Kernel::LinearMma64x64S8H => stages_of(8, 64, 64, 32),
+        // `linear_wgmma`: stages · (BM + BN) · 32 halves, no padding.
+        Kernel::LinearWgmma128x128 => 4 * (128 + 128) * 32 * 2,
+        Kernel::LinearWgmma64x128 => 6 * (64 + 128) * 32 * 2,
         _ => 0,
     }
 }
@@ -758,6 +782,17 @@ pub fn reads_half_x(kernel: Kernel) -> bool {
             | Kernel::LinearMma32x32S16H
             | Kernel::LinearMma32x64S12H
             | Kernel::LinearMma64x64S8H
+            | Kernel::LinearWgmma128x128
+            | Kernel::LinearWgmma64x128
+    )
+}
+
+/// The kernels only the sm_90a cubin holds (Hopper's warpgroup MMA); the
+/// other kernel images keep them as empty entries, never launched.
+pub fn needs_sm90a(kernel: Kernel) -> bool {
+    matches!(
+        kernel,
+        Kernel::LinearWgmma128x128 | Kernel::LinearWgmma64x128
     )
 }
 
@@ -2789,11 +2824,12 @@ mod tests {
                 // 64-column stages of 32×64 and 64×64 tiles, 32×32 tiles
                 // with 32- and 64-column stages, and the deep pipelines in
                 // dynamic shared memory (128×128 of 8 or 4 warps, 128×64;
-                // 32×32, 32×64 and 64×64 with 16, 12 and 8 stages).
+                // 32×32, 32×64 and 64×64 with 16, 12 and 8 stages), and the
+                // warpgroup-MMA tiles (128×128, 64×128; sm_90a only).
                 // (The towers read the mixture's fp16 copy.)
                 let half = reads_half_x(plan.launches[i].kernel);
                 assert_eq!(half, half_x, "{:?}", plan.launches[i].kernel);
-                assert_eq!(choices.len(), if half { 15 } else { 3 });
+                assert_eq!(choices.len(), if half { 17 } else { 3 });
                 assert_eq!(choices[0].kernel, plan.launches[i].kernel);
                 assert!(choices
                     .iter()
@@ -2865,6 +2901,8 @@ mod tests {
                     | Kernel::LinearMma32x32S16H
                     | Kernel::LinearMma32x64S12H
                     | Kernel::LinearMma64x64S8H
+                    | Kernel::LinearWgmma128x128
+                    | Kernel::LinearWgmma64x128
             );
             assert_eq!(bytes > 0, deep, "{kernel:?}");
             if deep {
@@ -3139,6 +3177,7 @@ mod tests {
         std::env::set_var("MMOE_GPU_KERNELS", "ptx");
         std::env::set_var("MMOE_GPU_STAGING_WC", "1");
         std::env::set_var("MMOE_GPU_PDL", "1");
+        std::env::set_var("MMOE_GPU_WGMMA", "1");
         std::env::set_var("MMOE_GPU_HALF_VALUES", "0");
         std::env::set_var("MMOE_GPU_FUSED_NORM", "1");
         std::env::set_var("MMOE_GPU_FUSED_LOGIT", "1");
@@ -3167,6 +3206,9 @@ mod tests {
         std::env::set_var("MMOE_GPU_PDL", "on");
         let bad_pdl = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_PDL");
+        std::env::set_var("MMOE_GPU_WGMMA", "hopper");
+        let bad_wgmma = PlanOptions::from_env();
+        std::env::remove_var("MMOE_GPU_WGMMA");
         std::env::set_var("MMOE_GPU_STAGING_WC", "yes");
         let bad_staging = PlanOptions::from_env();
         std::env::remove_var("MMOE_GPU_STAGING_WC");
@@ -3209,6 +3251,7 @@ mod tests {
                 staging_write_combined: true,
                 half_values: false,
                 pdl: true,
+                wgmma: true,
                 fused_norm: true,
                 fused_logit: true,
                 pack_threads: 3,
@@ -3229,6 +3272,7 @@ mod tests {
             (bad_half, "MMOE_GPU_HALF_X is `true`"),
             (bad_staging, "MMOE_GPU_STAGING_WC is `yes`"),
             (bad_pdl, "MMOE_GPU_PDL is `on`"),
+            (bad_wgmma, "MMOE_GPU_WGMMA is `hopper`"),
             (bad_inputs, "MMOE_GPU_HALF_VALUES is `2`"),
             (bad_norm, "MMOE_GPU_FUSED_NORM is `yes`"),
             (bad_logit, "MMOE_GPU_FUSED_LOGIT is `2`"),

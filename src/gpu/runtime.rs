@@ -23,8 +23,8 @@ use super::binding::{
 };
 use super::kernel_image::{kernel_image, KernelImage, PTX};
 use super::launch_plan::{
-    bucket, dynamic_shared_bytes, DeviceWeight, Kernel, Launch, LaunchPlan, PlanOptions, Precision,
-    Tune,
+    bucket, dynamic_shared_bytes, needs_sm90a, DeviceWeight, Kernel, Launch, LaunchPlan,
+    PlanOptions, Precision, Tune,
 };
 use super::staging::{
     staging_layout, write_staging_in_chunks, write_staging_shared, InputTensors, Split,
@@ -67,7 +67,7 @@ pub struct GpuModel {
     /// Which compiled kernels the driver loaded, in words.
     kernels: String,
     /// Kernels launched with programmatic dependent launch
-    /// (`PlanOptions::pdl`, and the sm_90 cubin loaded: its kernels wait
+    /// (`PlanOptions::pdl`, and the sm_90a cubin loaded: its kernels wait
     /// for their inputs in their first instruction).
     pdl: bool,
     /// Per bucket, the tile choice `tune` kept for each launch: the first
@@ -101,7 +101,8 @@ impl GpuModel {
         }
         let (module, loaded, kernels) =
             load_kernels(&ctx, kernel_image(major, minor, options.kernels))?;
-        let pdl = options.pdl && matches!(loaded, KernelImage::Cubin("sm_90", _));
+        let sm90a = matches!(loaded, KernelImage::Cubin("sm_90a", _));
+        let pdl = options.pdl && sm90a;
         let kernels = match pdl {
             true => format!("{kernels}, programmatic dependent launch"),
             false => kernels,
@@ -118,10 +119,13 @@ impl GpuModel {
         // (in the model's context, current on this thread).
         ctx.bind_to_thread()
             .map_err(|e| cuda_error("bind context", e))?;
+        // The warpgroup-MMA kernels are empty entries in every image but
+        // the sm_90a cubin, and opt-in there.
         let launchable = Kernel::ALL
             .iter()
             .zip(&functions)
             .map(|(&kernel, function)| match dynamic_shared_bytes(kernel) {
+                _ if needs_sm90a(kernel) && !(sm90a && options.wgmma) => false,
                 0 => true,
                 bytes => function
                     .set_attribute(
@@ -197,7 +201,7 @@ impl GpuModel {
         &self.device_name
     }
 
-    /// Which compiled kernels the driver loaded (`sm_90 cubin`, …).
+    /// Which compiled kernels the driver loaded (`sm_90a cubin`, …).
     pub fn kernels(&self) -> &str {
         &self.kernels
     }
