@@ -61,7 +61,7 @@ log "0. demo model (built here by the binary: same deterministic weights as ever
 timeout 60 ./bin/mmoe demo --candidates 300 --out models/demo.mmoe 2>&1 | tee "$out/demo.txt"
 ./bin/mmoe inspect models/demo.mmoe | head -5 | tee -a "$out/check.log"
 
-# The driver loads the embedded cubin made for the GPU (sm_90 on an H100
+# The driver loads the embedded cubin made for the GPU (sm_90a on an H100
 # or H200) as it is; the PTX (5.4 MB, 31 kernels, MMOE_GPU_KERNELS=ptx) it
 # JIT-compiles at the first load and caches on disk. Timed: a load with the
 # cubin, then the PTX twice (its JIT, then the cache) in a fresh cache.
