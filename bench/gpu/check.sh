@@ -17,17 +17,19 @@ cd "$here"
 export LD_LIBRARY_PATH=$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 log() { echo "== [${SECONDS}s] $*" | tee -a "$out/check.log"; }
 # STEPS (comma-separated) picks steps; the default is the first visit, in
-# the order of what its results decide: tests (1: the GPU tests), bench (3:
-# end to end, where a call's time goes, the A/B of the host-side choices),
-# torch (4: the baseline on the same weights), variants (3: the A/B of the
-# kernel choices still off by default), bilinear (3b), parity (2: random
+# the order of what its results decide: tests (1: the GPU tests but the two
+# that run every kernel choice), bench (3: end to end, where a call's time
+# goes, the A/B of the host-side choices), torch (4: the baseline on the
+# same weights), variants (3: the A/B of the kernel choices still off by
+# default), tests-choices (1: those two tests, each choice's logits),
+# bilinear (3b), parity (2: random
 # models against the CPU), sanitizer (1b: memcheck and racecheck of the
 # default path), ncu (5). STEPS=second is a second visit: what the first
 # leaves out or its budget cuts, namely load (0b), sanitizer-extra (1b: the
 # opt-in choices and every tile choice forced under racecheck and memcheck),
 # parity-variants (2: each kernel choice's scores against the CPU),
 # torch-parity (4b), ncu-deep (5b).
-steps=,${STEPS:-tests,bench,torch,variants,bilinear,parity,sanitizer,ncu},
+steps=,${STEPS:-tests,bench,torch,variants,tests-choices,bilinear,parity,sanitizer,ncu},
 [[ $steps == ,second, ]] && steps=,load,sanitizer-extra,parity-variants,torch-parity,ncu-deep,
 # A step, or a part of one (a run, a variant, a tile choice, a precision, an
 # ncu batch), that would start past BUDGET_S seconds (default 240) is
@@ -80,10 +82,13 @@ done
 fi
 ./bin/mmoe inspect models/demo.mmoe --device cuda 2>&1 | grep -i "device" | head -2 | tee -a "$out/check.log"
 
+# The two GPU tests that run every kernel choice (each a model load and
+# two calls per choice and case) come after the timings.
+choice_tests=(gpu_equivalent_choices_give_identical_logits gpu_kernel_variants_match_cpu)
 tests_rc=not-run
 if want tests; then
-log "1. GPU tests (CUDA backend vs CPU exact path; small and demo models)"
-timeout 150 ./bin/gpu-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
+log "1. GPU tests (CUDA backend vs CPU exact path; small and demo models), but the two of every kernel choice"
+timeout 120 ./bin/gpu-tests --nocapture --test-threads 1 "${choice_tests[@]/#/--skip=}" 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 fi
 
@@ -172,6 +177,14 @@ for v in "${variants[@]}"; do
   env $vars timeout 30 ./bin/mmoe bench --model models/demo.mmoe --device cuda --precision f16 --batch 256 --threads 8 \
     --iters 200 --max-seconds 1 --json "$out/bench-f16-8threads-$name.json" > "$out/bench-f16-8threads-$name.txt" 2>&1
 done
+fi
+
+choice_tests_rc=not-run
+if want tests-choices; then
+log "1 (continued). GPU tests of every kernel choice: ${choice_tests[*]}"
+timeout 150 ./bin/gpu-tests --nocapture --test-threads 1 --exact "${choice_tests[@]}" 2>&1 \
+  | tee "$out/gpu-tests-choices.log"
+choice_tests_rc=${PIPESTATUS[0]}
 fi
 
 if want bilinear; then
@@ -494,6 +507,6 @@ for suffix in [""] + [f"-{n}" for n in names]:
               f"{eight['results']['256']['candidates_per_s']:.0f} candidates/s")
 PY
 grep -h "^torch parity" "$out/check.log" | tee -a "$out/summary.txt"
-echo "gpu tests exit status: $tests_rc" | tee -a "$out/summary.txt"
+echo "gpu tests exit status: $tests_rc; of every kernel choice: $choice_tests_rc" | tee -a "$out/summary.txt"
 cp "$out/summary.txt" "$out/check.log" "$root_out/"
 tar czf "$root_out/logs.tgz" -C "$root_out" logs && rm -rf "$out"

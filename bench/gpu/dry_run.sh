@@ -26,7 +26,7 @@ for visit in first second; do
   done
 done
 # The first visit's steps, in their order.
-expected="1. GPU tests|3. engine benchmark|4. PyTorch baseline|3. the kernel choices|3b. FinalMLP|2. random models|5. per-kernel"
+expected="1. GPU tests|3. engine benchmark|4. PyTorch baseline|3. the kernel choices|1 (continued). GPU tests|3b. FinalMLP|2. random models|5. per-kernel"
 got=$(grep -a -o -E "^== \[[0-9]+s\] ($expected)" target/gpu-dry-first.log | sed -E 's/^== \[[0-9]+s\] //' | paste -sd'|')
 [ "$got" = "$expected" ] || { echo "first visit's steps: got '$got', expected '$expected'"; fail=1; }
 expected2="0b. first GPU model load|2b. random models|4b. parity with PyTorch"
@@ -35,7 +35,7 @@ got2=$(grep -a -o -E "^== \[[0-9]+s\] ($expected2)" target/gpu-dry-second.log | 
 # Each run of the first visit left its log (the tools this machine lacks,
 # compute-sanitizer and ncu, aside).
 listing=$(tar tzf target/gpu-dry-first/logs.tgz)
-for f in gpu-tests.log bench-f16.txt bench-f32.txt bench-f16-8threads.txt torch.txt \
+for f in gpu-tests.log gpu-tests-choices.log bench-f16.txt bench-f32.txt bench-f16-8threads.txt torch.txt \
     phases-{staging-wc,staging-cached,values-f32,values-f16,pack0,pack3,pack3-spin,pdl0,pdl}.txt \
     bench-f16-{flogit,f32kept,wgmma}.txt bench-f16-8threads-{flogit,f32kept,wgmma}.txt bench-bilinear-v{1,2}.txt \
     bench-example-fnorm{0,1}.txt torch-example.txt parity-runs.log; do
