@@ -181,7 +181,7 @@ fi
 
 choice_tests_rc=not-run
 if want tests-choices; then
-log "1 (continued). GPU tests of every kernel choice: ${choice_tests[*]}"
+log "1d. GPU tests of every kernel choice: ${choice_tests[*]}"
 timeout 150 ./bin/gpu-tests --nocapture --test-threads 1 --exact "${choice_tests[@]}" 2>&1 \
   | tee "$out/gpu-tests-choices.log"
 choice_tests_rc=${PIPESTATUS[0]}

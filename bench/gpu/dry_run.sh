@@ -26,7 +26,7 @@ for visit in first second; do
   done
 done
 # The first visit's steps, in their order.
-expected="1. GPU tests|3. engine benchmark|4. PyTorch baseline|3. the kernel choices|1 (continued). GPU tests|3b. FinalMLP|2. random models|5. per-kernel"
+expected="1. GPU tests|3. engine benchmark|4. PyTorch baseline|3. the kernel choices|1d. GPU tests|3b. FinalMLP|2. random models|5. per-kernel"
 got=$(grep -a -o -E "^== \[[0-9]+s\] ($expected)" target/gpu-dry-first.log | sed -E 's/^== \[[0-9]+s\] //' | paste -sd'|')
 [ "$got" = "$expected" ] || { echo "first visit's steps: got '$got', expected '$expected'"; fail=1; }
 expected2="0b. first GPU model load|2b. random models|4b. parity with PyTorch"
