@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 root=$(cd .. && pwd)
 java_home=${JAVA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v javac)")")")}
 out=$root/target/java
-rm -rf "$out" && mkdir -p "$out/classes" "$out/test-classes" "$out/native/linux-x86_64"
+rm -rf "$out" && mkdir -p "$out/classes" "$out/test-classes" "$out/bench-classes" "$out/native/linux-x86_64"
 
 cc -std=c99 -O2 -g -Wall -Wextra -Werror -fPIC -shared \
   -I"$java_home/include" -I"$java_home/include/linux" -I"$root/include" \
@@ -22,6 +22,8 @@ javac -Xlint:all -Werror --release 17 -d "$out/classes" $(find src/main/java -na
 cp -r "$out/native" "$out/classes/"
 jar --create --file "$out/mmoe.jar" -C "$out/classes" .
 javac -Xlint:all -Werror --release 17 -cp "$out/mmoe.jar" -d "$out/test-classes" $(find src/test/java -name '*.java')
+# The binding's benchmark (java/bench.sh runs it): compiled here so it keeps building.
+javac -Xlint:all -Werror --release 17 -cp "$out/mmoe.jar" -d "$out/bench-classes" $(find src/bench/java -name '*.java')
 echo "built $out/mmoe.jar ($(du -h "$out/mmoe.jar" | cut -f1))"
 
 model_a=${model_args[0]:-$root/target/demo-a.mmoe}
