@@ -14,9 +14,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 root=$(cd .. && pwd)
 out=$root/target/java
 mkdir -p "$out/bench-classes"
-javac -Xlint:all -Werror --release 17 -cp "$out/mmoe.jar" -d "$out/bench-classes" src/bench/java/io/mmoe/JniBench.java
+javac -Xlint:all -Werror --release 17 -cp "$out/mmoe.jar:$out/test-classes" -d "$out/bench-classes" src/bench/java/io/mmoe/JniBench.java
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "== the engine without JNI: mmoe bench --model $1 --batch $batches --threads 1 --iters $iters"
 "$root/target/release/mmoe" bench --model "$model" --batch "$batches" --threads 1 --iters "$iters" --max-seconds 5
 echo "== through JNI: java io.mmoe.JniBench (p50 per call)"
-java -cp "$out/mmoe.jar:$out/bench-classes" io.mmoe.JniBench "$model" "$batches" "$iters" "$rounds"
+java -cp "$out/mmoe.jar:$out/test-classes:$out/bench-classes" io.mmoe.JniBench "$model" "$batches" "$iters" "$rounds"

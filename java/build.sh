@@ -23,7 +23,7 @@ cp -r "$out/native" "$out/classes/"
 jar --create --file "$out/mmoe.jar" -C "$out/classes" .
 javac -Xlint:all -Werror --release 17 -cp "$out/mmoe.jar" -d "$out/test-classes" $(find src/test/java -name '*.java')
 # The binding's benchmark (java/bench.sh runs it): compiled here so it keeps building.
-javac -Xlint:all -Werror --release 17 -cp "$out/mmoe.jar" -d "$out/bench-classes" $(find src/bench/java -name '*.java')
+javac -Xlint:all -Werror --release 17 -cp "$out/mmoe.jar:$out/test-classes" -d "$out/bench-classes" $(find src/bench/java -name '*.java')
 echo "built $out/mmoe.jar ($(du -h "$out/mmoe.jar" | cut -f1))"
 
 model_a=${model_args[0]:-$root/target/demo-a.mmoe}

@@ -712,6 +712,17 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
     finish_logit<BM, THREADS, __half>(a, row0, col0, BN, tiles_n, tid);
 }
 
+// The K stages of `bk` columns through a problem's ranges (each range's
+// last stage may be partial).
+__device__ __forceinline__ int stage_count(const LinearArgs& a, int bk) {
+    int stages = 0;
+    for (int q = 0; q < a.nranges; ++q) {
+        int s = a.ranges[2 * q], e = a.ranges[2 * q + 1];
+        if (e > s) stages += (e - s + bk - 1) / bk;
+    }
+    return stages;
+}
+
 // `cp.async` (sm_80+): 16 bytes from global to shared memory without
 // registers; `src_bytes` < 16 copies that many and zero-fills the rest (0:
 // nothing is read). Copies are grouped by commit; wait<N> waits until at
@@ -761,11 +772,7 @@ __device__ void linear_mma_h_stages(const LinearArgs* problems, const u32* tiles
     int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
-    int stages = 0;
-    for (int q = 0; q < a.nranges; ++q) {
-        int s = a.ranges[2 * q], e = a.ranges[2 * q + 1];
-        if (e > s) stages += (e - s + BK - 1) / BK;
-    }
+    const int stages = stage_count(a, BK);
     StageCursor at(a.ranges, a.nranges, BK);
     // Chunk c = tid + THREADS·j of a tile is 8 halves: row c / CPR, columns
     // 8·(c % CPR)… of the stage. x past a range's end (and rows past `rows`)
@@ -1051,11 +1058,7 @@ __device__ void linear_wgmma(const LinearArgs* problems, const u32* tiles, int c
     int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
-    int stages = 0;
-    for (int q = 0; q < a.nranges; ++q) {
-        int s = a.ranges[2 * q], e = a.ranges[2 * q + 1];
-        if (e > s) stages += (e - s + BK - 1) / BK;
-    }
+    const int stages = stage_count(a, BK);
     StageCursor at(a.ranges, a.nranges, BK);
     // A tile row's chunk, in halves from the stage's start.
     auto chunk_at = [](int r, int c) { return ((r / 8) * CPR + c) * 64 + (r % 8) * 8; };

@@ -3,8 +3,6 @@ package io.mmoe;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.FloatBuffer;
-import java.nio.IntBuffer;
-import java.nio.LongBuffer;
 import java.util.Arrays;
 
 /**
@@ -18,46 +16,6 @@ import java.util.Arrays;
  * Usage: java -cp ... io.mmoe.JniBench MODEL BATCHES ITERS ROUNDS
  */
 public final class JniBench {
-    /** The same deterministic values as EngineTest's requests, as arrays or as direct buffers. */
-    static Request request(Engine engine, int n, boolean direct, long[] bytes) {
-        Request r = new Request(n);
-        for (InputInfo in : engine.inputs()) {
-            int rows = in.requestScope ? 1 : n;
-            if (!in.sparse) {
-                float[] v = new float[rows * in.dim];
-                for (int k = 0; k < v.length; k++) {
-                    v[k] = ((k * 37 + in.index * 11) % 101) / 50.0f - 1.0f;
-                }
-                bytes[0] += 4L * v.length;
-                if (direct) {
-                    FloatBuffer b = ByteBuffer.allocateDirect(4 * v.length).order(ByteOrder.nativeOrder()).asFloatBuffer();
-                    b.put(v).flip();
-                    r.dense(in.index, b);
-                } else {
-                    r.dense(in.index, v);
-                }
-            } else {
-                long[] ids = new long[rows];
-                int[] offsets = new int[rows + 1];
-                for (int b = 0; b < rows; b++) {
-                    ids[b] = b * 7919L + in.index * 104729L;
-                    offsets[b + 1] = b + 1;
-                }
-                bytes[0] += 8L * ids.length + 4L * offsets.length;
-                if (direct) {
-                    LongBuffer i = ByteBuffer.allocateDirect(8 * ids.length).order(ByteOrder.nativeOrder()).asLongBuffer();
-                    i.put(ids).flip();
-                    IntBuffer o = ByteBuffer.allocateDirect(4 * offsets.length).order(ByteOrder.nativeOrder()).asIntBuffer();
-                    o.put(offsets).flip();
-                    r.sparse(in.index, i, o);
-                } else {
-                    r.sparse(in.index, ids, offsets);
-                }
-            }
-        }
-        return r;
-    }
-
     /** p50 of `iters` timed calls, in µs. */
     static double p50(Runnable call, int iters) {
         long[] ns = new long[iters];
@@ -86,9 +44,9 @@ public final class JniBench {
                     "array bytes");
             for (String b : args[1].split(",")) {
                 int n = Integer.parseInt(b.trim());
-                long[] bytes = new long[1];
-                Request arrays = request(engine, n, false, bytes);
-                Request direct = request(engine, n, true, new long[1]);
+                // The tests' deterministic requests (java/src/test), as arrays and as buffers.
+                Request arrays = Requests.of(engine, n, false);
+                Request direct = Requests.of(engine, n, true);
                 float[] logits = new float[n * tasks];
                 FloatBuffer out = ByteBuffer.allocateDirect(4 * n * tasks).order(ByteOrder.nativeOrder()).asFloatBuffer();
                 Runnable viaArrays = () -> session.score(arrays, logits, null);
@@ -108,9 +66,9 @@ public final class JniBench {
                     bestArrays = Math.min(bestArrays, p50(viaArrays, iters));
                     bestDirect = Math.min(bestDirect, p50(viaDirect, iters));
                 }
-                bytes[0] += 4L * n * tasks;  // the logits, copied back
+                long bytes = Requests.bytes(engine, n) + 4L * n * tasks;  // and the logits, copied back
                 System.out.printf("%6d %14.2f %14.2f %14.2f %12d%n", n, bestArrays, bestDirect, bestArrays - bestDirect,
-                        bytes[0]);
+                        bytes);
             }
         }
     }

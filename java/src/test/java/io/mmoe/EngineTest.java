@@ -5,8 +5,6 @@ import java.lang.reflect.Modifier;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.FloatBuffer;
-import java.nio.IntBuffer;
-import java.nio.LongBuffer;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -22,26 +20,7 @@ public final class EngineTest {
 
     /** A deterministic request for any model (the same one Rust scores). */
     static Request request(Engine engine, int n) {
-        Request r = new Request(n);
-        for (InputInfo in : engine.inputs()) {
-            int rows = in.requestScope ? 1 : n;
-            if (!in.sparse) {
-                float[] v = new float[rows * in.dim];
-                for (int k = 0; k < v.length; k++) {
-                    v[k] = ((k * 37 + in.index * 11) % 101) / 50.0f - 1.0f;
-                }
-                r.dense(in.index, v);
-            } else {
-                long[] ids = new long[rows];
-                int[] offsets = new int[rows + 1];
-                for (int b = 0; b < rows; b++) {
-                    ids[b] = b * 7919L + in.index * 104729L;
-                    offsets[b + 1] = b + 1;
-                }
-                r.sparse(in.index, ids, offsets);
-            }
-        }
-        return r;
+        return Requests.of(engine, n, false);
     }
 
     static void check(boolean condition, String what) {
@@ -63,10 +42,10 @@ public final class EngineTest {
                     if (!in.sparse) {
                         for (int k = 0; k < in.dim; k++) {
                             int flat = row * in.dim + k;
-                            values.append(k > 0 ? "," : "").append(((flat * 37 + in.index * 11) % 101) / 50.0f - 1.0f);
+                            values.append(k > 0 ? "," : "").append(Requests.value(in, flat));
                         }
                     } else {
-                        values.append(row * 7919L + in.index * 104729L);
+                        values.append(Requests.id(in, row));
                     }
                     values.append("]");
                     json.append(row > 0 ? "," : "").append(values);
@@ -107,25 +86,7 @@ public final class EngineTest {
         try (Engine engine = Engine.open(modelA); Session session = engine.newSession()) {
             int n = 8, tasks = engine.numTasks();
             float[] fromArrays = session.logits(request(engine, n), tasks);
-            Request r = new Request(n);
-            for (InputInfo in : engine.inputs()) {
-                int rows = in.requestScope ? 1 : n;
-                if (!in.sparse) {
-                    FloatBuffer v = ByteBuffer.allocateDirect(4 * rows * in.dim).order(ByteOrder.nativeOrder()).asFloatBuffer();
-                    for (int k = 0; k < rows * in.dim; k++) {
-                        v.put(k, ((k * 37 + in.index * 11) % 101) / 50.0f - 1.0f);
-                    }
-                    r.dense(in.index, v);
-                } else {
-                    LongBuffer ids = ByteBuffer.allocateDirect(8 * rows).order(ByteOrder.nativeOrder()).asLongBuffer();
-                    IntBuffer offsets = ByteBuffer.allocateDirect(4 * (rows + 1)).order(ByteOrder.nativeOrder()).asIntBuffer();
-                    for (int b = 0; b < rows; b++) {
-                        ids.put(b, b * 7919L + in.index * 104729L);
-                        offsets.put(b + 1, b + 1);
-                    }
-                    r.sparse(in.index, ids, offsets);
-                }
-            }
+            Request r = Requests.of(engine, n, true);
             FloatBuffer out = ByteBuffer.allocateDirect(4 * n * tasks).order(ByteOrder.nativeOrder()).asFloatBuffer();
             session.score(r, out, null);
             float[] fromBuffers = new float[n * tasks];
