@@ -123,6 +123,7 @@ uint32_t shared_offset(const void* p);
 void wgmma(float* d, int n, uint64_t desc_x, uint64_t desc_w);
 void wgmma_commit();
 void wgmma_wait(int newest_in_flight);
+void fence_proxy_async();
 }  // namespace emu
 
 #define threadIdx (::emu::ids().thread_idx)
@@ -246,14 +247,16 @@ inline void cp_async_wait() {
 // (the only shared memory the wgmma kernels use). An MMA is asynchronous
 // until a wait_group covers it: the emulator performs it at that wait,
 // reading shared memory then, so a stage overwritten before the wait, or
-// accumulators read before it, give wrong results here too. The sums
-// take k in ascending order per k16 step, as mma_16816 above.
+// accumulators read before it, give wrong results here too; and an
+// operand that a cp.async wrote is an error until the writing thread's
+// fence.proxy.async (scheduler.cpp). The sums take k in ascending order
+// per k16 step, as mma_16816 above.
 inline uint64_t wgmma_desc(const __half* p, uint32_t lbo, uint32_t sbo) {
     uint32_t address = emu::shared_offset(p);
     return (uint64_t)((address & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
 }
 inline void wgmma_fence() {}
-inline void fence_proxy_async_shared() {}
+inline void fence_proxy_async_shared() { emu::fence_proxy_async(); }
 inline void wgmma_commit() { emu::wgmma_commit(); }
 template <int N>
 inline void wgmma_wait() {

@@ -28,10 +28,7 @@ struct AsyncCopy {
     void* dst;
     const void* src;
     int bytes;
-    void perform() const {
-        if (bytes > 0) std::memcpy(dst, src, (size_t)bytes);
-        std::memset((char*)dst + bytes, 0, (size_t)(16 - bytes));
-    }
+    void perform() const;
 };
 
 // One wgmma.mma_async of a thread: its accumulators and descriptors.
@@ -53,6 +50,9 @@ struct Fiber {
     // wgmma.mma_async operations not yet performed, the same way.
     std::vector<AsyncMma> mma_uncommitted;
     std::deque<std::vector<AsyncMma>> mma_groups;
+    // Chunks of dynamic shared memory this thread's cp.async wrote since
+    // its last fence.proxy.async.
+    std::vector<size_t> unfenced;
 };
 
 constexpr size_t STACK_BYTES = 128 * 1024;
@@ -70,11 +70,33 @@ struct Executor {
     // The launch's dynamic shared memory, as many bytes as it asked for.
     std::vector<uint4> dynamic_shared;
     size_t dynamic_bytes = 0;
+    // Per 16-byte chunk of it: 1 + the thread whose cp.async wrote it and
+    // has not yet executed fence.proxy.async (0: none). wgmma reads shared
+    // memory through the async proxy, and a write through the generic
+    // proxy (cp.async's) is visible to it only after the writer's proxy
+    // fence (and a barrier, for the other threads): a wgmma operand in an
+    // unfenced chunk is an error here.
+    std::vector<uint32_t> generic_writer;
 };
 
 thread_local Executor* executor = nullptr;
 
 Fiber& me() { return executor->fibers[executor->current]; }
+
+// Performed by the thread that issued the copy (at the issue, or at its
+// wait): a copy into the dynamic shared memory marks its chunk as that
+// thread's unfenced write.
+void AsyncCopy::perform() const {
+    if (bytes > 0) std::memcpy(dst, src, (size_t)bytes);
+    std::memset((char*)dst + bytes, 0, (size_t)(16 - bytes));
+    const char* base = (const char*)executor->dynamic_shared.data();
+    const char* at = (const char*)dst;
+    if (at >= base && at < base + executor->dynamic_bytes) {
+        size_t chunk = (size_t)(at - base) / 16;
+        executor->generic_writer[chunk] = (uint32_t)executor->current + 1;
+        me().unfenced.push_back(chunk);
+    }
+}
 
 void yield_as(State state) {
     Fiber& fiber = me();
@@ -130,6 +152,7 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
         f.groups.clear();
         f.mma_uncommitted.clear();
         f.mma_groups.clear();
+        f.unfenced.clear();
         context_start(f.context, f.stack.get(), STACK_BYTES, fiber_main);
     }
     // Each warp runs as far as it can before the next one starts (warps as
@@ -141,6 +164,7 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
     // By block parity, and flipped every launch: a one-block grid runs
     // both ways over consecutive launches.
     e.eager_copies = (block_index + e.launch) % 2 == 0;
+    e.generic_writer.assign(e.dynamic_shared.size(), 0);
     for (size_t round = 0;; ++round) {
         bool reverse = (round + block_index) % 2 == 1;
         for (size_t k = 0; k < warps; ++k) {
@@ -230,6 +254,13 @@ float operand(uint64_t desc, int r, int k) {
                      (unsigned long long)at, executor->dynamic_bytes);
         std::abort();
     }
+    if (uint32_t writer = executor->generic_writer[at / 16]) {
+        std::fprintf(stderr,
+                     "gpu-emu: thread %zu's wgmma reads byte %llu of dynamic shared memory, which thread %u's cp.async "
+                     "wrote with no fence.proxy.async by it since\n",
+                     executor->current, (unsigned long long)at, writer - 1);
+        std::abort();
+    }
     __half h;
     std::memcpy(&h.bits, (const char*)executor->dynamic_shared.data() + at, 2);
     return __half2float(h);
@@ -262,6 +293,14 @@ void wgmma(float* d, int n, uint64_t desc_x, uint64_t desc_w) {
         std::abort();
     }
     me().mma_uncommitted.push_back(AsyncMma{d, n, desc_x, desc_w});
+}
+
+void fence_proxy_async() {
+    Fiber& f = me();
+    uint32_t mine = (uint32_t)executor->current + 1;
+    for (size_t chunk : f.unfenced)
+        if (executor->generic_writer[chunk] == mine) executor->generic_writer[chunk] = 0;
+    f.unfenced.clear();
 }
 
 void wgmma_commit() {
