@@ -2,7 +2,8 @@
 //! loads. `scripts/build_kernels.py` makes them from `kernels/*.cu` with
 //! NVRTC 13.0: PTX for `compute_80`, which the driver JIT-compiles for any
 //! GPU of compute capability 8.0 or newer, and cubins for `sm_80` (runs on
-//! 8.x) and `sm_90a` (9.0: H100, H200; the architecture-specific target, for the warpgroup MMA), which the driver loads as they are.
+//! 8.x) and `sm_90a` (9.0: H100, H200; the architecture-specific target,
+//! for the warpgroup MMA), which the driver loads as they are.
 //! A cubin spares a process the JIT of 4.9 MB of PTX at its first model
 //! load when the driver's JIT cache is empty (a fresh container).
 
@@ -127,8 +128,8 @@ mod tests {
     /// kernel the launch plans use.
     #[test]
     fn the_embedded_kernels_are_cubins_and_ptx_with_every_entry() {
-        // EM_CUDA = 190; e_flags hold the SM version (0x50 = 80, 0x5a = 90, also for sm_90a)
-        // in bits 8 to 15.
+        // EM_CUDA = 190; e_flags hold the SM version (0x50 = 80, 0x5a = 90,
+        // sm_90a too) in bits 8 to 15.
         for (bytes, sm) in [(CUBIN_SM80, 80u8), (CUBIN_SM90A, 90u8)] {
             assert_eq!(&bytes[..4], b"\x7fELF");
             assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 190, "e_machine");
