@@ -38,18 +38,39 @@ struct AsyncMma {
     uint64_t desc_x, desc_w;
 };
 
+// A thread's asynchronous operations of one kind (cp.async copies, wgmma
+// MMAs) not yet performed: issued since the last commit, and the
+// committed groups, oldest first.
+template <class Op>
+struct AsyncGroups {
+    std::vector<Op> uncommitted;
+    std::deque<std::vector<Op>> groups;
+    void clear() {
+        uncommitted.clear();
+        groups.clear();
+    }
+    void commit() {
+        groups.push_back(std::move(uncommitted));
+        uncommitted.clear();
+    }
+    // wait_group: performs the oldest groups until at most
+    // `newest_in_flight` remain.
+    template <class Perform>
+    void wait(int newest_in_flight, Perform perform) {
+        while (groups.size() > (size_t)newest_in_flight) {
+            for (const Op& op : groups.front()) perform(op);
+            groups.pop_front();
+        }
+    }
+};
+
 struct Fiber {
     Context context;
     std::unique_ptr<char[]> stack;
     ThreadIds ids;
     State state = State::Runnable;
-    // cp.async copies not yet performed: issued since the last commit, and
-    // the committed groups, oldest first.
-    std::vector<AsyncCopy> uncommitted;
-    std::deque<std::vector<AsyncCopy>> groups;
-    // wgmma.mma_async operations not yet performed, the same way.
-    std::vector<AsyncMma> mma_uncommitted;
-    std::deque<std::vector<AsyncMma>> mma_groups;
+    AsyncGroups<AsyncCopy> copies;
+    AsyncGroups<AsyncMma> mmas;
     // Chunks of dynamic shared memory this thread's cp.async wrote since
     // its last fence.proxy.async.
     std::vector<size_t> unfenced;
@@ -148,10 +169,8 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
         f.ids.thread_idx = {(unsigned)(i % block.block_dim.x), (unsigned)((i / block.block_dim.x) % block.block_dim.y),
                             (unsigned)(i / (block.block_dim.x * block.block_dim.y))};
         f.state = State::Runnable;
-        f.uncommitted.clear();
-        f.groups.clear();
-        f.mma_uncommitted.clear();
-        f.mma_groups.clear();
+        f.copies.clear();
+        f.mmas.clear();
         f.unfenced.clear();
         context_start(f.context, f.stack.get(), STACK_BYTES, fiber_main);
     }
@@ -211,22 +230,14 @@ void cp_async(void* dst, const void* src, int src_bytes) {
     if (executor->eager_copies) {
         copy.perform();
     } else {
-        me().uncommitted.push_back(copy);
+        me().copies.uncommitted.push_back(copy);
     }
 }
 
-void cp_async_commit() {
-    Fiber& f = me();
-    f.groups.push_back(std::move(f.uncommitted));
-    f.uncommitted.clear();
-}
+void cp_async_commit() { me().copies.commit(); }
 
 void cp_async_wait(int newest_in_flight) {
-    Fiber& f = me();
-    while (f.groups.size() > (size_t)newest_in_flight) {
-        for (const AsyncCopy& copy : f.groups.front()) copy.perform();
-        f.groups.pop_front();
-    }
+    me().copies.wait(newest_in_flight, [](const AsyncCopy& copy) { copy.perform(); });
 }
 
 uint32_t shared_offset(const void* p) {
@@ -292,7 +303,7 @@ void wgmma(float* d, int n, uint64_t desc_x, uint64_t desc_w) {
         std::fprintf(stderr, "gpu-emu: wgmma with N = %d\n", n);
         std::abort();
     }
-    me().mma_uncommitted.push_back(AsyncMma{d, n, desc_x, desc_w});
+    me().mmas.uncommitted.push_back(AsyncMma{d, n, desc_x, desc_w});
 }
 
 void fence_proxy_async() {
@@ -303,19 +314,9 @@ void fence_proxy_async() {
     f.unfenced.clear();
 }
 
-void wgmma_commit() {
-    Fiber& f = me();
-    f.mma_groups.push_back(std::move(f.mma_uncommitted));
-    f.mma_uncommitted.clear();
-}
+void wgmma_commit() { me().mmas.commit(); }
 
-void wgmma_wait(int newest_in_flight) {
-    Fiber& f = me();
-    while (f.mma_groups.size() > (size_t)newest_in_flight) {
-        for (const AsyncMma& mma : f.mma_groups.front()) perform_mma(mma);
-        f.mma_groups.pop_front();
-    }
-}
+void wgmma_wait(int newest_in_flight) { me().mmas.wait(newest_in_flight, perform_mma); }
 
 void* dynamic_shared(int bytes) {
     if (bytes < 0 || (size_t)bytes > executor->dynamic_bytes) {
