@@ -984,10 +984,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) linear_mma64x64s8h(const Li
 // generic proxy) visible to wgmma's reads (the async proxy).
 #if !defined(MMOE_EMULATE) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define MMOE_WGMMA 1
-__device__ __forceinline__ u64 wgmma_desc(const __half* p, u32 lbo, u32 sbo) {
-    u32 address = (u32)__cvta_generic_to_shared(p);
-    return (u64)((address & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32);
-}
+__device__ __forceinline__ u32 shared_address(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -1023,6 +1020,13 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], u64 desc_x, 
 #endif
 
 #ifdef MMOE_WGMMA
+// A no-swizzle descriptor of the operand at `p` (the emulator decodes the
+// same bits from its own shared-memory offsets).
+__device__ __forceinline__ u64 wgmma_desc(const __half* p, u32 lbo, u32 sbo) {
+    u32 address = shared_address(p);
+    return (u64)((address & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32);
+}
+
 // Tensor cores through wgmma: a block of WGS warpgroups computes a
 // (64·WGS)×128 output tile, warpgroup q its rows 64q…. x and W come
 // global → shared by cp.async through STAGES stages of 32 columns, as in

@@ -251,10 +251,9 @@ inline void cp_async_wait() {
 // operand that a cp.async wrote is an error until the writing thread's
 // fence.proxy.async (scheduler.cpp). The sums take k in ascending order
 // per k16 step, as mma_16816 above.
-inline uint64_t wgmma_desc(const __half* p, uint32_t lbo, uint32_t sbo) {
-    uint32_t address = emu::shared_offset(p);
-    return (uint64_t)((address & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
-}
+// The kernels encode descriptors themselves (wgmma_desc in mmoe.cu) from
+// this address.
+inline uint32_t shared_address(const void* p) { return emu::shared_offset(p); }
 inline void wgmma_fence() {}
 inline void fence_proxy_async_shared() { emu::fence_proxy_async(); }
 inline void wgmma_commit() { emu::wgmma_commit(); }
