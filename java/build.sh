@@ -37,3 +37,19 @@ if grep -q "in native method" "$out/test.log"; then
   echo "-Xcheck:jni found a misuse of JNI (above)" >&2
   exit 1
 fi
+
+# The same tests again with the shim built under AddressSanitizer (loaded
+# through mmoe.native.path, ASan preloaded into the JVM): the shim's own
+# memory (the session's scratch, the copies of arrays) checked on every
+# call. The JVM handles SIGSEGV itself, so ASan leaves it alone; leaks are
+# not checked (the JVM's own allocations would drown them).
+asan_lib=$(cc -print-file-name=libasan.so)
+cc -std=c99 -O1 -g -fsanitize=address -fno-omit-frame-pointer -Wall -Wextra -Werror -fPIC -shared \
+  -I"$java_home/include" -I"$java_home/include/linux" -I"$root/include" \
+  native/mmoe_jni.c "$root/target/release/libmmoe.a" -lpthread -ldl -lm \
+  -Wl,--exclude-libs,ALL -o "$out/libmmoe_jni_asan.so"
+ASAN_OPTIONS=detect_leaks=0,handle_segv=0,allow_user_segv_handler=1,abort_on_error=1 LD_PRELOAD="$asan_lib" \
+  java -Dmmoe.native.path="$out/libmmoe_jni_asan.so" -cp "$out/mmoe.jar:$out/test-classes" io.mmoe.EngineTest \
+  "$model_a" "$model_b" "$root/target/release/mmoe" "$root/target/tmp/error-cases/manifest.tsv" > "$out/test-asan.log" 2>&1 ||
+  { cat "$out/test-asan.log" >&2; echo "the Java tests failed with the shim under AddressSanitizer" >&2; exit 1; }
+echo "under AddressSanitizer: $(tail -1 "$out/test-asan.log")"

@@ -6,6 +6,8 @@
  * Direct buffers are used in place (no copy); primitive arrays are copied in
  * (and outputs copied back on success), not pinned: a scoring call can take
  * milliseconds, too long to hold the collector off with a critical region.
+ * The copies and a call's tables go to the session's scratch, which is
+ * reused: a call allocates nothing once its sizes have been seen.
  * Text crosses as UTF-8 byte arrays both ways, not as jstring: JNI's
  * GetStringUTFChars and NewStringUTF speak modified UTF-8, which differs
  * from the library's UTF-8 for NUL and for characters beyond the BMP. */
@@ -98,7 +100,39 @@ static char *path_text(JNIEnv *env, jbyteArray path) {
 }
 
 static mmoe_engine *engine_of(jlong handle) { return (mmoe_engine *)(intptr_t)handle; }
-static mmoe_session *session_of(jlong handle) { return (mmoe_session *)(intptr_t)handle; }
+
+/* A session as Java holds it: the library's session and this shim's
+ * scratch, one block that holds a call's feature tables and its copies of
+ * Java arrays. It grows to the largest request seen and is then reused, so
+ * that a call allocates nothing once a request of its size has been seen.
+ * Java's Session guarantees one call at a time, as for the session itself. */
+typedef struct {
+    mmoe_session *session;
+    unsigned char *scratch;
+    size_t scratch_len;
+} jni_session;
+
+static jni_session *jni_session_of(jlong handle) { return (jni_session *)(intptr_t)handle; }
+static mmoe_session *session_of(jlong handle) { return jni_session_of(handle)->session; }
+
+/* At least `len` bytes of scratch (its old content is not kept); NULL with
+ * OutOfMemoryError pending. */
+static unsigned char *scratch_of(JNIEnv *env, jni_session *s, size_t len) {
+    if (len > s->scratch_len) {
+        free(s->scratch);
+        s->scratch_len = 0;
+        s->scratch = malloc(len);
+        if (!s->scratch) {
+            throw_out_of_memory(env, "mmoe: no memory to copy a request");
+            return NULL;
+        }
+        s->scratch_len = len;
+    }
+    return s->scratch;
+}
+
+/* Pieces of the scratch start on 8-byte boundaries (jlong, pointers). */
+static size_t aligned(size_t bytes) { return (bytes + 7) & ~(size_t)7; }
 
 JNIEXPORT jlong JNICALL Java_io_mmoe_Native_engineOpen(JNIEnv *env, jclass cls, jbyteArray path, jint device,
                                                        jint ordinal, jint mode, jint precision, jint threads,
@@ -247,13 +281,25 @@ JNIEXPORT jintArray JNICALL Java_io_mmoe_Native_engineInputInfo(JNIEnv *env, jcl
 
 JNIEXPORT jlong JNICALL Java_io_mmoe_Native_sessionNew(JNIEnv *env, jclass cls, jlong engine) {
     (void)cls;
-    mmoe_session *session = NULL;
-    return check(env, mmoe_session_new(engine_of(engine), &session)) ? (jlong)(intptr_t)session : 0;
+    jni_session *s = calloc(1, sizeof *s);
+    if (!s) {
+        throw_out_of_memory(env, "mmoe: no memory for a session");
+        return 0;
+    }
+    if (!check(env, mmoe_session_new(engine_of(engine), &s->session))) {
+        free(s);
+        return 0;
+    }
+    return (jlong)(intptr_t)s;
 }
 
 JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionFree(JNIEnv *env, jclass cls, jlong session) {
     (void)env, (void)cls;
-    mmoe_session_free(session_of(session));
+    jni_session *s = jni_session_of(session);
+    if (!s) return;
+    mmoe_session_free(s->session);
+    free(s->scratch);
+    free(s);
 }
 
 JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionWarmUp(JNIEnv *env, jclass cls, jlong session,
@@ -263,23 +309,32 @@ JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionWarmUp(JNIEnv *env, jclass cls
 }
 
 /* An array argument: a direct buffer (used in place) or a primitive array
- * (copied into native memory; an output is copied back on success). */
+ * (copied into the session's scratch; an output is copied back on success). */
 typedef enum { FLOATS, LONGS, INTS } element_type;
 
 typedef struct {
     jobject object;
     void *data;
     size_t len;
-    int copied; /* data is ours (malloc), not a direct buffer's */
+    int copied; /* data is a copy in the scratch, not a direct buffer's */
 } view;
 
 static size_t element_size(element_type type) {
     return type == FLOATS ? sizeof(jfloat) : type == LONGS ? sizeof(jlong) : sizeof(jint);
 }
 
-/* Fills `v` for `object` (NULL: an empty view); an input array is copied in.
- * Returns 0 with an exception pending on failure. */
-static int open_view(JNIEnv *env, jobject object, element_type type, int input, view *v) {
+/* The part of the scratch that copies go to: `capacity` bytes at `base`, of
+ * which a call's copies ask for `used` (more than fit: the scratch grows and
+ * the call opens its views again). */
+typedef struct {
+    unsigned char *base;
+    size_t capacity, used;
+} arena;
+
+/* Fills `v` for `object` (NULL: an empty view); an input array is copied in
+ * when it fits in `copies` (else its bytes are only counted and `v->data`
+ * is NULL). Returns 0 with an exception pending on failure. */
+static int open_view(JNIEnv *env, jobject object, element_type type, int input, arena *copies, view *v) {
     v->object = object;
     v->data = NULL;
     v->len = 0;
@@ -296,11 +351,11 @@ static int open_view(JNIEnv *env, jobject object, element_type type, int input, 
     if ((*env)->ExceptionCheck(env)) return 0;
     v->len = (size_t)len;
     if (len == 0) return 1;
-    v->data = malloc(v->len * element_size(type));
-    if (!v->data) {
-        throw_out_of_memory(env, "mmoe: no memory to copy a feature array");
-        return 0;
-    }
+    size_t bytes = aligned(v->len * element_size(type));
+    size_t at = copies->used;
+    copies->used += bytes;
+    if (copies->used > copies->capacity) return 1;
+    v->data = copies->base + at;
     v->copied = 1;
     if (input) {
         if (type == FLOATS) (*env)->GetFloatArrayRegion(env, (jfloatArray)object, 0, len, v->data);
@@ -310,17 +365,15 @@ static int open_view(JNIEnv *env, jobject object, element_type type, int input, 
     return !(*env)->ExceptionCheck(env);
 }
 
-/* Copies an output array back (when `write_back`) and frees the copy. */
-static void close_view(JNIEnv *env, view *v, int write_back) {
-    if (!v->copied) return;
-    if (write_back) (*env)->SetFloatArrayRegion(env, (jfloatArray)v->object, 0, (jsize)v->len, v->data);
-    free(v->data);
-    v->data = NULL;
-    v->copied = 0;
+/* Copies an output array back (its data stays in the scratch). */
+static void close_view(JNIEnv *env, view *v) {
+    if (v->copied) (*env)->SetFloatArrayRegion(env, (jfloatArray)v->object, 0, (jsize)v->len, v->data);
 }
 
 /* inputs[i] names the model input of dense[i] (float[] / direct FloatBuffer)
- * or of ids[i] + offsets[i] (long[] / LongBuffer, int[] / IntBuffer). */
+ * or of ids[i] + offsets[i] (long[] / LongBuffer, int[] / IntBuffer). The
+ * tables and copies go to the session's scratch; a request whose copies do
+ * not fit grows it and is read again (once per larger size). */
 JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionScore(JNIEnv *env, jclass cls, jlong session, jint candidates,
                                                         jintArray inputs, jobjectArray dense, jobjectArray ids,
                                                         jobjectArray offsets, jobject logits,
@@ -334,50 +387,64 @@ JNIEXPORT void JNICALL Java_io_mmoe_Native_sessionScore(JNIEnv *env, jclass cls,
         throw_argument(env, "candidates is negative");
         return;
     }
+    jni_session *s = jni_session_of(session);
     jsize count = (*env)->GetArrayLength(env, inputs);
-    size_t views_len = 3 * (size_t)count + 2;
-    jint *input_index = malloc(sizeof(jint) * (size_t)(count > 0 ? count : 1));
-    mmoe_feature *features = calloc((size_t)(count > 0 ? count : 1), sizeof *features);
-    view *views = calloc(views_len, sizeof *views);
-    if (!input_index || !features || !views) {
-        free(input_index), free(features), free(views);
-        throw_out_of_memory(env, "mmoe: no memory for a request");
-        return;
-    }
-    (*env)->GetIntArrayRegion(env, inputs, 0, count, input_index);
-    int ok = !(*env)->ExceptionCheck(env);
-    size_t opened = 0;
     static const element_type types[3] = {FLOATS, LONGS, INTS};
     jobjectArray columns[3] = {dense, ids, offsets};
-    for (jsize i = 0; i < count && ok; ++i) {
-        for (int c = 0; c < 3 && ok; ++c) {
-            jobject object = (*env)->GetObjectArrayElement(env, columns[c], i);
-            ok = !(*env)->ExceptionCheck(env) && open_view(env, object, types[c], 1, &views[opened]);
-            ++opened;
-            /* A copy made, or a direct buffer's address taken: the local
-             * reference is not needed (a buffer outlives the call in Java). */
-            if (object) (*env)->DeleteLocalRef(env, object);
+    size_t views_len = 3 * (size_t)count + 2;
+    size_t features_at = aligned(sizeof(jint) * (size_t)count);
+    size_t views_at = features_at + aligned(sizeof(mmoe_feature) * (size_t)count);
+    size_t tables = views_at + aligned(sizeof(view) * views_len);
+    size_t wanted = tables;
+    jint *input_index;
+    mmoe_feature *features;
+    view *views;
+    for (int attempt = 0;; ++attempt) {
+        unsigned char *scratch = scratch_of(env, s, wanted);
+        if (!scratch) return;
+        input_index = (jint *)scratch;
+        features = (mmoe_feature *)(scratch + features_at);
+        views = (view *)(scratch + views_at);
+        arena copies = {scratch + tables, s->scratch_len - tables, 0};
+        (*env)->GetIntArrayRegion(env, inputs, 0, count, input_index);
+        int ok = !(*env)->ExceptionCheck(env);
+        size_t opened = 0;
+        for (jsize i = 0; i < count && ok; ++i) {
+            for (int c = 0; c < 3 && ok; ++c) {
+                jobject object = (*env)->GetObjectArrayElement(env, columns[c], i);
+                ok = !(*env)->ExceptionCheck(env) && open_view(env, object, types[c], 1, &copies, &views[opened]);
+                ++opened;
+                /* A copy made, or a direct buffer's address taken: the local
+                 * reference is not needed (a buffer outlives the call in Java). */
+                if (object) (*env)->DeleteLocalRef(env, object);
+            }
         }
-    }
-    if (ok) ok = open_view(env, logits, FLOATS, 0, &views[opened++]);
-    if (ok) ok = open_view(env, probabilities, FLOATS, 0, &views[opened++]);
-    mmoe_status status = MMOE_STATUS_ARGUMENT;
-    if (ok) {
-        for (jsize i = 0; i < count; ++i) {
-            features[i].input = (uint32_t)input_index[i];
-            features[i].dense = views[3 * i].data;
-            features[i].dense_len = views[3 * i].len;
-            features[i].ids = views[3 * i + 1].data;
-            features[i].ids_len = views[3 * i + 1].len;
-            features[i].offsets = views[3 * i + 2].data;
-            features[i].offsets_len = views[3 * i + 2].len;
+        if (ok) ok = open_view(env, logits, FLOATS, 0, &copies, &views[opened++]);
+        if (ok) ok = open_view(env, probabilities, FLOATS, 0, &copies, &views[opened++]);
+        if (!ok) return;
+        if (copies.used <= copies.capacity) break;
+        if (attempt > 0) {
+            /* Sized by the first attempt: only another thread swapping the
+             * request's arrays during the call gets here. */
+            throw_argument(env, "the request's arrays changed during the call");
+            return;
         }
-        view *out_logits = &views[3 * (size_t)count], *out_probabilities = &views[3 * (size_t)count + 1];
-        status = mmoe_session_score(session_of(session), (size_t)candidates, features, (size_t)count,
-                                    out_logits->data, out_logits->len, out_probabilities->data,
-                                    out_probabilities->len);
+        wanted = tables + copies.used;
     }
-    for (size_t k = 0; k < opened; ++k) close_view(env, &views[k], ok && status == MMOE_STATUS_OK && k >= 3 * (size_t)count);
-    free(input_index), free(features), free(views);
-    if (ok) check(env, status);
+    for (jsize i = 0; i < count; ++i) {
+        features[i].input = (uint32_t)input_index[i];
+        features[i].dense = views[3 * i].data;
+        features[i].dense_len = views[3 * i].len;
+        features[i].ids = views[3 * i + 1].data;
+        features[i].ids_len = views[3 * i + 1].len;
+        features[i].offsets = views[3 * i + 2].data;
+        features[i].offsets_len = views[3 * i + 2].len;
+    }
+    view *out_logits = &views[3 * (size_t)count], *out_probabilities = &views[3 * (size_t)count + 1];
+    mmoe_status status =
+        mmoe_session_score(s->session, (size_t)candidates, features, (size_t)count, out_logits->data,
+                           out_logits->len, out_probabilities->data, out_probabilities->len);
+    if (!check(env, status)) return;
+    close_view(env, out_logits);
+    close_view(env, out_probabilities);
 }

@@ -8,8 +8,10 @@ import java.nio.FloatBuffer;
  * call on the same session is in flight throws {@link IllegalStateException}
  * (create one session per thread). Scores go to caller-provided arrays or
  * direct, native-order FloatBuffers ({@code candidates × tasks}, row-major);
- * nothing is written unless scoring succeeds. A session dropped without
- * {@link #close()} is freed once the collector finds it.
+ * nothing is written unless scoring succeeds. Java arrays are copied into
+ * native memory the session keeps and reuses (it grows on the first request
+ * of each larger size); direct buffers are used in place. A session dropped
+ * without {@link #close()} is freed once the collector finds it.
  */
 public final class Session implements AutoCloseable {
     private final Handle handle;

@@ -98,6 +98,33 @@ public final class EngineTest {
         }
     }
 
+    /**
+     * One session's scratch (the shim's copies of arrays) reused across
+     * sizes: growing, shrinking, growing again, and with probabilities too;
+     * every call scores like direct buffers on a session of its own.
+     */
+    public void aSessionsScratchServesEverySize() {
+        try (Engine engine = Engine.open(modelA); Session reused = engine.newSession()) {
+            int tasks = engine.numTasks();
+            for (int n : new int[] {3, 40, 1, 17, 40, 65}) {
+                float[] logits = new float[n * tasks], probabilities = new float[n * tasks];
+                reused.score(request(engine, n), logits, probabilities);
+                FloatBuffer out = ByteBuffer.allocateDirect(4 * n * tasks).order(ByteOrder.nativeOrder()).asFloatBuffer();
+                try (Session fresh = engine.newSession()) {
+                    fresh.score(Requests.of(engine, n, true), out, null);
+                }
+                float[] expected = new float[n * tasks];
+                out.get(expected);
+                check(Arrays.equals(logits, expected), "reused scratch at " + n + " candidates: " + Arrays.toString(logits)
+                        + " vs " + Arrays.toString(expected));
+                for (int k = 0; k < logits.length; k++) {
+                    float p = (float) (1.0 / (1.0 + Math.exp(-logits[k])));
+                    check(Math.abs(probabilities[k] - p) < 1e-6f, "probability " + k + " at " + n + ": " + probabilities[k]);
+                }
+            }
+        }
+    }
+
     public void warmUpKeepsTheScores() {
         try (Engine engine = Engine.open(modelA); Session cold = engine.newSession()) {
             int n = 24, tasks = engine.numTasks();
