@@ -121,6 +121,7 @@ void* dynamic_shared(int bytes);
 // wgmma: see the definitions below and scheduler.cpp.
 uint32_t shared_offset(const void* p);
 void wgmma(float* d, int n, uint64_t desc_x, uint64_t desc_w);
+void wgmma_fence();
 void wgmma_commit();
 void wgmma_wait(int newest_in_flight);
 void fence_proxy_async();
@@ -249,12 +250,13 @@ inline void cp_async_wait() {
 // reading shared memory then, so a stage overwritten before the wait, or
 // accumulators read before it, give wrong results here too; and an
 // operand that a cp.async wrote is an error until the writing thread's
-// fence.proxy.async (scheduler.cpp). The sums take k in ascending order
+// fence.proxy.async, and an MMA with no wgmma.fence since the thread's
+// last wait_group is one too (scheduler.cpp). The sums take k in ascending order
 // per k16 step, as mma_16816 above.
 // The kernels encode descriptors themselves (wgmma_desc in mmoe.cu) from
 // this address.
 inline uint32_t shared_address(const void* p) { return emu::shared_offset(p); }
-inline void wgmma_fence() {}
+inline void wgmma_fence() { emu::wgmma_fence(); }
 inline void fence_proxy_async_shared() { emu::fence_proxy_async(); }
 inline void wgmma_commit() { emu::wgmma_commit(); }
 template <int N>

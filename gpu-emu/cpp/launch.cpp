@@ -85,6 +85,7 @@ const std::vector<Entry>& entries() {
         entry("selftest_read", selftest_read),
         entry("selftest_cp_async", selftest_cp_async),
         entry("selftest_dynamic_shared", selftest_dynamic_shared),
+        entry("selftest_wgmma", selftest_wgmma),
     };
     return table;
 }

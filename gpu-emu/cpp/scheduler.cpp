@@ -74,6 +74,9 @@ struct Fiber {
     // Chunks of dynamic shared memory this thread's cp.async wrote since
     // its last fence.proxy.async.
     std::vector<size_t> unfenced;
+    // A wgmma.fence since the thread's start or its last wgmma.wait_group:
+    // a wgmma.mma_async needs one (see wgmma below).
+    bool mma_fenced = false;
 };
 
 constexpr size_t STACK_BYTES = 128 * 1024;
@@ -172,6 +175,7 @@ bool run_block(Executor& e, const ThreadIds& block, std::string& error) {
         f.copies.clear();
         f.mmas.clear();
         f.unfenced.clear();
+        f.mma_fenced = false;
         context_start(f.context, f.stack.get(), STACK_BYTES, fiber_main);
     }
     // Each warp runs as far as it can before the next one starts (warps as
@@ -303,8 +307,24 @@ void wgmma(float* d, int n, uint64_t desc_x, uint64_t desc_w) {
         std::fprintf(stderr, "gpu-emu: wgmma with N = %d\n", n);
         std::abort();
     }
+    // The PTX ISA asks for a wgmma.fence before the first wgmma.mma_async
+    // and between a thread's own accesses to the accumulators and a later
+    // wgmma.mma_async that uses them (MMAs of one shape on the same
+    // accumulators are ordered among themselves). The emulator cannot see
+    // register accesses, so it asks for one after every wait_group (after
+    // which the accumulators are the thread's to read and write), as
+    // CUTLASS's mainloops issue one per K block.
+    if (!me().mma_fenced) {
+        std::fprintf(stderr,
+                     "gpu-emu: thread %zu issues a wgmma.mma_async with no wgmma.fence since its start or its last "
+                     "wgmma.wait_group\n",
+                     executor->current);
+        std::abort();
+    }
     me().mmas.uncommitted.push_back(AsyncMma{d, n, desc_x, desc_w});
 }
+
+void wgmma_fence() { me().mma_fenced = true; }
 
 void fence_proxy_async() {
     Fiber& f = me();
@@ -316,7 +336,10 @@ void fence_proxy_async() {
 
 void wgmma_commit() { me().mmas.commit(); }
 
-void wgmma_wait(int newest_in_flight) { me().mmas.wait(newest_in_flight, perform_mma); }
+void wgmma_wait(int newest_in_flight) {
+    me().mmas.wait(newest_in_flight, perform_mma);
+    me().mma_fenced = false;
+}
 
 void* dynamic_shared(int bytes) {
     if (bytes < 0 || (size_t)bytes > executor->dynamic_bytes) {

@@ -183,3 +183,69 @@ fn a_read_past_an_allocation_faults() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(child.status.signal(), Some(libc::SIGSEGV), "{child:?}");
 }
+
+/// wgmma m64n128k16 on one warpgroup against the product computed here
+/// (values whose sums are exact in f32); then, each in a child process (the
+/// check aborts it), the same kernel without the fence.proxy.async after its
+/// cp.async copies, and without the wgmma.fence before its MMA: each must
+/// stop the emulator, as each is undefined on a GPU.
+#[test]
+fn wgmma_multiplies_and_needs_both_fences() {
+    let x: Vec<f32> = (0..64 * 16)
+        .map(|i| ((i / 16 * 3 + i % 16) % 7) as f32 - 3.0)
+        .collect();
+    let w: Vec<f32> = (0..128 * 16)
+        .map(|i| (((i / 16) * 5 + (i % 16) * 3) % 5) as f32 * 0.5 - 1.0)
+        .collect();
+    let bits = |v: &[f32]| -> Vec<u16> {
+        v.iter()
+            .map(|&f| half::f16::from_f32(f).to_bits())
+            .collect()
+    };
+    let mut x_dev = DeviceMemory::from_slice(&bits(&x));
+    let mut w_dev = DeviceMemory::from_slice(&bits(&w));
+    let mut wgmma = |proxy_fence: u64, mma_fence: u64| -> Vec<f32> {
+        let mut out = vec![f32::NAN; 64 * 128];
+        let extra = [x_dev.address(), w_dev.address(), proxy_fence, mma_fence];
+        run_with_shared("selftest_wgmma", 128, 2 * (64 + 128) * 16, &mut out, &extra).unwrap();
+        out
+    };
+    match std::env::var("MMOE_EMU_WGMMA_CHILD").as_deref() {
+        Ok("proxy") => {
+            wgmma(0, 1);
+            return;
+        }
+        Ok("mma") => {
+            wgmma(1, 0);
+            return;
+        }
+        _ => {}
+    }
+    let expected: Vec<f32> = (0..64 * 128)
+        .map(|i| {
+            (0..16)
+                .map(|k| x[i / 128 * 16 + k] * w[i % 128 * 16 + k])
+                .sum()
+        })
+        .collect();
+    assert_eq!(wgmma(1, 1), expected);
+    let child = |marker: &str, message: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "wgmma_multiplies_and_needs_both_fences",
+                "--nocapture",
+            ])
+            .env("MMOE_EMU_WGMMA_CHILD", marker)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "a wgmma without its {marker} fence passed: {stderr}"
+        );
+        assert!(stderr.contains(message), "{stderr}");
+    };
+    child("proxy", "wrote with no fence.proxy.async by it since");
+    child("mma", "issues a wgmma.mma_async with no wgmma.fence");
+}
