@@ -1035,10 +1035,12 @@ __device__ __forceinline__ u64 wgmma_desc(const __half* p, u32 lbo, u32 sbo) {
 // core matrix (r / 8, c), i.e. ((r / 8) · 4 + c) · 128 + (r % 8) · 16
 // bytes into the stage (LBO 128, SBO 512). A warp's 32 copies of a stage
 // fill 512 contiguous bytes: no bank conflicts. Each stage is two k16
-// steps in ascending K, as the mma.sync tiles take them; the stage's
-// MMAs are waited for before the next barrier, after which the slot they
-// read is copied into again. The epilogue is MmaTile's, whose fragment
-// layout wgmma's accumulators share.
+// steps in ascending K, as the mma.sync tiles take them. One stage's MMAs
+// stay in flight while the next stage's barrier and copies are issued
+// (wait_group 1, as CUTLASS's mainloops): so the copies run STAGES − 2
+// stages ahead, not STAGES − 1, because the slot of the stage before the
+// current one is still being read. The epilogue is MmaTile's, whose
+// fragment layout wgmma's accumulators share.
 template <int WGS, int STAGES>
 __device__ void linear_wgmma(const LinearArgs* problems, const u32* tiles, int count) {
     constexpr int BM = 64 * WGS, BN = 128, BK = 32, THREADS = 128 * WGS;
@@ -1048,7 +1050,8 @@ __device__ void linear_wgmma(const LinearArgs* problems, const u32* tiles, int c
     constexpr int STAGE_X = BM * BK, STAGE_W = BN * BK;  // halves
     constexpr u32 LBO = 128, SBO = 16 * BK;   // bytes
     static_assert(BM * CPR % THREADS == 0 && BN * CPR % THREADS == 0, "copies cover the tile");
-    static_assert(STAGES >= 2, "one stage in flight at least");
+    static_assert(STAGES >= 3, "a stage's MMAs and one stage of copies in flight at least");
+    constexpr int AHEAD = STAGES - 2;  // stages of copies in flight
     using Tile = MmaTile<BM, BN, 4 * WGS, 1>;
     __half* xs = dynamic_shared_halves(STAGES * (STAGE_X + STAGE_W) * 2);
     __half* ws = xs + STAGES * STAGE_X;
@@ -1089,18 +1092,19 @@ __device__ void linear_wgmma(const LinearArgs* problems, const u32* tiles, int c
 
     float acc[1][BN / 8][4] = {};
     #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
+    for (int s = 0; s < AHEAD; ++s) {
         if (s < stages) issue(s);
         cp_async_commit();
     }
     const int group = warp / 4;
     for (int i = 0; i < stages; ++i) {
-        cp_async_wait<STAGES - 2>();
+        cp_async_wait<AHEAD - 1>();
         fence_proxy_async_shared();
         // Stage i is visible to every thread (and to wgmma), and every
-        // warpgroup is done with stage i - 1, whose slot the next copy reuses.
+        // warpgroup's MMAs of stage i − 2 are done (each waited for them
+        // before this barrier), whose slot the next copy reuses.
         __syncthreads();
-        if (i + STAGES - 1 < stages) issue((i + STAGES - 1) % STAGES);
+        if (i + AHEAD < stages) issue((i + AHEAD) % STAGES);
         cp_async_commit();
         const __half* xg = xs + (i % STAGES) * STAGE_X + group * 64 * BK;
         const __half* wg = ws + (i % STAGES) * STAGE_W;
@@ -1109,8 +1113,9 @@ __device__ void linear_wgmma(const LinearArgs* problems, const u32* tiles, int c
         for (int kk = 0; kk < BK / 16; ++kk)
             wgmma_m64n128k16(acc[0], wgmma_desc(xg + 128 * kk, LBO, SBO), wgmma_desc(wg + 128 * kk, LBO, SBO));
         wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_wait<1>();  // stage i − 1's MMAs done; stage i's may run on
     }
+    wgmma_wait<0>();
     Tile::store(a, acc, row0, col0, warp, lane);
     finish_norm<BM, THREADS>(a, row0, col0, BN, tiles_n, tid);
     finish_logit<BM, THREADS, __half>(a, row0, col0, BN, tiles_n, tid);
