@@ -437,20 +437,33 @@ __device__ __forceinline__ int problem_of(const u32* tiles, int count, int block
     return p;
 }
 
+// This block's output tile in a grouped launch of BM×BN tiles: its problem,
+// the tile's first row and column, and the problem's tiles per row of
+// tiles (blocks go row-major over a problem's tiles).
+struct BlockTile {
+    const LinearArgs& a;
+    int row0, col0, tiles_n;
+};
+template <int BM, int BN>
+__device__ __forceinline__ BlockTile block_tile(const LinearArgs* problems, const u32* tiles, int count) {
+    int p = problem_of(tiles, count, blockIdx.x);
+    const LinearArgs& a = problems[p];
+    int local = blockIdx.x - (int)tiles[p];
+    int tiles_n = (a.n + BN - 1) / BN;
+    return {a, (local / tiles_n) * BM, (local % tiles_n) * BN, tiles_n};
+}
+
 // SIMT: 16×16 output tile per block, shared-memory tiles of 16 k.
 template <typename W>
 __device__ void linear_simt(const LinearArgs* problems, const u32* tiles, int count) {
     __shared__ float xs[16][17];
     __shared__ float ws[16][17];
-    int p = problem_of(tiles, count, blockIdx.x);
-    const LinearArgs& a = problems[p];
-    int local = blockIdx.x - (int)tiles[p];
-    int tiles_n = (a.n + 15) / 16;
-    int tile_r = local / tiles_n, tile_c = local % tiles_n;
+    const BlockTile tile = block_tile<16, 16>(problems, tiles, count);
+    const LinearArgs& a = tile.a;
     int tx = threadIdx.x, ty = threadIdx.y;
-    int r = tile_r * 16 + ty;   // row of x / y
-    int j = tile_c * 16 + tx;   // output
-    int jw = tile_c * 16 + ty;  // weight row this thread loads
+    int r = tile.row0 + ty;   // row of x / y
+    int j = tile.col0 + tx;   // output
+    int jw = tile.col0 + ty;  // weight row this thread loads
     const W* w = (const W*)a.w;
     float acc = 0.0f;
     for (int q = 0; q < a.nranges; ++q) {
@@ -465,8 +478,8 @@ __device__ void linear_simt(const LinearArgs* problems, const u32* tiles, int co
         }
     }
     if (r < a.rows && j < a.n) store_output(a, r, j, acc);
-    finish_norm<16, 256>(a, tile_r * 16, tile_c * 16, 16, tiles_n, ty * 16 + tx);
-    finish_logit<16, 256, W>(a, tile_r * 16, tile_c * 16, 16, tiles_n, ty * 16 + tx);
+    finish_norm<16, 256>(a, tile.row0, tile.col0, 16, tile.tiles_n, ty * 16 + tx);
+    finish_logit<16, 256, W>(a, tile.row0, tile.col0, 16, tile.tiles_n, ty * 16 + tx);
 }
 
 extern "C" __global__ void linear_simt_f32(const LinearArgs* problems, const u32* tiles, int count) {
@@ -623,18 +636,16 @@ __device__ void linear_mma(const LinearArgs* problems, const u32* tiles, int cou
     static_assert(BM * MMA_BK % (4 * THREADS) == 0 && BN * MMA_BK % (8 * THREADS) == 0, "staging covers the tile");
     __shared__ __align__(16) __half xs[2][BM][MMA_LD];
     __shared__ __align__(16) __half ws[2][BN][MMA_LD];
-    int p = problem_of(tiles, count, blockIdx.x);
     // The problem stays in global memory (uniform, cached); what the K loop
     // reads is copied to registers once.
-    const LinearArgs& a = problems[p];
+    const BlockTile tile = block_tile<BM, BN>(problems, tiles, count);
+    const LinearArgs& a = tile.a;
     const float* x = a.x;
     const int ldx = a.ldx, in_off = a.in_off, rows = a.rows, ldw = a.ldw;
     const __half* w = (const __half*)a.w;
     // float4 loads of x need 16-byte aligned rows; ranges start at multiples of 16.
     const bool x_vec = ((ldx | in_off) & 3) == 0;
-    int local = blockIdx.x - (int)tiles[p];
-    int tiles_n = (a.n + BN - 1) / BN;
-    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
+    const int row0 = tile.row0, col0 = tile.col0, tiles_n = tile.tiles_n;
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
     StageCursor at(a.ranges, a.nranges);
@@ -762,14 +773,12 @@ __device__ void linear_mma_h_stages(const LinearArgs* problems, const u32* tiles
     static_assert(BK % 32 == 0, "stages of whole 32-column steps");
     static_assert(BM * BK % (8 * THREADS) == 0 && BN * BK % (8 * THREADS) == 0, "copies cover the tile");
     static_assert(STAGES >= 2, "one stage in flight at least");
-    int p = problem_of(tiles, count, blockIdx.x);
-    const LinearArgs& a = problems[p];
+    const BlockTile tile = block_tile<BM, BN>(problems, tiles, count);
+    const LinearArgs& a = tile.a;
     const __half* x = a.x16;
     const int ldx = a.ldx16, in_off = a.in_off, rows = a.rows, ldw = a.ldw;
     const __half* w = (const __half*)a.w;
-    int local = blockIdx.x - (int)tiles[p];
-    int tiles_n = (a.n + BN - 1) / BN;
-    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
+    const int row0 = tile.row0, col0 = tile.col0, tiles_n = tile.tiles_n;
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
     const int stages = stage_count(a, BK);
@@ -1055,14 +1064,12 @@ __device__ void linear_wgmma(const LinearArgs* problems, const u32* tiles, int c
     using Tile = MmaTile<BM, BN, 4 * WGS, 1>;
     __half* xs = dynamic_shared_halves(STAGES * (STAGE_X + STAGE_W) * 2);
     __half* ws = xs + STAGES * STAGE_X;
-    int p = problem_of(tiles, count, blockIdx.x);
-    const LinearArgs& a = problems[p];
+    const BlockTile tile = block_tile<BM, BN>(problems, tiles, count);
+    const LinearArgs& a = tile.a;
     const __half* x = a.x16;
     const int ldx = a.ldx16, in_off = a.in_off, rows = a.rows, ldw = a.ldw;
     const __half* w = (const __half*)a.w;
-    int local = blockIdx.x - (int)tiles[p];
-    int tiles_n = (a.n + BN - 1) / BN;
-    int row0 = (local / tiles_n) * BM, col0 = (local % tiles_n) * BN;
+    const int row0 = tile.row0, col0 = tile.col0, tiles_n = tile.tiles_n;
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
     const int stages = stage_count(a, BK);
