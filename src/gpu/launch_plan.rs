@@ -573,32 +573,21 @@ impl PlanOptions {
             "1" => Ok(true),
             _ => Err(format!("{name} is `{value}`: expected `0` or `1`")),
         };
-        if let Ok(value) = std::env::var("MMOE_GPU_FUSED_HEADS") {
-            options.fused_heads = switch("MMOE_GPU_FUSED_HEADS", value)?;
-        }
-        if let Ok(value) = std::env::var("MMOE_GPU_HALF_X") {
-            options.half_x = switch("MMOE_GPU_HALF_X", value)?;
-        }
-        if let Ok(value) = std::env::var("MMOE_GPU_HALF_ONLY") {
-            options.half_only = switch("MMOE_GPU_HALF_ONLY", value)?;
-        }
-        if let Ok(value) = std::env::var("MMOE_GPU_STAGING_WC") {
-            options.staging_write_combined = switch("MMOE_GPU_STAGING_WC", value)?;
-        }
-        if let Ok(value) = std::env::var("MMOE_GPU_HALF_VALUES") {
-            options.half_values = switch("MMOE_GPU_HALF_VALUES", value)?;
-        }
-        if let Ok(value) = std::env::var("MMOE_GPU_PDL") {
-            options.pdl = switch("MMOE_GPU_PDL", value)?;
-        }
-        if let Ok(value) = std::env::var("MMOE_GPU_WGMMA") {
-            options.wgmma = switch("MMOE_GPU_WGMMA", value)?;
-        }
-        if let Ok(value) = std::env::var("MMOE_GPU_FUSED_NORM") {
-            options.fused_norm = switch("MMOE_GPU_FUSED_NORM", value)?;
-        }
-        if let Ok(value) = std::env::var("MMOE_GPU_FUSED_LOGIT") {
-            options.fused_logit = switch("MMOE_GPU_FUSED_LOGIT", value)?;
+        let switches = [
+            ("MMOE_GPU_FUSED_HEADS", &mut options.fused_heads),
+            ("MMOE_GPU_HALF_X", &mut options.half_x),
+            ("MMOE_GPU_HALF_ONLY", &mut options.half_only),
+            ("MMOE_GPU_STAGING_WC", &mut options.staging_write_combined),
+            ("MMOE_GPU_HALF_VALUES", &mut options.half_values),
+            ("MMOE_GPU_PDL", &mut options.pdl),
+            ("MMOE_GPU_WGMMA", &mut options.wgmma),
+            ("MMOE_GPU_FUSED_NORM", &mut options.fused_norm),
+            ("MMOE_GPU_FUSED_LOGIT", &mut options.fused_logit),
+        ];
+        for (name, field) in switches {
+            if let Ok(value) = std::env::var(name) {
+                *field = switch(name, value)?;
+            }
         }
         if let Ok(value) = std::env::var("MMOE_GPU_TUNE") {
             options.tune = match value.as_str() {
