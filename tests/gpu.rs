@@ -389,7 +389,8 @@ fn gpu_equivalent_choices_give_identical_logits() {
         ("demo", &demo.path, &demo_config, 1024),
     ];
     let untuned: Vars = &[("MMOE_GPU_TUNE", "0")];
-    // fp16 inputs: 15 choices per GEMM (the plan's own first, then 32×64,
+    // fp16 inputs: 17 choices per GEMM (the two wgmma tiles, 15 and 16,
+    // are `gpu_wgmma_tiles_match_cpu`'s; here the plan's own first, then 32×64,
     // 64×64, 128×128 but that one, then 128×64, 64×128, 32×64 and 64×64
     // with 64-column stages, 32×32 with 32- and 64-column stages, and the
     // deep pipelines in dynamic shared memory: 128×128 of 8 and of 4
