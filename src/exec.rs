@@ -18,6 +18,40 @@ use crate::request::Request;
 /// Candidates per tile.
 pub const TILE: usize = 32;
 
+/// The fewest rows a thread gets of a request of one tile: a thread costs
+/// tens of µs to start.
+const MIN_SHARE: usize = 4;
+
+/// How a request of `n` candidates is cut across at most `threads`
+/// threads: the sizes of the parts, in order. Whole tiles for a request
+/// of more than one; a request of one tile is cut between the kernels'
+/// row blocks (`cpu::split_is_exact`), so that every thread count gives
+/// the same bits, as evenly as those cuts allow.
+fn shares(n: usize, threads: usize, isa: Isa) -> Vec<usize> {
+    let threads = threads.max(1);
+    let mut parts = Vec::with_capacity(threads);
+    let mut left = n;
+    if n > TILE {
+        let per_thread = n.div_ceil(TILE).div_ceil(threads) * TILE;
+        while left > 0 {
+            parts.push(per_thread.min(left));
+            left -= per_thread.min(left);
+        }
+        return parts;
+    }
+    while parts.len() + 1 < threads && left >= 2 * MIN_SHARE {
+        let target = left.div_ceil(threads - parts.len());
+        let cut = (MIN_SHARE..=left - MIN_SHARE)
+            .filter(|&share| cpu::split_is_exact(isa, left, share))
+            .min_by_key(|&share| share.abs_diff(target));
+        let Some(share) = cut else { break };
+        parts.push(share);
+        left -= share;
+    }
+    parts.push(left);
+    parts
+}
+
 /// While pooling a candidate's embedding rows, those of the candidate this
 /// many rows later are requested (see [`prefetch_bags`]).
 const BAG_PREFETCH_AHEAD: usize = 2;
@@ -106,8 +140,9 @@ fn candidate_tiles(
 }
 
 /// Like [`score`], with the candidates split across `scratches.len()`
-/// threads (request steps run once, on the caller's thread). Worth it for
-/// large requests only: each call starts its threads.
+/// threads (request steps run once, on the caller's thread). Each call
+/// starts its threads (tens of µs), so a thread gets a share of 4 rows at
+/// least.
 pub fn score_parallel(
     model: &Model,
     program: &Program,
@@ -116,12 +151,16 @@ pub fn score_parallel(
     request: &Request<'_>,
     logits: &mut [f32],
 ) -> Result<()> {
-    let n = request.candidates();
-    let threads = scratches.len().min(n.div_ceil(TILE)).max(1);
     let Some((main, workers)) = scratches.split_first_mut() else {
         return Err(crate::error::Error::argument("no scratch to score with"));
     };
-    if threads == 1 {
+    // One thread allocates nothing (the threads' spawning does).
+    let shares = match workers.len() {
+        0 => Vec::new(),
+        more => shares(request.candidates(), more + 1, isa),
+    };
+    let threads = shares.len();
+    if threads <= 1 {
         return score(model, program, isa, main, request, logits);
     }
     Tile::new(model, program, request, isa).request_steps(main, logits)?;
@@ -135,18 +174,21 @@ pub fn score_parallel(
         }
     }
     let tasks = program.tasks;
-    let per_thread = n.div_ceil(TILE).div_ceil(threads) * TILE;
+    let mut parts = Vec::with_capacity(threads);
+    let (mut rest, mut start) = (&mut logits[..], 0);
+    for &share in &shares {
+        let (out, after) = rest.split_at_mut(share * tasks);
+        parts.push((start..start + share, out));
+        (rest, start) = (after, start + share);
+    }
     let scratches = std::iter::once(main).chain(workers.iter_mut());
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
         let handles: Vec<_> = scratches
-            .zip(logits.chunks_mut(per_thread * tasks))
-            .enumerate()
-            .map(|(t, (scratch, out))| {
-                let start = t * per_thread;
-                let end = (start + per_thread).min(n);
+            .zip(parts)
+            .map(|(scratch, (candidates, out))| {
                 scope.spawn(move || {
                     let mut tile = Tile::new(model, program, request, isa);
-                    candidate_tiles(&mut tile, scratch, start..end, out)
+                    candidate_tiles(&mut tile, scratch, candidates, out)
                 })
             })
             .collect();

@@ -7,7 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{pack, session_logits, small};
-use mmoe::{Backend, Config, DType, Model, Session};
+use mmoe::cpu::Isa;
+use mmoe::{Backend, Config, CpuMode, DType, Model, OpenOptions, Session};
 
 fn logits(model: &Arc<Model>, backend: Backend, request: &mmoe::request::OwnedRequest) -> Vec<f32> {
     let mut session = Session::with_backend(model.clone(), backend);
@@ -81,16 +82,43 @@ fn intra_request_threads_give_the_same_scores() {
     let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
     let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
     let packed = pack(&config, &tensors, DType::F16);
-    let model = packed.open();
-    for n in [1, 40, 300] {
-        let request = mmoe::demo::synthetic_request(&config, n, 3);
-        let one = logits(&model, Backend::Cpu, &request);
-        for threads in [2, 3] {
-            let mut session = Session::with_backend(model.clone(), Backend::Cpu);
-            session.set_threads(threads);
-            assert_eq!(session.threads(), threads);
-            let out = session_logits(&mut session, &request);
-            assert_eq!(out, one, "{threads} threads, {n} candidates");
+    let exact = packed.open();
+    let bf16 = Model::open(
+        &packed.path,
+        &OpenOptions {
+            cpu_mode: CpuMode::Bf16,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    // Up to 32 candidates (one tile) the threads cut the tile between the
+    // kernels' row blocks, on every ISA this CPU runs, and in bf16 mode
+    // (exact here where the CPU lacks AVX512-BF16); 40 and 300 go in
+    // whole tiles.
+    let isas = [Isa::Avx512, Isa::Avx2, Isa::Generic];
+    let runs = isas
+        .into_iter()
+        .filter(|isa| isa.supported())
+        .map(|isa| (isa, &exact))
+        .chain([(Isa::best(), &bf16)]);
+    for (isa, model) in runs {
+        for n in [1, 5, 9, 12, 16, 20, 24, 28, 31, 32, 40, 300] {
+            let request = mmoe::demo::synthetic_request(&config, n, 3);
+            let mut alone = Session::with_backend(model.clone(), Backend::Cpu);
+            alone.set_isa(isa).unwrap();
+            let one = session_logits(&mut alone, &request);
+            for threads in [2, 3, 4] {
+                let mut session = Session::with_backend(model.clone(), Backend::Cpu);
+                session.set_isa(isa).unwrap();
+                session.set_threads(threads);
+                assert_eq!(session.threads(), threads);
+                let out = session_logits(&mut session, &request);
+                let mode = model.cpu_mode();
+                assert_eq!(
+                    out, one,
+                    "{isa:?} {mode:?}, {threads} threads, {n} candidates"
+                );
+            }
         }
     }
 }

@@ -69,7 +69,7 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
 }
 
 /// Rows in the next block when `left` rows remain: 6, 4, 2 or 1.
-fn block_rows(left: usize) -> usize {
+pub(super) fn block_rows(left: usize) -> usize {
     match left {
         6.. => 6,
         4 | 5 => 4,

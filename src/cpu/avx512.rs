@@ -39,23 +39,29 @@ const PANEL_OUTER_ROWS: usize = 16;
 /// less).
 const PREFETCH_ROWS: usize = 128;
 
+/// The rows of the next block with `left` rows to go: 12s, then 8, 4, 2,
+/// 1; a remainder of 4 is avoided by taking 8 + 8 for one 12 + 4 (a 4-row
+/// block does half the FMAs per converted weight of an 8-row one). Each
+/// block size sums a row's products in its own order.
+pub(super) fn block_rows(left: usize) -> usize {
+    match left {
+        left if left >= 12 && left % 12 != 4 => 12,
+        left if left >= 8 => 8,
+        left if left >= 4 => 4,
+        left if left >= 2 => 2,
+        _ => 1,
+    }
+}
+
 #[target_feature(enable = "avx512f,f16c,fma")]
 unsafe fn linear_avx512(job: &mut LinearJob<'_>) {
     let panels = job.n.div_ceil(PANEL);
-    // Row blocks: 12s, then 8, 4, 2, 1; a remainder of 4 is avoided by
-    // taking 8 + 8 for one 12 + 4 (a 4-row block does half the FMAs per
-    // converted weight of an 8-row one).
+    // Row blocks of `block_rows`.
     let mut blocks = [(0usize, 0usize); 16];
     let mut count = 0;
     let mut r = 0;
     while r < job.rows {
-        let mr = match job.rows - r {
-            left if left >= 12 && left % 12 != 4 => 12,
-            left if left >= 8 => 8,
-            left if left >= 4 => 4,
-            left if left >= 2 => 2,
-            _ => 1,
-        };
+        let mr = block_rows(job.rows - r);
         if count == blocks.len() {
             // More rows than one pass holds: run what we have, continue.
             run_blocks(job, &blocks[..count], panels, false);

@@ -284,6 +284,42 @@ pub struct KernelScratch {
     pub row: Vec<f32>,
 }
 
+/// Whether a job of `rows` rows may be cut into one of its first `share`
+/// rows and one of the rest with every row's result unchanged to the bit,
+/// on `isa`. Its SIMD kernels take rows in blocks whose size sets the
+/// order in which a row's products are summed: a cut must fall between
+/// blocks, and each part must take the same blocks as a job of its own.
+/// (The bf16 kernel sums a row alike in every block size.) Splitting a
+/// tile across threads relies on this: a request scores the same with any
+/// number of them.
+pub fn split_is_exact(isa: Isa, rows: usize, share: usize) -> bool {
+    if share == 0 || share >= rows {
+        return share == rows;
+    }
+    let same_blocks = |block_rows: fn(usize) -> usize| {
+        let mut r = 0;
+        while r < share {
+            // The whole job's next block against the part's own.
+            if block_rows(rows - r) != block_rows(share - r) {
+                return false;
+            }
+            r += block_rows(rows - r);
+        }
+        r == share
+    };
+    let isa = if isa.supported() { isa } else { Isa::Generic };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => same_blocks(avx512::block_rows),
+        // One row alone takes a kernel of its own (a row of a larger job
+        // never does).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => share > 1 && rows - share > 1 && same_blocks(avx2::block_rows),
+        // One row at a time.
+        _ => true,
+    }
+}
+
 /// Runs a Linear job on `isa`; an ISA this CPU cannot run falls back to the
 /// generic kernel (the engine only passes supported ones; the counters of
 /// [`calls`] show which ran).
