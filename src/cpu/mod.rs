@@ -492,6 +492,33 @@ mod tests {
         }
     }
 
+    /// Cuts between row blocks where each part takes the whole's blocks
+    /// (the bits of every row are then kept: tests/backends.rs).
+    #[test]
+    fn splits_fall_between_the_kernels_row_blocks() {
+        if Isa::Avx512.supported() {
+            // 16 rows: 8 + 8; 24: 12 + 12; 28: 8 + 12 + 8, whose 20-row
+            // tail alone would be 12 + 8.
+            assert!(split_is_exact(Isa::Avx512, 16, 8));
+            assert!(!split_is_exact(Isa::Avx512, 16, 4));
+            assert!(split_is_exact(Isa::Avx512, 24, 12));
+            assert!(split_is_exact(Isa::Avx512, 28, 8));
+            assert!(!split_is_exact(Isa::Avx512, 28, 20));
+            assert!(!split_is_exact(Isa::Avx512, 12, 4));
+        }
+        if Isa::Avx2.supported() {
+            // 6 + 6 + 4; a part of one row takes the one-row kernel.
+            assert!(split_is_exact(Isa::Avx2, 16, 6));
+            assert!(split_is_exact(Isa::Avx2, 16, 12));
+            assert!(!split_is_exact(Isa::Avx2, 16, 8));
+            assert!(!split_is_exact(Isa::Avx2, 7, 6));
+        }
+        assert!(split_is_exact(Isa::Generic, 5, 1));
+        assert!(split_is_exact(Isa::Generic, 5, 5));
+        assert!(!split_is_exact(Isa::Generic, 5, 0));
+        assert!(!split_is_exact(Isa::Generic, 5, 6));
+    }
+
     #[test]
     fn every_isa_matches_the_scalar_sum() {
         let mut seed = 1;
