@@ -24,9 +24,9 @@ const MIN_SHARE: usize = 4;
 
 /// How a request of `n` candidates is cut across at most `threads`
 /// threads: the sizes of the parts, in order. Whole tiles for a request
-/// of more than one; a request of one tile is cut between the kernels'
-/// row blocks (`cpu::split_is_exact`), so that every thread count gives
-/// the same bits, as evenly as those cuts allow.
+/// of more than one; a request of one tile is cut where every row keeps
+/// the kernel's order of summation (`cpu::split_is_exact`), so that every
+/// thread count gives the same bits, as evenly as those cuts allow.
 fn shares(n: usize, threads: usize, isa: Isa) -> Vec<usize> {
     let threads = threads.max(1);
     let mut parts = Vec::with_capacity(threads);

@@ -169,13 +169,13 @@ impl Session {
     /// Splits the candidates of each request across `threads` threads (1,
     /// the default, scores on the caller's thread only; at most
     /// [`MAX_THREADS`], a larger number counts as that): whole tiles of 32
-    /// candidates, and a request of up to 32 cut between the kernels' row
-    /// blocks, so that the scores are the same to the bit with any number
-    /// of threads. Each call starts up to `threads - 1` threads (tens of
-    /// µs): on the development machine 2 threads scored 16 to 32
-    /// candidates of the benchmark model 1.3–1.7× faster than one, 64
-    /// candidates 1.9×; 1 to 12 candidates not at all (one row block, no
-    /// cut) (`bench/RESULTS.md`).
+    /// candidates, and a request of up to 32 cut into parts of 4 rows at
+    /// least where every row keeps its order of summation, so that the
+    /// scores are the same to the bit with any number of threads. Each
+    /// call starts up to `threads - 1` threads (tens of µs): on the
+    /// development machine 2 threads scored 8 to 32 candidates of the
+    /// benchmark model 1.1–1.7× faster than one, 64 candidates 1.9×; up to
+    /// 7 candidates not at all (`bench/RESULTS.md`).
     pub fn set_threads(&mut self, threads: usize) {
         self.scratches
             .resize_with(threads.clamp(1, MAX_THREADS), exec::Scratch::default);

@@ -41,7 +41,7 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
         // weight stream: each panel row is read once, whole, with 8
         // accumulators (two partial sums of 32 outputs).
         for p in 0..panels {
-            block::<1, 2, 4, false>(job, p, 0, 0);
+            block::<1, ONE_ROW_UNROLL, 4, false>(job, p, 0, 0);
         }
     } else if job.rows <= PANEL_OUTER_ROWS {
         for p in 0..panels {
@@ -68,6 +68,20 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
     }
 }
 
+/// The partial sums a block of `mr` rows keeps per output (`U` of
+/// [`block`]): the order in which a row's products are added.
+pub(super) const fn unroll(mr: usize) -> usize {
+    match mr {
+        4.. => 1,
+        2 | 3 => 2,
+        _ => 4,
+    }
+}
+
+/// A job of one row takes a kernel of its own over whole panels, with
+/// this many partial sums per output.
+pub(super) const ONE_ROW_UNROLL: usize = 2;
+
 /// Rows in the next block when `left` rows remain: 6, 4, 2 or 1.
 pub(super) fn block_rows(left: usize) -> usize {
     match left {
@@ -88,10 +102,10 @@ unsafe fn half_block<const PF: bool>(
     mr: usize,
 ) {
     match mr {
-        6 => block::<6, 1, 2, PF>(job, p, h, r),
-        4 => block::<4, 1, 2, PF>(job, p, h, r),
-        2 => block::<2, 2, 2, PF>(job, p, h, r),
-        _ => block::<1, 4, 2, PF>(job, p, h, r),
+        6 => block::<6, { unroll(6) }, 2, PF>(job, p, h, r),
+        4 => block::<4, { unroll(4) }, 2, PF>(job, p, h, r),
+        2 => block::<2, { unroll(2) }, 2, PF>(job, p, h, r),
+        _ => block::<1, { unroll(1) }, 2, PF>(job, p, h, r),
     }
 }
 

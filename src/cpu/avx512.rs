@@ -53,6 +53,21 @@ pub(super) fn block_rows(left: usize) -> usize {
     }
 }
 
+/// The partial sums (`U` of [`block`]) a block of `mr` rows keeps per
+/// output, which sets the order in which a row's products are added: one
+/// for blocks of 4 rows and more (8 and more independent FMA chains in a
+/// wide layer), four below. The same for 12, 8 and 4 rows, so that a tile
+/// cut at a multiple of 4 rows keeps every row's bits
+/// (`super::split_is_exact`); a narrow layer's 4-row block then has 4
+/// chains only, but narrow layers (gates, logits) are a sliver of the work.
+pub(super) const fn unroll(mr: usize) -> usize {
+    if mr >= 4 {
+        1
+    } else {
+        4
+    }
+}
+
 #[target_feature(enable = "avx512f,f16c,fma")]
 unsafe fn linear_avx512(job: &mut LinearJob<'_>) {
     let panels = job.n.div_ceil(PANEL);
@@ -112,21 +127,21 @@ unsafe fn panel_block(job: &mut LinearJob<'_>, p: usize, r: usize, mr: usize) {
     }
     if valid > 16 {
         match mr {
-            12 => block::<12, 1, 2>(job, source, p, r, &bias_add, valid),
-            8 => block::<8, 1, 2>(job, source, p, r, &bias_add, valid),
-            4 => block::<4, 2, 2>(job, source, p, r, &bias_add, valid),
-            2 => block::<2, 4, 2>(job, source, p, r, &bias_add, valid),
-            _ => block::<1, 4, 2>(job, source, p, r, &bias_add, valid),
+            12 => block::<12, { unroll(12) }, 2>(job, source, p, r, &bias_add, valid),
+            8 => block::<8, { unroll(8) }, 2>(job, source, p, r, &bias_add, valid),
+            4 => block::<4, { unroll(4) }, 2>(job, source, p, r, &bias_add, valid),
+            2 => block::<2, { unroll(2) }, 2>(job, source, p, r, &bias_add, valid),
+            _ => block::<1, { unroll(1) }, 2>(job, source, p, r, &bias_add, valid),
         }
     } else {
         // A narrow layer (a gate over a few experts, a tower's logit): the
         // panel's second half holds only padding, so it is not computed.
         match mr {
-            12 => block::<12, 1, 1>(job, source, p, r, &bias_add, valid),
-            8 => block::<8, 2, 1>(job, source, p, r, &bias_add, valid),
-            4 => block::<4, 2, 1>(job, source, p, r, &bias_add, valid),
-            2 => block::<2, 4, 1>(job, source, p, r, &bias_add, valid),
-            _ => block::<1, 4, 1>(job, source, p, r, &bias_add, valid),
+            12 => block::<12, { unroll(12) }, 1>(job, source, p, r, &bias_add, valid),
+            8 => block::<8, { unroll(8) }, 1>(job, source, p, r, &bias_add, valid),
+            4 => block::<4, { unroll(4) }, 1>(job, source, p, r, &bias_add, valid),
+            2 => block::<2, { unroll(2) }, 1>(job, source, p, r, &bias_add, valid),
+            _ => block::<1, { unroll(1) }, 1>(job, source, p, r, &bias_add, valid),
         }
     }
 }

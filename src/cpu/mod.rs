@@ -286,36 +286,47 @@ pub struct KernelScratch {
 
 /// Whether a job of `rows` rows may be cut into one of its first `share`
 /// rows and one of the rest with every row's result unchanged to the bit,
-/// on `isa`. Its SIMD kernels take rows in blocks whose size sets the
-/// order in which a row's products are summed: a cut must fall between
-/// blocks, and each part must take the same blocks as a job of its own.
-/// (The bf16 kernel sums a row alike in every block size.) Splitting a
-/// tile across threads relies on this: a request scores the same with any
-/// number of them.
+/// on `isa`. Its SIMD kernels take rows in blocks, and a block's size sets
+/// the order in which a row's products are added (`unroll`): each row
+/// must get the same order in its part as in the whole. (The bf16 kernel
+/// and the generic one add a row's products alike in any block.)
+/// Splitting a tile across threads relies on this: a request scores the
+/// same with any number of them.
 pub fn split_is_exact(isa: Isa, rows: usize, share: usize) -> bool {
     if share == 0 || share >= rows {
         return share == rows;
     }
-    let same_blocks = |block_rows: fn(usize) -> usize| {
-        let mut r = 0;
-        while r < share {
-            // The whole job's next block against the part's own.
-            if block_rows(rows - r) != block_rows(share - r) {
-                return false;
-            }
-            r += block_rows(rows - r);
-        }
-        r == share
-    };
+    // The order of row `r` in a job of `len` rows: its block's unroll.
+    let same_order =
+        |block_rows: fn(usize) -> usize, unroll: fn(usize) -> usize, one_row: usize| {
+            let order = |len: usize, r: usize| {
+                if len == 1 {
+                    return one_row;
+                }
+                let mut at = 0;
+                loop {
+                    let mr = block_rows(len - at);
+                    if r < at + mr {
+                        return unroll(mr);
+                    }
+                    at += mr;
+                }
+            };
+            (0..rows).all(|r| {
+                let part = if r < share {
+                    order(share, r)
+                } else {
+                    order(rows - share, r - share)
+                };
+                order(rows, r) == part
+            })
+        };
     let isa = if isa.supported() { isa } else { Isa::Generic };
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => same_blocks(avx512::block_rows),
-        // One row alone takes a kernel of its own (a row of a larger job
-        // never does).
+        Isa::Avx512 => same_order(avx512::block_rows, avx512::unroll, avx512::unroll(1)),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => share > 1 && rows - share > 1 && same_blocks(avx2::block_rows),
-        // One row at a time.
+        Isa::Avx2 => same_order(avx2::block_rows, avx2::unroll, avx2::ONE_ROW_UNROLL),
         _ => true,
     }
 }
@@ -492,26 +503,29 @@ mod tests {
         }
     }
 
-    /// Cuts between row blocks where each part takes the whole's blocks
-    /// (the bits of every row are then kept: tests/backends.rs).
+    /// Cuts where every row is added in the same order in its part as in
+    /// the whole (the bits of every row are then kept: tests/backends.rs).
     #[test]
-    fn splits_fall_between_the_kernels_row_blocks() {
+    fn splits_keep_each_rows_order_of_summation() {
         if Isa::Avx512.supported() {
-            // 16 rows: 8 + 8; 24: 12 + 12; 28: 8 + 12 + 8, whose 20-row
-            // tail alone would be 12 + 8.
+            // Blocks of 12, 8 and 4 rows add alike; 2 and 1 otherwise.
             assert!(split_is_exact(Isa::Avx512, 16, 8));
-            assert!(!split_is_exact(Isa::Avx512, 16, 4));
-            assert!(split_is_exact(Isa::Avx512, 24, 12));
-            assert!(split_is_exact(Isa::Avx512, 28, 8));
-            assert!(!split_is_exact(Isa::Avx512, 28, 20));
-            assert!(!split_is_exact(Isa::Avx512, 12, 4));
+            assert!(split_is_exact(Isa::Avx512, 16, 4));
+            assert!(split_is_exact(Isa::Avx512, 28, 20));
+            assert!(split_is_exact(Isa::Avx512, 9, 8));
+            // 6 = 4 + 2: a part of 3 is 2 + 1 (row 2 moves to a 2-row block).
+            assert!(!split_is_exact(Isa::Avx512, 6, 3));
+            // 10 = 8 + 2: a part of 5 is 4 + 1 (row 4 leaves the 8-row block).
+            assert!(!split_is_exact(Isa::Avx512, 10, 5));
         }
         if Isa::Avx2.supported() {
-            // 6 + 6 + 4; a part of one row takes the one-row kernel.
+            // 16 = 6 + 6 + 4; a part of 8 is 6 + 2; a job of one row takes
+            // a kernel of its own.
             assert!(split_is_exact(Isa::Avx2, 16, 6));
             assert!(split_is_exact(Isa::Avx2, 16, 12));
             assert!(!split_is_exact(Isa::Avx2, 16, 8));
             assert!(!split_is_exact(Isa::Avx2, 7, 6));
+            assert!(!split_is_exact(Isa::Avx2, 3, 2));
         }
         assert!(split_is_exact(Isa::Generic, 5, 1));
         assert!(split_is_exact(Isa::Generic, 5, 5));
