@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::{pack, session_logits, small};
 use mmoe::cpu::Isa;
-use mmoe::{Backend, Config, CpuMode, DType, Model, OpenOptions, Session};
+use mmoe::{Backend, Config, DType, Model, Session};
 
 fn logits(model: &Arc<Model>, backend: Backend, request: &mmoe::request::OwnedRequest) -> Vec<f32> {
     let mut session = Session::with_backend(model.clone(), backend);
@@ -82,15 +82,7 @@ fn intra_request_threads_give_the_same_scores() {
     let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
     let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
     let packed = pack(&config, &tensors, DType::F16);
-    let exact = packed.open();
-    let bf16 = Model::open(
-        &packed.path,
-        &OpenOptions {
-            cpu_mode: CpuMode::Bf16,
-            ..OpenOptions::default()
-        },
-    )
-    .unwrap();
+    let (exact, bf16) = (packed.open(), packed.open_bf16());
     // Up to 32 candidates (one tile) the threads cut the tile between the
     // kernels' row blocks, on every ISA this CPU runs, and in bf16 mode
     // (exact here where the CPU lacks AVX512-BF16); 40 and 300 go in

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{pack, session_logits, small, SMALL_CONFIG};
 use mmoe::cpu::{self, Isa};
-use mmoe::{Backend, Config, CpuMode, DType, Model, OpenOptions, Session};
+use mmoe::{Backend, Config, CpuMode, DType, Session};
 
 fn max_delta(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
@@ -156,14 +156,7 @@ fn forcing_an_isa_through_the_environment_runs_it() {
 fn bf16_mode_runs_and_its_cost_is_bounded() {
     if !cpu::bf16::supported() {
         let (_, _, packed) = small(DType::F16);
-        let model = Model::open(
-            &packed.path,
-            &OpenOptions {
-                cpu_mode: CpuMode::Bf16,
-                ..OpenOptions::default()
-            },
-        )
-        .unwrap();
+        let model = packed.open_bf16();
         assert_eq!(model.cpu_mode(), CpuMode::Exact);
         assert!(model.cpu_mode_note().contains("lacks AVX512-BF16"));
         println!("skipped: this CPU lacks AVX512-BF16 (fell back to exact, as it should)");
@@ -178,15 +171,7 @@ fn bf16_mode_runs_and_its_cost_is_bounded() {
     for (label, config) in models {
         let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
         let packed = pack(&config, &tensors, DType::F16);
-        let exact = packed.open();
-        let bf16 = Model::open(
-            &packed.path,
-            &OpenOptions {
-                cpu_mode: CpuMode::Bf16,
-                ..OpenOptions::default()
-            },
-        )
-        .unwrap();
+        let (exact, bf16) = (packed.open(), packed.open_bf16());
         assert_eq!(bf16.cpu_mode(), CpuMode::Bf16);
         let request = mmoe::demo::synthetic_request(&config, 200, 4);
         let before = cpu::bf16_calls();

@@ -38,6 +38,14 @@ impl Packed {
     pub fn open(&self) -> Arc<Model> {
         Model::open(&self.path, &OpenOptions::default()).expect("packed model opens")
     }
+    /// Opened in the CPU's bf16 mode (exact where the CPU lacks AVX512-BF16).
+    pub fn open_bf16(&self) -> Arc<Model> {
+        let options = OpenOptions {
+            cpu_mode: mmoe::CpuMode::Bf16,
+            ..OpenOptions::default()
+        };
+        Model::open(&self.path, &options).expect("packed model opens in bf16 mode")
+    }
     pub fn bytes(&self) -> Vec<u8> {
         std::fs::read(&self.path).expect("read packed file")
     }
