@@ -79,37 +79,44 @@ fn request_level_work_runs_once() {
 
 #[test]
 fn intra_request_threads_give_the_same_scores() {
-    let config = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
-    let tensors = mmoe::demo::synthetic_tensors(&config, 7).unwrap();
-    let packed = pack(&config, &tensors, DType::F16);
-    let (exact, bf16) = (packed.open(), packed.open_bf16());
-    // Up to 32 candidates (one tile) the threads cut the tile between the
-    // kernels' row blocks, on every ISA this CPU runs, and in bf16 mode
-    // (exact here where the CPU lacks AVX512-BF16); 40 and 300 go in
-    // whole tiles.
-    let isas = [Isa::Avx512, Isa::Avx2, Isa::Generic];
-    let runs = isas
-        .into_iter()
-        .filter(|isa| isa.supported())
-        .map(|isa| (isa, &exact))
-        .chain([(Isa::best(), &bf16)]);
-    for (isa, model) in runs {
-        for n in [1, 5, 9, 12, 16, 20, 24, 28, 31, 32, 40, 300] {
-            let request = mmoe::demo::synthetic_request(&config, n, 3);
-            let mut alone = Session::with_backend(model.clone(), Backend::Cpu);
-            alone.set_isa(isa).unwrap();
-            let one = session_logits(&mut alone, &request);
-            for threads in [2, 3, 4] {
-                let mut session = Session::with_backend(model.clone(), Backend::Cpu);
-                session.set_isa(isa).unwrap();
-                session.set_threads(threads);
-                assert_eq!(session.threads(), threads);
-                let out = session_logits(&mut session, &request);
-                let mode = model.cpu_mode();
-                assert_eq!(
-                    out, one,
-                    "{isa:?} {mode:?}, {threads} threads, {n} candidates"
-                );
+    // The benchmark model (DCNv2 and MLP experts) and the small one of
+    // every expert type.
+    let bench = Config::parse(mmoe::demo::BENCH_MODEL_JSON).unwrap();
+    let tensors = mmoe::demo::synthetic_tensors(&bench, 7).unwrap();
+    let (small_config, _, small_packed) = small(DType::F16);
+    for (config, packed) in [
+        (bench.clone(), pack(&bench, &tensors, DType::F16)),
+        (small_config, small_packed),
+    ] {
+        let (exact, bf16) = (packed.open(), packed.open_bf16());
+        // Up to 32 candidates (one tile) the threads cut the tile where each
+        // row keeps its order of summation, on every ISA this CPU runs, and
+        // in bf16 mode (exact here where the CPU lacks AVX512-BF16); 40 and
+        // 300 go in whole tiles.
+        let isas = [Isa::Avx512, Isa::Avx2, Isa::Generic];
+        let runs = isas
+            .into_iter()
+            .filter(|isa| isa.supported())
+            .map(|isa| (isa, &exact))
+            .chain([(Isa::best(), &bf16)]);
+        for (isa, model) in runs {
+            for n in [1, 5, 9, 12, 16, 20, 24, 28, 31, 32, 40, 300] {
+                let request = mmoe::demo::synthetic_request(&config, n, 3);
+                let mut alone = Session::with_backend(model.clone(), Backend::Cpu);
+                alone.set_isa(isa).unwrap();
+                let one = session_logits(&mut alone, &request);
+                for threads in [2, 3, 4] {
+                    let mut session = Session::with_backend(model.clone(), Backend::Cpu);
+                    session.set_isa(isa).unwrap();
+                    session.set_threads(threads);
+                    assert_eq!(session.threads(), threads);
+                    let out = session_logits(&mut session, &request);
+                    let (name, mode) = (&config.name, model.cpu_mode());
+                    assert_eq!(
+                        out, one,
+                        "{name}, {isa:?} {mode:?}, {threads} threads, {n} candidates"
+                    );
+                }
             }
         }
     }
