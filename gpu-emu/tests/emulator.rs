@@ -210,16 +210,13 @@ fn wgmma_multiplies_and_needs_both_fences() {
         run_with_shared("selftest_wgmma", 128, 2 * (64 + 128) * 16, &mut out, &extra).unwrap();
         out
     };
-    match std::env::var("MMOE_EMU_WGMMA_CHILD").as_deref() {
-        Ok("proxy") => {
-            wgmma(0, 1);
-            return;
-        }
-        Ok("mma") => {
-            wgmma(1, 0);
-            return;
-        }
-        _ => {}
+    if std::env::var_os("MMOE_EMU_WGMMA_NO_PROXY_FENCE_CHILD").is_some() {
+        wgmma(0, 1);
+        return;
+    }
+    if std::env::var_os("MMOE_EMU_WGMMA_NO_MMA_FENCE_CHILD").is_some() {
+        wgmma(1, 0);
+        return;
     }
     let expected: Vec<f32> = (0..64 * 128)
         .map(|i| {
@@ -229,23 +226,16 @@ fn wgmma_multiplies_and_needs_both_fences() {
         })
         .collect();
     assert_eq!(wgmma(1, 1), expected);
-    let child = |marker: &str, message: &str| {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "wgmma_multiplies_and_needs_both_fences",
-                "--nocapture",
-            ])
-            .env("MMOE_EMU_WGMMA_CHILD", marker)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "a wgmma without its {marker} fence passed: {stderr}"
-        );
-        assert!(stderr.contains(message), "{stderr}");
-    };
-    child("proxy", "wrote with no fence.proxy.async by it since");
-    child("mma", "issues a wgmma.mma_async with no wgmma.fence");
+    assert_child_aborts(
+        "wgmma_multiplies_and_needs_both_fences",
+        "MMOE_EMU_WGMMA_NO_PROXY_FENCE_CHILD",
+        "a wgmma without its fence.proxy.async",
+        "wrote with no fence.proxy.async by it since",
+    );
+    assert_child_aborts(
+        "wgmma_multiplies_and_needs_both_fences",
+        "MMOE_EMU_WGMMA_NO_MMA_FENCE_CHILD",
+        "a wgmma without its wgmma.fence",
+        "issues a wgmma.mma_async with no wgmma.fence",
+    );
 }
