@@ -34,8 +34,9 @@ fn shares(n: usize, threads: usize, isa: Isa) -> Vec<usize> {
     if n > TILE {
         let per_thread = n.div_ceil(TILE).div_ceil(threads) * TILE;
         while left > 0 {
-            parts.push(per_thread.min(left));
-            left -= per_thread.min(left);
+            let part = per_thread.min(left);
+            parts.push(part);
+            left -= part;
         }
         return parts;
     }

@@ -41,8 +41,8 @@ const PREFETCH_ROWS: usize = 128;
 
 /// The rows of the next block with `left` rows to go: 12s, then 8, 4, 2,
 /// 1; a remainder of 4 is avoided by taking 8 + 8 for one 12 + 4 (a 4-row
-/// block does half the FMAs per converted weight of an 8-row one). Each
-/// block size sums a row's products in its own order.
+/// block does half the FMAs per converted weight of an 8-row one). A
+/// block's size sets the order of a row's sum through [`unroll`].
 pub(super) fn block_rows(left: usize) -> usize {
     match left {
         left if left >= 12 && left % 12 != 4 => 12,

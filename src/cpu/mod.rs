@@ -296,30 +296,20 @@ pub fn split_is_exact(isa: Isa, rows: usize, share: usize) -> bool {
     if share == 0 || share >= rows {
         return share == rows;
     }
-    // The order of row `r` in a job of `len` rows: its block's unroll.
+    // Each row's order (its block's unroll) in the whole against the parts.
     let same_order =
         |block_rows: fn(usize) -> usize, unroll: fn(usize) -> usize, one_row: usize| {
-            let order = |len: usize, r: usize| {
-                if len == 1 {
-                    return one_row;
-                }
+            let orders = |len: usize| {
                 let mut at = 0;
-                loop {
-                    let mr = block_rows(len - at);
-                    if r < at + mr {
-                        return unroll(mr);
-                    }
+                std::iter::from_fn(move || {
+                    let left = len.checked_sub(at).filter(|&left| left > 0)?;
+                    let mr = block_rows(left);
                     at += mr;
-                }
+                    Some((mr, if len == 1 { one_row } else { unroll(mr) }))
+                })
+                .flat_map(|(mr, order)| std::iter::repeat_n(order, mr))
             };
-            (0..rows).all(|r| {
-                let part = if r < share {
-                    order(share, r)
-                } else {
-                    order(rows - share, r - share)
-                };
-                order(rows, r) == part
-            })
+            orders(rows).eq(orders(share).chain(orders(rows - share)))
         };
     let isa = if isa.supported() { isa } else { Isa::Generic };
     match isa {
