@@ -18,41 +18,6 @@ use crate::request::Request;
 /// Candidates per tile.
 pub const TILE: usize = 32;
 
-/// The fewest rows a thread gets of a request of one tile: a thread costs
-/// tens of µs to start.
-const MIN_SHARE: usize = 4;
-
-/// How a request of `n` candidates is cut across at most `threads`
-/// threads: the sizes of the parts, in order. Whole tiles for a request
-/// of more than one; a request of one tile is cut where every row keeps
-/// the kernel's order of summation (`cpu::split_is_exact`), so that every
-/// thread count gives the same bits, as evenly as those cuts allow.
-fn shares(n: usize, threads: usize, isa: Isa) -> Vec<usize> {
-    let threads = threads.max(1);
-    let mut parts = Vec::with_capacity(threads);
-    let mut left = n;
-    if n > TILE {
-        let per_thread = n.div_ceil(TILE).div_ceil(threads) * TILE;
-        while left > 0 {
-            let part = per_thread.min(left);
-            parts.push(part);
-            left -= part;
-        }
-        return parts;
-    }
-    while parts.len() + 1 < threads && left >= 2 * MIN_SHARE {
-        let target = left.div_ceil(threads - parts.len());
-        let cut = (MIN_SHARE..=left - MIN_SHARE)
-            .filter(|&share| cpu::split_is_exact(isa, left, share))
-            .min_by_key(|&share| share.abs_diff(target));
-        let Some(share) = cut else { break };
-        parts.push(share);
-        left -= share;
-    }
-    parts.push(left);
-    parts
-}
-
 /// While pooling a candidate's embedding rows, those of the candidate this
 /// many rows later are requested (see [`prefetch_bags`]).
 const BAG_PREFETCH_AHEAD: usize = 2;
@@ -90,6 +55,17 @@ impl Scratch {
                 sums.resize(index + 1, 0);
             }
             sums[index] += nanos;
+        }
+    }
+
+    /// Takes `from`'s request-level buffers of `program` (the results of
+    /// its request steps), sizing this scratch first.
+    pub fn copy_request_buffers(&mut self, program: &Program, from: &Scratch) {
+        self.prepare(program);
+        for (b, buffer) in program.buffers.iter().enumerate() {
+            if buffer.per_request {
+                self.buffers[b].copy_from_slice(&from.buffers[b]);
+            }
         }
     }
 
@@ -140,70 +116,33 @@ fn candidate_tiles(
     Ok(())
 }
 
-/// Like [`score`], with the candidates split across `scratches.len()`
-/// threads (request steps run once, on the caller's thread). Each call
-/// starts its threads (tens of µs), so a thread gets a share of 4 rows at
-/// least.
-pub fn score_parallel(
+/// The request steps of [`score`] alone, into `scratch` (the candidate
+/// steps then run on it or on scratches given its request-level buffers,
+/// [`Scratch::copy_request_buffers`]).
+pub fn request_steps(
     model: &Model,
     program: &Program,
     isa: Isa,
-    scratches: &mut [Scratch],
+    scratch: &mut Scratch,
     request: &Request<'_>,
     logits: &mut [f32],
 ) -> Result<()> {
-    let Some((main, workers)) = scratches.split_first_mut() else {
-        return Err(crate::error::Error::argument("no scratch to score with"));
-    };
-    // One thread allocates nothing (the threads' spawning does).
-    let shares = match workers.len() {
-        0 => Vec::new(),
-        more => shares(request.candidates(), more + 1, isa),
-    };
-    let threads = shares.len();
-    if threads <= 1 {
-        return score(model, program, isa, main, request, logits);
-    }
-    Tile::new(model, program, request, isa).request_steps(main, logits)?;
-    // Every worker gets the request-level results.
-    for worker in workers.iter_mut() {
-        worker.prepare(program);
-        for (b, buffer) in program.buffers.iter().enumerate() {
-            if buffer.per_request {
-                worker.buffers[b].copy_from_slice(&main.buffers[b]);
-            }
-        }
-    }
-    let tasks = program.tasks;
-    let mut parts = Vec::with_capacity(threads);
-    let (mut rest, mut start) = (&mut logits[..], 0);
-    for &share in &shares {
-        let (out, after) = rest.split_at_mut(share * tasks);
-        parts.push((start..start + share, out));
-        (rest, start) = (after, start + share);
-    }
-    let scratches = std::iter::once(main).chain(workers.iter_mut());
-    let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = scratches
-            .zip(parts)
-            .map(|(scratch, (candidates, out))| {
-                scope.spawn(move || {
-                    let mut tile = Tile::new(model, program, request, isa);
-                    candidate_tiles(&mut tile, scratch, candidates, out)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            // A scoring thread's panic is a bug: it goes on in this thread,
-            // where the C boundary reports it as such (INTERNAL).
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
-    results.into_iter().collect()
+    Tile::new(model, program, request, isa).request_steps(scratch, logits)
+}
+
+/// The candidate steps of [`score`] on `candidates` alone, after the
+/// request steps; `logits` holds exactly those candidates' rows.
+pub fn score_candidates(
+    model: &Model,
+    program: &Program,
+    isa: Isa,
+    scratch: &mut Scratch,
+    request: &Request<'_>,
+    candidates: std::ops::Range<usize>,
+    logits: &mut [f32],
+) -> Result<()> {
+    let mut tile = Tile::new(model, program, request, isa);
+    candidate_tiles(&mut tile, scratch, candidates, logits)
 }
 
 /// The candidates `first..first + rows` of a request, in flight.

@@ -45,6 +45,7 @@ pub mod plan;
 pub mod program;
 pub mod reference;
 pub mod request;
+mod request_threads;
 pub mod session;
 
 pub use config::Config;

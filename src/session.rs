@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::request::Request;
+use crate::request_threads::RequestThreads;
 use crate::{exec, reference};
 
 /// Where the scores go: `[candidates × tasks]` row-major, each optional.
@@ -52,8 +53,8 @@ pub struct Session {
     backend: Backend,
     /// Logits of the request in flight, copied out only on success.
     logits: Vec<f32>,
-    /// One scratch per thread of intra-request parallelism (at least one).
-    scratches: Vec<exec::Scratch>,
+    /// The CPU scratch of each intra-request thread, and the helpers.
+    threads: RequestThreads,
     isa: Option<crate::cpu::Isa>,
     /// Created at the first GPU call.
     #[cfg(feature = "cuda")]
@@ -150,7 +151,7 @@ impl Session {
             model,
             backend,
             logits: Vec::new(),
-            scratches: vec![exec::Scratch::default()],
+            threads: RequestThreads::default(),
             isa: None,
             #[cfg(feature = "cuda")]
             gpu: None,
@@ -169,20 +170,20 @@ impl Session {
     /// Splits the candidates of each request across `threads` threads (1,
     /// the default, scores on the caller's thread only; at most
     /// [`MAX_THREADS`], a larger number counts as that): whole tiles of 32
-    /// candidates, and a request of up to 32 cut into parts of 4 rows at
-    /// least where every row keeps its order of summation, so that the
-    /// scores are the same to the bit with any number of threads. Each
-    /// call starts up to `threads - 1` threads (tens of µs): on the
-    /// development machine 2 threads scored 8 to 32 candidates of the
-    /// benchmark model 1.1–1.7× faster than one, 64 candidates 1.9×; up to
-    /// 7 candidates not at all (`bench/RESULTS.md`).
+    /// candidates, and a request of up to 32 cut where every row keeps its
+    /// order of summation, down to parts of one row, so that the scores are
+    /// the same to the bit with any number of threads. The session starts
+    /// `threads - 1` helper threads here; they park between calls (or spin
+    /// for `MMOE_CPU_SPIN_US` first) and stop when the session is dropped.
+    /// On the development machine 2 threads scored 3 to 7 candidates of
+    /// the benchmark model 1.4–1.7× faster than one, 8 to 32 1.0–1.2×
+    /// faster, 64 candidates 1.9× (`bench/RESULTS.md`).
     pub fn set_threads(&mut self, threads: usize) {
-        self.scratches
-            .resize_with(threads.clamp(1, MAX_THREADS), exec::Scratch::default);
+        self.threads.set_threads(threads.clamp(1, MAX_THREADS));
     }
 
     pub fn threads(&self) -> usize {
-        self.scratches.len()
+        self.threads.threads()
     }
 
     /// Forces the CPU kernels of this session; an ISA the CPU lacks is refused.
@@ -209,9 +210,7 @@ impl Session {
     /// call's time goes. Off by default; switching it on clears the sums.
     /// Timing costs two clock reads per step.
     pub fn set_step_profiling(&mut self, on: bool) {
-        for scratch in &mut self.scratches {
-            scratch.set_profiling(on);
-        }
+        self.threads.set_profiling(on);
     }
 
     /// Per step of the CPU program (request steps first, then the candidate
@@ -221,15 +220,7 @@ impl Session {
     pub fn step_profile(&self) -> Vec<(String, std::time::Duration)> {
         let program = self.model.program();
         let plan = self.model.plan();
-        let mut sums: Vec<u64> = Vec::new();
-        for nanos in self.scratches.iter().filter_map(|s| s.step_nanos()) {
-            if sums.len() < nanos.len() {
-                sums.resize(nanos.len(), 0);
-            }
-            for (sum, n) in sums.iter_mut().zip(nanos) {
-                *sum += n;
-            }
-        }
+        let sums = self.threads.step_nanos();
         program
             .request_steps
             .iter()
@@ -286,6 +277,12 @@ impl Session {
             // The context names the model already.
             self.score_unnamed(&request, &mut scores)
                 .map_err(|e| context(e, candidates))?;
+        }
+        if self.backend == Backend::Cpu {
+            let isa = self.isa()?;
+            self.threads
+                .reserve(max_candidates, tasks, isa)
+                .map_err(|e| context(e, max_candidates))?;
         }
         // The session's own logits, for requests of up to max_candidates.
         let want = max_candidates * tasks;
@@ -345,14 +342,11 @@ impl Session {
         self.logits.resize(want, 0.0);
         match self.backend {
             Backend::Reference => reference::score(model, request, &mut self.logits)?,
-            Backend::Cpu => exec::score_parallel(
-                model,
-                model.program(),
-                self.isa()?,
-                &mut self.scratches,
-                request,
-                &mut self.logits,
-            )?,
+            Backend::Cpu => {
+                let isa = self.isa()?;
+                self.threads
+                    .score(model, model.program(), isa, request, &mut self.logits)?
+            }
             Backend::Cuda => self.score_gpu(request)?,
         }
         if let Some(out) = scores.logits.as_deref_mut() {

@@ -100,22 +100,27 @@ fn intra_request_threads_give_the_same_scores() {
             .map(|isa| (isa, &exact))
             .chain([(Isa::best(), &bf16)]);
         for (isa, model) in runs {
-            for n in [1, 5, 9, 12, 16, 20, 24, 28, 31, 32, 40, 300] {
+            // A session per thread count, kept across the sizes (its parts
+            // grow and shrink), and a fresh one per size.
+            let session = |threads| {
+                let mut session = Session::with_backend(model.clone(), Backend::Cpu);
+                session.set_isa(isa).unwrap();
+                session.set_threads(threads);
+                assert_eq!(session.threads(), threads);
+                session
+            };
+            let mut kept: Vec<Session> = [2, 3, 4].into_iter().map(session).collect();
+            for n in [1, 2, 3, 5, 6, 7, 9, 12, 16, 20, 24, 28, 31, 32, 40, 300, 4] {
                 let request = mmoe::demo::synthetic_request(&config, n, 3);
-                let mut alone = Session::with_backend(model.clone(), Backend::Cpu);
-                alone.set_isa(isa).unwrap();
-                let one = session_logits(&mut alone, &request);
-                for threads in [2, 3, 4] {
-                    let mut session = Session::with_backend(model.clone(), Backend::Cpu);
-                    session.set_isa(isa).unwrap();
-                    session.set_threads(threads);
-                    assert_eq!(session.threads(), threads);
-                    let out = session_logits(&mut session, &request);
+                let one = session_logits(&mut session(1), &request);
+                for kept in &mut kept {
+                    let threads = kept.threads();
                     let (name, mode) = (&config.name, model.cpu_mode());
-                    assert_eq!(
-                        out, one,
-                        "{name}, {isa:?} {mode:?}, {threads} threads, {n} candidates"
-                    );
+                    let context =
+                        format!("{name}, {isa:?} {mode:?}, {threads} threads, {n} candidates");
+                    assert_eq!(session_logits(kept, &request), one, "{context}");
+                    let fresh = session_logits(&mut session(threads), &request);
+                    assert_eq!(fresh, one, "{context}, fresh session");
                 }
             }
         }

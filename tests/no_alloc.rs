@@ -67,33 +67,38 @@ fn bench_model() -> (Config, Arc<Model>) {
 #[test]
 fn second_call_of_the_same_shape_allocates_nothing() {
     let (config, model) = bench_model();
-    let mut session = Session::new(model.clone());
-    let owned = mmoe::demo::synthetic_request(&config, 40, 3);
-    let request = owned.as_request();
-    let mut logits = vec![0.0; 40 * 3];
-    let mut probabilities = vec![0.0; 40 * 3];
-    let mut run = |session: &mut Session| {
-        session
-            .score(
-                &request,
-                &mut Scores {
-                    logits: Some(&mut logits),
-                    probabilities: Some(&mut probabilities),
-                },
-            )
-            .unwrap();
-    };
-    run(&mut session);
-    for _ in 0..3 {
-        let before = allocations();
+    // One thread; two (40 candidates in whole tiles, 7 cut within a tile),
+    // counted on the calling thread, which posts the parts to the helpers.
+    for (threads, n) in [(1, 40), (2, 40), (2, 7)] {
+        let mut session = Session::new(model.clone());
+        session.set_threads(threads);
+        let owned = mmoe::demo::synthetic_request(&config, n, 3);
+        let request = owned.as_request();
+        let mut logits = vec![0.0; n * 3];
+        let mut probabilities = vec![0.0; n * 3];
+        let mut run = |session: &mut Session| {
+            session
+                .score(
+                    &request,
+                    &mut Scores {
+                        logits: Some(&mut logits),
+                        probabilities: Some(&mut probabilities),
+                    },
+                )
+                .unwrap();
+        };
         run(&mut session);
-        let after = allocations();
-        assert_eq!(
-            after - before,
-            0,
-            "a steady-state call allocated {} time(s)",
-            after - before
-        );
+        for _ in 0..3 {
+            let before = allocations();
+            run(&mut session);
+            let after = allocations();
+            assert_eq!(
+                after - before,
+                0,
+                "a steady-state call ({threads} threads, {n} candidates) allocated {} time(s)",
+                after - before
+            );
+        }
     }
     // The counter does count: building a request allocates.
     let before = allocations();
@@ -137,9 +142,29 @@ fn after_warm_up_the_first_call_allocates_nothing() {
     );
     assert_eq!(warm_logits, cold_logits);
     // A warm-up for fewer candidates leaves the larger request to allocate.
-    let mut small = Session::new(model);
+    let mut small = Session::new(model.clone());
     small.warm_up(8).unwrap();
     assert!(first_call(&mut small).0 > 0);
+    // With intra-request threads, a warm-up scores a tile per thread and
+    // reserves what larger requests' parts need (here 128 + 72 rows).
+    let mut threaded = Session::new(model);
+    threaded.set_threads(2);
+    threaded.warm_up(200).unwrap();
+    let owned = mmoe::demo::synthetic_request(&config, 200, 3);
+    let request = owned.as_request();
+    let mut logits = vec![0.0; 200 * 3];
+    let before = allocations();
+    let scores = &mut Scores {
+        logits: Some(&mut logits),
+        probabilities: None,
+    };
+    threaded.score(&request, scores).unwrap();
+    let after = allocations();
+    assert_eq!(
+        after - before,
+        0,
+        "the first call after warm_up(200) on 2 threads allocated"
+    );
 }
 
 #[test]
