@@ -176,8 +176,8 @@ impl Session {
     /// `threads - 1` helper threads here; they park between calls (or spin
     /// for `MMOE_CPU_SPIN_US` first) and stop when the session is dropped.
     /// On the development machine 2 threads scored 3 to 7 candidates of
-    /// the benchmark model 1.4–1.7× faster than one, 8 to 32 1.0–1.2×
-    /// faster, 64 candidates 1.9× (`bench/RESULTS.md`).
+    /// the benchmark model 1.4–1.7× faster than one, 8 to 64 candidates
+    /// 1.5–1.8× faster (`bench/RESULTS.md`).
     pub fn set_threads(&mut self, threads: usize) {
         self.threads.set_threads(threads.clamp(1, MAX_THREADS));
     }
