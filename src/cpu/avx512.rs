@@ -39,34 +39,19 @@ const PANEL_OUTER_ROWS: usize = 16;
 /// less).
 const PREFETCH_ROWS: usize = 128;
 
-/// The rows of the next block with `left` rows to go: 12s, then 8, 4, 2,
-/// 1; a remainder of 4 is avoided by taking 8 + 8 for one 12 + 4 (a 4-row
-/// block does half the FMAs per converted weight of an 8-row one). A
-/// block's size sets the order of a row's sum through [`unroll`].
+/// The rows of the next block with `left` rows to go: the fewest blocks
+/// of at most 12 rows, as even as can be (32 = 11 + 11 + 10, 7 = 7). A
+/// block converts each fp16 weight it multiplies once, so fewer blocks
+/// convert less: 3, 5 and 7 rows in one block took 1.3–1.5× less time than
+/// in blocks of 2 + 1, 4 + 1 and 4 + 2 + 1 (bench/RESULTS.md).
 pub(super) fn block_rows(left: usize) -> usize {
-    match left {
-        left if left >= 12 && left % 12 != 4 => 12,
-        left if left >= 8 => 8,
-        left if left >= 4 => 4,
-        left if left >= 2 => 2,
-        _ => 1,
-    }
+    let blocks = left.div_ceil(MAX_BLOCK_ROWS).max(1);
+    left.div_ceil(blocks)
 }
 
-/// The partial sums (`U` of [`block`]) a block of `mr` rows keeps per
-/// output, which sets the order in which a row's products are added: one
-/// for blocks of 4 rows and more (8 and more independent FMA chains in a
-/// wide layer), four below. The same for 12, 8 and 4 rows, so that a tile
-/// cut at a multiple of 4 rows keeps every row's bits
-/// (`super::split_is_exact`); a narrow layer's 4-row block then has 4
-/// chains only, but narrow layers (gates, logits) are a sliver of the work.
-pub(super) const fn unroll(mr: usize) -> usize {
-    if mr >= 4 {
-        1
-    } else {
-        4
-    }
-}
+/// The most rows of a block: 24 accumulators, two weight vectors and a
+/// broadcast in the 32 zmm registers.
+const MAX_BLOCK_ROWS: usize = 12;
 
 #[target_feature(enable = "avx512f,f16c,fma")]
 unsafe fn linear_avx512(job: &mut LinearJob<'_>) {
@@ -111,6 +96,26 @@ unsafe fn run_blocks(
     }
 }
 
+/// `block::<mr, H>` for a runtime `mr` of 1 to 12.
+macro_rules! blocks {
+    ($job:expr, $source:expr, $p:expr, $r:expr, $bias:expr, $valid:expr, $mr:expr, $h:literal) => {
+        match $mr {
+            12 => block::<12, $h>($job, $source, $p, $r, $bias, $valid),
+            11 => block::<11, $h>($job, $source, $p, $r, $bias, $valid),
+            10 => block::<10, $h>($job, $source, $p, $r, $bias, $valid),
+            9 => block::<9, $h>($job, $source, $p, $r, $bias, $valid),
+            8 => block::<8, $h>($job, $source, $p, $r, $bias, $valid),
+            7 => block::<7, $h>($job, $source, $p, $r, $bias, $valid),
+            6 => block::<6, $h>($job, $source, $p, $r, $bias, $valid),
+            5 => block::<5, $h>($job, $source, $p, $r, $bias, $valid),
+            4 => block::<4, $h>($job, $source, $p, $r, $bias, $valid),
+            3 => block::<3, $h>($job, $source, $p, $r, $bias, $valid),
+            2 => block::<2, $h>($job, $source, $p, $r, $bias, $valid),
+            _ => block::<1, $h>($job, $source, $p, $r, $bias, $valid),
+        }
+    };
+}
+
 /// Rows `r..r + mr` of panel `p`.
 #[inline(always)]
 unsafe fn panel_block(job: &mut LinearJob<'_>, p: usize, r: usize, mr: usize) {
@@ -126,23 +131,11 @@ unsafe fn panel_block(job: &mut LinearJob<'_>, p: usize, r: usize, mr: usize) {
         *slot = job.bias_add(p * PANEL + j);
     }
     if valid > 16 {
-        match mr {
-            12 => block::<12, { unroll(12) }, 2>(job, source, p, r, &bias_add, valid),
-            8 => block::<8, { unroll(8) }, 2>(job, source, p, r, &bias_add, valid),
-            4 => block::<4, { unroll(4) }, 2>(job, source, p, r, &bias_add, valid),
-            2 => block::<2, { unroll(2) }, 2>(job, source, p, r, &bias_add, valid),
-            _ => block::<1, { unroll(1) }, 2>(job, source, p, r, &bias_add, valid),
-        }
+        blocks!(job, source, p, r, &bias_add, valid, mr, 2);
     } else {
         // A narrow layer (a gate over a few experts, a tower's logit): the
         // panel's second half holds only padding, so it is not computed.
-        match mr {
-            12 => block::<12, { unroll(12) }, 1>(job, source, p, r, &bias_add, valid),
-            8 => block::<8, { unroll(8) }, 1>(job, source, p, r, &bias_add, valid),
-            4 => block::<4, { unroll(4) }, 1>(job, source, p, r, &bias_add, valid),
-            2 => block::<2, { unroll(2) }, 1>(job, source, p, r, &bias_add, valid),
-            _ => block::<1, { unroll(1) }, 1>(job, source, p, r, &bias_add, valid),
-        }
+        blocks!(job, source, p, r, &bias_add, valid, mr, 1);
     }
 }
 
@@ -175,11 +168,14 @@ unsafe fn load_panel_row<const H: usize>(source: PanelSource, k: usize) -> (__m5
 
 /// Rows `r0..r0 + MR` of panel `p`.
 ///
-/// With few rows, one accumulator per output would chain every FMA on the
-/// previous one (latency-bound); `U` independent partial sums over
-/// interleaved columns keep the FMA units busy, and are added at the end.
+/// One accumulator per output and row: every row's products are added in
+/// the same order (k ascending) whatever the block's size, so a tile cut
+/// anywhere across threads keeps every row's bits. Blocks of 1 to 3 rows
+/// have only 2 to 6 independent FMA chains, but they are bound by the
+/// weights' loads and conversions: four partial sums per output (which
+/// they used to keep) measured no faster (bench/RESULTS.md).
 #[inline(always)]
-unsafe fn block<const MR: usize, const U: usize, const H: usize>(
+unsafe fn block<const MR: usize, const H: usize>(
     job: &mut LinearJob<'_>,
     source: PanelSource,
     p: usize,
@@ -187,45 +183,30 @@ unsafe fn block<const MR: usize, const U: usize, const H: usize>(
     bias_add: &[f32; PANEL],
     valid: usize,
 ) {
-    let mut partial = [[[_mm512_setzero_ps(); 2]; MR]; U];
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let x = job.x.as_ptr();
     let mut rows = [x; MR];
     for (i, row) in rows.iter_mut().enumerate() {
         *row = x.add((r0 + i) * job.ldx + job.in_off);
     }
     for range in job.k_ranges {
-        let mut k = range.start;
-        while k + U <= range.end {
-            for (u, acc) in partial.iter_mut().enumerate() {
-                let (w0, w1) = load_panel_row::<H>(source, k + u);
-                for i in 0..MR {
-                    let b = _mm512_set1_ps(*rows[i].add(k + u));
-                    acc[i][0] = _mm512_fmadd_ps(w0, b, acc[i][0]);
-                    if H == 2 {
-                        acc[i][1] = _mm512_fmadd_ps(w1, b, acc[i][1]);
-                    }
-                }
-            }
-            k += U;
-        }
-        for k in k..range.end {
+        for k in range.clone() {
             let (w0, w1) = load_panel_row::<H>(source, k);
             for i in 0..MR {
                 let b = _mm512_set1_ps(*rows[i].add(k));
-                partial[0][i][0] = _mm512_fmadd_ps(w0, b, partial[0][i][0]);
+                acc[i][0] = _mm512_fmadd_ps(w0, b, acc[i][0]);
                 if H == 2 {
-                    partial[0][i][1] = _mm512_fmadd_ps(w1, b, partial[0][i][1]);
+                    acc[i][1] = _mm512_fmadd_ps(w1, b, acc[i][1]);
                 }
             }
         }
     }
-    let mut acc = partial[0];
-    for more in &partial[1..] {
-        for (a, m) in acc.iter_mut().zip(more) {
-            a[0] = _mm512_add_ps(a[0], m[0]);
-            a[1] = _mm512_add_ps(a[1], m[1]);
-        }
-    }
+    // A copy for `store_rows`: with the loop's own array passed by
+    // reference, LLVM kept blocks of 9 to 12 rows' accumulators on the
+    // stack (3,181 zmm spills and reloads in this function against 1,621,
+    // and 32 rows of 512×512 at 78 against 102 GFLOP/s on the development
+    // machine).
+    let acc = acc;
     store_rows(job, &acc, r0, p, bias_add, valid);
 }
 

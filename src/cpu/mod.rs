@@ -286,10 +286,10 @@ pub struct KernelScratch {
 
 /// Whether a job of `rows` rows may be cut into one of its first `share`
 /// rows and one of the rest with every row's result unchanged to the bit,
-/// on `isa`. Its SIMD kernels take rows in blocks, and a block's size sets
+/// on `isa`. The AVX2 kernel takes rows in blocks, and a block's size sets
 /// the order in which a row's products are added (`unroll`): each row
-/// must get the same order in its part as in the whole. (The bf16 kernel
-/// and the generic one add a row's products alike in any block.)
+/// must get the same order in its part as in the whole. (The AVX-512, bf16
+/// and generic kernels add a row's products alike in any block.)
 /// Splitting a tile across threads relies on this: a request scores the
 /// same with any number of them.
 pub fn split_is_exact(isa: Isa, rows: usize, share: usize) -> bool {
@@ -313,8 +313,6 @@ pub fn split_is_exact(isa: Isa, rows: usize, share: usize) -> bool {
         };
     let isa = if isa.supported() { isa } else { Isa::Generic };
     match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => same_order(avx512::block_rows, avx512::unroll, avx512::unroll(1)),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => same_order(avx2::block_rows, avx2::unroll, avx2::ONE_ROW_UNROLL),
         _ => true,
@@ -497,16 +495,9 @@ mod tests {
     /// the whole (the bits of every row are then kept: tests/backends.rs).
     #[test]
     fn splits_keep_each_rows_order_of_summation() {
-        if Isa::Avx512.supported() {
-            // Blocks of 12, 8 and 4 rows add alike; 2 and 1 otherwise.
-            assert!(split_is_exact(Isa::Avx512, 16, 8));
-            assert!(split_is_exact(Isa::Avx512, 16, 4));
-            assert!(split_is_exact(Isa::Avx512, 28, 20));
-            assert!(split_is_exact(Isa::Avx512, 9, 8));
-            // 6 = 4 + 2: a part of 3 is 2 + 1 (row 2 moves to a 2-row block).
-            assert!(!split_is_exact(Isa::Avx512, 6, 3));
-            // 10 = 8 + 2: a part of 5 is 4 + 1 (row 4 leaves the 8-row block).
-            assert!(!split_is_exact(Isa::Avx512, 10, 5));
+        // Blocks of any size add alike.
+        for (rows, share) in [(16, 8), (6, 3), (10, 5), (7, 1), (2, 1)] {
+            assert!(split_is_exact(Isa::Avx512, rows, share));
         }
         if Isa::Avx2.supported() {
             // 16 = 6 + 6 + 4; a part of 8 is 6 + 2; a job of one row takes
