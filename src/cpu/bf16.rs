@@ -144,13 +144,8 @@ unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &Ker
     let mut bias_add = [0.0f32; PANEL];
     let mut r = 0;
     while r < job.rows {
-        let mr = match job.rows - r {
-            left if left >= 12 => 12,
-            left if left >= 8 => 8,
-            left if left >= 4 => 4,
-            left if left >= 2 => 2,
-            _ => 1,
-        };
+        // The AVX-512 kernel's blocks: the fewest, as even as can be.
+        let mr = super::avx512::block_rows(job.rows - r);
         for p in 0..job.n.div_ceil(PANEL) {
             let valid = PANEL.min(job.n - p * PANEL);
             for (j, slot) in bias_add.iter_mut().enumerate() {
@@ -161,13 +156,16 @@ unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &Ker
                 };
             }
             let panel = w.as_ptr().add(p * pairs * 2 * PANEL);
-            match mr {
-                12 => block::<12>(job, panel, scratch, pairs, p, r, &bias_add, valid),
-                8 => block::<8>(job, panel, scratch, pairs, p, r, &bias_add, valid),
-                4 => block::<4>(job, panel, scratch, pairs, p, r, &bias_add, valid),
-                2 => block::<2>(job, panel, scratch, pairs, p, r, &bias_add, valid),
-                _ => block::<1>(job, panel, scratch, pairs, p, r, &bias_add, valid),
+            // `block::<mr>` for a runtime `mr` of 1 to 12.
+            macro_rules! blocks {
+                ($($rows:literal)*) => {
+                    match mr {
+                        $($rows => block::<$rows>(job, panel, scratch, pairs, p, r, &bias_add, valid),)*
+                        _ => block::<1>(job, panel, scratch, pairs, p, r, &bias_add, valid),
+                    }
+                };
             }
+            blocks!(12 11 10 9 8 7 6 5 4 3 2);
         }
         r += mr;
     }
@@ -204,5 +202,7 @@ unsafe fn block<const MR: usize>(
             }
         }
     }
+    // A copy, as in the AVX-512 kernel's `block` (fewer spills).
+    let acc = acc;
     super::avx512::store_rows(job, &acc, r0, p, bias_add, valid);
 }

@@ -530,7 +530,9 @@ mod tests {
             (50, 9),
             (24, 5),
         ] {
-            for rows in [1, 2, 3, 7, 8, 9, 16, 17, 28, 32] {
+            // Every block size of the AVX-512 and bf16 kernels (1 to 12
+            // rows; 13 = 7 + 6, 28 = 10 + 9 + 9) and the AVX2 kernel's.
+            for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 28, 32] {
                 for f16_weights in [true, false] {
                     check_all_isas(n, k, rows, vec![0..k], f16_weights, seed);
                     seed += 1;
