@@ -70,7 +70,7 @@ pub struct RequestThreads {
     /// `parts.len() - 1` helpers; none with one thread, or where the
     /// system refused a thread (the caller then scores every part).
     helpers: Option<HelperThreads>,
-    /// The fewest rows of a request of one tile that are cut. Two rows
+    /// The fewest rows of a request that are cut. Two rows
     /// split in two take about 75% of the time of one thread (one row costs
     /// 230 µs of the 306 of two, benchmark model, development machine):
     /// worth it to spinning helpers, not to parked ones, which wake in
@@ -246,17 +246,24 @@ fn reserve_logits(logits: &mut Vec<f32>, len: usize) -> Result<()> {
 }
 
 /// How a request of `n` candidates is cut across at most `threads`
-/// threads: the sizes of the parts, in order, into `parts`. Whole tiles
-/// for a request of more than one; a request of one tile is cut where
-/// every row keeps the kernel's order of summation
-/// (`cpu::split_is_exact`), so that every thread count gives the same
-/// bits, as evenly as those cuts allow, down to parts of one row (the
-/// kernels pass over the weights once per block of rows, so one row costs
-/// most of what a block of two or four does), of what is left of at least
-/// `min_split` rows.
+/// threads: the sizes of the parts, in order, into `parts`; one part when
+/// `n` is below `min_split`. Every thread count must give the same bits:
+/// where any cut keeps them (`cpu::any_cut_is_exact`), the parts are as
+/// even as can be, down to one row; elsewhere (AVX2) a request of more
+/// than one tile goes in whole tiles, and one of a single tile is cut
+/// where every row keeps the kernel's order of summation
+/// (`cpu::split_is_exact`), as evenly as those cuts allow.
 fn shares(n: usize, threads: usize, isa: Isa, min_split: usize, parts: &mut Vec<usize>) {
-    let threads = threads.max(1);
     parts.clear();
+    let threads = if n < min_split.max(2) {
+        1
+    } else {
+        threads.clamp(1, n)
+    };
+    if cpu::any_cut_is_exact(isa) {
+        parts.extend((0..threads).map(|i| n / threads + usize::from(i < n % threads)));
+        return;
+    }
     let mut left = n;
     if n > TILE {
         let per_thread = n.div_ceil(TILE).div_ceil(threads) * TILE;
@@ -267,7 +274,7 @@ fn shares(n: usize, threads: usize, isa: Isa, min_split: usize, parts: &mut Vec<
         }
         return;
     }
-    while parts.len() + 1 < threads && left >= min_split.max(2) {
+    while parts.len() + 1 < threads && left >= 2 {
         let target = left.div_ceil(threads - parts.len());
         let cut = (1..left)
             .filter(|&share| cpu::split_is_exact(isa, left, share))
@@ -284,8 +291,9 @@ mod tests {
     use super::*;
 
     /// Every request is cut into at most `threads` parts that cover it in
-    /// order: whole tiles past one tile, and within a tile only where each
-    /// row keeps its order of summation, down to parts of one row.
+    /// order, each of a row at least: as even as can be where any cut is
+    /// exact; elsewhere whole tiles past one tile, and within a tile only
+    /// where each row keeps its order of summation.
     #[test]
     fn shares_cover_the_request_with_exact_cuts() {
         let mut parts = Vec::new();
@@ -301,10 +309,16 @@ mod tests {
                         continue;
                     }
                     assert!(parts.iter().all(|&p| p > 0), "{context}");
-                    if n > TILE {
-                        let (last, whole) = parts.split_last().unwrap();
+                    let (longest, shortest) = (parts.iter().max(), parts.iter().min());
+                    if cpu::any_cut_is_exact(isa) {
+                        assert_eq!(parts.len(), threads.min(n), "{context}");
+                        assert!(
+                            longest.zip(shortest).is_some_and(|(l, s)| l - s <= 1),
+                            "{context}"
+                        );
+                    } else if n > TILE {
+                        let (_, whole) = parts.split_last().unwrap();
                         assert!(whole.iter().all(|p| p % TILE == 0), "{context}");
-                        assert!(*last <= whole.first().copied().unwrap_or(n), "{context}");
                     } else {
                         let mut left = n;
                         for &share in &parts {
@@ -315,23 +329,20 @@ mod tests {
                 }
             }
         }
-        // Where any cut is exact (the generic kernel), small requests are
-        // cut evenly, down to a row per thread.
         for (n, threads, want) in [
             (1, 2, &[1][..]),
             (2, 2, &[1, 1]),
             (3, 3, &[1, 1, 1]),
-            (3, 2, &[2, 1]),
             (7, 3, &[3, 2, 2]),
             (32, 2, &[16, 16]),
-            (33, 2, &[32, 1]),
-            (100, 3, &[64, 36]),
+            (40, 2, &[20, 20]),
+            (100, 3, &[34, 33, 33]),
         ] {
             shares(n, threads, Isa::Generic, 2, &mut parts);
             assert_eq!(parts, want, "{n} candidates, {threads} threads");
         }
         // Parked helpers: two rows stay on one thread, three are cut.
-        for (n, threads, want) in [(2, 2, &[2][..]), (3, 2, &[2, 1]), (3, 3, &[1, 2])] {
+        for (n, threads, want) in [(2, 2, &[2][..]), (3, 2, &[2, 1]), (3, 3, &[1, 1, 1])] {
             shares(n, threads, Isa::Generic, 3, &mut parts);
             assert_eq!(
                 parts, want,

@@ -169,15 +169,16 @@ impl Session {
 
     /// Splits the candidates of each request across `threads` threads (1,
     /// the default, scores on the caller's thread only; at most
-    /// [`MAX_THREADS`], a larger number counts as that): whole tiles of 32
+    /// [`MAX_THREADS`], a larger number counts as that), in parts as even
+    /// as can be, down to one row (with the AVX2 kernels: whole tiles of 32
     /// candidates, and a request of up to 32 cut where every row keeps its
-    /// order of summation, down to parts of one row, so that the scores are
-    /// the same to the bit with any number of threads. The session starts
-    /// `threads - 1` helper threads here; they park between calls (or spin
-    /// for `MMOE_CPU_SPIN_US` first) and stop when the session is dropped.
-    /// On the development machine 2 threads scored 3 to 7 candidates of
-    /// the benchmark model 1.4–1.7× faster than one, 8 to 64 candidates
-    /// 1.5–1.8× faster (`bench/RESULTS.md`).
+    /// order of summation), so that the scores are the same to the bit
+    /// with any number of threads. The session starts `threads - 1` helper
+    /// threads here; they park between calls (or spin for
+    /// `MMOE_CPU_SPIN_US` first) and stop when the session is dropped. On
+    /// the development machine 2 threads scored 3 to 7 candidates of the
+    /// benchmark model 1.4–1.7× faster than one, 8 and more 1.5–1.9×
+    /// faster (`bench/RESULTS.md`).
     pub fn set_threads(&mut self, threads: usize) {
         self.threads.set_threads(threads.clamp(1, MAX_THREADS));
     }

@@ -110,7 +110,9 @@ fn intra_request_threads_give_the_same_scores() {
                 session
             };
             let mut kept: Vec<Session> = [2, 3, 4].into_iter().map(session).collect();
-            for n in [1, 2, 3, 5, 6, 7, 9, 12, 16, 20, 24, 28, 31, 32, 40, 300, 4] {
+            for n in [
+                1, 2, 3, 5, 6, 7, 9, 12, 16, 20, 24, 28, 31, 32, 40, 100, 300, 4,
+            ] {
                 let request = mmoe::demo::synthetic_request(&config, n, 3);
                 let one = session_logits(&mut session(1), &request);
                 for kept in &mut kept {

@@ -284,6 +284,16 @@ pub struct KernelScratch {
     pub row: Vec<f32>,
 }
 
+/// Whether every row's result on `isa` is the same to the bit whatever the
+/// other rows of its job: then a request may be cut anywhere across
+/// threads, tiles included. True of the AVX-512, bf16 and generic kernels,
+/// which add a row's products in one order in any block; not of AVX2's
+/// ([`split_is_exact`]).
+pub fn any_cut_is_exact(isa: Isa) -> bool {
+    let isa = if isa.supported() { isa } else { Isa::Generic };
+    !matches!(isa, Isa::Avx2)
+}
+
 /// Whether a job of `rows` rows may be cut into one of its first `share`
 /// rows and one of the rest with every row's result unchanged to the bit,
 /// on `isa`. The AVX2 kernel takes rows in blocks, and a block's size sets
@@ -311,11 +321,17 @@ pub fn split_is_exact(isa: Isa, rows: usize, share: usize) -> bool {
             };
             orders(rows).eq(orders(share).chain(orders(rows - share)))
         };
-    let isa = if isa.supported() { isa } else { Isa::Generic };
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => same_order(avx2::block_rows, avx2::unroll, avx2::ONE_ROW_UNROLL),
-        _ => true,
+    if any_cut_is_exact(isa) {
+        return true;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        same_order(avx2::block_rows, avx2::unroll, avx2::ONE_ROW_UNROLL)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = same_order;
+        true
     }
 }
 
