@@ -177,8 +177,8 @@ impl Session {
     /// threads here; they park between calls (or spin for
     /// `MMOE_CPU_SPIN_US` first) and stop when the session is dropped. On
     /// the development machine 2 threads scored 3 to 7 candidates of the
-    /// benchmark model 1.4–1.7× faster than one, 8 and more 1.5–1.9×
-    /// faster (`bench/RESULTS.md`).
+    /// benchmark model 1.2–1.5× faster than one, 9 and more 1.5–2.0×
+    /// faster (`bench/RESULTS.md`, row blocks of any size).
     pub fn set_threads(&mut self, threads: usize) {
         self.threads.set_threads(threads.clamp(1, MAX_THREADS));
     }
