@@ -8,8 +8,14 @@ use std::process::Command;
 use common::{config, write_safetensors, SMALL_CONFIG};
 
 fn mmoe(args: &[&str]) -> (bool, String, String) {
+    mmoe_with_env(args, &[])
+}
+
+/// [`mmoe`] with environment variables set.
+fn mmoe_with_env(args: &[&str], vars: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mmoe"))
         .args(args)
+        .envs(vars.iter().copied())
         .output()
         .expect("run mmoe");
     (
@@ -237,4 +243,32 @@ fn bench_phases_need_a_gpu() {
     // (A build without the `cuda` feature says it has no GPU support.)
     let why = err.contains("does not run on a GPU") || err.contains("no GPU support");
     assert!(!ok && err.contains("--phases") && why, "{err}");
+}
+
+/// `MMOE_CPU_SPIN_US` sets how long intra-request helpers spin; a value
+/// that is not a number of µs fails the calls that split, naming it.
+#[test]
+fn a_bad_helper_spin_is_an_error_naming_the_variable() {
+    let f = small_files();
+    let (ok, _, err) = f.pack("p.mmoe");
+    assert!(ok, "{err}");
+    let model = f.path("p.mmoe");
+    let bench = [
+        "bench",
+        "--model",
+        &model,
+        "--batch",
+        "4",
+        "--iters",
+        "2",
+        "--intra-threads",
+        "2",
+    ];
+    let (ok, out, err) = mmoe_with_env(&bench, &[("MMOE_CPU_SPIN_US", "50")]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = mmoe_with_env(&bench, &[("MMOE_CPU_SPIN_US", "1ms")]);
+    assert!(
+        !ok && err.contains("MMOE_CPU_SPIN_US is `1ms`: expected 0 to 1000000 (µs)"),
+        "{err}"
+    );
 }
