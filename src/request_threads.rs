@@ -61,21 +61,36 @@ struct Part {
 }
 
 /// A session's scratch for each of its threads, and its helpers.
-#[derive(Default)]
 pub struct RequestThreads {
-    /// One per thread, the caller's first (at least one once scoring).
+    /// One per thread, the caller's first (at least one).
     parts: Vec<Mutex<Part>>,
     /// The sizes of the current request's parts (reused between calls).
     shares: Vec<usize>,
     /// `parts.len() - 1` helpers; none with one thread, or where the
     /// system refused a thread (the caller then scores every part).
     helpers: Option<HelperThreads>,
-    /// The fewest rows of a request that are cut. Two rows
-    /// split in two take about 75% of the time of one thread (one row costs
-    /// 230 µs of the 306 of two, benchmark model, development machine):
-    /// worth it to spinning helpers, not to parked ones, which wake in
-    /// 35–75 µs there.
-    min_split: usize,
+}
+
+impl Default for RequestThreads {
+    /// One thread, the caller's.
+    fn default() -> Self {
+        RequestThreads {
+            parts: vec![Mutex::default()],
+            shares: Vec::new(),
+            helpers: None,
+        }
+    }
+}
+
+/// The fewest rows of a request that are cut. Two rows split in two take
+/// about 75% of the time of one thread (one row costs 230 µs of the 306 of
+/// two, benchmark model, development machine): worth it to spinning
+/// helpers, not to parked ones, which wake in 35–75 µs there.
+fn min_split() -> usize {
+    match helper_spin() {
+        Ok(spin) if !spin.is_zero() => 2,
+        _ => 3,
+    }
 }
 
 fn lock(part: &Mutex<Part>) -> MutexGuard<'_, Part> {
@@ -99,14 +114,13 @@ impl RequestThreads {
         if threads > 1 {
             // A bad MMOE_CPU_SPIN_US fails each call that splits (`score`).
             let spin = helper_spin().unwrap_or(Duration::ZERO);
-            self.min_split = if spin.is_zero() { 3 } else { 2 };
             self.helpers = HelperThreads::new(threads - 1, "mmoe-score", spin).ok();
         }
     }
 
     /// Threads that score, the caller's included.
     pub fn threads(&self) -> usize {
-        self.parts.len().max(1)
+        self.parts.len()
     }
 
     /// Helper threads running (fewer than `threads() - 1` only where the
@@ -150,7 +164,7 @@ impl RequestThreads {
         let threads = self.threads();
         shares(max_candidates, threads, isa, 2, &mut self.shares);
         let largest = self.shares.iter().copied().max().unwrap_or(0);
-        // A smaller request of one tile may be cut less evenly.
+        // With AVX2, a smaller request of one tile may be cut less evenly.
         let rows = largest.max(max_candidates.min(TILE));
         for part in &mut self.parts {
             let part = part.get_mut().unwrap_or_else(PoisonError::into_inner);
@@ -168,11 +182,8 @@ impl RequestThreads {
         request: &Request<'_>,
         logits: &mut [f32],
     ) -> Result<()> {
-        if self.parts.is_empty() {
-            self.parts.push(Mutex::default());
-        }
         let (n, threads) = (request.candidates(), self.parts.len());
-        shares(n, threads, isa, self.min_split, &mut self.shares);
+        shares(n, threads, isa, min_split(), &mut self.shares);
         let Some((first, others)) = self.parts.split_first_mut() else {
             return Err(Error::argument("no scratch to score with"));
         };

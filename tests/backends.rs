@@ -89,10 +89,10 @@ fn intra_request_threads_give_the_same_scores() {
         (small_config, small_packed),
     ] {
         let (exact, bf16) = (packed.open(), packed.open_bf16());
-        // Up to 32 candidates (one tile) the threads cut the tile where each
-        // row keeps its order of summation, on every ISA this CPU runs, and
-        // in bf16 mode (exact here where the CPU lacks AVX512-BF16); 40 and
-        // 300 go in whole tiles.
+        // The threads cut a request where each row keeps its order of
+        // summation (anywhere but with AVX2: whole tiles past 32
+        // candidates), on every ISA this CPU runs, and in bf16 mode (exact
+        // here where the CPU lacks AVX512-BF16).
         let isas = [Isa::Avx512, Isa::Avx2, Isa::Generic];
         let runs = isas
             .into_iter()

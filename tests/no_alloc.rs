@@ -67,8 +67,9 @@ fn bench_model() -> (Config, Arc<Model>) {
 #[test]
 fn second_call_of_the_same_shape_allocates_nothing() {
     let (config, model) = bench_model();
-    // One thread; two (40 candidates in whole tiles, 7 cut within a tile),
-    // counted on the calling thread, which posts the parts to the helpers.
+    // One thread; two (with AVX-512, 40 candidates cut 20 + 20 and 7 cut
+    // 4 + 3), counted on the calling thread, which posts the parts to the
+    // helpers.
     for (threads, n) in [(1, 40), (2, 40), (2, 7)] {
         let mut session = Session::new(model.clone());
         session.set_threads(threads);
@@ -106,10 +107,10 @@ fn second_call_of_the_same_shape_allocates_nothing() {
     assert!(allocations() > before);
 }
 
-/// One scoring call of 40 candidates × 3 tasks through `score`: the
+/// One scoring call of `candidates` × 3 tasks through `score`: the
 /// allocations it made on this thread, and its logits.
-fn counted_call(score: impl FnOnce(&mut Scores<'_>)) -> (usize, Vec<f32>) {
-    let mut logits = vec![0.0; 40 * 3];
+fn counted_call(candidates: usize, score: impl FnOnce(&mut Scores<'_>)) -> (usize, Vec<f32>) {
+    let mut logits = vec![0.0; candidates * 3];
     let before = allocations();
     score(&mut Scores {
         logits: Some(&mut logits),
@@ -124,7 +125,7 @@ fn after_warm_up_the_first_call_allocates_nothing() {
     let owned = mmoe::demo::synthetic_request(&config, 40, 3);
     let request = owned.as_request();
     let first_call =
-        |session: &mut Session| counted_call(|scores| session.score(&request, scores).unwrap());
+        |session: &mut Session| counted_call(40, |scores| session.score(&request, scores).unwrap());
     // Without warm-up the first call allocates its scratch...
     let (cold_allocations, cold_logits) = first_call(&mut Session::new(model.clone()));
     assert!(
@@ -146,23 +147,15 @@ fn after_warm_up_the_first_call_allocates_nothing() {
     small.warm_up(8).unwrap();
     assert!(first_call(&mut small).0 > 0);
     // With intra-request threads, a warm-up scores a tile per thread and
-    // reserves what larger requests' parts need (here 128 + 72 rows).
+    // reserves what larger requests' parts need (here 100 + 100 rows).
     let mut threaded = Session::new(model);
     threaded.set_threads(2);
     threaded.warm_up(200).unwrap();
     let owned = mmoe::demo::synthetic_request(&config, 200, 3);
     let request = owned.as_request();
-    let mut logits = vec![0.0; 200 * 3];
-    let before = allocations();
-    let scores = &mut Scores {
-        logits: Some(&mut logits),
-        probabilities: None,
-    };
-    threaded.score(&request, scores).unwrap();
-    let after = allocations();
+    let (allocated, _) = counted_call(200, |scores| threaded.score(&request, scores).unwrap());
     assert_eq!(
-        after - before,
-        0,
+        allocated, 0,
         "the first call after warm_up(200) on 2 threads allocated"
     );
 }
@@ -175,7 +168,7 @@ fn after_a_warmed_reload_the_first_calls_allocate_nothing() {
     let owned = mmoe::demo::synthetic_request(&config, 40, 3);
     let request = owned.as_request();
     let call = |session: &mut mmoe::EngineSession| {
-        counted_call(|scores| {
+        counted_call(40, |scores| {
             session.score(&request, scores).unwrap();
         })
     };

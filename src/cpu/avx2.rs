@@ -70,7 +70,7 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
 
 /// The partial sums a block of `mr` rows keeps per output (`U` of
 /// [`block`]): the order in which a row's products are added.
-pub(super) const fn unroll(mr: usize) -> usize {
+const fn unroll(mr: usize) -> usize {
     match mr {
         4.. => 1,
         2 | 3 => 2,
@@ -80,10 +80,28 @@ pub(super) const fn unroll(mr: usize) -> usize {
 
 /// A job of one row takes a kernel of its own over whole panels, with
 /// this many partial sums per output.
-pub(super) const ONE_ROW_UNROLL: usize = 2;
+const ONE_ROW_UNROLL: usize = 2;
+
+/// The partial sums each row of a job of `rows` rows is added with, row
+/// by row: what sets its bits besides its own inputs.
+pub(super) fn row_orders(rows: usize) -> impl Iterator<Item = usize> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let left = rows.checked_sub(at).filter(|&left| left > 0)?;
+        let mr = block_rows(left);
+        at += mr;
+        let order = if rows == 1 {
+            ONE_ROW_UNROLL
+        } else {
+            unroll(mr)
+        };
+        Some(std::iter::repeat_n(order, mr))
+    })
+    .flatten()
+}
 
 /// Rows in the next block when `left` rows remain: 6, 4, 2 or 1.
-pub(super) fn block_rows(left: usize) -> usize {
+fn block_rows(left: usize) -> usize {
     match left {
         6.. => 6,
         4 | 5 => 4,

@@ -96,26 +96,6 @@ unsafe fn run_blocks(
     }
 }
 
-/// `block::<mr, H>` for a runtime `mr` of 1 to 12.
-macro_rules! blocks {
-    ($job:expr, $source:expr, $p:expr, $r:expr, $bias:expr, $valid:expr, $mr:expr, $h:literal) => {
-        match $mr {
-            12 => block::<12, $h>($job, $source, $p, $r, $bias, $valid),
-            11 => block::<11, $h>($job, $source, $p, $r, $bias, $valid),
-            10 => block::<10, $h>($job, $source, $p, $r, $bias, $valid),
-            9 => block::<9, $h>($job, $source, $p, $r, $bias, $valid),
-            8 => block::<8, $h>($job, $source, $p, $r, $bias, $valid),
-            7 => block::<7, $h>($job, $source, $p, $r, $bias, $valid),
-            6 => block::<6, $h>($job, $source, $p, $r, $bias, $valid),
-            5 => block::<5, $h>($job, $source, $p, $r, $bias, $valid),
-            4 => block::<4, $h>($job, $source, $p, $r, $bias, $valid),
-            3 => block::<3, $h>($job, $source, $p, $r, $bias, $valid),
-            2 => block::<2, $h>($job, $source, $p, $r, $bias, $valid),
-            _ => block::<1, $h>($job, $source, $p, $r, $bias, $valid),
-        }
-    };
-}
-
 /// Rows `r..r + mr` of panel `p`.
 #[inline(always)]
 unsafe fn panel_block(job: &mut LinearJob<'_>, p: usize, r: usize, mr: usize) {
@@ -130,12 +110,21 @@ unsafe fn panel_block(job: &mut LinearJob<'_>, p: usize, r: usize, mr: usize) {
     for (j, slot) in bias_add.iter_mut().enumerate().take(valid) {
         *slot = job.bias_add(p * PANEL + j);
     }
+    // `block::<mr, H>` for a runtime `mr` of 1 to 12.
+    macro_rules! blocks {
+        ($h:literal: $($rows:literal)*) => {
+            match mr {
+                $($rows => block::<$rows, $h>(job, source, p, r, &bias_add, valid),)*
+                _ => block::<1, $h>(job, source, p, r, &bias_add, valid),
+            }
+        };
+    }
     if valid > 16 {
-        blocks!(job, source, p, r, &bias_add, valid, mr, 2);
+        blocks!(2: 12 11 10 9 8 7 6 5 4 3 2);
     } else {
         // A narrow layer (a gate over a few experts, a tower's logit): the
         // panel's second half holds only padding, so it is not computed.
-        blocks!(job, source, p, r, &bias_add, valid, mr, 1);
+        blocks!(1: 12 11 10 9 8 7 6 5 4 3 2);
     }
 }
 

@@ -306,31 +306,16 @@ pub fn split_is_exact(isa: Isa, rows: usize, share: usize) -> bool {
     if share == 0 || share >= rows {
         return share == rows;
     }
-    // Each row's order (its block's unroll) in the whole against the parts.
-    let same_order =
-        |block_rows: fn(usize) -> usize, unroll: fn(usize) -> usize, one_row: usize| {
-            let orders = |len: usize| {
-                let mut at = 0;
-                std::iter::from_fn(move || {
-                    let left = len.checked_sub(at).filter(|&left| left > 0)?;
-                    let mr = block_rows(left);
-                    at += mr;
-                    Some((mr, if len == 1 { one_row } else { unroll(mr) }))
-                })
-                .flat_map(|(mr, order)| std::iter::repeat_n(order, mr))
-            };
-            orders(rows).eq(orders(share).chain(orders(rows - share)))
-        };
     if any_cut_is_exact(isa) {
         return true;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        same_order(avx2::block_rows, avx2::unroll, avx2::ONE_ROW_UNROLL)
+        use avx2::row_orders;
+        row_orders(rows).eq(row_orders(share).chain(row_orders(rows - share)))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = same_order;
         true
     }
 }
