@@ -19,12 +19,16 @@ for t in $targets; do
   esac
   mkdir -p "corpus/$t"
   corpora="corpus/$t"
-  if [ -n "${SMOKE:-}" ]; then corpora="$(mktemp -d) corpus/$t"; fi
+  # A smoke run writes what it finds to a scratch corpus, removed afterwards,
+  # so that CI neither grows the checked-in corpus nor leaves files in /tmp.
+  scratch=""
+  if [ -n "${SMOKE:-}" ]; then scratch=$(mktemp -d); corpora="$scratch corpus/$t"; fi
   if cargo +nightly fuzz run "$t" $corpora -- -max_total_time="$seconds" -rss_limit_mb=4096 \
       -print_final_stats=1 $dict > "logs/$t.log" 2>&1; then
     echo "$t: $(grep -E '^Done|DONE' "logs/$t.log" | tail -1)"
   else
     echo "$t: FAILED (see fuzz/logs/$t.log and fuzz/artifacts/$t)"; status=1
   fi
+  if [ -n "$scratch" ]; then rm -rf "$scratch"; fi
 done
 exit $status

@@ -37,6 +37,9 @@ fn fixture() -> &'static Fixture {
         let mut engine: *mut mmoe_engine = std::ptr::null_mut();
         let status = mmoe_engine_open(c_path.as_ptr(), std::ptr::null(), &mut engine);
         assert_eq!(status, mmoe_status::MMOE_STATUS_OK, "open the fixture model");
+        // The engine keeps the file mapped; its name is not needed any more,
+        // and a fuzz run is not to leave a model in the temp directory.
+        std::fs::remove_file(&path).expect("remove the fixture model's file");
         Fixture {
             engine: engine as usize,
             inputs: config.inputs.len() as u32,

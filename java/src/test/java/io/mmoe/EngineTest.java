@@ -56,11 +56,18 @@ public final class EngineTest {
             }
             java.nio.file.Path dir = java.nio.file.Files.createTempDirectory("mmoe-java");
             java.nio.file.Path requests = dir.resolve("r.jsonl"), scores = dir.resolve("s.jsonl");
-            java.nio.file.Files.writeString(requests, "{\"n\":" + n + ",\"dense\":{" + dense + "},\"sparse\":{" + sparse + "}}\n");
-            Process p = new ProcessBuilder(mmoeBinary, "score", "--model", modelA, "--requests", requests.toString(),
-                    "--out", scores.toString()).inheritIO().start();
-            check(p.waitFor() == 0, "mmoe score failed");
-            String answer = java.nio.file.Files.readString(scores);
+            String answer;
+            try {
+                java.nio.file.Files.writeString(requests, "{\"n\":" + n + ",\"dense\":{" + dense + "},\"sparse\":{" + sparse + "}}\n");
+                Process p = new ProcessBuilder(mmoeBinary, "score", "--model", modelA, "--requests", requests.toString(),
+                        "--out", scores.toString()).inheritIO().start();
+                check(p.waitFor() == 0, "mmoe score failed");
+                answer = java.nio.file.Files.readString(scores);
+            } finally {
+                java.nio.file.Files.deleteIfExists(requests);
+                java.nio.file.Files.deleteIfExists(scores);
+                java.nio.file.Files.deleteIfExists(dir);
+            }
             String logitsJson = answer.substring(answer.indexOf("\"logits\":") + 9, answer.indexOf(",\"probabilities\""));
             String[] numbers = logitsJson.replace("[", " ").replace("]", " ").replace(",", " ").trim().split("\\s+");
             float[] expected = new float[numbers.length];
