@@ -465,19 +465,58 @@ impl<'a> Tile<'a> {
 }
 
 /// `act((x − mean) / sqrt(var + 1e-5) · γ + β)` over the row, biased variance.
+///
+/// Written for the vectorizer: the sums keep 16 lanes (a fixed order, so the
+/// same bits on every CPU), γ and β are converted 64 at a time, and the
+/// activation is chosen once per chunk, not per element.
 fn layer_norm_in_place(
     row: &mut [f32],
     gamma: &Values<'_>,
     beta: &Values<'_>,
     act: crate::program::Act,
 ) {
+    use crate::program::Act;
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(row, |v| v) / n;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
     let inv = 1.0 / (var + 1e-5).sqrt();
-    for (i, v) in row.iter_mut().enumerate() {
-        *v = act.apply((*v - mean) * inv * gamma.get(i) + beta.get(i));
+    let (mut g, mut b) = ([0.0f32; 64], [0.0f32; 64]);
+    for (c, chunk) in row.chunks_mut(64).enumerate() {
+        let (g, b) = (&mut g[..chunk.len()], &mut b[..chunk.len()]);
+        gamma.read_into(c * 64, g);
+        beta.read_into(c * 64, b);
+        for ((v, &g), &b) in chunk.iter_mut().zip(g.iter()).zip(b.iter()) {
+            *v = (*v - mean) * inv * g + b;
+        }
+        match act {
+            Act::None => {}
+            Act::Relu => chunk.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Act::TwoSigmoid => chunk.iter_mut().for_each(|v| *v = act.apply(*v)),
+        }
     }
+}
+
+/// `Σ f(x[i])` in 16 lanes (lane `i mod 16`), then the lanes in a fixed tree.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += f(v);
+        }
+    }
+    for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *l += f(v);
+    }
+    let mut width = 8;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
 }
 
 fn sigmoid(x: f32) -> f32 {
