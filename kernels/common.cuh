@@ -67,6 +67,3 @@ __device__ __forceinline__ float activate(float v, int act) {
     return v;
 }
 
-__device__ __forceinline__ float sigmoid_of(float x) {
-    return 1.0f / (1.0f + expf(-x));
-}

@@ -1156,13 +1156,14 @@ __device__ __forceinline__ void store_with_half(float* out, int ldo, __half* out
     if (out16) out16[(long long)ldo16 * r + c] = __float2half_rn(v);
 }
 
-// out = x0 ⊙ 2·sigmoid(g)
+// out = x0 ⊙ g: g is a request-level gate, 2·sigmoid already applied by
+// its Linear layer (once per request, not once per candidate).
 extern "C" __global__ void feature_gate(const float* g, int ldg, const float* x0, int ld0, float* out, int ldo, int width,
                                         int rows, __half* out16, int ldo16) {
     wait_for_inputs();
     int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows || c >= width) return;
-    store_with_half(out, ldo, out16, ldo16, r, c, row_of(x0, ld0, r)[c] * 2.0f * sigmoid_of(row_of(g, ldg, r)[c]));
+    store_with_half(out, ldo, out16, ldo16, r, c, row_of(x0, ld0, r)[c] * row_of(g, ldg, r)[c]);
 }
 
 // out[r, :] = concatenation of input[r, ranges]; `ranges` holds (start, end) pairs.

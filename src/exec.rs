@@ -362,7 +362,7 @@ impl<'a> Tile<'a> {
                 for r in 0..self.rows_of(*o) {
                     let (gr, xr) = (self.row(bufs, *g, r), self.row(bufs, *x0, r));
                     for (i, v) in out[r * w..(r + 1) * w].iter_mut().enumerate() {
-                        *v = xr[i] * 2.0 * sigmoid(gr[i]);
+                        *v = xr[i] * gr[i];
                     }
                 }
             }
@@ -517,10 +517,6 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         width /= 2;
     }
     lanes[0]
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 /// `z[j·hy + b] = o1[j] · o2[(j / hx)·hy + b]`: each head's outer product,

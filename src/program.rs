@@ -112,7 +112,8 @@ pub enum Step {
         act: Act,
         out: View,
     },
-    /// `out = x0 ⊙ 2·sigmoid(g)` (FinalMLP feature selection).
+    /// `out = x0 ⊙ g`, `g` a request-level gate that is already
+    /// `2·sigmoid(·)` (FinalMLP feature selection of a request context).
     FeatureGate { g: BufId, x0: BufId, out: BufId },
     /// `out` = the concatenation of `input`'s column ranges.
     Gather {
@@ -707,8 +708,9 @@ impl Lowering {
         if !self.per_request(h) {
             return self.linear_fused(last, h, Act::TwoSigmoid, Some(x0), None);
         }
-        // A gate of request-level context: computed once, applied per candidate.
-        let g = self.linear(last, h, Act::None);
+        // A gate of request-level context: computed once, its 2·sigmoid
+        // included, and applied per candidate.
+        let g = self.linear(last, h, Act::TwoSigmoid);
         let out = self.buffer(self.buffers[x0].width, false, Vec::new(), None);
         self.candidate_steps.push(Step::FeatureGate { g, x0, out });
         out
