@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use super::LinearJob;
 use crate::format::PANEL;
 use crate::model::Values;
-use crate::program::Act;
+use crate::program::{two_sigmoid, Act};
 
 pub fn linear(job: &mut LinearJob<'_>) {
     // SAFETY: the dispatcher only selects this kernel when the CPU has
@@ -238,12 +238,12 @@ pub(super) unsafe fn store_rows<const MR: usize>(
                 v1 = _mm512_max_ps(v1, zero);
             }
             Act::TwoSigmoid => {
-                // Rare (FinalMLP gates' last layer): scalar exp.
+                // FinalMLP gates' last layer; the compiler vectorizes this loop.
                 let mut lanes = [0.0f32; PANEL];
                 _mm512_storeu_ps(lanes.as_mut_ptr(), v0);
                 _mm512_storeu_ps(lanes.as_mut_ptr().add(16), v1);
                 for v in lanes.iter_mut() {
-                    *v = Act::TwoSigmoid.apply(*v);
+                    *v = two_sigmoid(*v);
                 }
                 v0 = _mm512_loadu_ps(lanes.as_ptr());
                 v1 = _mm512_loadu_ps(lanes.as_ptr().add(16));
