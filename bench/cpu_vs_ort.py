@@ -3,6 +3,9 @@
 
     bench/cpu_vs_ort.py [--model M.mmoe] [--batch 1,16,64,256,1024] [--modes exact,bf16] [--json OUT]
 
+Needs onnx and onnxruntime, which the test command does not install:
+`.venv/bin/pip install -r bench/requirements.txt` (then run it with .venv/bin/python).
+
 - The model is the benchmark model (`models/bench-model.json`, built and
   packed by `mmoe demo` unless --model names another packed file).
 - ONNX Runtime runs the same fp16-rounded weights as fp32 (read from the
