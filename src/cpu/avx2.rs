@@ -72,8 +72,8 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
 /// [`block`]): the order in which a row's products are added.
 const fn unroll(mr: usize) -> usize {
     match mr {
-        4.. => 1,
-        2 | 3 => 2,
+        3.. => 1,
+        2 => 2,
         _ => 4,
     }
 }
@@ -100,14 +100,12 @@ pub(super) fn row_orders(rows: usize) -> impl Iterator<Item = usize> {
     .flatten()
 }
 
-/// Rows in the next block when `left` rows remain: 6, 4, 2 or 1.
+/// Rows in the next block when `left` rows remain: 6 while more remain,
+/// then the rest in one block (3 and 5 rows used to run as 2 + 1 and 4 + 1,
+/// converting every weight twice: 6–12% slower, bench/RESULTS.md). Blocks
+/// of 6 + 1 stay as they are: 4 + 3 measured slower for 7 rows.
 fn block_rows(left: usize) -> usize {
-    match left {
-        6.. => 6,
-        4 | 5 => 4,
-        2 | 3 => 2,
-        _ => 1,
-    }
+    left.min(6)
 }
 
 /// Rows `r..r + mr` (`mr` from [`block_rows`]) of half `h` of panel `p`.
@@ -121,7 +119,9 @@ unsafe fn half_block<const PF: bool>(
 ) {
     match mr {
         6 => block::<6, { unroll(6) }, 2, PF>(job, p, h, r),
+        5 => block::<5, { unroll(5) }, 2, PF>(job, p, h, r),
         4 => block::<4, { unroll(4) }, 2, PF>(job, p, h, r),
+        3 => block::<3, { unroll(3) }, 2, PF>(job, p, h, r),
         2 => block::<2, { unroll(2) }, 2, PF>(job, p, h, r),
         _ => block::<1, { unroll(1) }, 2, PF>(job, p, h, r),
     }
