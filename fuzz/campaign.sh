@@ -11,6 +11,8 @@ targets=${TARGETS:-"packed_file packed_file_fixup config request_jsonl c_abi_req
 mkdir -p logs
 cargo +nightly fuzz build 2>&1 | tail -3
 status=0
+scratch=""
+trap 'if [ -n "$scratch" ]; then rm -rf "$scratch"; fi' EXIT
 for t in $targets; do
   dict=""
   case $t in
@@ -29,6 +31,6 @@ for t in $targets; do
   else
     echo "$t: FAILED (see fuzz/logs/$t.log and fuzz/artifacts/$t)"; status=1
   fi
-  if [ -n "$scratch" ]; then rm -rf "$scratch"; fi
+  if [ -n "$scratch" ]; then rm -rf "$scratch"; scratch=""; fi
 done
 exit $status

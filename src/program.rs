@@ -70,7 +70,7 @@ impl Act {
 /// kernels' vector epilogues (which the compiler vectorizes from a loop of
 /// this), so every kernel gives the same bits.
 #[inline(always)]
-pub fn two_sigmoid(v: f32) -> f32 {
+pub(crate) fn two_sigmoid(v: f32) -> f32 {
     2.0 / (1.0 + exp(-v))
 }
 
@@ -92,7 +92,7 @@ fn exp(x: f32) -> f32 {
     let t = x * LOG2_E + ROUND;
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;

@@ -508,6 +508,12 @@ mod tests {
             assert!(!split_is_exact(Isa::Avx2, 16, 8));
             assert!(!split_is_exact(Isa::Avx2, 7, 6));
             assert!(!split_is_exact(Isa::Avx2, 3, 2));
+            // Blocks of 3 to 6 rows add alike: 9 = 6 + 3 cut as 5 | 4, 11 = 6 + 5
+            // as 6 | 5; but 5 rows in one block have no exact cut (parts of
+            // 1 or 2 rows add in another order).
+            assert!(split_is_exact(Isa::Avx2, 9, 5));
+            assert!(split_is_exact(Isa::Avx2, 11, 6));
+            assert!((1..5).all(|share| !split_is_exact(Isa::Avx2, 5, share)));
         }
         assert!(split_is_exact(Isa::Generic, 5, 1));
         assert!(split_is_exact(Isa::Generic, 5, 5));
