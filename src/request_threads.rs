@@ -16,9 +16,9 @@ use std::ops::Range;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-use crate::cpu::{self, Isa};
+use crate::cpu::Isa;
 use crate::error::{Error, Result};
-use crate::exec::{self, Scratch, TILE};
+use crate::exec::{self, Scratch};
 use crate::helper_threads::HelperThreads;
 use crate::model::Model;
 use crate::program::Program;
@@ -160,12 +160,10 @@ impl RequestThreads {
     /// Reserves each thread's logits for requests of up to
     /// `max_candidates` (a warm-up; scratch is per tile and sized by
     /// scoring).
-    pub fn reserve(&mut self, max_candidates: usize, tasks: usize, isa: Isa) -> Result<()> {
+    pub fn reserve(&mut self, max_candidates: usize, tasks: usize) -> Result<()> {
         let threads = self.threads();
-        shares(max_candidates, threads, isa, 2, &mut self.shares);
-        let largest = self.shares.iter().copied().max().unwrap_or(0);
-        // With AVX2, a smaller request of one tile may be cut less evenly.
-        let rows = largest.max(max_candidates.min(TILE));
+        shares(max_candidates, threads, 2, &mut self.shares);
+        let rows = self.shares.iter().copied().max().unwrap_or(0);
         for part in &mut self.parts {
             let part = part.get_mut().unwrap_or_else(PoisonError::into_inner);
             reserve_logits(&mut part.logits, rows * tasks)?;
@@ -183,7 +181,7 @@ impl RequestThreads {
         logits: &mut [f32],
     ) -> Result<()> {
         let (n, threads) = (request.candidates(), self.parts.len());
-        shares(n, threads, isa, min_split(), &mut self.shares);
+        shares(n, threads, min_split(), &mut self.shares);
         let Some((first, others)) = self.parts.split_first_mut() else {
             return Err(Error::argument("no scratch to score with"));
         };
@@ -257,44 +255,18 @@ fn reserve_logits(logits: &mut Vec<f32>, len: usize) -> Result<()> {
 }
 
 /// How a request of `n` candidates is cut across at most `threads`
-/// threads: the sizes of the parts, in order, into `parts`; one part when
-/// `n` is below `min_split`. Every thread count must give the same bits:
-/// where any cut keeps them (`cpu::any_cut_is_exact`), the parts are as
-/// even as can be, down to one row; elsewhere (AVX2) a request of more
-/// than one tile goes in whole tiles, and one of a single tile is cut
-/// where every row keeps the kernel's order of summation
-/// (`cpu::split_is_exact`), as evenly as those cuts allow.
-fn shares(n: usize, threads: usize, isa: Isa, min_split: usize, parts: &mut Vec<usize>) {
+/// threads: the sizes of the parts, in order, into `parts`, as even as can
+/// be, down to one row; one part when `n` is below `min_split`. Every
+/// thread count gives the same bits: each kernel adds a row's products in
+/// one order whatever rows share its block (tests/backends.rs).
+fn shares(n: usize, threads: usize, min_split: usize, parts: &mut Vec<usize>) {
     parts.clear();
     let threads = if n < min_split.max(2) {
         1
     } else {
         threads.clamp(1, n)
     };
-    if cpu::any_cut_is_exact(isa) {
-        parts.extend((0..threads).map(|i| n / threads + usize::from(i < n % threads)));
-        return;
-    }
-    let mut left = n;
-    if n > TILE {
-        let per_thread = n.div_ceil(TILE).div_ceil(threads) * TILE;
-        while left > 0 {
-            let part = per_thread.min(left);
-            parts.push(part);
-            left -= part;
-        }
-        return;
-    }
-    while parts.len() + 1 < threads && left >= 2 {
-        let target = left.div_ceil(threads - parts.len());
-        let cut = (1..left)
-            .filter(|&share| cpu::split_is_exact(isa, left, share))
-            .min_by_key(|&share| share.abs_diff(target));
-        let Some(share) = cut else { break };
-        parts.push(share);
-        left -= share;
-    }
-    parts.push(left);
+    parts.extend((0..threads).map(|i| n / threads + usize::from(i < n % threads)));
 }
 
 #[cfg(test)]
@@ -302,42 +274,26 @@ mod tests {
     use super::*;
 
     /// Every request is cut into at most `threads` parts that cover it in
-    /// order, each of a row at least: as even as can be where any cut is
-    /// exact; elsewhere whole tiles past one tile, and within a tile only
-    /// where each row keeps its order of summation.
+    /// order, each of a row at least, as even as can be.
     #[test]
-    fn shares_cover_the_request_with_exact_cuts() {
+    fn shares_cover_the_request_evenly() {
         let mut parts = Vec::new();
-        for isa in [Isa::Avx512, Isa::Avx2, Isa::Generic] {
-            for threads in 1..=5 {
-                for n in 0..=300 {
-                    shares(n, threads, isa, 2, &mut parts);
-                    let context = format!("{isa:?}, {threads} threads, {n} candidates: {parts:?}");
-                    assert_eq!(parts.iter().sum::<usize>(), n, "{context}");
-                    assert!(parts.len() <= threads, "{context}");
-                    if n == 0 {
-                        assert_eq!(parts, [0], "{context}");
-                        continue;
-                    }
-                    assert!(parts.iter().all(|&p| p > 0), "{context}");
-                    let (longest, shortest) = (parts.iter().max(), parts.iter().min());
-                    if cpu::any_cut_is_exact(isa) {
-                        assert_eq!(parts.len(), threads.min(n), "{context}");
-                        assert!(
-                            longest.zip(shortest).is_some_and(|(l, s)| l - s <= 1),
-                            "{context}"
-                        );
-                    } else if n > TILE {
-                        let (_, whole) = parts.split_last().unwrap();
-                        assert!(whole.iter().all(|p| p % TILE == 0), "{context}");
-                    } else {
-                        let mut left = n;
-                        for &share in &parts {
-                            assert!(cpu::split_is_exact(isa, left, share), "{context}");
-                            left -= share;
-                        }
-                    }
+        for threads in 1..=5 {
+            for n in 0..=300 {
+                shares(n, threads, 2, &mut parts);
+                let context = format!("{threads} threads, {n} candidates: {parts:?}");
+                assert_eq!(parts.iter().sum::<usize>(), n, "{context}");
+                if n == 0 {
+                    assert_eq!(parts, [0], "{context}");
+                    continue;
                 }
+                assert!(parts.iter().all(|&p| p > 0), "{context}");
+                assert_eq!(parts.len(), threads.min(n), "{context}");
+                let (longest, shortest) = (parts.iter().max(), parts.iter().min());
+                assert!(
+                    longest.zip(shortest).is_some_and(|(l, s)| l - s <= 1),
+                    "{context}"
+                );
             }
         }
         for (n, threads, want) in [
@@ -349,12 +305,12 @@ mod tests {
             (40, 2, &[20, 20]),
             (100, 3, &[34, 33, 33]),
         ] {
-            shares(n, threads, Isa::Generic, 2, &mut parts);
+            shares(n, threads, 2, &mut parts);
             assert_eq!(parts, want, "{n} candidates, {threads} threads");
         }
         // Parked helpers: two rows stay on one thread, three are cut.
         for (n, threads, want) in [(2, 2, &[2][..]), (3, 2, &[2, 1]), (3, 3, &[1, 1, 1])] {
-            shares(n, threads, Isa::Generic, 3, &mut parts);
+            shares(n, threads, 3, &mut parts);
             assert_eq!(
                 parts, want,
                 "{n} candidates, {threads} threads, 3 rows to cut"

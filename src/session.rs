@@ -170,10 +170,9 @@ impl Session {
     /// Splits the candidates of each request across `threads` threads (1,
     /// the default, scores on the caller's thread only; at most
     /// [`MAX_THREADS`], a larger number counts as that), in parts as even
-    /// as can be, down to one row (with the AVX2 kernels: whole tiles of 32
-    /// candidates, and a request of up to 32 cut where every row keeps its
-    /// order of summation), so that the scores are the same to the bit
-    /// with any number of threads. The session starts `threads - 1` helper
+    /// as can be, down to one row; every kernel adds a row's products in
+    /// one order whatever rows share its block, so the scores are the same
+    /// to the bit with any number of threads. The session starts `threads - 1` helper
     /// threads here; they park between calls (or spin for
     /// `MMOE_CPU_SPIN_US` first) and stop when the session is dropped. On
     /// the development machine 2 threads scored 3 to 7 candidates of the
@@ -280,9 +279,8 @@ impl Session {
                 .map_err(|e| context(e, candidates))?;
         }
         if self.backend == Backend::Cpu {
-            let isa = self.isa()?;
             self.threads
-                .reserve(max_candidates, tasks, isa)
+                .reserve(max_candidates, tasks)
                 .map_err(|e| context(e, max_candidates))?;
         }
         // The session's own logits, for requests of up to max_candidates.

@@ -89,10 +89,9 @@ fn intra_request_threads_give_the_same_scores() {
         (small_config, small_packed),
     ] {
         let (exact, bf16) = (packed.open(), packed.open_bf16());
-        // The threads cut a request where each row keeps its order of
-        // summation (anywhere but with AVX2: whole tiles past 32
-        // candidates), on every ISA this CPU runs, and in bf16 mode (exact
-        // here where the CPU lacks AVX512-BF16).
+        // The threads cut a request evenly, anywhere: the same bits, on
+        // every ISA this CPU runs, and in bf16 mode (exact here where the
+        // CPU lacks AVX512-BF16).
         let isas = [Isa::Avx512, Isa::Avx2, Isa::Generic];
         let runs = isas
             .into_iter()

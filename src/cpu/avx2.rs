@@ -2,8 +2,10 @@
 //! outputs (two ymm registers); a block of up to 6 rows keeps 12 accumulators
 //! in registers, which with two weight registers and a broadcast fills the 16
 //! ymm registers without spilling (a whole panel for 3 rows needed 17, and
-//! ran at 45% of the AVX2 FMA peak). fp16 weights are converted with F16C in
-//! registers.
+//! ran at 45% of the AVX2 FMA peak); blocks of 1 or 2 rows take the whole
+//! panel. Every block keeps one accumulator per output, so a row's products
+//! are added in one order whatever its block. fp16 weights are converted
+//! with F16C in registers.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -38,10 +40,15 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
     let halves = |job: &LinearJob<'_>, p: usize| if job.n - p * PANEL > HALF { 2 } else { 1 };
     if job.rows == 1 {
         // One row (a request's own step, or a batch of one) is bound by the
-        // weight stream: each panel row is read once, whole, with 8
-        // accumulators (two partial sums of 32 outputs).
-        for p in 0..panels {
-            block::<1, ONE_ROW_UNROLL, 4, false>(job, p, 0, 0);
+        // weight stream: each panel row is read once, whole, two panels at
+        // a time (8 FMA chains).
+        let mut p = 0;
+        while p + 1 < panels {
+            one_row_two_panels(job, p);
+            p += 2;
+        }
+        if p < panels {
+            block::<1, 4, false>(job, p, 0, 0);
         }
     } else if job.rows <= PANEL_OUTER_ROWS {
         for p in 0..panels {
@@ -49,7 +56,7 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
                 let mut r = 0;
                 while r < job.rows {
                     let mr = block_rows(job.rows - r);
-                    half_block::<false>(job, p, h, r, mr);
+                    rows_block::<false>(job, p, h, r, mr);
                     r += mr;
                 }
             }
@@ -60,7 +67,7 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
             let mr = block_rows(job.rows - r);
             for p in 0..panels {
                 for h in 0..halves(job, p) {
-                    half_block::<true>(job, p, h, r, mr);
+                    rows_block::<true>(job, p, h, r, mr);
                 }
             }
             r += mr;
@@ -68,62 +75,38 @@ unsafe fn linear_avx2(job: &mut LinearJob<'_>) {
     }
 }
 
-/// The partial sums a block of `mr` rows keeps per output (`U` of
-/// [`block`]): the order in which a row's products are added.
-const fn unroll(mr: usize) -> usize {
-    match mr {
-        3.. => 1,
-        2 => 2,
-        _ => 4,
+/// Rows in the next block when `left` rows remain: 6 while more remain,
+/// then the rest in one block, but 5 + 2 rather than 6 + 1 (a single row
+/// has only 4 FMA chains). 3 and 5 rows used to run as 2 + 1 and 4 + 1,
+/// converting every weight twice: 6–12% slower (bench/RESULTS.md).
+fn block_rows(left: usize) -> usize {
+    if left == 7 {
+        5
+    } else {
+        left.min(6)
     }
 }
 
-/// A job of one row takes a kernel of its own over whole panels, with
-/// this many partial sums per output.
-const ONE_ROW_UNROLL: usize = 2;
-
-/// The partial sums each row of a job of `rows` rows is added with, row
-/// by row: what sets its bits besides its own inputs.
-pub(super) fn row_orders(rows: usize) -> impl Iterator<Item = usize> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let left = rows.checked_sub(at).filter(|&left| left > 0)?;
-        let mr = block_rows(left);
-        at += mr;
-        let order = if rows == 1 {
-            ONE_ROW_UNROLL
-        } else {
-            unroll(mr)
-        };
-        Some(std::iter::repeat_n(order, mr))
-    })
-    .flatten()
-}
-
-/// Rows in the next block when `left` rows remain: 6 while more remain,
-/// then the rest in one block (3 and 5 rows used to run as 2 + 1 and 4 + 1,
-/// converting every weight twice: 6–12% slower, bench/RESULTS.md). Blocks
-/// of 6 + 1 stay as they are: 4 + 3 measured slower for 7 rows.
-fn block_rows(left: usize) -> usize {
-    left.min(6)
-}
-
-/// Rows `r..r + mr` (`mr` from [`block_rows`]) of half `h` of panel `p`.
+/// Rows `r..r + mr` (`mr` from [`block_rows`]) of half `h` of panel `p`:
+/// blocks of 3 to 6 rows take half a panel (12 accumulators at most, with
+/// two weight registers and a broadcast in the 16 ymm registers); blocks
+/// of 1 or 2 rows the whole panel, at its first half (4 or 8 FMA chains).
 #[inline(always)]
-unsafe fn half_block<const PF: bool>(
+unsafe fn rows_block<const PF: bool>(
     job: &mut LinearJob<'_>,
     p: usize,
     h: usize,
     r: usize,
     mr: usize,
 ) {
-    match mr {
-        6 => block::<6, { unroll(6) }, 2, PF>(job, p, h, r),
-        5 => block::<5, { unroll(5) }, 2, PF>(job, p, h, r),
-        4 => block::<4, { unroll(4) }, 2, PF>(job, p, h, r),
-        3 => block::<3, { unroll(3) }, 2, PF>(job, p, h, r),
-        2 => block::<2, { unroll(2) }, 2, PF>(job, p, h, r),
-        _ => block::<1, { unroll(1) }, 2, PF>(job, p, h, r),
+    match (mr, h) {
+        (6, _) => block::<6, 2, PF>(job, p, h, r),
+        (5, _) => block::<5, 2, PF>(job, p, h, r),
+        (4, _) => block::<4, 2, PF>(job, p, h, r),
+        (3, _) => block::<3, 2, PF>(job, p, h, r),
+        (2, 0) => block::<2, 4, PF>(job, p, 0, r),
+        (_, 0) => block::<1, 4, PF>(job, p, 0, r),
+        _ => {}
     }
 }
 
@@ -155,18 +138,20 @@ unsafe fn load_row<const Q: usize, const PF: bool>(w: Values<'_>, at: usize) -> 
 }
 
 /// Rows `r0..r0 + MR` of `8·Q` outputs of panel `p` from output `16·h`
-/// (half `h` when Q = 2, the whole panel when Q = 4 and h = 0). With few
-/// rows, `U` independent partial sums over interleaved columns keep the FMA
-/// units busy instead of chaining every FMA on the previous one.
+/// (half `h` when Q = 2, the whole panel when Q = 4 and h = 0).
+///
+/// One accumulator per output and row, as in every block: each row's
+/// products are added in one order (k ascending) whatever its block, so a
+/// job cut anywhere across threads keeps every row's bits.
 #[inline(always)]
-unsafe fn block<const MR: usize, const U: usize, const Q: usize, const PF: bool>(
+unsafe fn block<const MR: usize, const Q: usize, const PF: bool>(
     job: &mut LinearJob<'_>,
     p: usize,
     h: usize,
     r0: usize,
 ) {
     debug_assert!(Q == 2 || h == 0, "a whole panel starts at its first output");
-    let mut partial = [[[_mm256_setzero_ps(); Q]; MR]; U];
+    let mut acc = [[_mm256_setzero_ps(); Q]; MR];
     let x = job.x.as_ptr();
     let mut rows = [x; MR];
     for (i, row) in rows.iter_mut().enumerate() {
@@ -174,48 +159,62 @@ unsafe fn block<const MR: usize, const U: usize, const Q: usize, const PF: bool>
     }
     let base = p * job.k_total * PANEL + h * HALF;
     for range in job.k_ranges {
-        let mut k = range.start;
-        while k + U <= range.end {
-            for (u, acc) in partial.iter_mut().enumerate() {
-                let w = load_row::<Q, PF>(job.w, base + (k + u) * PANEL);
-                for i in 0..MR {
-                    let b = _mm256_set1_ps(*rows[i].add(k + u));
-                    for q in 0..Q {
-                        acc[i][q] = _mm256_fmadd_ps(w[q], b, acc[i][q]);
-                    }
-                }
-            }
-            k += U;
-        }
-        for k in k..range.end {
+        for k in range.clone() {
             let w = load_row::<Q, PF>(job.w, base + k * PANEL);
             for i in 0..MR {
                 let b = _mm256_set1_ps(*rows[i].add(k));
                 for q in 0..Q {
-                    partial[0][i][q] = _mm256_fmadd_ps(w[q], b, partial[0][i][q]);
+                    acc[i][q] = _mm256_fmadd_ps(w[q], b, acc[i][q]);
                 }
             }
         }
     }
-    let mut acc = partial[0];
-    for more in &partial[1..] {
-        for (a, m) in acc.iter_mut().zip(more) {
-            for q in 0..Q {
-                a[q] = _mm256_add_ps(a[q], m[q]);
+    let col = p * PANEL + h * HALF;
+    for (i, a) in acc.iter().enumerate() {
+        store_row(job, r0 + i, col, a);
+    }
+}
+
+/// A job of one row, panels `p` and `p + 1` together: 8 FMA chains, one
+/// accumulator per output as in [`block`].
+#[inline(always)]
+unsafe fn one_row_two_panels(job: &mut LinearJob<'_>, p: usize) {
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let x = job.x.as_ptr().add(job.in_off);
+    let bases = [p * job.k_total * PANEL, (p + 1) * job.k_total * PANEL];
+    for range in job.k_ranges {
+        for k in range.clone() {
+            let b = _mm256_set1_ps(*x.add(k));
+            for (a, &base) in acc.iter_mut().zip(&bases) {
+                let w = load_row::<4, false>(job.w, base + k * PANEL);
+                for q in 0..4 {
+                    a[q] = _mm256_fmadd_ps(w[q], b, a[q]);
+                }
             }
         }
     }
-    let col = p * PANEL + h * HALF;
+    for (i, a) in acc.iter().enumerate() {
+        store_row(job, 0, (p + i) * PANEL, a);
+    }
+}
+
+/// The epilogue of row `r`'s `8·Q` outputs from column `col` (those below
+/// `n` only).
+#[inline(always)]
+unsafe fn store_row<const Q: usize>(
+    job: &mut LinearJob<'_>,
+    r: usize,
+    col: usize,
+    acc: &[__m256; Q],
+) {
     let valid = (8 * Q).min(job.n - col);
     let mut lanes = [0.0f32; PANEL];
-    for (i, a) in acc.iter().enumerate() {
-        for (q, aq) in a.iter().enumerate() {
-            _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * q), *aq);
-        }
-        let row = (r0 + i) * job.ldy + job.out_off + col;
-        for (j, &v) in lanes.iter().enumerate().take(valid) {
-            let value = job.finish(r0 + i, col + j, v);
-            *job.y.get_unchecked_mut(row + j) = value;
-        }
+    for (q, aq) in acc.iter().enumerate() {
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * q), *aq);
+    }
+    let row = r * job.ldy + job.out_off + col;
+    for (j, &v) in lanes.iter().enumerate().take(valid) {
+        let value = job.finish(r, col + j, v);
+        *job.y.get_unchecked_mut(row + j) = value;
     }
 }

@@ -284,42 +284,6 @@ pub struct KernelScratch {
     pub row: Vec<f32>,
 }
 
-/// Whether every row's result on `isa` is the same to the bit whatever the
-/// other rows of its job: then a request may be cut anywhere across
-/// threads, tiles included. True of the AVX-512, bf16 and generic kernels,
-/// which add a row's products in one order in any block; not of AVX2's
-/// ([`split_is_exact`]).
-pub fn any_cut_is_exact(isa: Isa) -> bool {
-    let isa = if isa.supported() { isa } else { Isa::Generic };
-    !matches!(isa, Isa::Avx2)
-}
-
-/// Whether a job of `rows` rows may be cut into one of its first `share`
-/// rows and one of the rest with every row's result unchanged to the bit,
-/// on `isa`. The AVX2 kernel takes rows in blocks, and a block's size sets
-/// the order in which a row's products are added (`unroll`): each row
-/// must get the same order in its part as in the whole. (The AVX-512, bf16
-/// and generic kernels add a row's products alike in any block.)
-/// Splitting a tile across threads relies on this: a request scores the
-/// same with any number of them.
-pub fn split_is_exact(isa: Isa, rows: usize, share: usize) -> bool {
-    if share == 0 || share >= rows {
-        return share == rows;
-    }
-    if any_cut_is_exact(isa) {
-        return true;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        use avx2::row_orders;
-        row_orders(rows).eq(row_orders(share).chain(row_orders(rows - share)))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        true
-    }
-}
-
 /// Runs a Linear job on `isa`; an ISA this CPU cannot run falls back to the
 /// generic kernel (the engine only passes supported ones; the counters of
 /// [`calls`] show which ran).
@@ -492,35 +456,6 @@ mod tests {
         }
     }
 
-    /// Cuts where every row is added in the same order in its part as in
-    /// the whole (the bits of every row are then kept: tests/backends.rs).
-    #[test]
-    fn splits_keep_each_rows_order_of_summation() {
-        // Blocks of any size add alike.
-        for (rows, share) in [(16, 8), (6, 3), (10, 5), (7, 1), (2, 1)] {
-            assert!(split_is_exact(Isa::Avx512, rows, share));
-        }
-        if Isa::Avx2.supported() {
-            // 16 = 6 + 6 + 4; a part of 8 is 6 + 2; a job of one row takes
-            // a kernel of its own.
-            assert!(split_is_exact(Isa::Avx2, 16, 6));
-            assert!(split_is_exact(Isa::Avx2, 16, 12));
-            assert!(!split_is_exact(Isa::Avx2, 16, 8));
-            assert!(!split_is_exact(Isa::Avx2, 7, 6));
-            assert!(!split_is_exact(Isa::Avx2, 3, 2));
-            // Blocks of 3 to 6 rows add alike: 9 = 6 + 3 cut as 5 | 4, 11 = 6 + 5
-            // as 6 | 5; but 5 rows in one block have no exact cut (parts of
-            // 1 or 2 rows add in another order).
-            assert!(split_is_exact(Isa::Avx2, 9, 5));
-            assert!(split_is_exact(Isa::Avx2, 11, 6));
-            assert!((1..5).all(|share| !split_is_exact(Isa::Avx2, 5, share)));
-        }
-        assert!(split_is_exact(Isa::Generic, 5, 1));
-        assert!(split_is_exact(Isa::Generic, 5, 5));
-        assert!(!split_is_exact(Isa::Generic, 5, 0));
-        assert!(!split_is_exact(Isa::Generic, 5, 6));
-    }
-
     #[test]
     fn every_isa_matches_the_scalar_sum() {
         let mut seed = 1;
@@ -532,6 +467,9 @@ mod tests {
             (64, 7),
             (100, 129),
             (256, 64),
+            // Three panels: AVX2 takes a row's panels two at a time, then
+            // the odd one.
+            (80, 20),
             // Second halves of a last panel with 1–15 valid outputs.
             (57, 33),
             (50, 9),
