@@ -141,6 +141,48 @@ pub fn linear(job: &mut LinearJob<'_>, w: &[u16], scratch: &mut KernelScratch) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &KernelScratch) {
+    let panels = job.n.div_ceil(PANEL);
+    // A job of 1 to 3 rows: panels several at a time, as in the AVX-512
+    // kernel's `few_rows` (each output's sum in the same order).
+    let mut p = 0;
+    match job.rows {
+        1 => {
+            while p + 4 <= panels {
+                panels_block::<1, 4>(job, w, scratch, pairs, p);
+                p += 4;
+            }
+            while p + 2 <= panels {
+                panels_block::<1, 2>(job, w, scratch, pairs, p);
+                p += 2;
+            }
+        }
+        2 => {
+            while p + 2 <= panels {
+                panels_block::<2, 2>(job, w, scratch, pairs, p);
+                p += 2;
+            }
+        }
+        3 => {
+            while p + 2 <= panels {
+                panels_block::<3, 2>(job, w, scratch, pairs, p);
+                p += 2;
+            }
+        }
+        _ => {}
+    }
+    if p > 0 {
+        // The panels left, if any, one at a time.
+        for p in p..panels {
+            let (bias_add, valid) = panel_bias(job, p);
+            let panel = w.as_ptr().add(p * pairs * 2 * PANEL);
+            match job.rows {
+                1 => block::<1>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
+                2 => block::<2>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
+                _ => block::<3>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
+            }
+        }
+        return;
+    }
     let mut bias_add = [0.0f32; PANEL];
     let mut r = 0;
     while r < job.rows {
@@ -168,6 +210,62 @@ unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &Ker
             blocks!(12 11 10 9 8 7 6 5 4 3 2);
         }
         r += mr;
+    }
+}
+
+/// Panel `p`'s count of valid outputs, and bias + add of each (zero past them).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn panel_bias(job: &LinearJob<'_>, p: usize) -> ([f32; PANEL], usize) {
+    let valid = PANEL.min(job.n - p * PANEL);
+    let mut bias_add = [0.0f32; PANEL];
+    for (j, slot) in bias_add.iter_mut().enumerate().take(valid) {
+        *slot = job.bias_add(p * PANEL + j);
+    }
+    (bias_add, valid)
+}
+
+/// Rows `0..MR` (the whole job) of panels `p..p + NP` side by side, each
+/// output's sum in the order of [`block`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn panels_block<const MR: usize, const NP: usize>(
+    job: &mut LinearJob<'_>,
+    w: &[u16],
+    scratch: &KernelScratch,
+    pairs: usize,
+    p: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[[_mm512_setzero_ps(); 2]; MR]; NP];
+    let x = scratch.x_pairs.as_ptr();
+    let panel = |j: usize| w.as_ptr().add((p + j) * pairs * 2 * PANEL);
+    for range in &scratch.pair_ranges {
+        for q in range.clone() {
+            let mut b = [_mm512_setzero_ps(); MR];
+            for (i, b) in b.iter_mut().enumerate() {
+                *b = std::mem::transmute::<__m512i, __m512>(_mm512_set1_epi32(
+                    *x.add(i * pairs + q) as i32,
+                ));
+            }
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let at = panel(j).add(q * 2 * PANEL);
+                let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(at as *const _));
+                let w1: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(at.add(PANEL) as *const _));
+                for (a, &b) in acc.iter_mut().zip(&b) {
+                    let b: __m512bh = std::mem::transmute(b);
+                    a[0] = _mm512_dpbf16_ps(a[0], w0, b);
+                    a[1] = _mm512_dpbf16_ps(a[1], w1, b);
+                }
+            }
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        let (bias_add, valid) = panel_bias(job, p + j);
+        // A copy, as in `block`.
+        let a = *a;
+        super::avx512::store_rows(job, &a, 0, p + j, &bias_add, valid);
     }
 }
 
