@@ -155,9 +155,9 @@ unsafe fn panel_source(job: &LinearJob<'_>, p: usize) -> PanelSource {
 }
 
 /// Panel `p`'s count of valid outputs, and bias + add of each (fp32, zero
-/// past the valid ones).
+/// past the valid ones). Shared with the bf16 kernel.
 #[inline(always)]
-fn panel_bias(job: &LinearJob<'_>, p: usize) -> ([f32; PANEL], usize) {
+pub(super) fn panel_bias(job: &LinearJob<'_>, p: usize) -> ([f32; PANEL], usize) {
     let valid = PANEL.min(job.n - p * PANEL);
     let mut bias_add = [0.0f32; PANEL];
     for (j, slot) in bias_add.iter_mut().enumerate().take(valid) {

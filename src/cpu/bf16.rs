@@ -173,7 +173,7 @@ unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &Ker
     if p > 0 {
         // The panels left, if any, one at a time.
         for p in p..panels {
-            let (bias_add, valid) = panel_bias(job, p);
+            let (bias_add, valid) = super::avx512::panel_bias(job, p);
             let panel = w.as_ptr().add(p * pairs * 2 * PANEL);
             match job.rows {
                 1 => block::<1>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
@@ -183,20 +183,12 @@ unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &Ker
         }
         return;
     }
-    let mut bias_add = [0.0f32; PANEL];
     let mut r = 0;
     while r < job.rows {
         // The AVX-512 kernel's blocks: the fewest, as even as can be.
         let mr = super::avx512::block_rows(job.rows - r);
-        for p in 0..job.n.div_ceil(PANEL) {
-            let valid = PANEL.min(job.n - p * PANEL);
-            for (j, slot) in bias_add.iter_mut().enumerate() {
-                *slot = if j < valid {
-                    job.bias_add(p * PANEL + j)
-                } else {
-                    0.0
-                };
-            }
+        for p in 0..panels {
+            let (bias_add, valid) = super::avx512::panel_bias(job, p);
             let panel = w.as_ptr().add(p * pairs * 2 * PANEL);
             // `block::<mr>` for a runtime `mr` of 1 to 12.
             macro_rules! blocks {
@@ -211,18 +203,6 @@ unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &Ker
         }
         r += mr;
     }
-}
-
-/// Panel `p`'s count of valid outputs, and bias + add of each (zero past them).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn panel_bias(job: &LinearJob<'_>, p: usize) -> ([f32; PANEL], usize) {
-    let valid = PANEL.min(job.n - p * PANEL);
-    let mut bias_add = [0.0f32; PANEL];
-    for (j, slot) in bias_add.iter_mut().enumerate().take(valid) {
-        *slot = job.bias_add(p * PANEL + j);
-    }
-    (bias_add, valid)
 }
 
 /// Rows `0..MR` (the whole job) of panels `p..p + NP` side by side, each
@@ -262,7 +242,7 @@ unsafe fn panels_block<const MR: usize, const NP: usize>(
         }
     }
     for (j, a) in acc.iter().enumerate() {
-        let (bias_add, valid) = panel_bias(job, p + j);
+        let (bias_add, valid) = super::avx512::panel_bias(job, p + j);
         // A copy, as in `block`.
         let a = *a;
         super::avx512::store_rows(job, &a, 0, p + j, &bias_add, valid);
