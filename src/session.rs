@@ -172,8 +172,8 @@ impl Session {
     /// [`MAX_THREADS`], a larger number counts as that), in parts as even
     /// as can be, down to one row; every kernel adds a row's products in
     /// one order whatever rows share its block, so the scores are the same
-    /// to the bit with any number of threads. The session starts `threads - 1` helper
-    /// threads here; they park between calls (or spin for
+    /// to the bit with any number of threads. The session starts
+    /// `threads - 1` helper threads here; they park between calls (or spin for
     /// `MMOE_CPU_SPIN_US` first) and stop when the session is dropped. On
     /// the development machine 2 threads scored 3 to 7 candidates of the
     /// benchmark model 1.2–1.5× faster than one, 9 and more 1.5–2.0×

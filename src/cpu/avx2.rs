@@ -105,6 +105,8 @@ unsafe fn rows_block<const PF: bool>(
         (4, _) => block::<4, 2, PF>(job, p, h, r),
         (3, _) => block::<3, 2, PF>(job, p, h, r),
         (2, 0) => block::<2, 4, PF>(job, p, 0, r),
+        // Not reached (`block_rows` never leaves one row of a larger job,
+        // and a job of one row has its own path), but correct.
         (_, 0) => block::<1, 4, PF>(job, p, 0, r),
         _ => {}
     }

@@ -56,7 +56,7 @@ const MAX_BLOCK_ROWS: usize = 12;
 #[target_feature(enable = "avx512f,f16c,fma")]
 unsafe fn linear_avx512(job: &mut LinearJob<'_>) {
     let panels = job.n.div_ceil(PANEL);
-    if job.rows <= 3 {
+    if (1..=3).contains(&job.rows) {
         few_rows(job, panels);
         return;
     }
@@ -104,9 +104,10 @@ unsafe fn run_blocks(
 /// 6 FMA chains (each waiting on the previous FMA), so panels are taken
 /// several at a time (4 for one row, 2 for 2 or 3): 8 to 12 chains. Each
 /// output keeps its one accumulator, added in the same order as in
-/// [`block`], so the bits are those of any other block. The panels' rows
-/// are not prefetched by hand here: measured, one row took 189 against 198
-/// µs per call of the benchmark model without (2 and 3 rows the same).
+/// [`block`], so the bits are those of any other block. The panels taken
+/// together are not prefetched by hand (measured: one row took 189 against
+/// 198 µs per call of the benchmark model without; 2 and 3 rows the same);
+/// those left over go through [`panel_block`], which does.
 #[inline(always)]
 unsafe fn few_rows(job: &mut LinearJob<'_>, panels: usize) {
     let mut p = 0;
@@ -268,10 +269,10 @@ unsafe fn load_panel_row<const H: usize, const PF: bool>(
 ///
 /// One accumulator per output and row: every row's products are added in
 /// the same order (k ascending) whatever the block's size, so a tile cut
-/// anywhere across threads keeps every row's bits. Blocks of 1 to 3 rows
-/// have only 2 to 6 independent FMA chains, but they are bound by the
-/// weights' loads and conversions: four partial sums per output (which
-/// they used to keep) measured no faster (bench/RESULTS.md).
+/// anywhere across threads keeps every row's bits. A block of 1 to 3 rows
+/// has only 2 to 6 independent FMA chains: a job of that many rows takes
+/// several panels at a time instead ([`few_rows`]); the block of 1 to 3
+/// rows that ends a larger job is a small part of its work.
 #[inline(always)]
 unsafe fn block<const MR: usize, const H: usize>(
     job: &mut LinearJob<'_>,

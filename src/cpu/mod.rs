@@ -487,5 +487,145 @@ mod tests {
         // Column subsets (the candidate part of a split layer).
         check_all_isas(40, 50, 9, vec![0..4, 10..30, 45..50], true, 99);
         check_all_isas(40, 50, 9, vec![], true, 100);
+        for rows in 1..=3 {
+            check_all_isas(96, 50, rows, vec![0..4, 10..30, 45..50], true, 101);
+        }
+    }
+
+    /// Rows `first..first + rows` of `x` (row stride `ldx`) through `isa`
+    /// (the bf16 kernel when `w_bf16` is given), into a fresh output of
+    /// row stride `n`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_rows(
+        isa: Isa,
+        w: Values<'_>,
+        w_bf16: Option<&[u16]>,
+        n: usize,
+        k: usize,
+        ranges: &[Range<usize>],
+        x: &[f32],
+        ldx: usize,
+        first: usize,
+        rows: usize,
+    ) -> Vec<f32> {
+        let bias: Vec<f32> = (0..n).map(|i| 0.01 * i as f32).collect();
+        let mut y = vec![f32::NAN; rows * n];
+        let mut job = LinearJob {
+            x: &x[first * ldx..],
+            ldx,
+            in_off: 0,
+            rows,
+            k_ranges: ranges,
+            k_total: k,
+            w,
+            w_bf16,
+            n,
+            bias: Some(Values::F32(&bias)),
+            add: None,
+            act: Act::Relu,
+            scale: None,
+            ld_scale: 0,
+            shift: None,
+            ld_shift: 0,
+            y: &mut y,
+            ldy: n,
+            out_off: 0,
+        };
+        linear(isa, &mut job, &mut KernelScratch::default());
+        y
+    }
+
+    /// A row's result is the same to the bit whatever job it is in: alone,
+    /// with one or two others (the kernels' paths for 1 to 3 rows, panels
+    /// taken several at a time) or in a larger block, on layers of 1 to 8
+    /// panels with a narrow or a whole last panel and a subset of the
+    /// columns. Threads cut requests anywhere on this.
+    #[test]
+    fn a_rows_bits_do_not_depend_on_its_job() {
+        let (k, rows) = (70, 13);
+        for n in [1usize, 16, 33, 80, 96, 112, 160, 224, 256] {
+            let mut rng = crate::demo::Rng::new(n as u64);
+            let panel: Vec<f16> = (0..n.div_ceil(32) * 32 * k)
+                .map(|_| f16::from_f32(rng.symmetric(1.0)))
+                .collect();
+            let w = Values::F16(&panel);
+            let w_bf16 = bf16::convert_weight(&w, n, k);
+            let x: Vec<f32> = (0..rows * k).map(|_| rng.symmetric(2.0)).collect();
+            let mut runs: Vec<(Isa, Option<&[u16]>)> = Isa::ALL
+                .into_iter()
+                .filter(|i| i.supported())
+                .map(|i| (i, None))
+                .collect();
+            if bf16::supported() {
+                runs.push((Isa::Avx512, Some(&w_bf16)));
+            }
+            for ranges in [vec![0..k], vec![0..9, 20..64]] {
+                for &(isa, bf16_w) in &runs {
+                    let whole = run_rows(isa, w, bf16_w, n, k, &ranges, &x, k, 0, rows);
+                    for len in [1, 2, 3, 4, 7, 12] {
+                        for first in 0..=rows - len {
+                            let part = run_rows(isa, w, bf16_w, n, k, &ranges, &x, k, first, len);
+                            let same = part
+                                .iter()
+                                .zip(&whole[first * n..(first + len) * n])
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            let mode = if bf16_w.is_some() { "bf16" } else { "exact" };
+                            assert!(
+                                same,
+                                "{isa:?} {mode}, n {n}, ranges {ranges:?}: rows {first}..{} alone differ",
+                                first + len
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A job of no rows writes nothing, on every ISA and in bf16 mode.
+    #[test]
+    fn a_job_of_no_rows_writes_nothing() {
+        let (n, k) = (64, 8);
+        let panel = vec![f16::from_f32(0.5); n * k];
+        let w = Values::F16(&panel);
+        let w_bf16 = bf16::convert_weight(&w, n, k);
+        let x = vec![1.0f32; 4 * k];
+        let mut runs: Vec<(Isa, Option<&[u16]>)> = Isa::ALL
+            .into_iter()
+            .filter(|i| i.supported())
+            .map(|i| (i, None))
+            .collect();
+        if bf16::supported() {
+            runs.push((Isa::Avx512, Some(&w_bf16)));
+        }
+        for (isa, bf16_w) in runs {
+            let mut y = vec![f32::NAN; 4 * n];
+            let mut job = LinearJob {
+                x: &x,
+                ldx: k,
+                in_off: 0,
+                rows: 0,
+                k_ranges: &[0..k],
+                k_total: k,
+                w,
+                w_bf16: bf16_w,
+                n,
+                bias: None,
+                add: None,
+                act: Act::None,
+                scale: None,
+                ld_scale: 0,
+                shift: None,
+                ld_shift: 0,
+                y: &mut y,
+                ldy: n,
+                out_off: 0,
+            };
+            linear(isa, &mut job, &mut KernelScratch::default());
+            assert!(
+                y.iter().all(|v| v.is_nan()),
+                "{isa:?}: a job of no rows wrote"
+            );
+        }
     }
 }
