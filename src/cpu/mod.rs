@@ -492,9 +492,23 @@ mod tests {
         }
     }
 
+    /// Every supported ISA's exact kernel, and the bf16 one (given its
+    /// weights) where the CPU has it.
+    fn kernels(w_bf16: &[u16]) -> Vec<(Isa, Option<&[u16]>)> {
+        let mut runs: Vec<(Isa, Option<&[u16]>)> = Isa::ALL
+            .into_iter()
+            .filter(|i| i.supported())
+            .map(|i| (i, None))
+            .collect();
+        if bf16::supported() {
+            runs.push((Isa::Avx512, Some(w_bf16)));
+        }
+        runs
+    }
+
     /// Rows `first..first + rows` of `x` (row stride `ldx`) through `isa`
     /// (the bf16 kernel when `w_bf16` is given), into a fresh output of
-    /// row stride `n`.
+    /// row stride `n` (NaN where nothing was written).
     #[allow(clippy::too_many_arguments)]
     fn run_rows(
         isa: Isa,
@@ -509,7 +523,8 @@ mod tests {
         rows: usize,
     ) -> Vec<f32> {
         let bias: Vec<f32> = (0..n).map(|i| 0.01 * i as f32).collect();
-        let mut y = vec![f32::NAN; rows * n];
+        // A row at least: a job of no rows must leave it untouched.
+        let mut y = vec![f32::NAN; rows.max(1) * n];
         let mut job = LinearJob {
             x: &x[first * ldx..],
             ldx,
@@ -551,16 +566,8 @@ mod tests {
             let w = Values::F16(&panel);
             let w_bf16 = bf16::convert_weight(&w, n, k);
             let x: Vec<f32> = (0..rows * k).map(|_| rng.symmetric(2.0)).collect();
-            let mut runs: Vec<(Isa, Option<&[u16]>)> = Isa::ALL
-                .into_iter()
-                .filter(|i| i.supported())
-                .map(|i| (i, None))
-                .collect();
-            if bf16::supported() {
-                runs.push((Isa::Avx512, Some(&w_bf16)));
-            }
             for ranges in [vec![0..k], vec![0..9, 20..64]] {
-                for &(isa, bf16_w) in &runs {
+                for (isa, bf16_w) in kernels(&w_bf16) {
                     let whole = run_rows(isa, w, bf16_w, n, k, &ranges, &x, k, 0, rows);
                     for len in [1, 2, 3, 4, 7, 12] {
                         for first in 0..=rows - len {
@@ -590,38 +597,8 @@ mod tests {
         let w = Values::F16(&panel);
         let w_bf16 = bf16::convert_weight(&w, n, k);
         let x = vec![1.0f32; 4 * k];
-        let mut runs: Vec<(Isa, Option<&[u16]>)> = Isa::ALL
-            .into_iter()
-            .filter(|i| i.supported())
-            .map(|i| (i, None))
-            .collect();
-        if bf16::supported() {
-            runs.push((Isa::Avx512, Some(&w_bf16)));
-        }
-        for (isa, bf16_w) in runs {
-            let mut y = vec![f32::NAN; 4 * n];
-            let mut job = LinearJob {
-                x: &x,
-                ldx: k,
-                in_off: 0,
-                rows: 0,
-                k_ranges: &[0..k],
-                k_total: k,
-                w,
-                w_bf16: bf16_w,
-                n,
-                bias: None,
-                add: None,
-                act: Act::None,
-                scale: None,
-                ld_scale: 0,
-                shift: None,
-                ld_shift: 0,
-                y: &mut y,
-                ldy: n,
-                out_off: 0,
-            };
-            linear(isa, &mut job, &mut KernelScratch::default());
+        for (isa, bf16_w) in kernels(&w_bf16) {
+            let y = run_rows(isa, w, bf16_w, n, k, &[0..k], &x, k, 0, 0);
             assert!(
                 y.iter().all(|v| v.is_nan()),
                 "{isa:?}: a job of no rows wrote"
