@@ -23,7 +23,6 @@ for t in $targets; do
   corpora="corpus/$t"
   # A smoke run writes what it finds to a scratch corpus, removed afterwards,
   # so that CI neither grows the checked-in corpus nor leaves files in /tmp.
-  scratch=""
   if [ -n "${SMOKE:-}" ]; then scratch=$(mktemp -d); corpora="$scratch corpus/$t"; fi
   if cargo +nightly fuzz run "$t" $corpora -- -max_total_time="$seconds" -rss_limit_mb=4096 \
       -print_final_stats=1 $dict > "logs/$t.log" 2>&1; then

@@ -110,39 +110,42 @@ unsafe fn run_blocks(
 /// those left over go through [`panel_block`], which does.
 #[inline(always)]
 unsafe fn few_rows(job: &mut LinearJob<'_>, panels: usize) {
-    let mut p = 0;
-    // Whole panels only (a last one of 16 outputs or fewer takes the
-    // narrow path of `panel_block`).
+    // Whole panels only in a group (a last one of 16 outputs or fewer
+    // takes the narrow path of `panel_block`).
     let n = job.n;
-    let wide = |p: usize| n - p * PANEL > 16;
-    match job.rows {
-        1 => {
-            while p + 4 <= panels && wide(p + 3) {
-                panels_block::<1, 4>(job, p, 0);
-                p += 4;
-            }
-            while p + 2 <= panels && wide(p + 1) {
-                panels_block::<1, 2>(job, p, 0);
-                p += 2;
-            }
+    for (p, count) in few_rows_groups(job.rows, panels, |p| n - p * PANEL > 16) {
+        match (job.rows, count) {
+            (1, 4) => panels_block::<1, 4>(job, p, 0),
+            (1, 2) => panels_block::<1, 2>(job, p, 0),
+            (2, 2) => panels_block::<2, 2>(job, p, 0),
+            (3, 2) => panels_block::<3, 2>(job, p, 0),
+            _ => panel_block(job, p, 0, job.rows),
         }
-        2 => {
-            while p + 2 <= panels && wide(p + 1) {
-                panels_block::<2, 2>(job, p, 0);
-                p += 2;
-            }
-        }
-        3 => {
-            while p + 2 <= panels && wide(p + 1) {
-                panels_block::<3, 2>(job, p, 0);
-                p += 2;
-            }
-        }
-        _ => {}
     }
-    for p in p..panels {
-        panel_block(job, p, 0, job.rows);
-    }
+}
+
+/// The panels of a job of 1 to 3 rows in groups `(first, count)`, in
+/// order: 4 at a time for one row, 2 for two or three, over panels for
+/// which `groupable` holds, the others one at a time. Shared with the bf16
+/// kernel.
+pub(super) fn few_rows_groups(
+    rows: usize,
+    panels: usize,
+    groupable: impl Fn(usize) -> bool,
+) -> impl Iterator<Item = (usize, usize)> {
+    let sizes: &[usize] = if rows == 1 { &[4, 2] } else { &[2] };
+    let mut p = 0;
+    std::iter::from_fn(move || {
+        (p < panels).then(|| {
+            let count = sizes
+                .iter()
+                .copied()
+                .find(|&c| p + c <= panels && (p..p + c).all(&groupable))
+                .unwrap_or(1);
+            p += count;
+            (p - count, count)
+        })
+    })
 }
 
 /// Where panel `p`'s rows start.
@@ -176,10 +179,7 @@ unsafe fn panels_block<const MR: usize, const NP: usize>(
     r0: usize,
 ) {
     let mut acc = [[[_mm512_setzero_ps(); 2]; MR]; NP];
-    let mut sources = [PanelSource::F32(std::ptr::null()); NP];
-    for (j, source) in sources.iter_mut().enumerate() {
-        *source = panel_source(job, p + j);
-    }
+    let sources: [PanelSource; NP] = std::array::from_fn(|j| panel_source(job, p + j));
     let x = job.x.as_ptr();
     let mut rows = [x; MR];
     for (i, row) in rows.iter_mut().enumerate() {
@@ -187,10 +187,7 @@ unsafe fn panels_block<const MR: usize, const NP: usize>(
     }
     for range in job.k_ranges {
         for k in range.clone() {
-            let mut b = [_mm512_setzero_ps(); MR];
-            for i in 0..MR {
-                b[i] = _mm512_set1_ps(*rows[i].add(k));
-            }
+            let b: [__m512; MR] = std::array::from_fn(|i| _mm512_set1_ps(*rows[i].add(k)));
             for j in 0..NP {
                 let (w0, w1) = load_panel_row::<2, false>(sources[j], k);
                 for i in 0..MR {

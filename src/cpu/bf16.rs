@@ -142,43 +142,25 @@ pub fn linear(job: &mut LinearJob<'_>, w: &[u16], scratch: &mut KernelScratch) {
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn kernel(job: &mut LinearJob<'_>, w: &[u16], pairs: usize, scratch: &KernelScratch) {
     let panels = job.n.div_ceil(PANEL);
-    // A job of 1 to 3 rows: panels several at a time, as in the AVX-512
-    // kernel's `few_rows` (each output's sum in the same order).
-    let mut p = 0;
-    match job.rows {
-        1 => {
-            while p + 4 <= panels {
-                panels_block::<1, 4>(job, w, scratch, pairs, p);
-                p += 4;
-            }
-            while p + 2 <= panels {
-                panels_block::<1, 2>(job, w, scratch, pairs, p);
-                p += 2;
-            }
-        }
-        2 => {
-            while p + 2 <= panels {
-                panels_block::<2, 2>(job, w, scratch, pairs, p);
-                p += 2;
-            }
-        }
-        3 => {
-            while p + 2 <= panels {
-                panels_block::<3, 2>(job, w, scratch, pairs, p);
-                p += 2;
-            }
-        }
-        _ => {}
-    }
-    if p > 0 {
-        // The panels left, if any, one at a time.
-        for p in p..panels {
-            let (bias_add, valid) = super::avx512::panel_bias(job, p);
-            let panel = w.as_ptr().add(p * pairs * 2 * PANEL);
-            match job.rows {
-                1 => block::<1>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
-                2 => block::<2>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
-                _ => block::<3>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
+    if (1..=3).contains(&job.rows) {
+        // Panels several at a time, as in the AVX-512 kernel's `few_rows`
+        // (each output's sum in the same order); this kernel computes every
+        // panel whole, so any panel may join a group.
+        for (p, count) in super::avx512::few_rows_groups(job.rows, panels, |_| true) {
+            match (job.rows, count) {
+                (1, 4) => panels_block::<1, 4>(job, w, scratch, pairs, p),
+                (1, 2) => panels_block::<1, 2>(job, w, scratch, pairs, p),
+                (2, 2) => panels_block::<2, 2>(job, w, scratch, pairs, p),
+                (3, 2) => panels_block::<3, 2>(job, w, scratch, pairs, p),
+                (rows, _) => {
+                    let (bias_add, valid) = super::avx512::panel_bias(job, p);
+                    let panel = w.as_ptr().add(p * pairs * 2 * PANEL);
+                    match rows {
+                        1 => block::<1>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
+                        2 => block::<2>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
+                        _ => block::<3>(job, panel, scratch, pairs, p, 0, &bias_add, valid),
+                    }
+                }
             }
         }
         return;
@@ -222,19 +204,15 @@ unsafe fn panels_block<const MR: usize, const NP: usize>(
     let panel = |j: usize| w.as_ptr().add((p + j) * pairs * 2 * PANEL);
     for range in &scratch.pair_ranges {
         for q in range.clone() {
-            let mut b = [_mm512_setzero_ps(); MR];
-            for (i, b) in b.iter_mut().enumerate() {
-                *b = std::mem::transmute::<__m512i, __m512>(_mm512_set1_epi32(
-                    *x.add(i * pairs + q) as i32,
-                ));
-            }
+            let b: [__m512bh; MR] = std::array::from_fn(|i| {
+                std::mem::transmute(_mm512_set1_epi32(*x.add(i * pairs + q) as i32))
+            });
             for (j, acc) in acc.iter_mut().enumerate() {
                 let at = panel(j).add(q * 2 * PANEL);
                 let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(at as *const _));
                 let w1: __m512bh =
                     std::mem::transmute(_mm512_loadu_si512(at.add(PANEL) as *const _));
                 for (a, &b) in acc.iter_mut().zip(&b) {
-                    let b: __m512bh = std::mem::transmute(b);
                     a[0] = _mm512_dpbf16_ps(a[0], w0, b);
                     a[1] = _mm512_dpbf16_ps(a[1], w1, b);
                 }
