@@ -1,9 +1,9 @@
 //! The AVX-512 Linear kernel. Each 32-output panel is two zmm registers of
 //! fp32; a block of up to 12 rows keeps 24 accumulators in registers and
-//! multiplies each panel row, converted from fp16 in registers with F16C, by a
-//! broadcast input value. Above 16 rows, row blocks are the outer loop: a
-//! block's inputs stay in L1 while the weights (fp16: half the bytes of fp32)
-//! stream from L2; up to 16 rows, panels are (each streams once).
+//! multiplies each panel row by a broadcast input value. Panels are the
+//! outer loop over groups of up to four row blocks: the first block of a
+//! group converts the panel's fp16 rows with F16C in registers and keeps
+//! them in fp32 for the others, so each weight is converted once per group.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -13,11 +13,17 @@ use crate::format::PANEL;
 use crate::model::Values;
 use crate::program::{two_sigmoid, Act};
 
-pub fn linear(job: &mut LinearJob<'_>) {
+pub fn linear(job: &mut LinearJob<'_>, converted: &mut Vec<f32>) {
+    // A panel's rows converted to fp32 (see `run_blocks`), for every k.
+    let len = job.k_total * PANEL;
+    if converted.len() < len {
+        converted.resize(len, 0.0);
+    }
     // SAFETY: the dispatcher only selects this kernel when the CPU has
     // AVX-512F, F16C and FMA (Isa::Avx512.supported()); `job.check()` has
-    // proved every index the kernel forms to be in bounds.
-    unsafe { linear_avx512(job) }
+    // proved every index the kernel forms to be in bounds, and `converted`
+    // holds a panel's `k_total` rows.
+    unsafe { linear_avx512(job, converted.as_mut_ptr()) }
 }
 
 /// Where a panel's fp32 (or fp16) rows come from.
@@ -25,12 +31,10 @@ pub fn linear(job: &mut LinearJob<'_>) {
 enum PanelSource {
     F32(*const f32),
     F16(*const half::f16),
+    /// fp16 rows, each also stored converted at the same row of the fp32
+    /// panel (for the next blocks of the job to read as `F32`).
+    F16Keep(*const half::f16, *mut f32),
 }
-
-/// Up to this many rows, panels are the outer loop (the rows' inputs fit in
-/// L1 and the weights stream once); above, row blocks are (a block's inputs
-/// stay in L1 while the fp16 weights stream from L2 per block).
-const PANEL_OUTER_ROWS: usize = 16;
 
 /// fp16 panel rows are prefetched this far ahead (8 KiB): a layer's weights
 /// come from L3 on their first pass of a tile, and the hardware prefetcher
@@ -54,48 +58,57 @@ pub(super) fn block_rows(left: usize) -> usize {
 const MAX_BLOCK_ROWS: usize = 12;
 
 #[target_feature(enable = "avx512f,f16c,fma")]
-unsafe fn linear_avx512(job: &mut LinearJob<'_>) {
+unsafe fn linear_avx512(job: &mut LinearJob<'_>, converted: *mut f32) {
     let panels = job.n.div_ceil(PANEL);
     if (1..=3).contains(&job.rows) {
         few_rows(job, panels);
         return;
     }
-    // Row blocks of `block_rows`.
-    let mut blocks = [(0usize, 0usize); 16];
+    // Row blocks of `block_rows`, run in groups of up to `GROUP_BLOCKS`.
+    let mut blocks = [(0usize, 0usize); GROUP_BLOCKS];
     let mut count = 0;
     let mut r = 0;
     while r < job.rows {
         let mr = block_rows(job.rows - r);
         if count == blocks.len() {
-            // More rows than one pass holds: run what we have, continue.
-            run_blocks(job, &blocks[..count], panels, false);
+            run_blocks(job, &blocks[..count], panels, converted);
             count = 0;
         }
         blocks[count] = (r, mr);
         count += 1;
         r += mr;
     }
-    run_blocks(job, &blocks[..count], panels, job.rows <= PANEL_OUTER_ROWS);
+    run_blocks(job, &blocks[..count], panels, converted);
 }
+
+/// Row blocks taken together: each panel's fp16 rows are converted once,
+/// by the first block, which keeps them in `converted` (fp32) for the
+/// others. The conversions take the FMA units' time: on a host whose
+/// 512-bit FMAs run at half rate, a 32-row tile of 512×512 layers ran at
+/// 86–88% of the FMA peak converting in every block, 95% with fp32
+/// weights (bench/RESULTS.md). Panels are the outer loop, so the group's
+/// inputs (48 rows × 2 KiB for 512 inputs) are read once per panel, from
+/// L1 or L2.
+const GROUP_BLOCKS: usize = 4;
 
 #[inline(always)]
 unsafe fn run_blocks(
     job: &mut LinearJob<'_>,
     blocks: &[(usize, usize)],
     panels: usize,
-    panel_outer: bool,
+    converted: *mut f32,
 ) {
-    if panel_outer {
-        for p in 0..panels {
-            for &(r, mr) in blocks {
-                panel_block(job, p, r, mr);
-            }
-        }
-    } else {
-        for &(r, mr) in blocks {
-            for p in 0..panels {
-                panel_block(job, p, r, mr);
-            }
+    for p in 0..panels {
+        let source = match panel_source(job, p) {
+            PanelSource::F16(w) if blocks.len() > 1 => PanelSource::F16Keep(w, converted),
+            source => source,
+        };
+        for (i, &(r, mr)) in blocks.iter().enumerate() {
+            let source = match source {
+                PanelSource::F16Keep(..) if i > 0 => PanelSource::F32(converted),
+                source => source,
+            };
+            panel_block(job, source, p, r, mr);
         }
     }
 }
@@ -119,7 +132,7 @@ unsafe fn few_rows(job: &mut LinearJob<'_>, panels: usize) {
             (1, 2) => panels_block::<1, 2>(job, p, 0),
             (2, 2) => panels_block::<2, 2>(job, p, 0),
             (3, 2) => panels_block::<3, 2>(job, p, 0),
-            _ => panel_block(job, p, 0, job.rows),
+            _ => panel_block(job, panel_source(job, p), p, 0, job.rows),
         }
     }
 }
@@ -205,10 +218,9 @@ unsafe fn panels_block<const MR: usize, const NP: usize>(
     }
 }
 
-/// Rows `r..r + mr` of panel `p`.
+/// Rows `r..r + mr` of panel `p`, whose rows come from `source`.
 #[inline(always)]
-unsafe fn panel_block(job: &mut LinearJob<'_>, p: usize, r: usize, mr: usize) {
-    let source = panel_source(job, p);
+unsafe fn panel_block(job: &mut LinearJob<'_>, source: PanelSource, p: usize, r: usize, mr: usize) {
     let (bias_add, valid) = panel_bias(job, p);
     // `block::<mr, H>` for a runtime `mr` of 1 to 12.
     macro_rules! blocks {
@@ -244,22 +256,35 @@ unsafe fn load_panel_row<const H: usize, const PF: bool>(
                 _mm512_setzero_ps()
             },
         ),
-        PanelSource::F16(w) => {
-            if PF {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    w.wrapping_add((k + PREFETCH_ROWS) * PANEL) as *const i8
-                );
+        PanelSource::F16(w) => convert_panel_row::<H, PF>(w, k),
+        PanelSource::F16Keep(w, to) => {
+            let (w0, w1) = convert_panel_row::<H, PF>(w, k);
+            _mm512_storeu_ps(to.add(k * PANEL), w0);
+            if H == 2 {
+                _mm512_storeu_ps(to.add(k * PANEL + 16), w1);
             }
-            (
-                _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL) as *const __m256i)),
-                if H == 2 {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL + 16) as *const __m256i))
-                } else {
-                    _mm512_setzero_ps()
-                },
-            )
+            (w0, w1)
         }
     }
+}
+
+/// fp16 panel row `k` converted, as [`load_panel_row`].
+#[inline(always)]
+unsafe fn convert_panel_row<const H: usize, const PF: bool>(
+    w: *const half::f16,
+    k: usize,
+) -> (__m512, __m512) {
+    if PF {
+        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((k + PREFETCH_ROWS) * PANEL) as *const i8);
+    }
+    (
+        _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL) as *const __m256i)),
+        if H == 2 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL + 16) as *const __m256i))
+        } else {
+            _mm512_setzero_ps()
+        },
+    )
 }
 
 /// Rows `r0..r0 + MR` of panel `p`.

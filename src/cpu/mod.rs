@@ -282,6 +282,9 @@ pub struct KernelScratch {
     pub pair_ranges: Vec<Range<usize>>,
     pub x_pairs: Vec<u32>,
     pub row: Vec<f32>,
+    /// AVX-512 kernel: a weight panel converted to fp32, for a job's row
+    /// blocks after the first.
+    pub converted: Vec<f32>,
 }
 
 /// Runs a Linear job on `isa`; an ISA this CPU cannot run falls back to the
@@ -297,7 +300,7 @@ pub fn linear(isa: Isa, job: &mut LinearJob<'_>, scratch: &mut KernelScratch) {
     CALLS[isa as usize].fetch_add(1, Ordering::Relaxed);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::linear(job),
+        Isa::Avx512 => avx512::linear(job, &mut scratch.converted),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::linear(job),
         _ => generic::linear(job, scratch),
