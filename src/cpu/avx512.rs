@@ -14,6 +14,12 @@ use crate::model::Values;
 use crate::program::{two_sigmoid, Act};
 
 pub fn linear(job: &mut LinearJob<'_>, converted: &mut Vec<f32>) {
+    linear_converting(job, converted, converts_in_halves());
+}
+
+/// [`linear`], converting fp16 in 8-lane halves or not (the same bits
+/// either way; the kernel tests run both).
+pub(super) fn linear_converting(job: &mut LinearJob<'_>, converted: &mut Vec<f32>, halves: bool) {
     // A panel's rows converted to fp32 (see `run_blocks`), for every k.
     let len = job.k_total * PANEL;
     if converted.len() < len {
@@ -23,7 +29,41 @@ pub fn linear(job: &mut LinearJob<'_>, converted: &mut Vec<f32>) {
     // AVX-512F, F16C and FMA (Isa::Avx512.supported()); `job.check()` has
     // proved every index the kernel forms to be in bounds, and `converted`
     // holds a panel's `k_total` rows.
-    unsafe { linear_avx512(job, converted.as_mut_ptr()) }
+    unsafe {
+        if halves {
+            linear_avx512::<true>(job, converted.as_mut_ptr())
+        } else {
+            linear_avx512::<false>(job, converted.as_mut_ptr())
+        }
+    }
+}
+
+/// Whether the kernel converts fp16 weights 8 lanes at a time (two
+/// `vcvtph2ps ymm` and an insert per 16 weights) rather than 16: yes on
+/// AMD's Zen 4 (family 19h, the only one of that family with AVX-512),
+/// which runs 512-bit instructions as two 256-bit halves. There the 16-lane
+/// form bounded jobs of 1 to 3 rows, and one candidate of the benchmark
+/// model took 1.07× less time in halves; larger jobs, which convert each
+/// weight once per group of row blocks, ran the same (bench/RESULTS.md).
+/// Elsewhere the 16-lane form stays: halves are unmeasured there, and on
+/// cores that run 512-bit instructions whole they are three instructions
+/// instead of one.
+fn converts_in_halves() -> bool {
+    static HALVES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HALVES.get_or_init(|| {
+        // SAFETY: CPUID exists on every x86_64 CPU, with leaves 0 and 1.
+        // (A safe function in recent compilers, `unsafe` in older ones.)
+        #[allow(unused_unsafe)]
+        let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1)) };
+        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let base = (signature.eax >> 8) & 0xf;
+        let family = if base == 0xf {
+            base + ((signature.eax >> 20) & 0xff)
+        } else {
+            base
+        };
+        amd && family == 0x19
+    })
 }
 
 /// Where a panel's fp32 (or fp16) rows come from.
@@ -58,10 +98,10 @@ pub(super) fn block_rows(left: usize) -> usize {
 const MAX_BLOCK_ROWS: usize = 12;
 
 #[target_feature(enable = "avx512f,f16c,fma")]
-unsafe fn linear_avx512(job: &mut LinearJob<'_>, converted: *mut f32) {
+unsafe fn linear_avx512<const HALVES: bool>(job: &mut LinearJob<'_>, converted: *mut f32) {
     let panels = job.n.div_ceil(PANEL);
     if (1..=3).contains(&job.rows) {
-        few_rows(job, panels);
+        few_rows::<HALVES>(job, panels);
         return;
     }
     // Row blocks of `block_rows`, run in groups of up to `GROUP_BLOCKS`.
@@ -71,14 +111,14 @@ unsafe fn linear_avx512(job: &mut LinearJob<'_>, converted: *mut f32) {
     while r < job.rows {
         let mr = block_rows(job.rows - r);
         if count == blocks.len() {
-            run_blocks(job, &blocks[..count], panels, converted);
+            run_blocks::<HALVES>(job, &blocks[..count], panels, converted);
             count = 0;
         }
         blocks[count] = (r, mr);
         count += 1;
         r += mr;
     }
-    run_blocks(job, &blocks[..count], panels, converted);
+    run_blocks::<HALVES>(job, &blocks[..count], panels, converted);
 }
 
 /// Row blocks taken together: each panel's fp16 rows are converted once,
@@ -92,7 +132,7 @@ unsafe fn linear_avx512(job: &mut LinearJob<'_>, converted: *mut f32) {
 const GROUP_BLOCKS: usize = 4;
 
 #[inline(always)]
-unsafe fn run_blocks(
+unsafe fn run_blocks<const HALVES: bool>(
     job: &mut LinearJob<'_>,
     blocks: &[(usize, usize)],
     panels: usize,
@@ -108,7 +148,7 @@ unsafe fn run_blocks(
                 PanelSource::F16Keep(..) if i > 0 => PanelSource::F32(converted),
                 source => source,
             };
-            panel_block(job, source, p, r, mr);
+            panel_block::<HALVES>(job, source, p, r, mr);
         }
     }
 }
@@ -122,17 +162,17 @@ unsafe fn run_blocks(
 /// 198 µs per call of the benchmark model without; 2 and 3 rows the same);
 /// those left over go through [`panel_block`], which does.
 #[inline(always)]
-unsafe fn few_rows(job: &mut LinearJob<'_>, panels: usize) {
+unsafe fn few_rows<const HALVES: bool>(job: &mut LinearJob<'_>, panels: usize) {
     // Whole panels only in a group (a last one of 16 outputs or fewer
     // takes the narrow path of `panel_block`).
     let n = job.n;
     for (p, count) in few_rows_groups(job.rows, panels, |p| n - p * PANEL > 16) {
         match (job.rows, count) {
-            (1, 4) => panels_block::<1, 4>(job, p, 0),
-            (1, 2) => panels_block::<1, 2>(job, p, 0),
-            (2, 2) => panels_block::<2, 2>(job, p, 0),
-            (3, 2) => panels_block::<3, 2>(job, p, 0),
-            _ => panel_block(job, panel_source(job, p), p, 0, job.rows),
+            (1, 4) => panels_block::<1, 4, HALVES>(job, p, 0),
+            (1, 2) => panels_block::<1, 2, HALVES>(job, p, 0),
+            (2, 2) => panels_block::<2, 2, HALVES>(job, p, 0),
+            (3, 2) => panels_block::<3, 2, HALVES>(job, p, 0),
+            _ => panel_block::<HALVES>(job, panel_source(job, p), p, 0, job.rows),
         }
     }
 }
@@ -186,7 +226,7 @@ pub(super) fn panel_bias(job: &LinearJob<'_>, p: usize) -> ([f32; PANEL], usize)
 /// Rows `r0..r0 + MR` of panels `p..p + NP`, side by side, each output
 /// with one accumulator added in the order of [`block`].
 #[inline(always)]
-unsafe fn panels_block<const MR: usize, const NP: usize>(
+unsafe fn panels_block<const MR: usize, const NP: usize, const HALVES: bool>(
     job: &mut LinearJob<'_>,
     p: usize,
     r0: usize,
@@ -202,7 +242,7 @@ unsafe fn panels_block<const MR: usize, const NP: usize>(
         for k in range.clone() {
             let b: [__m512; MR] = std::array::from_fn(|i| _mm512_set1_ps(*rows[i].add(k)));
             for j in 0..NP {
-                let (w0, w1) = load_panel_row::<2, false>(sources[j], k);
+                let (w0, w1) = load_panel_row::<2, false, HALVES>(sources[j], k);
                 for i in 0..MR {
                     acc[j][i][0] = _mm512_fmadd_ps(w0, b[i], acc[j][i][0]);
                     acc[j][i][1] = _mm512_fmadd_ps(w1, b[i], acc[j][i][1]);
@@ -220,14 +260,20 @@ unsafe fn panels_block<const MR: usize, const NP: usize>(
 
 /// Rows `r..r + mr` of panel `p`, whose rows come from `source`.
 #[inline(always)]
-unsafe fn panel_block(job: &mut LinearJob<'_>, source: PanelSource, p: usize, r: usize, mr: usize) {
+unsafe fn panel_block<const HALVES: bool>(
+    job: &mut LinearJob<'_>,
+    source: PanelSource,
+    p: usize,
+    r: usize,
+    mr: usize,
+) {
     let (bias_add, valid) = panel_bias(job, p);
     // `block::<mr, H>` for a runtime `mr` of 1 to 12.
     macro_rules! blocks {
         ($h:literal: $($rows:literal)*) => {
             match mr {
-                $($rows => block::<$rows, $h>(job, source, p, r, &bias_add, valid),)*
-                _ => block::<1, $h>(job, source, p, r, &bias_add, valid),
+                $($rows => block::<$rows, $h, HALVES>(job, source, p, r, &bias_add, valid),)*
+                _ => block::<1, $h, HALVES>(job, source, p, r, &bias_add, valid),
             }
         };
     }
@@ -243,7 +289,7 @@ unsafe fn panel_block(job: &mut LinearJob<'_>, source: PanelSource, p: usize, r:
 /// Panel row `k` as two fp32 vectors (the second left zero when `H` is 1:
 /// only the first half of the panel is used).
 #[inline(always)]
-unsafe fn load_panel_row<const H: usize, const PF: bool>(
+unsafe fn load_panel_row<const H: usize, const PF: bool, const HALVES: bool>(
     source: PanelSource,
     k: usize,
 ) -> (__m512, __m512) {
@@ -256,9 +302,9 @@ unsafe fn load_panel_row<const H: usize, const PF: bool>(
                 _mm512_setzero_ps()
             },
         ),
-        PanelSource::F16(w) => convert_panel_row::<H, PF>(w, k),
+        PanelSource::F16(w) => convert_panel_row::<H, PF, HALVES>(w, k),
         PanelSource::F16Keep(w, to) => {
-            let (w0, w1) = convert_panel_row::<H, PF>(w, k);
+            let (w0, w1) = convert_panel_row::<H, PF, HALVES>(w, k);
             _mm512_storeu_ps(to.add(k * PANEL), w0);
             if H == 2 {
                 _mm512_storeu_ps(to.add(k * PANEL + 16), w1);
@@ -270,7 +316,7 @@ unsafe fn load_panel_row<const H: usize, const PF: bool>(
 
 /// fp16 panel row `k` converted, as [`load_panel_row`].
 #[inline(always)]
-unsafe fn convert_panel_row<const H: usize, const PF: bool>(
+unsafe fn convert_panel_row<const H: usize, const PF: bool, const HALVES: bool>(
     w: *const half::f16,
     k: usize,
 ) -> (__m512, __m512) {
@@ -278,13 +324,29 @@ unsafe fn convert_panel_row<const H: usize, const PF: bool>(
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((k + PREFETCH_ROWS) * PANEL) as *const i8);
     }
     (
-        _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL) as *const __m256i)),
+        convert16::<HALVES>(w.add(k * PANEL)),
         if H == 2 {
-            _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * PANEL + 16) as *const __m256i))
+            convert16::<HALVES>(w.add(k * PANEL + 16))
         } else {
             _mm512_setzero_ps()
         },
     )
+}
+
+/// 16 fp16 values at `w` as fp32: in one 16-lane conversion, or with
+/// `HALVES` in two 8-lane ones (see [`converts_in_halves`]).
+#[inline(always)]
+unsafe fn convert16<const HALVES: bool>(w: *const half::f16) -> __m512 {
+    if HALVES {
+        let lo = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
+        let hi = _mm256_cvtph_ps(_mm_loadu_si128(w.add(8) as *const __m128i));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castps_pd(_mm512_castps256_ps512(lo)),
+            _mm256_castps_pd(hi),
+        ))
+    } else {
+        _mm512_cvtph_ps(_mm256_loadu_si256(w as *const __m256i))
+    }
 }
 
 /// Rows `r0..r0 + MR` of panel `p`.
@@ -296,7 +358,7 @@ unsafe fn convert_panel_row<const H: usize, const PF: bool>(
 /// several panels at a time instead ([`few_rows`]); the block of 1 to 3
 /// rows that ends a larger job is a small part of its work.
 #[inline(always)]
-unsafe fn block<const MR: usize, const H: usize>(
+unsafe fn block<const MR: usize, const H: usize, const HALVES: bool>(
     job: &mut LinearJob<'_>,
     source: PanelSource,
     p: usize,
@@ -312,7 +374,7 @@ unsafe fn block<const MR: usize, const H: usize>(
     }
     for range in job.k_ranges {
         for k in range.clone() {
-            let (w0, w1) = load_panel_row::<H, true>(source, k);
+            let (w0, w1) = load_panel_row::<H, true, HALVES>(source, k);
             for i in 0..MR {
                 let b = _mm512_set1_ps(*rows[i].add(k));
                 acc[i][0] = _mm512_fmadd_ps(w0, b, acc[i][0]);

@@ -525,6 +525,24 @@ mod tests {
         first: usize,
         rows: usize,
     ) -> Vec<f32> {
+        let kernel = |job: &mut LinearJob<'_>| linear(isa, job, &mut KernelScratch::default());
+        run_rows_on(kernel, w, w_bf16, n, k, ranges, x, ldx, first, rows)
+    }
+
+    /// [`run_rows`] through `kernel`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_rows_on(
+        kernel: impl FnOnce(&mut LinearJob<'_>),
+        w: Values<'_>,
+        w_bf16: Option<&[u16]>,
+        n: usize,
+        k: usize,
+        ranges: &[Range<usize>],
+        x: &[f32],
+        ldx: usize,
+        first: usize,
+        rows: usize,
+    ) -> Vec<f32> {
         let bias: Vec<f32> = (0..n).map(|i| 0.01 * i as f32).collect();
         // A row at least: a job of no rows must leave it untouched.
         let mut y = vec![f32::NAN; rows.max(1) * n];
@@ -549,7 +567,7 @@ mod tests {
             ldy: n,
             out_off: 0,
         };
-        linear(isa, &mut job, &mut KernelScratch::default());
+        kernel(&mut job);
         y
     }
 
@@ -587,6 +605,50 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 kernel converts fp16 16 lanes at a time, or on Zen 4 8
+    /// (`avx512::converts_in_halves`): the same bits either way, for jobs
+    /// of 1 to 3 rows (panels taken several at a time), one block and
+    /// groups of blocks, on layers of 1 to 8 panels with a narrow or a
+    /// whole last panel and a subset of the columns.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_conversions_in_halves_give_the_same_bits() {
+        if !Isa::Avx512.supported() {
+            eprintln!("skipped: this CPU has no avx512");
+            return;
+        }
+        let k = 70;
+        for n in [16usize, 33, 80, 96, 160, 256] {
+            let mut rng = crate::demo::Rng::new(n as u64);
+            let panel: Vec<f16> = (0..n.div_ceil(32) * 32 * k)
+                .map(|_| f16::from_f32(rng.symmetric(1.0)))
+                .collect();
+            let w = Values::F16(&panel);
+            let x: Vec<f32> = (0..40 * k).map(|_| rng.symmetric(2.0)).collect();
+            for ranges in [vec![0..k], vec![0..9, 20..64]] {
+                for rows in [1, 2, 3, 4, 12, 13, 32, 40] {
+                    let [zmm, halves] = [false, true].map(|halves| {
+                        let kernel = |job: &mut LinearJob<'_>| {
+                            job.check();
+                            avx512::linear_converting(job, &mut Vec::new(), halves)
+                        };
+                        run_rows_on(kernel, w, None, n, k, &ranges, &x, k, 0, rows)
+                    });
+                    assert!(
+                        zmm.iter()
+                            .zip(&halves)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "n {n}, ranges {ranges:?}, {rows} rows: the conversions differ"
+                    );
+                    assert!(
+                        halves.iter().all(|v| v.is_finite()),
+                        "n {n}: rows unwritten"
+                    );
                 }
             }
         }
