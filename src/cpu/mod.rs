@@ -509,29 +509,17 @@ mod tests {
         runs
     }
 
-    /// Rows `first..first + rows` of `x` (row stride `ldx`) through `isa`
-    /// (the bf16 kernel when `w_bf16` is given), into a fresh output of
-    /// row stride `n` (NaN where nothing was written).
-    #[allow(clippy::too_many_arguments)]
-    fn run_rows(
-        isa: Isa,
-        w: Values<'_>,
-        w_bf16: Option<&[u16]>,
-        n: usize,
-        k: usize,
-        ranges: &[Range<usize>],
-        x: &[f32],
-        ldx: usize,
-        first: usize,
-        rows: usize,
-    ) -> Vec<f32> {
-        let kernel = |job: &mut LinearJob<'_>| linear(isa, job, &mut KernelScratch::default());
-        run_rows_on(kernel, w, w_bf16, n, k, ranges, x, ldx, first, rows)
+    /// The Linear kernel of `isa` (the bf16 kernel for a job with bf16
+    /// weights), for [`run_rows`].
+    fn on(isa: Isa) -> impl FnOnce(&mut LinearJob<'_>) {
+        move |job| linear(isa, job, &mut KernelScratch::default())
     }
 
-    /// [`run_rows`] through `kernel`.
+    /// Rows `first..first + rows` of `x` (row stride `ldx`) through
+    /// `kernel` (with `w_bf16`, if given, in the job), into a fresh output
+    /// of row stride `n` (NaN where nothing was written).
     #[allow(clippy::too_many_arguments)]
-    fn run_rows_on(
+    fn run_rows(
         kernel: impl FnOnce(&mut LinearJob<'_>),
         w: Values<'_>,
         w_bf16: Option<&[u16]>,
@@ -589,10 +577,11 @@ mod tests {
             let x: Vec<f32> = (0..rows * k).map(|_| rng.symmetric(2.0)).collect();
             for ranges in [vec![0..k], vec![0..9, 20..64]] {
                 for (isa, bf16_w) in kernels(&w_bf16) {
-                    let whole = run_rows(isa, w, bf16_w, n, k, &ranges, &x, k, 0, rows);
+                    let whole = run_rows(on(isa), w, bf16_w, n, k, &ranges, &x, k, 0, rows);
                     for len in [1, 2, 3, 4, 7, 12] {
                         for first in 0..=rows - len {
-                            let part = run_rows(isa, w, bf16_w, n, k, &ranges, &x, k, first, len);
+                            let part =
+                                run_rows(on(isa), w, bf16_w, n, k, &ranges, &x, k, first, len);
                             let same = part
                                 .iter()
                                 .zip(&whole[first * n..(first + len) * n])
@@ -637,7 +626,7 @@ mod tests {
                             job.check();
                             avx512::linear_converting(job, &mut Vec::new(), halves)
                         };
-                        run_rows_on(kernel, w, None, n, k, &ranges, &x, k, 0, rows)
+                        run_rows(kernel, w, None, n, k, &ranges, &x, k, 0, rows)
                     });
                     assert!(
                         zmm.iter()
@@ -663,7 +652,7 @@ mod tests {
         let w_bf16 = bf16::convert_weight(&w, n, k);
         let x = vec![1.0f32; 4 * k];
         for (isa, bf16_w) in kernels(&w_bf16) {
-            let y = run_rows(isa, w, bf16_w, n, k, &[0..k], &x, k, 0, 0);
+            let y = run_rows(on(isa), w, bf16_w, n, k, &[0..k], &x, k, 0, 0);
             assert!(
                 y.iter().all(|v| v.is_nan()),
                 "{isa:?}: a job of no rows wrote"
