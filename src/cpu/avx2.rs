@@ -26,7 +26,9 @@ const PANEL_OUTER_ROWS: usize = 16;
 /// panels are the outer loop, 1.5% slower, so not there).
 const PREFETCH_ROWS: usize = 128;
 
-pub fn linear(job: &mut LinearJob<'_>) {
+/// The kernel. For the dispatcher only: it relies on the CPU having AVX2,
+/// FMA and F16C and on `job.check()` having passed.
+pub(super) fn linear(job: &mut LinearJob<'_>) {
     // SAFETY: the dispatcher only selects this kernel when the CPU has AVX2,
     // FMA and F16C (Isa::Avx2.supported()); `job.check()` has proved every
     // index the kernel forms to be in bounds.

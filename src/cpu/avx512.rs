@@ -13,27 +13,34 @@ use crate::format::PANEL;
 use crate::model::Values;
 use crate::program::{two_sigmoid, Act};
 
-pub fn linear(job: &mut LinearJob<'_>, converted: &mut Vec<f32>) {
+/// The kernel. For the dispatcher only: it relies on the CPU having
+/// AVX-512F, F16C and FMA and on `job.check()` having passed.
+pub(super) fn linear(job: &mut LinearJob<'_>, converted: &mut Vec<f32>) {
     linear_converting(job, converted, converts_in_halves());
 }
 
 /// [`linear`], converting fp16 in 8-lane halves or not (the same bits
 /// either way; the kernel tests run both).
 pub(super) fn linear_converting(job: &mut LinearJob<'_>, converted: &mut Vec<f32>, halves: bool) {
-    // A panel's rows converted to fp32 (see `run_blocks`), for every k.
-    let len = job.k_total * PANEL;
+    // A panel's rows converted to fp32 (see `run_blocks`), for every k,
+    // from a 64-byte boundary (each row two aligned cache lines).
+    let len = job.k_total * PANEL + 16;
     if converted.len() < len {
         converted.resize(len, 0.0);
     }
-    // SAFETY: the dispatcher only selects this kernel when the CPU has
-    // AVX-512F, F16C and FMA (Isa::Avx512.supported()); `job.check()` has
-    // proved every index the kernel forms to be in bounds, and `converted`
-    // holds a panel's `k_total` rows.
+    let start = converted.as_ptr().align_offset(64).min(16);
+    // SAFETY: the callers (the dispatcher, and the kernel test that
+    // compares the conversions) only run this kernel when the CPU has
+    // AVX-512F, F16C and FMA (Isa::Avx512.supported()) and after
+    // `job.check()` has proved every index the kernel forms to be in
+    // bounds; `converted` holds a panel's `k_total` rows after `start`
+    // (at most 16).
     unsafe {
+        let converted = converted.as_mut_ptr().add(start);
         if halves {
-            linear_avx512::<true>(job, converted.as_mut_ptr())
+            linear_avx512::<true>(job, converted)
         } else {
-            linear_avx512::<false>(job, converted.as_mut_ptr())
+            linear_avx512::<false>(job, converted)
         }
     }
 }
@@ -42,9 +49,9 @@ pub(super) fn linear_converting(job: &mut LinearJob<'_>, converted: &mut Vec<f32
 /// `vcvtph2ps ymm` and an insert per 16 weights) rather than 16: yes on
 /// AMD's Zen 4 (family 19h, the only one of that family with AVX-512),
 /// which runs 512-bit instructions as two 256-bit halves. There the 16-lane
-/// form bounded jobs of 1 to 3 rows, and one candidate of the benchmark
-/// model took 1.07× less time in halves; larger jobs, which convert each
-/// weight once per group of row blocks, ran the same (bench/RESULTS.md).
+/// form bounded one-row jobs (one FMA per conversion), and one candidate
+/// of the benchmark model took 1.07× less time in halves; 2 to 32
+/// candidates ran the same (bench/RESULTS.md).
 /// Elsewhere the 16-lane form stays: halves are unmeasured there, and on
 /// cores that run 512-bit instructions whole they are three instructions
 /// instead of one.
@@ -72,7 +79,7 @@ enum PanelSource {
     F32(*const f32),
     F16(*const half::f16),
     /// fp16 rows, each also stored converted at the same row of the fp32
-    /// panel (for the next blocks of the job to read as `F32`).
+    /// panel (for the other blocks of the group to read as `F32`).
     F16Keep(*const half::f16, *mut f32),
 }
 
@@ -84,10 +91,10 @@ enum PanelSource {
 const PREFETCH_ROWS: usize = 128;
 
 /// The rows of the next block with `left` rows to go: the fewest blocks
-/// of at most 12 rows, as even as can be (32 = 11 + 11 + 10, 7 = 7). A
-/// block converts each fp16 weight it multiplies once, so fewer blocks
-/// convert less: 3, 5 and 7 rows in one block took 1.3–1.5× less time than
-/// in blocks of 2 + 1, 4 + 1 and 4 + 2 + 1 (bench/RESULTS.md).
+/// of at most 12 rows, as even as can be (32 = 11 + 11 + 10, 7 = 7): 3, 5
+/// and 7 rows in one block took 1.3–1.5× less time than in blocks of
+/// 2 + 1, 4 + 1 and 4 + 2 + 1 (bench/RESULTS.md; measured when every
+/// block converted the weights it multiplied, before [`run_blocks`]).
 pub(super) fn block_rows(left: usize) -> usize {
     let blocks = left.div_ceil(MAX_BLOCK_ROWS).max(1);
     left.div_ceil(blocks)
@@ -125,7 +132,7 @@ unsafe fn linear_avx512<const HALVES: bool>(job: &mut LinearJob<'_>, converted: 
 /// by the first block, which keeps them in `converted` (fp32) for the
 /// others. The conversions take the FMA units' time: on a host whose
 /// 512-bit FMAs run at half rate, a 32-row tile of 512×512 layers ran at
-/// 86–88% of the FMA peak converting in every block, 95% with fp32
+/// 88–89% of the FMA peak converting in every block, 95–98% with fp32
 /// weights (bench/RESULTS.md). Panels are the outer loop, so the group's
 /// inputs (48 rows × 2 KiB for 512 inputs) are read once per panel, from
 /// L1 or L2.
@@ -355,8 +362,8 @@ unsafe fn convert16<const HALVES: bool>(w: *const half::f16) -> __m512 {
 /// the same order (k ascending) whatever the block's size, so a tile cut
 /// anywhere across threads keeps every row's bits. A block of 1 to 3 rows
 /// has only 2 to 6 independent FMA chains: a job of that many rows takes
-/// several panels at a time instead ([`few_rows`]); the block of 1 to 3
-/// rows that ends a larger job is a small part of its work.
+/// several panels at a time instead ([`few_rows`]), and [`block_rows`]
+/// never leaves such a block in a larger job.
 #[inline(always)]
 unsafe fn block<const MR: usize, const H: usize, const HALVES: bool>(
     job: &mut LinearJob<'_>,

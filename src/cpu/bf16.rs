@@ -101,8 +101,9 @@ unsafe fn to_pairs_avx512(row: &[f32], out: &mut [u32]) {
     to_pairs_scalar(&row[32 * full..], &mut out[16 * full..]);
 }
 
-/// Runs a Linear job with bf16 weights `w` (layout above).
-pub fn linear(job: &mut LinearJob<'_>, w: &[u16], scratch: &mut KernelScratch) {
+/// Runs a Linear job with bf16 weights `w` (layout above). For the
+/// dispatcher only: it relies on `job.check()` having passed.
+pub(super) fn linear(job: &mut LinearJob<'_>, w: &[u16], scratch: &mut KernelScratch) {
     let pairs = job.k_total.div_ceil(2);
     assert!(
         w.len() >= job.n.div_ceil(PANEL) * pairs * 2 * PANEL,

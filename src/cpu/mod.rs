@@ -282,8 +282,8 @@ pub struct KernelScratch {
     pub pair_ranges: Vec<Range<usize>>,
     pub x_pairs: Vec<u32>,
     pub row: Vec<f32>,
-    /// AVX-512 kernel: a weight panel converted to fp32, for a job's row
-    /// blocks after the first.
+    /// AVX-512 kernel: a weight panel converted to fp32 by the first row
+    /// block of a group, for the others.
     pub converted: Vec<f32>,
 }
 
@@ -479,8 +479,12 @@ mod tests {
             (24, 5),
         ] {
             // Every block size of the AVX-512 and bf16 kernels (1 to 12
-            // rows; 13 = 7 + 6, 28 = 10 + 9 + 9) and the AVX2 kernel's.
-            for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 28, 32] {
+            // rows; 13 = 7 + 6, 28 = 10 + 9 + 9) and the AVX2 kernel's;
+            // 50 and 100 rows: the AVX-512 kernel's groups of 4 blocks,
+            // then 1 (each group converting the panels again).
+            for rows in [
+                1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 28, 32, 50, 100,
+            ] {
                 for f16_weights in [true, false] {
                     check_all_isas(n, k, rows, vec![0..k], f16_weights, seed);
                     seed += 1;
@@ -603,7 +607,9 @@ mod tests {
     /// (`avx512::converts_in_halves`): the same bits either way, for jobs
     /// of 1 to 3 rows (panels taken several at a time), one block and
     /// groups of blocks, on layers of 1 to 8 panels with a narrow or a
-    /// whole last panel and a subset of the columns.
+    /// whole last panel and a subset of the columns. The halves run with
+    /// one scratch for every case (other layer widths, other inputs): what
+    /// an earlier job converted must not leak into a later one.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_conversions_in_halves_give_the_same_bits() {
@@ -611,23 +617,53 @@ mod tests {
             eprintln!("skipped: this CPU has no avx512");
             return;
         }
-        let k = 70;
-        for n in [16usize, 33, 80, 96, 160, 256] {
+        let mut shared = Vec::new();
+        for (n, k) in [
+            (16usize, 70usize),
+            (33, 70),
+            (80, 33),
+            (96, 70),
+            (160, 33),
+            (256, 70),
+        ] {
             let mut rng = crate::demo::Rng::new(n as u64);
             let panel: Vec<f16> = (0..n.div_ceil(32) * 32 * k)
                 .map(|_| f16::from_f32(rng.symmetric(1.0)))
                 .collect();
             let w = Values::F16(&panel);
-            let x: Vec<f32> = (0..40 * k).map(|_| rng.symmetric(2.0)).collect();
-            for ranges in [vec![0..k], vec![0..9, 20..64]] {
-                for rows in [1, 2, 3, 4, 12, 13, 32, 40] {
-                    let [zmm, halves] = [false, true].map(|halves| {
-                        let kernel = |job: &mut LinearJob<'_>| {
+            let x: Vec<f32> = (0..100 * k).map(|_| rng.symmetric(2.0)).collect();
+            for ranges in [vec![0..k], vec![0..9, 20..30]] {
+                for rows in [1, 2, 3, 4, 12, 13, 32, 50, 100] {
+                    let zmm = run_rows(
+                        |job: &mut LinearJob<'_>| {
                             job.check();
-                            avx512::linear_converting(job, &mut Vec::new(), halves)
-                        };
-                        run_rows(kernel, w, None, n, k, &ranges, &x, k, 0, rows)
-                    });
+                            avx512::linear_converting(job, &mut Vec::new(), false)
+                        },
+                        w,
+                        None,
+                        n,
+                        k,
+                        &ranges,
+                        &x,
+                        k,
+                        0,
+                        rows,
+                    );
+                    let halves = run_rows(
+                        |job: &mut LinearJob<'_>| {
+                            job.check();
+                            avx512::linear_converting(job, &mut shared, true)
+                        },
+                        w,
+                        None,
+                        n,
+                        k,
+                        &ranges,
+                        &x,
+                        k,
+                        0,
+                        rows,
+                    );
                     assert!(
                         zmm.iter()
                             .zip(&halves)
