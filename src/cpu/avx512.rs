@@ -107,7 +107,7 @@ const MAX_BLOCK_ROWS: usize = 12;
 #[target_feature(enable = "avx512f,f16c,fma")]
 unsafe fn linear_avx512<const HALVES: bool>(job: &mut LinearJob<'_>, converted: *mut f32) {
     let panels = job.n.div_ceil(PANEL);
-    if (1..=3).contains(&job.rows) {
+    if (1..=6).contains(&job.rows) {
         few_rows::<HALVES>(job, panels);
         return;
     }
@@ -160,14 +160,17 @@ unsafe fn run_blocks<const HALVES: bool>(
     }
 }
 
-/// A job of 1 to 3 rows: one block, whose one panel would give only 2 to
-/// 6 FMA chains (each waiting on the previous FMA), so panels are taken
-/// several at a time (4 for one row, 2 for 2 or 3): 8 to 12 chains. Each
-/// output keeps its one accumulator, added in the same order as in
-/// [`block`], so the bits are those of any other block. The panels taken
-/// together are not prefetched by hand (measured: one row took 189 against
-/// 198 µs per call of the benchmark model without; 2 and 3 rows the same);
-/// those left over go through [`panel_block`], which does.
+/// A job of 1 to 6 rows: one block, whose one panel would give only 2 to
+/// 6 FMA chains (each waiting on the previous FMA) for 1 to 3 rows, so
+/// panels are taken several at a time (4 for one row, 2 for 2 to 6): 8 to
+/// 24 chains. For 4 to 6 rows two panels also broadcast each input once
+/// per 4 FMAs instead of 2: 4 to 6 candidates took 1.13–1.21× less time
+/// on the Zen 4 host (bench/RESULTS.md). Each output keeps its one
+/// accumulator, added in the same order as in [`block`], so the bits are
+/// those of any other block. The panels taken together are not prefetched
+/// by hand (measured: one row took 189 against 198 µs per call of the
+/// benchmark model without; 2 and 3 rows the same); those left over go
+/// through [`panel_block`], which does.
 #[inline(always)]
 unsafe fn few_rows<const HALVES: bool>(job: &mut LinearJob<'_>, panels: usize) {
     // Whole panels only in a group (a last one of 16 outputs or fewer
@@ -179,15 +182,18 @@ unsafe fn few_rows<const HALVES: bool>(job: &mut LinearJob<'_>, panels: usize) {
             (1, 2) => panels_block::<1, 2, HALVES>(job, p, 0),
             (2, 2) => panels_block::<2, 2, HALVES>(job, p, 0),
             (3, 2) => panels_block::<3, 2, HALVES>(job, p, 0),
+            (4, 2) => panels_block::<4, 2, HALVES>(job, p, 0),
+            (5, 2) => panels_block::<5, 2, HALVES>(job, p, 0),
+            (6, 2) => panels_block::<6, 2, HALVES>(job, p, 0),
             _ => panel_block::<HALVES>(job, panel_source(job, p), p, 0, job.rows),
         }
     }
 }
 
-/// The panels of a job of 1 to 3 rows in groups `(first, count)`, in
-/// order: 4 at a time for one row, 2 for two or three, over panels for
-/// which `groupable` holds, the others one at a time. Shared with the bf16
-/// kernel.
+/// The panels of a job of few rows in groups `(first, count)`, in order:
+/// 4 at a time for one row, 2 for more, over panels for which `groupable`
+/// holds, the others one at a time. Shared with the bf16 kernel (1 to 3
+/// rows).
 pub(super) fn few_rows_groups(
     rows: usize,
     panels: usize,
@@ -361,9 +367,9 @@ unsafe fn convert16<const HALVES: bool>(w: *const half::f16) -> __m512 {
 /// One accumulator per output and row: every row's products are added in
 /// the same order (k ascending) whatever the block's size, so a tile cut
 /// anywhere across threads keeps every row's bits. A block of 1 to 3 rows
-/// has only 2 to 6 independent FMA chains: a job of that many rows takes
+/// has only 2 to 6 independent FMA chains: a job of up to 6 rows takes
 /// several panels at a time instead ([`few_rows`]), and [`block_rows`]
-/// never leaves such a block in a larger job.
+/// never leaves a block of 1 to 3 rows in a larger job.
 #[inline(always)]
 unsafe fn block<const MR: usize, const H: usize, const HALVES: bool>(
     job: &mut LinearJob<'_>,
