@@ -50,7 +50,8 @@ pub(super) fn linear_converting(job: &mut LinearJob<'_>, converted: &mut Vec<f32
 /// AMD's Zen 4 (family 19h, the only one of that family with AVX-512),
 /// which runs 512-bit instructions as two 256-bit halves. There the 16-lane
 /// form bounded one-row jobs (one FMA per conversion), and one candidate
-/// of the benchmark model took 1.07× less time in halves; 2 to 32
+/// of the benchmark model took 1.07× less time in halves, and 1.16× less
+/// again with [`one_row_ymm`], which multiplies them unjoined; 2 to 32
 /// candidates ran the same (bench/RESULTS.md).
 /// Elsewhere the 16-lane form stays: halves are unmeasured there, and on
 /// cores that run 512-bit instructions whole they are three instructions
@@ -171,11 +172,29 @@ unsafe fn run_blocks<const HALVES: bool>(
 /// by hand (measured: one row took 189 against 198 µs per call of the
 /// benchmark model without; 2 and 3 rows the same); those left over go
 /// through [`panel_block`], which does.
-#[inline(always)]
+///
+/// A function of its own: inlined into [`linear_avx512`], its code changed
+/// the register allocation of the larger blocks' loops there, which ran
+/// 5% slower (the `--kernel` table, bench/RESULTS.md).
+#[inline(never)]
+#[target_feature(enable = "avx512f,f16c,fma")]
 unsafe fn few_rows<const HALVES: bool>(job: &mut LinearJob<'_>, panels: usize) {
     // Whole panels only in a group (a last one of 16 outputs or fewer
     // takes the narrow path of `panel_block`).
     let n = job.n;
+    if let (true, 1, Values::F16(w)) = (HALVES, job.rows, job.w) {
+        // Zen 4: one row in 256-bit pieces (see `one_row_ymm`).
+        let w = w.as_ptr();
+        for (p, count) in few_rows_groups(2, panels, |p| n - p * PANEL > 16) {
+            if count == 2 {
+                let panel_len = job.k_total * PANEL;
+                one_row_ymm(job, [w.add(p * panel_len), w.add((p + 1) * panel_len)], p);
+            } else {
+                panel_block::<HALVES>(job, panel_source(job, p), p, 0, 1);
+            }
+        }
+        return;
+    }
     for (p, count) in few_rows_groups(job.rows, panels, |p| n - p * PANEL > 16) {
         match (job.rows, count) {
             (1, 4) => panels_block::<1, 4, HALVES>(job, p, 0),
@@ -187,6 +206,44 @@ unsafe fn few_rows<const HALVES: bool>(job: &mut LinearJob<'_>, panels: usize) {
             (6, 2) => panels_block::<6, 2, HALVES>(job, p, 0),
             _ => panel_block::<HALVES>(job, panel_source(job, p), p, 0, job.rows),
         }
+    }
+}
+
+/// One row of fp16 panels `p` and `p + 1` (both whole) on Zen 4, in
+/// 256-bit pieces: each 8 weights converted by one `vcvtph2ps ymm` and
+/// multiplied by one 256-bit FMA (8 chains), as the AVX2 kernel does. The
+/// 512-bit form spent an insert per 16 weights joining converted halves:
+/// one candidate of the benchmark model took 151.9 µs against 176.1
+/// (bench/RESULTS.md).
+/// Each output keeps its one accumulator, added in the order of [`block`]
+/// (an FMA per lane either way), and the epilogue is [`store_rows`]'s: the
+/// same bits as any other block.
+#[inline(always)]
+unsafe fn one_row_ymm(job: &mut LinearJob<'_>, panels: [*const half::f16; 2], p: usize) {
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let x = job.x.as_ptr().add(job.in_off);
+    for range in job.k_ranges {
+        for k in range.clone() {
+            let b = _mm256_set1_ps(*x.add(k));
+            for (a, &w) in acc.iter_mut().zip(&panels) {
+                let w = w.add(k * PANEL);
+                for (q, a) in a.iter_mut().enumerate() {
+                    let wq = _mm256_cvtph_ps(_mm_loadu_si128(w.add(8 * q) as *const __m128i));
+                    *a = _mm256_fmadd_ps(wq, b, *a);
+                }
+            }
+        }
+    }
+    let join = |lo: __m256, hi: __m256| {
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castps_pd(_mm512_castps256_ps512(lo)),
+            _mm256_castps_pd(hi),
+        ))
+    };
+    for (j, a) in acc.iter().enumerate() {
+        let (bias_add, valid) = panel_bias(job, p + j);
+        let sums = [[join(a[0], a[1]), join(a[2], a[3])]];
+        store_rows(job, &sums, 0, p + j, &bias_add, valid);
     }
 }
 
