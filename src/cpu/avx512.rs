@@ -147,16 +147,16 @@ unsafe fn run_blocks<const HALVES: bool>(
     converted: *mut f32,
 ) {
     for p in 0..panels {
-        let source = match panel_source(job, p) {
-            PanelSource::F16(w) if blocks.len() > 1 => PanelSource::F16Keep(w, converted),
-            source => source,
+        // The first block's source, and the others'.
+        let (first, rest) = match panel_source(job, p) {
+            PanelSource::F16(w) if blocks.len() > 1 => (
+                PanelSource::F16Keep(w, converted),
+                PanelSource::F32(converted),
+            ),
+            source => (source, source),
         };
         for (i, &(r, mr)) in blocks.iter().enumerate() {
-            let source = match source {
-                PanelSource::F16Keep(..) if i > 0 => PanelSource::F32(converted),
-                source => source,
-            };
-            panel_block::<HALVES>(job, source, p, r, mr);
+            panel_block::<HALVES>(job, if i == 0 { first } else { rest }, p, r, mr);
         }
     }
 }
@@ -184,10 +184,9 @@ unsafe fn few_rows<const HALVES: bool>(job: &mut LinearJob<'_>, panels: usize) {
     let n = job.n;
     if let (true, 1, Values::F16(w)) = (HALVES, job.rows, job.w) {
         // Zen 4: one row in 256-bit pieces (see `one_row_ymm`).
-        let w = w.as_ptr();
+        let (w, panel_len) = (w.as_ptr(), job.k_total * PANEL);
         for (p, count) in few_rows_groups(2, panels, |p| n - p * PANEL > 16) {
             if count == 2 {
-                let panel_len = job.k_total * PANEL;
                 one_row_ymm(job, [w.add(p * panel_len), w.add((p + 1) * panel_len)], p);
             } else {
                 panel_block::<HALVES>(job, panel_source(job, p), p, 0, 1);
@@ -234,12 +233,6 @@ unsafe fn one_row_ymm(job: &mut LinearJob<'_>, panels: [*const half::f16; 2], p:
             }
         }
     }
-    let join = |lo: __m256, hi: __m256| {
-        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-            _mm512_castps_pd(_mm512_castps256_ps512(lo)),
-            _mm256_castps_pd(hi),
-        ))
-    };
     for (j, a) in acc.iter().enumerate() {
         let (bias_add, valid) = panel_bias(job, p + j);
         let sums = [[join(a[0], a[1]), join(a[2], a[3])]];
@@ -410,13 +403,19 @@ unsafe fn convert16<const HALVES: bool>(w: *const half::f16) -> __m512 {
     if HALVES {
         let lo = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
         let hi = _mm256_cvtph_ps(_mm_loadu_si128(w.add(8) as *const __m128i));
-        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-            _mm512_castps_pd(_mm512_castps256_ps512(lo)),
-            _mm256_castps_pd(hi),
-        ))
+        join(lo, hi)
     } else {
         _mm512_cvtph_ps(_mm256_loadu_si256(w as *const __m256i))
     }
+}
+
+/// `lo` and `hi` as the low and high halves of one 512-bit vector.
+#[inline(always)]
+unsafe fn join(lo: __m256, hi: __m256) -> __m512 {
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+        _mm512_castps_pd(_mm512_castps256_ps512(lo)),
+        _mm256_castps_pd(hi),
+    ))
 }
 
 /// Rows `r0..r0 + MR` of panel `p`.
