@@ -1161,7 +1161,7 @@ __device__ __forceinline__ void store_with_half(float* out, int ldo, __half* out
 extern "C" __global__ void feature_gate(const float* g, int ldg, const float* x0, int ld0, float* out, int ldo, int width,
                                         int rows, __half* out16, int ldo16) {
     wait_for_inputs();
-    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    int r = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (r >= rows || c >= width) return;
     store_with_half(out, ldo, out16, ldo16, r, c, row_of(x0, ld0, r)[c] * row_of(g, ldg, r)[c]);
 }
@@ -1225,7 +1225,7 @@ extern "C" __global__ void layer_norm(const float* in, int ldi, int in_off, cons
 extern "C" __global__ void outer_heads(const float* o1, int ld1, const float* o2, int ld2, float* out, int ldo,
                                        int width, int rows, __half* out16, int ldo16, int hx, int hy, int exp16) {
     wait_for_inputs();
-    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    int r = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (r >= rows || c >= width) return;
     int j = c / hy, b = c - j * hy;
     float z = row_of(o1, ld1, r)[j] * row_of(o2, ld2, r)[(j / hx) * hy + b];
@@ -1238,7 +1238,7 @@ extern "C" __global__ void bilinear(const float* o1, int ld1, const float* o2, i
                                     const float* wy, int ldy, const float* wxy, int heads, int hx, int hy, float* out,
                                     int ldo, int h_out, int rows) {
     wait_for_inputs();
-    int r = blockIdx.y, o = blockIdx.x * blockDim.x + threadIdx.x;
+    int r = blockIdx.x, o = blockIdx.y * blockDim.x + threadIdx.x;
     if (r >= rows || o >= h_out) return;
     const float* a = row_of(o1, ld1, r);
     const float* b = row_of(o2, ld2, r);
@@ -1291,7 +1291,7 @@ __device__ __forceinline__ void mixture_store(const u64* entry, int r, int c, fl
 extern "C" __global__ void mixture(const u64* table, int num_experts, int tasks, int h, int rows) {
     wait_for_inputs();
     __shared__ float weights[MIX_TASKS][MIX_EXPERTS];
-    int r = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    int r = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     const bool row = r < rows, active = row && c < h;
     const u64* experts = table;
     // Per task: gate, its ld, out, its ld, out's fp16 copy, its ld.

@@ -206,6 +206,23 @@ fn gpu_matches_cpu_on_the_small_model() {
     }
 }
 
+/// A request past 65,535 rows (bucket 65,536): the kernels that run a
+/// block per row keep their rows on the grid's x axis, since CUDA allows
+/// only 65,535 blocks along y; they had them on y, and such requests
+/// failed at the mixture's launch.
+#[test]
+fn gpu_scores_requests_past_65535_rows() {
+    if !has_gpu() {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let (config, _, packed) = small(DType::F16);
+    let n = 40_000;
+    let f16_delta = gpu_vs_cpu(&packed.path, &config, GpuPrecision::F16, n);
+    println!("small model, {n} candidates: max |Δlogit| f16 {f16_delta:e}");
+    assert!(f16_delta < 2e-2, "f16 GPU path off by {f16_delta}");
+}
+
 /// FinalMLP's bilinear sum on the device, against the CPU path of the same
 /// file (the small model above has it as a Linear layer over `outer_heads`):
 /// the direct kernel over a layout-version-1 file; the direct kernel over a

@@ -352,6 +352,18 @@ void* dynamic_shared(int bytes) {
 
 bool run_grid(const uint3& grid, const uint3& block, size_t shared_bytes, bool reverse_blocks,
               const std::function<void()>& body, std::string& error) {
+    // CUDA refuses these shapes (CUDA_ERROR_INVALID_VALUE) on every GPU.
+    const uint64_t threads = (uint64_t)block.x * block.y * block.z;
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+        error = "grid (" + std::to_string(grid.x) + "," + std::to_string(grid.y) + "," + std::to_string(grid.z) +
+                ") is empty or exceeds CUDA's (2^31 - 1, 65535, 65535) blocks";
+        return false;
+    }
+    if (threads == 0 || threads > 1024 || block.z > 64) {
+        error = "block (" + std::to_string(block.x) + "," + std::to_string(block.y) + "," + std::to_string(block.z) +
+                ") is empty or exceeds CUDA's 1024 threads (64 along z)";
+        return false;
+    }
     thread_local Executor local;
     Executor* outer = executor;
     executor = &local;

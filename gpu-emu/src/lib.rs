@@ -198,6 +198,7 @@ impl EmuModel {
         let capacity = bucket(n);
         let mut plan = self.plan(capacity);
         plan.choose_all_tiles(pick);
+        plan.check_launch_shapes()?;
         let mut inputs = input_tensors(
             model,
             &self.addresses,

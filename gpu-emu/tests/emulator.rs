@@ -70,6 +70,26 @@ fn unknown_kernels_and_wrong_arity_are_errors() {
     assert!(err.contains("1 arguments, the kernel takes 3"), "{err}");
 }
 
+/// Shapes CUDA refuses are errors before any block runs (a kernel with
+/// 65,536 rows on the grid's y axis passed here and failed on a GPU).
+#[test]
+fn launch_shapes_past_cuda_limits_are_errors() {
+    let mut out = vec![0.0f32; 64];
+    let args = [out.as_mut_ptr() as u64];
+    for (grid, block, what) in [
+        ((1, 65_536, 1), (64, 1, 1), "grid (1,65536,1)"),
+        ((1, 1, 65_536), (64, 1, 1), "grid (1,1,65536)"),
+        ((0, 1, 1), (64, 1, 1), "grid (0,1,1)"),
+        ((1, 1, 1), (1025, 1, 1), "block (1025,1,1)"),
+        ((1, 1, 1), (1, 1, 65), "block (1,1,65)"),
+    ] {
+        // SAFETY: refused before any thread runs, so nothing is written.
+        let err = unsafe { launch("selftest_shuffle_sum", grid, block, 0, false, &args) };
+        let err = err.unwrap_err();
+        assert!(err.contains(what) && err.contains("CUDA"), "{err}");
+    }
+}
+
 /// A cp.async lands at its issue in even blocks and only at its wait in odd
 /// ones (the parity flips every launch): with the wait both blocks read what
 /// they copied (zero past a short copy); without it, one of the two reads

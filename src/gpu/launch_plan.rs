@@ -371,6 +371,34 @@ pub struct LaunchPlan {
     unscheduled: Vec<Launch>,
 }
 
+/// CUDA's limits on a launch's shape, the same on every GPU the kernels
+/// build for: blocks along the grid's x, y and z axes, threads along the
+/// block's, and threads a block.
+pub const MAX_GRID: [u32; 3] = [i32::MAX as u32, 65_535, 65_535];
+pub const MAX_BLOCK: [u32; 3] = [1024, 1024, 64];
+pub const MAX_BLOCK_THREADS: u32 = 1024;
+
+/// Why CUDA would refuse a launch of `grid` blocks of `block` threads
+/// (`CUDA_ERROR_INVALID_VALUE`), or `None`.
+pub fn launch_shape_error(grid: (u32, u32, u32), block: (u32, u32, u32)) -> Option<String> {
+    let grid = [grid.0, grid.1, grid.2];
+    let block = [block.0, block.1, block.2];
+    let threads = block.iter().map(|&b| u64::from(b)).product::<u64>();
+    if grid.contains(&0) || block.contains(&0) {
+        Some(format!("grid {grid:?} of blocks {block:?} is empty"))
+    } else if grid.iter().zip(MAX_GRID).any(|(&g, max)| g > max) {
+        Some(format!("grid {grid:?} exceeds CUDA's {MAX_GRID:?} blocks"))
+    } else if block.iter().zip(MAX_BLOCK).any(|(&b, max)| b > max)
+        || threads > u64::from(MAX_BLOCK_THREADS)
+    {
+        Some(format!(
+            "block {block:?} exceeds CUDA's {MAX_BLOCK:?} threads ({MAX_BLOCK_THREADS} in all)"
+        ))
+    } else {
+        None
+    }
+}
+
 /// The batch bucket for `n` candidates: a power of two, at least 32.
 pub fn bucket(n: usize) -> usize {
     n.max(32).next_power_of_two()
@@ -1495,7 +1523,7 @@ impl LaunchPlan {
         let (reads, writes, origin) = merged(members.iter().map(|m| &m.1));
         self.launches.push(Launch {
             kernel: Kernel::Mixture,
-            grid: (blocks(h, BLOCK as usize), rows as u32, 1),
+            grid: (rows as u32, blocks(h, BLOCK as usize), 1),
             block: (BLOCK, 1, 1),
             args: vec![
                 Arg::Ptr(Loc::Pointers(table)),
@@ -1691,6 +1719,31 @@ impl LaunchPlan {
         launch.args[1] = Arg::Ptr(Loc::Ranges(tiles));
     }
 
+    /// `Err` naming the first launch, or tile choice of one, whose shape
+    /// CUDA would refuse ([`launch_shape_error`]): a kernel that puts rows
+    /// on the grid's y axis fails from 65,536 rows on, for instance.
+    pub fn check_launch_shapes(&self) -> Result<(), String> {
+        for (i, launch) in self.launches.iter().enumerate() {
+            let choices = self.tile_choices.get(i).into_iter().flatten();
+            let shapes = std::iter::once((launch.kernel, launch.grid, launch.block)).chain(
+                choices.map(|c| {
+                    let block = mma_tile(c.kernel).map_or(launch.block, |(_, _, t)| (t, 1, 1));
+                    (c.kernel, (c.blocks.max(1), 1, 1), block)
+                }),
+            );
+            for (kernel, grid, block) in shapes {
+                if let Some(why) = launch_shape_error(grid, block) {
+                    return Err(format!(
+                        "launch {i} ({}) of the {}-row plan: {why}",
+                        kernel.entry(),
+                        self.capacity
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn at(&self, buf: BufId) -> Loc {
         if self.f32_unread[buf] {
             return Loc::Null;
@@ -1858,7 +1911,7 @@ impl LaunchPlan {
         args.extend_from_slice(extra);
         self.push(
             kernel,
-            (blocks(width, BLOCK as usize), rows as u32, 1),
+            (rows as u32, blocks(width, BLOCK as usize), 1),
             (BLOCK, 1, 1),
             args,
             inputs.to_vec(),
@@ -2119,7 +2172,7 @@ impl LaunchPlan {
                 ];
                 self.push(
                     Kernel::Bilinear,
-                    (blocks(h_out, BLOCK as usize), rows as u32, 1),
+                    (rows as u32, blocks(h_out, BLOCK as usize), 1),
                     (BLOCK, 1, 1),
                     args,
                     vec![*o1, *o2, *wx, *wy],
@@ -2201,6 +2254,64 @@ mod tests {
     fn kernel_index_is_its_place_in_all() {
         for (place, kernel) in Kernel::ALL.iter().enumerate() {
             assert_eq!(kernel.index(), place, "{kernel:?}");
+        }
+    }
+
+    /// Every launch and tile choice keeps within CUDA's grid and block
+    /// limits up to the largest bucket (`MAX_CANDIDATES` rows), for models
+    /// with every row-per-block kernel: the mixture, MaskNet's gate and
+    /// FinalMLP's outer products (layout 2) and direct bilinear sum
+    /// (layout 1). Rows on the grid's y axis failed from 65,536 rows on.
+    #[test]
+    fn launch_shapes_keep_within_cuda_limits_at_every_bucket() {
+        let small = include_str!("../../tests/common/small_config.json");
+        let weight = |_| DeviceWeight { ldw: 512 };
+        let mut kernels = std::collections::BTreeSet::new();
+        for json in [small, crate::demo::BENCH_MODEL_JSON] {
+            let config = Config::parse(json).unwrap();
+            let plan =
+                Plan::build(&config, &|name| name.ends_with("ctx_bias").then(|| vec![4])).unwrap();
+            for version in [1, crate::format::LAYOUT_VERSION] {
+                let program = Program::lower_for_layout(&config, &plan, version);
+                for capacity in [32, 1 << 15, 1 << 16, 1 << 17, bucket(crate::MAX_CANDIDATES)] {
+                    for fused_heads in [false, true] {
+                        let options = PlanOptions {
+                            fused_heads,
+                            ..PlanOptions::default()
+                        };
+                        for precision in [Precision::F16, Precision::F32] {
+                            let lp =
+                                LaunchPlan::new(&program, capacity, precision, options, &weight);
+                            if let Err(e) = lp.check_launch_shapes() {
+                                panic!("{e}");
+                            }
+                            kernels.extend(lp.launches.iter().map(|l| l.kernel.entry()));
+                        }
+                    }
+                }
+            }
+        }
+        for kernel in ["mixture", "feature_gate", "outer_heads", "bilinear"] {
+            assert!(kernels.contains(kernel), "no {kernel} launch planned");
+        }
+    }
+
+    #[test]
+    fn launch_shape_error_names_each_limit() {
+        assert_eq!(launch_shape_error((1 << 20, 65_535, 1), (128, 1, 1)), None);
+        for (grid, block) in [
+            ((1, 65_536, 1), (128, 1, 1)),
+            ((1, 1, 65_536), (128, 1, 1)),
+            ((1 << 31, 1, 1), (128, 1, 1)),
+            ((0, 1, 1), (128, 1, 1)),
+            ((1, 1, 1), (1025, 1, 1)),
+            ((1, 1, 1), (64, 32, 1)),
+            ((1, 1, 1), (1, 1, 65)),
+        ] {
+            assert!(
+                launch_shape_error(grid, block).is_some(),
+                "{grid:?} {block:?}"
+            );
         }
     }
 

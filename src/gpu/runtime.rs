@@ -673,6 +673,8 @@ impl GpuSession {
             gpu.options,
             &|id| gpu.weights[id],
         );
+        plan.check_launch_shapes()
+            .map_err(|why| Error::new(ErrorKind::Device, format!("CUDA: {why}")))?;
         let stream = &self.stream.clone();
         let arena = stream
             .alloc_zeros::<f32>(plan.arena_len)
