@@ -4,7 +4,7 @@
 //! batch bucket.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use cudarc::driver::sys::{
@@ -48,6 +48,9 @@ enum DeviceTensor {
     F16(CudaSlice<f16>),
 }
 
+/// A bucket's tile choices once timed (`GpuModel::tuned`).
+type TunedSlot = Arc<Mutex<Option<Vec<usize>>>>;
+
 /// A model's weights on one device, shared by every session on it.
 pub struct GpuModel {
     ctx: Arc<CudaContext>,
@@ -71,8 +74,10 @@ pub struct GpuModel {
     /// for their inputs in their first instruction).
     pdl: bool,
     /// Per bucket, the tile choice `tune` kept for each launch: the first
-    /// session to capture a bucket times them, the others reuse the result.
-    tuned: Mutex<HashMap<usize, Vec<usize>>>,
+    /// session to capture a bucket times them, holding the bucket's lock,
+    /// and the others wait for the result and reuse it (sessions timing
+    /// side by side would each time the other's launches too).
+    tuned: Mutex<HashMap<usize, TunedSlot>>,
     /// Threads that help the sessions pack large requests
     /// (`PlanOptions::pack_threads`; none by default).
     packers: Option<HelperThreads>,
@@ -394,13 +399,53 @@ impl Drop for GpuSession {
     /// that scored) and waits for the stream, before the buckets' graphs
     /// and memory are destroyed.
     fn drop(&mut self) {
-        let _ = self.gpu.ctx.bind_to_thread();
+        // A second try when the first returns an error some drop stored in
+        // the context (cudarc returns it before binding).
+        if self.gpu.ctx.bind_to_thread().is_err() {
+            let _ = self.gpu.ctx.bind_to_thread();
+        }
+        // A stream left capturing would fail the frees below: they are
+        // enqueued on it.
+        abandon_capture(&self.stream);
         let _ = self.stream.synchronize();
         // The graphs launch the model's kernels: destroy them before `gpu`,
         // the first field, may drop the last reference to the model and
         // unload its module.
         self.buckets.clear();
         self.side_streams.clear();
+    }
+}
+
+/// Waits for its stream if dropped while the thread panics.
+struct SyncOnUnwind<'s>(&'s CudaStream);
+
+impl Drop for SyncOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.synchronize();
+        }
+    }
+}
+
+/// Ends a capture left open on `stream` and destroys what it recorded.
+/// cudarc's `end_capture` returns before ending it when the context holds
+/// an error that some drop stored (`bind_to_thread` reports it first), and
+/// a stream left capturing fails every later operation enqueued on it.
+fn abandon_capture(stream: &CudaStream) {
+    use cudarc::driver::result;
+    use cudarc::driver::sys::CUstreamCaptureStatus;
+    // SAFETY: the stream is alive (borrowed); a graph that ending the
+    // capture returns was never instantiated and belongs to no one else,
+    // so it is destroyed here and not used again.
+    unsafe {
+        let status = result::stream::is_capturing(stream.cu_stream());
+        if matches!(status, Ok(s) if s != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) {
+            if let Ok(graph) = result::stream::end_capture(stream.cu_stream()) {
+                if !graph.is_null() {
+                    let _ = result::graph::destroy(graph);
+                }
+            }
+        }
     }
 }
 
@@ -455,9 +500,14 @@ impl GpuSession {
 
     /// Whether the session's stream is (or may be) still capturing a graph,
     /// as after a capture that failed half-way: then no call on it can work.
+    /// Asked of the stream itself: cudarc's `capture_status` would first
+    /// return (and clear) an error some drop stored in the context.
     pub fn stuck_in_capture(&self) -> bool {
+        // SAFETY: the stream is alive; the call only reads its status.
+        let status =
+            unsafe { cudarc::driver::result::stream::is_capturing(self.stream.cu_stream()) };
         !matches!(
-            self.stream.capture_status(),
+            status,
             Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
         )
     }
@@ -521,6 +571,10 @@ impl GpuSession {
             None => Ok(()),
         };
         record(self.phases.as_ref().map(|p| &p.started), &self.stream)?;
+        // Should anything from here on panic, the copies and the graph read
+        // the pinned buffer still: a session caught by the C API's unwind
+        // guard is used again, and its next call would write over them.
+        let _in_flight = SyncOnUnwind(&self.stream);
         let written = match &gpu.packers {
             // Shared with the helpers, then uploaded in one copy.
             Some(helpers) if Split::default().applies(&layout) => write_staging_shared(
@@ -626,8 +680,9 @@ impl GpuSession {
             return Ok(());
         }
         let bytes = staging_bytes.next_power_of_two().max(1 << 16);
-        // The new buffers first: a failure leaves the old ones and the cell
-        // as they were. (Nothing is in flight: every call ends synchronized.)
+        // The new buffers first: a failed allocation leaves the old ones and
+        // the cell as they were. (Nothing is in flight: every call ends
+        // synchronized.)
         // Cached unless the options ask for write-combined memory (see
         // `PlanOptions::staging_write_combined`).
         let flags = if self.gpu.options.staging_write_combined {
@@ -643,12 +698,18 @@ impl GpuSession {
             .alloc_zeros::<u8>(bytes)
             .map_err(|e| cuda_error("device staging", e))?;
         let address = [device.device_ptr(&self.stream).0];
-        self.stream
+        let pointed = self
+            .stream
             .memcpy_htod(&address, &mut self.staging_cell)
-            .map_err(|e| cuda_error("staging cell", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| cuda_error("synchronize", e))?;
+            .and_then(|()| self.stream.synchronize());
+        if let Err(e) = pointed {
+            // The cell may hold the new buffer's address, and that buffer is
+            // freed on return: drop the old ones too, so that the next call
+            // grows them again and points the cell at what it allocates.
+            self.pinned_staging = None;
+            self.device_staging = None;
+            return Err(cuda_error("staging cell", e));
+        }
         self.pinned_staging = Some(pinned);
         self.device_staging = Some(device);
         Ok(())
@@ -717,16 +778,18 @@ impl GpuSession {
             Tune::Off => {}
             Tune::Choice(k) => plan.choose_all_tiles(&|_, _| k),
             Tune::On | Tune::Log => {
-                let known = match gpu.tuned.lock() {
-                    Ok(tuned) => tuned.get(&capacity).cloned(),
-                    Err(poisoned) => poisoned.into_inner().get(&capacity).cloned(),
+                let slot = {
+                    let mut tuned = gpu.tuned.lock().unwrap_or_else(PoisonError::into_inner);
+                    tuned.entry(capacity).or_default().clone()
                 };
-                let chosen = match known {
-                    Some(chosen) => chosen,
+                let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                let chosen = match &*slot {
+                    Some(chosen) => chosen.clone(),
                     None => {
+                        // A failure leaves the slot empty: the next capture
+                        // times again.
                         let chosen = self.tune(&mut plan, &regions)?;
-                        let mut tuned = gpu.tuned.lock().unwrap_or_else(|p| p.into_inner());
-                        tuned.insert(capacity, chosen.clone());
+                        *slot = Some(chosen.clone());
                         chosen
                     }
                 };
@@ -798,6 +861,9 @@ impl GpuSession {
             .map_err(|e| cuda_error("download scores", e));
         }
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        if graph.is_err() {
+            abandon_capture(stream);
+        }
         if let Err(e) = recorded {
             // A failed capture may leave a side stream in it: start afresh.
             self.side_streams.clear();
@@ -901,7 +967,22 @@ impl GpuSession {
                     Ok(1000.0 * ms / runs as f32)
                 };
                 // One run first: caches and the kernel's first-launch costs.
-                Self::launch(&self.gpu, launch, &values[i], stream)?;
+                // A choice the device refuses to launch (its resources, say)
+                // is passed over; the plan's own must launch.
+                if let Err(e) = Self::launch(&self.gpu, launch, &values[i], stream) {
+                    let e = e.context(format_args!(
+                        "tile timing, {}-row bucket, launch {i}, choice {choice}",
+                        plan.capacity
+                    ));
+                    if choice == 0 {
+                        return Err(e);
+                    }
+                    if self.gpu.options.tune == Tune::Log {
+                        eprintln!("mmoe: GPU tiles: passed over: {}", e.message());
+                    }
+                    times.push(f32::INFINITY);
+                    continue;
+                }
                 // Then a probe: a choice already half as slow again as the
                 // fastest so far cannot win and is not timed further (15
                 // choices per GEMM over fp16 inputs: at large buckets the

@@ -198,6 +198,7 @@ pub fn staging_layout(
             }
         }
     }
+    check_slots(floats, offsets, ids)?;
     let header_len = std::mem::size_of::<StagingHeader>();
     let descs_at = header_len;
     let floats_at = descs_at + inputs.len() * std::mem::size_of::<InputDesc>();
@@ -211,6 +212,22 @@ pub fn staging_layout(
         ids_at,
         total,
     })
+}
+
+/// The input descriptors address the value, offset and id regions by u32
+/// slot: a request past that is refused here, before any staging memory is
+/// pinned for it, rather than after, as the descriptors are written.
+fn check_slots(floats: usize, offsets: usize, ids: usize) -> Result<()> {
+    if [floats, offsets, ids]
+        .iter()
+        .all(|&n| u32::try_from(n).is_ok())
+    {
+        return Ok(());
+    }
+    Err(Error::request(format!(
+        "request too large for the GPU staging buffer: {floats} value, {offsets} offset and {ids} id slots, at most {} each",
+        u32::MAX
+    )))
 }
 
 /// Writes the request into `out` (at least `layout.total` bytes, for
@@ -806,6 +823,17 @@ mod tests {
     }
 
     /// The flags are those `kernels/common.cuh` defines, value for value.
+    #[test]
+    fn requests_past_u32_slots_are_refused_before_staging() {
+        let most = u32::MAX as usize;
+        assert!(check_slots(most, most, most).is_ok());
+        for (f, o, i) in [(most + 1, 0, 0), (0, most + 1, 0), (0, 0, most + 1)] {
+            let err = check_slots(f, o, i).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Request);
+            assert!(err.message().contains("GPU staging buffer"), "{err}");
+        }
+    }
+
     #[test]
     fn flags_match_the_kernels_header() {
         let header = include_str!("../../kernels/common.cuh");
