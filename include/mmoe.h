@@ -36,7 +36,8 @@ typedef enum mmoe_device {
 typedef enum mmoe_compute_mode {
   // fp32 accumulation (the default; the parity target).
   MMOE_COMPUTE_EXACT = 0,
-  // AVX512-BF16 dot products where the CPU has them, else exact.
+  // AVX512-BF16 dot products where the CPU has them and they are faster
+  // than fp32 FMAs, else exact (`MMOE_CPU_BF16=always`: wherever it has them).
   MMOE_COMPUTE_BF16 = 1,
 } mmoe_compute_mode;
 

@@ -29,6 +29,12 @@ pub struct OpenOptions {
     pub gpu_precision: GpuPrecision,
     /// Arithmetic of the CPU path.
     pub cpu_mode: CpuMode,
+    /// With `cpu_mode: Bf16`, run the bf16 kernel wherever the CPU has
+    /// AVX512-BF16, even where its dot products are not faster than fp32
+    /// FMAs and exact would be both faster and closer (tests, accuracy
+    /// studies). The environment variable `MMOE_CPU_BF16=always` does the
+    /// same for every model a process opens.
+    pub bf16_even_if_slower: bool,
 }
 
 /// Arithmetic of the GPU path's Linear layers.
@@ -187,7 +193,9 @@ impl Model {
             bf16_weights: Vec::new(),
             pages_touched: Once::new(),
         };
-        model.set_cpu_mode(options.cpu_mode);
+        let forced = options.bf16_even_if_slower
+            || std::env::var("MMOE_CPU_BF16").is_ok_and(|v| v == "always");
+        model.set_cpu_mode(options.cpu_mode, forced);
         model
             .attach_device(options)
             .map_err(|e| e.context(path.display()))?;
@@ -195,13 +203,22 @@ impl Model {
     }
 
     /// Prepares the CPU mode: the bf16 mode converts every Linear weight
-    /// once (owned memory, beside the map) or falls back to exact.
-    fn set_cpu_mode(&mut self, mode: CpuMode) {
+    /// once (owned memory, beside the map), or falls back to exact where
+    /// the CPU lacks AVX512-BF16 or, unless `forced`, where its bf16 dot
+    /// products are not faster than fp32 FMAs (`bf16::dot_speed`).
+    fn set_cpu_mode(&mut self, mode: CpuMode, forced: bool) {
         if mode == CpuMode::Exact {
             return;
         }
-        if !crate::cpu::bf16::supported() {
+        let Some(speed) = crate::cpu::bf16::dot_speed() else {
             self.cpu_mode_note = "exact (bf16 requested; this CPU lacks AVX512-BF16)".into();
+            return;
+        };
+        if !forced && !speed.bf16_faster() {
+            self.cpu_mode_note = format!(
+                "exact (bf16 requested; this CPU's bf16 dot products run at {:.0} GFLOP/s against {:.0} for fp32 FMAs, so exact is faster; MMOE_CPU_BF16=always runs bf16 anyway)",
+                speed.bf16, speed.fp32
+            );
             return;
         }
         self.bf16_weights = (0..self.layout.plan.tensors.len())

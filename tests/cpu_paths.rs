@@ -151,6 +151,45 @@ fn forcing_an_isa_through_the_environment_runs_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("MMOE_ISA=sse9"));
 }
 
+/// Asked for bf16 without `bf16_even_if_slower`, a model runs it only
+/// where this CPU's bf16 dot products are faster than its fp32 FMAs (Zen 4:
+/// twice the FLOPs; Sapphire and Emerald Rapids: half), and otherwise runs
+/// exact and says why, with both speeds.
+#[test]
+fn bf16_mode_runs_only_where_it_is_faster() {
+    let (_, _, packed) = small(DType::F16);
+    let options = mmoe::OpenOptions {
+        cpu_mode: CpuMode::Bf16,
+        ..mmoe::OpenOptions::default()
+    };
+    let model = mmoe::Model::open(&packed.path, &options).unwrap();
+    let Some(speed) = cpu::bf16::dot_speed() else {
+        assert_eq!(model.cpu_mode(), CpuMode::Exact);
+        println!("skipped: this CPU lacks AVX512-BF16");
+        return;
+    };
+    println!(
+        "bf16 dot products {:.1} GFLOP/s, fp32 FMAs {:.1}: {}",
+        speed.bf16,
+        speed.fp32,
+        model.cpu_mode_note()
+    );
+    assert!(speed.bf16 > 0.0 && speed.fp32 > 0.0, "{speed:?}");
+    let forced = std::env::var("MMOE_CPU_BF16").is_ok_and(|v| v == "always");
+    if speed.bf16_faster() || forced {
+        assert_eq!(model.cpu_mode(), CpuMode::Bf16);
+    } else {
+        assert_eq!(model.cpu_mode(), CpuMode::Exact);
+        let note = model.cpu_mode_note();
+        assert!(
+            note.contains("exact is faster") && note.contains("GFLOP/s"),
+            "{note}"
+        );
+    }
+    // Forced, it runs wherever the CPU has the instructions.
+    assert_eq!(packed.open_bf16().cpu_mode(), CpuMode::Bf16);
+}
+
 /// Max |Δlogit| of the bf16 mode against exact, per model.
 #[test]
 fn bf16_mode_runs_and_its_cost_is_bounded() {

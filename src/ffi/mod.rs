@@ -72,7 +72,8 @@ pub enum mmoe_device {
 pub enum mmoe_compute_mode {
     /// fp32 accumulation (the default; the parity target).
     MMOE_COMPUTE_EXACT = 0,
-    /// AVX512-BF16 dot products where the CPU has them, else exact.
+    /// AVX512-BF16 dot products where the CPU has them and they are faster
+    /// than fp32 FMAs, else exact (`MMOE_CPU_BF16=always`: wherever it has them).
     MMOE_COMPUTE_BF16 = 1,
 }
 
@@ -175,6 +176,8 @@ impl RawOpenOptions {
                 self.compute_mode,
                 &modes,
             )?,
+            // MMOE_CPU_BF16=always does it from C, C++ and Java.
+            bf16_even_if_slower: false,
         })
     }
 

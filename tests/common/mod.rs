@@ -42,6 +42,8 @@ impl Packed {
     pub fn open_bf16(&self) -> Arc<Model> {
         let options = OpenOptions {
             cpu_mode: mmoe::CpuMode::Bf16,
+            // The kernel under test, on any CPU that has it.
+            bf16_even_if_slower: true,
             ..OpenOptions::default()
         };
         Model::open(&self.path, &options).expect("packed model opens in bf16 mode")

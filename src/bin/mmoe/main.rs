@@ -398,6 +398,8 @@ fn open_options(device: &DeviceArgs) -> Result<OpenOptions, String> {
         device: parsed,
         gpu_precision: precision,
         cpu_mode,
+        // MMOE_CPU_BF16=always, read by Model::open.
+        bf16_even_if_slower: false,
     })
 }
 

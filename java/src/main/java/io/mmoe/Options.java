@@ -3,6 +3,7 @@ package io.mmoe;
 /** How to open an engine. Defaults: CPU, exact compute, one thread per request. */
 public final class Options {
     public enum Device { CPU, CUDA, AUTO }
+    /** BF16: AVX512-BF16 dot products where the CPU has them and they are faster than fp32 FMAs, else exact. */
     public enum Mode { EXACT, BF16 }
 
     Device device = Device.CPU;
