@@ -165,6 +165,22 @@ int run(const char* path, std::size_t candidates) {
                   e.status_str(), e.what());
     }
   }
+  // A count past the library's limit, through the overload that allocates
+  // the logits: refused before anything is allocated for it.
+  const std::size_t too_many = std::size_t{1} << 34;
+  std::printf("error   %zu candidates through score(request, num_tasks):\n", too_many);
+  try {
+    session.score(mmoe::Request(too_many), engine.num_tasks());
+    std::printf("  unexpected: the oversized request was accepted\n");
+    return 1;
+  } catch (const mmoe::Error& e) {
+    if (e.status() != MMOE_STATUS_REQUEST) {
+      std::printf("  unexpected status %d: %s\n", static_cast<int>(e.status()), e.what());
+      return 1;
+    }
+    std::printf("  caught mmoe::Error: status %d (%s): %s\n", static_cast<int>(e.status()), e.status_str(),
+                e.what());
+  }
   return 0;
 }
 

@@ -501,6 +501,13 @@ class Session {
   /// engine.num_tasks() (a session does not hold its engine, so that it may
   /// outlive it).
   std::vector<float> score(const Request& request, std::size_t num_tasks) {
+    // mmoe_session_score's own limit, checked before the logits are
+    // allocated (a caller's bad count would otherwise ask for gigabytes).
+    constexpr std::size_t max_candidates = 16777216;
+    if (request.candidates() > max_candidates) {
+      throw Error(MMOE_STATUS_REQUEST, std::to_string(request.candidates()) +
+                                           " candidates, above the limit of 16777216 per request");
+    }
     if (num_tasks != 0 && request.candidates() > static_cast<std::size_t>(-1) / num_tasks) {
       throw Error(MMOE_STATUS_ARGUMENT, "candidates × tasks overflows size_t");
     }

@@ -6,6 +6,8 @@
 //! [`Config::validate`]; everything downstream (plan, packer, loader) may rely
 //! on the rules checked here.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -276,12 +278,15 @@ impl Config {
                 self.x0_dim()
             )));
         }
+        // Names looked up by hash: a file may hold many (every check here
+        // stays linear in the config's size).
+        let known: HashSet<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
         for expert in &self.experts {
-            self.validate_expert(expert)
+            self.validate_expert(&known, expert)
                 .map_err(|e| e.context(format!("expert `{}`", expert.name)))?;
         }
         for task in &self.tasks {
-            self.validate_task(task)
+            self.validate_task(&known, task)
                 .map_err(|e| e.context(format!("task `{}`", task.name)))?;
         }
         Ok(())
@@ -355,7 +360,7 @@ impl Config {
         Ok(())
     }
 
-    fn validate_expert(&self, expert: &Expert) -> Result<()> {
+    fn validate_expert(&self, known: &HashSet<&str>, expert: &Expert) -> Result<()> {
         check_name("expert name", &expert.name, true)?;
         let h = self.expert_dim;
         let last_is_h = |field: &str, widths: &[usize]| -> Result<()> {
@@ -404,6 +409,11 @@ impl Config {
                     return Err(Error::config("blocks must not be empty"));
                 }
                 check_widths("blocks", blocks)?;
+                if *mode == MaskNetMode::Parallel {
+                    // The head reads the blocks' outputs side by side.
+                    let sum = blocks.iter().sum();
+                    check_width("the sum of blocks (parallel mode concatenates them)", sum)?;
+                }
                 check_width("mask_hidden", *mask_hidden)?;
                 check_widths("head", head)?;
                 if head.is_empty() {
@@ -451,8 +461,8 @@ impl Config {
                 }
                 check_widths("fs_hidden", fs_hidden)?;
                 if *feature_selection {
-                    self.check_input_list("fs1_context", fs1_context)?;
-                    self.check_input_list("fs2_context", fs2_context)?;
+                    self.check_input_list(known, "fs1_context", fs1_context)?;
+                    self.check_input_list(known, "fs2_context", fs2_context)?;
                 } else {
                     for (field, empty) in [
                         ("fs_hidden", fs_hidden.is_empty()),
@@ -471,7 +481,7 @@ impl Config {
         Ok(())
     }
 
-    fn validate_task(&self, task: &Task) -> Result<()> {
+    fn validate_task(&self, known: &HashSet<&str>, task: &Task) -> Result<()> {
         check_name("task name", &task.name, true)?;
         check_widths("gate_hidden", &task.gate_hidden)?;
         check_widths("tower", &task.tower)?;
@@ -481,20 +491,22 @@ impl Config {
                     "gate_inputs is an empty list; leave it out to read all of x0",
                 ));
             }
-            self.check_input_list("gate_inputs", list)?;
+            self.check_input_list(known, "gate_inputs", list)?;
         }
         Ok(())
     }
 
-    /// A list of input names (gate_inputs, fs contexts): each must exist, once.
-    fn check_input_list(&self, field: &str, names: &[String]) -> Result<()> {
-        for (i, name) in names.iter().enumerate() {
-            if self.input_index(name).is_none() {
+    /// A list of input names (gate_inputs, fs contexts): each must exist
+    /// (in `known`, the inputs' names), once.
+    fn check_input_list(&self, known: &HashSet<&str>, field: &str, names: &[String]) -> Result<()> {
+        let mut seen = HashSet::with_capacity(names.len());
+        for name in names {
+            if !known.contains(name.as_str()) {
                 return Err(Error::config(format!(
                     "{field} names unknown input `{name}`"
                 )));
             }
-            if names[..i].contains(name) {
+            if !seen.insert(name.as_str()) {
                 return Err(Error::config(format!("{field} lists input `{name}` twice")));
             }
         }
@@ -504,10 +516,11 @@ impl Config {
     /// The x0 ranges of the named inputs, in config order (not list order).
     pub fn input_ranges(&self, names: &[String]) -> Vec<std::ops::Range<usize>> {
         let offsets = self.x0_offsets();
+        let names: HashSet<&str> = names.iter().map(String::as_str).collect();
         self.inputs
             .iter()
             .zip(offsets)
-            .filter(|(input, _)| names.contains(&input.name))
+            .filter(|(input, _)| names.contains(input.name.as_str()))
             .map(|(input, start)| start..start + input.dim)
             .collect()
     }
@@ -615,12 +628,11 @@ fn check_widths(what: &str, widths: &[usize]) -> Result<()> {
 }
 
 fn check_unique<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Result<()> {
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen = HashSet::new();
     for name in names {
-        if seen.contains(&name) {
+        if !seen.insert(name) {
             return Err(Error::config(format!("{what} name `{name}` is used twice")));
         }
-        seen.push(name);
     }
     Ok(())
 }
@@ -858,6 +870,56 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("must be a JSON object"));
+    }
+
+    /// A parallel MaskNet's head reads its blocks side by side: their sum
+    /// is a width too, under the same limit (the per-thread scratch holds
+    /// it for a tile of rows).
+    #[test]
+    fn parallel_masknet_blocks_add_up_under_the_width_limit() {
+        let masknet = |blocks: Value| {
+            with(|v| {
+                v["experts"][0] = serde_json::json!({"name": "m", "type": "masknet",
+                    "mode": "parallel", "blocks": blocks, "mask_hidden": 32, "head": [256]});
+            })
+        };
+        let half = MAX_WIDTH / 2;
+        assert!(masknet(serde_json::json!([half, half])).is_ok());
+        let e = masknet(serde_json::json!([half, half, 1]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expert `m`") && e.contains("sum of blocks"),
+            "{e}"
+        );
+    }
+
+    /// Many names check in time linear in their number: 100,000 inputs, a
+    /// task gate listing them all, a feature-selection context too (names
+    /// compared pairwise took minutes at a few hundred thousand).
+    #[test]
+    fn many_names_validate_in_linear_time() {
+        let names: Vec<String> = (0..100_000).map(|i| format!("d{i}")).collect();
+        let start = std::time::Instant::now();
+        let config = with(|v| {
+            let inputs = v["inputs"].as_array_mut().unwrap();
+            for name in &names {
+                inputs.push(serde_json::json!({"name": name, "kind": "dense",
+                    "scope": "candidate", "dim": 1}));
+            }
+            v["tasks"][0]["gate_inputs"] = serde_json::json!(names);
+        })
+        .unwrap();
+        let ranges = config.input_ranges(&names);
+        assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), names.len());
+        // Seconds, where pairwise comparisons took 5·10⁹ of them.
+        assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+        let e = with(|v| {
+            v["tasks"][0]["gate_inputs"] = serde_json::json!(["ad_dense", "ad_dense"]);
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("lists input `ad_dense` twice"), "{e}");
     }
 
     #[test]

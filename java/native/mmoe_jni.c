@@ -340,11 +340,18 @@ static int open_view(JNIEnv *env, jobject object, element_type type, int input, 
     v->len = 0;
     v->copied = 0;
     if (!object) return 1;
-    void *address = (*env)->GetDirectBufferAddress(env, object);
-    if (address) {
-        jlong capacity = (*env)->GetDirectBufferCapacity(env, object); /* elements */
+    /* -1 for anything but a direct buffer. A direct buffer's address may be
+     * NULL (a zero-length buffer over MemorySegment.NULL, say): it is still a
+     * buffer, never to be read as a Java array. */
+    jlong capacity = (*env)->GetDirectBufferCapacity(env, object); /* elements */
+    if (capacity >= 0) {
+        void *address = (*env)->GetDirectBufferAddress(env, object);
+        if (!address && capacity > 0) {
+            throw_argument(env, "a direct buffer has no address");
+            return 0;
+        }
         v->data = address;
-        v->len = capacity > 0 ? (size_t)capacity : 0;
+        v->len = (size_t)capacity;
         return 1;
     }
     jsize len = (*env)->GetArrayLength(env, (jarray)object);

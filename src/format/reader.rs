@@ -174,11 +174,14 @@ pub fn parse(bytes: &[u8]) -> Result<PackedLayout> {
     }
 
     // The table must be exactly the plan's tensor list, in order and shape.
+    // By hash: the plan asks once per tensor it may find, and a file may
+    // hold up to MAX_TENSORS.
+    let by_name: std::collections::HashMap<&str, &Vec<usize>> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), &t.shape))
+        .collect();
     let plan = Plan::build(&config, &|name| {
-        tensors
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.shape.clone())
+        by_name.get(name).map(|&shape| shape.clone())
     })?;
     if plan.tensors.len() != tensors.len() {
         return Err(bad(format!(
