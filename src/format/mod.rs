@@ -29,6 +29,10 @@ pub const ENDIAN_TAG: u32 = 0x0102_0304;
 
 pub const HEADER_LEN: usize = 128;
 pub const RECORD_LEN: usize = 80;
+/// Most tensors a file may list; far above any model, and it bounds the table.
+pub const MAX_TENSORS: u64 = 1 << 20;
+/// Largest config text.
+pub const MAX_CONFIG: u64 = 16 << 20;
 /// Alignment of every tensor.
 pub const TENSOR_ALIGN: usize = 64;
 /// Alignment of the data region and of large embedding tables.

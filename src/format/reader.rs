@@ -10,17 +10,12 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::{
     align_up, meta_checksum, placement, DType, FileHeader, Layout, TensorRecord, ENDIAN_TAG,
-    FORMAT_VERSION, HEADER_LEN, LAYOUT_VERSION, MAGIC, OLDEST_LAYOUT_VERSION, PAGE_ALIGN,
-    RECORD_LEN, TENSOR_ALIGN,
+    FORMAT_VERSION, HEADER_LEN, LAYOUT_VERSION, MAGIC, MAX_CONFIG, MAX_TENSORS,
+    OLDEST_LAYOUT_VERSION, PAGE_ALIGN, RECORD_LEN, TENSOR_ALIGN,
 };
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Plan;
-
-/// Most tensors a file may list; far above any model, and it bounds the table.
-const MAX_TENSORS: u64 = 1 << 20;
-/// Largest config text.
-const MAX_CONFIG: u64 = 16 << 20;
 
 /// A tensor of a validated file.
 #[derive(Clone, Debug)]

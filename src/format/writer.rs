@@ -15,8 +15,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::{
     align_up, meta_checksum, placement, DType, FileHeader, Layout, Placement, TensorRecord,
-    ENDIAN_TAG, FORMAT_VERSION, HEADER_LEN, LAYOUT_VERSION, MAGIC, OLDEST_LAYOUT_VERSION,
-    PAGE_ALIGN, PANEL, RECORD_LEN, TENSOR_ALIGN,
+    ENDIAN_TAG, FORMAT_VERSION, HEADER_LEN, LAYOUT_VERSION, MAGIC, MAX_CONFIG, MAX_TENSORS,
+    OLDEST_LAYOUT_VERSION, PAGE_ALIGN, PANEL, RECORD_LEN, TENSOR_ALIGN,
 };
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
@@ -129,6 +129,8 @@ pub fn pack_for_layout(
 
     let config_json = config.to_json().into_bytes();
     let count = plan.tensors.len();
+    let names_len: usize = plan.tensors.iter().map(|t| t.name.len()).sum();
+    check_file_limits(count, config_json.len(), names_len)?;
     let config_offset = HEADER_LEN as u64;
     let table_offset = align8(config_offset + config_json.len() as u64);
     let table_len = (count * RECORD_LEN) as u64;
@@ -471,5 +473,49 @@ impl TensorSource for MemorySource {
             .ok_or_else(|| Error::tensor(format!("tensor `{name}`: read past its end")))?;
         out.copy_from_slice(src);
         Ok(())
+    }
+}
+
+/// The reader's limits, checked before anything is written: a file past
+/// them would pack, at length, into one no engine opens.
+fn check_file_limits(tensors: usize, config_len: usize, names_len: usize) -> Result<()> {
+    if tensors as u64 > MAX_TENSORS {
+        return Err(Error::config(format!(
+            "the config needs {tensors} tensors, above the file format's limit of {MAX_TENSORS}"
+        )));
+    }
+    if config_len as u64 > MAX_CONFIG {
+        return Err(Error::config(format!(
+            "the config's JSON is {config_len} bytes, above the file format's limit of {MAX_CONFIG}"
+        )));
+    }
+    if u32::try_from(names_len).is_err() {
+        return Err(Error::config(format!(
+            "the tensors' names take {names_len} bytes, above the file format's limit of {}",
+            u32::MAX
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_refuses_what_the_reader_would() {
+        let (most, config) = (MAX_TENSORS as usize, MAX_CONFIG as usize);
+        assert!(check_file_limits(most, config, u32::MAX as usize).is_ok());
+        for (tensors, config_len, names, what) in [
+            (most + 1, 0, 0, "tensors"),
+            (1, config + 1, 0, "JSON"),
+            (1, 0, u32::MAX as usize + 1, "names"),
+        ] {
+            let e = check_file_limits(tensors, config_len, names).unwrap_err();
+            assert!(
+                e.message().contains(what) && e.message().contains("limit"),
+                "{e}"
+            );
+        }
     }
 }
