@@ -755,10 +755,13 @@ pub fn dynamic_shared_bytes(kernel: Kernel) -> u32 {
     }
 }
 
-/// Blocks of a Linear problem of `rows` × `n` under `kernel`.
+/// Blocks of a Linear problem of `rows` × `n` under `kernel`. Counts past
+/// u32 (terabytes of outputs) saturate, as do the sums of a group's counts
+/// in its tile table: `check_launch_shapes` refuses any grid past 2³¹ − 1.
 pub fn linear_blocks(kernel: Kernel, rows: usize, n: usize) -> u32 {
     let (bm, bn, _) = mma_tile(kernel).unwrap_or((16, 16, 256));
-    (rows.div_ceil(bm) * n.div_ceil(bn)) as u32
+    let blocks = rows.div_ceil(bm).saturating_mul(n.div_ceil(bn));
+    u32::try_from(blocks).unwrap_or(u32::MAX)
 }
 
 /// The buffers a group of launches reads and writes (sorted, once each) and
@@ -1621,7 +1624,7 @@ impl LaunchPlan {
         let mut total = 0u32;
         for (problem, blocks, _) in &members {
             self.ranges.push(total);
-            total += blocks;
+            total = total.saturating_add(*blocks);
             self.problems.push(*problem);
         }
         self.ranges.push(total);
@@ -1676,7 +1679,11 @@ impl LaunchPlan {
             let mut total = 0u32;
             for problem in &self.problems[problems.clone()] {
                 self.ranges.push(total);
-                total += linear_blocks(kernel, problem.rows as usize, problem.n as usize);
+                total = total.saturating_add(linear_blocks(
+                    kernel,
+                    problem.rows as usize,
+                    problem.n as usize,
+                ));
             }
             self.ranges.push(total);
             choices.push(TileChoice {
@@ -2294,6 +2301,21 @@ mod tests {
         for kernel in ["mixture", "feature_gate", "outer_heads", "bilinear"] {
             assert!(kernels.contains(kernel), "no {kernel} launch planned");
         }
+    }
+
+    /// Block counts past u32 saturate rather than wrap, so that the grid
+    /// check refuses them instead of launching a few blocks.
+    #[test]
+    fn block_counts_saturate_past_u32() {
+        for kernel in Kernel::ALL {
+            assert_eq!(
+                linear_blocks(kernel, 1 << 40, 1 << 20),
+                u32::MAX,
+                "{kernel:?}"
+            );
+            assert!(linear_blocks(kernel, 64, 64) >= 1);
+        }
+        assert!(launch_shape_error((u32::MAX, 1, 1), (128, 1, 1)).is_some());
     }
 
     #[test]

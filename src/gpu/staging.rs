@@ -218,17 +218,17 @@ pub fn staging_layout(
 /// slot: a request past that is refused here, before any staging memory is
 /// pinned for it, rather than after, as the descriptors are written.
 fn check_slots(floats: usize, offsets: usize, ids: usize) -> Result<()> {
-    if [floats, offsets, ids]
-        .iter()
-        .all(|&n| u32::try_from(n).is_ok())
-    {
+    if [floats, offsets, ids].iter().all(|&n| n <= MAX_SLOTS) {
         return Ok(());
     }
     Err(Error::request(format!(
-        "request too large for the GPU staging buffer: {floats} value, {offsets} offset and {ids} id slots, at most {} each",
-        u32::MAX
+        "request too large for the GPU staging buffer: {floats} value, {offsets} offset and {ids} id slots, at most {MAX_SLOTS} each"
     )))
 }
+
+/// u32 slot indices, with room for the kernels' id loops, which step up to
+/// 64 slots past a bag's end before they compare (in u32).
+const MAX_SLOTS: usize = u32::MAX as usize - 64;
 
 /// Writes the request into `out` (at least `layout.total` bytes, for
 /// instance pinned host memory: written once, never read back here).
@@ -825,7 +825,7 @@ mod tests {
     /// The flags are those `kernels/common.cuh` defines, value for value.
     #[test]
     fn requests_past_u32_slots_are_refused_before_staging() {
-        let most = u32::MAX as usize;
+        let most = MAX_SLOTS;
         assert!(check_slots(most, most, most).is_ok());
         for (f, o, i) in [(most + 1, 0, 0), (0, most + 1, 0), (0, 0, most + 1)] {
             let err = check_slots(f, o, i).unwrap_err();
