@@ -11,12 +11,15 @@
 //! pays for the new model's first touch (page faults of the mapped weights;
 //! on a GPU, the graphs and the tile timing).
 //!
-//! After the swap the reloading thread also visits every engine session not
-//! scoring at that moment: it takes the session's old-model session (to drop
-//! it there, not on a serving thread) and gives it a prepared one. An idle
-//! engine session so holds no old model, whose memory (on a GPU, weights
-//! and graphs) would otherwise stay until its next call. A session busy
-//! during the visit switches at its next call, as before.
+//! After the swap the reloading thread also visits every engine session:
+//! it takes the session's old-model session (to drop it there, not on a
+//! serving thread) and gives it a prepared one. Idle sessions first, then
+//! each busy one when its call in flight ends, polled for up to 100 ms
+//! (`BUSY_WAIT`). Such sessions so hold no old model after `reload`
+//! returns, whose memory (on a GPU, weights and graphs) would otherwise
+//! stay until their next call, which would then pay for its unmapping. A
+//! session still busy at the deadline (one scoring back to back) switches
+//! at its next call.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -152,7 +155,7 @@ impl Engine {
             std::mem::replace(&mut *guard, model.clone())
         };
         drop(prepared);
-        let released = self.switch_idle_sessions(&model);
+        let released = self.switch_sessions(&model);
         // The old model may be its last reference: its unmapping and GPU
         // frees run here, on this thread, with no lock held.
         drop(released);
@@ -161,42 +164,88 @@ impl Engine {
         Ok(())
     }
 
-    /// Moves every engine session not scoring now onto `model`: its old
-    /// session, if any, is returned (for the caller to drop outside the
-    /// locks) and a prepared one, if any is left, takes its place. A session
-    /// busy now switches at its next call.
-    fn switch_idle_sessions(&self, model: &Arc<Model>) -> Vec<Session> {
+    /// Moves every engine session onto `model`: its old session, if any, is
+    /// returned (for the caller to drop outside the locks) and a prepared
+    /// one, if any is left, takes its place. Idle sessions first; then each
+    /// session busy in a call, once that call ends (it holds its slot for
+    /// one call, polled up to `BUSY_WAIT`): left to its next call, it would
+    /// drop the old session there, and a serving call would pay for
+    /// unmapping the old model (on a GPU, freeing its graphs) whenever it
+    /// held the last reference.
+    fn switch_sessions(&self, model: &Arc<Model>) -> Vec<Session> {
         let slots: Vec<Arc<Mutex<Slot>>> =
             lock(&self.slots).iter().filter_map(Weak::upgrade).collect();
         let mut released = Vec::new();
+        let mut busy = Vec::new();
         for shared in slots {
-            // Busy: left to its next call. A slot poisoned by a panic in a
-            // call (which the C boundary survives) loses that call's
-            // session, as at its own next lock (`lock_slot`).
-            let mut slot = match shared.try_lock() {
-                Ok(slot) => slot,
+            let idle = match shared.try_lock() {
+                Ok(mut slot) => {
+                    self.switch_slot(&mut slot, model, &mut released);
+                    true
+                }
                 Err(std::sync::TryLockError::Poisoned(poisoned)) => {
                     let mut slot = poisoned.into_inner();
-                    released.extend(slot.session.take());
-                    shared.clear_poison();
-                    slot
+                    Self::clear_panicked(&shared, &mut slot, &mut released);
+                    self.switch_slot(&mut slot, model, &mut released);
+                    true
                 }
-                Err(std::sync::TryLockError::WouldBlock) => continue,
+                Err(std::sync::TryLockError::WouldBlock) => false,
             };
-            // A session on an old model, or none yet (a session made before
-            // the reload counts among those it prepared for).
-            if let Some(session) = &slot.session {
-                if Arc::ptr_eq(session.model(), model) {
-                    continue;
-                }
+            if !idle {
+                busy.push(shared);
             }
-            released.extend(slot.session.take());
-            if let Some(mut prepared) = self.take_prepared(model) {
-                prepared.set_threads(slot.threads);
-                slot.session = Some(prepared);
+        }
+        // Polled, not waited for: a thread scoring back to back takes its
+        // slot again at once, and a blocked `lock` could wait seconds (seen
+        // in the soak test). What is still busy at the deadline switches at
+        // its next call, as before.
+        let deadline = std::time::Instant::now() + BUSY_WAIT;
+        for shared in busy {
+            loop {
+                let done = match shared.try_lock() {
+                    Ok(mut slot) => {
+                        self.switch_slot(&mut slot, model, &mut released);
+                        true
+                    }
+                    Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                        let mut slot = poisoned.into_inner();
+                        Self::clear_panicked(&shared, &mut slot, &mut released);
+                        self.switch_slot(&mut slot, model, &mut released);
+                        true
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => false,
+                };
+                if done || std::time::Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
         }
         released
+    }
+
+    /// A slot poisoned by a panic in a call (which the C boundary survives)
+    /// loses that call's session, as at its own next lock (`lock_slot`).
+    fn clear_panicked(shared: &Mutex<Slot>, slot: &mut Slot, released: &mut Vec<Session>) {
+        released.extend(slot.session.take());
+        shared.clear_poison();
+    }
+
+    /// Puts `slot` on `model` unless it is there: its old session into
+    /// `released`, a prepared one (if any is left) in its place.
+    fn switch_slot(&self, slot: &mut Slot, model: &Arc<Model>, released: &mut Vec<Session>) {
+        // A session on an old model, or none yet (a session made before
+        // the reload counts among those it prepared for).
+        if let Some(session) = &slot.session {
+            if Arc::ptr_eq(session.model(), model) {
+                return;
+            }
+        }
+        released.extend(slot.session.take());
+        if let Some(mut prepared) = self.take_prepared(model) {
+            prepared.set_threads(slot.threads);
+            slot.session = Some(prepared);
+        }
     }
 
     /// Makes every later reload warm up the new model for requests of up to
@@ -348,11 +397,15 @@ impl Drop for EngineSession {
     }
 }
 
+/// How long a reload polls the sessions busy in a call, all together, to
+/// switch them when their call ends (`Engine::switch_sessions`).
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Locks an engine session's slot. After a panic in a call of that session
 /// (the C boundary survives it), the call's session is dropped, not reused:
 /// its scratch, staging or stream may be half-way through the call. The
 /// next call makes a new one (a reload visiting the slot first puts a
-/// prepared one in its place: `switch_idle_sessions`).
+/// prepared one in its place: `switch_sessions`).
 fn lock_slot(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
     match slot.lock() {
         Ok(guard) => guard,
@@ -432,6 +485,35 @@ mod panic_tests {
         // ...and the next call scores on a new one, as before.
         assert_eq!(logits(&mut session), before);
         assert!(lock_slot(&session.slot).session.is_some());
+    }
+
+    /// A session busy in a call during a reload is switched when that call
+    /// ends, by the reloading thread: the old model is gone when `reload`
+    /// returns, and no serving call drops it (before, the busy session kept
+    /// it, and its next call unmapped the old model).
+    #[test]
+    fn a_reload_switches_a_busy_session_when_its_call_ends() {
+        let dir = test_support::tempdir().expect("temp dir");
+        let (a, b) = (packed(dir.path(), 1), packed(dir.path(), 2));
+        let engine = Arc::new(Engine::open(&a, OpenOptions::default()).expect("opens"));
+        let mut session = engine.session();
+        logits(&mut session);
+        let old = Arc::downgrade(&engine.model());
+        let reloaded = {
+            // A call in flight: the slot is held while the reload runs.
+            let held = session.slot.lock();
+            let reloader = {
+                let engine = engine.clone();
+                std::thread::spawn(move || engine.reload(&b))
+            };
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(held);
+            reloader.join().expect("reload thread")
+        };
+        reloaded.expect("reload to B");
+        assert!(old.upgrade().is_none(), "the old model outlived the reload");
+        assert!(lock_slot(&session.slot).session.is_none());
+        logits(&mut session);
     }
 
     #[test]
