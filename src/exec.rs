@@ -71,12 +71,18 @@ impl Scratch {
 
     /// Sizes the buffers for `program` (allocates only the first time).
     fn prepare(&mut self, program: &Program) {
+        let len = |b: &crate::program::Buffer| b.width * if b.per_request { 1 } else { TILE };
         if self.buffers.len() != program.buffers.len() {
-            self.buffers = program
-                .buffers
-                .iter()
-                .map(|b| vec![0.0; b.width * if b.per_request { 1 } else { TILE }])
-                .collect();
+            self.buffers = program.buffers.iter().map(|b| vec![0.0; len(b)]).collect();
+            return;
+        }
+        // One a step took and a panic kept (`Tile::run` puts it back only
+        // when the step returns), or one sized for another program with as
+        // many buffers: sized again, else every later call would fail on it.
+        for (values, buffer) in self.buffers.iter_mut().zip(&program.buffers) {
+            if values.len() != len(buffer) {
+                *values = vec![0.0; len(buffer)];
+            }
         }
     }
 }
@@ -620,5 +626,43 @@ fn bilinear_sum(
             }
         }
         *eo += sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, DType, OpenOptions};
+
+    /// A scratch whose buffer a panicking step kept (left empty) scores the
+    /// next request as a fresh one does.
+    #[test]
+    fn a_buffer_a_panic_kept_is_sized_again() {
+        let dir = test_support::tempdir().expect("temp dir");
+        let config = Config::parse(include_str!("../tests/common/small_config.json")).unwrap();
+        let source = crate::demo::synthetic_tensors(&config, 1).unwrap();
+        let path = dir.path().join("small.mmoe");
+        crate::format::writer::pack(&config, &source, DType::F16, &path, &mut |_, _| {}).unwrap();
+        let model = Model::open(&path, &OpenOptions::default()).unwrap();
+        let request = crate::demo::synthetic_request(&config, 5, 7);
+        let isa = Isa::best();
+        let score_with = |scratch: &mut Scratch| {
+            let mut logits = vec![0.0; 5 * config.tasks.len()];
+            score(
+                &model,
+                model.program(),
+                isa,
+                scratch,
+                &request.as_request(),
+                &mut logits,
+            )
+            .map(|()| logits)
+        };
+        let mut scratch = Scratch::default();
+        let want = score_with(&mut scratch).unwrap();
+        for b in 0..scratch.buffers.len() {
+            scratch.buffers[b] = Vec::new();
+            assert_eq!(score_with(&mut scratch).unwrap(), want, "buffer {b}");
+        }
     }
 }
