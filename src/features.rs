@@ -34,8 +34,13 @@ pub fn input_vector(
             for (k, (o, &x)) in out.iter_mut().zip(raw).enumerate() {
                 let stats = stats.as_ref().map(|(m, s)| (m.get(k), s.get(k)));
                 *o = transform.apply(x, stats).ok_or_else(|| {
+                    // A request-scope value belongs to no candidate.
+                    let whose = match input.scope {
+                        Scope::Request => "(request scope)".to_string(),
+                        _ => format!("candidate {candidate}"),
+                    };
                     Error::request(format!(
-                        "input `{}` candidate {candidate} element {k}: value {x} is not finite (the input does not allow missing values)",
+                        "input `{}` {whose} element {k}: value {x} is not finite (the input does not allow missing values)",
                         input.name
                     ))
                 })?;

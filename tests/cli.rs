@@ -147,7 +147,7 @@ fn pack_inspect_verify_score() {
     );
     assert!(
         err.contains(
-            "line 4: model `small`: input `u` candidate 0 element 1: value NaN is not finite"
+            "line 4: model `small`: input `u` (request scope) element 1: value NaN is not finite"
         ),
         "{err}"
     );

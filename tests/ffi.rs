@@ -287,7 +287,7 @@ fn errors_through_the_c_abi() {
         score(&features, &mut logits),
         mmoe_status::MMOE_STATUS_REQUEST
     );
-    assert!(last_error().contains("input `u` candidate 0 element 0: value NaN"));
+    assert!(last_error().contains("input `u` (request scope) element 0: value NaN"));
     features[0].dense = u.as_ptr();
     assert_eq!(score(&features, &mut logits), mmoe_status::MMOE_STATUS_OK);
     assert_eq!(logits, good);

@@ -176,7 +176,7 @@ fn bad_requests_name_the_input() {
         |r| {
             r.set_dense(0, &u_nan);
         },
-        "input `u` candidate 0 element 2: value NaN is not finite",
+        "input `u` (request scope) element 2: value NaN is not finite",
     );
     let mut u_inf = f.u.clone();
     u_inf[1] = f32::INFINITY;
@@ -186,7 +186,7 @@ fn bad_requests_name_the_input() {
         |r| {
             r.set_dense(0, &u_inf);
         },
-        "input `u` candidate 0 element 1: value inf",
+        "input `u` (request scope) element 1: value inf",
     );
 
     // Unknown names are refused by name lookup.

@@ -171,13 +171,14 @@ pub fn staging_layout(
             Feature::Dense(values) => {
                 if !input.missing_is_zero() {
                     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                        let candidate = if input.scope == Scope::Request {
-                            0
+                        // As the CPU path says it (`features::input_vector`).
+                        let whose = if input.scope == Scope::Request {
+                            "(request scope)".to_string()
                         } else {
-                            i / input.dim
+                            format!("candidate {}", i / input.dim)
                         };
                         return Err(Error::request(format!(
-                            "input `{}` candidate {candidate} element {}: value {} is not finite (the input does not allow missing values)",
+                            "input `{}` {whose} element {}: value {} is not finite (the input does not allow missing values)",
                             input.name,
                             i % input.dim,
                             values[i]
