@@ -177,10 +177,11 @@ enum mmoe_status mmoe_engine_reload(const struct mmoe_engine *engine, const char
 // serves (0, the default: no warm-up). The reloading thread prepares one
 // session per live session (scratch; on a GPU, every batch bucket's graph
 // and the tile timing). After the swap it hands one to each session that
-// scored and is idle, and frees that session's old-model session itself;
-// a session busy then takes one at its first call on the new model. So no
-// scoring thread pays for the new model's first calls. A warm-up that
-// fails fails the reload. Thread-safe.
+// scored, when it is idle or its call in flight ends (waiting up to 100
+// ms in all), and frees that session's old-model session itself; a
+// session still busy then takes one at its first call on the new model.
+// So no scoring thread pays for the new model's first calls. A warm-up
+// that fails fails the reload. Thread-safe.
 enum mmoe_status mmoe_engine_set_warm_up(const struct mmoe_engine *engine, size_t max_candidates);
 
 // The number of successful reloads so far. A reload changes it in the

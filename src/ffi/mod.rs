@@ -559,10 +559,11 @@ pub extern "C" fn mmoe_engine_reload(
 /// serves (0, the default: no warm-up). The reloading thread prepares one
 /// session per live session (scratch; on a GPU, every batch bucket's graph
 /// and the tile timing). After the swap it hands one to each session that
-/// scored and is idle, and frees that session's old-model session itself;
-/// a session busy then takes one at its first call on the new model. So no
-/// scoring thread pays for the new model's first calls. A warm-up that
-/// fails fails the reload. Thread-safe.
+/// scored, when it is idle or its call in flight ends (waiting up to 100
+/// ms in all), and frees that session's old-model session itself; a
+/// session still busy then takes one at its first call on the new model.
+/// So no scoring thread pays for the new model's first calls. A warm-up
+/// that fails fails the reload. Thread-safe.
 #[no_mangle]
 pub extern "C" fn mmoe_engine_set_warm_up(
     engine: *const mmoe_engine,
