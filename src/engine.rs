@@ -178,20 +178,7 @@ impl Engine {
         let mut released = Vec::new();
         let mut busy = Vec::new();
         for shared in slots {
-            let idle = match shared.try_lock() {
-                Ok(mut slot) => {
-                    self.switch_slot(&mut slot, model, &mut released);
-                    true
-                }
-                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
-                    let mut slot = poisoned.into_inner();
-                    Self::clear_panicked(&shared, &mut slot, &mut released);
-                    self.switch_slot(&mut slot, model, &mut released);
-                    true
-                }
-                Err(std::sync::TryLockError::WouldBlock) => false,
-            };
-            if !idle {
+            if !self.try_switch(&shared, model, &mut released) {
                 busy.push(shared);
             }
         }
@@ -201,34 +188,36 @@ impl Engine {
         // its next call, as before.
         let deadline = std::time::Instant::now() + BUSY_WAIT;
         for shared in busy {
-            loop {
-                let done = match shared.try_lock() {
-                    Ok(mut slot) => {
-                        self.switch_slot(&mut slot, model, &mut released);
-                        true
-                    }
-                    Err(std::sync::TryLockError::Poisoned(poisoned)) => {
-                        let mut slot = poisoned.into_inner();
-                        Self::clear_panicked(&shared, &mut slot, &mut released);
-                        self.switch_slot(&mut slot, model, &mut released);
-                        true
-                    }
-                    Err(std::sync::TryLockError::WouldBlock) => false,
-                };
-                if done || std::time::Instant::now() >= deadline {
-                    break;
-                }
+            while !self.try_switch(&shared, model, &mut released)
+                && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
         }
         released
     }
 
-    /// A slot poisoned by a panic in a call (which the C boundary survives)
-    /// loses that call's session, as at its own next lock (`lock_slot`).
-    fn clear_panicked(shared: &Mutex<Slot>, slot: &mut Slot, released: &mut Vec<Session>) {
-        released.extend(slot.session.take());
-        shared.clear_poison();
+    /// Switches the slot unless a call holds it (then `false`). A slot
+    /// poisoned by a panic in a call (which the C boundary survives) loses
+    /// that call's session, as at its own next lock (`lock_slot`).
+    fn try_switch(
+        &self,
+        shared: &Mutex<Slot>,
+        model: &Arc<Model>,
+        released: &mut Vec<Session>,
+    ) -> bool {
+        let mut slot = match shared.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                let mut slot = poisoned.into_inner();
+                released.extend(slot.session.take());
+                shared.clear_poison();
+                slot
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        self.switch_slot(&mut slot, model, released);
+        true
     }
 
     /// Puts `slot` on `model` unless it is there: its old session into
