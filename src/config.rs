@@ -461,8 +461,8 @@ impl Config {
                 }
                 check_widths("fs_hidden", fs_hidden)?;
                 if *feature_selection {
-                    self.check_input_list(known, "fs1_context", fs1_context)?;
-                    self.check_input_list(known, "fs2_context", fs2_context)?;
+                    check_input_list(known, "fs1_context", fs1_context)?;
+                    check_input_list(known, "fs2_context", fs2_context)?;
                 } else {
                     for (field, empty) in [
                         ("fs_hidden", fs_hidden.is_empty()),
@@ -491,24 +491,7 @@ impl Config {
                     "gate_inputs is an empty list; leave it out to read all of x0",
                 ));
             }
-            self.check_input_list(known, "gate_inputs", list)?;
-        }
-        Ok(())
-    }
-
-    /// A list of input names (gate_inputs, fs contexts): each must exist
-    /// (in `known`, the inputs' names), once.
-    fn check_input_list(&self, known: &HashSet<&str>, field: &str, names: &[String]) -> Result<()> {
-        let mut seen = HashSet::with_capacity(names.len());
-        for name in names {
-            if !known.contains(name.as_str()) {
-                return Err(Error::config(format!(
-                    "{field} names unknown input `{name}`"
-                )));
-            }
-            if !seen.insert(name.as_str()) {
-                return Err(Error::config(format!("{field} lists input `{name}` twice")));
-            }
+            check_input_list(known, "gate_inputs", list)?;
         }
         Ok(())
     }
@@ -623,6 +606,23 @@ fn check_widths(what: &str, widths: &[usize]) -> Result<()> {
     }
     for (i, &w) in widths.iter().enumerate() {
         check_width(&format!("{what}[{i}]"), w)?;
+    }
+    Ok(())
+}
+
+/// A list of input names (gate_inputs, fs contexts): each must exist
+/// (in `known`, the inputs' names), once.
+fn check_input_list(known: &HashSet<&str>, field: &str, names: &[String]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(names.len());
+    for name in names {
+        if !known.contains(name.as_str()) {
+            return Err(Error::config(format!(
+                "{field} names unknown input `{name}`"
+            )));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(Error::config(format!("{field} lists input `{name}` twice")));
+        }
     }
     Ok(())
 }

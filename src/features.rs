@@ -33,17 +33,9 @@ pub fn input_vector(
                 .map(|(m, s)| (model.values(m), model.values(s)));
             for (k, (o, &x)) in out.iter_mut().zip(raw).enumerate() {
                 let stats = stats.as_ref().map(|(m, s)| (m.get(k), s.get(k)));
-                *o = transform.apply(x, stats).ok_or_else(|| {
-                    // A request-scope value belongs to no candidate.
-                    let whose = match input.scope {
-                        Scope::Request => "(request scope)".to_string(),
-                        _ => format!("candidate {candidate}"),
-                    };
-                    Error::request(format!(
-                        "input `{}` {whose} element {k}: value {x} is not finite (the input does not allow missing values)",
-                        input.name
-                    ))
-                })?;
+                *o = transform
+                    .apply(x, stats)
+                    .ok_or_else(|| not_finite(input, candidate, k, x))?;
             }
         }
         (InputKind::Sparse, Feature::Sparse { ids, offsets }) => {
@@ -58,6 +50,20 @@ pub fn input_vector(
         }
     }
     Ok(())
+}
+
+/// The error for a value that is not finite where `input` allows no
+/// missing values (CPU and GPU paths alike); a request-scope value belongs
+/// to no candidate.
+pub fn not_finite(input: &Input, candidate: usize, element: usize, value: f32) -> Error {
+    let whose = match input.scope {
+        Scope::Request => "(request scope)".to_string(),
+        _ => format!("candidate {candidate}"),
+    };
+    Error::request(format!(
+        "input `{}` {whose} element {element}: value {value} is not finite (the input does not allow missing values)",
+        input.name
+    ))
 }
 
 /// One dense value through log1p, standardize and clip. `None` when the raw

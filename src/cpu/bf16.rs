@@ -31,30 +31,26 @@ pub fn supported() -> bool {
 }
 
 /// This CPU's throughput of bf16 dot products (`vdpbf16ps`) and of fp32
-/// FMAs, in GFLOP/s on one thread, measured once per process (about a
-/// millisecond): where the dot products are not clearly faster, the bf16
-/// mode would only cost accuracy. Zen 4 runs a 512-bit `vdpbf16ps` (32
-/// multiply-adds) at the rate of a 512-bit FMA (16), so twice the FLOPs;
-/// Sapphire and Emerald Rapids run it at half an FMA's rate, so the same
-/// FLOPs as their two FMA ports at best (measured: 85 against 171 GFLOP/s
-/// on an Emerald Rapids Xeon). `None` where the kernel is unsupported.
+/// FMAs, in GFLOP/s on one thread, measured once per process (a few
+/// milliseconds, `cpu::peak`): where the dot products are not clearly
+/// faster, the bf16 mode would only cost accuracy. Zen 4 runs a 512-bit
+/// `vdpbf16ps` (32 multiply-adds) at the rate of a 512-bit FMA (16), so
+/// twice the FLOPs; Sapphire and Emerald Rapids run it at half an FMA's
+/// rate, so the same FLOPs as their two FMA ports at best (measured: 85
+/// against 171 GFLOP/s on an Emerald Rapids Xeon). `None` where the kernel
+/// is unsupported.
 pub fn dot_speed() -> Option<DotSpeed> {
     static SPEED: std::sync::OnceLock<Option<DotSpeed>> = std::sync::OnceLock::new();
     *SPEED.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if supported() {
-            // Alternated, best of three each: a neighbour's burst or a
-            // frequency step does not decide alone.
-            let (mut bf16, mut fp32) = (0.0f64, 0.0f64);
-            for _ in 0..3 {
-                // SAFETY: supported() proved AVX-512F and AVX512-BF16.
-                bf16 = bf16.max(unsafe { throughput(dot_chains) });
-                // SAFETY: as above (AVX-512F).
-                fp32 = fp32.max(unsafe { throughput(fma_chains) });
-            }
-            return Some(DotSpeed { bf16, fp32 });
+        const ITERATIONS: u64 = 50_000;
+        // Alternated, best of three each: a neighbour's burst or a
+        // frequency step does not decide alone.
+        let (mut bf16, mut fp32) = (0.0f64, 0.0f64);
+        for _ in 0..3 {
+            bf16 = bf16.max(super::peak::bf16_dot_gflops(ITERATIONS)?);
+            fp32 = fp32.max(super::peak::fma_gflops_over(super::Isa::Avx512, ITERATIONS));
         }
-        None
+        Some(DotSpeed { bf16, fp32 })
     })
 }
 
@@ -71,49 +67,6 @@ impl DotSpeed {
     pub fn bf16_faster(&self) -> bool {
         self.bf16 >= 1.25 * self.fp32
     }
-}
-
-/// GFLOP/s of `chains(iterations)`, which returns the FLOPs it did.
-#[cfg(target_arch = "x86_64")]
-unsafe fn throughput(chains: unsafe fn(u64) -> u64) -> f64 {
-    const ITERATIONS: u64 = 50_000;
-    let start = std::time::Instant::now();
-    // SAFETY: the caller checked the ISA `chains` needs.
-    let flops = unsafe { chains(ITERATIONS) };
-    flops as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e9
-}
-
-/// 16 independent chains of 512-bit `vdpbf16ps` (64 FLOPs each).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn dot_chains(iterations: u64) -> u64 {
-    use std::arch::x86_64::*;
-    let w: __m512bh = std::mem::transmute(_mm512_set1_epi32(std::hint::black_box(0x3f80_3f80)));
-    let mut acc = [_mm512_setzero_ps(); 16];
-    for _ in 0..iterations {
-        for a in acc.iter_mut() {
-            *a = _mm512_dpbf16_ps(*a, w, w);
-        }
-    }
-    std::hint::black_box(acc);
-    iterations * 16 * 64
-}
-
-/// 16 independent chains of 512-bit FMAs (32 FLOPs each).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_chains(iterations: u64) -> u64 {
-    use std::arch::x86_64::*;
-    let a = _mm512_set1_ps(std::hint::black_box(0.999_999));
-    let b = _mm512_set1_ps(std::hint::black_box(1e-7));
-    let mut acc = [_mm512_setzero_ps(); 16];
-    for _ in 0..iterations {
-        for c in acc.iter_mut() {
-            *c = _mm512_fmadd_ps(*c, a, b);
-        }
-    }
-    std::hint::black_box(acc);
-    iterations * 16 * 32
 }
 
 /// Converts a panel-layout Linear weight into the bf16 pair layout.

@@ -9,7 +9,12 @@ use super::Isa;
 
 /// GFLOP/s of one thread issuing only FMAs on `isa` (a multiply-add counts 2).
 pub fn fma_gflops(isa: Isa) -> f64 {
-    let iterations = 20_000_000u64;
+    fma_gflops_over(isa, 20_000_000)
+}
+
+/// [`fma_gflops`] over `iterations` of the chains' loop (16 FMAs each with
+/// AVX-512): a shorter, noisier measure.
+pub fn fma_gflops_over(isa: Isa, iterations: u64) -> f64 {
     let start = Instant::now();
     let lanes = match isa {
         #[cfg(target_arch = "x86_64")]
@@ -39,6 +44,36 @@ unsafe fn avx512(iterations: u64) -> u64 {
     }
     black_box(acc);
     16 * 16
+}
+
+/// GFLOP/s of one thread issuing only 512-bit bf16 dot products
+/// (`vdpbf16ps`: 32 multiply-adds each) over `iterations` of 16 chains;
+/// `None` where the CPU lacks AVX512-BF16.
+pub fn bf16_dot_gflops(iterations: u64) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if super::bf16::supported() {
+        let start = Instant::now();
+        // SAFETY: supported() proved AVX-512F and AVX512-BF16.
+        unsafe { bf16_dots(iterations) };
+        let seconds = start.elapsed().as_secs_f64().max(1e-9);
+        return Some((iterations * 16 * 64) as f64 / seconds / 1e9);
+    }
+    let _ = iterations;
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_dots(iterations: u64) {
+    use std::arch::x86_64::*;
+    let w: __m512bh = std::mem::transmute(_mm512_set1_epi32(black_box(0x3f80_3f80)));
+    let mut acc = [_mm512_setzero_ps(); 16];
+    for _ in 0..iterations {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbf16_ps(*a, w, w);
+        }
+    }
+    black_box(acc);
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -433,20 +433,31 @@ impl Drop for SyncOnUnwind<'_> {
 /// a stream left capturing fails every later operation enqueued on it.
 fn abandon_capture(stream: &CudaStream) {
     use cudarc::driver::result;
-    use cudarc::driver::sys::CUstreamCaptureStatus;
+    if !capturing(stream) {
+        return;
+    }
     // SAFETY: the stream is alive (borrowed); a graph that ending the
     // capture returns was never instantiated and belongs to no one else,
     // so it is destroyed here and not used again.
     unsafe {
-        let status = result::stream::is_capturing(stream.cu_stream());
-        if matches!(status, Ok(s) if s != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) {
-            if let Ok(graph) = result::stream::end_capture(stream.cu_stream()) {
-                if !graph.is_null() {
-                    let _ = result::graph::destroy(graph);
-                }
+        if let Ok(graph) = result::stream::end_capture(stream.cu_stream()) {
+            if !graph.is_null() {
+                let _ = result::graph::destroy(graph);
             }
         }
     }
+}
+
+/// Whether `stream` is (or may be) capturing, asked of the stream itself:
+/// cudarc's `capture_status` would first return (and clear) an error some
+/// drop stored in the context.
+fn capturing(stream: &CudaStream) -> bool {
+    // SAFETY: the stream is alive (borrowed); the call only reads its status.
+    let status = unsafe { cudarc::driver::result::stream::is_capturing(stream.cu_stream()) };
+    !matches!(
+        status,
+        Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    )
 }
 
 impl GpuSession {
@@ -500,16 +511,8 @@ impl GpuSession {
 
     /// Whether the session's stream is (or may be) still capturing a graph,
     /// as after a capture that failed half-way: then no call on it can work.
-    /// Asked of the stream itself: cudarc's `capture_status` would first
-    /// return (and clear) an error some drop stored in the context.
     pub fn stuck_in_capture(&self) -> bool {
-        // SAFETY: the stream is alive; the call only reads its status.
-        let status =
-            unsafe { cudarc::driver::result::stream::is_capturing(self.stream.cu_stream()) };
-        !matches!(
-            status,
-            Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
-        )
+        capturing(&self.stream)
     }
 
     /// Scores a validated request into `logits` (`[candidates × tasks]`).

@@ -171,18 +171,10 @@ pub fn staging_layout(
             Feature::Dense(values) => {
                 if !input.missing_is_zero() {
                     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                        // As the CPU path says it (`features::input_vector`).
-                        let whose = if input.scope == Scope::Request {
-                            "(request scope)".to_string()
-                        } else {
-                            format!("candidate {}", i / input.dim)
-                        };
-                        return Err(Error::request(format!(
-                            "input `{}` {whose} element {}: value {} is not finite (the input does not allow missing values)",
-                            input.name,
-                            i % input.dim,
-                            values[i]
-                        )));
+                        let (candidate, element) = (i / input.dim, i % input.dim);
+                        return Err(crate::features::not_finite(
+                            input, candidate, element, values[i],
+                        ));
                     }
                 }
                 floats += value_slots(&tensors[index], values.len());
