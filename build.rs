@@ -22,7 +22,7 @@ fn main() {
     generate_header();
 }
 
-/// Must equal `ffi::ABI_VERSION` (tests/ffi.rs checks the header's macro
+/// Must equal `ffi::ABI_VERSION` (tests/integration/ffi.rs checks the header's macro
 /// against the library).
 const ABI_VERSION: u32 = 1;
 

@@ -1,4 +1,4 @@
-/* Replays the error cases of tests/error_cases.rs through the C interface:
+/* Replays the error cases of tests/integration/error_cases.rs through the C interface:
  * each line of the manifest names a file, how to open it, and the status
  * mmoe_engine_open must return; every failure must leave a message naming
  * the file. Then the request-time statuses on a good model: REQUEST (an
@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
     }
     FILE *manifest = fopen(argv[1], "r");
     if (!manifest) {
-        fprintf(stderr, "cannot read %s (run cargo test --test error_cases first)\n", argv[1]);
+        fprintf(stderr, "cannot read %s (run cargo test --test integration error_cases:: first)\n", argv[1]);
         return 2;
     }
     char line[4096];

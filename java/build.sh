@@ -29,7 +29,7 @@ echo "built $out/mmoe.jar ($(du -h "$out/mmoe.jar" | cut -f1))"
 model_a=${model_args[0]:-$root/target/demo-a.mmoe}
 model_b=${model_args[1]:-$root/target/demo-b.mmoe}
 # The library loads from the jar's resource (no mmoe.native.path given).
-# The error cases come from `cargo test --test error_cases`. -Xcheck:jni
+# The error cases come from `cargo test --test integration error_cases::`. -Xcheck:jni
 # makes the JVM check every JNI call of the shim; a warning fails the run.
 java -Xcheck:jni -cp "$out/mmoe.jar:$out/test-classes" io.mmoe.EngineTest "$model_a" "$model_b" "$root/target/release/mmoe" \
   "$root/target/tmp/error-cases/manifest.tsv" 2>&1 | tee "$out/test.log"

@@ -14,7 +14,7 @@ mkdir -p target/asan
 status=0
 cargo +nightly test --release --target x86_64-unknown-linux-gnu --tests > target/asan/tests.log 2>&1 || status=1
 grep -E "^test result|FAILED|ERROR: AddressSanitizer|^error" target/asan/tests.log || true
-cargo +nightly test --release --target x86_64-unknown-linux-gnu --test corruption_sweep -- --ignored --nocapture \
+cargo +nightly test --release --target x86_64-unknown-linux-gnu --test integration corruption_sweep:: -- --ignored --nocapture \
   > target/asan/sweep.log 2>&1 || status=1
 tail -25 target/asan/sweep.log
 [ $status -eq 0 ] || { echo "asan: a test or build failed (target/asan/*.log)"; exit 1; }

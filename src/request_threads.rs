@@ -258,7 +258,7 @@ fn reserve_logits(logits: &mut Vec<f32>, len: usize) -> Result<()> {
 /// threads: the sizes of the parts, in order, into `parts`, as even as can
 /// be, down to one row; one part when `n` is below `min_split`. Every
 /// thread count gives the same bits: each kernel adds a row's products in
-/// one order whatever rows share its block (tests/backends.rs).
+/// one order whatever rows share its block (tests/integration/backends.rs).
 fn shares(n: usize, threads: usize, min_split: usize, parts: &mut Vec<usize>) {
     parts.clear();
     let threads = if n < min_split.max(2) {

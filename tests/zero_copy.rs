@@ -1,8 +1,6 @@
 //! Opening is zero copy: a 1 GiB model opens about as fast as a 1 MiB one,
 //! and opening it does not grow resident memory by the file size.
 
-mod common;
-
 use std::time::Instant;
 
 use mmoe::format::writer::{self, MemorySource, TensorSource};

@@ -2,7 +2,7 @@
 //! pairs for AVX512-BF16's `vdpbf16ps` (two multiply-adds per lane per
 //! instruction, fp32 accumulation), and the kernel that uses them. Inputs are
 //! rounded to bf16 per layer; the accuracy cost is measured, not assumed
-//! (`tests/cpu_paths.rs`, bench/RESULTS.md).
+//! (`tests/integration/cpu_paths.rs`, bench/RESULTS.md).
 //!
 //! Layout of a Linear weight `[n, k]`: per 32-output panel `p`, per column
 //! pair `q` (columns `2q`, `2q + 1`), two halves of 16 outputs, each output's

@@ -179,7 +179,7 @@ public final class EngineTest {
         }
     }
 
-    /** The error cases of tests/error_cases.rs, replayed through Java. */
+    /** The error cases of tests/integration/error_cases.rs, replayed through Java. */
     public void errorCasesOfTheManifestGiveTheirStatus() throws Exception {
         check(errorCases != null, "no manifest given (4th argument)");
         int cases = 0;

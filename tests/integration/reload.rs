@@ -3,7 +3,7 @@
 //! the two models' scores; a failed reload leaves the old model serving;
 //! several engines live side by side.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -195,7 +195,7 @@ fn warmed_reloads_under_load_are_atomic() {
 /// keeps scoring; the scores stay those of the model.
 #[test]
 fn a_reload_across_layout_versions_keeps_the_scores() {
-    let config = Config::parse(include_str!("common/small_config.json")).unwrap();
+    let config = Config::parse(include_str!("../common/small_config.json")).unwrap();
     let tensors = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
     let files =
         [1, 2].map(|version| common::pack_for_layout(&config, &tensors, DType::F16, version));

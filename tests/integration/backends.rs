@@ -2,7 +2,7 @@
 //! in process, on the small model of every expert type and on the
 //! benchmark-shaped demo model (several tiles, a partial last tile).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! names the input and candidate, outputs are written only on success, and
 //! request-scope features behave as the contract says.
 
-mod common;
+use crate::common;
 
 use common::small;
 use mmoe::{DType, ErrorKind, Request, Scores, Session};

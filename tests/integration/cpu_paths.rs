@@ -2,7 +2,7 @@
 //! expert type, with proof that the path ran: each forced ISA, and the bf16
 //! mode with its accuracy cost measured and bounded.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The command line: pack → inspect → verify → score, and errors that name
 //! the line, field, tensor or file at fault without losing other lines.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

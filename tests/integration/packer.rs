@@ -1,7 +1,7 @@
 //! The packer: tensor-set errors name the tensor; safetensors of every dtype
 //! PyTorch writes are read; the layout is the one the format promises.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
@@ -256,7 +256,7 @@ fn bilinear_weights_of_both_layout_versions_score_alike() {
     use mmoe::Backend;
 
     assert_eq!(LAYOUT_VERSION, 2);
-    let medium = include_str!("../gpu-emu/tests/models/medium.json");
+    let medium = include_str!("../../gpu-emu/tests/models/medium.json");
     for text in [SMALL_CONFIG, medium] {
         let config = config(text);
         let source = mmoe::demo::synthetic_tensors(&config, 3).unwrap();
@@ -372,7 +372,7 @@ fn wide_bilinear_sums_stay_direct_in_both_layout_versions() {
     use mmoe::program::{Step, BILINEAR_LINEAR_MAX_K};
     use mmoe::Backend;
 
-    let config = config(include_str!("common/wide_bilinear_config.json"));
+    let config = config(include_str!("../common/wide_bilinear_config.json"));
     const { assert!(520 * 129 > BILINEAR_LINEAR_MAX_K) };
     let source = mmoe::demo::synthetic_tensors(&config, 4).unwrap();
     let old = pack_for_layout(&config, &source, DType::F16, 1).open();

@@ -1,7 +1,7 @@
 //! Truncated, corrupted and foreign files are refused at open with a clear
 //! error, never read out of bounds; corrupt tensor data is caught by verify.
 
-mod common;
+use crate::common;
 
 use common::small;
 use mmoe::format::reader::{parse, verify_checksums};

@@ -7,7 +7,7 @@
 //! which `c-examples/errors.c` and the Java tests replay through their own
 //! interfaces (docs/ERRORS.md).
 
-mod common;
+use crate::common;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

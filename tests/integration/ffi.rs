@@ -2,7 +2,7 @@
 //! is checked, errors carry a status and a message, outputs are written only
 //! on success.
 
-mod common;
+use crate::common;
 
 use std::ffi::{CStr, CString};
 use std::ptr::{null, null_mut};

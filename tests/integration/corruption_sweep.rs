@@ -8,10 +8,10 @@
 //! CI sweeps the small model of every expert type. The demo model (45 MiB)
 //! sweep is `--ignored`; run it under AddressSanitizer with
 //!   RUSTFLAGS=-Zsanitizer=address cargo +nightly test --release \
-//!     --target x86_64-unknown-linux-gnu --test corruption_sweep -- --ignored --nocapture
+//!     --target x86_64-unknown-linux-gnu --test integration corruption_sweep:: -- --ignored --nocapture
 //! (docs/RELIABILITY.md has the figures).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
