@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares the GPU check on the development machine (which has no GPU): builds
-# the release binary and the GPU test executable, packs the demo model and 40
-# random models, and copies everything with the check script into .gpu/.
+# the release binary and the GPU test executable, packs 40 random models (the
+# demo model is built on the GPU machine by check.sh), and copies everything
+# with the check script into .gpu/.
 # Then, on a session lent a GPU machine: one `run` with carry [".gpu"] of
 #   bash .gpu/check.sh "$OUT"
 # (see ../shared/GPU.md). The GPU machine has no Rust and no network.

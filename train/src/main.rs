@@ -65,7 +65,8 @@ struct Args {
     /// Teacher: a packed model scored on the fly through the engine.
     #[arg(long, conflicts_with = "teacher_column")]
     teacher: Option<PathBuf>,
-    /// Teacher: the table's `logit.<NAME>.<task>` columns (from `mmoe score-dataset --name NAME`).
+    /// Teacher: the table's `logit.<NAME>.<task>` columns, which `mmoe score-dataset`
+    /// writes for a model whose config names it NAME.
     #[arg(long)]
     teacher_column: Option<String>,
     /// Distillation loss: pointwise-bce, pointwise-mse or pairwise. Default
