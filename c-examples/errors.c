@@ -87,8 +87,11 @@ int main(int argc, char **argv) {
     }
     size_t tasks = 0;
     mmoe_engine_num_tasks(engine, &tasks);
-    float logits[64];
-    for (int i = 0; i < 64; ++i) logits[i] = -7.0f;
+    /* Room for the longest length passed below (2 candidates, one more). */
+    const size_t room = 2 * tasks + 1;
+    float *logits = malloc(room * sizeof *logits);
+    if (logits == NULL) return 2;
+    for (size_t i = 0; i < room; ++i) logits[i] = -7.0f;
     /* No features at all: the first input is not set. */
     expect("a request with no features", mmoe_session_score(session, 2, NULL, 0, logits, 2 * tasks, NULL, 0),
            MMOE_STATUS_REQUEST);
@@ -99,13 +102,14 @@ int main(int argc, char **argv) {
     expect("warm-up of a NULL session", mmoe_session_warm_up(NULL, 8), MMOE_STATUS_ARGUMENT);
     expect("features NULL with a length", mmoe_session_score(session, 2, NULL, 3, logits, 2 * tasks, NULL, 0),
            MMOE_STATUS_ARGUMENT);
-    for (int i = 0; i < 64; ++i) {
+    for (size_t i = 0; i < room; ++i) {
         if (logits[i] != -7.0f) {
-            printf("FAIL  a failed call wrote logits[%d]\n", i);
+            printf("FAIL  a failed call wrote logits[%zu]\n", i);
             failures++;
             break;
         }
     }
+    free(logits);
     mmoe_session_free(session);
     mmoe_engine_free(engine);
     printf("%d file cases and 3 request cases through C: %d failed\n", cases, failures);

@@ -1,4 +1,4 @@
-// metadata_reload: task_names() and inputs() read while another thread
+// metadata_reload: task_names(), inputs() and input(i) read while another thread
 // reloads the engine between two models of different shapes (MODEL and
 // SMALL): each list must be all of one model, never the count of one and
 // the names of the other, and no read may fail. Runs until RELOADS reloads.
@@ -17,11 +17,11 @@
 
 namespace {
 
+std::string describe(const mmoe::InputInfo& input) { return input.name + ":" + std::to_string(input.dim); }
+
 std::vector<std::string> input_names(const mmoe::Engine& engine) {
   std::vector<std::string> names;
-  for (const mmoe::InputInfo& input : engine.inputs()) {
-    names.push_back(input.name + ":" + std::to_string(input.dim));
-  }
+  for (const mmoe::InputInfo& input : engine.inputs()) names.push_back(describe(input));
   return names;
 }
 
@@ -48,6 +48,12 @@ int main(int argc, char** argv) {
       return 2;
     }
 
+    // One input index where the two models differ: input(i) alone must be of
+    // one model too (its name and its dim are two C calls).
+    std::size_t differ = 0;
+    while (differ + 1 < inputs_a.size() && differ + 1 < inputs_b.size() && inputs_a[differ] == inputs_b[differ]) {
+      ++differ;
+    }
     const mmoe::Engine engine = mmoe::Engine::open(model);
     std::atomic<bool> stop{false};
     std::atomic<long> reloads{0};
@@ -69,6 +75,7 @@ int main(int argc, char** argv) {
       try {
         mixed += !one_of(engine.task_names(), tasks_a, tasks_b);
         mixed += !one_of(input_names(engine), inputs_a, inputs_b);
+        mixed += !one_of(describe(engine.input(differ)), inputs_a[differ], inputs_b[differ]);
         ++reads;
       } catch (const std::exception& e) {
         failure = e.what();
@@ -82,8 +89,8 @@ int main(int argc, char** argv) {
                    reads, failure.c_str(), reload_error.c_str());
       return 1;
     }
-    std::printf("metadata_reload: %ld reads of task names and inputs over %ld reloads, each of one model\n", reads,
-                reloads.load());
+    std::printf("metadata_reload: %ld reads of task names, inputs and input %zu over %ld reloads, each of one model\n",
+                reads, differ, reloads.load());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

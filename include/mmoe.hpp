@@ -145,6 +145,20 @@ namespace detail {
 /// Text from a `(…, char* buf, size_t buf_len, size_t* out_len)` getter:
 /// asks for the length, then copies; retries if the text grew in between
 /// (a concurrent reload may swap the model).
+/// True for a temporary (an rvalue) that owns its elements: a std::vector
+/// or std::array made in the call. A Span into it would dangle once the
+/// statement ends.
+template <class T>
+struct owns_elements : std::false_type {};
+template <class U, class A>
+struct owns_elements<std::vector<U, A>> : std::true_type {};
+template <class U, std::size_t N>
+struct owns_elements<std::array<U, N>> : std::true_type {};
+template <class T>
+struct is_owning_temporary
+    : std::integral_constant<bool, !std::is_lvalue_reference<T>::value &&
+                                       owns_elements<std::remove_cv_t<std::remove_reference_t<T>>>::value> {};
+
 template <class F>
 std::string text(F&& get) {
   std::size_t len = 0;
@@ -335,14 +349,10 @@ class Engine {
     check(mmoe_engine_num_inputs(raw_, &out));
     return out;
   }
+  /// Input `index`: its name and its kind, scope and dim from one model
+  /// even while reloads land (two C calls; see one_model()).
   InputInfo input(std::size_t index) const {
-    mmoe_input_info info{};
-    check(mmoe_engine_input_info(raw_, index, &info));
-    std::string name = detail::text([this, index](char* buf, std::size_t len, std::size_t* out) {
-      return mmoe_engine_input_name(raw_, index, buf, len, out);
-    });
-    return InputInfo{std::move(name), info.kind, info.scope, info.dim,
-                     static_cast<std::uint32_t>(index)};
+    return one_model([this, index] { return input_of_the_moment(index); });
   }
   /// Every input, in model order, all of one model even while reloads land
   /// (see one_model()).
@@ -351,7 +361,7 @@ class Engine {
       const std::size_t n = num_inputs();
       std::vector<InputInfo> all;
       all.reserve(n);
-      for (std::size_t i = 0; i < n; ++i) all.push_back(input(i));
+      for (std::size_t i = 0; i < n; ++i) all.push_back(input_of_the_moment(i));
       return all;
     });
   }
@@ -374,6 +384,7 @@ class Engine {
       }
     }
   }
+
   std::uint32_t input_index(const std::string& name) const {
     std::uint32_t out = 0;
     check(mmoe_engine_input_index(raw_, detail::c_str(name, "input name"), &out));
@@ -381,6 +392,18 @@ class Engine {
   }
 
  private:
+  /// Input `index` of the engine's model of the moment: two C calls, which a
+  /// reload may fall between (callers wrap it in one_model()).
+  InputInfo input_of_the_moment(std::size_t index) const {
+    mmoe_input_info info{};
+    check(mmoe_engine_input_info(raw_, index, &info));
+    std::string name = detail::text([this, index](char* buf, std::size_t len, std::size_t* out) {
+      return mmoe_engine_input_name(raw_, index, buf, len, out);
+    });
+    return InputInfo{std::move(name), info.kind, info.scope, info.dim,
+                     static_cast<std::uint32_t>(index)};
+  }
+
   mmoe_engine* raw_ = nullptr;
 };
 
@@ -414,15 +437,14 @@ class Request {
     return *this;
   }
 
-  // A Request only borrows: temporaries would dangle, so they are refused.
-  template <class A>
-  Request& dense(std::uint32_t, std::vector<float, A>&&) = delete;
-  template <class A>
-  Request& sparse(std::uint32_t, std::vector<std::uint64_t, A>&&, Span<const std::uint32_t>) = delete;
-  template <class A>
-  Request& sparse(std::uint32_t, Span<const std::uint64_t>, std::vector<std::uint32_t, A>&&) = delete;
-  template <class A, class B>
-  Request& sparse(std::uint32_t, std::vector<std::uint64_t, A>&&, std::vector<std::uint32_t, B>&&) = delete;
+  // A Request only borrows: a temporary std::vector or std::array (const or
+  // not, in any argument) would dangle once the statement ends, so it is
+  // refused at compile time (c-examples/dangling.cpp).
+  template <class V, std::enable_if_t<detail::is_owning_temporary<V>::value, int> = 0>
+  Request& dense(std::uint32_t, V&&) = delete;
+  template <class I, class O,
+            std::enable_if_t<detail::is_owning_temporary<I>::value || detail::is_owning_temporary<O>::value, int> = 0>
+  Request& sparse(std::uint32_t, I&&, O&&) = delete;
 
   /// Drops every feature and sets the candidate count (keeps capacity).
   void reset(std::size_t candidates) noexcept {
