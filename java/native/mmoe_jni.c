@@ -19,7 +19,11 @@
 
 /* io.mmoe.MmoeException and its (int, byte[] UTF-8) constructor, resolved once in
  * JNI_OnLoad: a lookup that fails there fails the library's loading, not a
- * later call with a NULL method id. */
+ * later call with a NULL method id. The class is held by a weak reference: a
+ * strong (global) one would pin the class, so its class loader and this
+ * library could never be unloaded (an application server redeploying the
+ * application would leak both each time). The class lives as long as the
+ * loader that loaded this library, which outlives every native call. */
 static jclass exception_class;
 static jmethodID exception_ctor;
 
@@ -29,12 +33,20 @@ JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM *vm, void *reserved) {
     if ((*vm)->GetEnv(vm, (void **)&env, JNI_VERSION_1_8) != JNI_OK) return JNI_ERR;
     jclass local = (*env)->FindClass(env, "io/mmoe/MmoeException");
     if (!local) return JNI_ERR;
-    exception_class = (jclass)(*env)->NewGlobalRef(env, local);
+    exception_class = (jclass)(*env)->NewWeakGlobalRef(env, local);
     (*env)->DeleteLocalRef(env, local);
     if (!exception_class) return JNI_ERR;
     exception_ctor = (*env)->GetMethodID(env, exception_class, "<init>", "(I[B)V");
     if (!exception_ctor) return JNI_ERR;
     return JNI_VERSION_1_8;
+}
+
+JNIEXPORT void JNICALL JNI_OnUnload(JavaVM *vm, void *reserved) {
+    (void)reserved;
+    JNIEnv *env = NULL;
+    if ((*vm)->GetEnv(vm, (void **)&env, JNI_VERSION_1_8) != JNI_OK || !exception_class) return;
+    (*env)->DeleteWeakGlobalRef(env, (jweak)exception_class);
+    exception_class = NULL;
 }
 
 /* `text` (UTF-8) as a new byte[]; NULL with OutOfMemoryError pending. */
@@ -44,18 +56,23 @@ static jbyteArray utf8_bytes(JNIEnv *env, const char *text, size_t len) {
     return bytes;
 }
 
-static void throw_exception(JNIEnv *env, jint status, const char *message) {
-    if ((*env)->ExceptionCheck(env)) return; /* the first one stands */
-    jbyteArray text = utf8_bytes(env, message, strlen(message));
-    if (!text) return; /* OutOfMemoryError is pending */
-    jthrowable error = (jthrowable)(*env)->NewObject(env, exception_class, exception_ctor, status, text);
-    if (error) (*env)->Throw(env, error);
-}
-
 static void throw_out_of_memory(JNIEnv *env, const char *what) {
     if ((*env)->ExceptionCheck(env)) return;
     jclass cls = (*env)->FindClass(env, "java/lang/OutOfMemoryError");
     if (cls) (*env)->ThrowNew(env, cls, what);
+}
+
+static void throw_exception(JNIEnv *env, jint status, const char *message) {
+    if ((*env)->ExceptionCheck(env)) return; /* the first one stands */
+    jclass cls = (jclass)(*env)->NewLocalRef(env, exception_class); /* a strong one for the call */
+    if (!cls) {
+        throw_out_of_memory(env, "io.mmoe.MmoeException is unloaded");
+        return;
+    }
+    jbyteArray text = utf8_bytes(env, message, strlen(message));
+    jthrowable error = text ? (jthrowable)(*env)->NewObject(env, cls, exception_ctor, status, text) : NULL;
+    if (error) (*env)->Throw(env, error); /* else OutOfMemoryError is pending */
+    (*env)->DeleteLocalRef(env, cls);
 }
 
 static void throw_status(JNIEnv *env, mmoe_status status) {
@@ -334,6 +351,12 @@ typedef struct {
 /* Fills `v` for `object` (NULL: an empty view); an input array is copied in
  * when it fits in `copies` (else its bytes are only counted and `v->data`
  * is NULL). Returns 0 with an exception pending on failure. */
+/* Where a zero-length output points: never NULL, which the C ABI reads as
+ * "not wanted", so the library checks an empty output's length like any
+ * other (an empty float[] for 8 candidates is an error, not a silent no-op).
+ * Nothing is ever written to it. */
+static uint64_t empty_output_word;
+
 static int open_view(JNIEnv *env, jobject object, element_type type, int input, arena *copies, view *v) {
     v->object = object;
     v->data = NULL;
@@ -350,14 +373,17 @@ static int open_view(JNIEnv *env, jobject object, element_type type, int input, 
             throw_argument(env, "a direct buffer has no address");
             return 0;
         }
-        v->data = address;
+        v->data = address ? address : (input ? NULL : (void *)&empty_output_word);
         v->len = (size_t)capacity;
         return 1;
     }
     jsize len = (*env)->GetArrayLength(env, (jarray)object);
     if ((*env)->ExceptionCheck(env)) return 0;
     v->len = (size_t)len;
-    if (len == 0) return 1;
+    if (len == 0) {
+        if (!input) v->data = &empty_output_word;
+        return 1;
+    }
     size_t bytes = aligned(v->len * element_size(type));
     size_t at = copies->used;
     copies->used += bytes;

@@ -38,8 +38,10 @@ public final class Engine implements AutoCloseable {
      * up to {@code maxCandidates} candidates (at most 65536) before it serves
      * (0, the default: no warm-up): the reloading thread prepares a session
      * for each open session and, after the swap, hands one to each session
-     * that scored on the old model and is idle (a session busy then takes
-     * one at its first call on the new model).
+     * that scored on the old model, when it is idle or its call in flight
+     * ends (waiting up to 100 ms in all); a session still busy then takes
+     * one at its first call on the new model. So no scoring thread pays for
+     * the new model's first calls. A warm-up that fails fails the reload.
      */
     public void setWarmUp(int maxCandidates) {
         if (maxCandidates < 0) {

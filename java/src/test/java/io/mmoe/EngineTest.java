@@ -408,17 +408,22 @@ public final class EngineTest {
             });
             other.start();
             long refused = 0, scored = 0, deadline = System.nanoTime() + 5_000_000_000L;
-            while ((refused == 0 || scored == 0) && System.nanoTime() < deadline) {
-                try {
-                    check(Arrays.equals(shared.logits(big, tasks), want), "scores of a call that did not overlap");
-                    scored++;
-                } catch (IllegalStateException busy) {
-                    check(busy.getMessage().contains("session is in use by another thread"), busy.getMessage());
-                    refused++;
+            try {
+                while ((refused == 0 || scored == 0) && System.nanoTime() < deadline) {
+                    try {
+                        check(Arrays.equals(shared.logits(big, tasks), want), "scores of a call that did not overlap");
+                        scored++;
+                    } catch (IllegalStateException busy) {
+                        check(busy.getMessage().contains("session is in use by another thread"), busy.getMessage());
+                        refused++;
+                    }
                 }
+            } finally {
+                // A failed check must not leave the other thread spinning
+                // through the tests that follow.
+                stop.set(true);
+                other.join();
             }
-            stop.set(true);
-            other.join();
             check(unexpected.isEmpty(), "unexpected: " + unexpected);
             check(wrong.get() == 0, wrong.get() + " wrong scores");
             check(refused > 0, "no overlapping call was refused in 5 s (" + scored + " scored)");
@@ -454,6 +459,18 @@ public final class EngineTest {
             FloatBuffer out = ByteBuffer.allocateDirect(4 * n * tasks).order(ByteOrder.nativeOrder()).asFloatBuffer();
             e = expect(Status.ARGUMENT, () -> session.score(request(engine, n), out, out));
             check(e.getMessage().contains("logits and probabilities overlap"), e.getMessage());
+            // An empty output is one of the wrong length (only null means
+            // "not wanted"): refused, never a call that writes nothing.
+            String expected = "expected " + n + " candidates × " + tasks + " tasks";
+            e = expect(Status.ARGUMENT, () -> session.score(request(engine, n), new float[0], null));
+            check(e.getMessage().contains("logits output holds 0 floats, " + expected), e.getMessage());
+            e = expect(Status.ARGUMENT, () -> session.logits(request(engine, n), 0));
+            check(e.getMessage().contains("logits output holds 0 floats"), e.getMessage());
+            FloatBuffer empty = ByteBuffer.allocateDirect(0).order(ByteOrder.nativeOrder()).asFloatBuffer();
+            e = expect(Status.ARGUMENT, () -> session.score(request(engine, n), null, empty));
+            check(e.getMessage().contains("probabilities output holds 0 floats, " + expected), e.getMessage());
+            // With no candidates, empty outputs are the right length.
+            session.score(request(engine, 0), new float[0], new float[0]);
             // The same array for both outputs: two copies, allowed; the
             // probabilities are copied back last.
             float[] both = new float[n * tasks], probabilities = new float[n * tasks];
