@@ -33,7 +33,7 @@ pub mod cpu;
 pub mod demo;
 pub mod engine;
 pub mod error;
-pub mod exec;
+mod exec;
 pub mod features;
 pub mod ffi;
 pub mod format;

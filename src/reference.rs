@@ -14,7 +14,7 @@ use crate::request::Request;
 
 /// Scores every candidate of a validated request; `logits` is
 /// `[candidates × tasks]`, row-major.
-pub fn score(model: &Model, request: &Request<'_>, logits: &mut [f32]) -> Result<()> {
+pub(crate) fn score(model: &Model, request: &Request<'_>, logits: &mut [f32]) -> Result<()> {
     let plan = model.plan();
     let tasks = plan.tasks.len();
     let mut x0 = vec![0.0; plan.d];
@@ -27,7 +27,7 @@ pub fn score(model: &Model, request: &Request<'_>, logits: &mut [f32]) -> Result
 }
 
 /// The model on one x0: one logit per task.
-pub fn forward(model: &Model, x0: &[f32], logits: &mut [f32]) {
+pub(crate) fn forward(model: &Model, x0: &[f32], logits: &mut [f32]) {
     let plan = model.plan();
     let experts: Vec<Vec<f32>> = plan.experts.iter().map(|e| expert(model, e, x0)).collect();
     for (task, logit) in plan.tasks.iter().zip(logits.iter_mut()) {

@@ -136,6 +136,15 @@ impl<'a> Request<'a> {
                             values.len()
                         )));
                     }
+                    // A request-scope value that is not finite is refused
+                    // here, by every backend, even with no candidate to
+                    // score (the transforms refuse candidate-scope ones as
+                    // they read them, without a pass of their own).
+                    if per_request && !input.missing_is_zero() {
+                        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+                            return Err(crate::features::not_finite(input, 0, k, values[k]));
+                        }
+                    }
                 }
                 (InputKind::Sparse, Feature::Sparse { ids, offsets }) => {
                     let bags = if per_request { 1 } else { n };

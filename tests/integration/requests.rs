@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::small;
-use mmoe::{DType, ErrorKind, Request, Scores, Session};
+use mmoe::{Backend, DType, ErrorKind, Request, Scores, Session};
 
 /// The small model's inputs: u (dense request 4), a (dense candidate 6,
 /// missing zero), us (sparse request, 10 rows × 3), as (sparse candidate,
@@ -196,6 +196,29 @@ fn bad_requests_name_the_input() {
             && err.message().contains("u, a, us, as"),
         "{err}"
     );
+}
+
+/// A request-scope value that is not finite, where the input allows no
+/// missing values, is refused by every backend alike, with candidates or
+/// without (the reference backend once scored an empty request with it).
+#[test]
+fn a_request_scope_value_not_finite_is_refused_by_every_backend_even_without_candidates() {
+    let (_, _, packed) = small(DType::F16);
+    let model = packed.open();
+    for n in [0, 2] {
+        let mut f = features(n);
+        f.u[3] = f32::NAN;
+        for backend in [Backend::Reference, Backend::Cpu] {
+            let mut session = Session::with_backend(model.clone(), backend);
+            let err = score(&mut session, &request(&f, n)).expect_err("NaN in `u`");
+            assert_eq!(err.kind(), ErrorKind::Request, "{err}");
+            assert!(
+                err.message()
+                    .contains("input `u` (request scope) element 3: value NaN is not finite"),
+                "{backend:?}, {n} candidates: {err}"
+            );
+        }
+    }
 }
 
 #[test]
