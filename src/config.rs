@@ -431,7 +431,7 @@ impl Config {
                 mlp1,
                 mlp2,
                 heads,
-                feature_selection,
+                feature_selection: _,
                 fs_hidden,
                 fs1_context,
                 fs2_context,
@@ -459,23 +459,12 @@ impl Config {
                         "agg.w_xy would hold {bilinear} values, above the limit 2^36"
                     )));
                 }
+                // Checked even when feature_selection is false, which MODEL.md
+                // lets a trainer write beside them: unused then (no `fs`
+                // tensors), but a typo in them is still a typo.
                 check_widths("fs_hidden", fs_hidden)?;
-                if *feature_selection {
-                    check_input_list(known, "fs1_context", fs1_context)?;
-                    check_input_list(known, "fs2_context", fs2_context)?;
-                } else {
-                    for (field, empty) in [
-                        ("fs_hidden", fs_hidden.is_empty()),
-                        ("fs1_context", fs1_context.is_empty()),
-                        ("fs2_context", fs2_context.is_empty()),
-                    ] {
-                        if !empty {
-                            return Err(Error::config(format!(
-                                "{field} is set but feature_selection is false"
-                            )));
-                        }
-                    }
-                }
+                check_input_list(known, "fs1_context", fs1_context)?;
+                check_input_list(known, "fs2_context", fs2_context)?;
             }
         }
         Ok(())
@@ -963,13 +952,17 @@ mod tests {
         )
         .is_ok());
         assert!(finalmlp(serde_json::json!([66]), 4, true, serde_json::json!([])).is_err());
+        // Feature-selection fields beside `feature_selection: false` (a
+        // trainer writing all its fields): accepted, as MODEL.md allows them,
+        // and still checked.
         assert!(finalmlp(
             serde_json::json!([64]),
             4,
             false,
             serde_json::json!(["ad_dense"])
         )
-        .is_err());
+        .is_ok());
+        assert!(finalmlp(serde_json::json!([64]), 4, false, serde_json::json!(["x"])).is_err());
         assert!(finalmlp(serde_json::json!([64]), 4, true, serde_json::json!(["x"])).is_err());
     }
 }

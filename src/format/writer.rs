@@ -89,9 +89,14 @@ pub fn check_tensor_set(plan: &Plan, source: &dyn TensorSource) -> Result<()> {
     )))
 }
 
-/// A vector may also come as `[1, n]` (a PyTorch `Parameter(1, n)`).
+/// Every tensor has exactly the shape MODEL.md gives it, but for FinalMLP's
+/// learned context, whose shape MODEL.md leaves open: it may also come as
+/// `[1, c]`, a PyTorch `Parameter(1, c)` (`plan::learned_context_width`). A
+/// bias or a LayerNorm γ of `[1, n]` is misshaped, as MODEL.md says.
 fn shape_matches(spec: &TensorSpec, shape: &[usize]) -> bool {
-    shape == spec.shape.as_slice() || (spec.shape.len() == 1 && shape == [1, spec.shape[0]])
+    shape == spec.shape.as_slice()
+        || (spec.name.ends_with(".ctx_bias")
+            && matches!(spec.shape.as_slice(), [c] if shape == [1, *c]))
 }
 
 /// Packs `config` and the tensors of `source` into `out`, in the newest

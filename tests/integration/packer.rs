@@ -113,6 +113,35 @@ fn learned_context_accepts_row_vector_shape() {
     assert_eq!(model.tensors()[id].shape, vec![width]);
 }
 
+/// Only the learned context may come as a row `[1, n]`: a bias, a LayerNorm
+/// γ or a standardize statistic of that shape is misshaped (MODEL.md gives
+/// them `[n]`), and the error names it.
+#[test]
+fn other_vectors_as_rows_are_misshaped() {
+    for name in [
+        "experts.m.mlp.0.bias",
+        "experts.k.emb_ln.weight",
+        "inputs.u.mean",
+        "tasks.click.tower.0.bias",
+    ] {
+        let mut n = 0;
+        let e = pack_error(
+            |s| {
+                let values = s.get_mut(name).unwrap_or_else(|| panic!("{name}")).clone();
+                n = values.len();
+                s.insert(name, vec![1, n], values);
+            },
+            DType::F16,
+        );
+        assert!(
+            e.message().contains(&format!(
+                "tensor `{name}` has shape [1, {n}], expected [{n}]"
+            )),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn linear_weights_are_stored_in_panels() {
     let (_config, source, packed) = small(DType::F32);

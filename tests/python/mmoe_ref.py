@@ -174,16 +174,17 @@ def write_safetensors(path: str, tensors: dict, metadata: dict | None = None) ->
 def round_f16(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every tensor rounded to float16 (nearest even) and back to float64.
 
-    A value that does not fit float16 (|x| > 65504 after rounding) is an error
-    naming the tensor, as the packer refuses it.
+    A value that does not fit float16 (|x| > 65504, fp16's largest finite
+    value, before rounding: 65510 is refused though it would round to 65504)
+    is an error naming the tensor, as the packer refuses it.
     """
     rounded = {}
     for name, value in tensors.items():
         f32 = np.asarray(value, dtype=np.float32)
+        if np.any(np.abs(f32[np.isfinite(f32)]) > 65504.0):
+            raise ContractError(f"tensor {name}: value does not fit float16")
         with np.errstate(over="ignore"):
             f16 = f32.astype(np.float16)
-        if np.any(np.isinf(f16) & np.isfinite(f32)):
-            raise ContractError(f"tensor {name}: value does not fit float16")
         rounded[name] = f16.astype(np.float64)
     return rounded
 
