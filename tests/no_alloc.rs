@@ -1,9 +1,13 @@
 //! Steady-state scoring allocates nothing: a counting global allocator sees
 //! zero allocations on the second and later calls of the same shape, and on
-//! the first call after a warm-up.
+//! the first call after a warm-up, on every thread of the process (the
+//! helper threads that score parts of a request too).
+//!
+//! One `#[test]` runs every case in turn, so that nothing else runs in this
+//! process while it counts (the harness's own thread waits on the test).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 mod common;
@@ -12,19 +16,15 @@ use mmoe::{Config, DType, Engine, Model, OpenOptions, Scores, Session};
 
 struct Counting;
 
-thread_local! {
-    // Per thread, so that tests running side by side do not count each
-    // other's allocations (the sessions here score on the caller's thread).
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
+/// Allocations (and reallocations) on every thread since the start.
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 fn allocations() -> usize {
-    ALLOCATIONS.with(|count| count.get())
+    ALLOCATIONS.load(Ordering::SeqCst)
 }
 
 fn count() {
-    // `try_with`: nothing to count while the thread's storage is torn down.
-    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+    ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
 }
 
 // SAFETY: forwards to the system allocator, only counting calls.
@@ -65,11 +65,39 @@ fn bench_model() -> (Config, Arc<Model>) {
 }
 
 #[test]
+fn steady_state_scoring_allocates_nothing_on_any_thread() {
+    let cases: [(&str, fn()); 5] = [
+        (
+            "second_call_of_the_same_shape_allocates_nothing",
+            second_call_of_the_same_shape_allocates_nothing,
+        ),
+        (
+            "after_warm_up_the_first_call_allocates_nothing",
+            after_warm_up_the_first_call_allocates_nothing,
+        ),
+        (
+            "after_a_warmed_reload_the_first_calls_allocate_nothing",
+            after_a_warmed_reload_the_first_calls_allocate_nothing,
+        ),
+        (
+            "after_warm_up_the_first_call_faults_in_no_page",
+            after_warm_up_the_first_call_faults_in_no_page,
+        ),
+        (
+            "a_c_abi_call_allocates_nothing_once_warm",
+            a_c_abi_call_allocates_nothing_once_warm,
+        ),
+    ];
+    for (name, case) in cases {
+        println!("case {name}");
+        case();
+    }
+}
+
 fn second_call_of_the_same_shape_allocates_nothing() {
     let (config, model) = bench_model();
     // One thread; two (with AVX-512, 40 candidates cut 20 + 20 and 7 cut
-    // 4 + 3), counted on the calling thread, which posts the parts to the
-    // helpers.
+    // 4 + 3), counted on the calling thread and the helper.
     for (threads, n) in [(1, 40), (2, 40), (2, 7)] {
         let mut session = Session::new(model.clone());
         session.set_threads(threads);
@@ -108,7 +136,7 @@ fn second_call_of_the_same_shape_allocates_nothing() {
 }
 
 /// One scoring call of `candidates` × 3 tasks through `score`: the
-/// allocations it made on this thread, and its logits.
+/// allocations it made on any thread, and its logits.
 fn counted_call(candidates: usize, score: impl FnOnce(&mut Scores<'_>)) -> (usize, Vec<f32>) {
     let mut logits = vec![0.0; candidates * 3];
     let before = allocations();
@@ -119,7 +147,6 @@ fn counted_call(candidates: usize, score: impl FnOnce(&mut Scores<'_>)) -> (usiz
     (allocations() - before, logits)
 }
 
-#[test]
 fn after_warm_up_the_first_call_allocates_nothing() {
     let (config, model) = bench_model();
     let owned = mmoe::demo::synthetic_request(&config, 40, 3);
@@ -160,7 +187,6 @@ fn after_warm_up_the_first_call_allocates_nothing() {
     );
 }
 
-#[test]
 fn after_a_warmed_reload_the_first_calls_allocate_nothing() {
     let dir = test_support::tempdir().unwrap();
     let (config, a) = bench_model_file(dir.path(), 7);
@@ -175,7 +201,10 @@ fn after_a_warmed_reload_the_first_calls_allocate_nothing() {
     for warm_up in [0, 64] {
         let engine = Arc::new(Engine::open(&a, OpenOptions::default()).unwrap());
         engine.set_warm_up(warm_up).unwrap();
+        // One session scores on one thread, the other on two: each takes
+        // a session warmed up for its own thread count.
         let mut sessions = [engine.session(), engine.session()];
+        sessions[1].set_threads(2);
         for session in &mut sessions {
             call(session);
         }
@@ -205,21 +234,25 @@ fn after_a_warmed_reload_the_first_calls_allocate_nothing() {
     }
 }
 
-/// Page faults this thread has taken so far (Linux: `getrusage`).
-#[cfg(target_os = "linux")]
+/// Page faults the process has taken so far (`getrusage`).
+#[cfg(unix)]
 fn page_faults() -> i64 {
     // SAFETY: getrusage writes the struct it is given; a zeroed rusage is a
     // valid value of that plain C struct.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
         usage
     };
     usage.ru_minflt + usage.ru_majflt
 }
 
-#[cfg(target_os = "linux")]
-#[test]
+#[cfg(not(unix))]
+fn after_warm_up_the_first_call_faults_in_no_page() {
+    println!("skipped: no getrusage on this OS");
+}
+
+#[cfg(unix)]
 fn after_warm_up_the_first_call_faults_in_no_page() {
     // Each model is mapped afresh, so its pages are not yet in this
     // process's page tables; the requests' bags gather embedding rows,
@@ -259,7 +292,6 @@ fn after_warm_up_the_first_call_faults_in_no_page() {
 /// The C ABI's scoring call (what C, C++ and Java hosts call) allocates
 /// nothing either once warm: its request storage is kept in the session
 /// handle and its error names are formatted only on errors.
-#[test]
 fn a_c_abi_call_allocates_nothing_once_warm() {
     use mmoe::ffi::*;
     use std::ptr::{null, null_mut};
