@@ -40,18 +40,23 @@ pub struct Engine {
     warm_up: AtomicUsize,
     /// Engine sessions alive: how many sessions a reload prepares.
     live_sessions: AtomicUsize,
-    /// The most intra-request threads any engine session was given: the
-    /// scratches a prepared session warms up.
-    threads: AtomicUsize,
     /// Sessions a reload prepared, for engine sessions to take at their
     /// first call on its model.
     prepared: Mutex<Vec<Session>>,
     /// Every engine session's slot, for a reload to visit (dropped
     /// sessions' entries are pruned when sessions are made).
-    slots: Mutex<Vec<Weak<Mutex<Slot>>>>,
+    slots: Mutex<Vec<SlotEntry>>,
     /// Held through a reload: two at once would each hand out sessions for
     /// its own model, the later visit taking the other's.
     reloading: Mutex<()>,
+}
+
+/// An engine session as its engine sees it: the slot a reload switches,
+/// and its thread count, which a reload reads (to warm up a session for
+/// it) even while a call holds the slot.
+struct SlotEntry {
+    slot: Weak<Mutex<Slot>>,
+    threads: Arc<AtomicUsize>,
 }
 
 /// What an engine session scores with, shared with its engine so that a
@@ -62,8 +67,9 @@ struct Slot {
     /// Whether it has scored: only a session that served the old model
     /// takes a prepared one (a session's first session is its own).
     served: bool,
-    /// Intra-request threads ([`EngineSession::set_threads`]).
-    threads: usize,
+    /// Intra-request threads ([`EngineSession::set_threads`]; the engine's
+    /// `SlotEntry` shares it).
+    threads: Arc<AtomicUsize>,
 }
 
 impl Slot {
@@ -73,13 +79,14 @@ impl Slot {
         let session = match self.session.take() {
             Some(session) if Arc::ptr_eq(session.model(), model) => session,
             old => {
+                let threads = self.threads.load(Ordering::Acquire);
                 let prepared = match self.served {
-                    true => engine.take_prepared(model),
+                    true => engine.take_prepared(model, threads),
                     false => None,
                 };
                 drop(old);
                 let mut session = prepared.unwrap_or_else(|| Session::new(model.clone()));
-                session.set_threads(self.threads);
+                session.set_threads(threads);
                 session
             }
         };
@@ -98,7 +105,6 @@ impl Engine {
             generation: AtomicU64::new(0),
             warm_up: AtomicUsize::new(0),
             live_sessions: AtomicUsize::new(0),
-            threads: AtomicUsize::new(1),
             prepared: Mutex::new(Vec::new()),
             slots: Mutex::new(Vec::new()),
             reloading: Mutex::new(()),
@@ -128,11 +134,13 @@ impl Engine {
         if warm_up > 0 {
             // At least one warm-up, kept only for live sessions: it also
             // does the model's own first work (the weights' first touch,
-            // the GPU's tile timing).
+            // the GPU's tile timing). Each for the thread count of a live
+            // session (a session of one thread takes no helpers' scratch).
             let live = self.live_sessions.load(Ordering::Acquire);
+            let threads = self.live_thread_counts();
             for i in 0..live.max(1) {
                 let mut session = Session::new(model.clone());
-                session.set_threads(self.threads.load(Ordering::Acquire));
+                session.set_threads(threads.get(i).copied().unwrap_or(1));
                 session
                     .warm_up(warm_up)
                     .map_err(|e| e.context(format_args!("reload of {}", path.display())))?;
@@ -173,8 +181,10 @@ impl Engine {
     /// unmapping the old model (on a GPU, freeing its graphs) whenever it
     /// held the last reference.
     fn switch_sessions(&self, model: &Arc<Model>) -> Vec<Session> {
-        let slots: Vec<Arc<Mutex<Slot>>> =
-            lock(&self.slots).iter().filter_map(Weak::upgrade).collect();
+        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots)
+            .iter()
+            .filter_map(|entry| entry.slot.upgrade())
+            .collect();
         let mut released = Vec::new();
         let mut busy = Vec::new();
         for shared in slots {
@@ -231,10 +241,22 @@ impl Engine {
             }
         }
         released.extend(slot.session.take());
-        if let Some(mut prepared) = self.take_prepared(model) {
-            prepared.set_threads(slot.threads);
+        let threads = slot.threads.load(Ordering::Acquire);
+        if let Some(mut prepared) = self.take_prepared(model, threads) {
+            prepared.set_threads(threads);
             slot.session = Some(prepared);
         }
+    }
+
+    /// The thread counts of the live engine sessions, most first.
+    fn live_thread_counts(&self) -> Vec<usize> {
+        let mut counts: Vec<usize> = lock(&self.slots)
+            .iter()
+            .filter(|entry| entry.slot.strong_count() > 0)
+            .map(|entry| entry.threads.load(Ordering::Acquire))
+            .collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        counts
     }
 
     /// Makes every later reload warm up the new model for requests of up to
@@ -261,12 +283,15 @@ impl Engine {
         lock(&self.prepared).len()
     }
 
-    /// A session a reload prepared on `model`, if one is left.
-    fn take_prepared(&self, model: &Arc<Model>) -> Option<Session> {
+    /// A session a reload prepared on `model`, if one is left: one warmed
+    /// up for `threads` threads if there is one.
+    fn take_prepared(&self, model: &Arc<Model>, threads: usize) -> Option<Session> {
         let mut prepared = lock(&self.prepared);
+        let on_model = |s: &Session| Arc::ptr_eq(s.model(), model);
         let at = prepared
             .iter()
-            .position(|s| Arc::ptr_eq(s.model(), model))?;
+            .position(|s| on_model(s) && s.threads() == threads)
+            .or_else(|| prepared.iter().position(on_model))?;
         Some(prepared.swap_remove(at))
     }
 
@@ -282,15 +307,19 @@ impl Engine {
     /// A session that follows the engine's current model.
     pub fn session(self: &Arc<Self>) -> EngineSession {
         self.live_sessions.fetch_add(1, Ordering::AcqRel);
+        let threads = Arc::new(AtomicUsize::new(1));
         let slot = Arc::new(Mutex::new(Slot {
             session: None,
             served: false,
-            threads: 1,
+            threads: threads.clone(),
         }));
         {
             let mut slots = lock(&self.slots);
-            slots.retain(|slot| slot.strong_count() > 0);
-            slots.push(Arc::downgrade(&slot));
+            slots.retain(|entry| entry.slot.strong_count() > 0);
+            slots.push(SlotEntry {
+                slot: Arc::downgrade(&slot),
+                threads,
+            });
         }
         EngineSession {
             engine: self.clone(),
@@ -328,9 +357,8 @@ impl EngineSession {
     /// Intra-request threads, as [`Session::set_threads`].
     pub fn set_threads(&mut self, threads: usize) {
         let threads = threads.clamp(1, crate::session::MAX_THREADS);
-        self.engine.threads.fetch_max(threads, Ordering::AcqRel);
         let mut slot = lock_slot(&self.slot);
-        slot.threads = threads;
+        slot.threads.store(threads, Ordering::Release);
         if let Some(session) = slot.session.as_mut() {
             session.set_threads(threads);
         }
@@ -373,12 +401,20 @@ impl EngineSession {
 impl Drop for EngineSession {
     fn drop(&mut self) {
         let live = self.engine.live_sessions.fetch_sub(1, Ordering::AcqRel) - 1;
+        let threads = lock_slot(&self.slot).threads.load(Ordering::Acquire);
         // One fewer session to take the prepared ones: drop any beyond the
-        // sessions still alive (outside the lock).
+        // sessions still alive, one of this session's thread count if there
+        // is one (outside the lock).
         let unused = {
             let mut prepared = lock(&self.engine.prepared);
             match prepared.len() > live {
-                true => prepared.pop(),
+                true => {
+                    let at = prepared
+                        .iter()
+                        .position(|s| s.threads() == threads)
+                        .unwrap_or(prepared.len() - 1);
+                    Some(prepared.swap_remove(at))
+                }
                 false => None,
             }
         };
@@ -503,6 +539,43 @@ mod panic_tests {
         assert!(old.upgrade().is_none(), "the old model outlived the reload");
         assert!(lock_slot(&session.slot).session.is_none());
         logits(&mut session);
+    }
+
+    /// A warmed reload prepares, for each live session, a session of that
+    /// session's thread count (before: every one of the most threads any
+    /// session had), and a session takes the one of its own count.
+    #[test]
+    fn a_warmed_reload_prepares_each_session_for_its_thread_count() {
+        let dir = test_support::tempdir().expect("temp dir");
+        let (a, b) = (packed(dir.path(), 1), packed(dir.path(), 2));
+        let engine = Arc::new(Engine::open(&a, OpenOptions::default()).expect("opens"));
+        engine.set_warm_up(8).expect("warm-up size");
+        let mut sessions = [engine.session(), engine.session()];
+        sessions[0].set_threads(3);
+        for session in &mut sessions {
+            logits(session);
+        }
+        assert_eq!(engine.live_thread_counts(), [3, 1]);
+        {
+            // Both busy in a call through the reload: the prepared sessions
+            // stay for their next calls to take.
+            let held: Vec<_> = sessions.iter().map(|s| s.slot.lock()).collect();
+            let engine = engine.clone();
+            std::thread::spawn(move || engine.reload(&b))
+                .join()
+                .expect("reload thread")
+                .expect("reload to B");
+            drop(held);
+        }
+        let mut prepared: Vec<usize> = lock(&engine.prepared).iter().map(|s| s.threads()).collect();
+        prepared.sort_unstable();
+        assert_eq!(prepared, [1, 3]);
+        for (session, threads) in sessions.iter_mut().zip([3, 1]) {
+            logits(session);
+            let slot = lock_slot(&session.slot);
+            assert_eq!(slot.session.as_ref().map(|s| s.threads()), Some(threads));
+        }
+        assert_eq!(engine.prepared_sessions(), 0);
     }
 
     #[test]
