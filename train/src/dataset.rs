@@ -65,7 +65,11 @@ pub fn load(
             path.display(),
             range
                 .as_ref()
-                .map(|d| format!(" on days {}..{}", d.start, d.end))
+                .map(|d| match d.start {
+                    // The days before --eval-days (`training_days`).
+                    i32::MIN => format!(" before day {}", d.end),
+                    start => format!(" on days {start}..{}", d.end),
+                })
                 .unwrap_or_default()
         ))
     })
@@ -250,7 +254,7 @@ fn teacher_columns(
                 .map(|(_, v)| v)
                 .ok_or_else(|| {
                     Error::new(format!(
-                        "{}: no teacher column `{column}` (write it with `mmoe score-dataset --name {name}`)",
+                        "{}: no teacher column `{column}` (write it with `mmoe score-dataset` and a model whose config is named `{name}`)",
                         path.display()
                     ))
                 })?;

@@ -38,10 +38,12 @@ struct Args {
     /// Output directory: model.safetensors, config.json, metrics.json.
     #[arg(long)]
     out: PathBuf,
-    /// Train on rows of these days, `A..B` (B excluded). Default: every day.
+    /// Train on rows of these days, `A..B` (B excluded). Default: every day,
+    /// or with --eval-days A..B the days before A.
     #[arg(long)]
     days: Option<String>,
-    /// Evaluate after each epoch on the rows of these days (`A..B`).
+    /// Evaluate after each epoch on the rows of these days (`A..B`), which
+    /// must not overlap --days (their scores would be of training rows).
     #[arg(long)]
     eval_days: Option<String>,
     /// `batch` trains on all of --days; `incremental` continues from --init
@@ -95,6 +97,31 @@ struct Args {
 
 fn parse_days(flag: &str, text: &str) -> Result<Range<i32>> {
     parse_day_range(flag, text).map_err(Error::new)
+}
+
+/// The batch stage's training days: `--days` as given, which must not
+/// overlap `--eval-days` (an evaluation on training rows flatters the
+/// model); without `--days`, the days before `--eval-days` when that is
+/// given, else every day (`None`).
+fn training_days(
+    days: Option<Range<i32>>,
+    eval: Option<&Range<i32>>,
+) -> Result<Option<Range<i32>>> {
+    match (days, eval) {
+        (Some(days), Some(eval)) if days.start < eval.end && eval.start < days.end => {
+            Err(Error::new(format!(
+                "--days {}..{} and --eval-days {}..{} overlap (days {}..{}): the evaluation would score training rows",
+                days.start,
+                days.end,
+                eval.start,
+                eval.end,
+                days.start.max(eval.start),
+                days.end.min(eval.end)
+            )))
+        }
+        (None, Some(eval)) => Ok(Some(i32::MIN..eval.start)),
+        (days, _) => Ok(days),
+    }
 }
 
 fn read_config(path: &Path) -> Result<Config> {
@@ -195,7 +222,7 @@ fn run(args: Args) -> Result<()> {
         Some(dataset::load(
             &args.data,
             &config,
-            days.clone(),
+            training_days(days.clone(), eval_days.as_ref())?,
             teacher.as_ref(),
         )?)
     };
@@ -294,5 +321,36 @@ fn main() -> ExitCode {
             eprintln!("mmoe-train: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::training_days;
+
+    #[test]
+    fn training_days_never_overlap_the_evaluation_days() {
+        assert_eq!(
+            training_days(Some(30..60), Some(&(60..65))).unwrap(),
+            Some(30..60)
+        );
+        assert_eq!(
+            training_days(Some(70..80), Some(&(60..65))).unwrap(),
+            Some(70..80)
+        );
+        assert_eq!(training_days(Some(0..5), None).unwrap(), Some(0..5));
+        assert_eq!(training_days(None, None).unwrap(), None);
+        // Without --days: the days before the evaluation.
+        assert_eq!(
+            training_days(None, Some(&(60..65))).unwrap(),
+            Some(i32::MIN..60)
+        );
+        let e = training_days(Some(0..62), Some(&(60..65))).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--days 0..62 and --eval-days 60..65 overlap (days 60..62)"),
+            "{e}"
+        );
+        assert!(training_days(Some(64..70), Some(&(60..65))).is_err());
     }
 }
