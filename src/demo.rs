@@ -46,6 +46,9 @@ impl Rng {
     }
 }
 
+/// The most weights [`synthetic_tensors`] makes (held in memory as f32).
+pub const MAX_SYNTHETIC_VALUES: u128 = 1 << 32;
+
 /// Every tensor of `config`, deterministic in `seed`, initialized so that
 /// activations stay of order one. One-expert models get a gate too; learned
 /// FinalMLP contexts are [`LEARNED_CONTEXT`] wide.
@@ -55,6 +58,15 @@ pub fn synthetic_tensors(config: &Config, seed: u64) -> Result<MemorySource> {
             .then(|| vec![LEARNED_CONTEXT])
             .or_else(|| name.ends_with(".gate.0.weight").then(Vec::new))
     })?;
+    // Synthetic weights are held in memory as f32: a config whose tables
+    // would not fit is refused here, not aborted on by the allocator.
+    let values: u128 = plan.tensors.iter().map(|t| t.numel() as u128).sum();
+    if values > MAX_SYNTHETIC_VALUES {
+        return Err(crate::Error::argument(format!(
+            "model `{}` has {values} weights, above the {MAX_SYNTHETIC_VALUES} that synthetic weights are made for (16 GiB as f32)",
+            config.name
+        )));
+    }
     let mut rng = Rng::new(seed);
     let mut source = MemorySource::new();
     for spec in &plan.tensors {

@@ -32,6 +32,16 @@ pub fn parse_request(line: &str, config: &Config) -> Result<OwnedRequest> {
             .ok_or_else(|| field_error("n", format!("expected a candidate count, got {v}")))?,
         None => return Err(field_error("n", "missing")),
     };
+    // Before anything is sized by it (the caller's outputs too).
+    if n > crate::session::MAX_CANDIDATES {
+        return Err(field_error(
+            "n",
+            format!(
+                "{n} candidates, above the limit of {} per request",
+                crate::session::MAX_CANDIDATES
+            ),
+        ));
+    }
     let mut dense = take_object(&mut top, "dense")?;
     let mut sparse = take_object(&mut top, "sparse")?;
     if let Some(key) = top.keys().next() {
@@ -132,7 +142,17 @@ fn parse_dense(
         for (k, v) in row.iter().enumerate() {
             values.push(match v {
                 Value::Null => f32::NAN,
-                Value::Number(x) => x.as_f64().unwrap_or(f64::NAN) as f32,
+                Value::Number(x) => match x.as_f64() {
+                    // A finite number past f32's range would arrive as inf,
+                    // read as missing: refused as written instead.
+                    Some(x) if x.abs() <= f32::MAX as f64 => x as f32,
+                    _ => {
+                        return Err(field_error(
+                            &format!("{at}[{k}]"),
+                            format!("{x} is outside the range of a 32-bit float"),
+                        ))
+                    }
+                },
                 other => {
                     return Err(field_error(
                         &format!("{at}[{k}]"),

@@ -272,3 +272,158 @@ fn a_bad_helper_spin_is_an_error_naming_the_variable() {
         "{err}"
     );
 }
+
+/// Inputs that crashed the command line, or lost data, are refused with a
+/// message naming what is at fault: a candidate count past the limit (it
+/// sized the outputs first), a line that is not UTF-8 (it ended the run), a
+/// number past f32 (read as missing), an output file that is an input
+/// (emptied while read or mapped), and counts or durations that allocated,
+/// spawned or panicked before any check.
+#[test]
+fn cli_refuses_what_would_crash_it() {
+    let f = small_files();
+    let (ok, _, err) = f.pack("m.mmoe");
+    assert!(ok, "{err}");
+    let good = r#"{"n": 1, "dense": {"u": [0.5, 1.0, -2.0, 0.0], "a": [[0,1,2,3,4,5]]}, "sparse": {"us": [[1]], "as": [[3]]}}"#;
+    let huge_n = good.replace("\"n\": 1", "\"n\": 4611686018427387904");
+    let past_f32 = good.replace("[[0,1,2", "[[1e39,1,2");
+    let mut requests = Vec::new();
+    for line in [
+        huge_n.as_bytes(),
+        b"{\"n\": \xff}",
+        past_f32.as_bytes(),
+        good.as_bytes(),
+    ] {
+        requests.extend_from_slice(line);
+        requests.push(b'\n');
+    }
+    std::fs::write(f.path("requests.jsonl"), &requests).unwrap();
+    let score = |out: &str| {
+        mmoe(&[
+            "score",
+            "--model",
+            &f.path("m.mmoe"),
+            "--requests",
+            &f.path("requests.jsonl"),
+            "--out",
+            out,
+        ])
+    };
+    let (ok, _, err) = score(&f.path("scores.jsonl"));
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains(
+            "line 1: field `n`: 4611686018427387904 candidates, above the limit of 16777216"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("line 2: not valid UTF-8 (byte 6)"), "{err}");
+    assert!(
+        err.contains("line 3: field `dense.a[0][0]`: 1e+39 is outside the range of a 32-bit float"),
+        "{err}"
+    );
+    assert!(err.contains("scored 1 request(s), 3 failed"), "{err}");
+    let answers = std::fs::read_to_string(f.path("scores.jsonl")).unwrap();
+    assert_eq!(answers.lines().count(), 4, "{answers}");
+    assert!(
+        answers.lines().last().unwrap().starts_with("{\"logits\""),
+        "{answers}"
+    );
+
+    // The output may not be an input: both stay as they were.
+    let model_len = std::fs::metadata(f.path("m.mmoe")).unwrap().len();
+    for (out, input) in [
+        (f.path("requests.jsonl"), f.path("requests.jsonl")),
+        (f.path("m.mmoe"), f.path("m.mmoe")),
+    ] {
+        let (ok, _, err) = score(&out);
+        assert!(
+            !ok && err.contains(&format!("--out {out} is the input {input}")),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(f.path("requests.jsonl")).unwrap(), requests);
+    assert_eq!(
+        std::fs::metadata(f.path("m.mmoe")).unwrap().len(),
+        model_len
+    );
+
+    let model = f.path("m.mmoe");
+    let out = f.path("x");
+    for (args, message) in [
+        (
+            &[
+                "demo",
+                "--candidates",
+                "18446744073709551615",
+                "--out",
+                &out,
+            ][..],
+            "--candidates 18446744073709551615: above the limit of 16777216",
+        ),
+        (
+            &["bench", "--model", &model, "--batch", "100000000000"][..],
+            "--batch: 100000000000 is above the limit of 16777216",
+        ),
+        (
+            &["bench", "--model", &model, "--max-seconds=-1"][..],
+            "--max-seconds must be 0 to 1000000, got -1",
+        ),
+        (
+            &["bench", "--model", &model, "--max-seconds", "NaN"][..],
+            "--max-seconds must be 0 to 1000000, got NaN",
+        ),
+        (
+            &["bench", "--model", &model, "--threads", "100000"][..],
+            "--threads must be 1 to 256, got 100000",
+        ),
+        (
+            &["bench", "--model", &model, "--intra-threads", "0"][..],
+            "--intra-threads must be 1 to 256, got 0",
+        ),
+        (
+            &[
+                "synth",
+                "--rows",
+                "10",
+                "--days",
+                "4294967295",
+                "--out",
+                &out,
+            ][..],
+            "--days 4294967295 is above the limit of 2147483647",
+        ),
+        (
+            &[
+                "synth",
+                "--rows",
+                "10",
+                "--users",
+                "18446744073709551615",
+                "--out",
+                &out,
+            ][..],
+            "--users 18446744073709551615 is above the limit of 100000000",
+        ),
+        (
+            &[
+                "synth",
+                "--rows",
+                "10",
+                "--relatedness",
+                "NaN",
+                "--out",
+                &out,
+            ][..],
+            "--relatedness NaN must be in [0, 1]",
+        ),
+        (
+            &["synth", "--rows", "10", "--drift", "inf", "--out", &out][..],
+            "--drift inf must be a finite angle",
+        ),
+    ] {
+        let (ok, _, err) = mmoe(args);
+        assert!(!ok && err.contains(message), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

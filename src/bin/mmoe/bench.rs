@@ -575,14 +575,35 @@ pub fn run(settings: &Settings) -> CliResult {
     let batches: Vec<usize> = settings
         .batch
         .split(',')
-        .map(|b| {
-            b.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("--batch: `{b}` is not a batch size"))
+        .map(|b| match b.trim().parse::<usize>() {
+            Ok(n) if n > mmoe::MAX_CANDIDATES => Err(format!(
+                "--batch: {n} is above the limit of {} candidates per request",
+                mmoe::MAX_CANDIDATES
+            )),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!("--batch: `{b}` is not a batch size")),
         })
         .collect::<Result<_, _>>()?;
-    if settings.threads == 0 {
-        return Err("--threads must be at least 1".into());
+    // Each thread is started, each intra-request thread too.
+    for (flag, n) in [
+        ("--threads", settings.threads),
+        ("--intra-threads", settings.intra),
+    ] {
+        if !(1..=mmoe::MAX_THREADS).contains(&n) {
+            return Err(format!(
+                "{flag} must be 1 to {}, got {n}",
+                mmoe::MAX_THREADS
+            ));
+        }
+    }
+    if !(settings.max_seconds.is_finite()
+        && settings.max_seconds >= 0.0
+        && settings.max_seconds <= 1e6)
+    {
+        return Err(format!(
+            "--max-seconds must be 0 to 1000000, got {}",
+            settings.max_seconds
+        ));
     }
     let model = open_on(&settings.model, false, &settings.device)?;
     let backend = match &settings.backend {

@@ -90,10 +90,16 @@ pub struct EvalArgs {
     device: DeviceArgs,
 }
 
-fn threads(requested: Option<usize>) -> usize {
-    requested
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1)
+/// `--threads`, at most the engine's `MAX_THREADS` (each is a thread
+/// started); by default the CPUs available.
+fn threads(requested: Option<usize>) -> Result<usize, String> {
+    match requested {
+        Some(n) if n > mmoe::MAX_THREADS => {
+            Err(format!("--threads {n}: at most {}", mmoe::MAX_THREADS))
+        }
+        Some(n) => Ok(n.max(1)),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
 }
 
 fn rows_bar(total: usize, what: &str) -> ProgressBar {
@@ -156,6 +162,7 @@ pub fn synth(args: &SynthArgs) -> CliResult {
 }
 
 pub fn score_dataset(args: &ScoreArgs) -> CliResult {
+    super::refuse_out_among_inputs(&args.out, &[&args.model, &args.data])?;
     let model =
         mmoe::Model::open(&args.model, &open_options(&args.device)?).map_err(|e| e.to_string())?;
     let config = model.config().clone();
@@ -177,7 +184,7 @@ pub fn score_dataset(args: &ScoreArgs) -> CliResult {
     let mut writer = TableWriter::create(&args.out, schema(&config, reader.has_labels, &floats))
         .map_err(|e| e.to_string())?;
     let bar = rows_bar(reader.total_rows, "scoring");
-    let threads = threads(args.threads);
+    let threads = threads(args.threads)?;
     let mut sink = |mut out: crate::dataset::table::Chunk, logits: Vec<Vec<Option<f32>>>| {
         out.floats
             .retain(|(name, _)| floats[..carried].contains(name));
@@ -228,7 +235,7 @@ pub fn score_dataset(args: &ScoreArgs) -> CliResult {
 
 pub fn eval(args: &EvalArgs) -> CliResult {
     let options = EvalOptions {
-        threads: threads(args.threads),
+        threads: threads(args.threads)?,
         replicates: args.bootstrap,
         seed: args.seed,
         open: open_options(&args.device)?,

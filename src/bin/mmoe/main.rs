@@ -477,6 +477,24 @@ fn parse_backend(name: &str) -> Result<Backend, String> {
     Backend::parse(name).ok_or_else(|| format!("--backend {name}: expected reference, cpu or cuda"))
 }
 
+/// Refuses an output file that is one of the command's inputs: creating it
+/// would empty that input while it is read (or mapped: a bus error).
+pub(crate) fn refuse_out_among_inputs(out: &Path, inputs: &[&Path]) -> Result<(), String> {
+    let Ok(out_real) = std::fs::canonicalize(out) else {
+        return Ok(()); // not there yet: no input can be it
+    };
+    for input in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|real| real == out_real) {
+            return Err(format!(
+                "--out {} is the input {}: write the output to another file",
+                out.display(),
+                input.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A session with the named backend, or the model's own.
 fn session(model: &std::sync::Arc<Model>, backend: Option<&str>) -> Result<Session, String> {
     Ok(match backend {
@@ -492,6 +510,7 @@ fn score(
     backend: Option<&str>,
     device: &DeviceArgs,
 ) -> CliResult {
+    refuse_out_among_inputs(out, &[model_path, requests])?;
     let model = open_on(model_path, false, device)?;
     let tasks = model.num_tasks();
     let input = std::fs::File::open(requests)
@@ -502,25 +521,35 @@ fn score(
     let mut session = session(&model, backend)?;
     let (mut good, mut bad) = (0usize, 0usize);
     let (mut logits, mut probabilities) = (Vec::new(), Vec::new());
-    for (index, line) in std::io::BufReader::new(input).lines().enumerate() {
+    for (index, line) in std::io::BufReader::new(input).split(b'\n').enumerate() {
         let number = index + 1;
-        let line =
+        let mut bytes =
             line.map_err(|e| format!("cannot read {} line {number}: {e}", requests.display()))?;
-        if line.trim().is_empty() {
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        // A line that is not UTF-8 is one bad line, answered as such; the
+        // lines after it are scored.
+        let line = std::str::from_utf8(&bytes).map_err(|e| {
+            mmoe::Error::request(format!("not valid UTF-8 (byte {})", e.valid_up_to()))
+        });
+        if line.as_ref().is_ok_and(|line| line.trim().is_empty()) {
             continue;
         }
-        let result = jsonl::parse_request(&line, model.config()).and_then(|owned| {
-            let n = owned.candidates * tasks;
-            logits.resize(n, 0.0);
-            probabilities.resize(n, 0.0);
-            session.score(
-                &owned.as_request(),
-                &mut Scores {
-                    logits: Some(&mut logits),
-                    probabilities: Some(&mut probabilities),
-                },
-            )
-        });
+        let result = line
+            .and_then(|line| jsonl::parse_request(line, model.config()))
+            .and_then(|owned| {
+                let n = owned.candidates * tasks;
+                logits.resize(n, 0.0);
+                probabilities.resize(n, 0.0);
+                session.score(
+                    &owned.as_request(),
+                    &mut Scores {
+                        logits: Some(&mut logits),
+                        probabilities: Some(&mut probabilities),
+                    },
+                )
+            });
         let text = match result {
             Ok(()) => {
                 good += 1;
@@ -565,6 +594,12 @@ fn demo(
         None => Config::parse(mmoe::demo::BENCH_MODEL_JSON).map_err(|e| e.to_string())?,
         Some(path) => read_config(path)?,
     };
+    if candidates > mmoe::MAX_CANDIDATES {
+        return Err(format!(
+            "--candidates {candidates}: above the limit of {} per request",
+            mmoe::MAX_CANDIDATES
+        ));
+    }
     let out = out.unwrap_or_else(|| std::env::temp_dir().join("mmoe-demo.mmoe"));
     println!(
         "mmoe demo: model `{}` ({} inputs, {} experts, {} tasks, x0 width {})",

@@ -128,8 +128,10 @@ pub fn run(
                 }
                 kept.days.extend_from_slice(&chunk.day);
                 for (&v, &id) in chunk.view.iter().zip(&chunk.request_id) {
-                    kept.views
-                        .push(intern(&mut view_names, &chunk.view_names[v as usize]));
+                    kept.views.push(
+                        intern(&mut view_names, &chunk.view_names[v as usize])
+                            .map_err(eval_error)?,
+                    );
                     if last_request.is_some_and(|r| r != id) {
                         request_index += 1;
                     }

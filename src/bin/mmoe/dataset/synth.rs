@@ -19,6 +19,9 @@ const LATENT: usize = 8;
 /// Interest clusters shared by users and ads.
 const CLUSTERS: u64 = 32;
 
+/// The most users, and the most ads, a synthetic log draws from.
+const MAX_ENTITIES: usize = 100_000_000;
+
 #[derive(Clone, Debug)]
 pub struct SynthOptions {
     pub rows: usize,
@@ -243,6 +246,36 @@ pub fn synthesize(
         return Err(Error::new(
             ErrorKind::Argument,
             "synth: users, ads and days must be at least 1",
+        ));
+    }
+    // The table's day column is an i32; users and ads are held in memory
+    // (a latent vector each).
+    let limits = [
+        ("--days", options.days as usize, i32::MAX as usize),
+        ("--users", options.users, MAX_ENTITIES),
+        ("--ads", options.ads, MAX_ENTITIES),
+    ];
+    for (flag, value, limit) in limits {
+        if value > limit {
+            return Err(Error::new(
+                ErrorKind::Argument,
+                format!("synth: {flag} {value} is above the limit of {limit}"),
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&options.relatedness) {
+        return Err(Error::new(
+            ErrorKind::Argument,
+            format!(
+                "synth: --relatedness {} must be in [0, 1]",
+                options.relatedness
+            ),
+        ));
+    }
+    if !options.drift.is_finite() {
+        return Err(Error::new(
+            ErrorKind::Argument,
+            format!("synth: --drift {} must be a finite angle", options.drift),
         ));
     }
     let world = World::new(config, options);

@@ -172,7 +172,8 @@ impl Chunk {
             .view
             .iter()
             .map(|&v| intern(&mut self.view_names, &other.view_names[v as usize]))
-            .collect();
+            .collect::<std::result::Result<_, _>>()
+            .map_err(data_error)?;
         self.request_id.append(&mut other.request_id);
         self.day.append(&mut other.day);
         self.view.extend(views);
@@ -215,14 +216,23 @@ impl Chunk {
     }
 }
 
-pub(crate) fn intern(names: &mut Vec<String>, name: &str) -> u16 {
-    match names.iter().position(|n| n == name) {
-        Some(i) => i as u16,
-        None => {
-            names.push(name.to_string());
-            (names.len() - 1) as u16
-        }
+/// The most distinct values of the `view` column (surfaces such as home or
+/// search: a handful); each row holds its view as a u16 index.
+pub(crate) const MAX_VIEWS: usize = 1024;
+
+/// The index of view `name` in `names`, added if new; an error past
+/// [`MAX_VIEWS`] views.
+pub(crate) fn intern(names: &mut Vec<String>, name: &str) -> std::result::Result<u16, String> {
+    if let Some(i) = names.iter().position(|n| n == name) {
+        return Ok(i as u16);
     }
+    if names.len() >= MAX_VIEWS {
+        return Err(format!(
+            "column `view` has more than {MAX_VIEWS} distinct values (views are surfaces such as home or search)"
+        ));
+    }
+    names.push(name.to_string());
+    Ok((names.len() - 1) as u16)
 }
 
 /// The Arrow schema of a table for `config` (labels for every task when
@@ -472,24 +482,30 @@ impl TableReader {
             .values()
             .to_vec();
         let day = match batch.column_by_name("day") {
-            Some(a) => a
-                .as_primitive_opt::<Int32Type>()
-                .ok_or_else(|| data_error(format!("{}: `day` is not Int32", path.display())))?
-                .iter()
-                .map(|v| v.unwrap_or(0))
-                .collect(),
+            Some(a) => {
+                no_nulls("day", a.as_ref())?;
+                a.as_primitive_opt::<Int32Type>()
+                    .ok_or_else(|| data_error(format!("{}: `day` is not Int32", path.display())))?
+                    .values()
+                    .to_vec()
+            }
             None => vec![0; rows],
         };
         let mut view_names = Vec::new();
         let view = match batch.column_by_name("view") {
             Some(a) => {
+                no_nulls("view", a.as_ref())?;
                 let strings = a
                     .as_string_opt::<i32>()
                     .ok_or_else(|| data_error(format!("{}: `view` is not Utf8", path.display())))?;
                 strings
                     .iter()
-                    .map(|v| intern(&mut view_names, v.unwrap_or("unknown")))
-                    .collect()
+                    .map(|v| {
+                        intern(&mut view_names, v.unwrap_or_default())
+                            .map_err(|e| format!("{}: {e}", path.display()))
+                    })
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(data_error)?
             }
             None => {
                 view_names.push("all".into());
@@ -514,6 +530,7 @@ impl TableReader {
                 InputKind::Sparse => {
                     let list = array.as_list::<i32>();
                     let values = list.values().as_primitive::<UInt64Type>();
+                    no_nulls(&input.name, values)?;
                     let offsets = list.value_offsets();
                     let base = offsets[0];
                     let ids = values.values()[base as usize..offsets[rows] as usize].to_vec();

@@ -323,3 +323,119 @@ fn a_table_without_a_models_input_is_refused_naming_it() {
         "{err}"
     );
 }
+
+/// `src` rewritten to `dst` with column `name` replaced by `edit(old)`.
+fn rewrite_column(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    name: &str,
+    edit: impl Fn(&arrow_array::ArrayRef) -> arrow_array::ArrayRef,
+) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(src).unwrap())
+        .unwrap()
+        .with_batch_size(1 << 20) // one batch: `edit` sees every row
+        .build()
+        .unwrap();
+    let mut writer = None;
+    for batch in reader {
+        let batch = batch.unwrap();
+        let schema = batch.schema();
+        let at = schema.index_of(name).unwrap();
+        let mut columns = batch.columns().to_vec();
+        columns[at] = edit(&columns[at]);
+        let fields: Vec<arrow_schema::Field> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match i == at {
+                true => arrow_schema::Field::new(f.name(), columns[i].data_type().clone(), true),
+                false => f.as_ref().clone(),
+            })
+            .collect();
+        let schema = Arc::new(arrow_schema::Schema::new(fields));
+        let batch = arrow_array::RecordBatch::try_new(schema.clone(), columns).unwrap();
+        writer
+            .get_or_insert_with(|| {
+                parquet::arrow::ArrowWriter::try_new(
+                    std::fs::File::create(dst).unwrap(),
+                    schema,
+                    None,
+                )
+                .unwrap()
+            })
+            .write(&batch)
+            .unwrap();
+    }
+    writer.unwrap().close().unwrap();
+}
+
+/// Nulls in `day`, in `view` and among a sparse input's ids are refused
+/// naming the column (they were read as day 0, view "unknown" and whatever
+/// id the buffer held, and written back so), and a `view` column of more
+/// distinct values than a u16 index holds is refused (its indices wrapped).
+#[test]
+fn nulls_and_too_many_views_are_refused_naming_the_column() {
+    use arrow_array::builder::{ListBuilder, UInt64Builder};
+    use arrow_array::cast::AsArray;
+    use arrow_array::{Array, ArrayRef, Int32Array, StringArray};
+    let dir = test_support::tempdir().unwrap();
+    let config = small_config();
+    let path = synth(dir.path(), &config, 1100);
+    let edited = dir.path().join("edited.parquet");
+    let refused = |column: &str, edit: &dyn Fn(&ArrayRef) -> ArrayRef, message: &str| {
+        rewrite_column(&path, &edited, column, edit);
+        let err = read_all(&edited, &config)
+            .err()
+            .unwrap_or_else(|| panic!("{column}: {message}: not refused"));
+        assert!(err.message().contains(message), "{column}: {err}");
+    };
+    refused(
+        "day",
+        &|old| {
+            let days = old.as_any().downcast_ref::<Int32Array>().unwrap();
+            let mut values: Vec<Option<i32>> = days.iter().collect();
+            values[7] = None;
+            Arc::new(Int32Array::from(values))
+        },
+        "column `day` has nulls",
+    );
+    refused(
+        "view",
+        &|old| {
+            let views = old.as_any().downcast_ref::<StringArray>().unwrap();
+            let mut values: Vec<Option<&str>> = views.iter().collect();
+            values[3] = None;
+            Arc::new(StringArray::from(values))
+        },
+        "column `view` has nulls",
+    );
+    refused(
+        "view",
+        &|old| {
+            let names: Vec<String> = (0..old.len()).map(|i| format!("v{}", i % 1025)).collect();
+            Arc::new(StringArray::from(names))
+        },
+        "column `view` has more than 1024 distinct values",
+    );
+    refused(
+        "as",
+        &|old| {
+            let lists = old.as_list::<i32>();
+            let mut builder = ListBuilder::new(UInt64Builder::new());
+            let mut nulled = false;
+            for list in lists.iter() {
+                let list = list.unwrap();
+                let ids = list.as_primitive::<arrow_array::types::UInt64Type>();
+                for id in ids.values() {
+                    // The first id of the table becomes a null.
+                    builder.values().append_option(nulled.then_some(*id));
+                    nulled = true;
+                }
+                builder.append(true);
+            }
+            Arc::new(builder.finish())
+        },
+        "column `as` has nulls",
+    );
+}
