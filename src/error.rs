@@ -87,3 +87,18 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An I/O error for an opened `file` that is a directory (Linux opens one
+/// for reading; mapping it then fails with "No such device").
+pub(crate) fn refuse_directory(file: &std::fs::File, path: &std::path::Path) -> Result<()> {
+    match file.metadata() {
+        Ok(meta) if meta.is_dir() => Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "cannot open {}: it is a directory, not a file",
+                path.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}

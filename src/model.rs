@@ -151,6 +151,7 @@ impl Model {
     pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Arc<Model>> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io("cannot open model", path, e))?;
+        crate::error::refuse_directory(&file, path)?;
         // SAFETY: the map is read-only and lives as long as the Model. Its
         // contents are validated by `reader::parse` before any tensor is
         // read; the remaining contract (no truncation while open) is the

@@ -47,6 +47,7 @@ pub struct SafetensorsSource {
 impl SafetensorsSource {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+        crate::error::refuse_directory(&file, path)?;
         // SAFETY: the packer only reads the file; like every mmap reader it
         // relies on the file not being truncated while it runs (a concurrent
         // truncation could fault the process; that is the documented contract
@@ -65,11 +66,10 @@ impl SafetensorsSource {
                 Dtype::F32 => SourceType::F32,
                 Dtype::F16 => SourceType::F16,
                 Dtype::BF16 => SourceType::BF16,
-                other => {
-                    return Err(Error::tensor(format!(
-                        "tensor `{name}` has dtype {other:?}; the packer reads F32, F16 and BF16"
-                    )))
-                }
+                other => return Err(Error::tensor(format!(
+                    "{}: tensor `{name}` has dtype {other:?}; the packer reads F32, F16 and BF16",
+                    path.display()
+                ))),
             };
             let (begin, end) = info.data_offsets;
             // read_metadata checked that offsets cover the data and match the
@@ -77,7 +77,8 @@ impl SafetensorsSource {
             let numel: usize = info.shape.iter().product();
             if end - begin != numel * dtype.size() || data_start + end > map.len() {
                 return Err(Error::tensor(format!(
-                    "tensor `{name}`: its byte range does not match its shape"
+                    "{}: tensor `{name}`: its byte range does not match its shape",
+                    path.display()
                 )));
             }
             entries.insert(

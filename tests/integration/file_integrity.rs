@@ -106,3 +106,17 @@ fn foreign_and_future_files_are_refused_with_a_reason() {
     assert_eq!(missing.kind(), ErrorKind::Io);
     assert!(missing.message().contains("nope.mmoe"), "{missing}");
 }
+
+/// A directory where a file is expected is named as such (mapping one
+/// failed with "No such device").
+#[test]
+fn a_directory_is_refused_as_one() {
+    let dir = test_support::tempdir().unwrap();
+    let e = Model::open(dir.path(), &OpenOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert!(e.message().contains("is a directory, not a file"), "{e}");
+    let e = mmoe::format::safetensors_source::SafetensorsSource::open(dir.path())
+        .err()
+        .expect("refused");
+    assert!(e.message().contains("is a directory, not a file"), "{e}");
+}
