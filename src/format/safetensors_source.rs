@@ -66,10 +66,12 @@ impl SafetensorsSource {
                 Dtype::F32 => SourceType::F32,
                 Dtype::F16 => SourceType::F16,
                 Dtype::BF16 => SourceType::BF16,
-                other => return Err(Error::tensor(format!(
+                other => {
+                    return Err(Error::tensor(format!(
                     "{}: tensor `{name}` has dtype {other:?}; the packer reads F32, F16 and BF16",
                     path.display()
-                ))),
+                )))
+                }
             };
             let (begin, end) = info.data_offsets;
             // read_metadata checked that offsets cover the data and match the

@@ -25,6 +25,16 @@ fn mmoe_with_env(args: &[&str], vars: &[(&str, &str)]) -> (bool, String, String)
     )
 }
 
+/// The exit status of `mmoe args`.
+fn mmoe_status(args: &[&str]) -> Option<i32> {
+    Command::new(env!("CARGO_BIN_EXE_mmoe"))
+        .args(args)
+        .output()
+        .expect("run mmoe")
+        .status
+        .code()
+}
+
 struct Files {
     dir: test_support::TempDir,
 }
@@ -139,7 +149,7 @@ fn pack_inspect_verify_score() {
         "--out",
         &f.path("scores.jsonl"),
     ]);
-    assert!(!ok, "a failed line makes the exit status non-zero");
+    assert!(!ok, "a failed line makes the exit status non-zero (3)");
     assert!(err.contains("line 2: not valid JSON"), "{err}");
     assert!(
         err.contains("line 3: field `sparse.as`: 1 bags, expected 2"),
@@ -311,6 +321,26 @@ fn cli_refuses_what_would_crash_it() {
     };
     let (ok, _, err) = score(&f.path("scores.jsonl"));
     assert!(!ok && !err.contains("panicked"), "{err}");
+    let scores = f.path("scores.jsonl");
+    let (model_path, requests_path) = (f.path("m.mmoe"), f.path("requests.jsonl"));
+    let args = [
+        "score",
+        "--model",
+        &model_path,
+        "--requests",
+        &requests_path,
+        "--out",
+    ];
+    assert_eq!(
+        mmoe_status(&[&args[..], &[&scores]].concat()),
+        Some(3),
+        "some lines failed"
+    );
+    assert_eq!(
+        mmoe_status(&[&args[..], &[&requests_path]].concat()),
+        Some(1),
+        "the command failed"
+    );
     assert!(
         err.contains(
             "line 1: field `n`: 4611686018427387904 candidates, above the limit of 16777216"

@@ -575,10 +575,12 @@ fn score(
         "scored {good} request(s), {bad} failed; cpu kernel calls: {}",
         calls.join(", ")
     );
+    // As `score-dataset`: 3 when some requests failed and the rest were
+    // scored, 1 when the command itself failed.
     Ok(if bad == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(3)
     })
 }
 
