@@ -19,7 +19,7 @@ use mmoe_train::batch::compute_stats;
 use mmoe_train::dataset::table::parse_day_range;
 use mmoe_train::dataset::{self, Rows, Teacher};
 use mmoe_train::network::Network;
-use mmoe_train::train::{base_rates, train, Distill, EpochReport, TrainOptions};
+use mmoe_train::train::{base_rates, train, Distill, EpochReport, TrainOptions, Trainer};
 use mmoe_train::{Error, Result};
 
 #[derive(Parser, Debug)]
@@ -246,10 +246,12 @@ fn run(args: Args) -> Result<()> {
     let mut log = Vec::new();
     if incremental {
         let days = days.ok_or_else(|| Error::new("--stage incremental needs --days A..B"))?;
+        // One optimizer through the days: its moments carry over.
+        let mut trainer = Trainer::new(&net, &options)?;
         for day in days.clone() {
             let data = dataset::load(&args.data, &config, Some(day..day + 1), teacher.as_ref())?;
             let next = dataset::load_if_any(&args.data, &config, Some(day + 1..day + 2), None)?;
-            let reports = train(&mut net, &data, next.as_ref(), &options, &mut |r| {
+            let reports = trainer.train(&mut net, &data, next.as_ref(), &options, &mut |r| {
                 print_report(&format!("day {day} ({} rows), ", data.chunk.rows()), r)
             })?;
             net.save(&args.out.join(format!("day-{day}")))?;

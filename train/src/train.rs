@@ -135,7 +135,8 @@ pub fn base_rates(data: &Rows, tasks: &[String]) -> Vec<f64> {
 }
 
 /// Trains `net` on `data` for `options.epochs` epochs; after each, scores
-/// `eval` (if any) and reports.
+/// `eval` (if any) and reports. A fresh optimizer: to go on training the
+/// same network on more data (a day at a time), use one [`Trainer`].
 pub fn train(
     net: &mut Network,
     data: &Rows,
@@ -143,25 +144,75 @@ pub fn train(
     options: &TrainOptions,
     report: &mut dyn FnMut(&EpochReport),
 ) -> Result<Vec<EpochReport>> {
+    Trainer::new(net, options)?.train(net, data, eval, options, report)
+}
+
+/// Adam's moments and step count, and the shuffle's random stream, kept
+/// across [`Trainer::train`] calls on one network: the incremental stage
+/// trains a day per call, and a new optimizer each day would start from
+/// zero moments (its first step moving every weight by about the learning
+/// rate, whatever its gradient) and replay the same shuffles.
+pub struct Trainer {
+    optimizer: AdamW,
+    rng: Rng,
+}
+
+impl Trainer {
+    pub fn new(net: &Network, options: &TrainOptions) -> Result<Trainer> {
+        let params = ParamsAdamW {
+            lr: options.learning_rate,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        Ok(Trainer {
+            optimizer: AdamW::new(net.trainable(), params)?,
+            rng: Rng::new(options.seed ^ 0x005E_ED0F_BA7C),
+        })
+    }
+
+    /// [`train`] with this trainer's optimizer state, on the network it was
+    /// made for.
+    pub fn train(
+        &mut self,
+        net: &mut Network,
+        data: &Rows,
+        eval: Option<&Rows>,
+        options: &TrainOptions,
+        report: &mut dyn FnMut(&EpochReport),
+    ) -> Result<Vec<EpochReport>> {
+        train_epochs(
+            net,
+            data,
+            eval,
+            options,
+            report,
+            &mut self.optimizer,
+            &mut self.rng,
+        )
+    }
+}
+
+fn train_epochs(
+    net: &mut Network,
+    data: &Rows,
+    eval: Option<&Rows>,
+    options: &TrainOptions,
+    report: &mut dyn FnMut(&EpochReport),
+    optimizer: &mut AdamW,
+    rng: &mut Rng,
+) -> Result<Vec<EpochReport>> {
     if options.distill.is_some() && data.teacher.is_none() {
         return Err(Error::new(
             "a distillation loss needs a teacher (--teacher or --teacher-column)",
         ));
     }
     let stats = net.stats()?;
-    let params = ParamsAdamW {
-        lr: options.learning_rate,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
-    let mut optimizer = AdamW::new(net.trainable(), params)?;
-    let mut rng = Rng::new(options.seed ^ 0x005E_ED0F_BA7C);
     let mut reports = Vec::new();
     for epoch in 1..=options.epochs {
         let start = Instant::now();
-        let plan = batches(&data.requests, options.batch_rows, &mut rng);
+        let plan = batches(&data.requests, options.batch_rows, rng);
         let bar = if options.progress {
             ProgressBar::new(data.chunk.rows() as u64)
         } else {
@@ -180,7 +231,7 @@ pub fn train(
             let logits = net.forward(&batch)?;
             let label_loss = task_sum(&logits, &batch.labels, bce_with_logits)?;
             let mut loss = label_loss.clone();
-            if let Some(distill) = distill_loss(&logits, &batch, options, &mut rng)? {
+            if let Some(distill) = distill_loss(&logits, &batch, options, rng)? {
                 distill_sum += distill.to_scalar::<f32>()? as f64;
                 distill_batches += 1;
                 loss = (loss + (distill * options.lambda)?)?;

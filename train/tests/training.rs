@@ -10,7 +10,7 @@ use mmoe_train::batch::{compute_stats, Batch};
 use mmoe_train::dataset::table::{schema, FeatureColumn, TableWriter};
 use mmoe_train::dataset::{self, Teacher};
 use mmoe_train::network::Network;
-use mmoe_train::train::{predict, train, Distill, TrainOptions};
+use mmoe_train::train::{predict, train, Distill, TrainOptions, Trainer};
 
 fn options(seed: u64) -> TrainOptions {
     TrainOptions {
@@ -48,6 +48,66 @@ fn training_is_deterministic_by_seed() {
     let c = weights(&trained(&config, &data, &options(8)));
     assert_eq!(a, b, "same seed, same weights");
     assert_ne!(a, c, "another seed, other weights");
+}
+
+/// A second call of one [`Trainer`] goes on with Adam's moments: its first
+/// step is not the first step of a fresh optimizer, which moves every weight
+/// with a gradient by about the learning rate (m̂/√v̂ = ±1), as a new
+/// optimizer each day of the incremental stage did.
+#[test]
+fn a_trainer_keeps_adams_moments_across_calls() {
+    let dir = test_support::tempdir().unwrap();
+    let config = common::config("all-experts");
+    let table = common::random_table(&config, 80, 2, 4, dir.path());
+    let data = dataset::load(&table, &config, None, None).unwrap();
+    let o = options(7);
+    let one_step = TrainOptions {
+        batch_rows: 1 << 20, // the whole table in one batch: one step
+        ..o.clone()
+    };
+    // The share of weights a call's single step moved by about lr.
+    let moved_by_lr = |before: &[Vec<f32>], after: &[Vec<f32>]| {
+        let (mut near, mut moved) = (0usize, 0usize);
+        for (b, a) in before.iter().flatten().zip(after.iter().flatten()) {
+            let step = (a - b).abs() as f64;
+            if step > 1e-7 {
+                moved += 1;
+                near += usize::from((step - o.learning_rate).abs() < 0.02 * o.learning_rate);
+            }
+        }
+        near as f64 / moved.max(1) as f64
+    };
+    let fresh_net = || {
+        Network::init(
+            &config,
+            &compute_stats(&config, &data),
+            o.seed,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    // Kept: one trainer for both calls.
+    let mut net = fresh_net();
+    let mut trainer = Trainer::new(&net, &o).unwrap();
+    trainer
+        .train(&mut net, &data, None, &o, &mut |_| {})
+        .unwrap();
+    let before = weights(&net);
+    trainer
+        .train(&mut net, &data, None, &one_step, &mut |_| {})
+        .unwrap();
+    let kept = moved_by_lr(&before, &weights(&net));
+    // Restarted: a new optimizer for the second call.
+    let mut net = fresh_net();
+    train(&mut net, &data, None, &o, &mut |_| {}).unwrap();
+    let before = weights(&net);
+    train(&mut net, &data, None, &one_step, &mut |_| {}).unwrap();
+    let restarted = moved_by_lr(&before, &weights(&net));
+    assert!(restarted > 0.9, "a fresh Adam's first step: {restarted}");
+    assert!(
+        kept < 0.5,
+        "a kept Adam's step moved {kept} of the weights by about lr"
+    );
 }
 
 /// Packs a briefly trained model of `config` (fp16) into `dir/teacher.mmoe`.
