@@ -28,6 +28,19 @@ class Model(torch.nn.Module):
         self.params = torch.nn.ParameterDict()
         for name, value in tensors.items():
             self.params[name.replace(".", "__")] = torch.nn.Parameter(torch.from_numpy(value.copy()), requires_grad=False)
+        # FinalMLP's w_xy as one [k·hx·hy, H] matrix that the heads' outer
+        # products multiply (MODEL.md's flat index (head·hx + a)·(hy·H) +
+        # o·hy + b, read as [k, hx, H, hy]): one GEMM, as mmoe computes it.
+        for e in config["experts"]:
+            if e["type"] != "finalmlp":
+                continue
+            p = f"experts.{e['name']}"
+            k, h = e["heads"], config["expert_dim"]
+            hx = tensors[f"{p}.agg.w_x.weight"].shape[1] // k
+            hy = tensors[f"{p}.agg.w_y.weight"].shape[1] // k
+            w = tensors[f"{p}.agg.w_xy"].reshape(-1).reshape(k, hx, h, hy).transpose(0, 1, 3, 2)
+            matrix = torch.from_numpy(np.ascontiguousarray(w.reshape(k * hx * hy, h)))
+            self.params[f"{p}.agg.w_xy_matrix".replace(".", "__")] = torch.nn.Parameter(matrix, requires_grad=False)
         # Column indices of x0 for gates and feature-selection contexts over
         # a subset of the inputs (config order), as buffers that move with .to().
         offsets, at = {}, 0
@@ -139,12 +152,13 @@ class Model(torch.nn.Module):
             streams.append(x0 * (2.0 * torch.sigmoid(g)))
         o1 = self.mlp(p + ".mlp1", streams[0], len(e["mlp1"]), True)
         o2 = self.mlp(p + ".mlp2", streams[1], len(e["mlp2"]), True)
-        # The multi-head bilinear fusion the common PyTorch way: w_xy viewed
-        # as [k, hx, hy*H], the product as [k, H, hy].
-        k, h, n = e["heads"], self.config["expert_dim"], x0.shape[0]
+        # The multi-head bilinear fusion as one GEMM over the heads' outer
+        # products (a batched product per head reads the whole w_xy for each
+        # candidate: several times slower, and not what mmoe computes).
+        k, n = e["heads"], x0.shape[0]
         hx, hy = o1.shape[1] // k, o2.shape[1] // k
-        t = torch.matmul(o1.reshape(n, k, 1, hx), self.t(p + ".agg.w_xy").reshape(k, hx, hy * h))
-        bilinear = torch.matmul(t.reshape(n, k, h, hy), o2.reshape(n, k, hy, 1)).sum(dim=1).reshape(n, h)
+        outer = (o1.reshape(n, k, hx, 1) * o2.reshape(n, k, 1, hy)).reshape(n, k * hx * hy)
+        bilinear = outer @ self.t(p + ".agg.w_xy_matrix")
         return self.linear(p + ".agg.w_x", o1) + self.linear(p + ".agg.w_y", o2) + bilinear
 
 
