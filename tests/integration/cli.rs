@@ -297,7 +297,8 @@ fn cli_refuses_what_would_crash_it() {
     let good = r#"{"n": 1, "dense": {"u": [0.5, 1.0, -2.0, 0.0], "a": [[0,1,2,3,4,5]]}, "sparse": {"us": [[1]], "as": [[3]]}}"#;
     let huge_n = good.replace("\"n\": 1", "\"n\": 4611686018427387904");
     let past_f32 = good.replace("[[0,1,2", "[[1e39,1,2");
-    let mut requests = Vec::new();
+    // The first line after a byte-order mark, which is skipped.
+    let mut requests = b"\xEF\xBB\xBF".to_vec();
     for line in [
         huge_n.as_bytes(),
         b"{\"n\": \xff}",
@@ -450,6 +451,10 @@ fn cli_refuses_what_would_crash_it() {
         (
             &["synth", "--rows", "10", "--drift", "inf", "--out", &out][..],
             "--drift inf must be a finite angle",
+        ),
+        (
+            &["eval", "--model", &model, "--data", &out, "--plot", "x.txt"][..],
+            "--plot x.txt: the plot is a PNG image",
         ),
     ] {
         let (ok, _, err) = mmoe(args);

@@ -234,6 +234,17 @@ pub fn score_dataset(args: &ScoreArgs) -> CliResult {
 }
 
 pub fn eval(args: &EvalArgs) -> CliResult {
+    // Before the scoring, which can take minutes: the plot is drawn as PNG.
+    let png = args
+        .plot
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !png {
+        return Err(format!(
+            "--plot {}: the plot is a PNG image; give a file name ending in .png",
+            args.plot.display()
+        ));
+    }
     let options = EvalOptions {
         threads: threads(args.threads)?,
         replicates: args.bootstrap,

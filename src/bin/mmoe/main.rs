@@ -528,6 +528,10 @@ fn score(
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
+        // A byte-order mark that some editors write at the file's start.
+        if number == 1 && bytes.starts_with(b"\xEF\xBB\xBF") {
+            bytes.drain(..3);
+        }
         // A line that is not UTF-8 is one bad line, answered as such; the
         // lines after it are scored.
         let line = std::str::from_utf8(&bytes).map_err(|e| {
