@@ -28,9 +28,10 @@ log() { echo "== [${SECONDS}s] $*" | tee -a "$out/check.log"; }
 # leaves out or its budget cuts, namely load (0b), sanitizer-extra (1b: the
 # opt-in choices and every tile choice forced under racecheck and memcheck),
 # parity-variants (2: each kernel choice's scores against the CPU),
-# torch-parity (4b), ncu-deep (5b).
+# torch-parity (4b), torch-compile (4c: the baseline under torch.compile,
+# fused), ncu-deep (5b).
 steps=,${STEPS:-tests,bench,torch,variants,tests-choices,bilinear,parity,sanitizer,ncu},
-[[ $steps == ,second, ]] && steps=,load,sanitizer-extra,parity-variants,torch-parity,ncu-deep,
+[[ $steps == ,second, ]] && steps=,load,sanitizer-extra,parity-variants,torch-parity,torch-compile,ncu-deep,
 # A step, or a part of one (a run, a variant, a tile choice, a precision, an
 # ncu batch), that would start past BUDGET_S seconds (default 240) is
 # skipped with a line saying so, so that the check ends within about 5
@@ -141,6 +142,16 @@ if want torch; then
 log "4. PyTorch baseline on the same weights (x0 in, scores out)"
 timeout 90 python3 torch_baseline.py --model models/demo.mmoe --reference torch_parity --batch 1,64,256,1024,4096 --iters 300 --max-seconds 2 \
   --json "$out/torch.json" 2>&1 | tee "$out/torch.txt"
+fi
+
+if want torch-compile; then
+log "4c. PyTorch baseline under torch.compile (mode reduce-overhead: fused kernels, CUDA graphs), fp16"
+# The eager and hand-captured baselines run about 70 kernels a call; a user
+# of PyTorch would compile it. One compilation per batch size, outside the
+# timing; the table line gives its seconds and the gap to eager.
+timeout 150 python3 torch_baseline.py --model models/demo.mmoe --compile --batch 1,256,1024 --iters 300 --max-seconds 1 \
+  --json "$out/torch-compile.json" 2>&1 | tee "$out/torch-compile.txt"
+echo "torch.compile baseline: exit ${PIPESTATUS[0]}" | tee -a "$out/check.log"
 fi
 
 all_variants=("fused:MMOE_GPU_FUSED_HEADS=1" "wide:MMOE_GPU_TILES=wide MMOE_GPU_TUNE=0" "f32x:MMOE_GPU_HALF_X=0"

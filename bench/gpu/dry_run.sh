@@ -29,7 +29,7 @@ done
 expected="1. GPU tests|3. engine benchmark|4. PyTorch baseline|3. the kernel choices|1d. GPU tests|3b. FinalMLP|2. random models|5. per-kernel"
 got=$(grep -a -o -E "^== \[[0-9]+s\] ($expected)" target/gpu-dry-first.log | sed -E 's/^== \[[0-9]+s\] //' | paste -sd'|')
 [ "$got" = "$expected" ] || { echo "first visit's steps: got '$got', expected '$expected'"; fail=1; }
-expected2="0b. first GPU model load|2b. random models|4b. parity with PyTorch"
+expected2="0b. first GPU model load|4c. PyTorch baseline under torch.compile|2b. random models|4b. parity with PyTorch"
 got2=$(grep -a -o -E "^== \[[0-9]+s\] ($expected2)" target/gpu-dry-second.log | sed -E 's/^== \[[0-9]+s\] //' | paste -sd'|')
 [ "$got2" = "$expected2" ] || { echo "second visit's steps: got '$got2', expected '$expected2'"; fail=1; }
 # Each run of the first visit left its log (the tools this machine lacks,

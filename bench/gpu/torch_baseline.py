@@ -182,7 +182,8 @@ def check_against_reference(config, tensors, reference_dir):
 def time_calls(fn, iters, max_seconds):
     for _ in range(5):
         fn()
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     times = []
     start = time.perf_counter()
     while len(times) < iters and time.perf_counter() - start < max_seconds:
@@ -202,6 +203,10 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--reference", help="folder of mmoe_ref.py: check the model against it first")
     ap.add_argument("--check-only", action="store_true", help="only the check (on the CPU), no timing")
+    ap.add_argument("--compile", action="store_true",
+                    help="time torch.compile(mode='reduce-overhead') of the fp16 model (fused kernels replayed as "
+                         "CUDA graphs) instead of eager and hand-captured graphs")
+    ap.add_argument("--device", default="cuda", help="cuda (timing); cpu only to try the script without a GPU")
     args = ap.parse_args()
     config, tensors = read_mmoe(args.model)
     if args.reference:
@@ -212,11 +217,17 @@ def main():
     if args.check_only:
         return
     d = sum(i["dim"] for i in config["inputs"])
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     results = {}
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}; model {config['name']} (x0 width {d})")
+    print(f"torch {torch.__version__}, {device_name}; model {config['name']} (x0 width {d})")
     print(f"{'variant':<14} {'batch':>6} {'cand/s':>12} {'p50 us':>10} {'p99 us':>10}")
-    for dtype_name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+    if args.compile:
+        compiled_baseline(config, tensors, device, sync, args, results)
+    dtypes = () if args.compile else (("fp32", torch.float32), ("fp16", torch.float16))
+    for dtype_name, dtype in dtypes:
         model = Model(config, tensors).to(device=device, dtype=dtype).eval()
         for batch in [int(b) for b in args.batch.split(",")]:
             rng = np.random.default_rng(batch)
@@ -252,8 +263,48 @@ def main():
                     results.setdefault(variant, {})[str(batch)] = {"candidates_per_s": cps, "p50_us": p50 * 1e6, "p99_us": p99 * 1e6}
                     print(f"{variant:<14} {batch:>6} {cps:>12.0f} {p50 * 1e6:>10.1f} {p99 * 1e6:>10.1f}", flush=True)
     if args.json:
-        json.dump({"torch": torch.__version__, "device": torch.cuda.get_device_name(0), "results": results},
+        json.dump({"torch": torch.__version__, "device": device_name, "results": results},
                   open(args.json, "w"), indent=1)
+
+
+def compiled_baseline(config, tensors, device, sync, args, results):
+    """fp16 (fp32 on a CPU) under torch.compile(mode="reduce-overhead"):
+    Inductor's fused kernels, replayed as CUDA graphs; one compilation per
+    batch size (dynamic=False), outside the timing, its seconds printed."""
+    if not hasattr(torch, "compile"):
+        print(f"skipped: torch {torch.__version__} has no torch.compile")
+        return
+    d = sum(i["dim"] for i in config["inputs"])
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    model = Model(config, tensors).to(device=device, dtype=dtype).eval()
+    compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
+    variant = f"{'fp16' if dtype == torch.float16 else 'fp32'} compiled"
+    for batch in [int(b) for b in args.batch.split(",")]:
+        rng = np.random.default_rng(batch)
+        host = torch.from_numpy(rng.standard_normal((batch, d)).astype(np.float32)).to(dtype)
+        out_host = torch.empty((batch, len(config["tasks"])), dtype=dtype)
+        if device.type == "cuda":
+            host, out_host = host.pin_memory(), out_host.pin_memory()
+        with torch.inference_mode():
+            def call():
+                x = host.to(device, non_blocking=True)
+                out_host.copy_(compiled(x), non_blocking=True)
+                sync()
+
+            start = time.perf_counter()
+            for _ in range(3):  # compiles, then records the graph
+                call()
+            compile_s = time.perf_counter() - start
+            want = model(host.to(device)).float().cpu()
+            gap = float(((out_host.float() - want).abs() / (1 + want.abs())).max())
+            times = time_calls(call, args.iters, args.max_seconds)
+        p50, p99 = times[len(times) // 2], times[min(len(times) - 1, int(0.99 * (len(times) - 1) + 0.5))]
+        cps = batch * len(times) / sum(times)
+        results.setdefault(variant, {})[str(batch)] = {"candidates_per_s": cps, "p50_us": p50 * 1e6,
+                                                       "p99_us": p99 * 1e6, "compile_s": compile_s,
+                                                       "gap_to_eager": gap}
+        print(f"{variant:<14} {batch:>6} {cps:>12.0f} {p50 * 1e6:>10.1f} {p99 * 1e6:>10.1f}"
+              f"  (compiled in {compile_s:.1f} s; against eager: worst {gap:.1e})", flush=True)
 
 
 if __name__ == "__main__":
