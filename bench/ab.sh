@@ -12,7 +12,8 @@ batches=$1
 shift
 model=${MODEL:-target/demo-a.mmoe}
 results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+json=$(mktemp)
+trap 'rm -f "$results" "$json"' EXIT
 for _ in $(seq "${ROUNDS:-5}"); do
   for spec in "$@"; do
     read -r -a words <<<"$spec"
@@ -21,9 +22,13 @@ for _ in $(seq "${ROUNDS:-5}"); do
       envs+=("${words[0]}")
       words=("${words[@]:1}")
     done
+    # The p50s from the JSON report, not the printed tables (flags such as
+    # --phases or --staging print tables of their own).
     env "${envs[@]}" "${words[@]:0:1}" bench --model "$model" --batch "$batches" \
-      --iters "${ITERS:-30}" --max-seconds 5 --mode "${MODE:-exact}" "${words[@]:1}" |
-      awk -v spec="$spec" '$1 ~ /^[0-9]+$/ {print $1 "\t" $4 "\t" spec}' >>"$results"
+      --iters "${ITERS:-30}" --max-seconds 5 --mode "${MODE:-exact}" "${words[@]:1}" --json "$json" > /dev/null
+    python3 -c 'import json, sys
+for batch, r in json.load(open(sys.argv[1]))["results"].items():
+    print(batch, r["p50_us"], sys.argv[2], sep="\t")' "$json" "$spec" >>"$results"
   done
 done
 python3 - "$results" "${ROUNDS:-5}" "$@" <<'EOF'
