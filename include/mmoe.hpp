@@ -142,9 +142,6 @@ inline void check(mmoe_status status) {
 
 namespace detail {
 
-/// Text from a `(…, char* buf, size_t buf_len, size_t* out_len)` getter:
-/// asks for the length, then copies; retries if the text grew in between
-/// (a concurrent reload may swap the model).
 /// True for a temporary (an rvalue) that owns its elements: a std::vector
 /// or std::array made in the call. A Span into it would dangle once the
 /// statement ends.
@@ -159,6 +156,9 @@ struct is_owning_temporary
     : std::integral_constant<bool, !std::is_lvalue_reference<T>::value &&
                                        owns_elements<std::remove_cv_t<std::remove_reference_t<T>>>::value> {};
 
+/// Text from a `(…, char* buf, size_t buf_len, size_t* out_len)` getter:
+/// asks for the length, then copies; retries if the text grew in between
+/// (a concurrent reload may swap the model).
 template <class F>
 std::string text(F&& get) {
   std::size_t len = 0;

@@ -98,8 +98,9 @@ impl<'a> Request<'a> {
     }
 
     /// Checks the request's shape against a model's config: every input set,
-    /// of the right kind and length, CSR offsets well formed. Values (NaN
-    /// policy) are checked while features are assembled.
+    /// of the right kind and length, CSR offsets well formed, request-scope
+    /// values finite where the input allows no missing values. Candidate
+    /// values (NaN policy) are checked while features are assembled.
     pub fn validate(&self, config: &Config) -> Result<()> {
         let n = self.candidates;
         let highest = self

@@ -149,7 +149,7 @@ log "4c. PyTorch baseline under torch.compile (mode reduce-overhead: fused kerne
 # The eager and hand-captured baselines run about 70 kernels a call; a user
 # of PyTorch would compile it. One compilation per batch size, outside the
 # timing; the table line gives its seconds and the gap to eager.
-timeout 150 python3 torch_baseline.py --model models/demo.mmoe --compile --batch 1,256,1024 --iters 300 --max-seconds 1 \
+timeout 100 python3 torch_baseline.py --model models/demo.mmoe --compile --batch 1,256,1024 --iters 300 --max-seconds 1 \
   --json "$out/torch-compile.json" 2>&1 | tee "$out/torch-compile.txt"
 echo "torch.compile baseline: exit ${PIPESTATUS[0]}" | tee -a "$out/check.log"
 fi

@@ -206,8 +206,11 @@ def main():
     ap.add_argument("--compile", action="store_true",
                     help="time torch.compile(mode='reduce-overhead') of the fp16 model (fused kernels replayed as "
                          "CUDA graphs) instead of eager and hand-captured graphs")
-    ap.add_argument("--device", default="cuda", help="cuda (timing); cpu only to try the script without a GPU")
+    ap.add_argument("--device", default="cuda",
+                    help="cuda (timing); cpu only with --compile, to try that path without a GPU")
     args = ap.parse_args()
+    if args.device != "cuda" and not args.compile:
+        raise SystemExit("--device cpu works only with --compile (the other baselines need CUDA)")
     config, tensors = read_mmoe(args.model)
     if args.reference:
         worst = check_against_reference(config, tensors, args.reference)
@@ -225,7 +228,7 @@ def main():
     print(f"torch {torch.__version__}, {device_name}; model {config['name']} (x0 width {d})")
     print(f"{'variant':<14} {'batch':>6} {'cand/s':>12} {'p50 us':>10} {'p99 us':>10}")
     if args.compile:
-        compiled_baseline(config, tensors, device, sync, args, results)
+        compiled_baseline(config, tensors, device, sync, args, results, device_name)
     dtypes = () if args.compile else (("fp32", torch.float32), ("fp16", torch.float16))
     for dtype_name, dtype in dtypes:
         model = Model(config, tensors).to(device=device, dtype=dtype).eval()
@@ -267,7 +270,7 @@ def main():
                   open(args.json, "w"), indent=1)
 
 
-def compiled_baseline(config, tensors, device, sync, args, results):
+def compiled_baseline(config, tensors, device, sync, args, results, device_name):
     """fp16 (fp32 on a CPU) under torch.compile(mode="reduce-overhead"):
     Inductor's fused kernels, replayed as CUDA graphs; one compilation per
     batch size (dynamic=False), outside the timing, its seconds printed."""
@@ -305,6 +308,11 @@ def compiled_baseline(config, tensors, device, sync, args, results):
                                                        "gap_to_eager": gap}
         print(f"{variant:<14} {batch:>6} {cps:>12.0f} {p50 * 1e6:>10.1f} {p99 * 1e6:>10.1f}"
               f"  (compiled in {compile_s:.1f} s; against eager: worst {gap:.1e})", flush=True)
+        if args.json:  # after each batch size: a run cut short keeps what it timed
+            json.dump({"torch": torch.__version__, "device": device_name, "results": results},
+                      open(args.json, "w"), indent=1)
+        if not gap < 2e-2:
+            raise SystemExit(f"the compiled model is not the eager one at batch {batch}: worst {gap:.1e}")
 
 
 if __name__ == "__main__":

@@ -373,6 +373,10 @@ fn cli_refuses_what_would_crash_it() {
             "{err}"
         );
     }
+    // A hard link to the requests is the requests too.
+    std::fs::hard_link(f.path("requests.jsonl"), f.path("link.jsonl")).unwrap();
+    let (ok, _, err) = score(&f.path("link.jsonl"));
+    assert!(!ok && err.contains("is the input"), "{err}");
     assert_eq!(std::fs::read(f.path("requests.jsonl")).unwrap(), requests);
     assert_eq!(
         std::fs::metadata(f.path("m.mmoe")).unwrap().len(),

@@ -262,6 +262,7 @@ fn run(args: Args) -> Result<()> {
             .as_ref()
             .ok_or_else(|| Error::new("no training rows"))?;
         let eval = eval_days
+            .clone()
             .map(|d| dataset::load(&args.data, &config, Some(d), None))
             .transpose()?;
         eprintln!(
@@ -277,7 +278,13 @@ fn run(args: Args) -> Result<()> {
         let reports = train(&mut net, data, eval.as_ref(), &options, &mut |r| {
             print_report("", r)
         })?;
-        log.push(json!({"days": args.days, "rows": data.chunk.rows(), "eval_days": args.eval_days, "epochs": reports}));
+        // The days trained on: --days, or those before --eval-days.
+        let trained_days =
+            training_days(days.clone(), eval_days.as_ref())?.map(|d| match d.start {
+                i32::MIN => format!("..{}", d.end),
+                start => format!("{start}..{}", d.end),
+            });
+        log.push(json!({"days": trained_days, "rows": data.chunk.rows(), "eval_days": args.eval_days, "epochs": reports}));
     }
     net.save(&args.out)?;
     let (mut embedding, mut dense) = (0usize, 0usize);

@@ -477,14 +477,16 @@ fn parse_backend(name: &str) -> Result<Backend, String> {
     Backend::parse(name).ok_or_else(|| format!("--backend {name}: expected reference, cpu or cuda"))
 }
 
-/// Refuses an output file that is one of the command's inputs: creating it
-/// would empty that input while it is read (or mapped: a bus error).
+/// Refuses an output file that is one of the command's inputs (the same
+/// path, a symbolic or a hard link): creating it would empty that input
+/// while it is read (or mapped: a bus error).
 pub(crate) fn refuse_out_among_inputs(out: &Path, inputs: &[&Path]) -> Result<(), String> {
     let Ok(out_real) = std::fs::canonicalize(out) else {
         return Ok(()); // not there yet: no input can be it
     };
     for input in inputs {
-        if std::fs::canonicalize(input).is_ok_and(|real| real == out_real) {
+        if std::fs::canonicalize(input).is_ok_and(|real| real == out_real) || same_file(out, input)
+        {
             return Err(format!(
                 "--out {} is the input {}: write the output to another file",
                 out.display(),
@@ -493,6 +495,21 @@ pub(crate) fn refuse_out_among_inputs(out: &Path, inputs: &[&Path]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Whether `a` and `b` are one file (its device and inode; a hard link).
+#[cfg(unix)]
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &Path, _: &Path) -> bool {
+    false // canonical paths only
 }
 
 /// A session with the named backend, or the model's own.
