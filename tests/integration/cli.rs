@@ -373,6 +373,20 @@ fn cli_refuses_what_would_crash_it() {
             "{err}"
         );
     }
+    // A backend the model cannot run on is one error, not one per line.
+    let (ok, _, err) = mmoe(&[
+        "score",
+        "--model",
+        &f.path("m.mmoe"),
+        "--requests",
+        &f.path("requests.jsonl"),
+        "--out",
+        &f.path("cuda.jsonl"),
+        "--backend",
+        "cuda",
+    ]);
+    assert!(!ok && err.contains("--backend cuda: "), "{err}");
+    assert!(!err.contains("line 1"), "{err}");
     // A hard link to the requests is the requests too.
     std::fs::hard_link(f.path("requests.jsonl"), f.path("link.jsonl")).unwrap();
     let (ok, _, err) = score(&f.path("link.jsonl"));

@@ -536,6 +536,13 @@ fn score(
         std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let mut output = BufWriter::new(output);
     let mut session = session(&model, backend)?;
+    if let Some(name) = backend {
+        // A backend the model cannot run on (cuda on a model opened on the
+        // CPU) fails once here, not on every line.
+        session
+            .warm_up(1)
+            .map_err(|e| format!("--backend {name}: {e}"))?;
+    }
     let (mut good, mut bad) = (0usize, 0usize);
     let (mut logits, mut probabilities) = (Vec::new(), Vec::new());
     for (index, line) in std::io::BufReader::new(input).split(b'\n').enumerate() {
