@@ -216,13 +216,14 @@ fn run(args: Args) -> Result<()> {
         .transpose()?;
 
     // The batch stage reads its rows once; the incremental stage reads a day at a time.
+    let trained_days = training_days(days.clone(), eval_days.as_ref())?;
     let batch_rows: Option<Rows> = if incremental {
         None
     } else {
         Some(dataset::load(
             &args.data,
             &config,
-            training_days(days.clone(), eval_days.as_ref())?,
+            trained_days.clone(),
             teacher.as_ref(),
         )?)
     };
@@ -279,11 +280,10 @@ fn run(args: Args) -> Result<()> {
             print_report("", r)
         })?;
         // The days trained on: --days, or those before --eval-days.
-        let trained_days =
-            training_days(days.clone(), eval_days.as_ref())?.map(|d| match d.start {
-                i32::MIN => format!("..{}", d.end),
-                start => format!("{start}..{}", d.end),
-            });
+        let trained_days = trained_days.map(|d| match d.start {
+            i32::MIN => format!("..{}", d.end),
+            start => format!("{start}..{}", d.end),
+        });
         log.push(json!({"days": trained_days, "rows": data.chunk.rows(), "eval_days": args.eval_days, "epochs": reports}));
     }
     net.save(&args.out)?;

@@ -182,90 +182,71 @@ impl Trainer {
         options: &TrainOptions,
         report: &mut dyn FnMut(&EpochReport),
     ) -> Result<Vec<EpochReport>> {
-        train_epochs(
-            net,
-            data,
-            eval,
-            options,
-            report,
-            &mut self.optimizer,
-            &mut self.rng,
-        )
-    }
-}
-
-fn train_epochs(
-    net: &mut Network,
-    data: &Rows,
-    eval: Option<&Rows>,
-    options: &TrainOptions,
-    report: &mut dyn FnMut(&EpochReport),
-    optimizer: &mut AdamW,
-    rng: &mut Rng,
-) -> Result<Vec<EpochReport>> {
-    if options.distill.is_some() && data.teacher.is_none() {
-        return Err(Error::new(
-            "a distillation loss needs a teacher (--teacher or --teacher-column)",
-        ));
-    }
-    let stats = net.stats()?;
-    let mut reports = Vec::new();
-    for epoch in 1..=options.epochs {
-        let start = Instant::now();
-        let plan = batches(&data.requests, options.batch_rows, rng);
-        let bar = if options.progress {
-            ProgressBar::new(data.chunk.rows() as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "epoch {msg} {bar:30} {pos}/{len} rows {per_sec} eta {eta}",
-            )
-            .map_err(|e| Error::new(e.to_string()))?,
-        );
-        bar.set_message(format!("{epoch}/{}", options.epochs));
-        let (mut label_sum, mut distill_sum, mut distill_batches) = (0.0, 0.0, 0usize);
-        for requests in &plan {
-            let batch = Batch::build(&net.config, &stats, data, requests, &net.device)?;
-            let logits = net.forward(&batch)?;
-            let label_loss = task_sum(&logits, &batch.labels, bce_with_logits)?;
-            let mut loss = label_loss.clone();
-            if let Some(distill) = distill_loss(&logits, &batch, options, rng)? {
-                distill_sum += distill.to_scalar::<f32>()? as f64;
-                distill_batches += 1;
-                loss = (loss + (distill * options.lambda)?)?;
-            }
-            label_sum += label_loss.to_scalar::<f32>()? as f64;
-            let value = loss.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                return Err(Error::new(format!(
-                    "epoch {epoch}: the loss became {value}; lower --lr"
-                )));
-            }
-            optimizer.backward_step(&loss)?;
-            bar.inc(batch.rows as u64);
+        let (optimizer, rng) = (&mut self.optimizer, &mut self.rng);
+        if options.distill.is_some() && data.teacher.is_none() {
+            return Err(Error::new(
+                "a distillation loss needs a teacher (--teacher or --teacher-column)",
+            ));
         }
-        bar.finish_and_clear();
-        let seconds = start.elapsed().as_secs_f64();
-        let eval = match eval {
-            Some(rows) => evaluate(net, &stats, rows)?,
-            None => Vec::new(),
-        };
-        let r = EpochReport {
-            epoch,
-            label_loss: label_sum / plan.len().max(1) as f64,
-            distill_loss: options
-                .distill
-                .map(|_| distill_sum / distill_batches.max(1) as f64),
-            seconds,
-            rows_per_second: data.chunk.rows() as f64 / seconds,
-            eval,
-        };
-        report(&r);
-        reports.push(r);
+        let stats = net.stats()?;
+        let mut reports = Vec::new();
+        for epoch in 1..=options.epochs {
+            let start = Instant::now();
+            let plan = batches(&data.requests, options.batch_rows, rng);
+            let bar = if options.progress {
+                ProgressBar::new(data.chunk.rows() as u64)
+            } else {
+                ProgressBar::hidden()
+            };
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "epoch {msg} {bar:30} {pos}/{len} rows {per_sec} eta {eta}",
+                )
+                .map_err(|e| Error::new(e.to_string()))?,
+            );
+            bar.set_message(format!("{epoch}/{}", options.epochs));
+            let (mut label_sum, mut distill_sum, mut distill_batches) = (0.0, 0.0, 0usize);
+            for requests in &plan {
+                let batch = Batch::build(&net.config, &stats, data, requests, &net.device)?;
+                let logits = net.forward(&batch)?;
+                let label_loss = task_sum(&logits, &batch.labels, bce_with_logits)?;
+                let mut loss = label_loss.clone();
+                if let Some(distill) = distill_loss(&logits, &batch, options, rng)? {
+                    distill_sum += distill.to_scalar::<f32>()? as f64;
+                    distill_batches += 1;
+                    loss = (loss + (distill * options.lambda)?)?;
+                }
+                label_sum += label_loss.to_scalar::<f32>()? as f64;
+                let value = loss.to_scalar::<f32>()?;
+                if !value.is_finite() {
+                    return Err(Error::new(format!(
+                        "epoch {epoch}: the loss became {value}; lower --lr"
+                    )));
+                }
+                optimizer.backward_step(&loss)?;
+                bar.inc(batch.rows as u64);
+            }
+            bar.finish_and_clear();
+            let seconds = start.elapsed().as_secs_f64();
+            let eval = match eval {
+                Some(rows) => evaluate(net, &stats, rows)?,
+                None => Vec::new(),
+            };
+            let r = EpochReport {
+                epoch,
+                label_loss: label_sum / plan.len().max(1) as f64,
+                distill_loss: options
+                    .distill
+                    .map(|_| distill_sum / distill_batches.max(1) as f64),
+                seconds,
+                rows_per_second: data.chunk.rows() as f64 / seconds,
+                eval,
+            };
+            report(&r);
+            reports.push(r);
+        }
+        Ok(reports)
     }
-    Ok(reports)
 }
 
 /// Σ over tasks of `loss(logits[:, t], targets[:, t])`.

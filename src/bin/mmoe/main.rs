@@ -481,12 +481,8 @@ fn parse_backend(name: &str) -> Result<Backend, String> {
 /// path, a symbolic or a hard link): creating it would empty that input
 /// while it is read (or mapped: a bus error).
 pub(crate) fn refuse_out_among_inputs(out: &Path, inputs: &[&Path]) -> Result<(), String> {
-    let Ok(out_real) = std::fs::canonicalize(out) else {
-        return Ok(()); // not there yet: no input can be it
-    };
     for input in inputs {
-        if std::fs::canonicalize(input).is_ok_and(|real| real == out_real) || same_file(out, input)
-        {
+        if same_file(out, input) {
             return Err(format!(
                 "--out {} is the input {}: write the output to another file",
                 out.display(),
@@ -497,7 +493,8 @@ pub(crate) fn refuse_out_among_inputs(out: &Path, inputs: &[&Path]) -> Result<()
     Ok(())
 }
 
-/// Whether `a` and `b` are one file (its device and inode; a hard link).
+/// Whether `a` and `b` are one existing file: the same device and inode
+/// (through any path, symbolic or hard link).
 #[cfg(unix)]
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -507,9 +504,14 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Whether `a` and `b` are one existing file, by canonical path (hard
+/// links not seen).
 #[cfg(not(unix))]
-fn same_file(_: &Path, _: &Path) -> bool {
-    false // canonical paths only
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// A session with the named backend, or the model's own.
