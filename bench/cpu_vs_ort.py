@@ -76,19 +76,26 @@ def build_onnx(config: dict, tensors: dict, split_request: bool = False) -> onnx
         nodes.append(helper.make_node("Gemm", inputs, [out], transB=1))
         return out
 
+    split_inputs = {}
+
+    def split_x0():
+        """x0's request columns of the first row and its candidate columns,
+        gathered once for every layer that reads them."""
+        if not split_inputs:
+            first_row = op("Slice", ["x0", _int_init([0]), _int_init([1]), _int_init([0])])
+            split_inputs["request"] = op("Gather", [first_row, _int_init(request_columns)], axis=1)
+            split_inputs["candidate"] = op("Gather", ["x0", _int_init(candidate_columns)], axis=1)
+        return split_inputs["request"], split_inputs["candidate"]
+
     def split_gemm(prefix, bias):
         """x0 · Wᵀ (+ b) as the candidate columns' product plus the request
         columns' product of the first row, broadcast."""
         weight = tensors[prefix + ".weight"]
-        w_request = init(name("w_request"), weight[:, request_columns])
-        w_candidate = init(name("w_candidate"), weight[:, candidate_columns])
-        first_row = op("Slice", ["x0", _int_init([0]), _int_init([1]), _int_init([0])])
-        request = op("Gather", [first_row, _int_init(request_columns)], axis=1)
+        request, candidate = split_x0()
         once = name("gemm")
-        inputs = [request, w_request] + ([init(prefix + ".bias")] if bias else [])
-        nodes.append(helper.make_node("Gemm", inputs, [once], transB=1))
-        candidate = op("Gather", ["x0", _int_init(candidate_columns)], axis=1)
-        per_candidate = op("MatMul", [candidate, op("Transpose", [w_candidate], perm=[1, 0])])
+        inputs = [request, init(name("w_request"), weight[:, request_columns])]
+        nodes.append(helper.make_node("Gemm", inputs + ([init(prefix + ".bias")] if bias else []), [once], transB=1))
+        per_candidate = op("Gemm", [candidate, init(name("w_candidate"), weight[:, candidate_columns])], transB=1)
         return op("Add", [per_candidate, once])
 
     def op(kind, inputs, **attrs):
